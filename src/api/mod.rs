@@ -1,0 +1,9 @@
+//! The gRPC edge: etcd's services over the node, request validation, and the mapping of every
+//! error to etcd's status codes and messages.
+
+pub mod kv;
+pub mod server;
+pub mod status;
+pub mod validate;
+
+pub use server::{serve, Shutdown};

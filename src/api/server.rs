@@ -1,0 +1,101 @@
+//! Serving the client API: binds the listen addresses and runs the gRPC server until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::kv::KvService;
+use crate::limits;
+use crate::node::Node;
+use crate::pb::etcdserverpb::kv_server::KvServer;
+
+/// A one-way shutdown signal shared by every listener.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<(AtomicBool, Notify)>,
+}
+
+impl Shutdown {
+    /// A signal not yet raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raise the signal: every waiter returns.
+    pub fn trigger(&self) {
+        self.inner.0.store(true, Ordering::SeqCst);
+        self.inner.1.notify_waiters();
+    }
+
+    /// Wait until the signal is raised.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.inner.1.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.0.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn kv_server(node: &Arc<Node>) -> KvServer<KvService> {
+    let max_request = node.config().max_request_bytes + limits::GRPC_OVERHEAD_BYTES;
+    KvServer::new(KvService::new(node.clone()))
+        .max_decoding_message_size(max_request)
+        .max_encoding_message_size(limits::MAX_RESPONSE_BYTES)
+}
+
+/// Bind every address in `addrs`, report each bound address through `on_bound`, and serve the
+/// client API until `shutdown` is raised. Returns once all listeners have stopped.
+pub async fn serve(
+    node: Arc<Node>,
+    addrs: &[SocketAddr],
+    shutdown: Shutdown,
+    on_bound: impl Fn(SocketAddr),
+) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
+    for addr in addrs {
+        #[cfg(not(madsim))]
+        {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            on_bound(bound);
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+                .add_service(kv_server(&node));
+            let stop = shutdown.clone();
+            tasks.push(crate::rt::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
+                    .await
+            }));
+        }
+        #[cfg(madsim)]
+        {
+            on_bound(*addr);
+            let router = tonic::transport::Server::builder().add_service(kv_server(&node));
+            let stop = shutdown.clone();
+            let addr = *addr;
+            tasks.push(crate::rt::spawn(async move {
+                router
+                    .serve_with_shutdown(addr, async move { stop.wait().await })
+                    .await
+            }));
+        }
+    }
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(std::io::Error::other(e)),
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
+    }
+    Ok(())
+}

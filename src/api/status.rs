@@ -1,0 +1,85 @@
+//! The only place that builds a `tonic::Status`: every error gets etcd's gRPC code and exact message,
+//! so clients that match on them (clientv3's `rpctypes`, etcdctl) behave as they do against etcd.
+
+use tonic::{Code, Status};
+
+use super::validate::ValidationError;
+use crate::apply::ApplyError;
+use crate::node::NodeError;
+
+fn status(code: Code, msg: &str) -> Status {
+    Status::new(code, msg)
+}
+
+impl From<ValidationError> for Status {
+    fn from(e: ValidationError) -> Self {
+        match e {
+            ValidationError::EmptyKey => {
+                status(Code::InvalidArgument, "etcdserver: key is not provided")
+            }
+            ValidationError::TooManyOps => status(
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            ValidationError::DuplicateKey => status(
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            ValidationError::InvalidSortOption => {
+                status(Code::InvalidArgument, "etcdserver: invalid sort option")
+            }
+            ValidationError::ValueProvided => {
+                status(Code::InvalidArgument, "etcdserver: value is provided")
+            }
+            ValidationError::LeaseProvided => {
+                status(Code::InvalidArgument, "etcdserver: lease is provided")
+            }
+            ValidationError::EmptyRequestOp => {
+                status(Code::InvalidArgument, "etcdserver: key not found")
+            }
+        }
+    }
+}
+
+impl From<ApplyError> for Status {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Compacted => status(
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            ApplyError::FutureRevision => status(
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            ApplyError::KeyNotFound => status(Code::InvalidArgument, "etcdserver: key not found"),
+            ApplyError::LeaseNotFound => {
+                status(Code::NotFound, "etcdserver: requested lease not found")
+            }
+            ApplyError::EmptyCommand => {
+                status(Code::Internal, "etcdserver: undecodable replicated command")
+            }
+            ApplyError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
+        }
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::RequestTooLarge => {
+                status(Code::InvalidArgument, "etcdserver: request is too large")
+            }
+            NodeError::Timeout => status(Code::Unavailable, "etcdserver: request timed out"),
+            NodeError::NoLeader => status(Code::Unavailable, "etcdserver: no leader"),
+            NodeError::Stopped => status(Code::Unavailable, "etcdserver: server stopped"),
+            NodeError::NoSpace => status(
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            NodeError::Apply(e) => e.into(),
+            NodeError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
+            NodeError::Raft(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Every client request is checked here once, before it reaches raft, with etcd's rules: a request
+//! that fails a check never becomes a log entry and changes nothing.
+
+use crate::limits::MAX_TXN_NESTING_DEPTH;
+use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::pb::etcdserverpb::{
+    request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+
+/// A request that breaks one of etcd's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("invalid sort option")]
+    InvalidSortOption,
+    #[error("value is provided")]
+    ValueProvided,
+    #[error("lease is provided")]
+    LeaseProvided,
+    #[error("empty request operation")]
+    EmptyRequestOp,
+}
+
+type Result = std::result::Result<(), ValidationError>;
+
+/// Check a range request.
+pub fn range(r: &RangeRequest) -> Result {
+    if r.key.is_empty() {
+        return Err(ValidationError::EmptyKey);
+    }
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+        return Err(ValidationError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+/// Check a put request.
+pub fn put(r: &PutRequest) -> Result {
+    if r.key.is_empty() {
+        return Err(ValidationError::EmptyKey);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(ValidationError::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(ValidationError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// Check a delete request.
+pub fn delete_range(r: &DeleteRangeRequest) -> Result {
+    if r.key.is_empty() {
+        return Err(ValidationError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// Check a transaction: operation counts and each operation (recursively), then that no branch
+/// writes one key twice or both puts and deletes it.
+pub fn txn(r: &TxnRequest, max_txn_ops: usize) -> Result {
+    txn_ops(r, max_txn_ops, 0)?;
+    check_intervals(&r.success)?;
+    check_intervals(&r.failure)?;
+    Ok(())
+}
+
+fn txn_ops(r: &TxnRequest, max_txn_ops: usize, depth: usize) -> Result {
+    if depth >= MAX_TXN_NESTING_DEPTH {
+        return Err(ValidationError::TooManyOps);
+    }
+    if r.compare.len().max(r.success.len()).max(r.failure.len()) > max_txn_ops {
+        return Err(ValidationError::TooManyOps);
+    }
+    for op in r.success.iter().chain(&r.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(x)) => range(x)?,
+            Some(request_op::Request::RequestPut(x)) => put(x)?,
+            Some(request_op::Request::RequestDeleteRange(x)) => delete_range(x)?,
+            Some(request_op::Request::RequestTxn(x)) => txn_ops(x, max_txn_ops, depth + 1)?,
+            None => return Err(ValidationError::EmptyRequestOp),
+        }
+    }
+    Ok(())
+}
+
+/// A deleted interval: `[start, end)`, a single key when `end` is empty, or everything from
+/// `start` on when `end` is `"\0"`.
+#[derive(Debug, Clone)]
+struct Deleted {
+    start: Vec<u8>,
+    end: Vec<u8>,
+}
+
+impl Deleted {
+    fn contains(&self, key: &[u8]) -> bool {
+        match self.end.as_slice() {
+            [] => key == self.start.as_slice(),
+            [0] => key >= self.start.as_slice(),
+            end => key >= self.start.as_slice() && key < end,
+        }
+    }
+}
+
+fn deleted(dels: &[Deleted], key: &[u8]) -> bool {
+    dels.iter().any(|d| d.contains(key))
+}
+
+/// etcd's rule: within one branch (including the branches of nested transactions, whose then/else
+/// are mutually exclusive) a key may be put at most once and never both put and deleted.
+fn check_intervals(
+    ops: &[RequestOp],
+) -> std::result::Result<(Vec<Vec<u8>>, Vec<Deleted>), ValidationError> {
+    let mut dels: Vec<Deleted> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestDeleteRange(d)) => Some(Deleted {
+                start: d.key.clone(),
+                end: d.range_end.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut puts: Vec<Vec<u8>> = Vec::new();
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(inner)) = &op.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = check_intervals(&inner.success)?;
+        let (puts_else, dels_else) = check_intervals(&inner.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(ValidationError::DuplicateKey);
+            }
+        }
+        puts.extend(puts_then.iter().cloned());
+        for k in puts_else {
+            // The same key in then and else is fine: only one of them runs.
+            if (puts.contains(&k) && !puts_then.contains(&k)) || deleted(&dels, &k) {
+                return Err(ValidationError::DuplicateKey);
+            }
+            puts.push(k);
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+            return Err(ValidationError::DuplicateKey);
+        }
+        puts.push(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_op(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del_op(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.into(),
+                    range_end: end.into(),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    fn txn_op(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![],
+                success,
+                failure,
+            })),
+        }
+    }
+
+    fn t(success: Vec<RequestOp>) -> TxnRequest {
+        TxnRequest {
+            compare: vec![],
+            success,
+            failure: vec![],
+        }
+    }
+
+    #[test]
+    fn duplicate_puts_and_put_inside_delete_are_rejected() {
+        assert_eq!(
+            txn(&t(vec![put_op("a"), put_op("a")]), 128),
+            Err(ValidationError::DuplicateKey)
+        );
+        assert_eq!(
+            txn(&t(vec![del_op("a", "c"), put_op("b")]), 128),
+            Err(ValidationError::DuplicateKey)
+        );
+        assert_eq!(
+            txn(&t(vec![del_op("a", "\0"), put_op("z")]), 128),
+            Err(ValidationError::DuplicateKey)
+        );
+        assert_eq!(txn(&t(vec![del_op("a", "c"), put_op("c")]), 128), Ok(()));
+        assert_eq!(
+            txn(&t(vec![del_op("a", ""), del_op("a", "b")]), 128),
+            Ok(()),
+            "deletes may overlap"
+        );
+        // Nested: then/else may share a key; a nested put may not hit an outer put.
+        assert_eq!(
+            txn(&t(vec![txn_op(vec![put_op("k")], vec![put_op("k")])]), 128),
+            Ok(())
+        );
+        assert_eq!(
+            txn(
+                &t(vec![put_op("k"), txn_op(vec![put_op("k")], vec![])]),
+                128
+            ),
+            Err(ValidationError::DuplicateKey)
+        );
+        assert_eq!(
+            txn(
+                &t(vec![del_op("k", ""), txn_op(vec![], vec![put_op("k")])]),
+                128
+            ),
+            Err(ValidationError::DuplicateKey)
+        );
+    }
+
+    #[test]
+    fn op_counts_and_nested_checks() {
+        let many: Vec<RequestOp> = (0..3).map(|i| put_op(&format!("k{i}"))).collect();
+        assert_eq!(txn(&t(many.clone()), 3), Ok(()));
+        assert_eq!(txn(&t(many), 2), Err(ValidationError::TooManyOps));
+        assert_eq!(txn(&t(vec![put_op("")]), 8), Err(ValidationError::EmptyKey));
+        assert_eq!(
+            txn(&t(vec![RequestOp { request: None }]), 8),
+            Err(ValidationError::EmptyRequestOp)
+        );
+        let mut deep = t(vec![]);
+        for _ in 0..MAX_TXN_NESTING_DEPTH + 1 {
+            deep = t(vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(deep)),
+            }]);
+        }
+        assert_eq!(txn(&deep, 8), Err(ValidationError::TooManyOps));
+    }
+
+    #[test]
+    fn single_request_rules() {
+        assert_eq!(
+            range(&RangeRequest::default()),
+            Err(ValidationError::EmptyKey)
+        );
+        let bad_sort = RangeRequest {
+            key: b"a".to_vec(),
+            sort_order: 9,
+            ..Default::default()
+        };
+        assert_eq!(range(&bad_sort), Err(ValidationError::InvalidSortOption));
+        let p = PutRequest {
+            key: b"a".to_vec(),
+            value: b"v".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert_eq!(put(&p), Err(ValidationError::ValueProvided));
+        let p = PutRequest {
+            key: b"a".to_vec(),
+            lease: 5,
+            ignore_lease: true,
+            ..Default::default()
+        };
+        assert_eq!(put(&p), Err(ValidationError::LeaseProvided));
+        assert_eq!(
+            delete_range(&DeleteRangeRequest::default()),
+            Err(ValidationError::EmptyKey)
+        );
+    }
+}

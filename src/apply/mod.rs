@@ -1,0 +1,168 @@
+//! What a request means: deterministic, synchronous execution of KV commands against the MVCC store.
+//!
+//! Nothing here reads a clock or a random source, so every member that applies the same log reaches
+//! the same state. Requests arrive already validated by `api::validate`; what can only be judged
+//! against the store (a missing key for `ignore_value`, an unknown lease, a compacted revision) is
+//! checked here, before the first write, so a rejected command changes nothing.
+
+mod range;
+mod txn;
+
+pub use range::execute_range;
+
+use crate::mvcc::{MvccError, MvccStore, RangeEnd};
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, TxnResponse,
+};
+use crate::pb::metastore::{command, Command};
+use crate::storage::{StorageError, WriteBatch};
+
+/// Why a command was rejected. Every variant but `Storage` leaves the store untouched and is the
+/// client's answer; `Storage` means the member must stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("command has no operation")]
+    EmptyCommand,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<MvccError> for ApplyError {
+    fn from(e: MvccError) -> Self {
+        match e {
+            MvccError::Compacted => ApplyError::Compacted,
+            MvccError::FutureRevision => ApplyError::FutureRevision,
+            MvccError::Storage(s) => ApplyError::Storage(s),
+        }
+    }
+}
+
+/// The successful outcome of a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// Execute `cmd` against `store`. On success the returned batch holds every engine change; the
+/// caller adds its own bookkeeping (applied index) and writes it atomically. The key index is
+/// already updated, so the caller must write the batch or stop the member.
+pub fn apply(store: &mut MvccStore, cmd: Command) -> Result<(Applied, WriteBatch), ApplyError> {
+    match cmd.op.ok_or(ApplyError::EmptyCommand)? {
+        command::Op::Put(req) => {
+            let mut txn = store.write_txn();
+            txn::check_put(&txn, &req)?;
+            let resp = txn::put(&mut txn, req)?;
+            let (batch, rev) = txn.finish();
+            Ok((
+                Applied::Put(PutResponse {
+                    header: header(rev),
+                    ..resp
+                }),
+                batch,
+            ))
+        }
+        command::Op::DeleteRange(req) => {
+            let mut txn = store.write_txn();
+            let resp = txn::delete_range(&mut txn, req)?;
+            let (batch, rev) = txn.finish();
+            Ok((
+                Applied::DeleteRange(DeleteRangeResponse {
+                    header: header(rev),
+                    ..resp
+                }),
+                batch,
+            ))
+        }
+        command::Op::Txn(req) => {
+            let mut txn = store.write_txn();
+            let resp = txn::execute_txn(&mut txn, &req)?;
+            let (batch, rev) = txn.finish();
+            Ok((
+                Applied::Txn(TxnResponse {
+                    header: header(rev),
+                    ..resp
+                }),
+                batch,
+            ))
+        }
+        command::Op::Compaction(CompactionRequest { revision, .. }) => {
+            let mut batch = WriteBatch::new();
+            store.compact(revision, &mut batch)?;
+            let rev = store.current_revision();
+            Ok((
+                Applied::Compaction(CompactionResponse {
+                    header: header(rev),
+                }),
+                batch,
+            ))
+        }
+    }
+}
+
+/// Serve a read-only range from the newest committed state.
+pub fn range(store: &MvccStore, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
+    execute_range(&StoreView(store), req)
+}
+
+/// Something a range can be served from: the committed store, or a transaction in progress.
+pub trait ReadView {
+    /// See [`MvccStore::range`].
+    fn range(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<crate::mvcc::RangeResult, MvccError>;
+}
+
+struct StoreView<'a>(&'a MvccStore);
+
+impl ReadView for StoreView<'_> {
+    fn range(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<crate::mvcc::RangeResult, MvccError> {
+        self.0.range(key, end, rev, limit, count_only)
+    }
+}
+
+impl ReadView for crate::mvcc::WriteTxn<'_> {
+    fn range(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<crate::mvcc::RangeResult, MvccError> {
+        crate::mvcc::WriteTxn::range(self, key, end, rev, limit, count_only)
+    }
+}
+
+#[cfg(test)]
+mod tests;

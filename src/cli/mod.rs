@@ -1,0 +1,32 @@
+//! The `metastore` command line: `serve` (the default) and `bench`.
+
+pub mod bench;
+pub mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// MetaStore: an etcd-v3-compatible, Raft-replicated metadata store.
+///
+/// Run without a subcommand to start a member (same flags as `metastore serve`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "metastore",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: serve::ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a member (the default when no subcommand is given).
+    Serve(serve::ServeArgs),
+    /// Load-test any etcd-compatible endpoint (modelled on etcd's `benchmark` tool).
+    Bench(bench::BenchArgs),
+}

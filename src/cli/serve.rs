@@ -1,0 +1,156 @@
+//! `metastore serve`: flags named as etcd names them, then run one member until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+
+use crate::api::{self, Shutdown};
+use crate::config::{self, EngineKind, ServerConfig};
+use crate::limits;
+use crate::node::Node;
+use crate::storage::SharedEngine;
+
+/// Storage engine choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// RocksDB under --data-dir (durable).
+    Rocksdb,
+    /// In memory only: all data is lost when the process exits.
+    Memory,
+}
+
+/// Flags of a member, named as etcd names them.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory [default: ${name}.etcd].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic.
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// Comma-separated client URLs of this member, as announced to clients.
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    /// Cluster token; part of the member and cluster ids.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Storage engine.
+    #[arg(long, value_enum, default_value = "rocksdb")]
+    pub engine: EngineArg,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = limits::MAX_REQUEST_BYTES_DEFAULT)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = limits::MAX_TXN_OPS_DEFAULT)]
+    pub max_txn_ops: usize,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl ServeArgs {
+    /// Turn flags into a validated configuration.
+    pub fn to_config(&self) -> Result<ServerConfig, config::ConfigError> {
+        let cfg = ServerConfig {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
+            listen_client_addrs: config::parse_urls(&self.listen_client_urls)?,
+            advertise_client_urls: {
+                config::parse_urls(&self.advertise_client_urls)?;
+                self.advertise_client_urls
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            },
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            engine: match self.engine {
+                EngineArg::Rocksdb => EngineKind::RocksDb,
+                EngineArg::Memory => EngineKind::Memory,
+            },
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            quota_backend_bytes: self.quota_backend_bytes,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Open the engine the configuration asks for.
+pub fn open_engine(cfg: &ServerConfig) -> Result<SharedEngine, String> {
+    match cfg.engine {
+        EngineKind::Memory => Ok(Arc::new(crate::storage::MemoryEngine::new())),
+        #[cfg(not(madsim))]
+        EngineKind::RocksDb => {
+            let dir = cfg.data_dir.join("member").join("rocksdb");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+            let engine = crate::storage::RocksEngine::open(&dir)
+                .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+            Ok(Arc::new(engine))
+        }
+        #[cfg(madsim)]
+        EngineKind::RocksDb => Err("the rocksdb engine is not available in simulation".into()),
+    }
+}
+
+async fn stop_signal() {
+    #[cfg(all(unix, not(madsim)))]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    biased;
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(all(unix, not(madsim))))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Run a member until it is told to stop. Prints one `serving client requests on ADDR` line per
+/// listener on stdout, which scripts and tests wait for.
+pub async fn run(args: ServeArgs) -> Result<(), String> {
+    let cfg = args.to_config().map_err(|e| e.to_string())?;
+    let engine = open_engine(&cfg)?;
+    tracing::info!(name = %cfg.name, engine = engine.kind(), data_dir = %cfg.data_dir.display(), "starting member");
+    let node = Node::start(cfg.clone(), engine)
+        .await
+        .map_err(|e| format!("cannot start member: {e}"))?;
+    tracing::info!(
+        member_id = format!("{:x}", node.member_id()),
+        cluster_id = format!("{:x}", node.cluster_id()),
+        "member is leader"
+    );
+    let shutdown = Shutdown::new();
+    let stopper = shutdown.clone();
+    crate::rt::spawn(async move {
+        stop_signal().await;
+        stopper.trigger();
+    });
+    let served = api::serve(node.clone(), &cfg.listen_client_addrs, shutdown, |addr| {
+        println!("metastore: serving client requests on {addr}");
+    })
+    .await;
+    node.shutdown().await;
+    served.map_err(|e| format!("client server failed: {e}"))
+}

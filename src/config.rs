@@ -1,0 +1,208 @@
+//! Server configuration: etcd's flag names, defaults and checks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::limits;
+
+/// Which storage engine holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// RocksDB under `--data-dir` (durable; the default).
+    RocksDb,
+    /// Memory only: everything is lost when the process exits.
+    Memory,
+}
+
+/// Everything one member needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Human-readable member name (`--name`).
+    pub name: String,
+    /// Where the engine keeps its files (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// Addresses to serve clients on (`--listen-client-urls`).
+    pub listen_client_addrs: Vec<SocketAddr>,
+    /// URLs announced to clients (`--advertise-client-urls`).
+    pub advertise_client_urls: Vec<String>,
+    /// Cluster token (`--initial-cluster-token`): part of the member and cluster identity.
+    pub initial_cluster_token: String,
+    /// Storage engine (`--engine`).
+    pub engine: EngineKind,
+    /// Largest client request in bytes (`--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// Most operations per transaction branch (`--max-txn-ops`).
+    pub max_txn_ops: usize,
+    /// Backend size above which writes are refused (`--quota-backend-bytes`; 0 = default 2 GiB).
+    pub quota_backend_bytes: u64,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid URL {0:?}: expected http://HOST:PORT with an IP address or localhost")]
+    BadUrl(String),
+    #[error("https URLs ({0}) need TLS, which this version does not serve yet")]
+    TlsUnsupported(String),
+    #[error("--{flag} must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        flag: &'static str,
+        min: u64,
+        max: u64,
+        got: u64,
+    },
+    #[error("--name must not be empty")]
+    EmptyName,
+    #[error("--listen-client-urls must name at least one URL")]
+    NoListenUrl,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.etcd"),
+            listen_client_addrs: vec![SocketAddr::from(([127, 0, 0, 1], 2379))],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            initial_cluster_token: "etcd-cluster".into(),
+            engine: EngineKind::RocksDb,
+            max_request_bytes: limits::MAX_REQUEST_BYTES_DEFAULT,
+            max_txn_ops: limits::MAX_TXN_OPS_DEFAULT,
+            quota_backend_bytes: 0,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Check every value; the error names the flag at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::EmptyName);
+        }
+        if self.listen_client_addrs.is_empty() {
+            return Err(ConfigError::NoListenUrl);
+        }
+        let range = |flag, got: u64, min: u64, max: u64| {
+            if got < min || got > max {
+                Err(ConfigError::OutOfRange {
+                    flag,
+                    min,
+                    max,
+                    got,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        // Room for the gRPC overhead must stay below what an HTTP/2 frame length can say.
+        range(
+            "max-request-bytes",
+            self.max_request_bytes as u64,
+            1,
+            (i32::MAX as usize - limits::GRPC_OVERHEAD_BYTES) as u64,
+        )?;
+        range(
+            "max-txn-ops",
+            self.max_txn_ops as u64,
+            1,
+            limits::MAX_TXN_OPS_LIMIT as u64,
+        )?;
+        range(
+            "quota-backend-bytes",
+            self.quota_backend_bytes,
+            0,
+            limits::QUOTA_BACKEND_BYTES_MAX,
+        )?;
+        Ok(())
+    }
+
+    /// The effective backend quota.
+    pub fn quota_bytes(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            limits::QUOTA_BACKEND_BYTES_DEFAULT
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+}
+
+/// Parse one `http://host:port` URL into a socket address (`localhost` means 127.0.0.1).
+pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
+    let url = url.trim();
+    if url.starts_with("https://") || url.starts_with("unixs://") {
+        return Err(ConfigError::TlsUnsupported(url.to_string()));
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
+    let rest = rest.trim_end_matches('/');
+    let rest = match rest.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => rest.to_string(),
+    };
+    rest.parse()
+        .map_err(|_| ConfigError::BadUrl(url.to_string()))
+}
+
+/// Parse etcd's comma-separated URL list.
+pub fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    urls.split(',')
+        .filter(|u| !u.trim().is_empty())
+        .map(parse_url)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_like_etcd() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
+        assert_eq!(
+            parse_url("http://localhost:12379").unwrap(),
+            "127.0.0.1:12379".parse().unwrap()
+        );
+        assert_eq!(
+            parse_urls("http://127.0.0.1:1,http://[::1]:2")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(matches!(
+            parse_url("127.0.0.1:2379"),
+            Err(ConfigError::BadUrl(_))
+        ));
+        assert!(matches!(
+            parse_url("https://127.0.0.1:2379"),
+            Err(ConfigError::TlsUnsupported(_))
+        ));
+        assert!(matches!(
+            parse_url("http://example:2379"),
+            Err(ConfigError::BadUrl(_))
+        ));
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        let c = ServerConfig {
+            max_txn_ops: 0,
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                flag: "max-txn-ops",
+                ..
+            })
+        ));
+        assert!(ServerConfig::default().validate().is_ok());
+        assert_eq!(
+            ServerConfig::default().quota_bytes(),
+            limits::QUOTA_BACKEND_BYTES_DEFAULT
+        );
+    }
+}

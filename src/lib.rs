@@ -1,0 +1,17 @@
+//! MetaStore: a Raft-replicated, etcd-v3-compatible metadata store.
+//!
+//! Layers, top to bottom (a module imports only modules below it; see `DESIGN.md`):
+//! `api` → `node` → `raft` → `apply` → `mvcc` → `storage`, with `rt` (the runtime seam), `pb`
+//! (generated protos), `limits` and `config` underneath everything.
+
+pub mod api;
+pub mod apply;
+pub mod cli;
+pub mod config;
+pub mod limits;
+pub mod mvcc;
+pub mod node;
+pub mod pb;
+pub mod raft;
+pub mod rt;
+pub mod storage;

@@ -1,0 +1,54 @@
+//! Every limit of the server, named, with units last.
+
+use std::time::Duration;
+
+/// Default `--max-request-bytes`: the largest request a client may send (etcd's default, 1.5 MiB).
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
+
+/// Extra room gRPC gets on top of `--max-request-bytes` for framing (etcd's `grpcOverheadBytes`).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Largest response the server encodes (etcd: `math.MaxInt32`; we bound it at 2 GiB - 1 as well).
+pub const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
+/// Default `--max-txn-ops`: operations per branch of a transaction (etcd's default).
+pub const MAX_TXN_OPS_DEFAULT: usize = 128;
+
+/// Default `--quota-backend-bytes` when the flag is 0 (etcd's default, 2 GiB).
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Largest `--quota-backend-bytes` accepted (etcd warns above 8 GiB; we refuse above 64 GiB).
+pub const QUOTA_BACKEND_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+
+/// Raft heartbeat interval.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+
+/// Raft election timeout (etcd's default is 1000 ms).
+pub const ELECTION_TIMEOUT_MS: u64 = 1000;
+
+/// How long a proposal may take before the client gets `etcdserver: request timed out`
+/// (etcd: 5 s plus two election timeouts).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(5_000 + 2 * ELECTION_TIMEOUT_MS);
+
+/// How long a linearizable read may wait for its read index to be confirmed and applied.
+pub const READ_INDEX_TIMEOUT: Duration = REQUEST_TIMEOUT;
+
+/// How long startup waits for the single member to become leader.
+pub const STARTUP_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Raft log entries one append/replication batch may carry.
+pub const RAFT_MAX_PAYLOAD_ENTRIES: u64 = 1024;
+
+/// Concurrent gRPC streams per client connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Largest `--max-txn-ops` accepted: bounds the work of one replicated command.
+pub const MAX_TXN_OPS_LIMIT: usize = 1 << 16;
+
+/// Deepest nesting of transactions inside transactions the server accepts (bounds recursion).
+pub const MAX_TXN_NESTING_DEPTH: usize = 64;
+
+const _: () = assert!(HEARTBEAT_INTERVAL_MS * 5 <= ELECTION_TIMEOUT_MS);
+const _: () = assert!(MAX_TXN_OPS_DEFAULT <= MAX_TXN_OPS_LIMIT);
+const _: () = assert!(MAX_REQUEST_BYTES_DEFAULT + GRPC_OVERHEAD_BYTES < MAX_RESPONSE_BYTES);
+const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);

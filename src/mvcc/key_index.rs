@@ -1,0 +1,433 @@
+//! The in-memory key index: for every key, its life as a list of generations.
+//!
+//! A generation runs from a creation to a deletion (tombstone). The last generation is the open one;
+//! when the key is currently deleted it is empty. Compaction drops whole generations that ended at or
+//! before the compaction revision and, inside the surviving generation, every revision older than the
+//! newest one at or below it. Rebuilt from the `Kv` keyspace on start.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use super::revision::Revision;
+
+/// One creation-to-deletion span of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Generation {
+    /// Main revision of the creation (the key's `create_revision`).
+    created: i64,
+    /// Version of the newest revision in `revs`.
+    ver: i64,
+    /// Every modification still kept, oldest first. In a closed generation the last is the tombstone.
+    revs: Vec<Revision>,
+}
+
+/// What the index knows of a key at some revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyAt {
+    /// The revision of the record holding the key's value then.
+    pub modified: Revision,
+    /// `create_revision` of the generation.
+    pub created: i64,
+    /// `version` then.
+    pub version: i64,
+}
+
+/// The generations of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyIndex {
+    generations: Vec<Generation>,
+}
+
+impl KeyIndex {
+    fn open_generation(&mut self) -> &mut Generation {
+        if self.generations.is_empty() {
+            self.generations.push(Generation::default());
+        }
+        let last = self.generations.len() - 1;
+        &mut self.generations[last]
+    }
+
+    /// Record a modification at `rev` (which must be newer than every recorded one).
+    pub fn put(&mut self, rev: Revision) {
+        let g = self.open_generation();
+        assert!(
+            g.revs.last().is_none_or(|last| *last < rev),
+            "key index: put {rev:?} is not newer"
+        );
+        if g.revs.is_empty() {
+            g.created = rev.main;
+            g.ver = 0;
+        }
+        g.revs.push(rev);
+        g.ver += 1;
+    }
+
+    /// Rebuild from a stored record: like `put`, but the creation revision and version come from the
+    /// record, because compaction may have removed the revisions that would let us count them.
+    pub fn restore(&mut self, rev: Revision, created: i64, version: i64) {
+        let g = self.open_generation();
+        if g.revs.is_empty() {
+            g.created = created;
+        }
+        g.revs.push(rev);
+        g.ver = version;
+    }
+
+    /// Record a deletion at `rev`, closing the open generation. Returns false (and changes nothing) if
+    /// the key is not live.
+    pub fn tombstone(&mut self, rev: Revision) -> bool {
+        if self.generations.last().is_none_or(|g| g.revs.is_empty()) {
+            return false;
+        }
+        self.put(rev);
+        self.generations.push(Generation::default());
+        true
+    }
+
+    /// The key as of store revision `at`, or `None` if it did not exist then.
+    pub fn get(&self, at: i64) -> Option<KeyAt> {
+        let last = self.generations.len().checked_sub(1)?;
+        for (gi, g) in self.generations.iter().enumerate().rev() {
+            let Some(first) = g.revs.first() else {
+                continue;
+            };
+            if first.main > at {
+                continue;
+            }
+            let n = g.revs.partition_point(|r| r.main <= at);
+            let idx = n - 1;
+            let closed = gi != last;
+            if closed && idx == g.revs.len() - 1 {
+                return None; // the newest revision at `at` is the tombstone
+            }
+            return Some(KeyAt {
+                modified: g.revs[idx],
+                created: g.created,
+                version: g.ver - (g.revs.len() - 1 - idx) as i64,
+            });
+        }
+        None
+    }
+
+    /// Drop history at or below `at` that no read at `at` or later can see. The revision still needed
+    /// to read the key at `at` goes into `keep`. Returns true when nothing is left of the key.
+    pub fn compact(&mut self, at: i64, keep: &mut BTreeSet<Revision>) -> bool {
+        // Generations closed by a tombstone at or below `at` are invisible from `at` on.
+        let mut drop = 0;
+        while drop + 1 < self.generations.len() {
+            match self.generations[drop].revs.last() {
+                Some(tomb) if tomb.main <= at => drop += 1,
+                _ => break,
+            }
+        }
+        self.generations.drain(..drop);
+        if let Some(g) = self.generations.first_mut() {
+            let n = g.revs.partition_point(|r| r.main <= at);
+            if n > 0 {
+                keep.insert(g.revs[n - 1]);
+                g.revs.drain(..n - 1);
+            }
+        }
+        self.generations.iter().all(|g| g.revs.is_empty())
+    }
+
+    /// True when the key has no revisions left at all.
+    pub fn is_empty(&self) -> bool {
+        self.generations.iter().all(|g| g.revs.is_empty())
+    }
+}
+
+/// Where a range ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// Just the one key.
+    Single,
+    /// Every key at or after the start.
+    Unbounded,
+    /// Keys before this one (exclusive).
+    Before(Vec<u8>),
+}
+
+impl RangeEnd {
+    /// etcd's encoding: empty = single key, `"\0"` = unbounded, anything else = exclusive end.
+    pub fn from_etcd(range_end: &[u8]) -> Self {
+        match range_end {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::Unbounded,
+            end => RangeEnd::Before(end.to_vec()),
+        }
+    }
+
+    /// Whether `key` lies in the range that starts at `start`.
+    pub fn contains(&self, start: &[u8], key: &[u8]) -> bool {
+        match self {
+            RangeEnd::Single => key == start,
+            RangeEnd::Unbounded => key >= start,
+            RangeEnd::Before(end) => key >= start && key < end.as_slice(),
+        }
+    }
+}
+
+/// Every key's index, ordered by key.
+#[derive(Debug, Clone, Default)]
+pub struct KeyIndexTree {
+    keys: BTreeMap<Vec<u8>, KeyIndex>,
+}
+
+impl KeyIndexTree {
+    /// Record a put of `key` at `rev`.
+    pub fn put(&mut self, key: &[u8], rev: Revision) {
+        match self.keys.get_mut(key) {
+            Some(ki) => ki.put(rev),
+            None => {
+                let mut ki = KeyIndex::default();
+                ki.put(rev);
+                self.keys.insert(key.to_vec(), ki);
+            }
+        }
+    }
+
+    /// Rebuild one stored record (see [`KeyIndex::restore`]).
+    pub fn restore(&mut self, key: &[u8], rev: Revision, created: i64, version: i64) {
+        self.keys
+            .entry(key.to_vec())
+            .or_default()
+            .restore(rev, created, version);
+    }
+
+    /// Record a deletion of `key` at `rev`; false if the key was not live.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
+        self.keys.get_mut(key).is_some_and(|ki| ki.tombstone(rev))
+    }
+
+    /// `key` as of revision `at`.
+    pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
+        self.keys.get(key)?.get(at)
+    }
+
+    /// Visit the keys of `[start, end)` that exist at `at`, in key order; `visit` returns false to stop.
+    pub fn visit(
+        &self,
+        start: &[u8],
+        end: &RangeEnd,
+        at: i64,
+        mut visit: impl FnMut(&[u8], KeyAt) -> bool,
+    ) {
+        if let RangeEnd::Single = end {
+            if let Some(k) = self.get(start, at) {
+                visit(start, k);
+            }
+            return;
+        }
+        let upper = match end {
+            RangeEnd::Before(e) if e.as_slice() <= start => return,
+            RangeEnd::Before(e) => Bound::Excluded(e.as_slice()),
+            _ => Bound::Unbounded,
+        };
+        for (key, ki) in self.keys.range::<[u8], _>((Bound::Included(start), upper)) {
+            if let Some(k) = ki.get(at) {
+                if !visit(key, k) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Compact every key at `at`; returns the revisions at or below `at` that must be kept.
+    pub fn compact(&mut self, at: i64) -> BTreeSet<Revision> {
+        let mut keep = BTreeSet::new();
+        self.keys.retain(|_, ki| !ki.compact(at, &mut keep));
+        keep
+    }
+
+    /// Number of keys with any history left.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no key has history left.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64) -> Revision {
+        Revision::new(main, 0)
+    }
+
+    /// put@2 put@4 del@6 put@8 put@10
+    fn sample() -> KeyIndex {
+        let mut ki = KeyIndex::default();
+        ki.put(r(2));
+        ki.put(r(4));
+        assert!(ki.tombstone(r(6)));
+        ki.put(r(8));
+        ki.put(r(10));
+        ki
+    }
+
+    #[test]
+    fn get_walks_generations() {
+        let ki = sample();
+        assert_eq!(ki.get(1), None);
+        assert_eq!(
+            ki.get(2),
+            Some(KeyAt {
+                modified: r(2),
+                created: 2,
+                version: 1
+            })
+        );
+        assert_eq!(
+            ki.get(5),
+            Some(KeyAt {
+                modified: r(4),
+                created: 2,
+                version: 2
+            })
+        );
+        assert_eq!(ki.get(6), None, "deleted at 6");
+        assert_eq!(ki.get(7), None);
+        assert_eq!(
+            ki.get(8),
+            Some(KeyAt {
+                modified: r(8),
+                created: 8,
+                version: 1
+            })
+        );
+        assert_eq!(
+            ki.get(100),
+            Some(KeyAt {
+                modified: r(10),
+                created: 8,
+                version: 2
+            })
+        );
+    }
+
+    #[test]
+    fn tombstone_of_a_dead_key_is_refused() {
+        let mut ki = KeyIndex::default();
+        assert!(!ki.tombstone(r(2)));
+        ki.put(r(3));
+        assert!(ki.tombstone(r(4)));
+        assert!(!ki.tombstone(r(5)));
+        assert_eq!(ki.get(5), None);
+    }
+
+    #[test]
+    fn compaction_inside_a_generation_keeps_the_visible_revision() {
+        let mut ki = sample();
+        let mut keep = BTreeSet::new();
+        assert!(!ki.compact(5, &mut keep));
+        assert_eq!(keep.into_iter().collect::<Vec<_>>(), vec![r(4)]);
+        assert_eq!(
+            ki.get(5),
+            Some(KeyAt {
+                modified: r(4),
+                created: 2,
+                version: 2
+            })
+        );
+        assert_eq!(ki.get(100).map(|k| k.version), Some(2));
+    }
+
+    #[test]
+    fn compaction_at_a_tombstone_drops_the_generation() {
+        let mut ki = sample();
+        let mut keep = BTreeSet::new();
+        assert!(!ki.compact(6, &mut keep));
+        assert!(
+            keep.is_empty(),
+            "nothing of the first generation is visible at 6"
+        );
+        assert_eq!(ki.get(6), None);
+        assert_eq!(
+            ki.get(9),
+            Some(KeyAt {
+                modified: r(8),
+                created: 8,
+                version: 1
+            })
+        );
+        let mut keep = BTreeSet::new();
+        assert!(!ki.compact(9, &mut keep));
+        assert_eq!(keep.into_iter().collect::<Vec<_>>(), vec![r(8)]);
+    }
+
+    #[test]
+    fn compaction_of_a_deleted_key_empties_it() {
+        let mut ki = KeyIndex::default();
+        ki.put(r(2));
+        assert!(ki.tombstone(r(3)));
+        let mut keep = BTreeSet::new();
+        assert!(!ki.compact(2, &mut keep), "still visible at 2");
+        assert!(ki.compact(3, &mut keep));
+        assert!(ki.is_empty());
+    }
+
+    #[test]
+    fn restore_uses_the_record_counts() {
+        let mut ki = KeyIndex::default();
+        // After compaction only revision 9 (version 4, created at 3) is left on disk.
+        ki.restore(r(9), 3, 4);
+        assert_eq!(
+            ki.get(9),
+            Some(KeyAt {
+                modified: r(9),
+                created: 3,
+                version: 4
+            })
+        );
+        ki.put(r(11));
+        assert_eq!(
+            ki.get(11),
+            Some(KeyAt {
+                modified: r(11),
+                created: 3,
+                version: 5
+            })
+        );
+    }
+
+    #[test]
+    fn tree_visit_respects_range_end_and_revision() {
+        let mut t = KeyIndexTree::default();
+        t.put(b"a", r(2));
+        t.put(b"b", r(3));
+        t.put(b"c", r(4));
+        assert!(t.tombstone(b"b", r(5)));
+        let keys = |end: RangeEnd, at: i64| {
+            let mut out = Vec::new();
+            t.visit(b"a", &end, at, |k, _| {
+                out.push(k.to_vec());
+                true
+            });
+            out
+        };
+        assert_eq!(keys(RangeEnd::Single, 10), vec![b"a".to_vec()]);
+        assert_eq!(
+            keys(RangeEnd::Unbounded, 10),
+            vec![b"a".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(
+            keys(RangeEnd::Unbounded, 4),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(
+            keys(RangeEnd::Before(b"c".to_vec()), 4),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert!(keys(RangeEnd::Before(b"a".to_vec()), 4).is_empty());
+        assert_eq!(RangeEnd::from_etcd(b""), RangeEnd::Single);
+        assert_eq!(RangeEnd::from_etcd(b"\0"), RangeEnd::Unbounded);
+        let keep = t.compact(5);
+        assert_eq!(keep.len(), 2, "a@2 and c@4 stay; b's generation ended at 5");
+        assert_eq!(t.len(), 2);
+    }
+}

@@ -1,0 +1,34 @@
+//! Multi-version concurrency control: every write makes a new store revision; old revisions stay
+//! readable until compacted.
+//!
+//! * [`revision`]: the `(main, sub)` revision and its sortable encoding.
+//! * [`key_index`]: the in-memory index from key to its generations of revisions.
+//! * [`store`]: [`MvccStore`], the index plus records in the engine's `Kv` keyspace; reads at any
+//!   retained revision, write transactions, compaction, restart recovery.
+
+pub mod key_index;
+pub mod revision;
+mod store;
+
+pub use key_index::{KeyAt, RangeEnd};
+pub use revision::Revision;
+pub use store::{MvccStore, RangeResult, WriteTxn, FIRST_REVISION};
+
+use crate::storage::StorageError;
+
+/// Errors of the MVCC layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    /// The requested revision was removed by compaction.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is newer than the store.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// The engine failed; the member must stop.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Result of MVCC operations.
+pub type Result<T> = std::result::Result<T, MvccError>;

@@ -1,0 +1,493 @@
+//! [`MvccStore`]: the key index plus the revision-keyed records in the engine.
+//!
+//! Layout in the engine:
+//! * `Kv` keyspace: `revision(16 bytes)[+'t']` → protobuf `mvccpb.KeyValue` (a tombstone stores only
+//!   the key).
+//! * `Meta` keyspace: [`META_CURRENT_REV`] and [`META_COMPACT_REV`] as big-endian `i64`, written in the
+//!   same batch as the change they describe.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use super::key_index::{KeyAt, KeyIndexTree, RangeEnd};
+use super::revision::Revision;
+use super::{MvccError, Result};
+use crate::pb::mvccpb::KeyValue;
+use crate::storage::{Keyspace, SharedEngine, StorageError, WriteBatch};
+
+/// A fresh store is at revision 1, so its first write makes revision 2 (as in etcd).
+pub const FIRST_REVISION: i64 = 1;
+
+/// Meta key of the current store revision.
+pub const META_CURRENT_REV: &[u8] = b"mvcc/current_rev";
+/// Meta key of the last finished compaction revision.
+pub const META_COMPACT_REV: &[u8] = b"mvcc/compact_rev";
+
+/// The outcome of a range read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeResult {
+    /// Matching records in key order (at most `limit` when a limit was given).
+    pub kvs: Vec<KeyValue>,
+    /// How many keys matched in total, regardless of the limit.
+    pub count: usize,
+    /// The store's current revision when read.
+    pub rev: i64,
+}
+
+/// The MVCC store.
+pub struct MvccStore {
+    engine: SharedEngine,
+    index: KeyIndexTree,
+    current_rev: i64,
+    compact_rev: i64,
+}
+
+fn corrupt(reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        ks: Keyspace::Kv,
+        reason: reason.into(),
+    }
+}
+
+fn read_i64(engine: &SharedEngine, key: &[u8]) -> Result<Option<i64>> {
+    match engine.get(Keyspace::Meta, key)? {
+        None => Ok(None),
+        Some(v) => {
+            let bytes: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt("bad meta integer"))?;
+            Ok(Some(i64::from_be_bytes(bytes)))
+        }
+    }
+}
+
+impl MvccStore {
+    /// Open the store on `engine`, rebuilding the key index from the stored records.
+    pub fn open(engine: SharedEngine) -> Result<Self> {
+        let current_rev = read_i64(&engine, META_CURRENT_REV)?.unwrap_or(FIRST_REVISION);
+        let compact_rev = read_i64(&engine, META_COMPACT_REV)?.unwrap_or(0);
+        let mut index = KeyIndexTree::default();
+        let mut failure = None;
+        engine.scan(Keyspace::Kv, &[], None, &mut |k, v| {
+            let decoded = Revision::from_record_key(k).zip(KeyValue::decode(v).ok());
+            let Some(((rev, tombstone), kv)) = decoded else {
+                failure = Some(corrupt(format!("undecodable record {k:?}")));
+                return false;
+            };
+            if tombstone {
+                index.tombstone(&kv.key, rev);
+            } else {
+                index.restore(&kv.key, rev, kv.create_revision, kv.version);
+            }
+            true
+        })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        Ok(Self {
+            engine,
+            index,
+            current_rev,
+            compact_rev,
+        })
+    }
+
+    /// The newest revision.
+    pub fn current_revision(&self) -> i64 {
+        self.current_rev
+    }
+
+    /// The revision of the last compaction (0 if none).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_rev
+    }
+
+    /// The engine under the store.
+    pub fn engine(&self) -> &SharedEngine {
+        &self.engine
+    }
+
+    /// Number of keys with history (live or awaiting compaction).
+    pub fn indexed_keys(&self) -> usize {
+        self.index.len()
+    }
+
+    fn check_read_revision(&self, rev: i64) -> Result<i64> {
+        let at = if rev <= 0 { self.current_rev } else { rev };
+        if at > self.current_rev {
+            return Err(MvccError::FutureRevision);
+        }
+        if at < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        Ok(at)
+    }
+
+    fn load(&self, rev: Revision) -> Result<KeyValue> {
+        let raw = self.engine.get(Keyspace::Kv, &rev.record_key(false))?;
+        let raw = raw.ok_or_else(|| corrupt(format!("index points at missing record {rev:?}")))?;
+        KeyValue::decode(raw.as_slice()).map_err(|e| corrupt(format!("record {rev:?}: {e}")).into())
+    }
+
+    /// Read `[key, end)` as of revision `rev` (`<= 0`: newest). At most `limit` records are loaded
+    /// (`0`: no limit); `count` always covers the whole range. `count_only` loads none.
+    pub fn range(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<RangeResult> {
+        let at = self.check_read_revision(rev)?;
+        self.range_at(key, end, at, limit, count_only, &BTreeMap::new())
+    }
+
+    fn range_at(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        at: i64,
+        limit: usize,
+        count_only: bool,
+        pending: &BTreeMap<Revision, KeyValue>,
+    ) -> Result<RangeResult> {
+        let mut count = 0usize;
+        let mut found: Vec<Revision> = Vec::new();
+        self.index.visit(key, end, at, |_, k| {
+            count += 1;
+            if !count_only && (limit == 0 || found.len() < limit) {
+                found.push(k.modified);
+            }
+            true
+        });
+        let mut kvs = Vec::with_capacity(found.len());
+        for rev in found {
+            match pending.get(&rev) {
+                Some(kv) => kvs.push(kv.clone()),
+                None => kvs.push(self.load(rev)?),
+            }
+        }
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: self.current_rev,
+        })
+    }
+
+    /// The live record of `key` at the newest revision.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        match self.index.get(key, self.current_rev) {
+            None => Ok(None),
+            Some(k) => Ok(Some(self.load(k.modified)?)),
+        }
+    }
+
+    /// Start a write transaction. Its changes share one new main revision; nothing reaches the
+    /// engine until the caller writes the batch from [`WriteTxn::finish`].
+    pub fn write_txn(&mut self) -> WriteTxn<'_> {
+        let begin_rev = self.current_rev;
+        WriteTxn {
+            store: self,
+            begin_rev,
+            sub: 0,
+            pending: BTreeMap::new(),
+            batch: WriteBatch::new(),
+        }
+    }
+
+    /// Compact history at or below `rev` into `batch`: afterwards reads below `rev` fail with
+    /// [`MvccError::Compacted`] and superseded records are gone from the engine.
+    pub fn compact(&mut self, rev: i64, batch: &mut WriteBatch) -> Result<()> {
+        if rev <= self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRevision);
+        }
+        let keep = self.index.compact(rev);
+        let upper = Revision::new(rev + 1, 0).to_bytes();
+        self.engine
+            .scan(Keyspace::Kv, &[], Some(&upper), &mut |k, _| {
+                if let Some((r, _)) = Revision::from_record_key(k) {
+                    if !keep.contains(&r) {
+                        batch.delete(Keyspace::Kv, k.to_vec());
+                    }
+                }
+                true
+            })?;
+        self.compact_rev = rev;
+        batch.put(Keyspace::Meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
+        Ok(())
+    }
+}
+
+/// A write transaction: puts and deletes at one new main revision. Reads inside it see its own
+/// earlier writes, as in etcd.
+pub struct WriteTxn<'a> {
+    store: &'a mut MvccStore,
+    begin_rev: i64,
+    sub: i64,
+    pending: BTreeMap<Revision, KeyValue>,
+    batch: WriteBatch,
+}
+
+impl WriteTxn<'_> {
+    /// The revision reads inside the transaction see.
+    pub fn read_rev(&self) -> i64 {
+        if self.sub > 0 {
+            self.begin_rev + 1
+        } else {
+            self.begin_rev
+        }
+    }
+
+    /// The store revision before this transaction.
+    pub fn begin_rev(&self) -> i64 {
+        self.begin_rev
+    }
+
+    /// Whether anything was written so far.
+    pub fn has_changes(&self) -> bool {
+        self.sub > 0
+    }
+
+    fn next_rev(&mut self) -> Revision {
+        let rev = Revision::new(self.begin_rev + 1, self.sub);
+        self.sub += 1;
+        rev
+    }
+
+    /// Key state as seen inside the transaction.
+    pub fn key_at(&self, key: &[u8]) -> Option<KeyAt> {
+        self.store.index.get(key, self.read_rev())
+    }
+
+    /// The record of `key` as seen inside the transaction.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        match self.key_at(key) {
+            None => Ok(None),
+            Some(k) => match self.pending.get(&k.modified) {
+                Some(kv) => Ok(Some(kv.clone())),
+                None => Ok(Some(self.store.load(k.modified)?)),
+            },
+        }
+    }
+
+    /// Range read inside the transaction (`rev <= 0`: the transaction's own view).
+    pub fn range(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<RangeResult> {
+        let at = if rev <= 0 { self.read_rev() } else { rev };
+        if at > self.read_rev() {
+            return Err(MvccError::FutureRevision);
+        }
+        if at < self.store.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let mut result = self
+            .store
+            .range_at(key, end, at, limit, count_only, &self.pending)?;
+        result.rev = self.read_rev();
+        Ok(result)
+    }
+
+    /// Put `key`; returns the new record.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> KeyValue {
+        let prev = self.key_at(key);
+        let rev = self.next_rev();
+        let (create_revision, version) = match prev {
+            Some(p) => (p.created, p.version + 1),
+            None => (rev.main, 1),
+        };
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        self.batch
+            .put(Keyspace::Kv, rev.record_key(false), kv.encode_to_vec());
+        self.store.index.put(key, rev);
+        self.pending.insert(rev, kv.clone());
+        kv
+    }
+
+    /// Delete every live key in `[key, end)`; returns the records deleted (their last values).
+    pub fn delete_range(&mut self, key: &[u8], end: &RangeEnd) -> Result<Vec<KeyValue>> {
+        let doomed = self.range(key, end, 0, 0, false)?.kvs;
+        for kv in &doomed {
+            let rev = self.next_rev();
+            let tomb = KeyValue {
+                key: kv.key.clone(),
+                ..Default::default()
+            };
+            self.batch
+                .put(Keyspace::Kv, rev.record_key(true), tomb.encode_to_vec());
+            let was_live = self.store.index.tombstone(&kv.key, rev);
+            debug_assert!(was_live, "deleting a key the range just returned");
+        }
+        Ok(doomed)
+    }
+
+    /// End the transaction: the batch to write (with the new current revision, if anything
+    /// changed) and the store revision after it.
+    pub fn finish(self) -> (WriteBatch, i64) {
+        let mut batch = self.batch;
+        if self.sub > 0 {
+            self.store.current_rev = self.begin_rev + 1;
+            batch.put(
+                Keyspace::Meta,
+                META_CURRENT_REV,
+                self.store.current_rev.to_be_bytes().to_vec(),
+            );
+        }
+        (batch, self.store.current_rev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::{Durability, MemoryEngine};
+
+    fn store() -> MvccStore {
+        MvccStore::open(Arc::new(MemoryEngine::new())).expect("open")
+    }
+
+    fn commit(s: &mut MvccStore, f: impl FnOnce(&mut WriteTxn<'_>)) -> i64 {
+        let mut txn = s.write_txn();
+        f(&mut txn);
+        let (batch, rev) = txn.finish();
+        s.engine().write(batch, Durability::Sync).expect("write");
+        rev
+    }
+
+    #[test]
+    fn revisions_versions_and_reads_at_past_revisions() {
+        let mut s = store();
+        assert_eq!(s.current_revision(), 1);
+        assert_eq!(commit(&mut s, |t| drop(t.put(b"a", b"1".to_vec(), 0))), 2);
+        assert_eq!(commit(&mut s, |t| drop(t.put(b"a", b"2".to_vec(), 0))), 3);
+        let kv = s.get(b"a").unwrap().unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+        let old = s.range(b"a", &RangeEnd::Single, 2, 0, false).unwrap();
+        assert_eq!(old.kvs[0].value, b"1");
+        assert_eq!(old.rev, 3, "header revision is the current one");
+        assert!(matches!(
+            s.range(b"a", &RangeEnd::Single, 4, 0, false),
+            Err(MvccError::FutureRevision)
+        ));
+        // Deleting nothing does not bump the revision.
+        assert_eq!(
+            commit(&mut s, |t| assert!(t
+                .delete_range(b"zz", &RangeEnd::Single)
+                .unwrap()
+                .is_empty())),
+            3
+        );
+        assert_eq!(
+            commit(&mut s, |t| assert_eq!(
+                t.delete_range(b"a", &RangeEnd::Single).unwrap().len(),
+                1
+            )),
+            4
+        );
+        assert_eq!(s.get(b"a").unwrap(), None);
+        let kv = commit(&mut s, |t| {
+            let kv = t.put(b"a", b"3".to_vec(), 0);
+            assert_eq!((kv.create_revision, kv.version), (5, 1));
+        });
+        assert_eq!(kv, 5);
+    }
+
+    #[test]
+    fn limit_and_count() {
+        let mut s = store();
+        commit(&mut s, |t| {
+            for k in ["a", "b", "c", "d"] {
+                t.put(k.as_bytes(), vec![], 0);
+            }
+        });
+        let r = s.range(b"a", &RangeEnd::Unbounded, 0, 2, false).unwrap();
+        assert_eq!((r.kvs.len(), r.count), (2, 4));
+        let r = s
+            .range(b"b", &RangeEnd::Before(b"d".to_vec()), 0, 0, true)
+            .unwrap();
+        assert_eq!((r.kvs.len(), r.count), (0, 2));
+        assert_eq!(s.current_revision(), 2, "one txn, one revision");
+    }
+
+    #[test]
+    fn txn_reads_its_own_writes() {
+        let mut s = store();
+        commit(&mut s, |t| {
+            t.put(b"k", b"v".to_vec(), 0);
+            let r = t.range(b"k", &RangeEnd::Single, 0, 0, false).unwrap();
+            assert_eq!(r.kvs[0].value, b"v");
+            assert_eq!(r.rev, 2);
+            let deleted = t.delete_range(b"k", &RangeEnd::Single).unwrap();
+            assert_eq!(deleted.len(), 1);
+            assert!(t.get(b"k").unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn compaction_drops_superseded_records_and_survives_reopen() {
+        let engine: SharedEngine = Arc::new(MemoryEngine::new());
+        let mut s = MvccStore::open(engine.clone()).unwrap();
+        for v in 0..3 {
+            commit(&mut s, |t| drop(t.put(b"a", vec![v], 0)));
+        }
+        commit(&mut s, |t| drop(t.put(b"b", b"x".to_vec(), 0)));
+        commit(&mut s, |t| {
+            drop(t.delete_range(b"b", &RangeEnd::Single).unwrap())
+        });
+        assert_eq!(s.current_revision(), 6);
+        let mut batch = WriteBatch::new();
+        s.compact(6, &mut batch).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
+        let mut records = 0;
+        engine
+            .scan(Keyspace::Kv, &[], None, &mut |_, _| {
+                records += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(records, 1, "only a@4 is left");
+        assert!(matches!(
+            s.range(b"a", &RangeEnd::Single, 5, 0, false),
+            Err(MvccError::Compacted)
+        ));
+        assert!(matches!(
+            s.compact(6, &mut WriteBatch::new()),
+            Err(MvccError::Compacted)
+        ));
+        let reopened = MvccStore::open(engine).unwrap();
+        assert_eq!(reopened.compact_revision(), 6);
+        assert_eq!(reopened.current_revision(), 6);
+        let kv = reopened.get(b"a").unwrap().unwrap();
+        assert_eq!(
+            (
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.value.clone()
+            ),
+            (2, 4, 3, vec![2])
+        );
+        assert_eq!(reopened.get(b"b").unwrap(), None);
+        assert_eq!(reopened.indexed_keys(), 1);
+    }
+}

@@ -1,0 +1,257 @@
+//! One member: wires raft, the state machine and the engine together; proposes commands with a
+//! deadline, serves reads (serializable or linearizable), builds response headers, shuts down.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::raft::ReadPolicy;
+use openraft::{Config, ServerState, SnapshotPolicy};
+use prost::Message;
+
+use crate::apply::{self, Applied, ApplyError};
+use crate::config::ServerConfig;
+use crate::limits;
+use crate::pb::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use crate::pb::metastore::{command, Command};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::{Shared, StateMachine};
+use crate::raft::{Raft, RaftCommand};
+use crate::rt;
+use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
+
+/// Why a request could not be served. `api::status` maps each to etcd's gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("request is too large")]
+    RequestTooLarge,
+    #[error("request timed out")]
+    Timeout,
+    #[error("no leader")]
+    NoLeader,
+    #[error("server stopped")]
+    Stopped,
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Identity keys, kept in the raft keyspace: they belong to this member, not to the replicated state.
+const MEMBER_ID_KEY: &[u8] = b"id/member";
+const CLUSTER_ID_KEY: &[u8] = b"id/cluster";
+
+/// FNV-1a: a stable, dependency-free hash for deriving ids from names.
+fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn load_or_create_id(
+    engine: &SharedEngine,
+    key: &[u8],
+    derive: impl FnOnce() -> u64,
+) -> Result<u64, StorageError> {
+    if let Some(v) = engine.get(Keyspace::Raft, key)? {
+        let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| StorageError::Corrupt {
+            ks: Keyspace::Raft,
+            reason: "bad id".into(),
+        })?;
+        return Ok(u64::from_be_bytes(bytes));
+    }
+    // Never 0: etcd clients treat a zero member id as "none".
+    let id = derive().max(1);
+    let mut batch = WriteBatch::new();
+    batch.put(Keyspace::Raft, key, id.to_be_bytes().to_vec());
+    engine.write(batch, Durability::Sync)?;
+    Ok(id)
+}
+
+/// A running member.
+pub struct Node {
+    raft: Raft,
+    state: Arc<Shared>,
+    member_id: u64,
+    cluster_id: u64,
+    config: ServerConfig,
+}
+
+impl Node {
+    /// Open the member's state on `engine`, start raft, and wait until this (single) member leads.
+    pub async fn start(config: ServerConfig, engine: SharedEngine) -> Result<Arc<Node>, NodeError> {
+        let member_id = load_or_create_id(&engine, MEMBER_ID_KEY, || {
+            let urls = config.advertise_client_urls.join(",");
+            fnv1a64(&[
+                config.name.as_bytes(),
+                urls.as_bytes(),
+                config.initial_cluster_token.as_bytes(),
+            ])
+        })?;
+        let cluster_id = load_or_create_id(&engine, CLUSTER_ID_KEY, || {
+            fnv1a64(&[
+                &member_id.to_be_bytes(),
+                config.initial_cluster_token.as_bytes(),
+            ])
+        })?;
+
+        let raft_config = Config {
+            cluster_name: "metastore".into(),
+            heartbeat_interval: limits::HEARTBEAT_INTERVAL_MS,
+            election_timeout_min: limits::ELECTION_TIMEOUT_MS,
+            election_timeout_max: limits::ELECTION_TIMEOUT_MS * 2,
+            max_payload_entries: limits::RAFT_MAX_PAYLOAD_ENTRIES,
+            // Log compaction by snapshot arrives with multi-member replication.
+            snapshot_policy: SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let state_machine =
+            StateMachine::open(engine.clone()).map_err(|e| NodeError::Raft(e.to_string()))?;
+        let state = state_machine.shared();
+        let raft = Raft::new(
+            member_id,
+            Arc::new(raft_config),
+            Network,
+            LogStore::new(engine),
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            let addr = config
+                .advertise_client_urls
+                .first()
+                .cloned()
+                .unwrap_or_default();
+            let members = BTreeMap::from([(member_id, openraft::impls::BasicNode { addr })]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+        }
+        raft.wait(Some(limits::STARTUP_LEADER_TIMEOUT))
+            .state(ServerState::Leader, "single member becomes leader")
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        Ok(Arc::new(Node {
+            raft,
+            state,
+            member_id,
+            cluster_id,
+            config,
+        }))
+    }
+
+    /// This member's id.
+    pub fn member_id(&self) -> u64 {
+        self.member_id
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The configuration the member runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let raft_term = self.raft.metrics().borrow_watched().current_term;
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term,
+        }
+    }
+
+    /// The newest applied store revision.
+    pub fn current_revision(&self) -> i64 {
+        self.state.read().current_revision()
+    }
+
+    /// Replicate `op` and wait (at most [`limits::REQUEST_TIMEOUT`]) until it is applied. If the
+    /// caller is dropped (client gone) the wait ends with it; the entry may still commit.
+    pub async fn propose(&self, op: command::Op) -> Result<Applied, NodeError> {
+        let writes_data = matches!(op, command::Op::Put(_) | command::Op::Txn(_));
+        let bytes = Command { op: Some(op) }.encode_to_vec();
+        if bytes.len() > self.config.max_request_bytes {
+            return Err(NodeError::RequestTooLarge);
+        }
+        if writes_data
+            && self.state.engine().size_bytes() + bytes.len() as u64 > self.config.quota_bytes()
+        {
+            return Err(NodeError::NoSpace);
+        }
+        let write = self.raft.client_write(RaftCommand { bytes });
+        match rt::timeout(limits::REQUEST_TIMEOUT, write).await {
+            Err(rt::Elapsed) => Err(NodeError::Timeout),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(NodeError::NoLeader)
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(NodeError::Raft(e.to_string())),
+            Ok(Err(RaftError::Fatal(_))) => Err(NodeError::Stopped),
+            Ok(Ok(resp)) => match resp.data.outcome {
+                Some(Ok(applied)) => Ok(applied),
+                Some(Err(e)) => Err(NodeError::Apply(e)),
+                None => Err(NodeError::Raft("applied entry carried no outcome".into())),
+            },
+        }
+    }
+
+    /// Serve a range. Linearizable reads first confirm leadership through a read index and wait until
+    /// it is applied; serializable reads are served from local state at once.
+    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, NodeError> {
+        if !req.serializable {
+            let confirm = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            match rt::timeout(limits::READ_INDEX_TIMEOUT, confirm).await {
+                Err(rt::Elapsed) => return Err(NodeError::Timeout),
+                Ok(Err(RaftError::APIError(_))) => return Err(NodeError::NoLeader),
+                Ok(Err(RaftError::Fatal(_))) => return Err(NodeError::Stopped),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let store = self.state.read();
+        Ok(apply::range(&store, req)?)
+    }
+
+    /// Stop raft. Requests in flight fail with [`NodeError::Stopped`].
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(fnv1a64(&[b"a", b"b"]), fnv1a64(&[b"a", b"b"]));
+        assert_ne!(fnv1a64(&[b"ab"]), fnv1a64(&[b"a", b"b"]));
+    }
+}

@@ -1,0 +1,32 @@
+//! Generated protobuf types and gRPC stubs (etcd's API and MetaStore's own messages).
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// etcd's `mvccpb` package.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's `authpb` package.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's `etcdserverpb` package: the v3 client API.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's `v3lockpb` package.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's `v3electionpb` package.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
+/// MetaStore's internal messages.
+pub mod metastore {
+    tonic::include_proto!("metastore");
+}

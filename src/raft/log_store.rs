@@ -1,0 +1,200 @@
+//! The raft log, vote and committed/purged markers in the engine's `Raft` keyspace.
+//!
+//! Appends are written with [`Durability::Sync`] and reported flushed only after the fsync
+//! returned. openraft hands every pending entry to one `append` call, so under load one fsync
+//! covers many client writes (group commit).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+
+use super::{decode, encode, Entry, LogId, TypeConfig, Vote};
+use crate::storage::{Durability, Keyspace, SharedEngine, WriteBatch};
+
+const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
+const PURGED_KEY: &[u8] = b"purged";
+const ENTRY_PREFIX: u8 = b'e';
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = ENTRY_PREFIX;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Exclusive upper bound of all entry keys.
+const ENTRIES_END: [u8; 1] = [ENTRY_PREFIX + 1];
+
+/// The raft log over an engine. Cheap to clone: readers are clones.
+#[derive(Clone)]
+pub struct LogStore {
+    engine: SharedEngine,
+}
+
+impl LogStore {
+    /// A log store over `engine`.
+    pub fn new(engine: SharedEngine) -> Self {
+        Self { engine }
+    }
+
+    fn read<T: for<'a> serde::Deserialize<'a>>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        match self.engine.get(Keyspace::Raft, key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+        }
+    }
+
+    async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
+        let engine = self.engine.clone();
+        // The fsync blocks a thread; keep it off the async workers.
+        crate::rt::spawn_blocking(move || engine.write(batch, Durability::Sync)).await??;
+        Ok(())
+    }
+
+    fn last_entry(&self) -> io::Result<Option<Entry>> {
+        let mut last = None;
+        self.engine.scan_rev(
+            Keyspace::Raft,
+            &[ENTRY_PREFIX],
+            Some(&ENTRIES_END),
+            &mut |_, v| {
+                last = Some(v.to_vec());
+                false
+            },
+        )?;
+        last.map(|bytes| decode(&bytes)).transpose()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.checked_add(1).map(entry_key),
+            Bound::Excluded(&i) => Some(entry_key(i)),
+            Bound::Unbounded => None,
+        };
+        let end = end.as_ref().map(|k| &k[..]).unwrap_or(&ENTRIES_END);
+        let mut entries = Vec::new();
+        let mut failure = None;
+        self.engine.scan(
+            Keyspace::Raft,
+            &entry_key(start),
+            Some(end),
+            &mut |_, v| match decode(v) {
+                Ok(e) => {
+                    entries.push(e);
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            },
+        )?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(entries),
+        }
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.read(VOTE_KEY)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.read(PURGED_KEY)?;
+        let last_log_id = match self.last_entry()? {
+            Some(e) => Some(e.log_id),
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::new();
+        batch.put(Keyspace::Raft, VOTE_KEY, encode(vote)?);
+        self.write_synced(batch).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::new();
+        batch.put(Keyspace::Raft, COMMITTED_KEY, encode(&committed)?);
+        // Losing it only means re-discovering the commit point on restart; no fsync needed.
+        self.engine.write(batch, Durability::Buffered)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.read::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::new();
+        for entry in entries {
+            batch.put(
+                Keyspace::Raft,
+                entry_key(entry.log_id.index).to_vec(),
+                encode(&entry)?,
+            );
+        }
+        let result = self.write_synced(batch).await;
+        match &result {
+            Ok(()) => callback.io_completed(Ok(())),
+            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map(|id| id.index + 1).unwrap_or(0);
+        let mut batch = WriteBatch::new();
+        batch.delete_range(
+            Keyspace::Raft,
+            entry_key(from).to_vec(),
+            ENTRIES_END.to_vec(),
+        );
+        self.write_synced(batch).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::new();
+        batch.put(Keyspace::Raft, PURGED_KEY, encode(&log_id)?);
+        batch.delete_range(
+            Keyspace::Raft,
+            entry_key(0).to_vec(),
+            entry_key(log_id.index + 1).to_vec(),
+        );
+        self.write_synced(batch).await
+    }
+}

@@ -1,0 +1,80 @@
+//! The runtime seam: the only module that names tokio or madsim runtime specifics.
+//!
+//! Everything else asks this module for time, sleep, spawn and randomness. In a normal build
+//! `tokio` is the real tokio; under `--cfg madsim` the same paths are madsim's simulated ones, so
+//! the whole server (openraft included, through [`SeamRuntime`]) runs deterministically from a seed.
+
+mod openraft_rt;
+mod watch;
+
+pub use openraft_rt::{SeamInstant, SeamRuntime};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// A monotonic instant from the seam's clock (simulated under madsim).
+pub type Instant = tokio::time::Instant;
+
+/// Error returned when a deadline passes before the awaited work finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline elapsed")]
+pub struct Elapsed;
+
+/// Current time on the seam's monotonic clock.
+pub fn now() -> Instant {
+    tokio::time::Instant::now()
+}
+
+/// Sleep for `duration` on the seam's clock.
+pub async fn sleep(duration: Duration) {
+    tokio::time::sleep(duration).await
+}
+
+/// Run `fut` until it completes or `duration` passes.
+pub async fn timeout<F: Future>(duration: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    tokio::time::timeout(duration, fut)
+        .await
+        .map_err(|_| Elapsed)
+}
+
+/// Spawn a task on the current runtime (a simulated node's runtime under madsim).
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut)
+}
+
+/// Run blocking work off the async workers. In simulation there are no real threads: it runs inline,
+/// which keeps the schedule deterministic.
+pub async fn spawn_blocking<F, T>(f: F) -> std::io::Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    #[cfg(madsim)]
+    {
+        Ok(f())
+    }
+    #[cfg(not(madsim))]
+    {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// A random `u64` from the seam: madsim's seeded generator in simulation, the OS-seeded thread RNG
+/// otherwise.
+pub fn random_u64() -> u64 {
+    #[cfg(madsim)]
+    {
+        madsim::rand::random::<u64>()
+    }
+    #[cfg(not(madsim))]
+    {
+        use rand::RngExt as _;
+        rand::rng().random::<u64>()
+    }
+}

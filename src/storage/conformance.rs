@@ -1,0 +1,174 @@
+//! The conformance suite every [`Engine`] must pass. Engines call [`run_all`] from their tests with a
+//! factory that makes a fresh, empty engine.
+
+use super::{Durability, Engine, Keyspace, WriteBatch};
+
+/// Makes a fresh, empty engine.
+pub type Factory<'a> = dyn Fn() -> Box<dyn Engine> + 'a;
+
+/// Run every conformance check against fresh engines from `make`.
+pub fn run_all(make: &Factory<'_>) {
+    get_put_delete(&*make());
+    keyspaces_are_independent(&*make());
+    scan_order_and_bounds(&*make());
+    delete_range(&*make());
+    batch_is_atomic_and_ordered(&*make());
+    scan_is_point_in_time(&*make());
+    size_grows_with_data(&*make());
+}
+
+fn put(e: &dyn Engine, ks: Keyspace, k: &[u8], v: &[u8]) {
+    let mut b = WriteBatch::new();
+    b.put(ks, k, v);
+    e.write(b, Durability::Sync).expect("write");
+}
+
+fn collect(
+    e: &dyn Engine,
+    ks: Keyspace,
+    start: &[u8],
+    end: Option<&[u8]>,
+    rev: bool,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut visit = |k: &[u8], v: &[u8]| {
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    };
+    if rev {
+        e.scan_rev(ks, start, end, &mut visit).expect("scan_rev");
+    } else {
+        e.scan(ks, start, end, &mut visit).expect("scan");
+    }
+    out
+}
+
+fn keys(items: &[(Vec<u8>, Vec<u8>)]) -> Vec<&[u8]> {
+    items.iter().map(|(k, _)| k.as_slice()).collect()
+}
+
+fn get_put_delete(e: &dyn Engine) {
+    assert_eq!(e.get(Keyspace::Kv, b"k").expect("get"), None);
+    put(e, Keyspace::Kv, b"k", b"v1");
+    assert_eq!(
+        e.get(Keyspace::Kv, b"k").expect("get"),
+        Some(b"v1".to_vec())
+    );
+    put(e, Keyspace::Kv, b"k", b"v2");
+    assert_eq!(
+        e.get(Keyspace::Kv, b"k").expect("get"),
+        Some(b"v2".to_vec())
+    );
+    put(e, Keyspace::Kv, b"empty", b"");
+    assert_eq!(
+        e.get(Keyspace::Kv, b"empty").expect("get"),
+        Some(Vec::new())
+    );
+    let mut b = WriteBatch::new();
+    b.delete(Keyspace::Kv, b"k");
+    b.delete(Keyspace::Kv, b"never-existed");
+    e.write(b, Durability::Buffered).expect("write");
+    e.sync().expect("sync");
+    assert_eq!(e.get(Keyspace::Kv, b"k").expect("get"), None);
+}
+
+fn keyspaces_are_independent(e: &dyn Engine) {
+    put(e, Keyspace::Raft, b"x", b"raft");
+    put(e, Keyspace::Meta, b"x", b"meta");
+    assert_eq!(e.get(Keyspace::Kv, b"x").expect("get"), None);
+    assert_eq!(
+        e.get(Keyspace::Raft, b"x").expect("get"),
+        Some(b"raft".to_vec())
+    );
+    assert_eq!(
+        e.get(Keyspace::Meta, b"x").expect("get"),
+        Some(b"meta".to_vec())
+    );
+    assert!(collect(e, Keyspace::Kv, b"", None, false).is_empty());
+}
+
+fn scan_order_and_bounds(e: &dyn Engine) {
+    for k in [&b"b"[..], b"a", b"c", b"a\x00", b"\xff", b"ab"] {
+        put(e, Keyspace::Kv, k, k);
+    }
+    let all = collect(e, Keyspace::Kv, b"", None, false);
+    assert_eq!(
+        keys(&all),
+        vec![&b"a"[..], b"a\x00", b"ab", b"b", b"c", b"\xff"]
+    );
+    let mid = collect(e, Keyspace::Kv, b"a\x00", Some(b"c"), false);
+    assert_eq!(keys(&mid), vec![&b"a\x00"[..], b"ab", b"b"]);
+    let rev = collect(e, Keyspace::Kv, b"a\x00", Some(b"c"), true);
+    assert_eq!(keys(&rev), vec![&b"b"[..], b"ab", b"a\x00"]);
+    assert!(collect(e, Keyspace::Kv, b"c", Some(b"a"), false).is_empty());
+    assert!(collect(e, Keyspace::Kv, b"c", Some(b"c"), true).is_empty());
+    // Early stop.
+    let mut seen = 0;
+    e.scan(Keyspace::Kv, b"", None, &mut |_, _| {
+        seen += 1;
+        seen < 2
+    })
+    .expect("scan");
+    assert_eq!(seen, 2);
+}
+
+fn delete_range(e: &dyn Engine) {
+    for k in [&b"a"[..], b"b", b"c", b"d"] {
+        put(e, Keyspace::Kv, k, b"v");
+    }
+    put(e, Keyspace::Meta, b"b", b"other keyspace");
+    let mut b = WriteBatch::new();
+    b.delete_range(Keyspace::Kv, b"b", b"d");
+    e.write(b, Durability::Sync).expect("write");
+    assert_eq!(
+        keys(&collect(e, Keyspace::Kv, b"", None, false)),
+        vec![&b"a"[..], b"d"]
+    );
+    assert_eq!(
+        e.get(Keyspace::Meta, b"b").expect("get"),
+        Some(b"other keyspace".to_vec())
+    );
+}
+
+fn batch_is_atomic_and_ordered(e: &dyn Engine) {
+    let mut b = WriteBatch::new();
+    b.put(Keyspace::Kv, b"k", b"first");
+    b.put(Keyspace::Kv, b"k", b"second");
+    b.put(Keyspace::Meta, b"applied", b"7");
+    b.delete(Keyspace::Kv, b"gone");
+    assert!(!b.is_empty());
+    e.write(b, Durability::Sync).expect("write");
+    assert_eq!(
+        e.get(Keyspace::Kv, b"k").expect("get"),
+        Some(b"second".to_vec())
+    );
+    assert_eq!(
+        e.get(Keyspace::Meta, b"applied").expect("get"),
+        Some(b"7".to_vec())
+    );
+}
+
+fn scan_is_point_in_time(e: &dyn Engine) {
+    put(e, Keyspace::Kv, b"1", b"v");
+    put(e, Keyspace::Kv, b"2", b"v");
+    let mut seen = Vec::new();
+    e.scan(Keyspace::Kv, b"", None, &mut |k, _| {
+        seen.push(k.to_vec());
+        true
+    })
+    .expect("scan");
+    assert_eq!(seen, vec![b"1".to_vec(), b"2".to_vec()]);
+}
+
+fn size_grows_with_data(e: &dyn Engine) {
+    let before = e.size_bytes();
+    for i in 0..200u32 {
+        put(e, Keyspace::Kv, &i.to_be_bytes(), &[7u8; 512]);
+    }
+    e.sync().expect("sync");
+    assert!(
+        e.size_bytes() > before,
+        "size_bytes must grow after writing 100 KiB"
+    );
+    assert!(!e.kind().is_empty());
+}

@@ -1,0 +1,225 @@
+//! The memory engine: one `BTreeMap` per keyspace.
+//!
+//! With [`MemoryEngine::with_crash_model`] it also plays a disk for the simulator: it remembers which
+//! writes were synced, and [`MemoryEngine::crash`] throws away everything that was not, the way a
+//! power cut would. The handle outlives a simulated node, so a restarted node finds its "disk".
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Mutex, RwLock};
+
+use super::{BatchOp, Durability, Engine, Keyspace, Result, Visitor, WriteBatch};
+
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Clone, Default)]
+struct Maps {
+    spaces: [Map; Keyspace::ALL.len()],
+    bytes: u64,
+}
+
+impl Maps {
+    fn apply(&mut self, batch: &WriteBatch) {
+        for op in batch.ops() {
+            match op {
+                BatchOp::Put { ks, key, value } => {
+                    let added = (key.len() + value.len()) as u64;
+                    if let Some(old) = self.spaces[ks.index()].insert(key.clone(), value.clone()) {
+                        self.bytes -= (key.len() + old.len()) as u64;
+                    }
+                    self.bytes += added;
+                }
+                BatchOp::Delete { ks, key } => {
+                    if let Some(old) = self.spaces[ks.index()].remove(key) {
+                        self.bytes -= (key.len() + old.len()) as u64;
+                    }
+                }
+                BatchOp::DeleteRange { ks, start, end } => {
+                    if start >= end {
+                        continue;
+                    }
+                    let map = &mut self.spaces[ks.index()];
+                    let doomed: Vec<Vec<u8>> = map
+                        .range::<[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in doomed {
+                        if let Some(old) = map.remove(&key) {
+                            self.bytes -= (key.len() + old.len()) as u64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What survives a simulated crash: the synced state and the writes queued since.
+#[derive(Default)]
+struct CrashModel {
+    durable: Maps,
+    unsynced: Vec<WriteBatch>,
+}
+
+/// An in-memory [`Engine`].
+#[derive(Default)]
+pub struct MemoryEngine {
+    visible: RwLock<Maps>,
+    crash_model: Option<Mutex<CrashModel>>,
+}
+
+impl MemoryEngine {
+    /// A plain memory engine: nothing survives the process.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A memory engine that tracks durability, for use as a simulated disk.
+    pub fn with_crash_model() -> Self {
+        Self {
+            visible: RwLock::default(),
+            crash_model: Some(Mutex::new(CrashModel::default())),
+        }
+    }
+
+    /// Simulate power loss: every write not yet synced disappears. A no-op without a crash model.
+    pub fn crash(&self) {
+        if let Some(model) = &self.crash_model {
+            let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
+            model.unsynced.clear();
+            *self.visible.write().unwrap_or_else(|e| e.into_inner()) = model.durable.clone();
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        self.visible.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn bounds<'a>(
+    start: &'a [u8],
+    end: Option<&'a [u8]>,
+) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    match end {
+        Some(end) if end <= start => None,
+        Some(end) => Some((Bound::Included(start), Bound::Excluded(end))),
+        None => Some((Bound::Included(start), Bound::Unbounded)),
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.read().spaces[ks.index()].get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        let maps = self.read();
+        let Some(range) = bounds(start, end) else {
+            return Ok(());
+        };
+        for (k, v) in maps.spaces[ks.index()].range::<[u8], _>(range) {
+            if !visit(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_rev(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        let maps = self.read();
+        let Some(range) = bounds(start, end) else {
+            return Ok(());
+        };
+        for (k, v) in maps.spaces[ks.index()].range::<[u8], _>(range).rev() {
+            if !visit(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        // Lock order: crash model, then visible state (the same order as `crash`).
+        let mut model = self
+            .crash_model
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+        self.visible
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&batch);
+        if let Some(model) = model.as_mut() {
+            model.unsynced.push(batch);
+            if durability == Durability::Sync {
+                let CrashModel { durable, unsynced } = &mut **model;
+                for b in unsynced.drain(..) {
+                    durable.apply(&b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        if let Some(model) = &self.crash_model {
+            let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
+            let CrashModel { durable, unsynced } = &mut *model;
+            for b in unsynced.drain(..) {
+                durable.apply(&b);
+            }
+        }
+        Ok(())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.read().bytes
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        super::super::conformance::run_all(&|| Box::new(MemoryEngine::new()));
+    }
+
+    #[test]
+    fn crash_drops_only_unsynced_writes() {
+        let e = MemoryEngine::with_crash_model();
+        let mut b = WriteBatch::new();
+        b.put(Keyspace::Kv, "a", "1");
+        e.write(b, Durability::Sync).unwrap();
+        let mut b = WriteBatch::new();
+        b.put(Keyspace::Kv, "b", "2");
+        e.write(b, Durability::Buffered).unwrap();
+        assert_eq!(e.get(Keyspace::Kv, b"b").unwrap(), Some(b"2".to_vec()));
+        e.crash();
+        assert_eq!(e.get(Keyspace::Kv, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(e.get(Keyspace::Kv, b"b").unwrap(), None);
+        // A buffered write followed by a sync survives.
+        let mut b = WriteBatch::new();
+        b.put(Keyspace::Kv, "c", "3");
+        e.write(b, Durability::Buffered).unwrap();
+        e.sync().unwrap();
+        e.crash();
+        assert_eq!(e.get(Keyspace::Kv, b"c").unwrap(), Some(b"3".to_vec()));
+    }
+}

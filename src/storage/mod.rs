@@ -1,0 +1,198 @@
+//! The storage engine seam: ordered keyspaces, atomic write batches with an explicit durability
+//! flag, and point-in-time consistent reads.
+//!
+//! Nothing here knows about etcd, MVCC or raft. Two engines implement [`Engine`]: [`MemoryEngine`]
+//! (tests, simulation, `--engine memory`) and `RocksEngine` (the durable default; compiled out
+//! under madsim). [`conformance`] is the one test suite both must pass.
+
+pub mod conformance;
+mod memory;
+#[cfg(not(madsim))]
+mod rocks;
+
+use std::sync::Arc;
+
+pub use memory::MemoryEngine;
+#[cfg(not(madsim))]
+pub use rocks::RocksEngine;
+
+/// A named, independently ordered key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Keyspace {
+    /// Raft log entries, vote, committed and purged log ids.
+    Raft,
+    /// Small state-machine metadata: applied log id, membership, current and compacted revision.
+    Meta,
+    /// MVCC records keyed by revision.
+    Kv,
+}
+
+impl Keyspace {
+    /// Every keyspace, in a fixed order.
+    pub const ALL: [Keyspace; 3] = [Keyspace::Raft, Keyspace::Meta, Keyspace::Kv];
+
+    /// A stable name (the RocksDB column family name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Keyspace::Raft => "raft",
+            Keyspace::Meta => "meta",
+            Keyspace::Kv => "kv",
+        }
+    }
+
+    /// Position in [`Keyspace::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Whether a write must be on stable storage before [`Engine::write`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before returning: survives power loss.
+    Sync,
+    /// May sit in OS or engine buffers: survives a process crash on RocksDB, may be lost on power
+    /// loss (and is lost by a simulated crash).
+    Buffered,
+}
+
+/// One operation of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Insert or overwrite `key`.
+    Put {
+        ks: Keyspace,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove `key` (absent keys are fine).
+    Delete { ks: Keyspace, key: Vec<u8> },
+    /// Remove every key in `[start, end)`.
+    DeleteRange {
+        ks: Keyspace,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
+}
+
+/// Operations applied atomically: after a crash either all of them are visible or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<BatchOp>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queue a put.
+    pub fn put(&mut self, ks: Keyspace, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Put {
+            ks,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Queue a delete.
+    pub fn delete(&mut self, ks: Keyspace, key: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Delete {
+            ks,
+            key: key.into(),
+        });
+    }
+
+    /// Queue a range delete of `[start, end)`.
+    pub fn delete_range(
+        &mut self,
+        ks: Keyspace,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+    ) {
+        self.ops.push(BatchOp::DeleteRange {
+            ks,
+            start: start.into(),
+            end: end.into(),
+        });
+    }
+
+    /// Queue every operation of `other` after the ones already queued.
+    pub fn append(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+
+    /// The queued operations, in order.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Errors of the storage layer. Any of them means the member can no longer trust its disk.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("storage engine is closed")]
+    Closed,
+    #[error("corrupt data in keyspace {ks:?}: {reason}")]
+    Corrupt { ks: Keyspace, reason: String },
+}
+
+impl From<StorageError> for std::io::Error {
+    fn from(e: StorageError) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
+/// Result of storage operations.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Visitor over `(key, value)` pairs; return `false` to stop the scan.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> bool + 'a;
+
+/// The narrow interface every storage engine implements.
+pub trait Engine: Send + Sync + 'static {
+    /// The value stored under `key`.
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Visit keys in `[start, end)` (`end = None`: to the end) in ascending order, on one
+    /// point-in-time view: writes that land during the scan are not seen.
+    fn scan(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()>;
+
+    /// Visit keys in `[start, end)` in descending order, on one point-in-time view.
+    fn scan_rev(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()>;
+
+    /// Apply `batch` atomically; with [`Durability::Sync`] it is on stable storage on return.
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
+
+    /// Make every earlier buffered write durable.
+    fn sync(&self) -> Result<()>;
+
+    /// Bytes the engine occupies (on disk, or in memory for the memory engine).
+    fn size_bytes(&self) -> u64;
+
+    /// A short name for logs and status ("rocksdb", "memory").
+    fn kind(&self) -> &'static str;
+}
+
+/// A shared engine handle: callers hold this, never a concrete engine type.
+pub type SharedEngine = Arc<dyn Engine>;
