@@ -1,1 +1,12 @@
+//! MetaStore's deterministic simulation harness (madsim).
+//!
+//! Built only with `--cfg madsim` (see `scripts/test.sh`): then `tokio` and `tonic` inside MetaStore
+//! are madsim's simulated ones, so the real server code runs on a simulated network, clock and
+//! scheduler, and one seed reproduces one run exactly. Each member keeps its data in a
+//! [`MemoryEngine`](metastore::storage::MemoryEngine) with a crash model: the harness owns it, so it
+//! outlives a killed node, and a crash drops every write that was never synced.
 
+#[cfg(madsim)]
+pub mod cluster;
+#[cfg(madsim)]
+pub mod trace;

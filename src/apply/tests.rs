@@ -5,7 +5,9 @@ use std::sync::Arc;
 use super::*;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
-use crate::pb::etcdserverpb::{request_op, response_op, Compare, RequestOp};
+use crate::pb::etcdserverpb::{
+    request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
+};
 use crate::storage::{Durability, MemoryEngine};
 
 fn store() -> MvccStore {

@@ -1,12 +1,264 @@
-//! `metastore bench`: a load generator for any etcd-compatible endpoint.
+//! `metastore bench`: a load generator for any etcd-compatible endpoint, modelled on etcd's
+//! `benchmark` tool (same flag names), printing throughput and latency percentiles.
 
-use clap::Args;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Benchmark flags (filled in below).
+use clap::{Args, ValueEnum};
+
+use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::kv_client::KvClient;
+use crate::pb::etcdserverpb::{request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::rt;
+
+/// What each request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Put random keys of the key space.
+    Put,
+    /// Range-read one key (written once before timing starts).
+    Range,
+    /// Compare-and-put transactions on random keys of the key space.
+    Txn,
+}
+
+/// Read consistency of `range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Consistency {
+    /// Linearizable.
+    L,
+    /// Serializable.
+    S,
+}
+
+/// Benchmark flags.
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// The workload.
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// Comma-separated endpoints (host:port or http://host:port).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
+    /// Concurrent clients (in-flight requests).
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// gRPC connections shared by the clients.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Total number of requests.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 8)]
+    pub val_size: usize,
+    /// Number of distinct keys written by put/txn.
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: u64,
+    /// Range read consistency: l (linearizable) or s (serializable).
+    #[arg(long, value_enum, default_value = "l")]
+    pub consistency: Consistency,
+    /// Key read by the range workload.
+    #[arg(long, default_value = "bench-range-key")]
+    pub range_key: String,
+    /// Per-request deadline in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+}
 
-/// Run a benchmark.
-pub async fn run(_args: BenchArgs) -> Result<(), String> {
-    Err("bench: not built yet".into())
+fn endpoint_url(e: &str) -> String {
+    if e.starts_with("http://") || e.starts_with("https://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    }
+}
+
+fn key(i: u64, size: usize) -> Vec<u8> {
+    let mut k = format!("{i:0>width$}", width = size.max(1)).into_bytes();
+    // Keep the least significant digits when the key space needs more digits than the key size.
+    if k.len() > size.max(1) {
+        k.drain(..k.len() - size.max(1));
+    }
+    k
+}
+
+/// Latency figures of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub ok: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Summary {
+    fn from_latencies(mut lat_us: Vec<u64>, errors: u64, seconds: f64) -> Self {
+        lat_us.sort_unstable();
+        let pct = |p: f64| {
+            if lat_us.is_empty() {
+                return 0.0;
+            }
+            let idx = ((lat_us.len() as f64 * p).ceil() as usize).clamp(1, lat_us.len()) - 1;
+            lat_us[idx] as f64 / 1000.0
+        };
+        Summary {
+            ok: lat_us.len() as u64,
+            errors,
+            seconds,
+            p50_ms: pct(0.50),
+            p90_ms: pct(0.90),
+            p99_ms: pct(0.99),
+            max_ms: lat_us.last().copied().unwrap_or(0) as f64 / 1000.0,
+        }
+    }
+
+    /// Successful requests per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.ok as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+async fn connect(args: &BenchArgs) -> Result<Vec<tonic::transport::Channel>, String> {
+    let endpoints: Vec<String> = args.endpoints.split(',').filter(|e| !e.is_empty()).map(endpoint_url).collect();
+    if endpoints.is_empty() {
+        return Err("--endpoints is empty".into());
+    }
+    let mut channels = Vec::new();
+    for i in 0..args.conns.max(1) {
+        let url = endpoints[i % endpoints.len()].clone();
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| format!("{url}: {e}"))?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_millis(args.timeout_ms))
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+async fn one_request(client: &mut KvClient<tonic::transport::Channel>, args: &BenchArgs, value: &[u8]) -> bool {
+    let pick = || key(rt::random_u64() % args.key_space_size.max(1), args.key_size);
+    match args.workload {
+        Workload::Put => {
+            let req = PutRequest { key: pick(), value: value.to_vec(), ..Default::default() };
+            client.put(req).await.is_ok()
+        }
+        Workload::Range => {
+            let req = RangeRequest {
+                key: args.range_key.clone().into_bytes(),
+                serializable: args.consistency == Consistency::S,
+                ..Default::default()
+            };
+            client.range(req).await.is_ok()
+        }
+        Workload::Txn => {
+            let k = pick();
+            let req = TxnRequest {
+                compare: vec![Compare {
+                    key: k.clone(),
+                    target: CompareTarget::Version as i32,
+                    result: CompareResult::Greater as i32,
+                    target_union: Some(TargetUnion::Version(-1)),
+                    range_end: vec![],
+                }],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: k,
+                        value: value.to_vec(),
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![],
+            };
+            client.txn(req).await.is_ok()
+        }
+    }
+}
+
+/// Run the benchmark described by `args` and return its summary.
+pub async fn measure(args: &BenchArgs) -> Result<Summary, String> {
+    let channels = connect(args).await?;
+    if args.workload == Workload::Range {
+        let mut setup = KvClient::new(channels[0].clone());
+        let req = PutRequest { key: args.range_key.clone().into_bytes(), value: vec![b'v'; args.val_size], ..Default::default() };
+        setup.put(req).await.map_err(|e| format!("setup put failed: {e}"))?;
+    }
+    let remaining = Arc::new(AtomicU64::new(args.total));
+    let errors = Arc::new(AtomicU64::new(0));
+    let value = Arc::new(vec![b'v'; args.val_size]);
+    let args = Arc::new(args.clone());
+    let start = rt::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.clients.max(1) {
+        let mut client = KvClient::new(channels[i % channels.len()].clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let (remaining, errors, value, args) = (remaining.clone(), errors.clone(), value.clone(), args.clone());
+        tasks.push(rt::spawn(async move {
+            let mut lat_us = Vec::new();
+            while remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                let t0 = rt::now();
+                if one_request(&mut client, &args, &value).await {
+                    lat_us.push(t0.elapsed().as_micros() as u64);
+                } else {
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            lat_us
+        }));
+    }
+    let mut all = Vec::with_capacity(args.total as usize);
+    for t in tasks {
+        all.extend(t.await.map_err(|e| format!("client task failed: {e}"))?);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Summary::from_latencies(all, errors.load(Ordering::SeqCst), seconds))
+}
+
+/// `metastore bench`: run and print the summary.
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let s = measure(&args).await?;
+    println!("Summary ({:?}, {} clients, {} conns, {} requests):", args.workload, args.clients, args.conns, args.total);
+    println!("  Total:        {:.4} secs", s.seconds);
+    println!("  Requests/sec: {:.1}", s.ops_per_sec());
+    println!("  Latency ms:   p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}", s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms);
+    println!("  Errors:       {}", s.errors);
+    if s.errors > 0 {
+        return Err(format!("{} requests failed", s.errors));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_requested_size() {
+        assert_eq!(key(7, 4), b"0007");
+        assert_eq!(key(123456, 3), b"456");
+        assert_eq!(endpoint_url("127.0.0.1:1"), "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn percentiles() {
+        let s = Summary::from_latencies((1..=100).map(|i| i * 1000).collect(), 2, 2.0);
+        assert_eq!((s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(s.ops_per_sec(), 50.0);
+        assert_eq!(s.errors, 2);
+    }
 }

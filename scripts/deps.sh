@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages MetaStore needs to build and test, if any is missing:
+# protoc (protobuf-compiler), libclang for RocksDB's bindings (libclang-dev, clang),
+# etcdctl for the compatibility tests (etcd-client).
+set -euo pipefail
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+ldconfig -p 2>/dev/null | grep -q 'libclang' || need+=(libclang-dev)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+if [ "${WITH_ETCD_SERVER:-0}" = 1 ]; then
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  echo "installing: ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,87 @@
+//! Simulated members: the real `Node` and gRPC server, on a madsim node with a crash-model disk.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::runtime::{Handle, NodeHandle};
+use metastore::api::{self, Shutdown};
+use metastore::config::{EngineKind, ServerConfig};
+use metastore::node::Node;
+use metastore::pb::etcdserverpb::kv_client::KvClient;
+use metastore::storage::{MemoryEngine, SharedEngine};
+
+/// The client port every simulated member listens on.
+pub const CLIENT_PORT: u16 = 2379;
+
+/// One simulated member and the disk that survives it.
+pub struct SimMember {
+    pub node: NodeHandle,
+    pub disk: Arc<MemoryEngine>,
+    pub ip: String,
+}
+
+impl SimMember {
+    /// Create (and boot) a member named `name` at `ip`.
+    pub fn start(handle: &Handle, name: &str, ip: &str) -> SimMember {
+        let disk = Arc::new(MemoryEngine::with_crash_model());
+        let boot_disk = disk.clone();
+        let addr: SocketAddr = format!("{ip}:{CLIENT_PORT}").parse().expect("sim address");
+        let member_name = name.to_string();
+        let node = handle
+            .create_node()
+            .name(name)
+            .ip(addr.ip())
+            .init(move || {
+                let engine: SharedEngine = boot_disk.clone();
+                let name = member_name.clone();
+                async move { run_member(name, addr, engine).await }
+            })
+            .build();
+        SimMember { node, disk, ip: ip.to_string() }
+    }
+
+    /// Kill the member and cut its power: writes that were never synced are lost.
+    pub fn crash(&self, handle: &Handle) {
+        handle.kill(self.node.id());
+        self.disk.crash();
+    }
+
+    /// Boot the member again on the same disk.
+    pub fn restart(&self, handle: &Handle) {
+        handle.restart(self.node.id());
+    }
+
+    /// The member's client URL.
+    pub fn url(&self) -> String {
+        format!("http://{}:{CLIENT_PORT}", self.ip)
+    }
+}
+
+async fn run_member(name: String, addr: SocketAddr, engine: SharedEngine) {
+    let config = ServerConfig {
+        name,
+        listen_client_addrs: vec![addr],
+        advertise_client_urls: vec![format!("http://{addr}")],
+        engine: EngineKind::Memory,
+        ..ServerConfig::default()
+    };
+    let node = match Node::start(config, engine).await {
+        Ok(node) => node,
+        Err(e) => panic!("simulated member failed to start: {e}"),
+    };
+    if let Err(e) = api::serve(node, &[addr], Shutdown::new(), |_| {}).await {
+        panic!("simulated member stopped serving: {e}");
+    }
+}
+
+/// Connect a KV client to `url`, retrying while the member boots (bounded).
+pub async fn connect(url: &str) -> KvClient<tonic::transport::Channel> {
+    for _ in 0..200 {
+        if let Ok(client) = KvClient::connect(url.to_string()).await {
+            return client;
+        }
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not connect to {url} within the simulated deadline");
+}

@@ -1,0 +1,66 @@
+//! The `metastore` command line: help, flag errors, and the benchmark client.
+
+mod common;
+
+use std::process::Command;
+
+fn metastore(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_metastore")).args(args).output().expect("run metastore")
+}
+
+#[test]
+fn help_documents_etcd_flags() {
+    let out = metastore(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--name",
+        "--data-dir",
+        "--listen-client-urls",
+        "--advertise-client-urls",
+        "--engine",
+        "--max-request-bytes",
+        "--max-txn-ops",
+        "--quota-backend-bytes",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    assert!(help.contains("1572864"), "default max request bytes is 1.5 MiB");
+    assert!(help.contains("rocksdb") && help.contains("memory"));
+}
+
+#[test]
+fn bad_flags_fail_clearly() {
+    let out = metastore(&["--no-such-flag"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    let out = metastore(&["--engine", "bolt"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bolt"));
+    let out = metastore(&["--listen-client-urls", "not-a-url", "--engine", "memory"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid URL"));
+    let out = metastore(&["--max-txn-ops", "0", "--engine", "memory"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-txn-ops"));
+}
+
+#[test]
+fn bench_runs_every_workload_against_a_server() {
+    let server = common::Server::start("memory");
+    for (workload, extra) in [("put", vec!["--key-space-size", "100"]), ("range", vec!["--consistency", "s"]), ("range", vec![]), ("txn", vec![])] {
+        let mut args = vec!["bench", workload, "--endpoints", server.host_port(), "--total", "200", "--clients", "4", "--conns", "2"];
+        args.extend(extra);
+        let out = metastore(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "bench {workload}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("Requests/sec") && stdout.contains("Errors:       0"), "{stdout}");
+    }
+    // The writes really happened.
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([&format!("--endpoints={}", server.host_port()), "get", "", "--from-key", "--count-only", "-w", "json"])
+        .output()
+        .expect("etcdctl");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"count\":"), "{}", String::from_utf8_lossy(&out.stdout));
+}
