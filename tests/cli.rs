@@ -5,7 +5,10 @@ mod common;
 use std::process::Command;
 
 fn metastore(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_metastore")).args(args).output().expect("run metastore")
+    Command::new(env!("CARGO_BIN_EXE_metastore"))
+        .args(args)
+        .output()
+        .expect("run metastore")
 }
 
 #[test]
@@ -25,7 +28,10 @@ fn help_documents_etcd_flags() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
-    assert!(help.contains("1572864"), "default max request bytes is 1.5 MiB");
+    assert!(
+        help.contains("1572864"),
+        "default max request bytes is 1.5 MiB"
+    );
     assert!(help.contains("rocksdb") && help.contains("memory"));
 }
 
@@ -48,19 +54,60 @@ fn bad_flags_fail_clearly() {
 #[test]
 fn bench_runs_every_workload_against_a_server() {
     let server = common::Server::start("memory");
-    for (workload, extra) in [("put", vec!["--key-space-size", "100"]), ("range", vec!["--consistency", "s"]), ("range", vec![]), ("txn", vec![])] {
-        let mut args = vec!["bench", workload, "--endpoints", server.host_port(), "--total", "200", "--clients", "4", "--conns", "2"];
+    for (workload, extra) in [
+        ("put", vec!["--key-space-size", "100"]),
+        ("range", vec!["--consistency", "s"]),
+        ("range", vec![]),
+        ("txn", vec![]),
+    ] {
+        let mut args = vec![
+            "bench",
+            workload,
+            "--endpoints",
+            server.host_port(),
+            "--total",
+            "200",
+            "--clients",
+            "4",
+            "--conns",
+            "2",
+        ];
         args.extend(extra);
         let out = metastore(&args);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "bench {workload}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("Requests/sec") && stdout.contains("Errors:       0"), "{stdout}");
+        assert!(
+            out.status.success(),
+            "bench {workload}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("Requests/sec") && stdout.contains("Errors:       0"),
+            "{stdout}"
+        );
     }
     // The writes really happened.
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args([&format!("--endpoints={}", server.host_port()), "get", "", "--from-key", "--count-only", "-w", "json"])
+        .args([
+            &format!("--endpoints={}", server.host_port()),
+            "get",
+            "0",
+            "--prefix",
+            "--keys-only",
+            "-w",
+            "json",
+        ])
         .output()
         .expect("etcdctl");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"count\":"), "{}", String::from_utf8_lossy(&out.stdout));
+    let json = String::from_utf8_lossy(&out.stdout);
+    let count: u64 = json
+        .split("\"count\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        count > 50 && count <= 100,
+        "200 puts over a key space of 100 wrote {count} keys: {json}"
+    );
 }

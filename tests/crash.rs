@@ -24,7 +24,10 @@ async fn kill9_during_writes_loses_nothing_acknowledged() {
                 let (k, v) = (format!("w{w}/k{}", i % 50), format!("{w}-{i}"));
                 match c.put(k.clone(), v.clone(), None).await {
                     Ok(r) => {
-                        acked.lock().unwrap().insert(k, (v, r.header().unwrap().revision()));
+                        acked
+                            .lock()
+                            .unwrap()
+                            .insert(k, (v, r.header().unwrap().revision()));
                     }
                     Err(_) => return, // the server died under us
                 }
@@ -38,24 +41,44 @@ async fn kill9_during_writes_loses_nothing_acknowledged() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "the writers made progress before the kill ({} keys)", acked.len());
+    assert!(
+        acked.len() > 50,
+        "the writers made progress before the kill ({} keys)",
+        acked.len()
+    );
 
     server.restart();
     let mut c = server.client().await;
     let max_rev = acked.values().map(|(_, r)| *r).max().unwrap();
     for (k, (v, rev)) in &acked {
         let got = c.get(k.as_str(), None).await.unwrap();
-        let kv = got.kvs().first().unwrap_or_else(|| panic!("acknowledged key {k} is gone"));
+        let kv = got
+            .kvs()
+            .first()
+            .unwrap_or_else(|| panic!("acknowledged key {k} is gone"));
         // A later write to the same key may have been applied but not acknowledged before the kill.
         assert!(kv.mod_revision() >= *rev, "{k}: revision went backwards");
         if kv.mod_revision() == *rev {
             assert_eq!(kv.value_str().unwrap(), v, "{k}");
         }
-        let at = c.get(k.as_str(), Some(GetOptions::new().with_revision(*rev))).await.unwrap();
-        assert_eq!(at.kvs()[0].value_str().unwrap(), v, "{k} at its acknowledged revision {rev}");
+        let at = c
+            .get(k.as_str(), Some(GetOptions::new().with_revision(*rev)))
+            .await
+            .unwrap();
+        assert_eq!(
+            at.kvs()[0].value_str().unwrap(),
+            v,
+            "{k} at its acknowledged revision {rev}"
+        );
     }
-    let head = c.get("w0/", Some(GetOptions::new().with_prefix())).await.unwrap();
-    assert!(head.header().unwrap().revision() >= max_rev, "the store revision survived");
+    let head = c
+        .get("w0/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(
+        head.header().unwrap().revision() >= max_rev,
+        "the store revision survived"
+    );
 }
 
 #[tokio::test]
@@ -63,10 +86,18 @@ async fn restart_recovers_revision_compaction_and_index() {
     let mut server = Server::start("rocksdb");
     let mut c = server.client().await;
     for i in 0..20 {
-        c.put(format!("k{}", i % 5), format!("v{i}"), None).await.unwrap();
+        c.put(format!("k{}", i % 5), format!("v{i}"), None)
+            .await
+            .unwrap();
     }
     c.delete("k0", None).await.unwrap();
-    let rev = c.get("k1", None).await.unwrap().header().unwrap().revision();
+    let rev = c
+        .get("k1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     c.compact(rev - 3, None).await.unwrap();
     let before: Vec<_> = c
         .get("k", Some(GetOptions::new().with_prefix()))
@@ -74,25 +105,61 @@ async fn restart_recovers_revision_compaction_and_index() {
         .unwrap()
         .kvs()
         .iter()
-        .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version()))
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.value().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+            )
+        })
         .collect();
     drop(c);
 
     server.restart();
     let mut c = server.client().await;
-    let after = c.get("k", Some(GetOptions::new().with_prefix())).await.unwrap();
-    assert_eq!(after.header().unwrap().revision(), rev, "revision recovered");
+    let after = c
+        .get("k", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.header().unwrap().revision(),
+        rev,
+        "revision recovered"
+    );
     let after: Vec<_> = after
         .kvs()
         .iter()
-        .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version()))
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.value().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+            )
+        })
         .collect();
     assert_eq!(after, before, "key index and records recovered");
-    let e = grpc(c.get("k1", Some(GetOptions::new().with_revision(rev - 4))).await.unwrap_err());
-    assert_eq!(e, (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted".into()));
+    let e = grpc(
+        c.get("k1", Some(GetOptions::new().with_revision(rev - 4)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted".into()
+        )
+    );
     // Versions continue from the recovered index.
     c.put("k1", "next", None).await.unwrap();
     let kv = c.get("k1", None).await.unwrap().kvs()[0].clone();
-    assert_eq!(kv.version(), before.iter().find(|b| b.0 == b"k1").unwrap().4 + 1);
+    assert_eq!(
+        kv.version(),
+        before.iter().find(|b| b.0 == b"k1").unwrap().4 + 1
+    );
     assert_eq!(kv.mod_revision(), rev + 1);
 }

@@ -38,7 +38,11 @@ impl SimMember {
                 async move { run_member(name, addr, engine).await }
             })
             .build();
-        SimMember { node, disk, ip: ip.to_string() }
+        SimMember {
+            node,
+            disk,
+            ip: ip.to_string(),
+        }
     }
 
     /// Kill the member and cut its power: writes that were never synced are lost.

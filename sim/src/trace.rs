@@ -14,13 +14,19 @@ pub struct Trace {
 impl Trace {
     /// An empty trace whose clock starts now (simulated time).
     pub fn new() -> Self {
-        Self { lines: Arc::default(), start: Some(std::time::Instant::now()) }
+        Self {
+            lines: Arc::default(),
+            start: Some(std::time::Instant::now()),
+        }
     }
 
     /// Record one event, stamped with simulated time since the start.
     pub fn record(&self, event: impl AsRef<str>) {
         let at = self.start.map(|s| s.elapsed().as_micros()).unwrap_or(0);
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{at:>12}us {}", event.as_ref()));
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{at:>12}us {}", event.as_ref()));
     }
 
     /// Every recorded line.

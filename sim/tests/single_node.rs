@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use madsim::runtime::{Handle, Runtime};
 use metastore::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use metastore::pb::etcdserverpb::{request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use metastore::pb::etcdserverpb::{
+    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use metastore_sim::cluster::{connect, SimMember};
 use metastore_sim::trace::Trace;
 
@@ -21,14 +23,22 @@ fn seeds() -> Vec<u64> {
 }
 
 fn put(k: &str, v: &str) -> PutRequest {
-    PutRequest { key: k.into(), value: v.into(), ..Default::default() }
+    PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    }
 }
 
 /// Writes, reads and a txn; then a power cut and a restart; then every acknowledged write is checked.
 async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
     let handle = Handle::current();
     let member = SimMember::start(&handle, "m1", "10.0.0.1");
-    let client_node = handle.create_node().name("client").ip("10.0.0.100".parse().unwrap()).build();
+    let client_node = handle
+        .create_node()
+        .name("client")
+        .ip("10.0.0.100".parse().unwrap())
+        .build();
     let url = member.url();
     let t = trace.clone();
     let phase1 = client_node.spawn(async move {
@@ -36,12 +46,30 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
         let mut acked = BTreeMap::new();
         for i in 0..40 {
             let (k, v) = (format!("k{}", i % 10), format!("v{i}"));
-            let rev = c.put(put(&k, &v)).await.expect("put").into_inner().header.expect("header").revision;
+            let rev = c
+                .put(put(&k, &v))
+                .await
+                .expect("put")
+                .into_inner()
+                .header
+                .expect("header")
+                .revision;
             t.record(format!("put {k}={v} rev={rev}"));
             acked.insert(k, (v, rev));
         }
-        let got = c.range(RangeRequest { key: b"k3".to_vec(), ..Default::default() }).await.expect("get").into_inner();
-        t.record(format!("get k3 -> {:?} rev={}", got.kvs.first().map(|kv| kv.mod_revision), got.header.unwrap().revision));
+        let got = c
+            .range(RangeRequest {
+                key: b"k3".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        t.record(format!(
+            "get k3 -> {:?} rev={}",
+            got.kvs.first().map(|kv| kv.mod_revision),
+            got.header.unwrap().revision
+        ));
         let txn = TxnRequest {
             compare: vec![Compare {
                 key: b"k1".to_vec(),
@@ -50,11 +78,16 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
                 target_union: Some(TargetUnion::Value(acked["k1"].0.clone().into_bytes())),
                 range_end: vec![],
             }],
-            success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put("k1", "txn"))) }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(put("k1", "txn"))),
+            }],
             failure: vec![],
         };
         let r = c.txn(txn).await.expect("txn").into_inner();
-        assert!(r.succeeded, "compare on the acknowledged value must succeed");
+        assert!(
+            r.succeeded,
+            "compare on the acknowledged value must succeed"
+        );
         let rev = r.header.unwrap().revision;
         t.record(format!("txn k1=txn rev={rev}"));
         acked.insert("k1".into(), ("txn".into(), rev));
@@ -78,7 +111,13 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
             for (k, (v, rev)) in &expected {
                 let mut got = None;
                 for _ in 0..100 {
-                    match c.range(RangeRequest { key: k.clone().into_bytes(), ..Default::default() }).await {
+                    match c
+                        .range(RangeRequest {
+                            key: k.clone().into_bytes(),
+                            ..Default::default()
+                        })
+                        .await
+                    {
                         Ok(r) => {
                             got = Some(r.into_inner());
                             break;
@@ -87,8 +126,15 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
                     }
                 }
                 let got = got.unwrap_or_else(|| panic!("member never answered after restart"));
-                let kv = got.kvs.first().unwrap_or_else(|| panic!("acknowledged {k} lost in the crash"));
-                assert_eq!((kv.value.as_slice(), kv.mod_revision), (v.as_bytes(), *rev), "{k} after restart");
+                let kv = got
+                    .kvs
+                    .first()
+                    .unwrap_or_else(|| panic!("acknowledged {k} lost in the crash"));
+                assert_eq!(
+                    (kv.value.as_slice(), kv.mod_revision),
+                    (v.as_bytes(), *rev),
+                    "{k} after restart"
+                );
                 t.record(format!("after restart {k}={v} rev={}", kv.mod_revision));
             }
         })
@@ -113,7 +159,12 @@ fn acknowledged_writes_survive_crash_and_same_seed_same_trace() {
     for seed in seeds() {
         let (first, lines) = run(seed);
         let (second, _) = run(seed);
-        assert_eq!(first, second, "seed {seed}: two runs diverged; replay with METASTORE_SIM_SEEDS={seed}\n{}", lines.join("\n"));
+        assert_eq!(
+            first,
+            second,
+            "seed {seed}: two runs diverged; replay with METASTORE_SIM_SEEDS={seed}\n{}",
+            lines.join("\n")
+        );
     }
 }
 

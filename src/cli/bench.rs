@@ -9,7 +9,9 @@ use clap::{Args, ValueEnum};
 
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::kv_client::KvClient;
-use crate::pb::etcdserverpb::{request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::pb::etcdserverpb::{
+    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use crate::rt;
 
 /// What each request does.
@@ -131,14 +133,20 @@ impl Summary {
 }
 
 async fn connect(args: &BenchArgs) -> Result<Vec<tonic::transport::Channel>, String> {
-    let endpoints: Vec<String> = args.endpoints.split(',').filter(|e| !e.is_empty()).map(endpoint_url).collect();
+    let endpoints: Vec<String> = args
+        .endpoints
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(endpoint_url)
+        .collect();
     if endpoints.is_empty() {
         return Err("--endpoints is empty".into());
     }
     let mut channels = Vec::new();
     for i in 0..args.conns.max(1) {
         let url = endpoints[i % endpoints.len()].clone();
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| format!("{url}: {e}"))?;
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("{url}: {e}"))?;
         let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_millis(args.timeout_ms))
@@ -150,11 +158,19 @@ async fn connect(args: &BenchArgs) -> Result<Vec<tonic::transport::Channel>, Str
     Ok(channels)
 }
 
-async fn one_request(client: &mut KvClient<tonic::transport::Channel>, args: &BenchArgs, value: &[u8]) -> bool {
+async fn one_request(
+    client: &mut KvClient<tonic::transport::Channel>,
+    args: &BenchArgs,
+    value: &[u8],
+) -> bool {
     let pick = || key(rt::random_u64() % args.key_space_size.max(1), args.key_size);
     match args.workload {
         Workload::Put => {
-            let req = PutRequest { key: pick(), value: value.to_vec(), ..Default::default() };
+            let req = PutRequest {
+                key: pick(),
+                value: value.to_vec(),
+                ..Default::default()
+            };
             client.put(req).await.is_ok()
         }
         Workload::Range => {
@@ -194,8 +210,15 @@ pub async fn measure(args: &BenchArgs) -> Result<Summary, String> {
     let channels = connect(args).await?;
     if args.workload == Workload::Range {
         let mut setup = KvClient::new(channels[0].clone());
-        let req = PutRequest { key: args.range_key.clone().into_bytes(), value: vec![b'v'; args.val_size], ..Default::default() };
-        setup.put(req).await.map_err(|e| format!("setup put failed: {e}"))?;
+        let req = PutRequest {
+            key: args.range_key.clone().into_bytes(),
+            value: vec![b'v'; args.val_size],
+            ..Default::default()
+        };
+        setup
+            .put(req)
+            .await
+            .map_err(|e| format!("setup put failed: {e}"))?;
     }
     let remaining = Arc::new(AtomicU64::new(args.total));
     let errors = Arc::new(AtomicU64::new(0));
@@ -207,10 +230,18 @@ pub async fn measure(args: &BenchArgs) -> Result<Summary, String> {
         let mut client = KvClient::new(channels[i % channels.len()].clone())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        let (remaining, errors, value, args) = (remaining.clone(), errors.clone(), value.clone(), args.clone());
+        let (remaining, errors, value, args) = (
+            remaining.clone(),
+            errors.clone(),
+            value.clone(),
+            args.clone(),
+        );
         tasks.push(rt::spawn(async move {
             let mut lat_us = Vec::new();
-            while remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            while remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
                 let t0 = rt::now();
                 if one_request(&mut client, &args, &value).await {
                     lat_us.push(t0.elapsed().as_micros() as u64);
@@ -226,16 +257,26 @@ pub async fn measure(args: &BenchArgs) -> Result<Summary, String> {
         all.extend(t.await.map_err(|e| format!("client task failed: {e}"))?);
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(Summary::from_latencies(all, errors.load(Ordering::SeqCst), seconds))
+    Ok(Summary::from_latencies(
+        all,
+        errors.load(Ordering::SeqCst),
+        seconds,
+    ))
 }
 
 /// `metastore bench`: run and print the summary.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     let s = measure(&args).await?;
-    println!("Summary ({:?}, {} clients, {} conns, {} requests):", args.workload, args.clients, args.conns, args.total);
+    println!(
+        "Summary ({:?}, {} clients, {} conns, {} requests):",
+        args.workload, args.clients, args.conns, args.total
+    );
     println!("  Total:        {:.4} secs", s.seconds);
     println!("  Requests/sec: {:.1}", s.ops_per_sec());
-    println!("  Latency ms:   p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}", s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms);
+    println!(
+        "  Latency ms:   p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+        s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
+    );
     println!("  Errors:       {}", s.errors);
     if s.errors > 0 {
         return Err(format!("{} requests failed", s.errors));
@@ -257,7 +298,10 @@ mod tests {
     #[test]
     fn percentiles() {
         let s = Summary::from_latencies((1..=100).map(|i| i * 1000).collect(), 2, 2.0);
-        assert_eq!((s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(
+            (s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms),
+            (50.0, 90.0, 99.0, 100.0)
+        );
         assert_eq!(s.ops_per_sec(), 50.0);
         assert_eq!(s.errors, 2);
     }

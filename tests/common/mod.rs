@@ -24,13 +24,20 @@ pub struct Server {
 
 fn spawn(engine: &str, data_dir: &Path, extra: &[String]) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_metastore"));
-    cmd.args(["--name", "test", "--listen-client-urls", "http://127.0.0.1:0", "--engine", engine])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--name",
+        "test",
+        "--listen-client-urls",
+        "http://127.0.0.1:0",
+        "--engine",
+        engine,
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn metastore");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -60,7 +67,14 @@ impl Server {
         let data_dir = tmp.path().join("data");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, endpoint) = spawn(engine, &data_dir, &extra);
-        Server { child: Some(child), endpoint, data_dir, engine: engine.into(), extra, _tmp: Some(tmp) }
+        Server {
+            child: Some(child),
+            endpoint,
+            data_dir,
+            engine: engine.into(),
+            extra,
+            _tmp: Some(tmp),
+        }
     }
 
     /// SIGKILL the process (no shutdown path runs) and wait for it to die.
@@ -82,7 +96,9 @@ impl Server {
     /// A connected etcd-client.
     pub async fn client(&self) -> etcd_client::Client {
         let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(20));
-        etcd_client::Client::connect([self.endpoint.as_str()], Some(opts)).await.expect("connect")
+        etcd_client::Client::connect([self.endpoint.as_str()], Some(opts))
+            .await
+            .expect("connect")
     }
 
     /// `host:port` for etcdctl.
