@@ -45,10 +45,11 @@ impl SimMember {
         }
     }
 
-    /// Kill the member and cut its power: writes that were never synced are lost.
-    pub fn crash(&self, handle: &Handle) {
+    /// Kill the member and cut its power: writes that were never synced are lost. Returns how many
+    /// write batches the crash threw away.
+    pub fn crash(&self, handle: &Handle) -> usize {
         handle.kill(self.node.id());
-        self.disk.crash();
+        self.disk.crash()
     }
 
     /// Boot the member again on the same disk.

@@ -96,8 +96,12 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
     let acked = phase1.await.expect("phase 1");
 
     // Power cut: the member dies and every unsynced write is lost; only the fsynced raft log remains.
-    member.crash(&handle);
-    trace.record("crash m1");
+    let lost = member.crash(&handle);
+    trace.record(format!("crash m1: {lost} unsynced write batches lost"));
+    assert!(
+        lost > 0,
+        "the state machine's buffered writes must be exposed to the crash"
+    );
     madsim::time::sleep(Duration::from_secs(1)).await;
     member.restart(&handle);
     trace.record("restart m1");
@@ -158,6 +162,10 @@ fn run(seed: u64) -> (u64, Vec<String>) {
 fn acknowledged_writes_survive_crash_and_same_seed_same_trace() {
     for seed in seeds() {
         let (first, lines) = run(seed);
+        if std::env::var_os("METASTORE_SIM_PRINT_TRACE").is_some() {
+            println!("seed {seed} trace:\n{}", lines.join("\n"));
+        }
+        assert!(lines.len() > 50, "seed {seed}: the scenario ran to the end");
         let (second, _) = run(seed);
         assert_eq!(
             first,

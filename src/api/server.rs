@@ -43,11 +43,16 @@ impl Shutdown {
     }
 }
 
-fn kv_server(node: &Arc<Node>) -> KvServer<KvService> {
-    let max_request = node.config().max_request_bytes + limits::GRPC_OVERHEAD_BYTES;
-    KvServer::new(KvService::new(node.clone()))
-        .max_decoding_message_size(max_request)
-        .max_encoding_message_size(limits::MAX_RESPONSE_BYTES)
+/// The KV service with etcd's message size limits (the simulator's transport ignores them; the
+/// node's own encoded-size check still applies there).
+macro_rules! kv_server {
+    ($node:expr) => {
+        KvServer::new(KvService::new($node.clone()))
+            .max_decoding_message_size(
+                $node.config().max_request_bytes + limits::GRPC_OVERHEAD_BYTES,
+            )
+            .max_encoding_message_size(limits::MAX_RESPONSE_BYTES)
+    };
 }
 
 /// Bind every address in `addrs`, report each bound address through `on_bound`, and serve the
@@ -69,7 +74,7 @@ pub async fn serve(
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
-                .add_service(kv_server(&node));
+                .add_service(kv_server!(node));
             let stop = shutdown.clone();
             tasks.push(crate::rt::spawn(async move {
                 router
@@ -80,7 +85,7 @@ pub async fn serve(
         #[cfg(madsim)]
         {
             on_bound(*addr);
-            let router = tonic::transport::Server::builder().add_service(kv_server(&node));
+            let router = tonic::transport::Server::builder().add_service(kv_server!(node));
             let stop = shutdown.clone();
             let addr = *addr;
             tasks.push(crate::rt::spawn(async move {

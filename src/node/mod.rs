@@ -255,3 +255,96 @@ mod tests {
         assert_ne!(fnv1a64(&[b"ab"]), fnv1a64(&[b"a", b"b"]));
     }
 }
+
+#[cfg(all(test, not(madsim)))]
+mod group_commit_tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::pb::etcdserverpb::PutRequest;
+    use crate::storage::{Engine, MemoryEngine, Visitor};
+
+    /// Counts synced writes on the way to a memory engine.
+    struct CountingEngine {
+        inner: MemoryEngine,
+        synced_writes: AtomicU64,
+    }
+
+    impl Engine for CountingEngine {
+        fn get(&self, ks: Keyspace, key: &[u8]) -> crate::storage::Result<Option<Vec<u8>>> {
+            self.inner.get(ks, key)
+        }
+        fn scan(
+            &self,
+            ks: Keyspace,
+            s: &[u8],
+            e: Option<&[u8]>,
+            v: &mut Visitor<'_>,
+        ) -> crate::storage::Result<()> {
+            self.inner.scan(ks, s, e, v)
+        }
+        fn scan_rev(
+            &self,
+            ks: Keyspace,
+            s: &[u8],
+            e: Option<&[u8]>,
+            v: &mut Visitor<'_>,
+        ) -> crate::storage::Result<()> {
+            self.inner.scan_rev(ks, s, e, v)
+        }
+        fn write(&self, batch: WriteBatch, durability: Durability) -> crate::storage::Result<()> {
+            if durability == Durability::Sync {
+                self.synced_writes.fetch_add(1, Ordering::SeqCst);
+                // Make an fsync cost something, as on a disk, so that proposals pile up behind it.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            self.inner.write(batch, durability)
+        }
+        fn sync(&self) -> crate::storage::Result<()> {
+            self.inner.sync()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_fsyncs() {
+        let engine = Arc::new(CountingEngine {
+            inner: MemoryEngine::new(),
+            synced_writes: AtomicU64::new(0),
+        });
+        let config = ServerConfig {
+            engine: crate::config::EngineKind::Memory,
+            ..ServerConfig::default()
+        };
+        let node = Node::start(config, engine.clone()).await.expect("start");
+        let before = engine.synced_writes.load(Ordering::SeqCst);
+        const WRITES: u64 = 400;
+        let mut tasks = Vec::new();
+        for i in 0..WRITES {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let put = PutRequest {
+                    key: format!("k{i}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                };
+                node.propose(command::Op::Put(put)).await.is_ok()
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.expect("join"), "every write is acknowledged");
+        }
+        let fsyncs = engine.synced_writes.load(Ordering::SeqCst) - before;
+        assert!(
+            fsyncs * 4 <= WRITES,
+            "{WRITES} concurrent writes took {fsyncs} fsyncs: no group commit"
+        );
+        assert_eq!(node.current_revision(), 1 + WRITES as i64);
+        node.shutdown().await;
+    }
+}

@@ -18,7 +18,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::watch::SeamWatch;
 
 /// The runtime openraft runs on: tokio in production, madsim in simulation.
-#[derive(Debug)]
 pub struct SeamRuntime {
     #[cfg(not(madsim))]
     rt: tokio::runtime::Runtime,
@@ -313,6 +312,12 @@ impl<T: OptionalSend + 'static> openraft::async_runtime::Mutex<T> for SeamMutex<
 
     fn lock(&self) -> impl Future<Output = Self::Guard<'_>> + OptionalSend {
         self.0.lock()
+    }
+}
+
+impl fmt::Debug for SeamRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SeamRuntime")
     }
 }
 

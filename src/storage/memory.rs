@@ -82,13 +82,17 @@ impl MemoryEngine {
         }
     }
 
-    /// Simulate power loss: every write not yet synced disappears. A no-op without a crash model.
-    pub fn crash(&self) {
-        if let Some(model) = &self.crash_model {
-            let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
-            model.unsynced.clear();
-            *self.visible.write().unwrap_or_else(|e| e.into_inner()) = model.durable.clone();
-        }
+    /// Simulate power loss: every write not yet synced disappears. Returns how many write batches
+    /// were lost (always 0 without a crash model).
+    pub fn crash(&self) -> usize {
+        let Some(model) = &self.crash_model else {
+            return 0;
+        };
+        let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
+        let lost = model.unsynced.len();
+        model.unsynced.clear();
+        *self.visible.write().unwrap_or_else(|e| e.into_inner()) = model.durable.clone();
+        lost
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
@@ -211,7 +215,7 @@ mod tests {
         b.put(Keyspace::Kv, "b", "2");
         e.write(b, Durability::Buffered).unwrap();
         assert_eq!(e.get(Keyspace::Kv, b"b").unwrap(), Some(b"2".to_vec()));
-        e.crash();
+        assert_eq!(e.crash(), 1);
         assert_eq!(e.get(Keyspace::Kv, b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(e.get(Keyspace::Kv, b"b").unwrap(), None);
         // A buffered write followed by a sync survives.
