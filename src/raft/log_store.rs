@@ -121,7 +121,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<LogId> = self.read(PURGED_KEY)?;
         let last_log_id = match self.last_entry()? {
             Some(e) => Some(e.log_id),
-            None => last_purged_log_id.clone(),
+            None => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,

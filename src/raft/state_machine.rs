@@ -130,7 +130,7 @@ fn apply_one(
             }
         }
         EntryPayload::Membership(m) => {
-            let stored = StoredMembership::new(Some(log_id.clone()), m);
+            let stored = StoredMembership::new(Some(*log_id), m);
             batch.put(Keyspace::Meta, MEMBERSHIP_KEY, encode(&stored)?);
             None
         }

@@ -100,10 +100,10 @@ impl MemoryEngine {
     }
 }
 
-fn bounds<'a>(
-    start: &'a [u8],
-    end: Option<&'a [u8]>,
-) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+/// A key range as `BTreeMap::range` takes it.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> Option<KeyBounds<'a>> {
     match end {
         Some(end) if end <= start => None,
         Some(end) => Some((Bound::Included(start), Bound::Excluded(end))),
