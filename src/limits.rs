@@ -36,6 +36,9 @@ pub const READ_INDEX_TIMEOUT: Duration = REQUEST_TIMEOUT;
 /// How long startup waits for the single member to become leader.
 pub const STARTUP_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How stale the backend size used for the quota check may be (reading it costs engine calls).
+pub const QUOTA_SIZE_REFRESH: Duration = Duration::from_millis(100);
+
 /// Raft log entries one append/replication batch may carry.
 pub const RAFT_MAX_PAYLOAD_ENTRIES: u64 = 1024;
 

@@ -16,7 +16,9 @@ async fn kill9_during_writes_loses_nothing_acknowledged() {
     let acked: Arc<Mutex<BTreeMap<String, (String, i64)>>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..8 {
-        let client = server.client().await;
+        let client = server
+            .client_with_timeout(std::time::Duration::from_secs(2))
+            .await;
         let acked = acked.clone();
         writers.push(tokio::spawn(async move {
             let mut c = client;

@@ -70,9 +70,11 @@ pub async fn serve(
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let bound = listener.local_addr()?;
             on_bound(bound);
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Our own listener (to learn the bound port) bypasses the builder's TCP options: set
+            // TCP_NODELAY here, or small trailing HTTP/2 frames wait out Nagle + delayed ACK (~40 ms).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let router = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
                 .add_service(kv_server!(node));
             let stop = shutdown.clone();

@@ -17,6 +17,7 @@ fn store() -> MvccStore {
 fn run(s: &mut MvccStore, op: command::Op) -> Result<Applied, ApplyError> {
     let (applied, batch) = apply(s, Command { op: Some(op) })?;
     s.engine().write(batch, Durability::Sync).expect("write");
+    s.mark_flushed();
     Ok(applied)
 }
 

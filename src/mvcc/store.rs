@@ -41,6 +41,11 @@ pub struct MvccStore {
     index: KeyIndexTree,
     current_rev: i64,
     compact_rev: i64,
+    /// Records written by transactions whose batches the caller has not yet written to the engine.
+    /// Lets the state machine apply many entries and write them in one engine batch.
+    unflushed: BTreeMap<Revision, KeyValue>,
+    /// Tombstones in batches not yet written (compaction must delete them too).
+    unflushed_tombstones: Vec<Revision>,
 }
 
 fn corrupt(reason: impl Into<String>) -> StorageError {
@@ -91,6 +96,8 @@ impl MvccStore {
             index,
             current_rev,
             compact_rev,
+            unflushed: BTreeMap::new(),
+            unflushed_tombstones: Vec::new(),
         })
     }
 
@@ -125,7 +132,17 @@ impl MvccStore {
         Ok(at)
     }
 
+    /// The caller has written every batch returned so far: forget the records kept for reading them
+    /// back before they reached the engine.
+    pub fn mark_flushed(&mut self) {
+        self.unflushed.clear();
+        self.unflushed_tombstones.clear();
+    }
+
     fn load(&self, rev: Revision) -> Result<KeyValue> {
+        if let Some(kv) = self.unflushed.get(&rev) {
+            return Ok(kv.clone());
+        }
         let raw = self.engine.get(Keyspace::Kv, &rev.record_key(false))?;
         let raw = raw.ok_or_else(|| corrupt(format!("index points at missing record {rev:?}")))?;
         KeyValue::decode(raw.as_slice()).map_err(|e| corrupt(format!("record {rev:?}: {e}")).into())
@@ -142,7 +159,7 @@ impl MvccStore {
         count_only: bool,
     ) -> Result<RangeResult> {
         let at = self.check_read_revision(rev)?;
-        self.range_at(key, end, at, limit, count_only, &BTreeMap::new())
+        self.range_at(key, end, at, limit, count_only)
     }
 
     fn range_at(
@@ -152,7 +169,6 @@ impl MvccStore {
         at: i64,
         limit: usize,
         count_only: bool,
-        pending: &BTreeMap<Revision, KeyValue>,
     ) -> Result<RangeResult> {
         let mut count = 0usize;
         let mut found: Vec<Revision> = Vec::new();
@@ -165,10 +181,7 @@ impl MvccStore {
         });
         let mut kvs = Vec::with_capacity(found.len());
         for rev in found {
-            match pending.get(&rev) {
-                Some(kv) => kvs.push(kv.clone()),
-                None => kvs.push(self.load(rev)?),
-            }
+            kvs.push(self.load(rev)?);
         }
         Ok(RangeResult {
             kvs,
@@ -193,7 +206,6 @@ impl MvccStore {
             store: self,
             begin_rev,
             sub: 0,
-            pending: BTreeMap::new(),
             batch: WriteBatch::new(),
         }
     }
@@ -208,6 +220,22 @@ impl MvccStore {
             return Err(MvccError::FutureRevision);
         }
         let keep = self.index.compact(rev);
+        // Records still waiting for their batch: their puts sit earlier in the caller's batch order,
+        // so a delete queued here removes them as well.
+        let superseded: Vec<Revision> = self
+            .unflushed
+            .range(..Revision::new(rev + 1, 0))
+            .map(|(r, _)| *r)
+            .filter(|r| !keep.contains(r))
+            .collect();
+        for r in superseded {
+            self.unflushed.remove(&r);
+            batch.delete(Keyspace::Kv, r.record_key(false));
+        }
+        for r in self.unflushed_tombstones.iter().filter(|r| r.main <= rev) {
+            batch.delete(Keyspace::Kv, r.record_key(true));
+        }
+        self.unflushed_tombstones.retain(|r| r.main > rev);
         let upper = Revision::new(rev + 1, 0).to_bytes();
         self.engine
             .scan(Keyspace::Kv, &[], Some(&upper), &mut |k, _| {
@@ -230,7 +258,6 @@ pub struct WriteTxn<'a> {
     store: &'a mut MvccStore,
     begin_rev: i64,
     sub: i64,
-    pending: BTreeMap<Revision, KeyValue>,
     batch: WriteBatch,
 }
 
@@ -269,10 +296,7 @@ impl WriteTxn<'_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         match self.key_at(key) {
             None => Ok(None),
-            Some(k) => match self.pending.get(&k.modified) {
-                Some(kv) => Ok(Some(kv.clone())),
-                None => Ok(Some(self.store.load(k.modified)?)),
-            },
+            Some(k) => Ok(Some(self.store.load(k.modified)?)),
         }
     }
 
@@ -292,9 +316,7 @@ impl WriteTxn<'_> {
         if at < self.store.compact_rev {
             return Err(MvccError::Compacted);
         }
-        let mut result = self
-            .store
-            .range_at(key, end, at, limit, count_only, &self.pending)?;
+        let mut result = self.store.range_at(key, end, at, limit, count_only)?;
         result.rev = self.read_rev();
         Ok(result)
     }
@@ -318,7 +340,7 @@ impl WriteTxn<'_> {
         self.batch
             .put(Keyspace::Kv, rev.record_key(false), kv.encode_to_vec());
         self.store.index.put(key, rev);
-        self.pending.insert(rev, kv.clone());
+        self.store.unflushed.insert(rev, kv.clone());
         kv
     }
 
@@ -333,6 +355,7 @@ impl WriteTxn<'_> {
             };
             self.batch
                 .put(Keyspace::Kv, rev.record_key(true), tomb.encode_to_vec());
+            self.store.unflushed_tombstones.push(rev);
             let was_live = self.store.index.tombstone(&kv.key, rev);
             debug_assert!(was_live, "deleting a key the range just returned");
         }
@@ -371,6 +394,7 @@ mod tests {
         f(&mut txn);
         let (batch, rev) = txn.finish();
         s.engine().write(batch, Durability::Sync).expect("write");
+        s.mark_flushed();
         rev
     }
 
@@ -441,6 +465,48 @@ mod tests {
             assert_eq!(deleted.len(), 1);
             assert!(t.get(b"k").unwrap().is_none());
         });
+    }
+
+    #[test]
+    fn unflushed_overlay_serves_reads_and_compaction_until_written() {
+        let engine: SharedEngine = Arc::new(MemoryEngine::new());
+        let mut s = MvccStore::open(engine.clone()).unwrap();
+        // Three transactions applied back to back; their batches are written only at the end.
+        let mut all = WriteBatch::new();
+        for f in [
+            |t: &mut WriteTxn<'_>| drop(t.put(b"a", b"1".to_vec(), 0)),
+            |t: &mut WriteTxn<'_>| drop(t.put(b"a", b"2".to_vec(), 0)),
+            |t: &mut WriteTxn<'_>| drop(t.delete_range(b"a", &RangeEnd::Single).unwrap()),
+        ] {
+            let mut txn = s.write_txn();
+            f(&mut txn);
+            assert!(txn.has_changes());
+            all.append(txn.finish().0);
+        }
+        assert_eq!(
+            s.range(b"a", &RangeEnd::Single, 3, 0, false).unwrap().kvs[0].value,
+            b"2"
+        );
+        s.compact(4, &mut all).unwrap();
+        engine.write(all, Durability::Sync).unwrap();
+        s.mark_flushed();
+        let mut records = 0;
+        engine
+            .scan(Keyspace::Kv, &[], None, &mut |_, _| {
+                records += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            records, 0,
+            "superseded puts and the tombstone were compacted before reaching disk"
+        );
+        let reopened = MvccStore::open(engine).unwrap();
+        assert_eq!(
+            (reopened.current_revision(), reopened.compact_revision()),
+            (4, 4)
+        );
+        assert_eq!(reopened.indexed_keys(), 0);
     }
 
     #[test]

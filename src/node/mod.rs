@@ -79,6 +79,12 @@ fn load_or_create_id(
     Ok(id)
 }
 
+/// The backend size as last read, refreshed at most every [`limits::QUOTA_SIZE_REFRESH`].
+struct SizeCache {
+    bytes: std::sync::atomic::AtomicU64,
+    refreshed_at: std::sync::Mutex<Option<rt::Instant>>,
+}
+
 /// A running member.
 pub struct Node {
     raft: Raft,
@@ -86,6 +92,7 @@ pub struct Node {
     member_id: u64,
     cluster_id: u64,
     config: ServerConfig,
+    backend_size: SizeCache,
 }
 
 impl Node {
@@ -158,6 +165,10 @@ impl Node {
             member_id,
             cluster_id,
             config,
+            backend_size: SizeCache {
+                bytes: std::sync::atomic::AtomicU64::new(0),
+                refreshed_at: std::sync::Mutex::new(None),
+            },
         }))
     }
 
@@ -187,6 +198,26 @@ impl Node {
         }
     }
 
+    /// The engine's size, at most [`limits::QUOTA_SIZE_REFRESH`] old.
+    fn backend_size_bytes(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let mut refreshed_at = self
+            .backend_size
+            .refreshed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = rt::now();
+        if refreshed_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= limits::QUOTA_SIZE_REFRESH)
+        {
+            self.backend_size
+                .bytes
+                .store(self.state.engine().size_bytes(), Ordering::SeqCst);
+            *refreshed_at = Some(now);
+        }
+        self.backend_size.bytes.load(Ordering::SeqCst)
+    }
+
     /// The newest applied store revision.
     pub fn current_revision(&self) -> i64 {
         self.state.read().current_revision()
@@ -200,8 +231,7 @@ impl Node {
         if bytes.len() > self.config.max_request_bytes {
             return Err(NodeError::RequestTooLarge);
         }
-        if writes_data
-            && self.state.engine().size_bytes() + bytes.len() as u64 > self.config.quota_bytes()
+        if writes_data && self.backend_size_bytes() + bytes.len() as u64 > self.config.quota_bytes()
         {
             return Err(NodeError::NoSpace);
         }

@@ -24,7 +24,8 @@ use crate::apply::{Applied, ApplyError};
 /// The payload of a raft log entry: a protobuf-encoded `metastore.Command`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftCommand {
-    /// The encoded command.
+    /// The encoded command (serialized as one byte string, not a sequence of numbers).
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 

@@ -158,14 +158,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::with_capacity(entries.len());
         {
             let mut mvcc = self.shared.mvcc.write().unwrap_or_else(|e| e.into_inner());
+            // One engine batch for all entries; later entries read earlier ones through the
+            // store's unflushed overlay until it is written.
+            let mut batch = WriteBatch::new();
+            let mut last = None;
             for (entry, responder) in entries {
-                // One batch per entry: the next entry reads through the engine what this one wrote.
-                let mut batch = WriteBatch::new();
                 let response = apply_one(&mut mvcc, entry.payload, &entry.log_id, &mut batch)?;
-                batch.put(Keyspace::Meta, APPLIED_KEY, encode(&Some(entry.log_id))?);
-                self.shared.engine.write(batch, Durability::Buffered)?;
+                last = Some(entry.log_id);
                 responses.push((responder, response));
             }
+            if let Some(last) = last {
+                batch.put(Keyspace::Meta, APPLIED_KEY, encode(&Some(last))?);
+                self.shared.engine.write(batch, Durability::Buffered)?;
+            }
+            mvcc.mark_flushed();
         }
         for (responder, response) in responses {
             if let Some(responder) = responder {

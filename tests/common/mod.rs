@@ -95,7 +95,12 @@ impl Server {
 
     /// A connected etcd-client.
     pub async fn client(&self) -> etcd_client::Client {
-        let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(20));
+        self.client_with_timeout(Duration::from_secs(20)).await
+    }
+
+    /// A connected etcd-client whose requests give up after `timeout` (e.g. once the server is dead).
+    pub async fn client_with_timeout(&self, timeout: Duration) -> etcd_client::Client {
+        let opts = etcd_client::ConnectOptions::new().with_timeout(timeout);
         etcd_client::Client::connect([self.endpoint.as_str()], Some(opts))
             .await
             .expect("connect")
