@@ -12,8 +12,22 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let workers = metastore::limits::server_worker_threads();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("metastore: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Bench(args)) => metastore::cli::bench::run(args).await,

@@ -1,6 +1,7 @@
 //! The raft log, vote and committed/purged markers in the engine's `Raft` keyspace.
 //!
-//! Appends are written with [`Durability::Sync`] and reported flushed only after the fsync
+//! The committed index is not persisted (openraft re-derives it after a restart), which saves an
+//! engine write per commit. Appends are written with [`Durability::Sync`] and reported flushed only after the fsync
 //! returned. openraft hands every pending entry to one `append` call, so under load one fsync
 //! covers many client writes (group commit).
 
@@ -15,7 +16,6 @@ use super::{decode, encode, Entry, LogId, TypeConfig, Vote};
 use crate::storage::{Durability, Keyspace, SharedEngine, WriteBatch};
 
 const VOTE_KEY: &[u8] = b"vote";
-const COMMITTED_KEY: &[u8] = b"committed";
 const PURGED_KEY: &[u8] = b"purged";
 const ENTRY_PREFIX: u8 = b'e';
 
@@ -50,7 +50,7 @@ impl LogStore {
 
     async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
         let engine = self.engine.clone();
-        // The fsync blocks a thread; keep it off the async workers.
+        // The fsync blocks a thread; keep it off the async workers, which go on serving reads.
         crate::rt::spawn_blocking(move || engine.write(batch, Durability::Sync)).await??;
         Ok(())
     }
@@ -137,18 +137,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::new();
         batch.put(Keyspace::Raft, VOTE_KEY, encode(vote)?);
         self.write_synced(batch).await
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let mut batch = WriteBatch::new();
-        batch.put(Keyspace::Raft, COMMITTED_KEY, encode(&committed)?);
-        // Losing it only means re-discovering the commit point on restart; no fsync needed.
-        self.engine.write(batch, Durability::Buffered)?;
-        Ok(())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.read::<Option<LogId>>(COMMITTED_KEY)?.flatten())
     }
 
     async fn append<I>(
