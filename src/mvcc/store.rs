@@ -72,7 +72,8 @@ impl MvccStore {
     /// Open the store on `engine`, rebuilding the key index from the stored records.
     pub fn open(engine: SharedEngine) -> Result<Self> {
         let current_rev = read_i64(&engine, META_CURRENT_REV)?.unwrap_or(FIRST_REVISION);
-        let compact_rev = read_i64(&engine, META_COMPACT_REV)?.unwrap_or(0);
+        // As in etcd, "no compaction yet" is -1, so compacting at revision 0 is allowed (a no-op).
+        let compact_rev = read_i64(&engine, META_COMPACT_REV)?.unwrap_or(-1);
         let mut index = KeyIndexTree::default();
         let mut failure = None;
         engine.scan(Keyspace::Kv, &[], None, &mut |k, v| {
@@ -106,7 +107,7 @@ impl MvccStore {
         self.current_rev
     }
 
-    /// The revision of the last compaction (0 if none).
+    /// The revision of the last compaction (-1 if none).
     pub fn compact_revision(&self) -> i64 {
         self.compact_rev
     }
