@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Runs MetaStore's whole test suite: unit and engine-conformance tests, integration tests against the
 # real binary (etcd-client crate and etcdctl, both engines, kill -9 recovery), then the seeded
-# simulation tests built with --cfg madsim.
+# simulation tests built with --cfg madsim. Ends with one "N passed, N failed" line over all of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore/target}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 echo "== unit, conformance and integration tests"
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 
 echo "== simulation tests (madsim; seeds: ${METASTORE_SIM_SEEDS:-1..8})"
 # The simulated build gets its own target dir: a RUSTFLAGS change rebuilds everything.
-RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-sim" cargo test -p metastore-sim
+RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-sim" cargo test -p metastore-sim 2>&1 | tee -a "$log"
+
+# `set -o pipefail` already stopped us on any failure; sum what ran.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f; if (p == 0) exit 1 }' "$log"

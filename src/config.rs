@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::limits;
 
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub max_txn_ops: usize,
     /// Backend size above which writes are refused (`--quota-backend-bytes`; 0 = default 2 GiB).
     pub quota_backend_bytes: u64,
+    /// How long a proposal or a linearizable read may wait (etcd derives it; no flag).
+    pub request_timeout: Duration,
 }
 
 /// A configuration value that cannot be used.
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             max_request_bytes: limits::MAX_REQUEST_BYTES_DEFAULT,
             max_txn_ops: limits::MAX_TXN_OPS_DEFAULT,
             quota_backend_bytes: 0,
+            request_timeout: limits::REQUEST_TIMEOUT,
         }
     }
 }

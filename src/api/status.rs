@@ -83,3 +83,48 @@ impl From<NodeError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(s: Status) -> (Code, String) {
+        (s.code(), s.message().to_string())
+    }
+
+    #[test]
+    fn etcd_codes_and_texts() {
+        assert_eq!(
+            pair(NodeError::Timeout.into()),
+            (Code::Unavailable, "etcdserver: request timed out".into())
+        );
+        assert_eq!(
+            pair(NodeError::RequestTooLarge.into()),
+            (
+                Code::InvalidArgument,
+                "etcdserver: request is too large".into()
+            )
+        );
+        assert_eq!(
+            pair(NodeError::NoSpace.into()),
+            (
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded".into()
+            )
+        );
+        assert_eq!(
+            pair(NodeError::Apply(ApplyError::Compacted).into()),
+            (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted".into()
+            )
+        );
+        assert_eq!(
+            pair(ValidationError::DuplicateKey.into()),
+            (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request".into()
+            )
+        );
+    }
+}

@@ -80,6 +80,7 @@ impl ServeArgs {
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
             quota_backend_bytes: self.quota_backend_bytes,
+            request_timeout: limits::REQUEST_TIMEOUT,
         };
         cfg.validate()?;
         Ok(cfg)

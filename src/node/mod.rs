@@ -223,7 +223,7 @@ impl Node {
         self.state.read().current_revision()
     }
 
-    /// Replicate `op` and wait (at most [`limits::REQUEST_TIMEOUT`]) until it is applied. If the
+    /// Replicate `op` and wait (at most the configured request timeout) until it is applied. If the
     /// caller is dropped (client gone) the wait ends with it; the entry may still commit.
     pub async fn propose(&self, op: command::Op) -> Result<Applied, NodeError> {
         let writes_data = matches!(op, command::Op::Put(_) | command::Op::Txn(_));
@@ -236,7 +236,7 @@ impl Node {
             return Err(NodeError::NoSpace);
         }
         let write = self.raft.client_write(RaftCommand { bytes });
-        match rt::timeout(limits::REQUEST_TIMEOUT, write).await {
+        match rt::timeout(self.config.request_timeout, write).await {
             Err(rt::Elapsed) => Err(NodeError::Timeout),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(NodeError::NoLeader)
@@ -256,7 +256,7 @@ impl Node {
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, NodeError> {
         if !req.serializable {
             let confirm = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-            match rt::timeout(limits::READ_INDEX_TIMEOUT, confirm).await {
+            match rt::timeout(self.config.request_timeout, confirm).await {
                 Err(rt::Elapsed) => return Err(NodeError::Timeout),
                 Ok(Err(RaftError::APIError(_))) => return Err(NodeError::NoLeader),
                 Ok(Err(RaftError::Fatal(_))) => return Err(NodeError::Stopped),
@@ -294,10 +294,21 @@ mod group_commit_tests {
     use crate::pb::etcdserverpb::PutRequest;
     use crate::storage::{Engine, MemoryEngine, Visitor};
 
-    /// Counts synced writes on the way to a memory engine.
+    /// Counts synced writes on the way to a memory engine; can make them stall like a dying disk.
     struct CountingEngine {
         inner: MemoryEngine,
         synced_writes: AtomicU64,
+        stall: std::sync::atomic::AtomicBool,
+    }
+
+    impl CountingEngine {
+        fn new() -> Self {
+            Self {
+                inner: MemoryEngine::new(),
+                synced_writes: AtomicU64::new(0),
+                stall: std::sync::atomic::AtomicBool::new(false),
+            }
+        }
     }
 
     impl Engine for CountingEngine {
@@ -324,6 +335,9 @@ mod group_commit_tests {
         }
         fn write(&self, batch: WriteBatch, durability: Durability) -> crate::storage::Result<()> {
             if durability == Durability::Sync {
+                if self.stall.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(1500));
+                }
                 self.synced_writes.fetch_add(1, Ordering::SeqCst);
                 // Make an fsync cost something, as on a disk, so that proposals pile up behind it.
                 std::thread::sleep(std::time::Duration::from_millis(2));
@@ -343,10 +357,7 @@ mod group_commit_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_fsyncs() {
-        let engine = Arc::new(CountingEngine {
-            inner: MemoryEngine::new(),
-            synced_writes: AtomicU64::new(0),
-        });
+        let engine = Arc::new(CountingEngine::new());
         let config = ServerConfig {
             engine: crate::config::EngineKind::Memory,
             ..ServerConfig::default()
@@ -375,6 +386,32 @@ mod group_commit_tests {
             "{WRITES} concurrent writes took {fsyncs} fsyncs: no group commit"
         );
         assert_eq!(node.current_revision(), 1 + WRITES as i64);
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_cannot_commit_times_out() {
+        let engine = Arc::new(CountingEngine::new());
+        let config = ServerConfig {
+            engine: crate::config::EngineKind::Memory,
+            request_timeout: std::time::Duration::from_millis(300),
+            ..ServerConfig::default()
+        };
+        let node = Node::start(config, engine.clone()).await.expect("start");
+        engine.stall.store(true, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let put = PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        let result = node.propose(command::Op::Put(put)).await;
+        assert!(matches!(result, Err(NodeError::Timeout)), "got {result:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1200),
+            "the deadline, not the disk, ended the wait"
+        );
+        engine.stall.store(false, Ordering::SeqCst);
         node.shutdown().await;
     }
 }
