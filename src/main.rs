@@ -1,6 +1,12 @@
 //! The `metastore` binary.
 
 use clap::Parser;
+
+// Many small, short-lived allocations per request (protobuf messages, log entries): mimalloc serves
+// them with less CPU than the system allocator.
+#[cfg(not(madsim))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use metastore::cli::{Cli, Command};
 
 fn init_logging(level: &str) {
