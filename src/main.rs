@@ -1,13 +1,13 @@
 //! The `metastore` binary.
 
 use clap::Parser;
+use metastore::cli::{Cli, Command};
 
 // Many small, short-lived allocations per request (protobuf messages, log entries): mimalloc serves
 // them with less CPU than the system allocator.
 #[cfg(not(madsim))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use metastore::cli::{Cli, Command};
 
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -19,13 +19,14 @@ fn init_logging(level: &str) {
 }
 
 fn main() {
-    let workers = metastore::limits::server_worker_threads();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build();
-    match runtime {
-        Ok(rt) => rt.block_on(run()),
+    let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if !matches!(cli.command, Some(Command::Bench(_))) {
+        // The server; the load generator keeps tokio's default of one worker per core.
+        builder.worker_threads(metastore::limits::server_worker_threads());
+    }
+    match builder.enable_all().build() {
+        Ok(rt) => rt.block_on(run(cli)),
         Err(e) => {
             eprintln!("metastore: cannot start the async runtime: {e}");
             std::process::exit(1);
@@ -33,8 +34,7 @@ fn main() {
     }
 }
 
-async fn run() {
-    let cli = Cli::parse();
+async fn run(cli: Cli) {
     let result = match cli.command {
         Some(Command::Bench(args)) => metastore::cli::bench::run(args).await,
         Some(Command::Serve(args)) => {
