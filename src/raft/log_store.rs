@@ -49,9 +49,9 @@ impl LogStore {
     }
 
     async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
-        let engine = self.engine.clone();
-        // The fsync blocks a thread; keep it off the async workers, which go on serving reads.
-        crate::rt::spawn_blocking(move || engine.write(batch, Durability::Sync)).await??;
+        // The fsync blocks this thread; the runtime hands our worker's other tasks (reads) to
+        // another thread meanwhile.
+        crate::rt::block_in_place(|| self.engine.write(batch, Durability::Sync))?;
         Ok(())
     }
 

@@ -65,6 +65,23 @@ where
     }
 }
 
+/// Run blocking work on the current worker thread while the runtime moves this worker's other tasks
+/// to another thread, so they are not stuck behind it. Cheaper than [`spawn_blocking`] when the work
+/// is short (no hand-off of the result). Inline in simulation.
+pub fn block_in_place<F: FnOnce() -> T, T>(f: F) -> T {
+    #[cfg(madsim)]
+    {
+        f()
+    }
+    #[cfg(not(madsim))]
+    {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+            _ => f(),
+        }
+    }
+}
+
 /// A random `u64` from the seam: madsim's seeded generator in simulation, the OS-seeded thread RNG
 /// otherwise.
 pub fn random_u64() -> u64 {
