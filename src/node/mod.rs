@@ -315,23 +315,15 @@ mod group_commit_tests {
         fn get(&self, ks: Keyspace, key: &[u8]) -> crate::storage::Result<Option<Vec<u8>>> {
             self.inner.get(ks, key)
         }
-        fn scan(
+        fn scan_ordered(
             &self,
             ks: Keyspace,
             s: &[u8],
             e: Option<&[u8]>,
+            o: crate::storage::Order,
             v: &mut Visitor<'_>,
         ) -> crate::storage::Result<()> {
-            self.inner.scan(ks, s, e, v)
-        }
-        fn scan_rev(
-            &self,
-            ks: Keyspace,
-            s: &[u8],
-            e: Option<&[u8]>,
-            v: &mut Visitor<'_>,
-        ) -> crate::storage::Result<()> {
-            self.inner.scan_rev(ks, s, e, v)
+            self.inner.scan_ordered(ks, s, e, o, v)
         }
         fn write(&self, batch: WriteBatch, durability: Durability) -> crate::storage::Result<()> {
             if durability == Durability::Sync {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Mutex, RwLock};
 
-use super::{BatchOp, Durability, Engine, Keyspace, Result, Visitor, WriteBatch};
+use super::{BatchOp, Durability, Engine, Keyspace, Order, Result, Visitor, WriteBatch};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -116,37 +116,24 @@ impl Engine for MemoryEngine {
         Ok(self.read().spaces[ks.index()].get(key).cloned())
     }
 
-    fn scan(
+    fn scan_ordered(
         &self,
         ks: Keyspace,
         start: &[u8],
         end: Option<&[u8]>,
+        order: Order,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
         let maps = self.read();
         let Some(range) = bounds(start, end) else {
             return Ok(());
         };
-        for (k, v) in maps.spaces[ks.index()].range::<[u8], _>(range) {
-            if !visit(k, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn scan_rev(
-        &self,
-        ks: Keyspace,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut Visitor<'_>,
-    ) -> Result<()> {
-        let maps = self.read();
-        let Some(range) = bounds(start, end) else {
-            return Ok(());
+        let items = maps.spaces[ks.index()].range::<[u8], _>(range);
+        let items: Box<dyn Iterator<Item = _>> = match order {
+            Order::Ascending => Box::new(items),
+            Order::Descending => Box::new(items.rev()),
         };
-        for (k, v) in maps.spaces[ks.index()].range::<[u8], _>(range).rev() {
+        for (k, v) in items {
             if !visit(k, v) {
                 break;
             }

@@ -56,6 +56,13 @@ pub enum Durability {
     Buffered,
 }
 
+/// Direction of a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Ascending,
+    Descending,
+}
+
 /// One operation of a [`WriteBatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {
@@ -162,24 +169,38 @@ pub trait Engine: Send + Sync + 'static {
     /// The value stored under `key`.
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
-    /// Visit keys in `[start, end)` (`end = None`: to the end) in ascending order, on one
-    /// point-in-time view: writes that land during the scan are not seen.
+    /// Visit keys in `[start, end)` (`end = None`: to the end) in `order`, on one point-in-time
+    /// view: writes that land during the scan are not seen. `visit` returns false to stop.
+    fn scan_ordered(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        order: Order,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()>;
+
+    /// [`Engine::scan_ordered`] in ascending key order.
     fn scan(
         &self,
         ks: Keyspace,
         start: &[u8],
         end: Option<&[u8]>,
         visit: &mut Visitor<'_>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.scan_ordered(ks, start, end, Order::Ascending, visit)
+    }
 
-    /// Visit keys in `[start, end)` in descending order, on one point-in-time view.
+    /// [`Engine::scan_ordered`] in descending key order.
     fn scan_rev(
         &self,
         ks: Keyspace,
         start: &[u8],
         end: Option<&[u8]>,
         visit: &mut Visitor<'_>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.scan_ordered(ks, start, end, Order::Descending, visit)
+    }
 
     /// Apply `batch` atomically; with [`Durability::Sync`] it is on stable storage on return.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;

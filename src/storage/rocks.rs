@@ -5,7 +5,9 @@ use std::path::Path;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, WriteOptions, DB};
 
-use super::{BatchOp, Durability, Engine, Keyspace, Result, StorageError, Visitor, WriteBatch};
+use super::{
+    BatchOp, Durability, Engine, Keyspace, Order, Result, StorageError, Visitor, WriteBatch,
+};
 
 /// A RocksDB-backed [`Engine`].
 pub struct RocksEngine {
@@ -54,11 +56,12 @@ impl Engine for RocksEngine {
         self.db.get_cf(self.cf(ks)?, key).map_err(err)
     }
 
-    fn scan(
+    fn scan_ordered(
         &self,
         ks: Keyspace,
         start: &[u8],
         end: Option<&[u8]>,
+        order: Order,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
         if matches!(end, Some(end) if end <= start) {
@@ -68,7 +71,10 @@ impl Engine for RocksEngine {
         let mut it = self
             .db
             .raw_iterator_cf_opt(self.cf(ks)?, Self::bounded(start, end));
-        it.seek_to_first();
+        match order {
+            Order::Ascending => it.seek_to_first(),
+            Order::Descending => it.seek_to_last(),
+        }
         while it.valid() {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {
                 break;
@@ -76,33 +82,10 @@ impl Engine for RocksEngine {
             if !visit(k, v) {
                 return Ok(());
             }
-            it.next();
-        }
-        it.status().map_err(err)
-    }
-
-    fn scan_rev(
-        &self,
-        ks: Keyspace,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut Visitor<'_>,
-    ) -> Result<()> {
-        if matches!(end, Some(end) if end <= start) {
-            return Ok(());
-        }
-        let mut it = self
-            .db
-            .raw_iterator_cf_opt(self.cf(ks)?, Self::bounded(start, end));
-        it.seek_to_last();
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !visit(k, v) {
-                return Ok(());
+            match order {
+                Order::Ascending => it.next(),
+                Order::Descending => it.prev(),
             }
-            it.prev();
         }
         it.status().map_err(err)
     }
