@@ -36,6 +36,9 @@ pub const READ_INDEX_TIMEOUT: Duration = REQUEST_TIMEOUT;
 /// How long startup waits for the single member to become leader.
 pub const STARTUP_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a stopping member waits for clients to finish, and for raft to stop, before exiting.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// How stale the backend size used for the quota check may be (reading it costs engine calls).
 pub const QUOTA_SIZE_REFRESH: Duration = Duration::from_millis(100);
 

@@ -148,10 +148,32 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         stop_signal().await;
         stopper.trigger();
     });
-    let served = api::serve(node.clone(), &cfg.listen_client_addrs, shutdown, |addr| {
-        println!("metastore: serving client requests on {addr}");
-    })
-    .await;
-    node.shutdown().await;
+    let serving = api::serve(
+        node.clone(),
+        &cfg.listen_client_addrs,
+        shutdown.clone(),
+        |addr| {
+            println!("metastore: serving client requests on {addr}");
+        },
+    );
+    // After the stop signal, connections get a bounded grace period to finish; then we stop anyway.
+    let grace_over = async {
+        shutdown.wait().await;
+        crate::rt::sleep(limits::SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        biased;
+        served = serving => served,
+        _ = grace_over => {
+            tracing::warn!("clients still connected after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    };
+    if crate::rt::timeout(limits::SHUTDOWN_GRACE, node.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("raft did not stop within the shutdown grace period");
+    }
     served.map_err(|e| format!("client server failed: {e}"))
 }
