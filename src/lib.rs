@@ -15,3 +15,4 @@ pub mod pb;
 pub mod raft;
 pub mod rt;
 pub mod storage;
+pub mod watch;

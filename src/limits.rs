@@ -39,6 +39,16 @@ pub const STARTUP_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping member waits for clients to finish, and for raft to stop, before exiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Responses buffered per watch stream. A watcher whose stream is full drops back to catching up
+/// from storage, so this bounds a stream's memory, never apply's progress.
+pub const WATCH_STREAM_BUFFER: usize = 128;
+
+/// Events a catch-up batch gathers before it stops at the next revision boundary.
+pub const WATCH_CATCHUP_EVENTS: usize = 1024;
+
+/// How often the catch-up task looks at watchers that are behind, at the longest.
+pub const WATCH_CATCHUP_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How stale the backend size used for the quota check may be (reading it costs engine calls).
 pub const QUOTA_SIZE_REFRESH: Duration = Duration::from_millis(100);
 

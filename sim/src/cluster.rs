@@ -75,7 +75,7 @@ async fn run_member(name: String, addr: SocketAddr, engine: SharedEngine) {
         Ok(node) => node,
         Err(e) => panic!("simulated member failed to start: {e}"),
     };
-    if let Err(e) = api::serve(node, &[addr], Shutdown::new(), |_| {}).await {
+    if let Err(e) = api::serve(node, vec![addr], Shutdown::new(), |_| {}).await {
         panic!("simulated member stopped serving: {e}");
     }
 }

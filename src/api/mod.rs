@@ -5,5 +5,6 @@ pub mod kv;
 pub mod server;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 pub use server::{serve, Shutdown};

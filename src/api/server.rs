@@ -7,9 +7,11 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::kv::KvService;
+use super::watch::WatchService;
 use crate::limits;
 use crate::node::Node;
 use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
 
 /// A one-way shutdown signal shared by every listener.
 #[derive(Clone, Default)]
@@ -59,12 +61,12 @@ macro_rules! kv_server {
 /// client API until `shutdown` is raised. Returns once all listeners have stopped.
 pub async fn serve(
     node: Arc<Node>,
-    addrs: &[SocketAddr],
+    addrs: Vec<SocketAddr>,
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
     let mut tasks = Vec::new();
-    for addr in addrs {
+    for addr in &addrs {
         #[cfg(not(madsim))]
         {
             let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -76,7 +78,8 @@ pub async fn serve(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let router = tonic::transport::Server::builder()
                 .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
-                .add_service(kv_server!(node));
+                .add_service(kv_server!(node))
+                .add_service(WatchServer::new(WatchService::new(node.clone())));
             let stop = shutdown.clone();
             tasks.push(crate::rt::spawn(async move {
                 router
@@ -87,7 +90,9 @@ pub async fn serve(
         #[cfg(madsim)]
         {
             on_bound(*addr);
-            let router = tonic::transport::Server::builder().add_service(kv_server!(node));
+            let router = tonic::transport::Server::builder()
+                .add_service(kv_server!(node))
+                .add_service(WatchServer::new(WatchService::new(node.clone())));
             let stop = shutdown.clone();
             let addr = *addr;
             tasks.push(crate::rt::spawn(async move {

@@ -150,7 +150,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     });
     let serving = api::serve(
         node.clone(),
-        &cfg.listen_client_addrs,
+        cfg.listen_client_addrs.clone(),
         shutdown.clone(),
         |addr| {
             println!("metastore: serving client requests on {addr}");

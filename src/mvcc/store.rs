@@ -13,7 +13,7 @@ use prost::Message;
 use super::key_index::{KeyAt, KeyIndexTree, RangeEnd};
 use super::revision::Revision;
 use super::{MvccError, Result};
-use crate::pb::mvccpb::KeyValue;
+use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::{Keyspace, SharedEngine, StorageError, WriteBatch};
 
 /// A fresh store is at revision 1, so its first write makes revision 2 (as in etcd).
@@ -46,6 +46,9 @@ pub struct MvccStore {
     unflushed: BTreeMap<Revision, KeyValue>,
     /// Tombstones in batches not yet written (compaction must delete them too).
     unflushed_tombstones: Vec<Revision>,
+    /// Changes made by write transactions since the last [`MvccStore::take_events`], in revision
+    /// order: what the watch hub fans out.
+    events: Vec<Event>,
 }
 
 fn corrupt(reason: impl Into<String>) -> StorageError {
@@ -99,6 +102,7 @@ impl MvccStore {
             compact_rev,
             unflushed: BTreeMap::new(),
             unflushed_tombstones: Vec::new(),
+            events: Vec::new(),
         })
     }
 
@@ -138,6 +142,56 @@ impl MvccStore {
     pub fn mark_flushed(&mut self) {
         self.unflushed.clear();
         self.unflushed_tombstones.clear();
+    }
+
+    /// The changes made since the last call, in revision order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Events of revisions `from..=current` read back from storage, stopping at a revision
+    /// boundary once at least `max_events` are gathered. Returns the events and the last revision
+    /// fully covered. `from` must not be below the compaction revision.
+    pub fn events_since(&self, from: i64, max_events: usize) -> Result<(Vec<Event>, i64)> {
+        if from < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let start = Revision::new(from.max(0), 0).to_bytes();
+        let end = Revision::new(self.current_rev + 1, 0).to_bytes();
+        let mut events = Vec::new();
+        let mut covered = from - 1;
+        let mut failure = None;
+        self.engine
+            .scan(Keyspace::Kv, &start, Some(&end), &mut |k, v| {
+                let decoded = Revision::from_record_key(k).zip(KeyValue::decode(v).ok());
+                let Some(((rev, tombstone), mut kv)) = decoded else {
+                    failure = Some(corrupt(format!("undecodable record {k:?}")));
+                    return false;
+                };
+                if rev.main > covered && events.len() >= max_events {
+                    return false; // a new revision starts and the batch is full
+                }
+                covered = rev.main;
+                let kind = if tombstone {
+                    kv.mod_revision = rev.main;
+                    EventType::Delete
+                } else {
+                    EventType::Put
+                };
+                events.push(Event {
+                    r#type: kind as i32,
+                    kv: Some(kv),
+                    prev_kv: None,
+                });
+                true
+            })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        if events.len() < max_events {
+            covered = self.current_rev; // everything up to the head was read
+        }
+        Ok((events, covered))
     }
 
     fn load(&self, rev: Revision) -> Result<KeyValue> {
@@ -342,6 +396,11 @@ impl WriteTxn<'_> {
             .put(Keyspace::Kv, rev.record_key(false), kv.encode_to_vec());
         self.store.index.put(key, rev);
         self.store.unflushed.insert(rev, kv.clone());
+        self.store.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv.clone()),
+            prev_kv: None,
+        });
         kv
     }
 
@@ -357,6 +416,16 @@ impl WriteTxn<'_> {
             self.batch
                 .put(Keyspace::Kv, rev.record_key(true), tomb.encode_to_vec());
             self.store.unflushed_tombstones.push(rev);
+            let deleted = KeyValue {
+                key: kv.key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.store.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(deleted),
+                prev_kv: None,
+            });
             let was_live = self.store.index.tombstone(&kv.key, rev);
             debug_assert!(was_live, "deleting a key the range just returned");
         }
@@ -466,6 +535,38 @@ mod tests {
             assert_eq!(deleted.len(), 1);
             assert!(t.get(b"k").unwrap().is_none());
         });
+    }
+
+    #[test]
+    fn events_live_and_from_storage_agree() {
+        let mut s = store();
+        commit(&mut s, |t| drop(t.put(b"a", b"1".to_vec(), 0)));
+        commit(&mut s, |t| {
+            t.put(b"b", b"2".to_vec(), 0);
+            t.put(b"c", b"3".to_vec(), 0);
+        });
+        commit(&mut s, |t| {
+            drop(t.delete_range(b"a", &RangeEnd::Single).unwrap())
+        });
+        let live = s.take_events();
+        assert_eq!(live.len(), 4);
+        assert!(s.take_events().is_empty());
+        let (stored, covered) = s.events_since(2, 100).unwrap();
+        assert_eq!((stored.clone(), covered), (live.clone(), 4));
+        assert_eq!(
+            stored[3].kv.as_ref().unwrap().mod_revision,
+            4,
+            "a delete event carries its revision"
+        );
+        // A batch limit cuts only between revisions: revision 3 has two events.
+        let (part, covered) = s.events_since(3, 1).unwrap();
+        assert_eq!((part.len(), covered), (2, 3));
+        let (none, covered) = s.events_since(5, 10).unwrap();
+        assert_eq!((none.len(), covered), (0, 4));
+        let mut batch = WriteBatch::new();
+        s.compact(3, &mut batch).unwrap();
+        s.engine().write(batch, Durability::Sync).unwrap();
+        assert!(matches!(s.events_since(2, 10), Err(MvccError::Compacted)));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::raft::state_machine::{Shared, StateMachine};
 use crate::raft::{Raft, RaftCommand};
 use crate::rt;
 use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
+use crate::watch::{HubMessage, WatchHub, WatchSpec, WatcherKey};
 
 /// Why a request could not be served. `api::status` maps each to etcd's gRPC status.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,8 @@ struct SizeCache {
 pub struct Node {
     raft: Raft,
     state: Arc<Shared>,
+    watch: Arc<WatchHub>,
+    catch_up: rt::JoinHandle<()>,
     member_id: u64,
     cluster_id: u64,
     config: ServerConfig,
@@ -126,8 +129,9 @@ impl Node {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let state_machine =
-            StateMachine::open(engine.clone()).map_err(|e| NodeError::Raft(e.to_string()))?;
+        let watch = WatchHub::new();
+        let state_machine = StateMachine::open(engine.clone(), watch.clone())
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state = state_machine.shared();
         let raft = Raft::new(
             member_id,
@@ -159,9 +163,12 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let catch_up = rt::spawn(run_catch_up(watch.clone(), state.clone()));
         Ok(Arc::new(Node {
             raft,
             state,
+            watch,
+            catch_up,
             member_id,
             cluster_id,
             config,
@@ -267,11 +274,80 @@ impl Node {
         Ok(apply::range(&store, req)?)
     }
 
+    /// The member's watchers.
+    pub fn watch_hub(&self) -> &Arc<WatchHub> {
+        &self.watch
+    }
+
+    /// Register a watcher that starts at `start_revision` (0: the next revision). Returns whether it
+    /// was added (false: the id is taken on its stream) and the revision for the `created` header.
+    /// The store lock is held across reading the head and registering, so no revision slips by.
+    pub fn add_watcher(
+        &self,
+        key: WatcherKey,
+        spec: WatchSpec,
+        start_revision: i64,
+        tx: tokio::sync::mpsc::Sender<HubMessage>,
+    ) -> (bool, i64) {
+        let store = self.state.read();
+        let head = store.current_revision();
+        let start = if start_revision <= 0 {
+            head + 1
+        } else {
+            start_revision
+        };
+        (self.watch.add(key, spec, start, head, tx), head)
+    }
+
+    /// The revision a progress notification for `stream` may carry: `None` while some watcher of the
+    /// stream is still catching up (its events up to the head have not all been sent yet).
+    pub fn watch_progress(&self, stream: u64) -> Option<i64> {
+        let store = self.state.read();
+        self.watch
+            .stream_synced(stream)
+            .then(|| store.current_revision())
+    }
+
+    /// The value `key` had at `revision` (for watch events' `prev_kv`); `None` if it did not exist
+    /// or that revision is compacted.
+    pub fn value_at(&self, key: &[u8], revision: i64) -> Option<crate::pb::mvccpb::KeyValue> {
+        let store = self.state.read();
+        let result = store
+            .range(key, &crate::mvcc::RangeEnd::Single, revision, 1, false)
+            .ok()?;
+        result.kvs.into_iter().next()
+    }
+
     /// Stop raft. Requests in flight fail with [`NodeError::Stopped`].
     pub async fn shutdown(&self) {
+        self.catch_up.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+    }
+}
+
+/// Feeds watchers that are behind from storage until they reach the head. Sleeps while none is.
+async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
+    loop {
+        watch.wait_behind(limits::WATCH_CATCHUP_INTERVAL).await;
+        loop {
+            let again = {
+                let store = state.read();
+                watch.catch_up(&store)
+            };
+            if !again {
+                break;
+            }
+            // Let apply and readers in between rounds.
+            rt::yield_now().await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.catch_up.abort();
     }
 }
 

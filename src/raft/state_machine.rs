@@ -18,6 +18,7 @@ use crate::apply::{self, ApplyError};
 use crate::mvcc::MvccStore;
 use crate::pb::metastore::Command;
 use crate::storage::{Durability, Keyspace, SharedEngine, WriteBatch};
+use crate::watch::WatchHub;
 
 const APPLIED_KEY: &[u8] = b"sm/applied";
 const MEMBERSHIP_KEY: &[u8] = b"sm/membership";
@@ -37,6 +38,7 @@ struct SnapshotImage {
 pub struct Shared {
     engine: SharedEngine,
     mvcc: RwLock<MvccStore>,
+    watch: Arc<WatchHub>,
 }
 
 impl Shared {
@@ -59,13 +61,14 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Open the state machine on `engine` (rebuilding the MVCC index).
-    pub fn open(engine: SharedEngine) -> io::Result<Self> {
+    /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`.
+    pub fn open(engine: SharedEngine, watch: Arc<WatchHub>) -> io::Result<Self> {
         let mvcc = MvccStore::open(engine.clone()).map_err(io::Error::other)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
                 mvcc: RwLock::new(mvcc),
+                watch,
             }),
             current_snapshot: None,
         })
@@ -172,6 +175,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.shared.engine.write(batch, Durability::Buffered)?;
             }
             mvcc.mark_flushed();
+            // Still under the write lock: watchers see each revision right as it becomes readable,
+            // and the catch-up task (which reads under the read lock) cannot interleave.
+            self.shared.watch.notify(&mvcc.take_events());
         }
         for (responder, response) in responses {
             if let Some(responder) = responder {

@@ -37,8 +37,16 @@ pub async fn timeout<F: Future>(duration: Duration, fut: F) -> Result<F::Output,
         .map_err(|_| Elapsed)
 }
 
+/// A handle to a spawned task (abort it to stop the task).
+pub type JoinHandle<T> = tokio::task::JoinHandle<T>;
+
+/// Let other tasks run before continuing.
+pub async fn yield_now() {
+    tokio::task::yield_now().await
+}
+
 /// Spawn a task on the current runtime (a simulated node's runtime under madsim).
-pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+pub fn spawn<F>(fut: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
