@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub quota_backend_bytes: u64,
     /// How long a proposal or a linearizable read may wait (etcd derives it; no flag).
     pub request_timeout: Duration,
+    /// Period of progress notifications to idle watchers that asked for them
+    /// (`--experimental-watch-progress-notify-interval`).
+    pub watch_progress_interval: Duration,
 }
 
 /// A configuration value that cannot be used.
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             max_txn_ops: limits::MAX_TXN_OPS_DEFAULT,
             quota_backend_bytes: 0,
             request_timeout: limits::REQUEST_TIMEOUT,
+            watch_progress_interval: limits::WATCH_PROGRESS_INTERVAL_DEFAULT,
         }
     }
 }
@@ -116,6 +120,12 @@ impl ServerConfig {
             self.quota_backend_bytes,
             0,
             limits::QUOTA_BACKEND_BYTES_MAX,
+        )?;
+        range(
+            "experimental-watch-progress-notify-interval (ms)",
+            self.watch_progress_interval.as_millis() as u64,
+            limits::WATCH_PROGRESS_INTERVAL_MIN.as_millis() as u64,
+            u64::from(u32::MAX),
         )?;
         Ok(())
     }

@@ -49,6 +49,12 @@ pub const WATCH_CATCHUP_EVENTS: usize = 1024;
 /// How often the catch-up task looks at watchers that are behind, at the longest.
 pub const WATCH_CATCHUP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Default period of watch progress notifications (etcd's default, 10 minutes).
+pub const WATCH_PROGRESS_INTERVAL_DEFAULT: Duration = Duration::from_secs(600);
+
+/// Shortest accepted progress-notification period (keeps the ticker from spinning).
+pub const WATCH_PROGRESS_INTERVAL_MIN: Duration = Duration::from_millis(100);
+
 /// How stale the backend size used for the quota check may be (reading it costs engine calls).
 pub const QUOTA_SIZE_REFRESH: Duration = Duration::from_millis(100);
 

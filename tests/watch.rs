@@ -253,3 +253,42 @@ async fn slow_consumer_does_not_block_writes_and_loses_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn idle_watchers_get_progress_notifications() {
+    for engine in ENGINES {
+        let server = Server::start_with(
+            engine,
+            &["--experimental-watch-progress-notify-interval", "200ms"],
+        );
+        let mut c = server.client().await;
+        c.put("x", "1", None).await.unwrap(); // rev 2
+        let mut s = c
+            .watch("k", Some(WatchOptions::new().with_progress_notify()))
+            .await
+            .unwrap();
+        let created = next(&mut s).await;
+        let mut quiet = c.watch("q", None).await.unwrap();
+        assert!(next(&mut quiet).await.created());
+        assert!(created.created());
+        let progress = next(&mut s).await;
+        assert!(progress.events().is_empty(), "[{engine}] {progress:?}");
+        assert_eq!(
+            (progress.watch_id(), progress.header().unwrap().revision()),
+            (created.watch_id(), 2)
+        );
+        // Later events still exceed the bookmark.
+        c.put("k", "1", None).await.unwrap();
+        let mut resp = next(&mut s).await;
+        while resp.events().is_empty() {
+            resp = next(&mut s).await;
+        }
+        assert_eq!(resp.events()[0].kv().unwrap().mod_revision(), 3);
+        // A watcher that did not ask gets none.
+        let none = tokio::time::timeout(Duration::from_millis(600), quiet.message()).await;
+        assert!(
+            none.is_err(),
+            "[{engine}] no progress without progress_notify: {none:?}"
+        );
+    }
+}

@@ -97,6 +97,7 @@ impl StreamState {
             no_put: req.filters.contains(&(FilterType::Noput as i32)),
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
+            progress_notify: req.progress_notify,
         };
         // Reserve a slot for `created` first, so it is queued before any event of the watcher.
         let permit = self.tx.reserve().await.map_err(|_| ResponsesGone)?;

@@ -50,9 +50,31 @@ pub struct ServeArgs {
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Period of progress notifications to idle watchers that asked for them (e.g. 10m, 500ms).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// Parse a Go-style duration: a number followed by ms, s, m or h.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("invalid duration {text:?}: use ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 impl ServeArgs {
@@ -81,6 +103,7 @@ impl ServeArgs {
             max_txn_ops: self.max_txn_ops,
             quota_backend_bytes: self.quota_backend_bytes,
             request_timeout: limits::REQUEST_TIMEOUT,
+            watch_progress_interval: self.experimental_watch_progress_notify_interval,
         };
         cfg.validate()?;
         Ok(cfg)

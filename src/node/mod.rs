@@ -92,6 +92,7 @@ pub struct Node {
     state: Arc<Shared>,
     watch: Arc<WatchHub>,
     catch_up: rt::JoinHandle<()>,
+    progress: rt::JoinHandle<()>,
     member_id: u64,
     cluster_id: u64,
     config: ServerConfig,
@@ -164,11 +165,17 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let catch_up = rt::spawn(run_catch_up(watch.clone(), state.clone()));
+        let progress = rt::spawn(run_progress_ticks(
+            watch.clone(),
+            state.clone(),
+            config.watch_progress_interval,
+        ));
         Ok(Arc::new(Node {
             raft,
             state,
             watch,
             catch_up,
+            progress,
             member_id,
             cluster_id,
             config,
@@ -321,6 +328,7 @@ impl Node {
     /// Stop raft. Requests in flight fail with [`NodeError::Stopped`].
     pub async fn shutdown(&self) {
         self.catch_up.abort();
+        self.progress.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
@@ -345,9 +353,19 @@ async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
     }
 }
 
+/// Sends periodic progress notifications to idle watchers that asked for them.
+async fn run_progress_ticks(watch: Arc<WatchHub>, state: Arc<Shared>, every: std::time::Duration) {
+    loop {
+        rt::sleep(every).await;
+        let store = state.read();
+        watch.progress_tick(store.current_revision());
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.catch_up.abort();
+        self.progress.abort();
     }
 }
 

@@ -25,6 +25,8 @@ pub struct WatchSpec {
     pub no_delete: bool,
     /// Whether events carry the key's previous value.
     pub prev_kv: bool,
+    /// Whether an idle watcher gets periodic progress notifications.
+    pub progress_notify: bool,
 }
 
 impl WatchSpec {
@@ -72,6 +74,8 @@ struct Watcher {
     /// The next revision this watcher has not yet been sent.
     next_rev: i64,
     synced: bool,
+    /// Whether anything was sent since the last progress tick.
+    sent_since_tick: bool,
     tx: mpsc::Sender<HubMessage>,
 }
 
@@ -152,6 +156,7 @@ impl WatchHub {
                 spec,
                 next_rev: start_rev,
                 synced,
+                sent_since_tick: false,
                 tx,
             },
         );
@@ -219,7 +224,7 @@ impl WatchHub {
                             prev_kv: w.spec.prev_kv,
                         };
                         match try_send(&w.tx, msg) {
-                            Sent::Ok => {}
+                            Sent::Ok => w.sent_since_tick = true,
                             Sent::Full => {
                                 // Never block apply: fall back to catching up from storage.
                                 w.synced = false;
@@ -299,6 +304,7 @@ impl WatchHub {
                     };
                     match sent {
                         Sent::Ok => {
+                            w.sent_since_tick = true;
                             w.next_rev = covered + 1;
                             w.synced = w.next_rev > head;
                             still_behind |= !w.synced;
@@ -313,6 +319,26 @@ impl WatchHub {
             state.watchers.remove(&key);
         }
         still_behind
+    }
+
+    /// Send a progress notification (no events, header at `head`) to every synced watcher that asked
+    /// for them and was sent nothing since the previous tick. Called under the store's read lock, so
+    /// every event up to `head` is already queued ahead of it.
+    pub fn progress_tick(&self, head: i64) {
+        let mut state = self.lock();
+        for (key, w) in state.watchers.iter_mut() {
+            let idle = !std::mem::replace(&mut w.sent_since_tick, false);
+            if w.synced && w.spec.progress_notify && idle {
+                let msg = HubMessage::Events {
+                    watch_id: key.watch_id,
+                    events: Vec::new(),
+                    revision: head,
+                    prev_kv: false,
+                };
+                // A full stream has events queued: the client is not idle, skip this tick.
+                let _ = try_send(&w.tx, msg);
+            }
+        }
     }
 
     /// Wait until some watcher may be behind (or at most `max_wait`).
@@ -349,6 +375,7 @@ mod tests {
             no_put: false,
             no_delete: false,
             prev_kv: false,
+            progress_notify: false,
         }
     }
 
