@@ -292,3 +292,46 @@ async fn idle_watchers_get_progress_notifications() {
         );
     }
 }
+
+#[tokio::test]
+async fn large_revisions_arrive_in_fragments_when_asked() {
+    for engine in ENGINES {
+        let server = Server::start_with(engine, &["--max-request-bytes", "4096"]);
+        let mut c = server.client().await;
+        for i in 0..10 {
+            c.put(format!("f/{i}"), vec![b'x'; 1000], None)
+                .await
+                .unwrap();
+        }
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_fragment();
+        let mut s = c.watch("f/", Some(opts)).await.unwrap();
+        assert!(next(&mut s).await.created());
+        // One revision deletes all ten keys; with their previous values the response is ~10 KB.
+        c.delete("f/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let mut parts = 0;
+        let mut deleted = Vec::new();
+        while deleted.len() < 10 {
+            let resp = next(&mut s).await;
+            parts += 1;
+            for ev in resp.events() {
+                assert_eq!(ev.event_type(), EventType::Delete);
+                assert!(ev.prev_kv().is_some());
+                deleted.push(ev.kv().unwrap().key_str().unwrap().to_string());
+            }
+        }
+        assert!(
+            parts >= 3,
+            "[{engine}] a 10 KB revision under a 4 KB limit came in {parts} part(s)"
+        );
+        let want: Vec<String> = (0..10).map(|i| format!("f/{i}")).collect();
+        assert_eq!(
+            deleted, want,
+            "[{engine}] every delete exactly once, in order"
+        );
+    }
+}

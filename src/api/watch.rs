@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -98,6 +99,7 @@ impl StreamState {
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
             progress_notify: req.progress_notify,
+            fragment: req.fragment,
         };
         // Reserve a slot for `created` first, so it is queued before any event of the watcher.
         let permit = self.tx.reserve().await.map_err(|_| ResponsesGone)?;
@@ -155,6 +157,47 @@ impl StreamState {
     }
 }
 
+/// Split an event response larger than `max_bytes` into fragments, as etcd does for watchers that
+/// asked for it: every part but the last has `fragment` set, each holds at least one event, and a
+/// client reassembles them before handing the revision over.
+fn fragments(mut resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    if resp.encoded_len() <= max_bytes || resp.events.len() < 2 {
+        return vec![resp];
+    }
+    let events = std::mem::take(&mut resp.events);
+    // `resp` is now the empty shell every part starts from (header, watch id).
+    let base = resp.encoded_len();
+    let mut parts = Vec::new();
+    let mut current = resp.clone();
+    let mut size = base;
+    for ev in events {
+        // An event costs its bytes plus a tag and a length prefix.
+        let ev_size = ev.encoded_len() + 8;
+        if !current.events.is_empty() && size + ev_size > max_bytes {
+            parts.push(std::mem::replace(&mut current, resp.clone()));
+            size = base;
+        }
+        size += ev_size;
+        current.events.push(ev);
+    }
+    parts.push(current);
+    let last = parts.len() - 1;
+    for (i, part) in parts.iter_mut().enumerate() {
+        part.fragment = i != last;
+    }
+    parts
+}
+
+fn to_responses(node: &Node, msg: HubMessage) -> Vec<WatchResponse> {
+    let fragment = matches!(msg, HubMessage::Events { fragment: true, .. });
+    let resp = to_response(node, msg);
+    if fragment {
+        fragments(resp, node.config().max_request_bytes)
+    } else {
+        vec![resp]
+    }
+}
+
 fn to_response(node: &Node, msg: HubMessage) -> WatchResponse {
     let header = |rev| Some(node.header(rev));
     match msg {
@@ -163,6 +206,7 @@ fn to_response(node: &Node, msg: HubMessage) -> WatchResponse {
             mut events,
             revision,
             prev_kv,
+            ..
         } => {
             if prev_kv {
                 for ev in &mut events {
@@ -248,9 +292,50 @@ impl Watch for WatchService {
         let node = self.node.clone();
         let responses = futures::stream::unfold((rx, node), |(mut rx, node)| async move {
             let msg = rx.recv().await?;
-            let resp = to_response(&node, msg);
-            Some((Ok(resp), (rx, node)))
-        });
+            let parts = to_responses(&node, msg);
+            Some((futures::stream::iter(parts.into_iter().map(Ok)), (rx, node)))
+        })
+        .flatten();
         Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn large_responses_split_into_ordered_fragments_within_the_limit() {
+        let events: Vec<Event> = (0..10)
+            .map(|i| Event {
+                kv: Some(KeyValue {
+                    key: format!("k{i}").into_bytes(),
+                    value: vec![b'x'; 1000],
+                    mod_revision: 5,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let resp = WatchResponse {
+            watch_id: 3,
+            events: events.clone(),
+            ..Default::default()
+        };
+        let parts = fragments(resp.clone(), 4096);
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        assert!(parts
+            .iter()
+            .all(|p| p.encoded_len() <= 4096 && p.watch_id == 3));
+        let flags: Vec<bool> = parts.iter().map(|p| p.fragment).collect();
+        assert!(flags[..flags.len() - 1].iter().all(|f| *f) && !flags[flags.len() - 1]);
+        let rejoined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(rejoined, events);
+        assert_eq!(
+            fragments(resp.clone(), 1 << 20),
+            vec![resp],
+            "small enough: untouched"
+        );
     }
 }

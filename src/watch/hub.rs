@@ -27,6 +27,8 @@ pub struct WatchSpec {
     pub prev_kv: bool,
     /// Whether an idle watcher gets periodic progress notifications.
     pub progress_notify: bool,
+    /// Whether a response too large for one message may be split into fragments.
+    pub fragment: bool,
 }
 
 impl WatchSpec {
@@ -50,6 +52,7 @@ pub enum HubMessage {
         events: Vec<Event>,
         revision: i64,
         prev_kv: bool,
+        fragment: bool,
     },
     /// A watcher was created (`reason: None`) or refused; sent before any of its events.
     Created {
@@ -222,6 +225,7 @@ impl WatchHub {
                             events: mine,
                             revision: rev,
                             prev_kv: w.spec.prev_kv,
+                            fragment: w.spec.fragment,
                         };
                         match try_send(&w.tx, msg) {
                             Sent::Ok => w.sent_since_tick = true,
@@ -299,6 +303,7 @@ impl WatchHub {
                                 events: mine,
                                 revision: head,
                                 prev_kv: w.spec.prev_kv,
+                                fragment: w.spec.fragment,
                             },
                         )
                     };
@@ -334,6 +339,7 @@ impl WatchHub {
                     events: Vec::new(),
                     revision: head,
                     prev_kv: false,
+                    fragment: false,
                 };
                 // A full stream has events queued: the client is not idle, skip this tick.
                 let _ = try_send(&w.tx, msg);
@@ -376,6 +382,7 @@ mod tests {
             no_delete: false,
             prev_kv: false,
             progress_notify: false,
+            fragment: false,
         }
     }
 
