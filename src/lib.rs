@@ -8,6 +8,7 @@ pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod lease;
 pub mod limits;
 pub mod mvcc;
 pub mod node;

@@ -55,6 +55,22 @@ pub const WATCH_PROGRESS_INTERVAL_DEFAULT: Duration = Duration::from_secs(600);
 /// Shortest accepted progress-notification period (keeps the ticker from spinning).
 pub const WATCH_PROGRESS_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
+/// Shortest lease TTL: 1.5 election timeouts, rounded up to whole seconds (as etcd computes it), so
+/// a lease cannot expire during a normal leader election.
+pub const LEASE_MIN_TTL_SECS: i64 = ((3 * ELECTION_TIMEOUT_MS / 2) as i64 + 999) / 1000;
+
+/// Longest lease TTL accepted (etcd's `MaxLeaseTTL`).
+pub const LEASE_MAX_TTL_SECS: i64 = 9_000_000_000;
+
+/// How often the leader looks for expired leases.
+pub const LEASE_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keep-alive responses buffered per stream (a client that stops reading stops being answered).
+pub const LEASE_KEEPALIVE_STREAM_BUFFER: usize = 16;
+
+/// Expired leases revoked per check, at most (the rest wait for the next check).
+pub const LEASE_REVOKES_PER_CHECK: usize = 256;
+
 /// How stale the backend size used for the quota check may be (reading it costs engine calls).
 pub const QUOTA_SIZE_REFRESH: Duration = Duration::from_millis(100);
 
@@ -88,6 +104,7 @@ pub fn server_worker_threads() -> usize {
 }
 
 const _: () = assert!(HEARTBEAT_INTERVAL_MS * 5 <= ELECTION_TIMEOUT_MS);
+const _: () = assert!(LEASE_MIN_TTL_SECS * 1000 >= (3 * ELECTION_TIMEOUT_MS / 2) as i64);
 const _: () = assert!(MAX_TXN_OPS_DEFAULT <= MAX_TXN_OPS_LIMIT);
 const _: () = assert!(MAX_REQUEST_BYTES_DEFAULT + GRPC_OVERHEAD_BYTES < MAX_RESPONSE_BYTES);
 const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);

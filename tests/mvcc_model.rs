@@ -348,6 +348,7 @@ fn real_step(s: &mut MvccStore, op: &Op) -> Outcome {
                     deleted: 0,
                     succeeded: true,
                 },
+                other => panic!("the model issues no lease commands: {other:?}"),
             }
         }
     }

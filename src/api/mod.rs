@@ -2,6 +2,7 @@
 //! error to etcd's status codes and messages.
 
 pub mod kv;
+pub mod lease;
 pub mod server;
 pub mod status;
 pub mod validate;

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::kv::KvService;
+use super::lease::LeaseService;
 use super::watch::WatchService;
 use crate::limits;
 use crate::node::Node;
 use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 
 /// A one-way shutdown signal shared by every listener.
@@ -79,7 +81,8 @@ pub async fn serve(
             let router = tonic::transport::Server::builder()
                 .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
                 .add_service(kv_server!(node))
-                .add_service(WatchServer::new(WatchService::new(node.clone())));
+                .add_service(WatchServer::new(WatchService::new(node.clone())))
+                .add_service(LeaseServer::new(LeaseService::new(node.clone())));
             let stop = shutdown.clone();
             tasks.push(crate::rt::spawn(async move {
                 router
@@ -92,7 +95,8 @@ pub async fn serve(
             on_bound(*addr);
             let router = tonic::transport::Server::builder()
                 .add_service(kv_server!(node))
-                .add_service(WatchServer::new(WatchService::new(node.clone())));
+                .add_service(WatchServer::new(WatchService::new(node.clone())))
+                .add_service(LeaseServer::new(LeaseService::new(node.clone())));
             let stop = shutdown.clone();
             let addr = *addr;
             tasks.push(crate::rt::spawn(async move {

@@ -37,6 +37,9 @@ impl From<ValidationError> for Status {
             ValidationError::EmptyRequestOp => {
                 status(Code::InvalidArgument, "etcdserver: key not found")
             }
+            ValidationError::LeaseTtlTooLarge => {
+                status(Code::OutOfRange, "etcdserver: too large lease TTL")
+            }
         }
     }
 }
@@ -55,6 +58,9 @@ impl From<ApplyError> for Status {
             ApplyError::KeyNotFound => status(Code::InvalidArgument, "etcdserver: key not found"),
             ApplyError::LeaseNotFound => {
                 status(Code::NotFound, "etcdserver: requested lease not found")
+            }
+            ApplyError::LeaseExists => {
+                status(Code::FailedPrecondition, "etcdserver: lease already exists")
             }
             ApplyError::EmptyCommand => {
                 status(Code::Internal, "etcdserver: undecodable replicated command")

@@ -1,10 +1,11 @@
 //! Every client request is checked here once, before it reaches raft, with etcd's rules: a request
 //! that fails a check never becomes a log entry and changes nothing.
 
-use crate::limits::MAX_TXN_NESTING_DEPTH;
+use crate::limits::{LEASE_MAX_TTL_SECS, MAX_TXN_NESTING_DEPTH};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
-    request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    request_op, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
 };
 
 /// A request that breaks one of etcd's rules.
@@ -24,6 +25,8 @@ pub enum ValidationError {
     LeaseProvided,
     #[error("empty request operation")]
     EmptyRequestOp,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 type Result = std::result::Result<(), ValidationError>;
@@ -49,6 +52,14 @@ pub fn put(r: &PutRequest) -> Result {
     }
     if r.ignore_lease && r.lease != 0 {
         return Err(ValidationError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// Check a lease grant.
+pub fn lease_grant(r: &LeaseGrantRequest) -> Result {
+    if r.ttl > LEASE_MAX_TTL_SECS {
+        return Err(ValidationError::LeaseTtlTooLarge);
     }
     Ok(())
 }

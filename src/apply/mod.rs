@@ -12,8 +12,8 @@ pub use range::execute_range;
 
 use crate::mvcc::{MvccError, MvccStore, RangeEnd};
 use crate::pb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnResponse,
 };
 use crate::pb::metastore::{command, Command};
 use crate::storage::{StorageError, WriteBatch};
@@ -30,6 +30,8 @@ pub enum ApplyError {
     KeyNotFound,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error("command has no operation")]
     EmptyCommand,
     #[error(transparent)]
@@ -53,6 +55,8 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -100,6 +104,34 @@ pub fn apply(store: &mut MvccStore, cmd: Command) -> Result<(Applied, WriteBatch
                 Applied::Txn(TxnResponse {
                     header: header(rev),
                     ..resp
+                }),
+                batch,
+            ))
+        }
+        command::Op::LeaseGrant(req) => {
+            let ttl = req.ttl.max(crate::limits::LEASE_MIN_TTL_SECS);
+            let mut batch = WriteBatch::new();
+            if !store.lease_grant(req.id, ttl, &mut batch) {
+                return Err(ApplyError::LeaseExists);
+            }
+            let rev = store.current_revision();
+            let resp = LeaseGrantResponse {
+                header: header(rev),
+                id: req.id,
+                ttl,
+                error: String::new(),
+            };
+            Ok((Applied::LeaseGrant(resp), batch))
+        }
+        command::Op::LeaseRevoke(req) => {
+            let mut txn = store.write_txn();
+            if !txn.lease_revoke(req.id)? {
+                return Err(ApplyError::LeaseNotFound);
+            }
+            let (batch, rev) = txn.finish();
+            Ok((
+                Applied::LeaseRevoke(LeaseRevokeResponse {
+                    header: header(rev),
                 }),
                 batch,
             ))

@@ -11,9 +11,7 @@ use crate::pb::mvccpb::KeyValue;
 
 /// Checks a put against the store before anything is written.
 pub(super) fn check_put(txn: &WriteTxn<'_>, req: &PutRequest) -> Result<(), ApplyError> {
-    if req.lease != 0 {
-        // No lease can exist yet: the Lease service (and with it the lease table) is not served,
-        // so every attached lease is unknown, exactly as etcd answers for an unknown lease.
+    if req.lease != 0 && !txn.lease_exists(req.lease) {
         return Err(ApplyError::LeaseNotFound);
     }
     if (req.ignore_value || req.ignore_lease) && txn.key_at(&req.key).is_none() {

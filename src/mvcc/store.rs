@@ -13,6 +13,7 @@ use prost::Message;
 use super::key_index::{KeyAt, KeyIndexTree, RangeEnd};
 use super::revision::Revision;
 use super::{MvccError, Result};
+use crate::lease::{self, LeaseTable};
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::{Keyspace, SharedEngine, StorageError, WriteBatch};
 
@@ -49,6 +50,8 @@ pub struct MvccStore {
     /// Changes made by write transactions since the last [`MvccStore::take_events`], in revision
     /// order: what the watch hub fans out.
     events: Vec<Event>,
+    /// Leases and their keys: a put attaches, a delete detaches (as etcd's store calls its lessor).
+    leases: LeaseTable,
 }
 
 fn corrupt(reason: impl Into<String>) -> StorageError {
@@ -95,7 +98,7 @@ impl MvccStore {
         if let Some(e) = failure {
             return Err(e.into());
         }
-        Ok(Self {
+        let mut store = Self {
             engine,
             index,
             current_rev,
@@ -103,7 +106,53 @@ impl MvccStore {
             unflushed: BTreeMap::new(),
             unflushed_tombstones: Vec::new(),
             events: Vec::new(),
-        })
+            leases: LeaseTable::default(),
+        };
+        store.restore_leases()?;
+        Ok(store)
+    }
+
+    fn restore_leases(&mut self) -> Result<()> {
+        let mut granted = Vec::new();
+        self.engine.scan(
+            Keyspace::Meta,
+            lease::LEASE_RECORD_PREFIX,
+            None,
+            &mut |k, v| {
+                let Some(id) = lease::id_of_record(k) else {
+                    return false;
+                };
+                let ttl = v.try_into().map(i64::from_be_bytes).unwrap_or(0);
+                granted.push((id, ttl));
+                true
+            },
+        )?;
+        for (id, ttl) in granted {
+            self.leases.grant(id, ttl);
+        }
+        let live = self.range(&[0], &RangeEnd::Unbounded, 0, 0, false)?;
+        for kv in live.kvs.iter().filter(|kv| kv.lease != 0) {
+            self.leases.attach(kv.lease, &kv.key);
+        }
+        Ok(())
+    }
+
+    /// The lease table.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// Grant lease `id` into `batch`; false if it exists.
+    pub fn lease_grant(&mut self, id: i64, ttl_secs: i64, batch: &mut WriteBatch) -> bool {
+        if !self.leases.grant(id, ttl_secs) {
+            return false;
+        }
+        batch.put(
+            Keyspace::Meta,
+            lease::record_key(id),
+            ttl_secs.to_be_bytes().to_vec(),
+        );
+        true
     }
 
     /// The newest revision.
@@ -395,6 +444,7 @@ impl WriteTxn<'_> {
         self.batch
             .put(Keyspace::Kv, rev.record_key(false), kv.encode_to_vec());
         self.store.index.put(key, rev);
+        self.store.leases.attach(lease, key);
         self.store.unflushed.insert(rev, kv.clone());
         self.store.events.push(Event {
             r#type: EventType::Put as i32,
@@ -416,6 +466,7 @@ impl WriteTxn<'_> {
             self.batch
                 .put(Keyspace::Kv, rev.record_key(true), tomb.encode_to_vec());
             self.store.unflushed_tombstones.push(rev);
+            self.store.leases.detach(&kv.key);
             let deleted = KeyValue {
                 key: kv.key.clone(),
                 mod_revision: rev.main,
@@ -430,6 +481,25 @@ impl WriteTxn<'_> {
             debug_assert!(was_live, "deleting a key the range just returned");
         }
         Ok(doomed)
+    }
+
+    /// Whether lease `id` exists (as seen inside the transaction).
+    pub fn lease_exists(&self, id: i64) -> bool {
+        self.store.leases.contains(id)
+    }
+
+    /// Revoke lease `id`: delete every key attached to it (at this transaction's revision) and drop
+    /// the lease. Returns false if the lease does not exist.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<bool> {
+        if !self.store.leases.contains(id) {
+            return Ok(false);
+        }
+        for key in self.store.leases.keys(id) {
+            self.delete_range(&key, &RangeEnd::Single)?;
+        }
+        self.store.leases.revoke(id);
+        self.batch.delete(Keyspace::Meta, lease::record_key(id));
+        Ok(true)
     }
 
     /// End the transaction: the batch to write (with the new current revision, if anything

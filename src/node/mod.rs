@@ -1,5 +1,8 @@
 //! One member: wires raft, the state machine and the engine together; proposes commands with a
-//! deadline, serves reads (serializable or linearizable), builds response headers, shuts down.
+//! deadline, serves reads (serializable or linearizable), builds response headers, runs the lease
+//! clock and the watch catch-up, shuts down.
+
+pub mod leases;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +16,10 @@ use prost::Message;
 use crate::apply::{self, Applied, ApplyError};
 use crate::config::ServerConfig;
 use crate::limits;
-use crate::pb::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use crate::pb::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, RangeRequest,
+    RangeResponse, ResponseHeader,
+};
 use crate::pb::metastore::{command, Command};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
@@ -93,6 +99,8 @@ pub struct Node {
     watch: Arc<WatchHub>,
     catch_up: rt::JoinHandle<()>,
     progress: rt::JoinHandle<()>,
+    lease_clock: Arc<leases::LeaseClock>,
+    lease_expiry: std::sync::Mutex<Option<rt::JoinHandle<()>>>,
     member_id: u64,
     cluster_id: u64,
     config: ServerConfig,
@@ -164,18 +172,25 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        // A new leader gives every lease its full TTL again (etcd's grace on promotion).
+        let lease_clock = Arc::new(leases::LeaseClock::default());
+        for (id, ttl) in state.read().leases().list() {
+            lease_clock.refresh(id, ttl);
+        }
         let catch_up = rt::spawn(run_catch_up(watch.clone(), state.clone()));
         let progress = rt::spawn(run_progress_ticks(
             watch.clone(),
             state.clone(),
             config.watch_progress_interval,
         ));
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             raft,
             state,
             watch,
             catch_up,
             progress,
+            lease_clock,
+            lease_expiry: std::sync::Mutex::new(None),
             member_id,
             cluster_id,
             config,
@@ -183,7 +198,10 @@ impl Node {
                 bytes: std::sync::atomic::AtomicU64::new(0),
                 refreshed_at: std::sync::Mutex::new(None),
             },
-        }))
+        });
+        let expiry = rt::spawn(run_lease_expiry(Arc::downgrade(&node)));
+        *node.lease_expiry.lock().unwrap_or_else(|e| e.into_inner()) = Some(expiry);
+        Ok(node)
     }
 
     /// This member's id.
@@ -281,6 +299,83 @@ impl Node {
         Ok(apply::range(&store, req)?)
     }
 
+    /// Grant a lease. `id` 0 lets the server choose; the choice is made here, before proposing, so
+    /// apply stays deterministic.
+    pub async fn lease_grant(
+        &self,
+        id: i64,
+        ttl_secs: i64,
+    ) -> Result<LeaseGrantResponse, NodeError> {
+        let id = if id != 0 {
+            id
+        } else {
+            // Positive and never 0; a clash with a live lease is retried.
+            let mut pick = (rt::random_u64() >> 1) as i64;
+            while pick == 0 || self.state.read().leases().contains(pick) {
+                pick = (rt::random_u64() >> 1) as i64;
+            }
+            pick
+        };
+        let req = LeaseGrantRequest { ttl: ttl_secs, id };
+        match self.propose(command::Op::LeaseGrant(req)).await? {
+            Applied::LeaseGrant(resp) => {
+                self.lease_clock.refresh(resp.id, resp.ttl);
+                Ok(resp)
+            }
+            other => Err(NodeError::Raft(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
+    /// Revoke a lease: its keys are deleted in one revision.
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, NodeError> {
+        match self
+            .propose(command::Op::LeaseRevoke(LeaseRevokeRequest { id }))
+            .await
+        {
+            Ok(Applied::LeaseRevoke(resp)) => {
+                self.lease_clock.remove(id);
+                Ok(resp)
+            }
+            Ok(other) => Err(NodeError::Raft(format!(
+                "unexpected apply result {other:?}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renew a lease for its full TTL; returns the TTL, or 0 if the lease does not exist (as etcd).
+    pub fn lease_keep_alive(&self, id: i64) -> i64 {
+        let ttl = self.state.read().leases().ttl_secs(id);
+        match ttl {
+            Some(ttl) => {
+                self.lease_clock.refresh(id, ttl);
+                ttl
+            }
+            None => 0,
+        }
+    }
+
+    /// `(granted TTL, remaining TTL, attached keys)` of a lease, or `None` if it does not exist.
+    pub fn lease_time_to_live(&self, id: i64) -> Option<(i64, i64, Vec<Vec<u8>>)> {
+        let store = self.state.read();
+        let granted = store.leases().ttl_secs(id)?;
+        let remaining = self.lease_clock.remaining_secs(id).unwrap_or(granted);
+        Some((granted, remaining, store.leases().keys(id)))
+    }
+
+    /// Every lease id.
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.state
+            .read()
+            .leases()
+            .list()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// The member's watchers.
     pub fn watch_hub(&self) -> &Arc<WatchHub> {
         &self.watch
@@ -353,6 +448,23 @@ async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
     }
 }
 
+/// Revokes expired leases through raft. Holds the node weakly so it never keeps it alive.
+async fn run_lease_expiry(node: std::sync::Weak<Node>) {
+    loop {
+        rt::sleep(limits::LEASE_EXPIRY_CHECK_INTERVAL).await;
+        let Some(node) = node.upgrade() else { return };
+        for id in node.lease_clock.expired(limits::LEASE_REVOKES_PER_CHECK) {
+            match node.lease_revoke(id).await {
+                Ok(_) | Err(NodeError::Apply(ApplyError::LeaseNotFound)) => {
+                    node.lease_clock.remove(id)
+                }
+                // Retried at the next check (e.g. while there is no leader).
+                Err(e) => tracing::warn!("cannot revoke expired lease {id:x}: {e}"),
+            }
+        }
+    }
+}
+
 /// Sends periodic progress notifications to idle watchers that asked for them.
 async fn run_progress_ticks(watch: Arc<WatchHub>, state: Arc<Shared>, every: std::time::Duration) {
     loop {
@@ -366,6 +478,14 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.catch_up.abort();
         self.progress.abort();
+        if let Some(task) = self
+            .lease_expiry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
     }
 }
 

@@ -1,0 +1,131 @@
+//! The `etcdserverpb.Lease` service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::validate;
+use crate::limits;
+use crate::node::Node;
+use crate::pb::etcdserverpb::lease_server::Lease;
+use crate::pb::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+
+/// Serves LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive and LeaseLeases.
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    /// A lease service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let req = request.into_inner();
+        validate::lease_grant(&req)?;
+        let mut resp = self.node.lease_grant(req.id, req.ttl).await?;
+        resp.header = Some(self.node.header(self.node.current_revision()));
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let mut resp = self.node.lease_revoke(request.into_inner().id).await?;
+        let revision = resp
+            .header
+            .map(|h| h.revision)
+            .unwrap_or_else(|| self.node.current_revision());
+        resp.header = Some(self.node.header(revision));
+        Ok(Response::new(resp))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(limits::LEASE_KEEPALIVE_STREAM_BUFFER);
+        let node = self.node.clone();
+        crate::rt::spawn(async move {
+            // Ends when the client stops sending or goes away, or the response side is gone.
+            while let Ok(Some(req)) = requests.message().await {
+                let ttl = node.lease_keep_alive(req.id);
+                let header = Some(node.header(node.current_revision()));
+                if tx
+                    .send(Ok(LeaseKeepAliveResponse {
+                        header,
+                        id: req.id,
+                        ttl,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let responses =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = request.into_inner();
+        let header = Some(self.node.header(self.node.current_revision()));
+        let Some((granted, remaining, keys)) = self.node.lease_time_to_live(req.id) else {
+            // etcd answers an unknown (e.g. expired) lease with TTL -1, not an error.
+            return Ok(Response::new(LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            }));
+        };
+        let keys = if req.keys { keys } else { Vec::new() };
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header,
+            id: req.id,
+            ttl: remaining,
+            granted_ttl: granted,
+            keys,
+        }))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let header = Some(self.node.header(self.node.current_revision()));
+        let leases = self
+            .node
+            .lease_ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(Response::new(LeaseLeasesResponse { header, leases }))
+    }
+}
