@@ -41,6 +41,8 @@ pub struct ServerConfig {
     /// Period of progress notifications to idle watchers that asked for them
     /// (`--experimental-watch-progress-notify-interval`).
     pub watch_progress_interval: Duration,
+    /// Period of lease remaining-TTL checkpoints (`--experimental-lease-checkpoint-interval`).
+    pub lease_checkpoint_interval: Duration,
 }
 
 /// A configuration value that cannot be used.
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             quota_backend_bytes: 0,
             request_timeout: limits::REQUEST_TIMEOUT,
             watch_progress_interval: limits::WATCH_PROGRESS_INTERVAL_DEFAULT,
+            lease_checkpoint_interval: limits::LEASE_CHECKPOINT_INTERVAL_DEFAULT,
         }
     }
 }

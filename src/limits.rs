@@ -68,6 +68,12 @@ pub const LEASE_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Keep-alive responses buffered per stream (a client that stops reading stops being answered).
 pub const LEASE_KEEPALIVE_STREAM_BUFFER: usize = 16;
 
+/// Default period of lease checkpoints (etcd's default, 5 minutes).
+pub const LEASE_CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(300);
+
+/// Leases per checkpoint proposal (etcd's `maxLeaseCheckpointBatchSize`).
+pub const LEASE_CHECKPOINT_BATCH: usize = 1000;
+
 /// Expired leases revoked per check, at most (the rest wait for the next check).
 pub const LEASE_REVOKES_PER_CHECK: usize = 256;
 

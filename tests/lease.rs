@@ -206,12 +206,51 @@ async fn leases_survive_restart_with_a_fresh_ttl() {
         "table and attachment recovered"
     );
     assert!(
-        ttl.ttl() >= 2,
-        "a restarted leader grants the full TTL again"
+        ttl.ttl() >= 3,
+        "never checkpointed: a restarted leader grants the full TTL plus grace"
     );
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    // 3 s of TTL plus 1 s of grace (an election timeout), then the next expiry check.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
     assert!(
         c.get("k", None).await.unwrap().kvs().is_empty(),
         "and it still expires"
+    );
+}
+
+#[tokio::test]
+async fn restart_resumes_from_the_checkpointed_remaining_ttl() {
+    let mut server = Server::start_with(
+        "rocksdb",
+        &["--experimental-lease-checkpoint-interval", "500ms"],
+    );
+    let mut c = server.client().await;
+    let lease = c.lease_grant(20, None).await.unwrap().id();
+    // Let a few checkpoints record the lease running down.
+    tokio::time::sleep(Duration::from_millis(6000)).await;
+    drop(c);
+    server.kill9();
+    server.restart();
+    let mut c = server.client().await;
+    let ttl = c.lease_time_to_live(lease, None).await.unwrap();
+    // Full TTL after a restart would be 20 s + 1 s of grace; the checkpoint says about 14 s were left.
+    assert!(
+        ttl.ttl() <= 17 && ttl.ttl() >= 12,
+        "resumed from the checkpoint: {} s left",
+        ttl.ttl()
+    );
+    // A keep-alive renews it to the full TTL, and that survives another restart.
+    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().ttl(), 20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop((keeper, stream, c));
+    server.kill9();
+    server.restart();
+    let mut c = server.client().await;
+    let ttl = c.lease_time_to_live(lease, None).await.unwrap();
+    assert!(
+        ttl.ttl() >= 18,
+        "the renewal was checkpointed: {} s left",
+        ttl.ttl()
     );
 }

@@ -11,6 +11,7 @@ mod txn;
 pub use range::execute_range;
 
 use crate::mvcc::{MvccError, MvccStore, RangeEnd};
+use crate::pb::etcdserverpb::LeaseCheckpointResponse;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnResponse,
@@ -57,6 +58,7 @@ pub enum Applied {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -131,6 +133,20 @@ pub fn apply(store: &mut MvccStore, cmd: Command) -> Result<(Applied, WriteBatch
             let (batch, rev) = txn.finish();
             Ok((
                 Applied::LeaseRevoke(LeaseRevokeResponse {
+                    header: header(rev),
+                }),
+                batch,
+            ))
+        }
+        command::Op::LeaseCheckpoint(req) => {
+            let mut batch = WriteBatch::new();
+            for cp in req.checkpoints {
+                // A lease revoked meanwhile is simply skipped.
+                store.lease_checkpoint(cp.id, cp.remaining_ttl, &mut batch);
+            }
+            let rev = store.current_revision();
+            Ok((
+                Applied::LeaseCheckpoint(LeaseCheckpointResponse {
                     header: header(rev),
                 }),
                 batch,

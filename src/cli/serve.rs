@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Period of progress notifications to idle watchers that asked for them (e.g. 10m, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Period of lease remaining-TTL checkpoints through raft (e.g. 5m, 500ms).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub experimental_lease_checkpoint_interval: std::time::Duration,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -104,6 +107,7 @@ impl ServeArgs {
             quota_backend_bytes: self.quota_backend_bytes,
             request_timeout: limits::REQUEST_TIMEOUT,
             watch_progress_interval: self.experimental_watch_progress_notify_interval,
+            lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -17,6 +17,25 @@ pub fn record_key(id: i64) -> Vec<u8> {
     key
 }
 
+/// A lease record: the granted TTL, then (once checkpointed) the remaining TTL.
+pub fn encode_record(ttl_secs: i64, remaining_secs: Option<i64>) -> Vec<u8> {
+    let mut v = ttl_secs.to_be_bytes().to_vec();
+    if let Some(r) = remaining_secs {
+        v.extend_from_slice(&r.to_be_bytes());
+    }
+    v
+}
+
+/// Decode [`encode_record`].
+pub fn decode_record(v: &[u8]) -> Option<(i64, Option<i64>)> {
+    let ttl = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let remaining = match v.get(8..16) {
+        Some(r) => Some(i64::from_be_bytes(r.try_into().ok()?)),
+        None => None,
+    };
+    Some((ttl, remaining))
+}
+
 /// The lease id of a `Meta` key written by [`record_key`].
 pub fn id_of_record(key: &[u8]) -> Option<i64> {
     let rest = key.strip_prefix(LEASE_RECORD_PREFIX)?;
@@ -26,6 +45,8 @@ pub fn id_of_record(key: &[u8]) -> Option<i64> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Lease {
     ttl_secs: i64,
+    /// The remaining TTL last checkpointed through raft, if any.
+    checkpoint_secs: Option<i64>,
     keys: BTreeSet<Vec<u8>>,
 }
 
@@ -52,10 +73,27 @@ impl LeaseTable {
             id,
             Lease {
                 ttl_secs,
+                checkpoint_secs: None,
                 keys: BTreeSet::new(),
             },
         );
         true
+    }
+
+    /// Record a checkpointed remaining TTL; false if the lease does not exist.
+    pub fn checkpoint(&mut self, id: i64, remaining_secs: i64) -> bool {
+        match self.leases.get_mut(&id) {
+            Some(l) => {
+                l.checkpoint_secs = Some(remaining_secs);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The remaining TTL last checkpointed for lease `id`.
+    pub fn checkpointed_secs(&self, id: i64) -> Option<i64> {
+        self.leases.get(&id)?.checkpoint_secs
     }
 
     /// Remove lease `id`; returns its attached keys (in key order), or `None` if it did not exist.
@@ -136,5 +174,13 @@ mod tests {
         assert_eq!(t.revoke(5), None);
         assert_eq!(id_of_record(&record_key(-3)), Some(-3));
         assert_eq!(id_of_record(b"other"), None);
+        assert_eq!(decode_record(&encode_record(30, None)), Some((30, None)));
+        assert_eq!(
+            decode_record(&encode_record(30, Some(12))),
+            Some((30, Some(12)))
+        );
+        assert!(t.grant(9, 30));
+        assert!(t.checkpoint(9, 12) && !t.checkpoint(10, 1));
+        assert_eq!(t.checkpointed_secs(9), Some(12));
     }
 }

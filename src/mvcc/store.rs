@@ -114,6 +114,7 @@ impl MvccStore {
 
     fn restore_leases(&mut self) -> Result<()> {
         let mut granted = Vec::new();
+        let mut failure = None;
         self.engine.scan(
             Keyspace::Meta,
             lease::LEASE_RECORD_PREFIX,
@@ -122,13 +123,21 @@ impl MvccStore {
                 let Some(id) = lease::id_of_record(k) else {
                     return false;
                 };
-                let ttl = v.try_into().map(i64::from_be_bytes).unwrap_or(0);
-                granted.push((id, ttl));
+                match lease::decode_record(v) {
+                    Some((ttl, remaining)) => granted.push((id, ttl, remaining)),
+                    None => failure = Some(corrupt(format!("undecodable lease record {k:?}"))),
+                }
                 true
             },
         )?;
-        for (id, ttl) in granted {
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        for (id, ttl, remaining) in granted {
             self.leases.grant(id, ttl);
+            if let Some(r) = remaining {
+                self.leases.checkpoint(id, r);
+            }
         }
         let live = self.range(&[0], &RangeEnd::Unbounded, 0, 0, false)?;
         for kv in live.kvs.iter().filter(|kv| kv.lease != 0) {
@@ -150,7 +159,26 @@ impl MvccStore {
         batch.put(
             Keyspace::Meta,
             lease::record_key(id),
-            ttl_secs.to_be_bytes().to_vec(),
+            lease::encode_record(ttl_secs, None),
+        );
+        true
+    }
+
+    /// Checkpoint lease `id`'s remaining TTL into `batch`; false if the lease does not exist.
+    pub fn lease_checkpoint(
+        &mut self,
+        id: i64,
+        remaining_secs: i64,
+        batch: &mut WriteBatch,
+    ) -> bool {
+        let Some(ttl) = self.leases.ttl_secs(id) else {
+            return false;
+        };
+        self.leases.checkpoint(id, remaining_secs);
+        batch.put(
+            Keyspace::Meta,
+            lease::record_key(id),
+            lease::encode_record(ttl, Some(remaining_secs)),
         );
         true
     }

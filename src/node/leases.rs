@@ -26,6 +26,25 @@ impl LeaseClock {
         self.lock().insert(id, rt::now() + ttl);
     }
 
+    /// Lease `id` lives `left` from now.
+    pub fn refresh_for(&self, id: i64, left: Duration) {
+        self.lock().insert(id, rt::now() + left);
+    }
+
+    /// Every lease the clock knows, with the whole seconds it has left (rounded up).
+    pub fn remaining_all(&self) -> Vec<(i64, i64)> {
+        let now = rt::now();
+        self.lock()
+            .iter()
+            .map(|(id, at)| {
+                (
+                    *id,
+                    at.saturating_duration_since(now).as_millis().div_ceil(1000) as i64,
+                )
+            })
+            .collect()
+    }
+
     /// Forget lease `id`.
     pub fn remove(&self, id: i64) {
         self.lock().remove(&id);

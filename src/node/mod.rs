@@ -17,8 +17,8 @@ use crate::apply::{self, Applied, ApplyError};
 use crate::config::ServerConfig;
 use crate::limits;
 use crate::pb::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, RangeRequest,
-    RangeResponse, ResponseHeader,
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
 use crate::pb::metastore::{command, Command};
 use crate::raft::log_store::LogStore;
@@ -172,10 +172,21 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        // A new leader gives every lease its full TTL again (etcd's grace on promotion).
+        // A new leader resumes each lease from its last checkpointed remaining TTL (its full TTL if
+        // never checkpointed), never below the minimum, plus one election timeout of grace, as
+        // etcd's lessor does on promotion.
         let lease_clock = Arc::new(leases::LeaseClock::default());
-        for (id, ttl) in state.read().leases().list() {
-            lease_clock.refresh(id, ttl);
+        {
+            let store = state.read();
+            for (id, ttl) in store.leases().list() {
+                let left = store
+                    .leases()
+                    .checkpointed_secs(id)
+                    .unwrap_or(ttl)
+                    .max(limits::LEASE_MIN_TTL_SECS);
+                let grace = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS);
+                lease_clock.refresh_for(id, std::time::Duration::from_secs(left as u64) + grace);
+            }
         }
         let catch_up = rt::spawn(run_catch_up(watch.clone(), state.clone()));
         let progress = rt::spawn(run_progress_ticks(
@@ -199,7 +210,10 @@ impl Node {
                 refreshed_at: std::sync::Mutex::new(None),
             },
         });
-        let expiry = rt::spawn(run_lease_expiry(Arc::downgrade(&node)));
+        let expiry = rt::spawn(run_lease_expiry(
+            Arc::downgrade(&node),
+            node.config.lease_checkpoint_interval,
+        ));
         *node.lease_expiry.lock().unwrap_or_else(|e| e.into_inner()) = Some(expiry);
         Ok(node)
     }
@@ -346,14 +360,52 @@ impl Node {
     }
 
     /// Renew a lease for its full TTL; returns the TTL, or 0 if the lease does not exist (as etcd).
-    pub fn lease_keep_alive(&self, id: i64) -> i64 {
-        let ttl = self.state.read().leases().ttl_secs(id);
-        match ttl {
-            Some(ttl) => {
-                self.lease_clock.refresh(id, ttl);
-                ttl
+    /// If a lower remaining TTL was checkpointed, a checkpoint of the full TTL follows, so a restart
+    /// cannot expire the renewed lease early.
+    pub fn lease_keep_alive(self: &Arc<Self>, id: i64) -> i64 {
+        let (ttl, checkpointed) = {
+            let store = self.state.read();
+            (
+                store.leases().ttl_secs(id),
+                store.leases().checkpointed_secs(id),
+            )
+        };
+        let Some(ttl) = ttl else { return 0 };
+        self.lease_clock.refresh(id, ttl);
+        if checkpointed.is_some_and(|c| c < ttl) {
+            let node = self.clone();
+            rt::spawn(async move {
+                let cp = LeaseCheckpoint {
+                    id,
+                    remaining_ttl: ttl,
+                };
+                let req = LeaseCheckpointRequest {
+                    checkpoints: vec![cp],
+                };
+                if let Err(e) = node.propose(command::Op::LeaseCheckpoint(req)).await {
+                    tracing::warn!("cannot checkpoint renewed lease {id:x}: {e}");
+                }
+            });
+        }
+        ttl
+    }
+
+    /// Propose the remaining TTL of every lease (in batches), so a restart resumes from it.
+    async fn checkpoint_leases(&self) {
+        let all = self.lease_clock.remaining_all();
+        for chunk in all.chunks(limits::LEASE_CHECKPOINT_BATCH) {
+            let checkpoints = chunk
+                .iter()
+                .map(|(id, left)| LeaseCheckpoint {
+                    id: *id,
+                    remaining_ttl: *left,
+                })
+                .collect();
+            let req = LeaseCheckpointRequest { checkpoints };
+            if let Err(e) = self.propose(command::Op::LeaseCheckpoint(req)).await {
+                tracing::warn!("cannot checkpoint leases: {e}");
+                return;
             }
-            None => 0,
         }
     }
 
@@ -448,11 +500,17 @@ async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
     }
 }
 
-/// Revokes expired leases through raft. Holds the node weakly so it never keeps it alive.
-async fn run_lease_expiry(node: std::sync::Weak<Node>) {
+/// Revokes expired leases through raft and checkpoints remaining TTLs. Holds the node weakly so it
+/// never keeps it alive.
+async fn run_lease_expiry(node: std::sync::Weak<Node>, checkpoint_every: std::time::Duration) {
+    let mut last_checkpoint = rt::now();
     loop {
         rt::sleep(limits::LEASE_EXPIRY_CHECK_INTERVAL).await;
         let Some(node) = node.upgrade() else { return };
+        if last_checkpoint.elapsed() >= checkpoint_every {
+            last_checkpoint = rt::now();
+            node.checkpoint_leases().await;
+        }
         for id in node.lease_clock.expired(limits::LEASE_REVOKES_PER_CHECK) {
             match node.lease_revoke(id).await {
                 Ok(_) | Err(NodeError::Apply(ApplyError::LeaseNotFound)) => {
