@@ -3,8 +3,9 @@
 //!
 //! Nothing here knows about etcd, MVCC or raft. Two engines implement [`Engine`]: [`MemoryEngine`]
 //! (tests, simulation, `--engine memory`) and `RocksEngine` (the durable default; compiled out
-//! under madsim). [`conformance`] is the one test suite both must pass.
+//! under madsim). `conformance` (test builds) is the one suite both must pass.
 
+#[cfg(test)]
 pub mod conformance;
 mod memory;
 #[cfg(not(madsim))]
