@@ -121,3 +121,61 @@ fn watch_prints_history_and_live_events() {
         );
     }
 }
+
+/// `etcdctl lock` and `etcdctl elect` are clientv3 recipes over KV, Watch and Lease: the second
+/// locker waits for the first, and an election observer sees the campaigner's value.
+#[test]
+fn lock_and_elect_recipes_work() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    for engine in ENGINES {
+        let s = Server::start(engine);
+        let ctl = |args: &[&str]| {
+            let mut cmd = Command::new("etcdctl");
+            cmd.env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", s.host_port()))
+                .args(args);
+            cmd
+        };
+        let first = ctl(&["lock", "mylock", "sleep", "2"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("lock 1");
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let second = ctl(&["lock", "mylock", "echo", "second"])
+            .output()
+            .expect("lock 2");
+        assert_eq!(
+            String::from_utf8_lossy(&second.stdout),
+            "second\n",
+            "[{engine}]"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "[{engine}] the second locker waited for the first"
+        );
+        let _ = first.wait_with_output();
+
+        let mut campaigner = ctl(&["elect", "myelection", "alice"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("elect");
+        std::thread::sleep(Duration::from_millis(1500));
+        let leader = ctl(&["elect", "-l", "myelection"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("observe");
+        std::thread::sleep(Duration::from_millis(1000));
+        let _ = campaigner.kill();
+        let mut observer = leader;
+        let _ = observer.kill();
+        let seen = String::from_utf8_lossy(&observer.wait_with_output().expect("observer").stdout)
+            .into_owned();
+        let _ = campaigner.wait();
+        assert!(
+            seen.starts_with("myelection/") && seen.contains("\nalice\n"),
+            "[{engine}] observer saw {seen:?}"
+        );
+    }
+}
