@@ -3,6 +3,7 @@
 
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod server;
 pub mod status;
 pub mod validate;

@@ -8,12 +8,14 @@ use tokio::sync::Notify;
 
 use super::kv::KvService;
 use super::lease::LeaseService;
+use super::lock::LockService;
 use super::watch::WatchService;
 use crate::limits;
 use crate::node::Node;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 
 /// A one-way shutdown signal shared by every listener.
 #[derive(Clone, Default)]
@@ -82,7 +84,8 @@ pub async fn serve(
                 .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
                 .add_service(kv_server!(node))
                 .add_service(WatchServer::new(WatchService::new(node.clone())))
-                .add_service(LeaseServer::new(LeaseService::new(node.clone())));
+                .add_service(LeaseServer::new(LeaseService::new(node.clone())))
+                .add_service(LockServer::new(LockService::new(node.clone())));
             let stop = shutdown.clone();
             tasks.push(crate::rt::spawn(async move {
                 router
@@ -96,7 +99,8 @@ pub async fn serve(
             let router = tonic::transport::Server::builder()
                 .add_service(kv_server!(node))
                 .add_service(WatchServer::new(WatchService::new(node.clone())))
-                .add_service(LeaseServer::new(LeaseService::new(node.clone())));
+                .add_service(LeaseServer::new(LeaseService::new(node.clone())))
+                .add_service(LockServer::new(LockService::new(node.clone())));
             let stop = shutdown.clone();
             let addr = *addr;
             tasks.push(crate::rt::spawn(async move {
