@@ -51,7 +51,7 @@ impl Drop for WatchGuard {
 }
 
 /// The end of the prefix range of `prefix` (etcd's `GetPrefixRangeEnd`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -62,8 +62,14 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Create `key` with `lease` unless it exists; returns its create revision.
-async fn acquire_key(node: &Node, key: &[u8], lease: i64) -> Result<i64, Status> {
+/// Create `key` with `value` and `lease` unless it exists; returns its create revision and its
+/// current value.
+pub(super) async fn acquire_key(
+    node: &Node,
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<(i64, Vec<u8>), Status> {
     let get = RequestOp {
         request: Some(request_op::Request::RequestRange(RangeRequest {
             key: key.to_vec(),
@@ -73,6 +79,7 @@ async fn acquire_key(node: &Node, key: &[u8], lease: i64) -> Result<i64, Status>
     let put = RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key: key.to_vec(),
+            value: value.to_vec(),
             lease,
             ..Default::default()
         })),
@@ -94,12 +101,79 @@ async fn acquire_key(node: &Node, key: &[u8], lease: i64) -> Result<i64, Status>
         ));
     };
     let created = resp.responses.iter().rev().find_map(|r| match &r.response {
-        Some(response_op::Response::ResponseRange(rr)) => {
-            rr.kvs.first().map(|kv| kv.create_revision)
-        }
+        Some(response_op::Response::ResponseRange(rr)) => rr
+            .kvs
+            .first()
+            .map(|kv| (kv.create_revision, kv.value.clone())),
         _ => None,
     });
     created.ok_or_else(|| Status::internal("etcdserver: lock key vanished"))
+}
+
+/// Wait until no key under `prefix` created before `my_rev` is left (each wait is a watch on the
+/// next-older key's deletion, starting at the revision it was read at, so none is missed).
+pub(super) async fn wait_for_older(
+    node: &Arc<Node>,
+    prefix: &[u8],
+    my_rev: i64,
+) -> Result<(), Status> {
+    loop {
+        let older = RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            max_create_revision: my_rev - 1,
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Create as i32,
+            limit: 1,
+            ..Default::default()
+        };
+        let found = node.range(&older).await?;
+        let Some(ahead) = found.kvs.first() else {
+            return Ok(());
+        };
+        let seen_at = found.header.map(|h| h.revision).unwrap_or(0);
+        wait_for_delete(node, &ahead.key, seen_at + 1).await;
+    }
+}
+
+/// Wait until `key` is deleted at or after revision `from` (or the watch is cut off, after which the
+/// caller re-checks).
+pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
+    let (tx, mut rx) = mpsc::channel(crate::limits::WATCH_STREAM_BUFFER);
+    let stream = node.watch_hub().new_stream();
+    let _guard = WatchGuard {
+        node: node.clone(),
+        stream,
+    };
+    let spec = WatchSpec {
+        key: key.to_vec(),
+        end: RangeEnd::Single,
+        no_put: true,
+        no_delete: false,
+        prev_kv: false,
+        progress_notify: false,
+        fragment: false,
+    };
+    node.add_watcher(
+        WatcherKey {
+            stream,
+            watch_id: 0,
+        },
+        spec,
+        from,
+        tx,
+    );
+    loop {
+        match rx.recv().await {
+            Some(HubMessage::Events { events, .. })
+                if events.iter().any(|e| e.r#type == EventType::Delete as i32) =>
+            {
+                return
+            }
+            Some(HubMessage::Compacted { .. }) | None => return,
+            Some(_) => continue,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -111,60 +185,8 @@ impl Lock for LockService {
         }
         let prefix = [req.name.as_slice(), b"/"].concat();
         let key = [prefix.as_slice(), format!("{:x}", req.lease).as_bytes()].concat();
-        let my_rev = acquire_key(&self.node, &key, req.lease).await?;
-        loop {
-            // The newest key of the queue created before ours: we hold the lock when there is none.
-            let older = RangeRequest {
-                key: prefix.clone(),
-                range_end: prefix_end(&prefix),
-                max_create_revision: my_rev - 1,
-                sort_order: SortOrder::Descend as i32,
-                sort_target: SortTarget::Create as i32,
-                limit: 1,
-                ..Default::default()
-            };
-            let found = self.node.range(&older).await?;
-            let Some(ahead) = found.kvs.first() else {
-                break;
-            };
-            let seen_at = found.header.map(|h| h.revision).unwrap_or(0);
-            // Wait for that key's deletion (from the revision just read, so none is missed).
-            let (tx, mut rx) = mpsc::channel(crate::limits::WATCH_STREAM_BUFFER);
-            let stream = self.node.watch_hub().new_stream();
-            let _guard = WatchGuard {
-                node: self.node.clone(),
-                stream,
-            };
-            let spec = WatchSpec {
-                key: ahead.key.clone(),
-                end: RangeEnd::Single,
-                no_put: true,
-                no_delete: false,
-                prev_kv: false,
-                progress_notify: false,
-                fragment: false,
-            };
-            self.node.add_watcher(
-                WatcherKey {
-                    stream,
-                    watch_id: 0,
-                },
-                spec,
-                seen_at + 1,
-                tx,
-            );
-            loop {
-                match rx.recv().await {
-                    Some(HubMessage::Events { events, .. })
-                        if events.iter().any(|e| e.r#type == EventType::Delete as i32) =>
-                    {
-                        break
-                    }
-                    Some(HubMessage::Compacted { .. }) | None => break, // re-check from storage
-                    Some(_) => continue,
-                }
-            }
-        }
+        let (my_rev, _) = acquire_key(&self.node, &key, &[], req.lease).await?;
+        wait_for_older(&self.node, &prefix, my_rev).await?;
         let header = Some(self.node.header(self.node.current_revision()));
         Ok(Response::new(LockResponse { header, key }))
     }

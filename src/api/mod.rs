@@ -1,6 +1,7 @@
 //! The gRPC edge: etcd's services over the node, request validation, and the mapping of every
 //! error to etcd's status codes and messages.
 
+pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod lock;

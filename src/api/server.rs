@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use super::election::ElectionService;
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::lock::LockService;
@@ -15,6 +16,7 @@ use crate::node::Node;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
 
 /// A one-way shutdown signal shared by every listener.
@@ -85,7 +87,8 @@ pub async fn serve(
                 .add_service(kv_server!(node))
                 .add_service(WatchServer::new(WatchService::new(node.clone())))
                 .add_service(LeaseServer::new(LeaseService::new(node.clone())))
-                .add_service(LockServer::new(LockService::new(node.clone())));
+                .add_service(LockServer::new(LockService::new(node.clone())))
+                .add_service(ElectionServer::new(ElectionService::new(node.clone())));
             let stop = shutdown.clone();
             tasks.push(crate::rt::spawn(async move {
                 router
@@ -100,7 +103,8 @@ pub async fn serve(
                 .add_service(kv_server!(node))
                 .add_service(WatchServer::new(WatchService::new(node.clone())))
                 .add_service(LeaseServer::new(LeaseService::new(node.clone())))
-                .add_service(LockServer::new(LockService::new(node.clone())));
+                .add_service(LockServer::new(LockService::new(node.clone())))
+                .add_service(ElectionServer::new(ElectionService::new(node.clone())));
             let stop = shutdown.clone();
             let addr = *addr;
             tasks.push(crate::rt::spawn(async move {

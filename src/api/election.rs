@@ -1,0 +1,251 @@
+//! The `v3electionpb.Election` service, run on the server with etcd's key layout and semantics.
+//!
+//! A candidate's key is `name/<lease in hex>` attached to its lease; the leader is the oldest key of
+//! `name/`. `Campaign` queues the key (or re-uses it, proclaiming the new value) and waits until every
+//! older candidate is gone, as `Lock` does. `Proclaim` and `Resign` act only while the key still is
+//! the one the leader was given (same create revision). `Observe` streams the leader's value each time
+//! it changes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use super::lock::{acquire_key, prefix_end, wait_for_older};
+use crate::apply::Applied;
+use crate::mvcc::RangeEnd;
+use crate::node::Node;
+use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::pb::etcdserverpb::{
+    request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use crate::pb::metastore::command::Op;
+use crate::pb::mvccpb::KeyValue;
+use crate::pb::v3electionpb::election_server::Election;
+use crate::pb::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use crate::watch::{HubMessage, WatchSpec, WatcherKey};
+
+/// Serves Campaign, Proclaim, Leader, Observe and Resign.
+pub struct ElectionService {
+    node: Arc<Node>,
+}
+
+impl ElectionService {
+    /// An election service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn not_leader() -> Status {
+    Status::unknown("election: not leader")
+}
+
+fn no_leader() -> Status {
+    Status::unknown("election: no leader")
+}
+
+/// The current leader's key-value of election `name`.
+async fn leader_kv(node: &Node, name: &[u8]) -> Result<(Option<KeyValue>, i64), Status> {
+    let prefix = [name, b"/"].concat();
+    let req = RangeRequest {
+        key: prefix.clone(),
+        range_end: prefix_end(&prefix),
+        sort_order: SortOrder::Ascend as i32,
+        sort_target: SortTarget::Create as i32,
+        limit: 1,
+        ..Default::default()
+    };
+    let resp = node.range(&req).await?;
+    let rev = resp.header.map(|h| h.revision).unwrap_or(0);
+    Ok((resp.kvs.into_iter().next(), rev))
+}
+
+/// Run `op` only if `leader.key` still has the create revision the leader was given.
+async fn if_still_leader(node: &Node, leader: &LeaderKey, op: RequestOp) -> Result<i64, Status> {
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            key: leader.key.clone(),
+            target: CompareTarget::Create as i32,
+            result: CompareResult::Equal as i32,
+            target_union: Some(TargetUnion::CreateRevision(leader.rev)),
+            range_end: vec![],
+        }],
+        success: vec![op],
+        failure: vec![],
+    };
+    match node.propose(Op::Txn(txn)).await? {
+        Applied::Txn(t) if t.succeeded => Ok(t.header.map(|h| h.revision).unwrap_or(0)),
+        Applied::Txn(_) => Err(not_leader()),
+        _ => Err(Status::internal(
+            "etcdserver: unexpected apply result for election",
+        )),
+    }
+}
+
+fn put_op(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let req = request.into_inner();
+        if req.name.is_empty() {
+            return Err(super::validate::ValidationError::EmptyKey.into());
+        }
+        let prefix = [req.name.as_slice(), b"/"].concat();
+        let key = [prefix.as_slice(), format!("{:x}", req.lease).as_bytes()].concat();
+        let (rev, value) = acquire_key(&self.node, &key, &req.value, req.lease).await?;
+        let leader = LeaderKey {
+            name: req.name.clone(),
+            key,
+            rev,
+            lease: req.lease,
+        };
+        if value != req.value {
+            // Re-campaigning with the same lease: the key exists, proclaim the new value.
+            if_still_leader(
+                &self.node,
+                &leader,
+                put_op(&leader.key, &req.value, req.lease),
+            )
+            .await?;
+        }
+        wait_for_older(&self.node, &prefix, rev).await?;
+        let header = Some(self.node.header(self.node.current_revision()));
+        Ok(Response::new(CampaignResponse {
+            header,
+            leader: Some(leader),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let req = request.into_inner();
+        let leader = req.leader.ok_or_else(not_leader)?;
+        let rev = if_still_leader(
+            &self.node,
+            &leader,
+            put_op(&leader.key, &req.value, leader.lease),
+        )
+        .await?;
+        Ok(Response::new(ProclaimResponse {
+            header: Some(self.node.header(rev)),
+        }))
+    }
+
+    async fn leader(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        let (kv, rev) = leader_kv(&self.node, &request.into_inner().name).await?;
+        let kv = kv.ok_or_else(no_leader)?;
+        Ok(Response::new(LeaderResponse {
+            header: Some(self.node.header(rev)),
+            kv: Some(kv),
+        }))
+    }
+
+    type ObserveStream = ObserveStream;
+
+    async fn observe(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<ObserveStream>, Status> {
+        let name = request.into_inner().name;
+        let prefix = [name.as_slice(), b"/"].concat();
+        let (out_tx, out_rx) =
+            mpsc::channel::<Result<LeaderResponse, Status>>(crate::limits::WATCH_STREAM_BUFFER);
+        let node = self.node.clone();
+        crate::rt::spawn(async move {
+            // Watch the whole election; after every change, report the leader if it changed.
+            let (tx, mut rx) = mpsc::channel(crate::limits::WATCH_STREAM_BUFFER);
+            let stream = node.watch_hub().new_stream();
+            let spec = WatchSpec {
+                key: prefix.clone(),
+                end: RangeEnd::Before(prefix_end(&prefix)),
+                no_put: false,
+                no_delete: false,
+                prev_kv: false,
+                progress_notify: false,
+                fragment: false,
+            };
+            node.add_watcher(
+                WatcherKey {
+                    stream,
+                    watch_id: 0,
+                },
+                spec,
+                0,
+                tx,
+            );
+            let mut last: Option<(Vec<u8>, i64)> = None;
+            loop {
+                if let Ok((Some(kv), rev)) = leader_kv(&node, &name).await {
+                    let now = (kv.key.clone(), kv.mod_revision);
+                    if last.as_ref() != Some(&now) {
+                        last = Some(now);
+                        let resp = LeaderResponse {
+                            header: Some(node.header(rev)),
+                            kv: Some(kv),
+                        };
+                        if out_tx.send(Ok(resp)).await.is_err() {
+                            break; // the observer went away
+                        }
+                    }
+                }
+                match rx.recv().await {
+                    Some(HubMessage::Events { .. }) => continue,
+                    _ => break,
+                }
+            }
+            node.watch_hub().remove_stream(stream);
+        });
+        let responses =
+            futures::stream::unfold(
+                out_rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn resign(
+        &self,
+        request: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let leader = request.into_inner().leader.ok_or_else(not_leader)?;
+        let del = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: leader.key.clone(),
+                    ..Default::default()
+                },
+            )),
+        };
+        let rev = if_still_leader(&self.node, &leader, del).await?;
+        Ok(Response::new(ResignResponse {
+            header: Some(self.node.header(rev)),
+        }))
+    }
+}
