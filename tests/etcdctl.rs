@@ -179,3 +179,57 @@ fn lock_and_elect_recipes_work() {
         );
     }
 }
+
+#[test]
+fn lease_commands_and_prefix_watch() {
+    use std::process::Stdio;
+    for engine in ENGINES {
+        let s = Server::start(engine);
+        let (ok, out, err) = etcdctl(&s, &["lease", "grant", "30"], None);
+        assert!(ok, "{err}");
+        // "lease 694d7c3e4a1c8a0b granted with TTL(30s)"
+        let id = out.split_whitespace().nth(1).expect("lease id").to_string();
+        assert!(out.ends_with("granted with TTL(30s)\n"), "[{engine}] {out}");
+
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", s.host_port()))
+            .args(["watch", "svc/", "--prefix"])
+            .stdout(Stdio::piped());
+        let mut watcher = cmd.spawn().expect("etcdctl watch");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+
+        assert_eq!(
+            etcdctl(&s, &["put", "svc/a", "up", &format!("--lease={id}")], None).1,
+            "OK\n"
+        );
+        let (_, out, _) = etcdctl(&s, &["lease", "timetolive", &id, "--keys"], None);
+        assert!(
+            out.starts_with(&format!("lease {id} granted with TTL(30s), remaining("))
+                && out.ends_with("attached keys([svc/a])\n"),
+            "[{engine}] {out}"
+        );
+        let (_, out, _) = etcdctl(&s, &["lease", "keep-alive", "--once", &id], None);
+        assert_eq!(out, format!("lease {id} keepalived with TTL(30)\n"));
+        let (_, out, _) = etcdctl(&s, &["lease", "list"], None);
+        assert!(out.contains(&id), "{out}");
+        assert_eq!(
+            etcdctl(&s, &["lease", "revoke", &id], None).1,
+            format!("lease {id} revoked\n")
+        );
+        assert_eq!(
+            etcdctl(&s, &["get", "svc/a"], None).1,
+            "",
+            "[{engine}] the revoke took the key"
+        );
+
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = watcher.kill();
+        let out = watcher.wait_with_output().expect("watch output");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "PUT\nsvc/a\nup\nDELETE\nsvc/a\n\n",
+            "[{engine}]"
+        );
+    }
+}
