@@ -9,11 +9,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use madsim::runtime::{Handle, Runtime};
 use metastore::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use metastore::pb::etcdserverpb::lease_client::LeaseClient;
 use metastore::pb::etcdserverpb::watch_client::WatchClient;
 use metastore::pb::etcdserverpb::watch_request::RequestUnion;
 use metastore::pb::etcdserverpb::{
-    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchRequest,
+    request_op, Compare, LeaseGrantRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use metastore_sim::cluster::{connect, SimMember};
 use metastore_sim::trace::Trace;
@@ -97,7 +98,72 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
         acked.insert("k1".into(), ("txn".into(), rev));
         acked
     });
-    let acked = phase1.await.expect("phase 1");
+    let mut acked = phase1.await.expect("phase 1");
+
+    // Before the crash: a watcher reads the history so far and goes away (its last seen revision is
+    // where it will resume), a lease with an attached key is granted, and more writes follow that
+    // the watcher misses.
+    let url = member.url();
+    let t = trace.clone();
+    let phase1_head = acked.values().map(|(_, rev)| *rev).max().unwrap_or(0);
+    let (last_seen, lease_id, more) = client_node
+        .spawn(async move {
+            let mut w = WatchClient::connect(url.clone())
+                .await
+                .expect("watch client");
+            let mut responses = w.watch(watch_from(2)).await.expect("watch").into_inner();
+            let mut last_seen = 0;
+            while last_seen < phase1_head {
+                let next = madsim::time::timeout(Duration::from_secs(30), responses.message());
+                let resp = next
+                    .await
+                    .expect("watch event within 30 s")
+                    .expect("ok")
+                    .expect("open");
+                if let Some(ev) = resp.events.last() {
+                    last_seen = ev.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0);
+                }
+            }
+            drop(responses);
+            let mut l = LeaseClient::connect(url.clone())
+                .await
+                .expect("lease client");
+            let grant = l
+                .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+                .await
+                .expect("grant")
+                .into_inner();
+            let mut kv = connect(&url).await;
+            let leased = PutRequest {
+                key: b"leased".to_vec(),
+                value: b"v".to_vec(),
+                lease: grant.id,
+                ..Default::default()
+            };
+            kv.put(leased).await.expect("put with lease");
+            // Writes the stopped watcher misses.
+            let mut more = Vec::new();
+            for i in 0..5 {
+                let (k, v) = (format!("k{i}"), format!("missed{i}"));
+                let rev = kv
+                    .put(put(&k, &v))
+                    .await
+                    .expect("put")
+                    .into_inner()
+                    .header
+                    .expect("header")
+                    .revision;
+                more.push((k, (v, rev)));
+            }
+            t.record(format!(
+                "watcher stopped at revision {last_seen}; lease {:x} granted",
+                grant.id
+            ));
+            (last_seen, grant.id, more)
+        })
+        .await
+        .expect("phase 1b");
+    acked.extend(more);
 
     // Power cut: the member dies and every unsynced write is lost; only the fsynced raft log remains.
     let lost = member.crash(&handle);
@@ -149,29 +215,56 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
         .await
         .expect("phase 2");
 
-    // Phase 3: a watch from revision 2 replays the whole history after the restart: every revision
-    // once, in order, with the values that were acknowledged.
+    // Phase 3: the watcher resumes from its last seen revision + 1 and gets exactly the revisions it
+    // missed, in order, once each; the lease kept its key and its TTL (full TTL plus grace, as it was
+    // never checkpointed).
     let url = member.url();
     let t = trace.clone();
     let head = acked.values().map(|(_, rev)| *rev).max().unwrap_or(0);
+    // Every k-key revision after the watcher's last one: the five puts it missed.
+    let mut expected_revs: Vec<i64> = acked
+        .values()
+        .map(|(_, rev)| *rev)
+        .filter(|r| *r > last_seen)
+        .collect();
+    expected_revs.sort();
     client_node
         .spawn(async move {
+            let mut l = LeaseClient::connect(url.clone())
+                .await
+                .expect("lease client");
+            let ttl = l
+                .lease_time_to_live(LeaseTimeToLiveRequest {
+                    id: lease_id,
+                    keys: true,
+                })
+                .await
+                .expect("time to live")
+                .into_inner();
+            assert_eq!(
+                (ttl.granted_ttl, ttl.keys.clone()),
+                (60, vec![b"leased".to_vec()])
+            );
+            assert!(
+                (55..=61).contains(&ttl.ttl),
+                "lease kept its TTL across the restart: {}",
+                ttl.ttl
+            );
             let mut c = WatchClient::connect(url).await.expect("watch client");
-            let create = WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                    key: b"k".to_vec(),
-                    range_end: b"l".to_vec(),
-                    start_revision: 2,
-                    ..Default::default()
-                })),
-            };
-            let requests = futures::stream::iter([create]).chain(futures::stream::pending());
-            let mut responses = c.watch(requests).await.expect("watch").into_inner();
+            let mut responses = c
+                .watch(watch_from(last_seen + 1))
+                .await
+                .expect("watch")
+                .into_inner();
             let mut revs = Vec::new();
-            while revs.last().copied().unwrap_or(0) < head {
-                let resp = responses
-                    .message()
+            let missed: Vec<i64> = expected_revs.clone();
+            while revs.len() < missed.len() {
+                let next = madsim::time::timeout(Duration::from_secs(30), responses.message());
+                let resp = next
                     .await
+                    .unwrap_or_else(|_| {
+                        panic!("missed revisions not delivered within 30 s; got {revs:?}")
+                    })
                     .expect("stream ok")
                     .expect("stream open");
                 assert!(!resp.canceled, "watch cancelled: {resp:?}");
@@ -181,16 +274,32 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
                         .map(|e| e.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)),
                 );
             }
-            let want: Vec<i64> = (2..=head).collect();
             assert_eq!(
-                revs, want,
-                "history replay after restart: no gap, no duplicate"
+                revs, missed,
+                "resumed watch after restart: exactly the missed revisions"
             );
-            t.record(format!("watch replayed revisions 2..={head}"));
+            t.record(format!(
+                "watch resumed at {} with revisions {missed:?} (head {head}); lease ttl {}",
+                last_seen + 1,
+                ttl.ttl
+            ));
         })
         .await
         .expect("phase 3");
     acked
+}
+
+/// A watch request stream on `k..l` from `start`, kept open.
+fn watch_from(start: i64) -> impl futures::Stream<Item = WatchRequest> + Send + 'static {
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            start_revision: start,
+            ..Default::default()
+        })),
+    };
+    futures::stream::iter([create]).chain(futures::stream::pending())
 }
 
 fn run(seed: u64) -> (u64, Vec<String>) {
