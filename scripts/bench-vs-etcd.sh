@@ -2,7 +2,8 @@
 # Benchmarks MetaStore against Debian's real etcd (package etcd-server) on this machine, both
 # single-member and durable (fsync on commit), with fresh data dirs, using the same load generator
 # (`metastore bench`) for both. Workloads run alternately (etcd, metastore, etcd, metastore, ...) and the
-# table shows per-server medians of requests/sec and the ratio metastore/etcd.
+# table shows per-server medians of requests/sec, the ratio metastore/etcd, and p99 latency (for the
+# watch workload: from a put's send to each of 10,000 watchers' delivery of its event).
 #
 #   ROUNDS=3 PUT1_TOTAL=2000 PUT64_TOTAL=40000 RANGE_TOTAL=100000 scripts/bench-vs-etcd.sh
 set -euo pipefail
@@ -17,6 +18,7 @@ ROUNDS="${ROUNDS:-3}"
 PUT1_TOTAL="${PUT1_TOTAL:-2000}"
 PUT64_TOTAL="${PUT64_TOTAL:-40000}"
 RANGE_TOTAL="${RANGE_TOTAL:-100000}"
+WATCH_PUTS="${WATCH_PUTS:-200}"
 ETCD_PORT=23791; ETCD_PEER=23801; MS_PORT=23792
 
 work=$(mktemp -d)
@@ -42,9 +44,9 @@ for port in $ETCD_PORT $MS_PORT; do
   done
 done
 
-bench() { # server-port workload args... -> prints requests/sec
+bench() { # server-port workload args... -> prints "requests/sec p99-ms"
   local port=$1; shift
-  "$BIN" bench "$@" --endpoints "127.0.0.1:$port" | awk '/Requests\/sec/ {print $2}'
+  "$BIN" bench "$@" --endpoints "127.0.0.1:$port" | awk '/Requests\/sec/ {r=$2} /Latency ms/ {p=$8} END {print r, p}'
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
@@ -55,22 +57,26 @@ workloads=(
   "put-64c8n|put --clients 64 --conns 8 --total $PUT64_TOTAL --key-size 8 --val-size 256 --key-space-size 100000"
   "range-s|range --clients 64 --conns 8 --total $RANGE_TOTAL --consistency s"
   "range-l|range --clients 64 --conns 8 --total $RANGE_TOTAL --consistency l"
+  "watch-10k|watch --streams 100 --watchers-per-stream 100 --conns 8 --total $WATCH_PUTS --put-rate 100"
 )
 for round in $(seq 1 "$ROUNDS"); do
   for w in "${workloads[@]}"; do
     name=${w%%|*}; args=${w#*|}
     # shellcheck disable=SC2086
-    e=$(bench $ETCD_PORT $args); m=$(bench $MS_PORT $args)
+    read -r e ep99 < <(bench $ETCD_PORT $args); read -r m mp99 < <(bench $MS_PORT $args)
     results["$name/etcd"]+="$e "; results["$name/metastore"]+="$m "
-    echo "round $round $name: etcd $e req/s, metastore $m req/s" >&2
+    results["$name/etcd-p99"]+="$ep99 "; results["$name/metastore-p99"]+="$mp99 "
+    echo "round $round $name: etcd $e req/s (p99 $ep99 ms), metastore $m req/s (p99 $mp99 ms)" >&2
   done
 done
 
-printf '\n| workload | etcd req/s (median) | metastore req/s (median) | ratio |\n|---|---:|---:|---:|\n'
+printf '\n| workload | etcd req/s | metastore req/s | ratio | etcd p99 ms | metastore p99 ms |\n|---|---:|---:|---:|---:|---:|\n'
 for w in "${workloads[@]}"; do
   name=${w%%|*}
   e=$(echo "${results[$name/etcd]}" | tr ' ' '\n' | grep . | median)
   m=$(echo "${results[$name/metastore]}" | tr ' ' '\n' | grep . | median)
-  printf '| %s | %s | %s | %.2fx |\n' "$name" "$e" "$m" "$(awk -v m="$m" -v e="$e" 'BEGIN {print (e > 0 ? m / e : 0)}')"
+  ep=$(echo "${results[$name/etcd-p99]}" | tr ' ' '\n' | grep . | median)
+  mp=$(echo "${results[$name/metastore-p99]}" | tr ' ' '\n' | grep . | median)
+  printf '| %s | %s | %s | %.2fx | %s | %s |\n' "$name" "$e" "$m" "$(awk -v m="$m" -v e="$e" 'BEGIN {print (e > 0 ? m / e : 0)}')" "$ep" "$mp"
 done
 echo "($ROUNDS rounds, etcd $("$ETCD" --version | head -1 | awk '{print $3}'), $(nproc) cores)"

@@ -59,6 +59,18 @@ fn bench_runs_every_workload_against_a_server() {
         ("range", vec!["--consistency", "s"]),
         ("range", vec![]),
         ("txn", vec![]),
+        (
+            "watch",
+            vec![
+                "--streams",
+                "2",
+                "--watchers-per-stream",
+                "3",
+                "--put-rate",
+                "400",
+            ],
+        ),
+        ("lease-keepalive", vec![]),
     ] {
         let mut args = vec![
             "bench",

@@ -23,6 +23,10 @@ pub enum Workload {
     Range,
     /// Compare-and-put transactions on random keys of the key space.
     Txn,
+    /// Watch event latency: `--streams` × `--watchers-per-stream` watchers, puts at `--put-rate`.
+    Watch,
+    /// Lease keep-alive round trips on `--clients` streams.
+    LeaseKeepalive,
 }
 
 /// Read consistency of `range`.
@@ -70,6 +74,15 @@ pub struct BenchArgs {
     /// Per-request deadline in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Watch streams (watch workload).
+    #[arg(long, default_value_t = 10)]
+    pub streams: usize,
+    /// Watchers per stream (watch workload).
+    #[arg(long, default_value_t = 10)]
+    pub watchers_per_stream: usize,
+    /// Puts per second while watching (watch workload).
+    #[arg(long, default_value_t = 100)]
+    pub put_rate: u64,
 }
 
 fn endpoint_url(e: &str) -> String {
@@ -102,7 +115,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn from_latencies(mut lat_us: Vec<u64>, errors: u64, seconds: f64) -> Self {
+    pub(super) fn from_latencies(mut lat_us: Vec<u64>, errors: u64, seconds: f64) -> Self {
         lat_us.sort_unstable();
         let pct = |p: f64| {
             if lat_us.is_empty() {
@@ -202,12 +215,21 @@ async fn one_request(
             };
             client.txn(req).await.is_ok()
         }
+        // Streaming workloads run in `bench_streams`, never request by request.
+        Workload::Watch | Workload::LeaseKeepalive => false,
     }
 }
 
 /// Run the benchmark described by `args` and return its summary.
 pub async fn measure(args: &BenchArgs) -> Result<Summary, String> {
     let channels = connect(args).await?;
+    match args.workload {
+        Workload::Watch => return super::bench_streams::measure_watch(args, &channels).await,
+        Workload::LeaseKeepalive => {
+            return super::bench_streams::measure_lease_keepalive(args, &channels).await
+        }
+        _ => {}
+    }
     if args.workload == Workload::Range {
         let mut setup = KvClient::new(channels[0].clone());
         let req = PutRequest {

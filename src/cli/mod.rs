@@ -1,6 +1,7 @@
 //! The `metastore` command line: `serve` (the default) and `bench`.
 
 pub mod bench;
+mod bench_streams;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
