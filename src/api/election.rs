@@ -182,15 +182,8 @@ impl Election for ElectionService {
             // Watch the whole election; after every change, report the leader if it changed.
             let (tx, mut rx) = mpsc::channel(crate::limits::WATCH_STREAM_BUFFER);
             let stream = node.watch_hub().new_stream();
-            let spec = WatchSpec {
-                key: prefix.clone(),
-                end: RangeEnd::Before(prefix_end(&prefix)),
-                no_put: false,
-                no_delete: false,
-                prev_kv: false,
-                progress_notify: false,
-                fragment: false,
-            };
+            let spec =
+                WatchSpec::all_changes(prefix.clone(), RangeEnd::Before(prefix_end(&prefix)));
             node.add_watcher(
                 WatcherKey {
                     stream,

@@ -146,13 +146,8 @@ pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
         stream,
     };
     let spec = WatchSpec {
-        key: key.to_vec(),
-        end: RangeEnd::Single,
         no_put: true,
-        no_delete: false,
-        prev_kv: false,
-        progress_notify: false,
-        fragment: false,
+        ..WatchSpec::all_changes(key.to_vec(), RangeEnd::Single)
     };
     node.add_watcher(
         WatcherKey {

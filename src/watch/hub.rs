@@ -32,6 +32,19 @@ pub struct WatchSpec {
 }
 
 impl WatchSpec {
+    /// Every put and delete of `[key, end)`, without previous values, progress or fragments.
+    pub fn all_changes(key: Vec<u8>, end: RangeEnd) -> Self {
+        WatchSpec {
+            key,
+            end,
+            no_put: false,
+            no_delete: false,
+            prev_kv: false,
+            progress_notify: false,
+            fragment: false,
+        }
+    }
+
     fn wants(&self, ev: &Event) -> bool {
         let Some(kv) = &ev.kv else { return false };
         if !self.end.contains(&self.key, &kv.key) {
