@@ -19,6 +19,7 @@ PUT1_TOTAL="${PUT1_TOTAL:-2000}"
 PUT64_TOTAL="${PUT64_TOTAL:-40000}"
 RANGE_TOTAL="${RANGE_TOTAL:-100000}"
 WATCH_PUTS="${WATCH_PUTS:-200}"
+KEEPALIVE_TOTAL="${KEEPALIVE_TOTAL:-50000}"
 ETCD_PORT=23791; ETCD_PEER=23801; MS_PORT=23792
 
 work=$(mktemp -d)
@@ -58,6 +59,7 @@ workloads=(
   "range-s|range --clients 64 --conns 8 --total $RANGE_TOTAL --consistency s"
   "range-l|range --clients 64 --conns 8 --total $RANGE_TOTAL --consistency l"
   "watch-10k|watch --streams 100 --watchers-per-stream 100 --conns 8 --total $WATCH_PUTS --put-rate 100"
+  "lease-keepalive|lease-keepalive --clients 64 --conns 8 --total $KEEPALIVE_TOTAL"
 )
 for round in $(seq 1 "$ROUNDS"); do
   for w in "${workloads[@]}"; do

@@ -160,9 +160,13 @@ async fn connect(args: &BenchArgs) -> Result<Vec<tonic::transport::Channel>, Str
         let url = endpoints[i % endpoints.len()].clone();
         let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| format!("{url}: {e}"))?;
+        let mut endpoint = endpoint.connect_timeout(Duration::from_secs(5));
+        // A channel timeout bounds a whole call: right for unary requests, wrong for the
+        // long-lived streams of the watch and keep-alive workloads (they bound their own waits).
+        if !matches!(args.workload, Workload::Watch | Workload::LeaseKeepalive) {
+            endpoint = endpoint.timeout(Duration::from_millis(args.timeout_ms));
+        }
         let channel = endpoint
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_millis(args.timeout_ms))
             .connect()
             .await
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;

@@ -148,6 +148,12 @@ pub async fn measure_lease_keepalive(
                     rx,
                     |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
                 );
+            // The first request goes out with the call: a grpc-go server (etcd) sends its response
+            // headers only with the first response, so the call would not return before it.
+            let mut t0 = rt::now();
+            tx.send(LeaseKeepAliveRequest { id })
+                .await
+                .map_err(|e| e.to_string())?;
             let mut responses = lease
                 .lease_keep_alive(requests)
                 .await
@@ -155,15 +161,18 @@ pub async fn measure_lease_keepalive(
                 .into_inner();
             let mut lat_us = Vec::with_capacity(per_client);
             let mut errors = 0u64;
-            for _ in 0..per_client {
-                let t0 = rt::now();
-                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    errors += 1;
-                    break;
-                }
+            for i in 0..per_client {
                 match responses.message().await {
                     Ok(Some(r)) if r.ttl > 0 => lat_us.push(t0.elapsed().as_micros() as u64),
                     _ => errors += 1,
+                }
+                if i + 1 == per_client {
+                    break;
+                }
+                t0 = rt::now();
+                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    errors += 1;
+                    break;
                 }
             }
             Ok::<_, String>((lat_us, errors))
