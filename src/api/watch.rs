@@ -53,6 +53,16 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// Answer a create request that cannot be served: `created` and `canceled`, with etcd's reason.
+    async fn refuse(&self, head: i64, reason: &str) -> Result<(), ResponsesGone> {
+        let msg = HubMessage::Created {
+            watch_id: INVALID_WATCH_ID,
+            revision: head,
+            reason: Some(reason.to_string()),
+        };
+        self.tx.send(msg).await.map_err(|_| ResponsesGone)
+    }
+
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), ResponsesGone> {
         // etcd: an empty key means "\0", the smallest key; range_end "\0" means every key >= key.
         let key = if req.key.is_empty() { vec![0] } else { req.key };
@@ -60,16 +70,7 @@ impl StreamState {
         let head = self.node.current_revision();
         if let RangeEnd::Before(e) = &end {
             if key.as_slice() >= e.as_slice() {
-                let reason = Some("mvcc: watcher range is empty".to_string());
-                return self
-                    .tx
-                    .send(HubMessage::Created {
-                        watch_id: INVALID_WATCH_ID,
-                        revision: head,
-                        reason,
-                    })
-                    .await
-                    .map_err(|_| ResponsesGone);
+                return self.refuse(head, "mvcc: watcher range is empty").await;
             }
         }
         let watch_id = if req.watch_id != 0 {
@@ -81,16 +82,9 @@ impl StreamState {
             self.next_auto_id
         };
         if self.ids.contains(&watch_id) {
-            let reason = Some("mvcc: duplicate watch ID provided on the WatchStream".to_string());
             return self
-                .tx
-                .send(HubMessage::Created {
-                    watch_id: INVALID_WATCH_ID,
-                    revision: head,
-                    reason,
-                })
-                .await
-                .map_err(|_| ResponsesGone);
+                .refuse(head, "mvcc: duplicate watch ID provided on the WatchStream")
+                .await;
         }
         let spec = WatchSpec {
             key,

@@ -388,15 +388,7 @@ mod tests {
     }
 
     fn spec(key: &str, end: RangeEnd) -> WatchSpec {
-        WatchSpec {
-            key: key.into(),
-            end,
-            no_put: false,
-            no_delete: false,
-            prev_kv: false,
-            progress_notify: false,
-            fragment: false,
-        }
+        WatchSpec::all_changes(key.into(), end)
     }
 
     fn revs(msg: &HubMessage) -> Vec<i64> {
