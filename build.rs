@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/v3lockpb/v3lock.proto",
         "proto/etcd/v3electionpb/v3election.proto",
         "proto/metastore/command.proto",
+        "proto/metastore/peer.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -15,6 +15,15 @@ pub enum EngineKind {
     Memory,
 }
 
+/// `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Found a new cluster with the members of `--initial-cluster`.
+    New,
+    /// Join a running cluster that already lists this member (added with `member add`).
+    Existing,
+}
+
 /// Everything one member needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -28,6 +37,14 @@ pub struct ServerConfig {
     pub advertise_client_urls: Vec<String>,
     /// Cluster token (`--initial-cluster-token`): part of the member and cluster identity.
     pub initial_cluster_token: String,
+    /// Addresses to serve peers on (`--listen-peer-urls`).
+    pub listen_peer_addrs: Vec<SocketAddr>,
+    /// This member's peer URLs as announced to the cluster (`--initial-advertise-peer-urls`).
+    pub advertise_peer_urls: Vec<String>,
+    /// The founding members (`--initial-cluster`); empty means this member alone.
+    pub initial_cluster: crate::cluster::InitialCluster,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
     /// Storage engine (`--engine`).
     pub engine: EngineKind,
     /// Largest client request in bytes (`--max-request-bytes`).
@@ -63,6 +80,10 @@ pub enum ConfigError {
     EmptyName,
     #[error("--listen-client-urls must name at least one URL")]
     NoListenUrl,
+    #[error("--initial-advertise-peer-urls must name at least one URL")]
+    NoPeerUrl,
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterConfigError),
 }
 
 impl Default for ServerConfig {
@@ -73,6 +94,10 @@ impl Default for ServerConfig {
             listen_client_addrs: vec![SocketAddr::from(([127, 0, 0, 1], 2379))],
             advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
             initial_cluster_token: "etcd-cluster".into(),
+            listen_peer_addrs: vec![SocketAddr::from(([127, 0, 0, 1], 2380))],
+            advertise_peer_urls: vec!["http://localhost:2380".into()],
+            initial_cluster: crate::cluster::InitialCluster::new(),
+            initial_cluster_state: ClusterState::New,
             engine: EngineKind::RocksDb,
             max_request_bytes: limits::MAX_REQUEST_BYTES_DEFAULT,
             max_txn_ops: limits::MAX_TXN_OPS_DEFAULT,
@@ -93,6 +118,17 @@ impl ServerConfig {
         if self.listen_client_addrs.is_empty() {
             return Err(ConfigError::NoListenUrl);
         }
+        if self.advertise_peer_urls.is_empty() {
+            return Err(ConfigError::NoPeerUrl);
+        }
+        for url in &self.advertise_peer_urls {
+            parse_url(url)?;
+        }
+        crate::cluster::check_self(
+            &self.initial_cluster_or_self(),
+            &self.name,
+            &self.advertise_peer_urls,
+        )?;
         let range = |flag, got: u64, min: u64, max: u64| {
             if got < min || got > max {
                 Err(ConfigError::OutOfRange {
@@ -131,6 +167,17 @@ impl ServerConfig {
             u64::from(u32::MAX),
         )?;
         Ok(())
+    }
+
+    /// `--initial-cluster`, or this member alone when it is empty.
+    pub fn initial_cluster_or_self(&self) -> crate::cluster::InitialCluster {
+        if self.initial_cluster.is_empty() {
+            let mut urls = self.advertise_peer_urls.clone();
+            urls.sort();
+            crate::cluster::InitialCluster::from([(self.name.clone(), urls)])
+        } else {
+            self.initial_cluster.clone()
+        }
     }
 
     /// The effective backend quota.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod apply;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod lease;
 pub mod limits;

@@ -83,6 +83,51 @@ pub const QUOTA_SIZE_REFRESH: Duration = Duration::from_millis(100);
 /// Raft log entries one append/replication batch may carry.
 pub const RAFT_MAX_PAYLOAD_ENTRIES: u64 = 1024;
 
+/// How long dialing a peer may take before raft counts it unreachable.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(ELECTION_TIMEOUT_MS);
+
+/// Deadline of one member-to-member request that is not raft's own (it brings its own TTLs).
+pub const PEER_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest peer message: a batch of [`RAFT_MAX_PAYLOAD_ENTRIES`] entries of the largest requests
+/// would not fit, so the batch is also bounded by bytes in practice by openraft's payload limit;
+/// this is the transport's ceiling.
+pub const PEER_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Size of one chunk of a snapshot on the wire.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Least time a whole snapshot transfer may take.
+pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest snapshot a member accepts (bounds the memory of an install).
+pub const SNAPSHOT_MAX_BYTES: usize = 8 * 1024 * 1024 * 1024;
+
+/// Applied entries between two snapshots; the log before a snapshot is purged, less
+/// [`RAFT_LOGS_KEPT_AFTER_SNAPSHOT`] kept for followers that are only a little behind.
+pub const RAFT_SNAPSHOT_EVERY_LOGS: u64 = 10_000;
+
+/// Entries kept below the last snapshot.
+pub const RAFT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
+
+/// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pause between attempts to reach the cluster when joining.
+pub const JOIN_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Pause before a request whose leader just changed is routed again.
+pub const FORWARD_RETRY_INTERVAL: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
+
+/// How long a request waits for a leader to be known before failing with "no leader".
+pub const LEADER_WAIT: Duration = Duration::from_millis(3 * ELECTION_TIMEOUT_MS);
+
+/// A learner may be promoted once its log is at most this many entries behind the leader's.
+pub const LEARNER_PROMOTE_MAX_LAG: u64 = 1000;
+
+/// Pause between attempts to publish this member's attributes.
+pub const PUBLISH_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Concurrent gRPC streams per client connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 

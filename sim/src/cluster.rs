@@ -14,6 +14,18 @@ use metastore::storage::{MemoryEngine, SharedEngine};
 /// The client port every simulated member listens on.
 pub const CLIENT_PORT: u16 = 2379;
 
+/// The peer port every simulated member listens on.
+pub const PEER_PORT: u16 = 2380;
+
+/// `--initial-cluster` for members `(name, ip)`.
+pub fn initial_cluster(members: &[(&str, &str)]) -> String {
+    members
+        .iter()
+        .map(|(name, ip)| format!("{name}=http://{ip}:{PEER_PORT}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// One simulated member and the disk that survives it.
 pub struct SimMember {
     pub node: NodeHandle,
@@ -22,12 +34,19 @@ pub struct SimMember {
 }
 
 impl SimMember {
-    /// Create (and boot) a member named `name` at `ip`.
+    /// Create (and boot) a member named `name` at `ip`, alone in its cluster.
     pub fn start(handle: &Handle, name: &str, ip: &str) -> SimMember {
+        Self::start_in(handle, name, ip, &initial_cluster(&[(name, ip)]))
+    }
+
+    /// Create (and boot) a member named `name` at `ip` of the new cluster `cluster`
+    /// (`--initial-cluster` syntax).
+    pub fn start_in(handle: &Handle, name: &str, ip: &str, cluster: &str) -> SimMember {
         let disk = Arc::new(MemoryEngine::with_crash_model());
         let boot_disk = disk.clone();
         let addr: SocketAddr = format!("{ip}:{CLIENT_PORT}").parse().expect("sim address");
         let member_name = name.to_string();
+        let cluster = cluster.to_string();
         let node = handle
             .create_node()
             .name(name)
@@ -35,7 +54,8 @@ impl SimMember {
             .init(move || {
                 let engine: SharedEngine = boot_disk.clone();
                 let name = member_name.clone();
-                async move { run_member(name, addr, engine).await }
+                let cluster = cluster.clone();
+                async move { run_member(name, addr, cluster, engine).await }
             })
             .build();
         SimMember {
@@ -63,11 +83,16 @@ impl SimMember {
     }
 }
 
-async fn run_member(name: String, addr: SocketAddr, engine: SharedEngine) {
+async fn run_member(name: String, addr: SocketAddr, cluster: String, engine: SharedEngine) {
+    let peer_addr = SocketAddr::new(addr.ip(), PEER_PORT);
     let config = ServerConfig {
         name,
         listen_client_addrs: vec![addr],
         advertise_client_urls: vec![format!("http://{addr}")],
+        listen_peer_addrs: vec![peer_addr],
+        advertise_peer_urls: vec![format!("http://{peer_addr}")],
+        initial_cluster: metastore::cluster::parse_initial_cluster(&cluster)
+            .expect("simulated --initial-cluster"),
         engine: EngineKind::Memory,
         ..ServerConfig::default()
     };
@@ -75,9 +100,17 @@ async fn run_member(name: String, addr: SocketAddr, engine: SharedEngine) {
         Ok(node) => node,
         Err(e) => panic!("simulated member failed to start: {e}"),
     };
-    if let Err(e) = api::serve(node, vec![addr], Shutdown::new(), |_| {}).await {
+    let shutdown = Shutdown::new();
+    let peers = madsim::task::spawn(api::serve_peers(
+        node.clone(),
+        vec![peer_addr],
+        shutdown.clone(),
+        |_| {},
+    ));
+    if let Err(e) = api::serve(node, vec![addr], shutdown, |_| {}).await {
         panic!("simulated member stopped serving: {e}");
     }
+    drop(peers);
 }
 
 /// Connect a KV client to `url`, retrying while the member boots (bounded).

@@ -9,11 +9,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::validate;
 use crate::limits;
-use crate::node::Node;
+use crate::node::{LeaseStatus, Node};
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 
@@ -70,7 +70,14 @@ impl Lease for LeaseService {
         crate::rt::spawn(async move {
             // Ends when the client stops sending or goes away, or the response side is gone.
             while let Ok(Some(req)) = requests.message().await {
-                let ttl = node.lease_keep_alive(req.id);
+                let ttl = match node.lease_keep_alive(req.id).await {
+                    Ok(ttl) => ttl,
+                    Err(e) => {
+                        // As etcd: the stream ends with the error (e.g. no leader).
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        break;
+                    }
+                };
                 let header = Some(node.header(node.current_revision()));
                 if tx
                     .send(Ok(LeaseKeepAliveResponse {
@@ -96,7 +103,12 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
         let header = Some(self.node.header(self.node.current_revision()));
-        let Some((granted, remaining, keys)) = self.node.lease_time_to_live(req.id) else {
+        let Some(LeaseStatus {
+            granted,
+            remaining,
+            keys,
+        }) = self.node.lease_time_to_live(req.id).await?
+        else {
             // etcd answers an unknown (e.g. expired) lease with TTL -1, not an error.
             return Ok(Response::new(LeaseTimeToLiveResponse {
                 header,
@@ -124,7 +136,7 @@ impl Lease for LeaseService {
             .node
             .lease_ids()
             .into_iter()
-            .map(|id| LeaseStatus { id })
+            .map(|id| crate::pb::etcdserverpb::LeaseStatus { id })
             .collect();
         Ok(Response::new(LeaseLeasesResponse { header, leases }))
     }

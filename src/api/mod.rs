@@ -1,13 +1,16 @@
 //! The gRPC edge: etcd's services over the node, request validation, and the mapping of every
 //! error to etcd's status codes and messages.
 
+pub mod cluster;
 pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod lock;
+pub mod maintenance;
+pub mod peer;
 pub mod server;
 pub mod status;
 pub mod validate;
 pub mod watch;
 
-pub use server::{serve, Shutdown};
+pub use server::{serve, serve_peers, Shutdown};

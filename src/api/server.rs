@@ -6,16 +6,22 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use super::cluster::ClusterService;
 use super::election::ElectionService;
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::lock::LockService;
+use super::maintenance::MaintenanceService;
+use super::peer::PeerService;
 use super::watch::WatchService;
 use crate::limits;
 use crate::node::Node;
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::metastore::peer_server::PeerServer;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
 
@@ -88,7 +94,11 @@ pub async fn serve(
                 .add_service(WatchServer::new(WatchService::new(node.clone())))
                 .add_service(LeaseServer::new(LeaseService::new(node.clone())))
                 .add_service(LockServer::new(LockService::new(node.clone())))
-                .add_service(ElectionServer::new(ElectionService::new(node.clone())));
+                .add_service(ElectionServer::new(ElectionService::new(node.clone())))
+                .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+                .add_service(MaintenanceServer::new(MaintenanceService::new(
+                    node.clone(),
+                )));
             let stop = shutdown.clone();
             tasks.push(crate::rt::spawn(async move {
                 router
@@ -104,7 +114,11 @@ pub async fn serve(
                 .add_service(WatchServer::new(WatchService::new(node.clone())))
                 .add_service(LeaseServer::new(LeaseService::new(node.clone())))
                 .add_service(LockServer::new(LockService::new(node.clone())))
-                .add_service(ElectionServer::new(ElectionService::new(node.clone())));
+                .add_service(ElectionServer::new(ElectionService::new(node.clone())))
+                .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+                .add_service(MaintenanceServer::new(MaintenanceService::new(
+                    node.clone(),
+                )));
             let stop = shutdown.clone();
             let addr = *addr;
             tasks.push(crate::rt::spawn(async move {
@@ -114,6 +128,54 @@ pub async fn serve(
             }));
         }
     }
+    join_all(tasks).await
+}
+
+/// Bind every address in `addrs`, report each bound address through `on_bound`, and serve other
+/// members (the `metastore.Peer` service) until `shutdown` is raised.
+pub async fn serve_peers(
+    node: Arc<Node>,
+    addrs: Vec<SocketAddr>,
+    shutdown: Shutdown,
+    on_bound: impl Fn(SocketAddr),
+) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
+    for addr in &addrs {
+        let service = PeerServer::new(PeerService::new(node.clone()))
+            .max_decoding_message_size(limits::PEER_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::PEER_MAX_MESSAGE_BYTES);
+        let stop = shutdown.clone();
+        #[cfg(not(madsim))]
+        {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            on_bound(listener.local_addr()?);
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let router = tonic::transport::Server::builder().add_service(service);
+            tasks.push(crate::rt::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
+                    .await
+            }));
+        }
+        #[cfg(madsim)]
+        {
+            on_bound(*addr);
+            let router = tonic::transport::Server::builder().add_service(service);
+            let addr = *addr;
+            tasks.push(crate::rt::spawn(async move {
+                router
+                    .serve_with_shutdown(addr, async move { stop.wait().await })
+                    .await
+            }));
+        }
+    }
+    join_all(tasks).await
+}
+
+async fn join_all(
+    tasks: Vec<crate::rt::JoinHandle<Result<(), tonic::transport::Error>>>,
+) -> std::io::Result<()> {
     for task in tasks {
         match task.await {
             Ok(Ok(())) => {}

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use super::validate::ValidationError;
 use crate::apply::ApplyError;
+use crate::cluster::MembershipError;
 use crate::node::NodeError;
 
 fn status(code: Code, msg: &str) -> Status {
@@ -70,6 +71,23 @@ impl From<ApplyError> for Status {
     }
 }
 
+impl From<MembershipError> for Status {
+    fn from(e: MembershipError) -> Self {
+        let code = match &e {
+            MembershipError::MemberNotFound => Code::NotFound,
+            MembershipError::PeerUrlExists
+            | MembershipError::LearnerNotReady
+            | MembershipError::NotLearner
+            | MembershipError::NotEnoughStarted => Code::FailedPrecondition,
+            MembershipError::BadUrls => Code::InvalidArgument,
+            MembershipError::NoLeader | MembershipError::Timeout | MembershipError::Other(_) => {
+                Code::Unavailable
+            }
+        };
+        status(code, &e.to_string())
+    }
+}
+
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         match e {
@@ -78,6 +96,12 @@ impl From<NodeError> for Status {
             }
             NodeError::Timeout => status(Code::Unavailable, "etcdserver: request timed out"),
             NodeError::NoLeader => status(Code::Unavailable, "etcdserver: no leader"),
+            NodeError::LeaderChanged => status(Code::Unavailable, "etcdserver: leader changed"),
+            NodeError::LeaderFailed => status(
+                Code::Unavailable,
+                "etcdserver: request timed out, possibly due to previous leader failure",
+            ),
+            NodeError::Membership(e) => e.into(),
             NodeError::Stopped => status(Code::Unavailable, "etcdserver: server stopped"),
             NodeError::NoSpace => status(
                 Code::ResourceExhausted,

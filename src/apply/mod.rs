@@ -59,6 +59,8 @@ pub enum Applied {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
+    /// A member's attributes were recorded.
+    Publish,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -151,6 +153,11 @@ pub fn apply(store: &mut MvccStore, cmd: Command) -> Result<(Applied, WriteBatch
                 }),
                 batch,
             ))
+        }
+        command::Op::Publish(attrs) => {
+            let mut batch = WriteBatch::new();
+            crate::cluster::put_attributes(&mut batch, &attrs);
+            Ok((Applied::Publish, batch))
         }
         command::Op::Compaction(CompactionRequest { revision, .. }) => {
             let mut batch = WriteBatch::new();

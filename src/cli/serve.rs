@@ -20,6 +20,13 @@ pub enum EngineArg {
     Memory,
 }
 
+/// `--initial-cluster-state` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterStateArg {
+    New,
+    Existing,
+}
+
 /// Flags of a member, named as etcd names them.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -38,6 +45,19 @@ pub struct ServeArgs {
     /// Cluster token; part of the member and cluster ids.
     #[arg(long, default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
+    /// Comma-separated URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// Comma-separated peer URLs of this member, as announced to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: name1=peerURL1,name2=peerURL2,...
+    /// [default: this member alone, NAME=INITIAL-ADVERTISE-PEER-URLS]
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: new (found a cluster) or existing (join one, after `member add`).
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterStateArg,
     /// Storage engine.
     #[arg(long, value_enum, default_value = "rocksdb")]
     pub engine: EngineArg,
@@ -90,14 +110,18 @@ impl ServeArgs {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
             listen_client_addrs: config::parse_urls(&self.listen_client_urls)?,
-            advertise_client_urls: {
-                config::parse_urls(&self.advertise_client_urls)?;
-                self.advertise_client_urls
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .collect()
-            },
+            advertise_client_urls: split_urls(&self.advertise_client_urls)?,
             initial_cluster_token: self.initial_cluster_token.clone(),
+            listen_peer_addrs: config::parse_urls(&self.listen_peer_urls)?,
+            advertise_peer_urls: split_urls(&self.initial_advertise_peer_urls)?,
+            initial_cluster: match &self.initial_cluster {
+                Some(text) => crate::cluster::parse_initial_cluster(text)?,
+                None => crate::cluster::InitialCluster::new(),
+            },
+            initial_cluster_state: match self.initial_cluster_state {
+                ClusterStateArg::New => config::ClusterState::New,
+                ClusterStateArg::Existing => config::ClusterState::Existing,
+            },
             engine: match self.engine {
                 EngineArg::Rocksdb => EngineKind::RocksDb,
                 EngineArg::Memory => EngineKind::Memory,
@@ -112,6 +136,16 @@ impl ServeArgs {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// A checked, comma-separated URL list, kept as written (without a trailing slash).
+fn split_urls(text: &str) -> Result<Vec<String>, config::ConfigError> {
+    config::parse_urls(text)?;
+    Ok(text
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 /// Open the engine the configuration asks for.
@@ -167,7 +201,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     tracing::info!(
         member_id = format!("{:x}", node.member_id()),
         cluster_id = format!("{:x}", node.cluster_id()),
-        "member is leader"
+        "member started"
     );
     let shutdown = Shutdown::new();
     let stopper = shutdown.clone();
@@ -175,6 +209,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         stop_signal().await;
         stopper.trigger();
     });
+    let peers = crate::rt::spawn(api::serve_peers(
+        node.clone(),
+        cfg.listen_peer_addrs.clone(),
+        shutdown.clone(),
+        |addr| {
+            println!("metastore: serving peer traffic on {addr}");
+        },
+    ));
     let serving = api::serve(
         node.clone(),
         cfg.listen_client_addrs.clone(),
@@ -191,6 +233,11 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let served = tokio::select! {
         biased;
         served = serving => served,
+        peers = peers => match peers {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(std::io::Error::other(e)),
+        },
         _ = grace_over => {
             tracing::warn!("clients still connected after the shutdown grace period; stopping anyway");
             Ok(())

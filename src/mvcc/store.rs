@@ -193,6 +193,33 @@ impl MvccStore {
         self.compact_rev
     }
 
+    /// A hash of every stored record (key, value, revision) up to `rev` (0: the newest), for
+    /// `HashKV`: members that applied the same log and compactions agree on it.
+    pub fn hash_kv(&self, rev: i64) -> Result<u32> {
+        let rev = if rev <= 0 { self.current_rev } else { rev };
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRevision);
+        }
+        if rev < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let end = Revision::new(rev + 1, 0).to_bytes();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for b in (bytes.len() as u64).to_be_bytes().iter().chain(bytes) {
+                hash ^= u64::from(*b);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        self.engine
+            .scan(Keyspace::Kv, &[], Some(&end), &mut |k, v| {
+                feed(k);
+                feed(v);
+                true
+            })?;
+        Ok((hash ^ (hash >> 32)) as u32)
+    }
+
     /// The engine under the store.
     pub fn engine(&self) -> &SharedEngine {
         &self.engine

@@ -45,6 +45,11 @@ impl LeaseClock {
             .collect()
     }
 
+    /// Forget every lease (this member no longer leads).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Forget lease `id`.
     pub fn remove(&self, id: i64) {
         self.lock().remove(&id);

@@ -2,14 +2,17 @@
 //! deadline, serves reads (serializable or linearizable), builds response headers, runs the lease
 //! clock and the watch catch-up, shuts down.
 
+mod bootstrap;
 pub mod leases;
+mod members;
+mod routing;
 
-use std::collections::BTreeMap;
+pub(crate) use members::membership_reply;
+pub(crate) use routing::LeaderWriteError;
+
 use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
-use openraft::raft::ReadPolicy;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use prost::Message;
 
@@ -22,11 +25,11 @@ use crate::pb::etcdserverpb::{
 };
 use crate::pb::metastore::{command, Command};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::Network;
+use crate::raft::network::{Network, PeerChannels};
 use crate::raft::state_machine::{Shared, StateMachine};
-use crate::raft::{Raft, RaftCommand};
+use crate::raft::Raft;
 use crate::rt;
-use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
+use crate::storage::{SharedEngine, StorageError};
 use crate::watch::{HubMessage, WatchHub, WatchSpec, WatcherKey};
 
 /// Why a request could not be served. `api::status` maps each to etcd's gRPC status.
@@ -38,6 +41,12 @@ pub enum NodeError {
     Timeout,
     #[error("no leader")]
     NoLeader,
+    #[error("leader changed")]
+    LeaderChanged,
+    #[error("request timed out, possibly due to previous leader failure")]
+    LeaderFailed,
+    #[error(transparent)]
+    Membership(#[from] crate::cluster::MembershipError),
     #[error("server stopped")]
     Stopped,
     #[error("mvcc: database space exceeded")]
@@ -50,40 +59,21 @@ pub enum NodeError {
     Raft(String),
 }
 
-/// Identity keys, kept in the raft keyspace: they belong to this member, not to the replicated state.
-const MEMBER_ID_KEY: &[u8] = b"id/member";
-const CLUSTER_ID_KEY: &[u8] = b"id/cluster";
-
-/// FNV-1a: a stable, dependency-free hash for deriving ids from names.
-fn fnv1a64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.iter().chain(std::iter::once(&0xffu8)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
+/// Raft's figures for `Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub leader: u64,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
 }
 
-fn load_or_create_id(
-    engine: &SharedEngine,
-    key: &[u8],
-    derive: impl FnOnce() -> u64,
-) -> Result<u64, StorageError> {
-    if let Some(v) = engine.get(Keyspace::Raft, key)? {
-        let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| StorageError::Corrupt {
-            ks: Keyspace::Raft,
-            reason: "bad id".into(),
-        })?;
-        return Ok(u64::from_be_bytes(bytes));
-    }
-    // Never 0: etcd clients treat a zero member id as "none".
-    let id = derive().max(1);
-    let mut batch = WriteBatch::new();
-    batch.put(Keyspace::Raft, key, id.to_be_bytes().to_vec());
-    engine.write(batch, Durability::Sync)?;
-    Ok(id)
+/// A lease as `LeaseTimeToLive` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStatus {
+    pub granted: i64,
+    pub remaining: i64,
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// The backend size as last read, refreshed at most every [`limits::QUOTA_SIZE_REFRESH`].
@@ -100,30 +90,25 @@ pub struct Node {
     catch_up: rt::JoinHandle<()>,
     progress: rt::JoinHandle<()>,
     lease_clock: Arc<leases::LeaseClock>,
-    lease_expiry: std::sync::Mutex<Option<rt::JoinHandle<()>>>,
+    /// Background tasks that hold the node weakly (lease expiry, publishing attributes).
+    background: std::sync::Mutex<Vec<rt::JoinHandle<()>>>,
     member_id: u64,
     cluster_id: u64,
     config: ServerConfig,
     backend_size: SizeCache,
+    channels: PeerChannels,
+    /// Sequence numbers of proposals this member forwards to the leader.
+    next_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
-    /// Open the member's state on `engine`, start raft, and wait until this (single) member leads.
+    /// Open the member's state on `engine` and start raft. A member alone in its cluster waits
+    /// until it leads; a member of a larger cluster returns at once (its peers may not be up yet)
+    /// and requests wait for a leader within their deadline. Serve peers right after.
     pub async fn start(config: ServerConfig, engine: SharedEngine) -> Result<Arc<Node>, NodeError> {
-        let member_id = load_or_create_id(&engine, MEMBER_ID_KEY, || {
-            let urls = config.advertise_client_urls.join(",");
-            fnv1a64(&[
-                config.name.as_bytes(),
-                urls.as_bytes(),
-                config.initial_cluster_token.as_bytes(),
-            ])
-        })?;
-        let cluster_id = load_or_create_id(&engine, CLUSTER_ID_KEY, || {
-            fnv1a64(&[
-                &member_id.to_be_bytes(),
-                config.initial_cluster_token.as_bytes(),
-            ])
-        })?;
+        let channels = PeerChannels::default();
+        let identity = bootstrap::identify(&config, &engine, &channels).await?;
+        let member_id = identity.member_id;
 
         let raft_config = Config {
             cluster_name: "metastore".into(),
@@ -131,63 +116,49 @@ impl Node {
             election_timeout_min: limits::ELECTION_TIMEOUT_MS,
             election_timeout_max: limits::ELECTION_TIMEOUT_MS * 2,
             max_payload_entries: limits::RAFT_MAX_PAYLOAD_ENTRIES,
-            // Log compaction by snapshot arrives with multi-member replication.
-            snapshot_policy: SnapshotPolicy::Never,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(limits::RAFT_SNAPSHOT_EVERY_LOGS),
+            max_in_snapshot_log_to_keep: limits::RAFT_LOGS_KEPT_AFTER_SNAPSHOT,
             ..Default::default()
         }
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let watch = WatchHub::new();
-        let state_machine = StateMachine::open(engine.clone(), watch.clone())
+        let state_machine = StateMachine::open(engine.clone(), watch.clone(), member_id)
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state = state_machine.shared();
         let raft = Raft::new(
             member_id,
             Arc::new(raft_config),
-            Network,
+            Network::new(channels.clone()),
             LogStore::new(engine),
             state_machine,
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        if !raft
-            .is_initialized()
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?
-        {
-            let addr = config
-                .advertise_client_urls
-                .first()
-                .cloned()
-                .unwrap_or_default();
-            let members = BTreeMap::from([(member_id, openraft::impls::BasicNode { addr })]);
-            raft.initialize(members)
+        let alone = identity
+            .founding
+            .as_ref()
+            .is_some_and(|f| f.len() == 1 && f.contains_key(&member_id));
+        if let Some(founding) = identity.founding {
+            if !raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+            {
+                raft.initialize(founding)
+                    .await
+                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+            }
+        }
+        if alone {
+            raft.wait(Some(limits::STARTUP_LEADER_TIMEOUT))
+                .state(ServerState::Leader, "single member becomes leader")
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
         }
-        raft.wait(Some(limits::STARTUP_LEADER_TIMEOUT))
-            .state(ServerState::Leader, "single member becomes leader")
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        // A new leader resumes each lease from its last checkpointed remaining TTL (its full TTL if
-        // never checkpointed), never below the minimum, plus one election timeout of grace, as
-        // etcd's lessor does on promotion.
-        let lease_clock = Arc::new(leases::LeaseClock::default());
-        {
-            let store = state.read();
-            for (id, ttl) in store.leases().list() {
-                let left = store
-                    .leases()
-                    .checkpointed_secs(id)
-                    .unwrap_or(ttl)
-                    .max(limits::LEASE_MIN_TTL_SECS);
-                let grace = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS);
-                lease_clock.refresh_for(id, std::time::Duration::from_secs(left as u64) + grace);
-            }
-        }
         let catch_up = rt::spawn(run_catch_up(watch.clone(), state.clone()));
         let progress = rt::spawn(run_progress_ticks(
             watch.clone(),
@@ -200,22 +171,62 @@ impl Node {
             watch,
             catch_up,
             progress,
-            lease_clock,
-            lease_expiry: std::sync::Mutex::new(None),
+            lease_clock: Arc::new(leases::LeaseClock::default()),
+            background: std::sync::Mutex::new(Vec::new()),
             member_id,
-            cluster_id,
+            cluster_id: identity.cluster_id,
             config,
             backend_size: SizeCache {
                 bytes: std::sync::atomic::AtomicU64::new(0),
                 refreshed_at: std::sync::Mutex::new(None),
             },
+            channels,
+            next_seq: std::sync::atomic::AtomicU64::new(1),
         });
+        let leading = node.is_leader();
+        if leading {
+            node.resume_leases();
+        }
         let expiry = rt::spawn(run_lease_expiry(
             Arc::downgrade(&node),
             node.config.lease_checkpoint_interval,
+            leading,
         ));
-        *node.lease_expiry.lock().unwrap_or_else(|e| e.into_inner()) = Some(expiry);
+        let publish = rt::spawn(members::run_publish(Arc::downgrade(&node)));
+        node.background_lock().extend([expiry, publish]);
         Ok(node)
+    }
+
+    fn background_lock(&self) -> std::sync::MutexGuard<'_, Vec<rt::JoinHandle<()>>> {
+        self.background.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this member currently leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// A new leader resumes each lease from its last checkpointed remaining TTL (its full TTL if
+    /// never checkpointed), never below the minimum, plus one election timeout of grace, as etcd's
+    /// lessor does on promotion.
+    fn resume_leases(&self) {
+        let store = self.state.read();
+        self.lease_clock.clear();
+        for (id, ttl) in store.leases().list() {
+            let left = store
+                .leases()
+                .checkpointed_secs(id)
+                .unwrap_or(ttl)
+                .max(limits::LEASE_MIN_TTL_SECS);
+            let grace = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS);
+            self.lease_clock
+                .refresh_for(id, std::time::Duration::from_secs(left as u64) + grace);
+        }
+    }
+
+    /// The raft handle (for the peer service).
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
     }
 
     /// This member's id.
@@ -264,49 +275,70 @@ impl Node {
         self.backend_size.bytes.load(Ordering::SeqCst)
     }
 
+    /// The engine's size in bytes, read now.
+    pub fn db_size_bytes(&self) -> u64 {
+        self.state.engine().size_bytes()
+    }
+
+    /// Raft's view of this member, for `Status`.
+    pub fn raft_status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        RaftStatus {
+            leader: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        }
+    }
+
+    /// `(hash, hash revision, compact revision)` of the key-value history up to `revision`.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), NodeError> {
+        let store = self.state.read();
+        let rev = if revision <= 0 {
+            store.current_revision()
+        } else {
+            revision
+        };
+        let hash = store.hash_kv(rev).map_err(|e| NodeError::Apply(e.into()))?;
+        Ok((hash, rev, store.compact_revision()))
+    }
+
     /// The newest applied store revision.
     pub fn current_revision(&self) -> i64 {
         self.state.read().current_revision()
     }
 
-    /// Replicate `op` and wait (at most the configured request timeout) until it is applied. If the
-    /// caller is dropped (client gone) the wait ends with it; the entry may still commit.
+    /// Replicate `op` and wait (at most the configured request timeout) until this member has
+    /// applied it. A follower forwards the command to the leader. If the caller is dropped (client
+    /// gone) the wait ends with it; the entry may still commit.
     pub async fn propose(&self, op: command::Op) -> Result<Applied, NodeError> {
         let writes_data = matches!(op, command::Op::Put(_) | command::Op::Txn(_));
-        let bytes = Command { op: Some(op) }.encode_to_vec();
-        if bytes.len() > self.config.max_request_bytes {
+        let cmd = Command {
+            op: Some(op),
+            proposer_id: 0,
+            request_seq: 0,
+        };
+        let size = cmd.encoded_len();
+        if size > self.config.max_request_bytes {
             return Err(NodeError::RequestTooLarge);
         }
-        if writes_data && self.backend_size_bytes() + bytes.len() as u64 > self.config.quota_bytes()
-        {
+        if writes_data && self.backend_size_bytes() + size as u64 > self.config.quota_bytes() {
             return Err(NodeError::NoSpace);
         }
-        let write = self.raft.client_write(RaftCommand { bytes });
-        match rt::timeout(self.config.request_timeout, write).await {
+        match rt::timeout(self.config.request_timeout, self.route_proposal(cmd)).await {
             Err(rt::Elapsed) => Err(NodeError::Timeout),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(NodeError::NoLeader)
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(NodeError::Raft(e.to_string())),
-            Ok(Err(RaftError::Fatal(_))) => Err(NodeError::Stopped),
-            Ok(Ok(resp)) => match resp.data.outcome {
-                Some(Ok(applied)) => Ok(applied),
-                Some(Err(e)) => Err(NodeError::Apply(e)),
-                None => Err(NodeError::Raft("applied entry carried no outcome".into())),
-            },
+            Ok(result) => result,
         }
     }
 
-    /// Serve a range. Linearizable reads first confirm leadership through a read index and wait until
-    /// it is applied; serializable reads are served from local state at once.
+    /// Serve a range. Linearizable reads first confirm, through a read index obtained from the
+    /// leader, that nothing newer has committed, and wait until this member applied it;
+    /// serializable reads are served from local state at once.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, NodeError> {
         if !req.serializable {
-            let confirm = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-            match rt::timeout(self.config.request_timeout, confirm).await {
+            match rt::timeout(self.config.request_timeout, self.read_barrier()).await {
                 Err(rt::Elapsed) => return Err(NodeError::Timeout),
-                Ok(Err(RaftError::APIError(_))) => return Err(NodeError::NoLeader),
-                Ok(Err(RaftError::Fatal(_))) => return Err(NodeError::Stopped),
-                Ok(Ok(_)) => {}
+                Ok(result) => result?,
             }
         }
         let store = self.state.read();
@@ -314,7 +346,7 @@ impl Node {
     }
 
     /// Grant a lease. `id` 0 lets the server choose; the choice is made here, before proposing, so
-    /// apply stays deterministic.
+    /// apply stays deterministic. The leader starts the lease's clock when it commits.
     pub async fn lease_grant(
         &self,
         id: i64,
@@ -332,10 +364,7 @@ impl Node {
         };
         let req = LeaseGrantRequest { ttl: ttl_secs, id };
         match self.propose(command::Op::LeaseGrant(req)).await? {
-            Applied::LeaseGrant(resp) => {
-                self.lease_clock.refresh(resp.id, resp.ttl);
-                Ok(resp)
-            }
+            Applied::LeaseGrant(resp) => Ok(resp),
             other => Err(NodeError::Raft(format!(
                 "unexpected apply result {other:?}"
             ))),
@@ -346,23 +375,31 @@ impl Node {
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, NodeError> {
         match self
             .propose(command::Op::LeaseRevoke(LeaseRevokeRequest { id }))
-            .await
+            .await?
         {
-            Ok(Applied::LeaseRevoke(resp)) => {
-                self.lease_clock.remove(id);
-                Ok(resp)
-            }
-            Ok(other) => Err(NodeError::Raft(format!(
+            Applied::LeaseRevoke(resp) => Ok(resp),
+            other => Err(NodeError::Raft(format!(
                 "unexpected apply result {other:?}"
             ))),
-            Err(e) => Err(e),
         }
     }
 
-    /// Renew a lease for its full TTL; returns the TTL, or 0 if the lease does not exist (as etcd).
-    /// If a lower remaining TTL was checkpointed, a checkpoint of the full TTL follows, so a restart
-    /// cannot expire the renewed lease early.
-    pub fn lease_keep_alive(self: &Arc<Self>, id: i64) -> i64 {
+    /// Renew a lease for its full TTL on the leader; returns the TTL, or 0 if the lease does not
+    /// exist (as etcd).
+    pub async fn lease_keep_alive(self: &Arc<Self>, id: i64) -> Result<i64, NodeError> {
+        match rt::timeout(self.config.request_timeout, self.route_keep_alive(id)).await {
+            Err(rt::Elapsed) => Err(NodeError::Timeout),
+            Ok(result) => result,
+        }
+    }
+
+    /// The leader's side of a keep-alive; `None` if this member does not lead. If a lower
+    /// remaining TTL was checkpointed, a checkpoint of the full TTL follows, so a restart or a new
+    /// leader cannot expire the renewed lease early.
+    pub(crate) fn keep_alive_as_leader(self: &Arc<Self>, id: i64) -> Option<i64> {
+        if !self.is_leader() {
+            return None;
+        }
         let (ttl, checkpointed) = {
             let store = self.state.read();
             (
@@ -370,7 +407,7 @@ impl Node {
                 store.leases().checkpointed_secs(id),
             )
         };
-        let Some(ttl) = ttl else { return 0 };
+        let Some(ttl) = ttl else { return Some(0) };
         self.lease_clock.refresh(id, ttl);
         if checkpointed.is_some_and(|c| c < ttl) {
             let node = self.clone();
@@ -387,7 +424,7 @@ impl Node {
                 }
             });
         }
-        ttl
+        Some(ttl)
     }
 
     /// Propose the remaining TTL of every lease (in batches), so a restart resumes from it.
@@ -409,12 +446,30 @@ impl Node {
         }
     }
 
-    /// `(granted TTL, remaining TTL, attached keys)` of a lease, or `None` if it does not exist.
-    pub fn lease_time_to_live(&self, id: i64) -> Option<(i64, i64, Vec<Vec<u8>>)> {
+    /// `(granted TTL, remaining TTL, attached keys)` of a lease as the leader sees it, or `None`
+    /// if it does not exist.
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseStatus>, NodeError> {
+        match rt::timeout(self.config.request_timeout, self.route_time_to_live(id)).await {
+            Err(rt::Elapsed) => Err(NodeError::Timeout),
+            Ok(result) => result,
+        }
+    }
+
+    /// The leader's side of a time-to-live query; `Err(())` if this member does not lead.
+    pub(crate) fn time_to_live_as_leader(&self, id: i64) -> Result<Option<LeaseStatus>, ()> {
+        if !self.is_leader() {
+            return Err(());
+        }
         let store = self.state.read();
-        let granted = store.leases().ttl_secs(id)?;
+        let Some(granted) = store.leases().ttl_secs(id) else {
+            return Ok(None);
+        };
         let remaining = self.lease_clock.remaining_secs(id).unwrap_or(granted);
-        Some((granted, remaining, store.leases().keys(id)))
+        Ok(Some(LeaseStatus {
+            granted,
+            remaining,
+            keys: store.leases().keys(id),
+        }))
     }
 
     /// Every lease id.
@@ -476,6 +531,9 @@ impl Node {
     pub async fn shutdown(&self) {
         self.catch_up.abort();
         self.progress.abort();
+        for task in self.background_lock().drain(..) {
+            task.abort();
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
@@ -500,13 +558,31 @@ async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
     }
 }
 
-/// Revokes expired leases through raft and checkpoints remaining TTLs. Holds the node weakly so it
-/// never keeps it alive.
-async fn run_lease_expiry(node: std::sync::Weak<Node>, checkpoint_every: std::time::Duration) {
+/// On the leader: revokes expired leases through raft and checkpoints remaining TTLs. A member
+/// that becomes leader resumes every lease from its checkpoint; one that stops leading forgets its
+/// clock. Holds the node weakly so it never keeps it alive.
+async fn run_lease_expiry(
+    node: std::sync::Weak<Node>,
+    checkpoint_every: std::time::Duration,
+    mut leading: bool,
+) {
     let mut last_checkpoint = rt::now();
     loop {
         rt::sleep(limits::LEASE_EXPIRY_CHECK_INTERVAL).await;
         let Some(node) = node.upgrade() else { return };
+        let now_leading = node.is_leader();
+        if now_leading != leading {
+            leading = now_leading;
+            if leading {
+                node.resume_leases();
+                last_checkpoint = rt::now();
+            } else {
+                node.lease_clock.clear();
+            }
+        }
+        if !leading {
+            continue;
+        }
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = rt::now();
             node.checkpoint_leases().await;
@@ -536,25 +612,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.catch_up.abort();
         self.progress.abort();
-        if let Some(task) = self
-            .lease_expiry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        for task in self.background_lock().drain(..) {
             task.abort();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_stable_and_distinct() {
-        assert_eq!(fnv1a64(&[b"a", b"b"]), fnv1a64(&[b"a", b"b"]));
-        assert_ne!(fnv1a64(&[b"ab"]), fnv1a64(&[b"a", b"b"]));
     }
 }
 

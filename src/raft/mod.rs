@@ -7,7 +7,7 @@
 //! | `AsyncRuntime` | [`crate::rt::SeamRuntime`] |
 //! | `RaftLogStorage`, `RaftLogReader` | [`log_store::LogStore`] |
 //! | `RaftStateMachine`, `RaftSnapshotBuilder` | [`state_machine::StateMachine`] |
-//! | `RaftNetworkFactory`, `RaftNetworkV2` | [`network::Network`] |
+//! | `RaftNetworkFactory`, `RaftNetworkV2` | [`network::Network`] (gRPC `Peer` service) |
 //!
 //! [`Engine`]: crate::storage::Engine
 
@@ -50,13 +50,29 @@ pub struct CommandResponse {
     pub outcome: Option<Result<Applied, ApplyError>>,
 }
 
+/// What raft's membership records about a member: its name and peer URLs. (Client URLs are
+/// published through the log once the member runs, as etcd does; see `cluster`.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// `--name` (empty for a member added but not started yet, as in etcd).
+    pub name: String,
+    /// `--initial-advertise-peer-urls`.
+    pub peer_urls: Vec<String>,
+}
+
+impl fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
 openraft::declare_raft_types!(
     /// MetaStore's raft types.
     pub TypeConfig:
         D = RaftCommand,
         R = CommandResponse,
         NodeId = u64,
-        Node = openraft::impls::BasicNode,
+        Node = PeerNode,
         AsyncRuntime = crate::rt::SeamRuntime,
 );
 

@@ -1,71 +1,219 @@
-//! The peer network. A single-member cluster has no peers, so every peer RPC reports the target as
-//! unreachable; the multi-member transport (our own gRPC peer service) replaces this.
+//! The peer network: openraft's RPCs over MetaStore's own gRPC `Peer` service (tonic through the
+//! seam, so the same code runs in the simulator). Raft messages travel postcard-encoded inside a
+//! protobuf frame; snapshots go in chunks of [`limits::SNAPSHOT_CHUNK_BYTES`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::OptionalSend;
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 
 use super::state_machine::SnapshotData;
-use super::{TypeConfig, Vote};
+use super::{decode, encode, PeerNode, TypeConfig, Vote};
+use crate::limits;
+use crate::pb::metastore::peer_client::PeerClient;
+use crate::pb::metastore::{RaftPayload, SnapshotChunk};
+use crate::rt;
 
-/// The network factory of a member without peers.
-#[derive(Debug, Clone, Default)]
-pub struct Network;
-
-/// A client to a peer that does not exist.
-#[derive(Debug, Clone)]
-pub struct NoPeer {
-    target: u64,
+/// The first chunk of a snapshot transfer: who sends it and what it covers.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub vote: Vote,
+    pub meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
 }
 
-impl NoPeer {
-    fn unreachable(&self) -> Unreachable<TypeConfig> {
-        Unreachable::from_string(format!(
-            "member {:x} is not part of this single-member cluster",
-            self.target
-        ))
+/// Lazily connected gRPC channels to peers, one per URL, shared by raft and by request forwarding.
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    channels: Arc<Mutex<BTreeMap<String, PeerClient<Channel>>>>,
+}
+
+impl PeerChannels {
+    /// A client for the peer at `url` (connected on first use).
+    pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = channels.get(url) {
+            return Ok(client.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
+            .connect_timeout(limits::PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = PeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(limits::PEER_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::PEER_MAX_MESSAGE_BYTES);
+        channels.insert(url.to_string(), client.clone());
+        Ok(client)
     }
+
+    /// A client for the first reachable-looking URL of `node`.
+    pub fn client_for(&self, node: &PeerNode) -> Result<PeerClient<Channel>, String> {
+        let url = node
+            .peer_urls
+            .first()
+            .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
+        self.client(url)
+    }
+}
+
+/// The network factory handed to openraft.
+#[derive(Clone, Default)]
+pub struct Network {
+    channels: PeerChannels,
+}
+
+impl Network {
+    /// A factory dialing through `channels`.
+    pub fn new(channels: PeerChannels) -> Self {
+        Self { channels }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerConnection {
+    target: u64,
+    client: Result<PeerClient<Channel>, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = NoPeer;
+    type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: u64, _node: &openraft::impls::BasicNode) -> NoPeer {
-        NoPeer { target }
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self.channels.client_for(node),
+        }
     }
 }
 
-impl RaftNetworkV2<TypeConfig> for NoPeer {
+fn unreachable(msg: impl ToString) -> Unreachable<TypeConfig> {
+    Unreachable::from_string(msg)
+}
+
+impl PeerConnection {
+    fn client(&self) -> Result<PeerClient<Channel>, Unreachable<TypeConfig>> {
+        self.client.clone().map_err(unreachable)
+    }
+
+    fn timeout(&self, ttl: Duration) -> Timeout<TypeConfig> {
+        Timeout {
+            action: openraft::network::RPCTypes::AppendEntries,
+            id: 0,
+            target: self.target,
+            timeout: ttl,
+        }
+    }
+
+    /// One unary raft RPC: encode, send with the hard deadline, decode `Result<Resp, String>`.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        ttl: Duration,
+        send: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: for<'a> Deserialize<'a>,
+        F: FnOnce(PeerClient<Channel>, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        let data = encode(req).map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        let reply = match rt::timeout(ttl, send(client, RaftPayload { data })).await {
+            Err(rt::Elapsed) => return Err(RPCError::Timeout(self.timeout(ttl))),
+            Ok(Err(status)) => return Err(RPCError::Unreachable(unreachable(status.message()))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, String> =
+            decode(&reply.data).map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        result.map_err(|msg| RPCError::Unreachable(unreachable(msg)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.call(&rpc, option.soft_ttl(), |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.call(&rpc, option.soft_ttl(), |mut c, p| async move {
+            c.vote(p).await
+        })
+        .await
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+        let mut client = self.client()?;
+        let header = encode(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+        })
+        .map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
+        let bytes = snapshot.snapshot.into_inner();
+        // The chunks are slices of the image taken one at a time as the stream is polled.
+        let total = bytes.len();
+        let chunks = futures::stream::iter(
+            (0..total.max(1))
+                .step_by(limits::SNAPSHOT_CHUNK_BYTES)
+                .enumerate()
+                .map(move |(i, start)| {
+                    let end = (start + limits::SNAPSHOT_CHUNK_BYTES).min(total);
+                    SnapshotChunk {
+                        header: if i == 0 { header.clone() } else { Vec::new() },
+                        data: bytes[start..end].to_vec(),
+                    }
+                }),
+        );
+        let ttl = option.soft_ttl().max(limits::SNAPSHOT_SEND_TIMEOUT);
+        let send = rt::timeout(ttl, client.install_snapshot(chunks));
+        let reply = tokio::select! {
+            biased;
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = send => reply,
+        };
+        let reply = match reply {
+            Err(rt::Elapsed) => {
+                return Err(StreamingError::Timeout(Timeout {
+                    action: openraft::network::RPCTypes::InstallSnapshot,
+                    id: 0,
+                    target: self.target,
+                    timeout: ttl,
+                }))
+            }
+            Ok(Err(status)) => {
+                return Err(StreamingError::Unreachable(unreachable(status.message())))
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<SnapshotResponse<TypeConfig>, String> =
+            decode(&reply.data).map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
+        result.map_err(|msg| StreamingError::Unreachable(unreachable(msg)))
     }
 }

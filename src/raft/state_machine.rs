@@ -4,17 +4,19 @@
 //! the store is exactly at the last applied entry and openraft replays the rest of the (fsynced) log.
 //! Those batches are buffered, not fsynced: the log already made the entries durable.
 
+use std::collections::BTreeMap;
 use std::io;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use super::{decode, encode, CommandResponse, LogId, StoredMembership, TypeConfig};
-use crate::apply::{self, ApplyError};
+use crate::apply::{self, Applied, ApplyError};
 use crate::mvcc::MvccStore;
 use crate::pb::metastore::Command;
 use crate::storage::{Durability, Keyspace, SharedEngine, WriteBatch};
@@ -34,11 +36,40 @@ struct SnapshotImage {
     kv: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// The outcome of one applied command, as handed to the request waiting for it.
+pub type Outcome = Result<Applied, ApplyError>;
+
 /// State shared between the state machine (owned by openraft) and the read path.
 pub struct Shared {
     engine: SharedEngine,
     mvcc: RwLock<MvccStore>,
     watch: Arc<WatchHub>,
+    /// This member's id: commands it proposed through the leader carry it.
+    member_id: u64,
+    /// Requests of this member forwarded to the leader, waiting for their local apply, by sequence
+    /// number.
+    waiters: Mutex<BTreeMap<u64, oneshot::Sender<Outcome>>>,
+}
+
+/// A registered wait for the local apply of a forwarded command; unregisters itself when dropped.
+pub struct Waiter {
+    shared: Arc<Shared>,
+    seq: u64,
+    rx: oneshot::Receiver<Outcome>,
+}
+
+impl Waiter {
+    /// The outcome, once this member has applied the command. `None` if the state machine went
+    /// away first.
+    pub async fn outcome(&mut self) -> Option<Outcome> {
+        (&mut self.rx).await.ok()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.shared.waiters_lock().remove(&self.seq);
+    }
 }
 
 impl Shared {
@@ -52,6 +83,38 @@ impl Shared {
     pub fn engine(&self) -> &SharedEngine {
         &self.engine
     }
+
+    fn waiters_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<Outcome>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait for the local apply of the command this member proposes with sequence number `seq`.
+    /// Register before sending the command, so the apply cannot slip by unseen.
+    pub fn register(self: &Arc<Self>, seq: u64) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        let previous = self.waiters_lock().insert(seq, tx);
+        debug_assert!(previous.is_none(), "sequence number {seq} reused");
+        Waiter {
+            shared: self.clone(),
+            seq,
+            rx,
+        }
+    }
+
+    /// Hand `outcome` to this member's waiter of `cmd`, if it has one; otherwise give it back.
+    fn deliver(&self, proposer_id: u64, seq: u64, outcome: Outcome) -> Option<Outcome> {
+        if proposer_id != self.member_id || seq == 0 {
+            return Some(outcome);
+        }
+        match self.waiters_lock().remove(&seq) {
+            Some(tx) => {
+                // The request may have given up meanwhile; then nobody wants the outcome.
+                let _ = tx.send(outcome);
+                None
+            }
+            None => Some(outcome),
+        }
+    }
 }
 
 /// The state machine handed to openraft.
@@ -62,13 +125,15 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`.
-    pub fn open(engine: SharedEngine, watch: Arc<WatchHub>) -> io::Result<Self> {
+    pub fn open(engine: SharedEngine, watch: Arc<WatchHub>, member_id: u64) -> io::Result<Self> {
         let mvcc = MvccStore::open(engine.clone()).map_err(io::Error::other)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
                 mvcc: RwLock::new(mvcc),
                 watch,
+                member_id,
+                waiters: Mutex::new(BTreeMap::new()),
             }),
             current_snapshot: None,
         })
@@ -112,27 +177,40 @@ impl StateMachine {
 }
 
 fn apply_one(
+    shared: &Shared,
     mvcc: &mut MvccStore,
-    payload: EntryPayload<super::RaftCommand, u64, openraft::impls::BasicNode>,
+    payload: EntryPayload<super::RaftCommand, u64, super::PeerNode>,
     log_id: &LogId,
     batch: &mut WriteBatch,
 ) -> io::Result<CommandResponse> {
     let outcome = match payload {
         EntryPayload::Normal(cmd) => {
-            let outcome = match Command::decode(cmd.bytes.as_slice()) {
-                Ok(cmd) => apply::apply(mvcc, cmd),
-                Err(_) => Err(ApplyError::EmptyCommand),
+            let (outcome, proposer, seq) = match Command::decode(cmd.bytes.as_slice()) {
+                Ok(cmd) => {
+                    let (proposer, seq) = (cmd.proposer_id, cmd.request_seq);
+                    (apply::apply(mvcc, cmd), proposer, seq)
+                }
+                Err(_) => (Err(ApplyError::EmptyCommand), 0, 0),
             };
-            match outcome {
+            let outcome = match outcome {
                 Ok((applied, changes)) => {
                     batch.append(changes);
-                    Some(Ok(applied))
+                    Ok(applied)
                 }
                 Err(ApplyError::Storage(e)) => return Err(io::Error::other(e)),
-                Err(e) => Some(Err(e)),
-            }
+                Err(e) => Err(e),
+            };
+            shared.deliver(proposer, seq, outcome)
         }
         EntryPayload::Membership(m) => {
+            // Members that left take their published attributes with them.
+            let attrs = crate::cluster::read_attributes(shared.engine.as_ref())
+                .map_err(io::Error::other)?;
+            for id in attrs.keys() {
+                if !m.nodes().any(|(n, _)| n == id) {
+                    crate::cluster::delete_attributes(batch, *id);
+                }
+            }
             let stored = StoredMembership::new(Some(*log_id), m);
             batch.put(Keyspace::Meta, MEMBERSHIP_KEY, encode(&stored)?);
             None
@@ -166,7 +244,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut batch = WriteBatch::new();
             let mut last = None;
             for (entry, responder) in entries {
-                let response = apply_one(&mut mvcc, entry.payload, &entry.log_id, &mut batch)?;
+                let response = apply_one(
+                    &self.shared,
+                    &mut mvcc,
+                    entry.payload,
+                    &entry.log_id,
+                    &mut batch,
+                )?;
                 last = Some(entry.log_id);
                 responses.push((responder, response));
             }

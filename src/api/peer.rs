@@ -1,0 +1,212 @@
+//! The `metastore.Peer` service: raft messages from other members, and the requests followers
+//! forward to the leader. Raft payloads are postcard-encoded openraft types (see `raft::network`).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::limits;
+use crate::node::{LeaderWriteError, Node};
+use crate::pb::metastore::peer_server::Peer;
+use crate::pb::metastore::{
+    Command, LeaseKeepAliveResponse, LeaseRequest, LeaseTimeToLiveResponse, MembersRequest,
+    PeerStatus, ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    SnapshotChunk,
+};
+use crate::raft::network::SnapshotHeader;
+use crate::raft::{decode, encode};
+
+/// Serves other members.
+pub struct PeerService {
+    node: Arc<Node>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+/// Frame a `Result<T, String>` for the reply.
+fn reply<T: serde::Serialize>(result: Result<T, String>) -> Result<Response<RaftPayload>, Status> {
+    let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+fn bad_payload(e: std::io::Error) -> Status {
+    Status::invalid_argument(format!("undecodable peer message: {e}"))
+}
+
+fn status_of(e: &LeaderWriteError) -> PeerStatus {
+    match e {
+        LeaderWriteError::NotLeader => PeerStatus::NotLeader,
+        LeaderWriteError::LeaderChanged => PeerStatus::LeaderChanged,
+        LeaderWriteError::Stopped => PeerStatus::Stopped,
+        LeaderWriteError::Failed(_) => PeerStatus::Failed,
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&request.get_ref().data).map_err(bad_payload)?;
+        let result = self.node.raft().append_entries(rpc).await;
+        reply(result.map_err(|e| e.to_string()))
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&request.get_ref().data).map_err(bad_payload)?;
+        let result = self.node.raft().vote(rpc).await;
+        reply(result.map_err(|e| e.to_string()))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut chunks = request.into_inner();
+        let mut header: Option<SnapshotHeader> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if header.is_none() {
+                header = Some(decode(&chunk.header).map_err(bad_payload)?);
+            }
+            if data.len() + chunk.data.len() > limits::SNAPSHOT_MAX_BYTES {
+                return Err(Status::resource_exhausted(
+                    "snapshot larger than this member accepts",
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let header = header.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let snapshot = openraft::alias::SnapshotOf::<crate::raft::TypeConfig, _> {
+            meta: header.meta,
+            snapshot: std::io::Cursor::new(data),
+        };
+        let result = self
+            .node
+            .raft()
+            .install_full_snapshot(header.vote, snapshot)
+            .await;
+        reply(result.map_err(|e| e.to_string()))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        use prost::Message;
+        let cmd = Command::decode(request.get_ref().command.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        let written = crate::rt::timeout(
+            self.node.config().request_timeout,
+            self.node.write_as_leader(&cmd),
+        )
+        .await;
+        let resp = match written {
+            Err(crate::rt::Elapsed) => ProposeResponse {
+                status: PeerStatus::Timeout as i32,
+                ..Default::default()
+            },
+            Ok(Ok(_)) => ProposeResponse::default(),
+            Ok(Err(e)) => ProposeResponse {
+                status: status_of(&e) as i32,
+                message: format!("{e:?}"),
+                index: 0,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        let resp = match crate::rt::timeout(
+            self.node.config().request_timeout,
+            self.node.read_index_as_leader(),
+        )
+        .await
+        {
+            Err(crate::rt::Elapsed) => ReadIndexResponse {
+                status: PeerStatus::Timeout as i32,
+                ..Default::default()
+            },
+            Ok(Ok(index)) => ReadIndexResponse {
+                index,
+                ..Default::default()
+            },
+            Ok(Err(e)) => ReadIndexResponse {
+                status: status_of(&e) as i32,
+                message: format!("{e:?}"),
+                index: 0,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let resp = match self.node.keep_alive_as_leader(request.get_ref().id) {
+            Some(ttl) => LeaseKeepAliveResponse {
+                status: PeerStatus::Ok as i32,
+                ttl,
+            },
+            None => LeaseKeepAliveResponse {
+                status: PeerStatus::NotLeader as i32,
+                ttl: 0,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let resp = match self.node.time_to_live_as_leader(request.get_ref().id) {
+            Ok(Some(status)) => LeaseTimeToLiveResponse {
+                status: PeerStatus::Ok as i32,
+                found: true,
+                granted_ttl: status.granted,
+                remaining_ttl: status.remaining,
+                keys: status.keys,
+            },
+            Ok(None) => LeaseTimeToLiveResponse::default(),
+            Err(()) => LeaseTimeToLiveResponse {
+                status: PeerStatus::NotLeader as i32,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let change = decode(&request.get_ref().data).map_err(bad_payload)?;
+        let result = crate::rt::timeout(
+            self.node.config().request_timeout,
+            self.node.change_as_leader(change),
+        )
+        .await
+        .unwrap_or(Err(crate::cluster::MembershipError::Timeout));
+        Ok(Response::new(crate::node::membership_reply(result)))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let data = self.node.members_payload().map_err(Status::internal)?;
+        Ok(Response::new(RaftPayload { data }))
+    }
+}

@@ -1,0 +1,273 @@
+//! Cluster membership as etcd presents it: `--initial-cluster` parsing, member and cluster ids,
+//! the attributes a member publishes through the log (name, client URLs), and the member list
+//! built from raft's membership plus those attributes.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::pb::metastore::MemberAttributes;
+use crate::raft::PeerNode;
+use crate::storage::{Engine, Keyspace, StorageError, WriteBatch};
+
+/// Prefix of published attributes in the `Meta` keyspace (part of snapshots, like all replicated state).
+const ATTRIBUTES_PREFIX: &[u8] = b"member/";
+
+/// A problem with `--initial-cluster` and friends.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClusterConfigError {
+    #[error("--initial-cluster: {0:?} is not NAME=URL")]
+    BadEntry(String),
+    #[error("--initial-cluster has no entry for this member's --name {0:?}")]
+    NameMissing(String),
+    #[error(
+        "--initial-cluster gives {name:?} the peer URLs {listed:?} but --initial-advertise-peer-urls says {advertised:?}"
+    )]
+    UrlMismatch {
+        name: String,
+        listed: Vec<String>,
+        advertised: Vec<String>,
+    },
+    #[error("--initial-cluster lists the peer URL {0} twice")]
+    DuplicateUrl(String),
+}
+
+/// `--initial-cluster`: member name → peer URLs, in name order.
+pub type InitialCluster = BTreeMap<String, Vec<String>>;
+
+/// Parse etcd's `name1=url1,name2=url2,name1=url3` (a name may repeat to list several URLs).
+pub fn parse_initial_cluster(text: &str) -> Result<InitialCluster, ClusterConfigError> {
+    let mut cluster = InitialCluster::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, url) = entry
+            .split_once('=')
+            .ok_or_else(|| ClusterConfigError::BadEntry(entry.to_string()))?;
+        let (name, url) = (name.trim(), url.trim().trim_end_matches('/'));
+        if name.is_empty() || url.is_empty() {
+            return Err(ClusterConfigError::BadEntry(entry.to_string()));
+        }
+        if !seen.insert(url.to_string()) {
+            return Err(ClusterConfigError::DuplicateUrl(url.to_string()));
+        }
+        cluster
+            .entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
+    }
+    for urls in cluster.values_mut() {
+        urls.sort();
+    }
+    Ok(cluster)
+}
+
+/// FNV-1a over `parts` (each followed by a separator byte): stable ids without a dependency.
+pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The id of a member of a new cluster: derived from its peer URLs and the cluster token (as
+/// etcd derives it), so every member computes every other member's id alike. Never 0.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let joined = urls.join(",");
+    fnv1a64(&[joined.as_bytes(), token.as_bytes()]).max(1)
+}
+
+/// The cluster id: derived from the founding members' ids and the token. Never 0.
+pub fn cluster_id(member_ids: impl IntoIterator<Item = u64>, token: &str) -> u64 {
+    let mut ids: Vec<u64> = member_ids.into_iter().collect();
+    ids.sort_unstable();
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    fnv1a64(&[&bytes, token.as_bytes()]).max(1)
+}
+
+/// The founding members of a new cluster, keyed by id.
+pub fn founding_members(cluster: &InitialCluster, token: &str) -> BTreeMap<u64, PeerNode> {
+    cluster
+        .iter()
+        .map(|(name, urls)| {
+            (
+                member_id(urls, token),
+                PeerNode {
+                    name: name.clone(),
+                    peer_urls: urls.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Check that this member appears in `--initial-cluster` with the URLs it advertises.
+pub fn check_self(
+    cluster: &InitialCluster,
+    name: &str,
+    advertised: &[String],
+) -> Result<(), ClusterConfigError> {
+    let listed = cluster
+        .get(name)
+        .ok_or_else(|| ClusterConfigError::NameMissing(name.to_string()))?;
+    let mut advertised = advertised.to_vec();
+    advertised.sort();
+    if *listed != advertised {
+        return Err(ClusterConfigError::UrlMismatch {
+            name: name.to_string(),
+            listed: listed.clone(),
+            advertised,
+        });
+    }
+    Ok(())
+}
+
+fn attributes_key(member_id: u64) -> Vec<u8> {
+    let mut key = ATTRIBUTES_PREFIX.to_vec();
+    key.extend_from_slice(format!("{member_id:016x}").as_bytes());
+    key
+}
+
+/// Record a member's published attributes (applied from the log).
+pub fn put_attributes(batch: &mut WriteBatch, attrs: &MemberAttributes) {
+    batch.put(
+        Keyspace::Meta,
+        attributes_key(attrs.member_id),
+        attrs.encode_to_vec(),
+    );
+}
+
+/// Forget a removed member's attributes.
+pub fn delete_attributes(batch: &mut WriteBatch, member_id: u64) {
+    batch.delete(Keyspace::Meta, attributes_key(member_id));
+}
+
+/// Every published attribute record, by member id.
+pub fn read_attributes(
+    engine: &dyn Engine,
+) -> Result<BTreeMap<u64, MemberAttributes>, StorageError> {
+    let mut out = BTreeMap::new();
+    let mut end = ATTRIBUTES_PREFIX.to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    engine.scan(
+        Keyspace::Meta,
+        ATTRIBUTES_PREFIX,
+        Some(&end),
+        &mut |_, v| {
+            if let Ok(attrs) = MemberAttributes::decode(v) {
+                out.insert(attrs.member_id, attrs);
+            }
+            true
+        },
+    )?;
+    Ok(out)
+}
+
+/// One member as `MemberList` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// A membership change a member asks the leader to make.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add a member (as a learner, or straight in as a voter).
+    Add {
+        id: u64,
+        node: PeerNode,
+        learner: bool,
+    },
+    /// Remove a voter or a learner.
+    Remove { id: u64 },
+    /// Replace a member's peer URLs.
+    Update { id: u64, peer_urls: Vec<String> },
+    /// Make a learner a voter (only once it has caught up).
+    Promote { id: u64 },
+}
+
+/// Why a membership change was refused. Texts are etcd's where etcd has one.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipError {
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadUrls,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("{0}")]
+    Other(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_like_etcd() {
+        let c = parse_initial_cluster(
+            "a=http://1.1.1.1:2380, b=http://2.2.2.2:2380,a=http://1.1.1.1:2381/",
+        )
+        .expect("parses");
+        assert_eq!(
+            c["a"],
+            vec![
+                "http://1.1.1.1:2380".to_string(),
+                "http://1.1.1.1:2381".to_string()
+            ]
+        );
+        assert_eq!(c["b"], vec!["http://2.2.2.2:2380".to_string()]);
+        assert!(matches!(
+            parse_initial_cluster("a"),
+            Err(ClusterConfigError::BadEntry(_))
+        ));
+        assert!(matches!(
+            parse_initial_cluster("a=http://x:1,b=http://x:1"),
+            Err(ClusterConfigError::DuplicateUrl(_))
+        ));
+    }
+
+    #[test]
+    fn ids_depend_on_urls_and_token_not_order() {
+        let a = vec!["http://1:1".to_string(), "http://2:2".to_string()];
+        let b = vec!["http://2:2".to_string(), "http://1:1".to_string()];
+        assert_eq!(member_id(&a, "t"), member_id(&b, "t"));
+        assert_ne!(member_id(&a, "t"), member_id(&a, "u"));
+        assert_eq!(cluster_id([3, 1, 2], "t"), cluster_id([1, 2, 3], "t"));
+        assert_ne!(cluster_id([1, 2], "t"), cluster_id([1, 2, 3], "t"));
+    }
+
+    #[test]
+    fn self_must_be_listed_with_its_urls() {
+        let c = parse_initial_cluster("a=http://1.1.1.1:2380").expect("parses");
+        assert!(check_self(&c, "a", &["http://1.1.1.1:2380".into()]).is_ok());
+        assert!(matches!(
+            check_self(&c, "b", &[]),
+            Err(ClusterConfigError::NameMissing(_))
+        ));
+        assert!(matches!(
+            check_self(&c, "a", &["http://1.1.1.1:9".into()]),
+            Err(ClusterConfigError::UrlMismatch { .. })
+        ));
+    }
+}

@@ -1,0 +1,156 @@
+//! Who this member is: its member and cluster ids, kept in the engine once known. A founding
+//! member derives every id from `--initial-cluster`; a member joining a running cluster
+//! (`--initial-cluster-state existing`, after `member add`) asks the cluster which id it was given.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::{self, MemberInfo};
+use crate::config::{ClusterState, ServerConfig};
+use crate::limits;
+use crate::pb::metastore::MembersRequest;
+use crate::raft::network::PeerChannels;
+use crate::raft::{decode, PeerNode};
+use crate::rt;
+use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
+
+use super::NodeError;
+
+/// Identity keys, kept in the raft keyspace: they belong to this member, not to the replicated state.
+const MEMBER_ID_KEY: &[u8] = b"id/member";
+const CLUSTER_ID_KEY: &[u8] = b"id/cluster";
+
+/// What a member needs to know about itself to start raft.
+pub struct Identity {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// The founding membership, if this member founds a new cluster and raft has not been
+    /// initialized yet (initializing again with the same members is harmless).
+    pub founding: Option<BTreeMap<u64, PeerNode>>,
+}
+
+fn read_id(engine: &SharedEngine, key: &[u8]) -> Result<Option<u64>, StorageError> {
+    let Some(v) = engine.get(Keyspace::Raft, key)? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| StorageError::Corrupt {
+        ks: Keyspace::Raft,
+        reason: "bad id".into(),
+    })?;
+    Ok(Some(u64::from_be_bytes(bytes)))
+}
+
+fn store_ids(engine: &SharedEngine, member_id: u64, cluster_id: u64) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::new();
+    batch.put(
+        Keyspace::Raft,
+        MEMBER_ID_KEY,
+        member_id.to_be_bytes().to_vec(),
+    );
+    batch.put(
+        Keyspace::Raft,
+        CLUSTER_ID_KEY,
+        cluster_id.to_be_bytes().to_vec(),
+    );
+    engine.write(batch, Durability::Sync)
+}
+
+/// Work out (and persist) this member's identity.
+pub async fn identify(
+    config: &ServerConfig,
+    engine: &SharedEngine,
+    channels: &PeerChannels,
+) -> Result<Identity, NodeError> {
+    let initial = config.initial_cluster_or_self();
+    let token = &config.initial_cluster_token;
+    let founding = cluster::founding_members(&initial, token);
+    if let (Some(member_id), Some(cluster_id)) = (
+        read_id(engine, MEMBER_ID_KEY)?,
+        read_id(engine, CLUSTER_ID_KEY)?,
+    ) {
+        // Restarted: the data dir knows who we are; flags no longer matter (as in etcd).
+        let founding = (config.initial_cluster_state == ClusterState::New
+            && founding.contains_key(&member_id))
+        .then_some(founding);
+        return Ok(Identity {
+            member_id,
+            cluster_id,
+            founding,
+        });
+    }
+    match config.initial_cluster_state {
+        ClusterState::New => {
+            let member_id = cluster::member_id(&config.advertise_peer_urls, token);
+            let cluster_id = cluster::cluster_id(founding.keys().copied(), token);
+            store_ids(engine, member_id, cluster_id)?;
+            Ok(Identity {
+                member_id,
+                cluster_id,
+                founding: Some(founding),
+            })
+        }
+        ClusterState::Existing => {
+            let (member_id, cluster_id) = ask_cluster(config, &initial, channels).await?;
+            store_ids(engine, member_id, cluster_id)?;
+            Ok(Identity {
+                member_id,
+                cluster_id,
+                founding: None,
+            })
+        }
+    }
+}
+
+/// Ask the other members listed in `--initial-cluster` for the member list and find ourselves in it
+/// by our advertised peer URLs.
+async fn ask_cluster(
+    config: &ServerConfig,
+    initial: &cluster::InitialCluster,
+    channels: &PeerChannels,
+) -> Result<(u64, u64), NodeError> {
+    let mut ours = config.advertise_peer_urls.clone();
+    ours.sort();
+    let peers: Vec<&String> = initial
+        .iter()
+        .filter(|(name, _)| **name != config.name)
+        .flat_map(|(_, urls)| urls)
+        .collect();
+    let deadline = rt::now() + limits::JOIN_TIMEOUT;
+    let mut last_error = String::from("--initial-cluster names no other member");
+    while rt::now() < deadline {
+        for url in &peers {
+            let Ok(mut client) = channels.client(url) else {
+                continue;
+            };
+            let reply =
+                rt::timeout(limits::PEER_RPC_TIMEOUT, client.members(MembersRequest {})).await;
+            let data = match reply {
+                Ok(Ok(reply)) => reply.into_inner().data,
+                Ok(Err(status)) => {
+                    last_error = format!("{url}: {}", status.message());
+                    continue;
+                }
+                Err(rt::Elapsed) => {
+                    last_error = format!("{url}: no answer");
+                    continue;
+                }
+            };
+            let (cluster_id, members): (u64, Vec<MemberInfo>) =
+                decode(&data).map_err(|e| NodeError::Raft(e.to_string()))?;
+            let me = members.iter().find(|m| {
+                let mut urls = m.peer_urls.clone();
+                urls.sort();
+                urls == ours
+            });
+            return match me {
+                Some(m) => Ok((m.id, cluster_id)),
+                None => Err(NodeError::Raft(format!(
+                    "the cluster has no member with peer URLs {ours:?}: add it with `member add` first"
+                ))),
+            };
+        }
+        rt::sleep(limits::JOIN_RETRY_INTERVAL).await;
+    }
+    Err(NodeError::Raft(format!(
+        "cannot reach the cluster to join it: {last_error}"
+    )))
+}

@@ -1,0 +1,214 @@
+//! Membership as a member sees and changes it: the member list (raft's membership plus published
+//! attributes), publishing this member's attributes, and membership changes run by the leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Weak;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+
+use super::{Node, NodeError};
+use crate::cluster::{self, MemberChange, MemberInfo, MembershipError};
+use crate::limits;
+use crate::pb::metastore::{command, MemberAttributes, RaftPayload};
+use crate::raft::{decode, encode, PeerNode};
+use crate::rt;
+
+impl Node {
+    /// Every member, in id order, as this member's applied state knows them.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let attrs = cluster::read_attributes(self.state.engine().as_ref()).unwrap_or_default();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let published = attrs.get(id);
+                MemberInfo {
+                    id: *id,
+                    name: published
+                        .map(|a| a.name.clone())
+                        .unwrap_or_else(|| node.name.clone()),
+                    peer_urls: node.peer_urls.clone(),
+                    client_urls: published.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether member `id` is a learner.
+    pub fn is_learner(&self, id: u64) -> bool {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
+    }
+
+    /// Make a membership change (on the leader, wherever it was asked), within the request
+    /// deadline. Returns the member list afterwards.
+    pub async fn change_members(&self, change: MemberChange) -> Result<Vec<MemberInfo>, NodeError> {
+        let routed = async {
+            loop {
+                let (leader_id, leader) = self.leader().await?;
+                if leader_id == self.member_id {
+                    match self.change_as_leader(change.clone()).await {
+                        Err(MembershipError::NoLeader) => {}
+                        other => return other.map_err(NodeError::from),
+                    }
+                } else {
+                    let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
+                    let data = encode(&change).map_err(|e| NodeError::Raft(e.to_string()))?;
+                    let reply = client
+                        .change_members(RaftPayload { data })
+                        .await
+                        .map_err(|_| NodeError::LeaderFailed)?;
+                    let result: Result<(), MembershipError> = decode(&reply.get_ref().data)
+                        .map_err(|e| NodeError::Raft(e.to_string()))?;
+                    match result {
+                        Err(MembershipError::NoLeader) => {}
+                        other => return other.map_err(NodeError::from),
+                    }
+                }
+                rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+            }
+        };
+        match rt::timeout(self.config.request_timeout, routed).await {
+            Err(rt::Elapsed) => return Err(NodeError::Timeout),
+            Ok(result) => result?,
+        };
+        // The change is committed; wait until this member applied it so the list shows it.
+        let _ = self.read_barrier().await;
+        Ok(self.members())
+    }
+
+    /// The leader's side of a membership change. `NoLeader` means "not the leader (any more)".
+    pub(crate) async fn change_as_leader(
+        &self,
+        change: MemberChange,
+    ) -> Result<(), MembershipError> {
+        if !self.is_leader() {
+            return Err(MembershipError::NoLeader);
+        }
+        let members = self.members();
+        let find = |id: u64| members.iter().find(|m| m.id == id).cloned();
+        let result = match change {
+            MemberChange::Add { id, node, learner } => {
+                let taken = members
+                    .iter()
+                    .any(|m| m.peer_urls.iter().any(|u| node.peer_urls.contains(u)));
+                if taken {
+                    return Err(MembershipError::PeerUrlExists);
+                }
+                if learner {
+                    self.raft.add_learner(id, node, false).await
+                } else {
+                    self.raft
+                        .change_membership(
+                            ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
+                            false,
+                        )
+                        .await
+                }
+            }
+            MemberChange::Remove { id } => {
+                let member = find(id).ok_or(MembershipError::MemberNotFound)?;
+                let change = if member.is_learner {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                };
+                self.raft.change_membership(change, false).await
+            }
+            MemberChange::Update { id, peer_urls } => {
+                let member = find(id).ok_or(MembershipError::MemberNotFound)?;
+                let taken = members
+                    .iter()
+                    .any(|m| m.id != id && m.peer_urls.iter().any(|u| peer_urls.contains(u)));
+                if taken {
+                    return Err(MembershipError::PeerUrlExists);
+                }
+                let node = PeerNode {
+                    name: member.name,
+                    peer_urls,
+                };
+                self.raft
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])), false)
+                    .await
+            }
+            MemberChange::Promote { id } => {
+                let member = find(id).ok_or(MembershipError::MemberNotFound)?;
+                if !member.is_learner {
+                    return Err(MembershipError::NotLearner);
+                }
+                if !self.learner_caught_up(id) {
+                    return Err(MembershipError::LearnerNotReady);
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(MembershipError::NoLeader)
+            }
+            Err(RaftError::APIError(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
+            Err(RaftError::Fatal(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
+        }
+    }
+
+    /// A learner may be promoted once it is within [`limits::LEARNER_PROMOTE_MAX_LAG`] entries of
+    /// the leader's log (etcd asks for 90% of the leader's progress).
+    fn learner_caught_up(&self, id: u64) -> bool {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let last = metrics.last_log_index.unwrap_or(0);
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|log_id| log_id.index)
+            .unwrap_or(0);
+        matched + limits::LEARNER_PROMOTE_MAX_LAG >= last && matched > 0
+    }
+
+    /// Publish this member's name and client URLs once (they change only with flags).
+    async fn publish_attributes(&self) -> Result<(), NodeError> {
+        let ours = MemberAttributes {
+            member_id: self.member_id,
+            name: self.config.name.clone(),
+            client_urls: self.config.advertise_client_urls.clone(),
+        };
+        let published = cluster::read_attributes(self.state.engine().as_ref())?;
+        if published.get(&self.member_id) == Some(&ours) {
+            return Ok(());
+        }
+        self.propose(command::Op::Publish(ours)).await.map(|_| ())
+    }
+
+    /// The member list as the Members peer call returns it.
+    pub(crate) fn members_payload(&self) -> Result<Vec<u8>, String> {
+        encode(&(self.cluster_id, self.members())).map_err(|e| e.to_string())
+    }
+}
+
+/// Publishes this member's attributes, retrying until it works (or the member goes away).
+pub(super) async fn run_publish(node: Weak<Node>) {
+    loop {
+        let Some(node) = node.upgrade() else { return };
+        match node.publish_attributes().await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!("cannot publish member attributes yet: {e}"),
+        }
+        drop(node);
+        rt::sleep(limits::PUBLISH_RETRY_INTERVAL).await;
+    }
+}
+
+/// Map a leader-side membership result to the peer reply.
+pub(crate) fn membership_reply(result: Result<(), MembershipError>) -> RaftPayload {
+    let data = encode(&result).unwrap_or_default();
+    RaftPayload { data }
+}

@@ -1,0 +1,261 @@
+//! Getting a request to the leader: writes, read indexes and lease liveness are the leader's
+//! business. The leader serves them itself; a follower asks the leader over the peer service and,
+//! for writes, waits until it has applied the entry itself (so a client that reads from this
+//! member next sees its write), as etcd's followers do. Every loop here runs under the caller's
+//! deadline.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::ReadPolicy;
+use prost::Message;
+
+use super::{LeaseStatus, Node, NodeError};
+use crate::apply::Applied;
+use crate::limits;
+use crate::pb::metastore::{
+    command, Command, LeaseRequest, PeerStatus, ProposeRequest, ReadIndexRequest,
+};
+use crate::raft::{PeerNode, RaftCommand};
+use crate::rt;
+
+/// Why the leader could not take a command (the forwarded form is [`PeerStatus`]).
+#[derive(Debug)]
+pub(crate) enum LeaderWriteError {
+    /// This member does not lead; nothing was appended.
+    NotLeader,
+    /// Appended, then leadership was lost; the entry may or may not commit.
+    LeaderChanged,
+    Stopped,
+    Failed(String),
+}
+
+impl From<LeaderWriteError> for NodeError {
+    fn from(e: LeaderWriteError) -> Self {
+        match e {
+            LeaderWriteError::NotLeader => NodeError::NoLeader,
+            LeaderWriteError::LeaderChanged => NodeError::LeaderChanged,
+            LeaderWriteError::Stopped => NodeError::Stopped,
+            LeaderWriteError::Failed(msg) => NodeError::Raft(msg),
+        }
+    }
+}
+
+impl Node {
+    fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The current leader and its peer URLs, waiting (bounded) while there is none.
+    pub(crate) async fn leader(&self) -> Result<(u64, PeerNode), NodeError> {
+        let metrics = self
+            .raft
+            .wait(Some(limits::LEADER_WAIT))
+            .metrics(
+                |m| {
+                    m.current_leader
+                        .is_some_and(|id| m.membership_config.get_node(&id).is_some())
+                },
+                "a known leader",
+            )
+            .await
+            .map_err(|_| NodeError::NoLeader)?;
+        let id = metrics.current_leader.ok_or(NodeError::NoLeader)?;
+        let node = metrics
+            .membership_config
+            .get_node(&id)
+            .cloned()
+            .ok_or(NodeError::NoLeader)?;
+        Ok((id, node))
+    }
+
+    /// Propose `cmd` on this member, which must lead. Runs the leader's side effects of the
+    /// outcome (the lease clock) before returning.
+    pub(crate) async fn write_as_leader(
+        &self,
+        cmd: &Command,
+    ) -> Result<Option<Result<Applied, crate::apply::ApplyError>>, LeaderWriteError> {
+        if !self.is_leader() {
+            return Err(LeaderWriteError::NotLeader);
+        }
+        let bytes = cmd.encode_to_vec();
+        match self.raft.client_write(RaftCommand { bytes }).await {
+            Ok(resp) => {
+                let outcome = resp.data.outcome;
+                match (&cmd.op, &outcome) {
+                    (Some(command::Op::LeaseGrant(_)), Some(Ok(Applied::LeaseGrant(g)))) => {
+                        self.lease_clock.refresh(g.id, g.ttl)
+                    }
+                    (Some(command::Op::LeaseRevoke(r)), Some(Ok(_))) => {
+                        self.lease_clock.remove(r.id)
+                    }
+                    _ => {}
+                }
+                Ok(outcome)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(LeaderWriteError::NotLeader)
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(LeaderWriteError::LeaderChanged)
+            }
+            Err(RaftError::APIError(e)) => Err(LeaderWriteError::Failed(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(LeaderWriteError::Stopped),
+        }
+    }
+
+    /// Route a command to the leader and return this member's outcome of applying it.
+    pub(super) async fn route_proposal(&self, mut cmd: Command) -> Result<Applied, NodeError> {
+        loop {
+            let (leader_id, leader) = self.leader().await?;
+            if leader_id == self.member_id {
+                cmd.proposer_id = 0;
+                cmd.request_seq = 0;
+                match self.write_as_leader(&cmd).await {
+                    Ok(Some(Ok(applied))) => return Ok(applied),
+                    Ok(Some(Err(e))) => return Err(NodeError::Apply(e)),
+                    Ok(None) => {
+                        return Err(NodeError::Raft("applied entry carried no outcome".into()))
+                    }
+                    // Leadership moved before the entry was appended: route it again.
+                    Err(LeaderWriteError::NotLeader) => {
+                        rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            cmd.proposer_id = self.member_id;
+            cmd.request_seq = self.next_seq();
+            let mut waiter = self.state.register(cmd.request_seq);
+            let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
+            let reply = client
+                .propose(ProposeRequest {
+                    command: cmd.encode_to_vec(),
+                })
+                .await;
+            let reply = match reply {
+                Ok(reply) => reply.into_inner(),
+                // The leader may or may not have received it: never send it twice.
+                Err(status) => {
+                    tracing::debug!("forwarding to leader {leader_id:x} failed: {status}");
+                    return Err(NodeError::LeaderFailed);
+                }
+            };
+            match PeerStatus::try_from(reply.status) {
+                Ok(PeerStatus::Ok) => {
+                    return match waiter.outcome().await {
+                        Some(Ok(applied)) => Ok(applied),
+                        Some(Err(e)) => Err(NodeError::Apply(e)),
+                        None => Err(NodeError::Stopped),
+                    }
+                }
+                Ok(PeerStatus::NotLeader) => {
+                    rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+                }
+                Ok(PeerStatus::LeaderChanged) => return Err(NodeError::LeaderChanged),
+                Ok(PeerStatus::Timeout) => return Err(NodeError::Timeout),
+                Ok(PeerStatus::NoSpace) => return Err(NodeError::NoSpace),
+                Ok(PeerStatus::Stopped) => return Err(NodeError::LeaderFailed),
+                Ok(PeerStatus::Failed) | Err(_) => return Err(NodeError::Raft(reply.message)),
+            }
+        }
+    }
+
+    /// The leader's side of a read index: confirm leadership with a quorum and return the log
+    /// index a linearizable read must wait for.
+    pub(crate) async fn read_index_as_leader(&self) -> Result<u64, LeaderWriteError> {
+        match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                Err(LeaderWriteError::NotLeader)
+            }
+            Err(RaftError::APIError(e)) => Err(LeaderWriteError::Failed(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(LeaderWriteError::Stopped),
+        }
+    }
+
+    /// Wait until this member has applied everything committed before the call began.
+    pub(super) async fn read_barrier(&self) -> Result<(), NodeError> {
+        loop {
+            let (leader_id, leader) = self.leader().await?;
+            let index = if leader_id == self.member_id {
+                match self.read_index_as_leader().await {
+                    Ok(index) => index,
+                    Err(LeaderWriteError::Stopped) => return Err(NodeError::Stopped),
+                    // Not (or no longer) leader, or no quorum answered in time: try again.
+                    Err(_) => {
+                        rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+                        continue;
+                    }
+                }
+            } else {
+                let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
+                match client.read_index(ReadIndexRequest {}).await {
+                    Ok(reply) if reply.get_ref().status == PeerStatus::Ok as i32 => {
+                        reply.into_inner().index
+                    }
+                    // Reads are safe to repeat.
+                    _ => {
+                        rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+                        continue;
+                    }
+                }
+            };
+            self.raft
+                .wait(Some(self.config.request_timeout))
+                .applied_index_at_least(Some(index), "applied up to the read index")
+                .await
+                .map_err(|_| NodeError::Timeout)?;
+            return Ok(());
+        }
+    }
+
+    pub(super) async fn route_keep_alive(self: &Arc<Self>, id: i64) -> Result<i64, NodeError> {
+        loop {
+            let (leader_id, leader) = self.leader().await?;
+            if leader_id == self.member_id {
+                if let Some(ttl) = self.keep_alive_as_leader(id) {
+                    return Ok(ttl);
+                }
+            } else {
+                let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
+                if let Ok(reply) = client.lease_keep_alive(LeaseRequest { id }).await {
+                    if reply.get_ref().status == PeerStatus::Ok as i32 {
+                        return Ok(reply.into_inner().ttl);
+                    }
+                }
+            }
+            // A renewal is safe to repeat.
+            rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+        }
+    }
+
+    pub(super) async fn route_time_to_live(
+        &self,
+        id: i64,
+    ) -> Result<Option<LeaseStatus>, NodeError> {
+        loop {
+            let (leader_id, leader) = self.leader().await?;
+            if leader_id == self.member_id {
+                if let Ok(status) = self.time_to_live_as_leader(id) {
+                    return Ok(status);
+                }
+            } else {
+                let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
+                if let Ok(reply) = client.lease_time_to_live(LeaseRequest { id }).await {
+                    let reply = reply.into_inner();
+                    if reply.status == PeerStatus::Ok as i32 {
+                        return Ok(reply.found.then_some(LeaseStatus {
+                            granted: reply.granted_ttl,
+                            remaining: reply.remaining_ttl,
+                            keys: reply.keys,
+                        }));
+                    }
+                }
+            }
+            rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+        }
+    }
+}
