@@ -29,15 +29,23 @@ fn spawn(engine: &str, data_dir: &Path, extra: &[String]) -> (Child, String) {
         "test",
         "--listen-client-urls",
         "http://127.0.0.1:0",
+        // A member alone needs no reachable peer URL; port 0 keeps parallel tests apart.
+        "--listen-peer-urls",
+        "http://127.0.0.1:0",
         "--engine",
         engine,
     ])
     .arg("--data-dir")
     .arg(data_dir)
-    .args(extra)
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    .args(extra);
+    start_process(cmd)
+}
+
+/// Run a prepared `metastore` command and wait for its client listening line.
+fn start_process(mut cmd: Command) -> (Child, String) {
+    cmd.env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn metastore");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -123,5 +131,196 @@ pub fn grpc(err: etcd_client::Error) -> (tonic::Code, String) {
     match err {
         etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
         other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// A free loopback port (bound, then released: good enough between tests of one run).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One process of a [`TestCluster`].
+pub struct ClusterMember {
+    child: Option<Child>,
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    initial_cluster: String,
+    state: &'static str,
+}
+
+impl ClusterMember {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_metastore"));
+        let client = self.endpoint();
+        let peer = self.peer_url();
+        cmd.args(["--name", &self.name, "--engine", "rocksdb"])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", self.state])
+            .arg("--data-dir")
+            .arg(&self.data_dir);
+        let (child, _) = start_process(cmd);
+        self.child = Some(child);
+    }
+
+    /// SIGKILL the process and wait for it to die.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the process again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// A connected etcd-client for this member only.
+    pub async fn client(&self) -> etcd_client::Client {
+        let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(10));
+        etcd_client::Client::connect([self.endpoint()], Some(opts))
+            .await
+            .expect("connect")
+    }
+}
+
+impl Drop for ClusterMember {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Real member processes on loopback ports, RocksDB each, founded together.
+pub struct TestCluster {
+    pub members: Vec<ClusterMember>,
+    tmp: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Start `n` members named m0, m1, ... as one new cluster.
+    pub fn start(n: usize) -> TestCluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<ClusterMember> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| ClusterMember {
+                child: None,
+                name: format!("m{i}"),
+                client_port: *client,
+                peer_port: *peer,
+                data_dir: tmp.path().join(format!("m{i}")),
+                initial_cluster: initial_cluster.clone(),
+                state: "new",
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn();
+        }
+        TestCluster { members, tmp }
+    }
+
+    /// Start a process for a member that `member add` put into the cluster: `--initial-cluster`
+    /// lists the running members plus this one, state `existing`.
+    pub fn start_joining(&mut self, name: &str, peer_port: u16) -> usize {
+        let mut initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        initial.push(format!("{name}=http://127.0.0.1:{peer_port}"));
+        let mut m = ClusterMember {
+            child: None,
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port,
+            data_dir: self.tmp.path().join(name),
+            initial_cluster: initial.join(","),
+            state: "existing",
+        };
+        m.spawn();
+        self.members.push(m);
+        self.members.len() - 1
+    }
+
+    /// Every running member's client endpoint.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| m.endpoint())
+            .collect()
+    }
+
+    /// `host:port,...` of the running members for etcdctl.
+    pub fn etcdctl_endpoints(&self) -> String {
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| m.host_port())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the member that leads now, as the running members report it (bounded wait).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for (i, m) in self.members.iter().enumerate() {
+                if !m.is_running() {
+                    continue;
+                }
+                let mut c = m.client().await;
+                if let Ok(status) = c.status().await {
+                    let leader = status.leader();
+                    if leader != 0 && status.header().map(|h| h.member_id()) == Some(leader) {
+                        return i;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no member reported itself leader within 30 s");
     }
 }
