@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub watch_progress_interval: Duration,
     /// Period of lease remaining-TTL checkpoints (`--experimental-lease-checkpoint-interval`).
     pub lease_checkpoint_interval: Duration,
+    /// Applied entries between raft snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
 }
 
 /// A configuration value that cannot be used.
@@ -105,6 +107,7 @@ impl Default for ServerConfig {
             request_timeout: limits::REQUEST_TIMEOUT,
             watch_progress_interval: limits::WATCH_PROGRESS_INTERVAL_DEFAULT,
             lease_checkpoint_interval: limits::LEASE_CHECKPOINT_INTERVAL_DEFAULT,
+            snapshot_count: limits::SNAPSHOT_COUNT_DEFAULT,
         }
     }
 }
@@ -160,6 +163,7 @@ impl ServerConfig {
             0,
             limits::QUOTA_BACKEND_BYTES_MAX,
         )?;
+        range("snapshot-count", self.snapshot_count, 1, u64::MAX)?;
         range(
             "experimental-watch-progress-notify-interval (ms)",
             self.watch_progress_interval.as_millis() as u64,

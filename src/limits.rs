@@ -103,11 +103,12 @@ pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest snapshot a member accepts (bounds the memory of an install).
 pub const SNAPSHOT_MAX_BYTES: usize = 8 * 1024 * 1024 * 1024;
 
-/// Applied entries between two snapshots; the log before a snapshot is purged, less
-/// [`RAFT_LOGS_KEPT_AFTER_SNAPSHOT`] kept for followers that are only a little behind.
-pub const RAFT_SNAPSHOT_EVERY_LOGS: u64 = 10_000;
+/// Default `--snapshot-count`: applied entries between two snapshots. The log before a snapshot
+/// is purged, less up to [`RAFT_LOGS_KEPT_AFTER_SNAPSHOT`] entries kept for followers that are
+/// only a little behind (a follower further behind receives the snapshot).
+pub const SNAPSHOT_COUNT_DEFAULT: u64 = 10_000;
 
-/// Entries kept below the last snapshot.
+/// Most entries kept below the last snapshot (never more than half of `--snapshot-count`).
 pub const RAFT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.

@@ -42,6 +42,9 @@ async fn converged_hashes(cluster: &TestCluster) -> Vec<(u32, i64)> {
     }
 }
 
+/// Keys written before a learner joins (several snapshots' worth).
+const PRE_JOIN_KEYS: usize = 200;
+
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -267,10 +270,12 @@ async fn leader_kill_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_joins_is_promoted_and_members_are_removed() {
-    let mut cluster = TestCluster::start(3);
+    // Snapshots every 50 entries: by the time the learner joins, the log it would need is purged,
+    // so it must be sent a snapshot.
+    let mut cluster = TestCluster::start_with(3, &["--snapshot-count", "50"]);
     cluster.leader().await;
     let mut c = cluster.members[0].client().await;
-    for i in 0..20 {
+    for i in 0..PRE_JOIN_KEYS {
         c.put(format!("pre-{i}"), "v", None).await.expect("put");
     }
     let peer_port = common::free_port();
@@ -307,7 +312,7 @@ async fn learner_joins_is_promoted_and_members_are_removed() {
                 Some(GetOptions::new().with_prefix().with_serializable()),
             )
             .await;
-        if got.is_ok_and(|g| g.kvs().len() == 20) {
+        if got.is_ok_and(|g| g.kvs().len() == PRE_JOIN_KEYS) {
             break;
         }
         assert!(Instant::now() < deadline, "the learner did not catch up");

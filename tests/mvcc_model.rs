@@ -246,7 +246,10 @@ fn model_step(m: &mut Model, op: &Op) -> Outcome {
 }
 
 fn real_step(s: &mut MvccStore, op: &Op) -> Outcome {
-    let cmd = |op| Command { op: Some(op) };
+    let cmd = |op| Command {
+        op: Some(op),
+        ..Default::default()
+    };
     let put = |key: usize, value: Vec<u8>| PutRequest {
         key: KEYS[key].into(),
         value,

@@ -15,7 +15,13 @@ fn store() -> MvccStore {
 }
 
 fn run(s: &mut MvccStore, op: command::Op) -> Result<Applied, ApplyError> {
-    let (applied, batch) = apply(s, Command { op: Some(op) })?;
+    let (applied, batch) = apply(
+        s,
+        Command {
+            op: Some(op),
+            ..Default::default()
+        },
+    )?;
     s.engine().write(batch, Durability::Sync).expect("write");
     s.mark_flushed();
     Ok(applied)

@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// Period of lease remaining-TTL checkpoints through raft (e.g. 5m, 500ms).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub experimental_lease_checkpoint_interval: std::time::Duration,
+    /// Number of committed transactions to trigger a snapshot to disk (and purge the log before it).
+    #[arg(long, default_value_t = limits::SNAPSHOT_COUNT_DEFAULT)]
+    pub snapshot_count: u64,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -132,6 +135,7 @@ impl ServeArgs {
             request_timeout: limits::REQUEST_TIMEOUT,
             watch_progress_interval: self.experimental_watch_progress_notify_interval,
             lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
+            snapshot_count: self.snapshot_count,
         };
         cfg.validate()?;
         Ok(cfg)

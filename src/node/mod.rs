@@ -116,8 +116,9 @@ impl Node {
             election_timeout_min: limits::ELECTION_TIMEOUT_MS,
             election_timeout_max: limits::ELECTION_TIMEOUT_MS * 2,
             max_payload_entries: limits::RAFT_MAX_PAYLOAD_ENTRIES,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(limits::RAFT_SNAPSHOT_EVERY_LOGS),
-            max_in_snapshot_log_to_keep: limits::RAFT_LOGS_KEPT_AFTER_SNAPSHOT,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: limits::RAFT_LOGS_KEPT_AFTER_SNAPSHOT
+                .min(config.snapshot_count / 2),
             ..Default::default()
         }
         .validate()
@@ -624,7 +625,7 @@ mod group_commit_tests {
 
     use super::*;
     use crate::pb::etcdserverpb::PutRequest;
-    use crate::storage::{Engine, MemoryEngine, Visitor};
+    use crate::storage::{Durability, Engine, Keyspace, MemoryEngine, Visitor, WriteBatch};
 
     /// Counts synced writes on the way to a memory engine; can make them stall like a dying disk.
     struct CountingEngine {

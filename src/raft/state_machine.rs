@@ -49,6 +49,8 @@ pub struct Shared {
     /// Requests of this member forwarded to the leader, waiting for their local apply, by sequence
     /// number.
     waiters: Mutex<BTreeMap<u64, oneshot::Sender<Outcome>>>,
+    /// The newest snapshot built or installed (what a lagging follower is sent).
+    snapshot: Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>,
 }
 
 /// A registered wait for the local apply of a forwarded command; unregisters itself when dropped.
@@ -82,6 +84,10 @@ impl Shared {
     /// The engine under the store.
     pub fn engine(&self) -> &SharedEngine {
         &self.engine
+    }
+
+    fn snapshot_lock(&self) -> std::sync::MutexGuard<'_, Option<(SnapshotMeta, Arc<Vec<u8>>)>> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn waiters_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<Outcome>>> {
@@ -120,7 +126,6 @@ impl Shared {
 /// The state machine handed to openraft.
 pub struct StateMachine {
     shared: Arc<Shared>,
-    current_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 impl StateMachine {
@@ -134,8 +139,8 @@ impl StateMachine {
                 watch,
                 member_id,
                 waiters: Mutex::new(BTreeMap::new()),
+                snapshot: Mutex::new(None),
             }),
-            current_snapshot: None,
         })
     }
 
@@ -306,18 +311,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         );
         self.shared.engine.write(batch, Durability::Sync)?;
         *mvcc = MvccStore::open(self.shared.engine.clone()).map_err(io::Error::other)?;
-        self.current_snapshot = Some((meta.clone(), bytes));
+        *self.shared.snapshot_lock() = Some((meta.clone(), Arc::new(bytes)));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self
-            .current_snapshot
-            .as_ref()
-            .map(|(meta, bytes)| Snapshot {
-                meta: meta.clone(),
-                snapshot: io::Cursor::new(bytes.clone()),
-            }))
+        if let Some((meta, bytes)) = self.shared.snapshot_lock().clone() {
+            return Ok(Some(Snapshot {
+                meta,
+                snapshot: io::Cursor::new(bytes.to_vec()),
+            }));
+        }
+        // Not kept across restarts: a snapshot of the current state serves as well (it covers
+        // everything applied, and the log is only ever purged below an applied snapshot).
+        if self
+            .read_meta::<Option<LogId>>(APPLIED_KEY)?
+            .flatten()
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let mut builder = self.get_snapshot_builder().await;
+        builder.build_snapshot().await.map(Some)
     }
 }
 
@@ -332,13 +347,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let sm = StateMachine {
             shared: self.shared.clone(),
-            current_snapshot: None,
         };
         let (applied, membership, bytes) = sm.image()?;
         let meta = SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,
         };
+        *self.shared.snapshot_lock() = Some((meta.clone(), Arc::new(bytes.clone())));
         Ok(Snapshot {
             meta,
             snapshot: io::Cursor::new(bytes),

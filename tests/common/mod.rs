@@ -152,6 +152,7 @@ pub struct ClusterMember {
     pub data_dir: PathBuf,
     initial_cluster: String,
     state: &'static str,
+    extra: Vec<String>,
 }
 
 impl ClusterMember {
@@ -186,6 +187,7 @@ impl ClusterMember {
             ])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", self.state])
+            .args(&self.extra)
             .arg("--data-dir")
             .arg(&self.data_dir);
         let (child, _) = start_process(cmd);
@@ -229,11 +231,18 @@ impl Drop for ClusterMember {
 pub struct TestCluster {
     pub members: Vec<ClusterMember>,
     tmp: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl TestCluster {
     /// Start `n` members named m0, m1, ... as one new cluster.
     pub fn start(n: usize) -> TestCluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Start `n` members with extra flags (given to members that join later too).
+    pub fn start_with(n: usize, extra: &[&str]) -> TestCluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let tmp = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial_cluster = ports
@@ -253,12 +262,17 @@ impl TestCluster {
                 data_dir: tmp.path().join(format!("m{i}")),
                 initial_cluster: initial_cluster.clone(),
                 state: "new",
+                extra: extra.clone(),
             })
             .collect();
         for m in &mut members {
             m.spawn();
         }
-        TestCluster { members, tmp }
+        TestCluster {
+            members,
+            tmp,
+            extra,
+        }
     }
 
     /// Start a process for a member that `member add` put into the cluster: `--initial-cluster`
@@ -278,6 +292,7 @@ impl TestCluster {
             data_dir: self.tmp.path().join(name),
             initial_cluster: initial.join(","),
             state: "existing",
+            extra: self.extra.clone(),
         };
         m.spawn();
         self.members.push(m);
