@@ -253,3 +253,10 @@ fn partition_and_power_cut_lose_nothing_and_members_agree() {
         );
     }
 }
+
+#[test]
+fn madsim_determinism_check() {
+    Runtime::check_determinism(seeds()[0], madsim::Config::default(), || async {
+        scenario(seeds()[0], Trace::new()).await;
+    });
+}
