@@ -149,6 +149,33 @@ async fn every_member_serves_reads_and_writes() {
     let (ok, text) = etcdctl(&cluster.etcdctl_endpoints(), &["endpoint", "health"]);
     assert!(ok, "{text}");
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
+    // Leadership moves where etcdctl asks (it sends MoveLeader to the current leader).
+    let leader = cluster.leader().await;
+    let target = (leader + 1) % 3;
+    let (_, list) = etcdctl(&cluster.etcdctl_endpoints(), &["member", "list"]);
+    let target_id = list
+        .lines()
+        .find(|l| l.contains(&format!(", {}, ", cluster.members[target].name)))
+        .and_then(|l| l.split(',').next())
+        .expect("target id")
+        .to_string();
+    let (ok, text) = etcdctl(&cluster.etcdctl_endpoints(), &["move-leader", &target_id]);
+    assert!(ok, "move-leader: {text}");
+    assert_eq!(cluster.leader().await, target, "{text}");
+    // Asked of a member that does not lead, MoveLeader fails as etcd's does.
+    let mut old = cluster.members[leader].client().await;
+    let id = u64::from_str_radix(&target_id, 16).expect("hex id");
+    let err = old
+        .move_leader(id)
+        .await
+        .expect_err("only the leader moves leadership");
+    assert_eq!(
+        common::grpc(err),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: not leader".to_string()
+        )
+    );
     converged_hashes(&cluster).await;
 }
 

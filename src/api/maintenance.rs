@@ -1,6 +1,5 @@
-//! The `etcdserverpb.Maintenance` service. Served so far: Status, HashKV and Alarm GET; the rest
-//! answer "unimplemented" until the maintenance work lands (Snapshot, Defragment, Alarm changes,
-//! MoveLeader, Hash, Downgrade).
+//! The `etcdserverpb.Maintenance` service: Status, HashKV, Alarm, Defragment, MoveLeader. Snapshot
+//! and Hash answer "unimplemented" until they land; Downgrade is not offered (etcd 3.5+ only).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,15 +11,16 @@ use crate::node::Node;
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
 
 /// The etcd API version MetaStore speaks; clients compare it to enable features.
 pub const API_VERSION: &str = "3.5.0";
 
-/// Serves Status, HashKV and Alarm.
+/// Serves the maintenance calls.
 pub struct MaintenanceService {
     node: Arc<Node>,
 }
@@ -39,13 +39,34 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        match request.get_ref().action() {
-            // No alarm is ever raised yet, so the list is truthfully empty.
-            AlarmAction::Get => Ok(Response::new(AlarmResponse {
-                header: Some(self.node.header(self.node.current_revision())),
-                alarms: Vec::new(),
-            })),
-            _ => Err(Status::unimplemented("alarm changes are not supported yet")),
+        let req = request.into_inner();
+        match req.action() {
+            AlarmAction::Get => {
+                // etcd lists the alarms of the given member and type, 0/NONE meaning all.
+                let alarms = self
+                    .node
+                    .alarms()
+                    .into_iter()
+                    .filter(|(m, a)| {
+                        (req.member_id == 0 || *m == req.member_id)
+                            && (req.alarm == AlarmType::None as i32 || *a == req.alarm)
+                    })
+                    .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
+                    .collect();
+                Ok(Response::new(AlarmResponse {
+                    header: Some(self.node.header(self.node.current_revision())),
+                    alarms,
+                }))
+            }
+            AlarmAction::Activate | AlarmAction::Deactivate => {
+                let mut resp = self.node.change_alarm(req).await?;
+                let revision = resp
+                    .header
+                    .map(|h| h.revision)
+                    .unwrap_or_else(|| self.node.current_revision());
+                resp.header = Some(self.node.header(revision));
+                Ok(Response::new(resp))
+            }
         }
     }
 
@@ -76,7 +97,10 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(Status::unimplemented("defragment is not supported yet"))
+        self.node.defragment().await?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.node.header(self.node.current_revision())),
+        }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -108,9 +132,12 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented("move-leader is not supported yet"))
+        self.node.move_leader(request.get_ref().target_id).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.node.header(self.node.current_revision())),
+        }))
     }
 
     async fn downgrade(

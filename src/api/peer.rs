@@ -202,6 +202,15 @@ impl Peer for PeerService {
         Ok(Response::new(crate::node::membership_reply(result)))
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let req = decode(&request.get_ref().data).map_err(bad_payload)?;
+        let result = self.node.raft().handle_transfer_leader(req).await;
+        reply(result.map_err(|e| e.to_string()))
+    }
+
     async fn members(
         &self,
         _request: Request<MembersRequest>,

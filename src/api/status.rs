@@ -78,7 +78,9 @@ impl From<MembershipError> for Status {
             MembershipError::PeerUrlExists
             | MembershipError::LearnerNotReady
             | MembershipError::NotLearner
-            | MembershipError::NotEnoughStarted => Code::FailedPrecondition,
+            | MembershipError::NotEnoughStarted
+            | MembershipError::NotLeader
+            | MembershipError::BadLeaderTransferee => Code::FailedPrecondition,
             MembershipError::BadUrls => Code::InvalidArgument,
             MembershipError::NoLeader | MembershipError::Timeout | MembershipError::Other(_) => {
                 Code::Unavailable

@@ -11,7 +11,8 @@ mod txn;
 pub use range::execute_range;
 
 use crate::mvcc::{MvccError, MvccStore, RangeEnd};
-use crate::pb::etcdserverpb::LeaseCheckpointResponse;
+use crate::pb::etcdserverpb::alarm_request::AlarmAction;
+use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseCheckpointResponse};
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnResponse,
@@ -61,6 +62,8 @@ pub enum Applied {
     LeaseCheckpoint(LeaseCheckpointResponse),
     /// A member's attributes were recorded.
     Publish,
+    /// An alarm was raised or cleared; the alarms it changed.
+    Alarm(AlarmResponse),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -150,6 +153,32 @@ pub fn apply(store: &mut MvccStore, cmd: Command) -> Result<(Applied, WriteBatch
             Ok((
                 Applied::LeaseCheckpoint(LeaseCheckpointResponse {
                     header: header(rev),
+                }),
+                batch,
+            ))
+        }
+        command::Op::Alarm(req) => {
+            let mut batch = WriteBatch::new();
+            let changed = vec![AlarmMember {
+                member_id: req.member_id,
+                alarm: req.alarm,
+            }];
+            let alarms = match req.action() {
+                AlarmAction::Activate => {
+                    crate::cluster::put_alarm(&mut batch, req.member_id, req.alarm);
+                    changed
+                }
+                AlarmAction::Deactivate => {
+                    crate::cluster::delete_alarm(&mut batch, req.member_id, req.alarm);
+                    changed
+                }
+                AlarmAction::Get => Vec::new(),
+            };
+            let rev = store.current_revision();
+            Ok((
+                Applied::Alarm(AlarmResponse {
+                    header: header(rev),
+                    alarms,
                 }),
                 batch,
             ))

@@ -169,6 +169,40 @@ pub fn read_attributes(
     Ok(out)
 }
 
+/// Prefix of raised alarms in the `Meta` keyspace: `alarm/<member id hex>/<alarm type>`.
+const ALARMS_PREFIX: &[u8] = b"alarm/";
+
+fn alarm_key(member_id: u64, alarm: i32) -> Vec<u8> {
+    format!("alarm/{member_id:016x}/{alarm}").into_bytes()
+}
+
+/// Raise an alarm (applied from the log).
+pub fn put_alarm(batch: &mut WriteBatch, member_id: u64, alarm: i32) {
+    batch.put(Keyspace::Meta, alarm_key(member_id, alarm), Vec::new());
+}
+
+/// Clear an alarm (applied from the log).
+pub fn delete_alarm(batch: &mut WriteBatch, member_id: u64, alarm: i32) {
+    batch.delete(Keyspace::Meta, alarm_key(member_id, alarm));
+}
+
+/// Every raised alarm as `(member id, alarm type)`, in order.
+pub fn read_alarms(engine: &dyn Engine) -> Result<Vec<(u64, i32)>, StorageError> {
+    let mut out = Vec::new();
+    let mut end = ALARMS_PREFIX.to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    engine.scan(Keyspace::Meta, ALARMS_PREFIX, Some(&end), &mut |k, _| {
+        let text = String::from_utf8_lossy(&k[ALARMS_PREFIX.len()..]).into_owned();
+        if let Some((member, alarm)) = text.split_once('/') {
+            if let (Ok(m), Ok(a)) = (u64::from_str_radix(member, 16), alarm.parse()) {
+                out.push((m, a));
+            }
+        }
+        true
+    })?;
+    Ok(out)
+}
+
 /// One member as `MemberList` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
@@ -213,6 +247,10 @@ pub enum MembershipError {
     NotEnoughStarted,
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("{0}")]

@@ -160,6 +160,31 @@ impl Node {
         }
     }
 
+    /// Hand leadership to voter `to` and wait (bounded) until it leads. Only the leader can.
+    pub async fn move_leader(&self, to: u64) -> Result<(), NodeError> {
+        if !self.is_leader() {
+            return Err(MembershipError::NotLeader.into());
+        }
+        let is_voter = self.members().iter().any(|m| m.id == to && !m.is_learner);
+        if !is_voter {
+            return Err(MembershipError::BadLeaderTransferee.into());
+        }
+        if to == self.member_id {
+            return Ok(());
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        self.raft
+            .wait(Some(self.config.request_timeout))
+            .metrics(|m| m.current_leader == Some(to), "leadership moved")
+            .await
+            .map_err(|_| NodeError::Timeout)?;
+        Ok(())
+    }
+
     /// A learner may be promoted once it is within [`limits::LEARNER_PROMOTE_MAX_LAG`] entries of
     /// the leader's log (etcd asks for 90% of the leader's progress).
     fn learner_caught_up(&self, id: u64) -> bool {

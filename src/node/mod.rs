@@ -19,6 +19,8 @@ use prost::Message;
 use crate::apply::{self, Applied, ApplyError};
 use crate::config::ServerConfig;
 use crate::limits;
+use crate::pb::etcdserverpb::alarm_request::AlarmAction;
+use crate::pb::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType};
 use crate::pb::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, RangeRequest, RangeResponse, ResponseHeader,
@@ -29,7 +31,7 @@ use crate::raft::network::{Network, PeerChannels};
 use crate::raft::state_machine::{Shared, StateMachine};
 use crate::raft::Raft;
 use crate::rt;
-use crate::storage::{SharedEngine, StorageError};
+use crate::storage::{Keyspace, SharedEngine, StorageError};
 use crate::watch::{HubMessage, WatchHub, WatchSpec, WatcherKey};
 
 /// Why a request could not be served. `api::status` maps each to etcd's gRPC status.
@@ -79,11 +81,14 @@ pub struct LeaseStatus {
 /// The backend size as last read, refreshed at most every [`limits::QUOTA_SIZE_REFRESH`].
 struct SizeCache {
     bytes: std::sync::atomic::AtomicU64,
+    nospace: std::sync::atomic::AtomicBool,
     refreshed_at: std::sync::Mutex<Option<rt::Instant>>,
 }
 
 /// A running member.
 pub struct Node {
+    /// Itself, weakly: for background work a request starts and does not wait for.
+    this: std::sync::Weak<Node>,
     raft: Raft,
     state: Arc<Shared>,
     watch: Arc<WatchHub>,
@@ -166,7 +171,8 @@ impl Node {
             state.clone(),
             config.watch_progress_interval,
         ));
-        let node = Arc::new(Node {
+        let node = Arc::new_cyclic(|this| Node {
+            this: this.clone(),
             raft,
             state,
             watch,
@@ -179,6 +185,7 @@ impl Node {
             config,
             backend_size: SizeCache {
                 bytes: std::sync::atomic::AtomicU64::new(0),
+                nospace: std::sync::atomic::AtomicBool::new(false),
                 refreshed_at: std::sync::Mutex::new(None),
             },
             channels,
@@ -256,8 +263,8 @@ impl Node {
         }
     }
 
-    /// The engine's size, at most [`limits::QUOTA_SIZE_REFRESH`] old.
-    fn backend_size_bytes(&self) -> u64 {
+    /// `(backend size, NOSPACE raised)`, at most [`limits::QUOTA_SIZE_REFRESH`] old.
+    fn quota_state(&self) -> (u64, bool) {
         use std::sync::atomic::Ordering;
         let mut refreshed_at = self
             .backend_size
@@ -270,15 +277,78 @@ impl Node {
         {
             self.backend_size
                 .bytes
-                .store(self.state.engine().size_bytes(), Ordering::SeqCst);
+                .store(self.db_size_bytes(), Ordering::SeqCst);
+            let nospace = self
+                .alarms()
+                .iter()
+                .any(|(_, a)| *a == AlarmType::Nospace as i32);
+            self.backend_size.nospace.store(nospace, Ordering::SeqCst);
             *refreshed_at = Some(now);
         }
-        self.backend_size.bytes.load(Ordering::SeqCst)
+        (
+            self.backend_size.bytes.load(Ordering::SeqCst),
+            self.backend_size.nospace.load(Ordering::SeqCst),
+        )
     }
 
-    /// The engine's size in bytes, read now.
+    /// Raise this member's NOSPACE alarm (in the background: the refused write does not wait).
+    fn raise_nospace(&self) {
+        let Some(node) = self.this.upgrade() else {
+            return;
+        };
+        rt::spawn(async move {
+            let req = AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: node.member_id,
+                alarm: AlarmType::Nospace as i32,
+            };
+            if let Err(e) = node.change_alarm(req).await {
+                tracing::warn!("cannot raise the NOSPACE alarm: {e}");
+            }
+        });
+    }
+
+    /// Forget the cached quota state (after a defragment or an alarm change).
+    fn refresh_quota_state(&self) {
+        *self
+            .backend_size
+            .refreshed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The backend's size in bytes, read now: the replicated state (keys, history, leases,
+    /// members), not the raft log, as etcd's db size does not count its WAL.
     pub fn db_size_bytes(&self) -> u64 {
-        self.state.engine().size_bytes()
+        let engine = self.state.engine();
+        engine.keyspace_bytes(Keyspace::Meta) + engine.keyspace_bytes(Keyspace::Kv)
+    }
+
+    /// Every raised alarm as `(member id, alarm type)`.
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        crate::cluster::read_alarms(self.state.engine().as_ref()).unwrap_or_default()
+    }
+
+    /// Raise or clear an alarm through raft.
+    pub async fn change_alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, NodeError> {
+        let applied = self.propose(command::Op::Alarm(req)).await;
+        self.refresh_quota_state();
+        match applied? {
+            Applied::Alarm(resp) => Ok(resp),
+            other => Err(NodeError::Raft(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
+    /// Give the engine's free space back (etcd's defragment) on this member.
+    pub async fn defragment(&self) -> Result<(), NodeError> {
+        let engine = self.state.engine().clone();
+        rt::spawn_blocking(move || engine.defragment())
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))??;
+        self.refresh_quota_state();
+        Ok(())
     }
 
     /// Raft's view of this member, for `Status`.
@@ -313,7 +383,11 @@ impl Node {
     /// applied it. A follower forwards the command to the leader. If the caller is dropped (client
     /// gone) the wait ends with it; the entry may still commit.
     pub async fn propose(&self, op: command::Op) -> Result<Applied, NodeError> {
-        let writes_data = matches!(op, command::Op::Put(_) | command::Op::Txn(_));
+        // What a NOSPACE alarm stops, as in etcd: writes that can grow the backend.
+        let writes_data = matches!(
+            op,
+            command::Op::Put(_) | command::Op::Txn(_) | command::Op::LeaseGrant(_)
+        );
         let cmd = Command {
             op: Some(op),
             proposer_id: 0,
@@ -323,8 +397,15 @@ impl Node {
         if size > self.config.max_request_bytes {
             return Err(NodeError::RequestTooLarge);
         }
-        if writes_data && self.backend_size_bytes() + size as u64 > self.config.quota_bytes() {
-            return Err(NodeError::NoSpace);
+        if writes_data {
+            let (backend, nospace) = self.quota_state();
+            if nospace {
+                return Err(NodeError::NoSpace);
+            }
+            if backend + size as u64 > self.config.quota_bytes() {
+                self.raise_nospace();
+                return Err(NodeError::NoSpace);
+            }
         }
         match rt::timeout(self.config.request_timeout, self.route_proposal(cmd)).await {
             Err(rt::Elapsed) => Err(NodeError::Timeout),
@@ -672,8 +753,11 @@ mod group_commit_tests {
         fn sync(&self) -> crate::storage::Result<()> {
             self.inner.sync()
         }
-        fn size_bytes(&self) -> u64 {
-            self.inner.size_bytes()
+        fn keyspace_bytes(&self, ks: Keyspace) -> u64 {
+            self.inner.keyspace_bytes(ks)
+        }
+        fn defragment(&self) -> crate::storage::Result<()> {
+            self.inner.defragment()
         }
         fn kind(&self) -> &'static str {
             "counting"

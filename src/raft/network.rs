@@ -163,6 +163,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         .await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, option.soft_ttl(), |mut c, p| async move {
+            c.transfer_leader(p).await
+        })
+        .await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

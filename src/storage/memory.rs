@@ -15,7 +15,7 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Clone, Default)]
 struct Maps {
     spaces: [Map; Keyspace::ALL.len()],
-    bytes: u64,
+    bytes: [u64; Keyspace::ALL.len()],
 }
 
 impl Maps {
@@ -25,13 +25,13 @@ impl Maps {
                 BatchOp::Put { ks, key, value } => {
                     let added = (key.len() + value.len()) as u64;
                     if let Some(old) = self.spaces[ks.index()].insert(key.clone(), value.clone()) {
-                        self.bytes -= (key.len() + old.len()) as u64;
+                        self.bytes[ks.index()] -= (key.len() + old.len()) as u64;
                     }
-                    self.bytes += added;
+                    self.bytes[ks.index()] += added;
                 }
                 BatchOp::Delete { ks, key } => {
                     if let Some(old) = self.spaces[ks.index()].remove(key) {
-                        self.bytes -= (key.len() + old.len()) as u64;
+                        self.bytes[ks.index()] -= (key.len() + old.len()) as u64;
                     }
                 }
                 BatchOp::DeleteRange { ks, start, end } => {
@@ -45,7 +45,7 @@ impl Maps {
                         .collect();
                     for key in doomed {
                         if let Some(old) = map.remove(&key) {
-                            self.bytes -= (key.len() + old.len()) as u64;
+                            self.bytes[ks.index()] -= (key.len() + old.len()) as u64;
                         }
                     }
                 }
@@ -174,8 +174,13 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    fn size_bytes(&self) -> u64 {
-        self.read().bytes
+    fn keyspace_bytes(&self, ks: Keyspace) -> u64 {
+        self.read().bytes[ks.index()]
+    }
+
+    fn defragment(&self) -> Result<()> {
+        // Deleted records are freed as they go: nothing to reclaim.
+        Ok(())
     }
 
     fn kind(&self) -> &'static str {

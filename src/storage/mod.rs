@@ -209,8 +209,19 @@ pub trait Engine: Send + Sync + 'static {
     /// Make every earlier buffered write durable.
     fn sync(&self) -> Result<()>;
 
-    /// Bytes the engine occupies (on disk, or in memory for the memory engine).
-    fn size_bytes(&self) -> u64;
+    /// Bytes keyspace `ks` occupies (on disk, or in memory for the memory engine).
+    fn keyspace_bytes(&self, ks: Keyspace) -> u64;
+
+    /// Bytes the engine occupies in all keyspaces.
+    fn size_bytes(&self) -> u64 {
+        Keyspace::ALL
+            .iter()
+            .map(|ks| self.keyspace_bytes(*ks))
+            .sum()
+    }
+
+    /// Give space held by deleted and overwritten records back (etcd's defragment). Blocks.
+    fn defragment(&self) -> Result<()>;
 
     /// A short name for logs and status ("rocksdb", "memory").
     fn kind(&self) -> &'static str;

@@ -112,23 +112,31 @@ impl Engine for RocksEngine {
         self.db.flush_wal(true).map_err(err)
     }
 
-    fn size_bytes(&self) -> u64 {
-        let mut total = 0u64;
+    fn keyspace_bytes(&self, ks: Keyspace) -> u64 {
+        let Ok(cf) = self.cf(ks) else { return 0 };
+        [
+            "rocksdb.total-sst-files-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ]
+        .iter()
+        .map(|prop| {
+            self.db
+                .property_int_value_cf(cf, *prop)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+        .sum()
+    }
+
+    fn defragment(&self) -> Result<()> {
+        // Flush and rewrite every keyspace so deleted and overwritten records leave the files.
         for ks in Keyspace::ALL {
-            let Ok(cf) = self.cf(ks) else { continue };
-            for prop in [
-                "rocksdb.total-sst-files-size",
-                "rocksdb.cur-size-all-mem-tables",
-            ] {
-                total += self
-                    .db
-                    .property_int_value_cf(cf, prop)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-            }
+            let cf = self.cf(ks)?;
+            self.db.flush_cf(cf).map_err(err)?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
-        total
+        Ok(())
     }
 
     fn kind(&self) -> &'static str {
