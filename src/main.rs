@@ -37,6 +37,7 @@ fn main() {
 async fn run(cli: Cli) {
     let result = match cli.command {
         Some(Command::Bench(args)) => metastore::cli::bench::run(args).await,
+        Some(Command::Snapshot(cmd)) => metastore::cli::snapshot::run(cmd),
         Some(Command::Serve(args)) => {
             init_logging(&args.log_level);
             metastore::cli::serve::run(args).await

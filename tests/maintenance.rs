@@ -105,3 +105,73 @@ async fn quota_alarm_round_trip() {
         assert!(ok, "{engine}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_save_and_restore_into_a_new_cluster() {
+    let server = Server::start("rocksdb");
+    let mut c = server.client().await;
+    for i in 0..100 {
+        c.put(format!("key-{i:03}"), format!("value-{i}"), None)
+            .await
+            .expect("put");
+    }
+    c.delete("key-050", None).await.expect("delete");
+    let head = c.put("key-000", "changed", None).await.expect("put");
+    let rev = head.header().unwrap().revision();
+    let hash = c.hash_kv(rev).await.expect("hashkv").hash();
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("backup.db");
+    let (ok, text) = etcdctl(&server, &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(ok && text.contains("Snapshot saved at"), "{text}");
+
+    // A damaged backup is refused; so is an existing data dir.
+    let mut damaged = std::fs::read(&file).expect("read backup");
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0xff;
+    let bad = tmp.path().join("bad.db");
+    std::fs::write(&bad, &damaged).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_metastore"))
+        .args(["snapshot", "restore"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(tmp.path().join("never"))
+        .output()
+        .expect("run restore");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+    let out = Command::new(env!("CARGO_BIN_EXE_metastore"))
+        .args(["snapshot", "restore"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .output()
+        .expect("run restore");
+    assert!(
+        !out.status.success(),
+        "restore into an existing dir must fail"
+    );
+
+    let cluster = common::TestCluster::start_restored(3, &file);
+    cluster.leader().await;
+    for m in &cluster.members {
+        let mut r = m.client().await;
+        let all = r
+            .get("key-", Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .expect("get");
+        assert_eq!(all.kvs().len(), 99, "{}", m.name);
+        assert_eq!(all.kvs()[0].value_str().unwrap(), "changed");
+        assert_eq!(all.kvs()[0].mod_revision(), rev);
+        let h = r.hash_kv(rev).await.expect("hashkv");
+        assert_eq!(
+            h.hash(),
+            hash,
+            "{}: the restored history hashes alike",
+            m.name
+        );
+    }
+    let mut w = cluster.members[0].client().await;
+    let next = w.put("after", "restore", None).await.expect("put");
+    assert_eq!(next.header().unwrap().revision(), rev + 1);
+}

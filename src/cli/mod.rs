@@ -1,8 +1,9 @@
-//! The `metastore` command line: `serve` (the default) and `bench`.
+//! The `metastore` command line: `serve` (the default), `bench` and `snapshot restore`.
 
 pub mod bench;
 mod bench_streams;
 pub mod serve;
+pub mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -30,4 +31,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Load-test any etcd-compatible endpoint (modelled on etcd's `benchmark` tool).
     Bench(bench::BenchArgs),
+    /// Backups: `snapshot restore FILE --data-dir DIR` builds a data dir from `etcdctl snapshot save`.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }

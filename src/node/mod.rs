@@ -341,6 +341,15 @@ impl Node {
         }
     }
 
+    /// A consistent backup of this member's replicated state (see `raft::backup`).
+    pub async fn backup(&self) -> Result<Vec<u8>, NodeError> {
+        let state = self.state.clone();
+        rt::spawn_blocking(move || crate::raft::backup::create(&state))
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
     /// Give the engine's free space back (etcd's defragment) on this member.
     pub async fn defragment(&self) -> Result<(), NodeError> {
         let engine = self.state.engine().clone();

@@ -11,6 +11,7 @@
 //!
 //! [`Engine`]: crate::storage::Engine
 
+pub mod backup;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

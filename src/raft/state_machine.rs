@@ -157,28 +157,64 @@ impl StateMachine {
     }
 
     fn image(&self) -> io::Result<(Option<LogId>, StoredMembership, Vec<u8>)> {
-        // Hold the read lock so the image is one consistent point of the state machine.
-        let _guard = self.shared.read();
+        self.shared.image()
+    }
+}
+
+/// Keys of the `Meta` keyspace that belong to one cluster's raft state, not to the data a backup
+/// carries into a new cluster.
+const CLUSTER_BOUND_META: [&[u8]; 4] = [APPLIED_KEY, MEMBERSHIP_KEY, b"member/", b"alarm/"];
+
+impl Shared {
+    /// One consistent image of the replicated state: the applied log id, the membership, and every
+    /// record of the `Meta` and `Kv` keyspaces (postcard).
+    pub fn image(&self) -> io::Result<(Option<LogId>, StoredMembership, Vec<u8>)> {
+        // Hold the read lock so the image is one point of the state machine.
+        let _guard = self.read();
         let mut image = SnapshotImage {
             meta: Vec::new(),
             kv: Vec::new(),
         };
-        self.shared
-            .engine
-            .scan(Keyspace::Meta, &[], None, &mut |k, v| {
-                image.meta.push((k.to_vec(), v.to_vec()));
-                true
-            })?;
-        self.shared
-            .engine
-            .scan(Keyspace::Kv, &[], None, &mut |k, v| {
-                image.kv.push((k.to_vec(), v.to_vec()));
-                true
-            })?;
-        let applied = self.read_meta::<Option<LogId>>(APPLIED_KEY)?.flatten();
-        let membership = self.read_meta(MEMBERSHIP_KEY)?.unwrap_or_default();
+        self.engine.scan(Keyspace::Meta, &[], None, &mut |k, v| {
+            image.meta.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        self.engine.scan(Keyspace::Kv, &[], None, &mut |k, v| {
+            image.kv.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        let read = |key: &[u8]| -> io::Result<Option<Vec<u8>>> {
+            Ok(self.engine.get(Keyspace::Meta, key)?)
+        };
+        let applied = match read(APPLIED_KEY)? {
+            Some(b) => decode::<Option<LogId>>(&b)?,
+            None => None,
+        };
+        let membership = match read(MEMBERSHIP_KEY)? {
+            Some(b) => decode(&b)?,
+            None => StoredMembership::default(),
+        };
         Ok((applied, membership, encode(&image)?))
     }
+}
+
+/// Write the data of a backup image (from [`Shared::image`]) into an empty engine, leaving out
+/// what belongs to the old cluster (applied index, membership, member attributes, alarms): the
+/// member started on it founds a new cluster with the same keys, history and leases.
+pub fn restore_image(engine: &dyn crate::storage::Engine, image: &[u8]) -> io::Result<usize> {
+    let image: SnapshotImage = decode(image)?;
+    let mut batch = WriteBatch::new();
+    for (k, v) in image.meta {
+        if !CLUSTER_BOUND_META.iter().any(|p| k.starts_with(p)) {
+            batch.put(Keyspace::Meta, k, v);
+        }
+    }
+    let records = image.kv.len();
+    for (k, v) in image.kv {
+        batch.put(Keyspace::Kv, k, v);
+    }
+    engine.write(batch, Durability::Sync)?;
+    Ok(records)
 }
 
 fn apply_one(

@@ -242,6 +242,16 @@ impl TestCluster {
 
     /// Start `n` members with extra flags (given to members that join later too).
     pub fn start_with(n: usize, extra: &[&str]) -> TestCluster {
+        Self::start_from(n, extra, None)
+    }
+
+    /// Start `n` members, each on a data dir restored from `backup` first (`metastore snapshot
+    /// restore`).
+    pub fn start_restored(n: usize, backup: &Path) -> TestCluster {
+        Self::start_from(n, &[], Some(backup))
+    }
+
+    fn start_from(n: usize, extra: &[&str], backup: Option<&Path>) -> TestCluster {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let tmp = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
@@ -266,6 +276,21 @@ impl TestCluster {
             })
             .collect();
         for m in &mut members {
+            if let Some(backup) = backup {
+                let out = Command::new(env!("CARGO_BIN_EXE_metastore"))
+                    .args(["snapshot", "restore"])
+                    .arg(backup)
+                    .args(["--name", &m.name])
+                    .arg("--data-dir")
+                    .arg(&m.data_dir)
+                    .output()
+                    .expect("metastore snapshot restore");
+                assert!(
+                    out.status.success(),
+                    "restore failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             m.spawn();
         }
         TestCluster {
