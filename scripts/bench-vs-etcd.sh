@@ -33,13 +33,13 @@ trap cleanup EXIT
 MEMBERS="${MEMBERS:-1}"
 etcd_cluster=""; ms_cluster=""; etcd_eps=""; ms_eps=""
 for i in $(seq 0 $((MEMBERS - 1))); do
-  etcd_cluster+="${etcd_cluster:+,}e$i=http://127.0.0.1:$((ETCD_PEER + 10 * i))"
-  ms_cluster+="${ms_cluster:+,}m$i=http://127.0.0.1:$((MS_PEER + 10 * i))"
-  etcd_eps+="${etcd_eps:+,}127.0.0.1:$((ETCD_PORT + 10 * i))"
-  ms_eps+="${ms_eps:+,}127.0.0.1:$((MS_PORT + 10 * i))"
+  etcd_cluster+="${etcd_cluster:+,}e$i=http://127.0.0.1:$((ETCD_PEER + 100 * i))"
+  ms_cluster+="${ms_cluster:+,}m$i=http://127.0.0.1:$((MS_PEER + 100 * i))"
+  etcd_eps+="${etcd_eps:+,}127.0.0.1:$((ETCD_PORT + 100 * i))"
+  ms_eps+="${ms_eps:+,}127.0.0.1:$((MS_PORT + 100 * i))"
 done
 for i in $(seq 0 $((MEMBERS - 1))); do
-  ec=$((ETCD_PORT + 10 * i)); ep=$((ETCD_PEER + 10 * i)); mc=$((MS_PORT + 10 * i)); mp=$((MS_PEER + 10 * i))
+  ec=$((ETCD_PORT + 100 * i)); ep=$((ETCD_PEER + 100 * i)); mc=$((MS_PORT + 100 * i)); mp=$((MS_PEER + 100 * i))
   "$ETCD" --name "e$i" --data-dir "$work/etcd$i" \
     --listen-client-urls "http://127.0.0.1:$ec" --advertise-client-urls "http://127.0.0.1:$ec" \
     --listen-peer-urls "http://127.0.0.1:$ep" --initial-advertise-peer-urls "http://127.0.0.1:$ep" \

@@ -42,6 +42,14 @@ async fn converged_hashes(cluster: &TestCluster) -> Vec<(u32, i64)> {
     }
 }
 
+/// What etcd answers a request caught in a leader change.
+const LEADER_LOSS_ERRORS: [&str; 4] = [
+    "etcdserver: leader changed",
+    "etcdserver: request timed out",
+    "etcdserver: no leader",
+    "etcdserver: request timed out, possibly due to previous leader failure",
+];
+
 /// Keys written before a learner joins (several snapshots' worth).
 const PRE_JOIN_KEYS: usize = 200;
 
@@ -206,11 +214,28 @@ async fn leader_kill_loses_nothing_acknowledged() {
                         let rev = r.header().expect("header").revision();
                         acked.lock().unwrap().insert(k, (v, rev));
                     }
-                    // The member we talk to may be the one killed, or the leader may be changing.
-                    Err(_) => {
+                    // The member we talk to may be the one killed, or the leader may be changing:
+                    // the server's answer is then one of etcd's leader-loss errors.
+                    Err(etcd_client::Error::GRpcStatus(status))
+                        if status.code() == tonic::Code::Unavailable
+                            && LEADER_LOSS_ERRORS.contains(&status.message()) =>
+                    {
                         errors += 1;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                    // The client lost its connection (its member was killed).
+                    Err(etcd_client::Error::GRpcStatus(status))
+                        if status.code() == tonic::Code::Unavailable
+                            && !status.message().starts_with("etcdserver:") =>
+                    {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(etcd_client::Error::TransportError(_)) => {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(other) => panic!("a write failed with an unexpected error: {other:?}"),
                 }
             }
             errors

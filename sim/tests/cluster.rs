@@ -136,7 +136,7 @@ async fn scenario(seed: u64, trace: Trace) {
     let run = client.spawn(async move {
         let mut acked: BTreeMap<String, String> = BTreeMap::new();
         let mut n = 0usize;
-        let mut put = |acked: &mut BTreeMap<String, String>, n: &mut usize| {
+        let put = |acked: &mut BTreeMap<String, String>, n: &mut usize| {
             let key = format!("k{}", *n % 25);
             let value = format!("v{n}");
             *n += 1;

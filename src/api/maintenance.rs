@@ -137,7 +137,7 @@ impl Maintenance for MaintenanceService {
             .scan(0usize, |sent, chunk| {
                 *sent += chunk.len();
                 Some(Ok(SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: (total - *sent) as u64,
                     blob: chunk.to_vec(),
                     version: API_VERSION.to_string(),
