@@ -103,10 +103,10 @@ pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest snapshot a member accepts (bounds the memory of an install).
 pub const SNAPSHOT_MAX_BYTES: usize = 8 * 1024 * 1024 * 1024;
 
-/// Default `--snapshot-count`: applied entries between two snapshots. The log before a snapshot
+/// Default `--snapshot-count` (etcd's): applied entries between two snapshots. The log before a snapshot
 /// is purged, less up to [`RAFT_LOGS_KEPT_AFTER_SNAPSHOT`] entries kept for followers that are
 /// only a little behind (a follower further behind receives the snapshot).
-pub const SNAPSHOT_COUNT_DEFAULT: u64 = 10_000;
+pub const SNAPSHOT_COUNT_DEFAULT: u64 = 100_000;
 
 /// Most entries kept below the last snapshot (never more than half of `--snapshot-count`).
 pub const RAFT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;

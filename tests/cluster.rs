@@ -434,3 +434,51 @@ async fn learner_joins_is_promoted_and_members_are_removed() {
         .expect("put after remove");
     converged_hashes(&cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_leader_change_and_then_expire() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut f = cluster.members[follower].client().await;
+    let lease = f.lease_grant(6, None).await.expect("grant");
+    f.put("owned", "x", Some(PutOptions::new().with_lease(lease.id())))
+        .await
+        .expect("put with lease");
+    cluster.members[leader].kill9();
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    // The new leader resumes the lease from its TTL (never checkpointed here) plus one election
+    // timeout of grace: not expired early, not kept forever.
+    let ttl = f
+        .lease_time_to_live(lease.id(), None)
+        .await
+        .expect("ttl after the leader change");
+    assert!((5..=8).contains(&ttl.ttl()), "remaining TTL {}", ttl.ttl());
+    assert_eq!(f.get("owned", None).await.expect("get").kvs().len(), 1);
+    let granted_at = Instant::now();
+    let deadline = granted_at + Duration::from_secs(20);
+    loop {
+        if f.get("owned", None).await.expect("get").kvs().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease outlived the leader change by far"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        granted_at.elapsed() >= Duration::from_secs(3),
+        "the lease expired early after the leader change ({:?})",
+        granted_at.elapsed()
+    );
+    for m in cluster.members.iter().filter(|m| m.is_running()) {
+        let mut c = m.client().await;
+        let got = c
+            .get("owned", Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("get");
+        assert!(got.kvs().is_empty(), "{} still has the key", m.name);
+    }
+}

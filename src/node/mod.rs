@@ -133,20 +133,25 @@ impl Node {
         let state_machine = StateMachine::open(engine.clone(), watch.clone(), member_id)
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state = state_machine.shared();
+        let alone = identity
+            .founding
+            .as_ref()
+            .is_some_and(|f| f.len() == 1 && f.contains_key(&member_id));
+        let log_store = if alone {
+            LogStore::new(engine)
+        } else {
+            LogStore::with_background_sync(engine)
+        };
         let raft = Raft::new(
             member_id,
             Arc::new(raft_config),
             Network::new(channels.clone()),
-            LogStore::new(engine),
+            log_store,
             state_machine,
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let alone = identity
-            .founding
-            .as_ref()
-            .is_some_and(|f| f.len() == 1 && f.contains_key(&member_id));
         if let Some(founding) = identity.founding {
             if !raft
                 .is_initialized()

@@ -70,6 +70,16 @@ impl Node {
         Ok((id, node))
     }
 
+    /// Where to send a request: this member when it leads (checked without cloning raft's
+    /// metrics: the common case), else the leader it knows of.
+    async fn route_target(&self) -> Result<(u64, PeerNode), NodeError> {
+        if self.is_leader() {
+            Ok((self.member_id, PeerNode::default()))
+        } else {
+            self.leader().await
+        }
+    }
+
     /// Propose `cmd` on this member, which must lead. Runs the leader's side effects of the
     /// outcome (the lease clock) before returning.
     pub(crate) async fn write_as_leader(
@@ -108,8 +118,19 @@ impl Node {
     /// Route a command to the leader and return this member's outcome of applying it.
     pub(super) async fn route_proposal(&self, mut cmd: Command) -> Result<Applied, NodeError> {
         loop {
-            let (leader_id, leader) = self.leader().await?;
+            // The common case first, without waiting on (and cloning) raft's metrics.
+            let local = self.is_leader();
+            let (leader_id, leader) = if local {
+                (self.member_id, PeerNode::default())
+            } else {
+                self.leader().await?
+            };
             if leader_id == self.member_id {
+                if !local {
+                    // Raft names us leader but we are not (yet) serving as one.
+                    rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+                    continue;
+                }
                 cmd.proposer_id = 0;
                 cmd.request_seq = 0;
                 match self.write_as_leader(&cmd).await {
@@ -179,7 +200,7 @@ impl Node {
     /// Wait until this member has applied everything committed before the call began.
     pub(super) async fn read_barrier(&self) -> Result<(), NodeError> {
         loop {
-            let (leader_id, leader) = self.leader().await?;
+            let (leader_id, leader) = self.route_target().await?;
             let index = if leader_id == self.member_id {
                 match self.read_index_as_leader().await {
                     Ok(index) => index,
@@ -214,7 +235,7 @@ impl Node {
 
     pub(super) async fn route_keep_alive(self: &Arc<Self>, id: i64) -> Result<i64, NodeError> {
         loop {
-            let (leader_id, leader) = self.leader().await?;
+            let (leader_id, leader) = self.route_target().await?;
             if leader_id == self.member_id {
                 if let Some(ttl) = self.keep_alive_as_leader(id) {
                     return Ok(ttl);
@@ -237,7 +258,7 @@ impl Node {
         id: i64,
     ) -> Result<Option<LeaseStatus>, NodeError> {
         loop {
-            let (leader_id, leader) = self.leader().await?;
+            let (leader_id, leader) = self.route_target().await?;
             if leader_id == self.member_id {
                 if let Ok(status) = self.time_to_live_as_leader(id) {
                     return Ok(status);
