@@ -482,3 +482,38 @@ async fn leases_survive_a_leader_change_and_then_expire() {
         assert!(got.kvs().is_empty(), "{} still has the key", m.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_keep_serving_without_two() {
+    let mut cluster = TestCluster::start(5);
+    let leader = cluster.leader().await;
+    let other = (leader + 1) % 5;
+    let mut c = cluster.members[(leader + 2) % 5].client().await;
+    c.put("before", "v", None).await.expect("put");
+    cluster.members[leader].kill9();
+    cluster.members[other].kill9();
+    let new_leader = cluster.leader().await;
+    assert!(new_leader != leader && new_leader != other);
+    // Every survivor takes writes and serves linearizable reads.
+    for (i, m) in cluster.members.iter().enumerate() {
+        if !m.is_running() {
+            continue;
+        }
+        let mut c = m.client().await;
+        let key = format!("minority-lost-{i}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.put(key.as_str(), "v", None).await {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "{}: {e}", m.name),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let got = c.get("before", None).await.expect("linearizable get");
+        assert_eq!(got.kvs().len(), 1);
+    }
+    cluster.members[leader].restart();
+    cluster.members[other].restart();
+    let hashes = converged_hashes(&cluster).await;
+    assert_eq!(hashes.len(), 5);
+}

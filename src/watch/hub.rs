@@ -268,6 +268,21 @@ impl WatchHub {
         }
     }
 
+    /// Move every watcher to the unsynced group: the store under them was replaced (a snapshot was
+    /// installed), so the revisions in between reach them from storage, in order, or — if the new
+    /// store has compacted them — as a compaction cancel.
+    pub fn all_behind(&self) {
+        let mut state = self.lock();
+        let mut any = false;
+        for w in state.watchers.values_mut() {
+            any |= std::mem::replace(&mut w.synced, false);
+        }
+        drop(state);
+        if any {
+            self.behind.notify_one();
+        }
+    }
+
     /// One catch-up round: for each unsynced watcher, send its next batch from storage (or cancel
     /// it if its revisions were compacted). Runs under the store's read lock so apply cannot move
     /// the head meanwhile; a watcher that reaches the head joins the synced group atomically.
@@ -445,6 +460,40 @@ mod tests {
         assert_eq!(hub.watcher_count(), 2);
         assert_eq!(hub.remove_stream(1), 2);
         assert_eq!(hub.watcher_count(), 0);
+    }
+
+    #[test]
+    fn after_a_store_is_replaced_watchers_catch_up_from_it() {
+        let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
+        let hub = WatchHub::new();
+        let (tx, mut rx) = mpsc::channel(16);
+        let key = WatcherKey {
+            stream: 3,
+            watch_id: 0,
+        };
+        assert!(hub.add(key, spec("k", RangeEnd::Single), 2, 1, tx));
+        for i in 0..3u8 {
+            commit(&mut s, &hub, |t| drop(t.put(b"k", vec![i], 0)));
+        }
+        for want in [2, 3, 4] {
+            assert_eq!(revs(&rx.try_recv().unwrap()), vec![want]);
+        }
+        // Another store that went further (as an installed snapshot does): its revisions 5..=7
+        // never passed through this hub.
+        let mut installed = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
+        let elsewhere = WatchHub::new();
+        for i in 0..6u8 {
+            commit(&mut installed, &elsewhere, |t| {
+                drop(t.put(b"k", vec![i], 0))
+            });
+        }
+        hub.all_behind();
+        assert!(!hub.catch_up(&installed));
+        assert_eq!(
+            revs(&rx.try_recv().unwrap()),
+            vec![5, 6, 7],
+            "the skipped revisions, in order, none twice"
+        );
     }
 
     #[test]
