@@ -66,6 +66,11 @@ async fn quota_alarm_round_trip() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+        let (ok, text) = etcdctl(&server, &["endpoint", "status"]);
+        assert!(
+            ok && text.contains("alarm:NOSPACE"),
+            "{engine}: status lists the alarm: {text}"
+        );
         let small = c.put("small", "v", None).await;
         assert!(
             small.is_err(),

@@ -33,6 +33,19 @@ impl MaintenanceService {
     }
 }
 
+/// `Status.errors` as etcd fills it: "no leader" when there is none, then each raised alarm in its
+/// protobuf text form.
+fn status_errors(leader: u64, alarms: &[(u64, i32)]) -> Vec<String> {
+    let no_leader = (leader == 0).then(|| "etcdserver: no leader".to_string());
+    let alarms = alarms.iter().map(|(member_id, alarm)| {
+        let name = AlarmType::try_from(*alarm)
+            .map(|a| a.as_str_name())
+            .unwrap_or("UNKNOWN");
+        format!("memberID:{member_id} alarm:{name} ")
+    });
+    no_leader.into_iter().chain(alarms).collect()
+}
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -86,7 +99,7 @@ impl Maintenance for MaintenanceService {
             raft_index: s.last_log_index,
             raft_term: s.term,
             raft_applied_index: s.applied_index,
-            errors: Vec::new(),
+            errors: status_errors(s.leader, &self.node.alarms()),
             db_size_in_use: db_size,
             is_learner: self.node.is_learner(self.node.member_id()),
             storage_version: String::new(),
