@@ -145,16 +145,27 @@ async fn every_member_serves_reads_and_writes() {
             m.name
         );
     }
-    // Not `--cluster`: etcdctl 3.4 then dials the listed client URLs with the scheme in the HTTP/2
-    // :authority ("http://host:port"), which the h2 server refuses as malformed (a known gap).
-    let (ok, text) = etcdctl(&cluster.etcdctl_endpoints(), &["endpoint", "status"]);
+    // `--cluster` makes etcdctl 3.4 dial each listed client URL with the URL as HTTP/2
+    // :authority ("http://host:port"); the server must take it as etcd's does.
+    let (ok, text) = etcdctl(
+        &cluster.etcdctl_endpoints(),
+        &["endpoint", "status", "--cluster"],
+    );
     assert!(ok, "{text}");
     assert_eq!(
         text.matches(", true, false, ").count(),
         1,
         "one leader: {text}"
     );
-    let (ok, text) = etcdctl(&cluster.etcdctl_endpoints(), &["endpoint", "health"]);
+    let (ok, text) = etcdctl(
+        &cluster.etcdctl_endpoints(),
+        &["endpoint", "hashkv", "--cluster"],
+    );
+    assert!(ok && text.lines().count() == 3, "{text}");
+    let (ok, text) = etcdctl(
+        &cluster.etcdctl_endpoints(),
+        &["endpoint", "health", "--cluster"],
+    );
     assert!(ok, "{text}");
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
     // Leadership moves where etcdctl asks (it sends MoveLeader to the current leader).

@@ -86,8 +86,12 @@ pub async fn serve(
             on_bound(bound);
             // Our own listener (to learn the bound port) bypasses the builder's TCP options: set
             // TCP_NODELAY here, or small trailing HTTP/2 frames wait out Nagle + delayed ACK (~40 ms).
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = {
+                use futures::StreamExt;
+                tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map(|conn| conn.map(super::authority::AuthorityFix::new))
+            };
             let router = tonic::transport::Server::builder()
                 .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
                 .add_service(kv_server!(node))

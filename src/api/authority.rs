@@ -1,0 +1,487 @@
+//! Tolerating a URL in the HTTP/2 `:authority` of client requests.
+//!
+//! etcdctl 3.4 dials some endpoints directly with the whole client URL as gRPC target
+//! (`endpoint status --cluster`, `endpoint hashkv --cluster`, `endpoint health --cluster`), so its
+//! requests carry `:authority: http://host:port`. etcd's Go server ignores the authority; the h2
+//! server under tonic refuses such a stream as malformed (RST_STREAM, PROTOCOL_ERROR). So each
+//! client connection's bytes pass through [`AuthorityFix`]: it decodes the connection's first header
+//! block; if its authority is fine the connection is passed through untouched from then on (gRPC
+//! keeps one authority per connection), otherwise every header block of that connection is
+//! decoded with the client's HPACK state and re-encoded self-contained (literals without
+//! indexing, so the server's decoder table is never relied on) with the scheme stripped.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The client connection preface (RFC 9113 §3.4).
+const PREFACE_LEN: usize = 24;
+const FRAME_HEADER_LEN: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// Largest frame payload we emit (the HTTP/2 default SETTINGS_MAX_FRAME_SIZE).
+const MAX_FRAME: usize = 16_384;
+/// Largest header block we collect; beyond it the bytes go on untouched (h2 applies its own limits).
+const MAX_BLOCK: usize = 64 * 1024;
+
+enum Mode {
+    /// Waiting for the first header block.
+    Inspect,
+    /// The authority was fine: bytes go through as they come.
+    PassThrough,
+    /// The authority carried a scheme: header blocks are re-encoded.
+    Transcode,
+}
+
+/// A client connection whose request header blocks get a scheme-free `:authority`.
+pub struct AuthorityFix<S> {
+    inner: S,
+    mode: Mode,
+    preface_left: usize,
+    /// Bytes read from the client, not yet examined.
+    input: Vec<u8>,
+    /// Bytes ready for the server.
+    output: Vec<u8>,
+    output_pos: usize,
+    /// A header block spread over HEADERS + CONTINUATION frames: raw frames, fragments, flags.
+    pending: Option<PendingBlock>,
+    decoder: loona_hpack::Decoder<'static>,
+}
+
+struct PendingBlock {
+    raw: Vec<u8>,
+    fragment: Vec<u8>,
+    stream_id: u32,
+    end_stream: bool,
+}
+
+impl<S> AuthorityFix<S> {
+    /// Wrap an accepted connection.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            mode: Mode::Inspect,
+            preface_left: PREFACE_LEN,
+            input: Vec::new(),
+            output: Vec::new(),
+            output_pos: 0,
+            pending: None,
+            decoder: loona_hpack::Decoder::new(),
+        }
+    }
+
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Move whole frames from `input` to `output`, rewriting header blocks as the mode says.
+    fn process(&mut self) -> io::Result<()> {
+        let mut at = 0;
+        if self.preface_left > 0 {
+            let n = self.preface_left.min(self.input.len());
+            self.output.extend_from_slice(&self.input[..n]);
+            self.preface_left -= n;
+            at = n;
+        }
+        while matches!(self.mode, Mode::Inspect | Mode::Transcode) {
+            let rest = &self.input[at..];
+            if rest.len() < FRAME_HEADER_LEN {
+                break;
+            }
+            let len =
+                (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+            if rest.len() < FRAME_HEADER_LEN + len {
+                break;
+            }
+            let frame = rest[..FRAME_HEADER_LEN + len].to_vec();
+            at += frame.len();
+            self.frame(&frame)?;
+        }
+        if matches!(self.mode, Mode::PassThrough) {
+            // Whatever is left (a pending block included) goes on as it came.
+            if let Some(p) = self.pending.take() {
+                self.output.extend_from_slice(&p.raw);
+            }
+            self.output.extend_from_slice(&self.input[at..]);
+            at = self.input.len();
+        }
+        self.input.drain(..at);
+        Ok(())
+    }
+
+    fn frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        let kind = frame[3];
+        let flags = frame[4];
+        let stream_id = u32::from_be_bytes([frame[5] & 0x7f, frame[6], frame[7], frame[8]]);
+        let payload = &frame[FRAME_HEADER_LEN..];
+        match kind {
+            HEADERS => {
+                let Some(fragment) = header_fragment(flags, payload) else {
+                    return self.give_up(frame);
+                };
+                self.pending = Some(PendingBlock {
+                    raw: frame.to_vec(),
+                    fragment: fragment.to_vec(),
+                    stream_id,
+                    end_stream: flags & END_STREAM != 0,
+                });
+            }
+            CONTINUATION if self.pending.is_some() => {
+                let p = self.pending.as_mut().expect("checked");
+                p.raw.extend_from_slice(frame);
+                p.fragment.extend_from_slice(payload);
+                if p.fragment.len() > MAX_BLOCK {
+                    return self.give_up(&[]);
+                }
+            }
+            _ => {
+                self.output.extend_from_slice(frame);
+                return Ok(());
+            }
+        }
+        if flags & END_HEADERS != 0 {
+            let block = self.pending.take().expect("a block is pending");
+            self.block(block)?;
+        }
+        Ok(())
+    }
+
+    /// A whole header block arrived.
+    fn block(&mut self, block: PendingBlock) -> io::Result<()> {
+        let headers = match self.decoder.decode(&block.fragment) {
+            Ok(headers) => headers,
+            Err(_) => {
+                // Not ours to judge: let h2 see it as it came (unless we already rewrote blocks).
+                self.pending = Some(block);
+                return self.give_up(&[]);
+            }
+        };
+        let bad = headers
+            .iter()
+            .any(|(n, v)| n == b":authority" && v.windows(3).any(|w| w == b"://"));
+        match self.mode {
+            Mode::Inspect if !bad => {
+                self.output.extend_from_slice(&block.raw);
+                self.mode = Mode::PassThrough;
+                return Ok(());
+            }
+            Mode::Inspect => self.mode = Mode::Transcode,
+            _ => {}
+        }
+        let mut encoded = Vec::new();
+        for (name, value) in &headers {
+            let value = if name == b":authority" {
+                strip_scheme(value)
+            } else {
+                value.as_slice()
+            };
+            encoded.push(0x00); // literal header field without indexing, new name
+            encode_string(name, &mut encoded);
+            encode_string(value, &mut encoded);
+        }
+        write_header_frames(
+            &encoded,
+            block.stream_id,
+            block.end_stream,
+            &mut self.output,
+        );
+        Ok(())
+    }
+
+    /// Stop inspecting: pass everything through from here (or fail if blocks were rewritten,
+    /// since the server's view of the client's HPACK table would then be wrong).
+    fn give_up(&mut self, frame: &[u8]) -> io::Result<()> {
+        if matches!(self.mode, Mode::Transcode) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "undecodable HTTP/2 header block",
+            ));
+        }
+        self.mode = Mode::PassThrough;
+        if let Some(p) = self.pending.take() {
+            self.output.extend_from_slice(&p.raw);
+        }
+        self.output.extend_from_slice(frame);
+        Ok(())
+    }
+}
+
+/// The header block fragment of a HEADERS frame payload (without padding and priority).
+fn header_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
+    let mut start = 0;
+    let mut end = payload.len();
+    if flags & PADDED != 0 {
+        let pad = usize::from(*payload.first()?);
+        start += 1;
+        end = end.checked_sub(pad)?;
+    }
+    if flags & PRIORITY != 0 {
+        start += 5;
+    }
+    payload.get(start..end)
+}
+
+/// `http://host:port/...` → `host:port`.
+fn strip_scheme(value: &[u8]) -> &[u8] {
+    let text = value;
+    let after = match text.windows(3).position(|w| w == b"://") {
+        Some(i) => &text[i + 3..],
+        None => text,
+    };
+    match after.iter().position(|b| *b == b'/') {
+        Some(i) => &after[..i],
+        None => after,
+    }
+}
+
+/// An HPACK string literal without Huffman coding (RFC 7541 §5.2).
+fn encode_string(bytes: &[u8], out: &mut Vec<u8>) {
+    encode_integer(bytes.len(), 7, 0x00, out);
+    out.extend_from_slice(bytes);
+}
+
+/// An HPACK integer with an `prefix_bits`-bit prefix (RFC 7541 §5.1).
+fn encode_integer(mut value: usize, prefix_bits: u8, first_byte_flags: u8, out: &mut Vec<u8>) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.push(first_byte_flags | value as u8);
+        return;
+    }
+    out.push(first_byte_flags | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+fn write_header_frames(block: &[u8], stream_id: u32, end_stream: bool, out: &mut Vec<u8>) {
+    let mut chunks = block.chunks(MAX_FRAME).peekable();
+    let mut first = true;
+    if block.is_empty() {
+        push_frame(
+            out,
+            HEADERS,
+            END_HEADERS | if end_stream { END_STREAM } else { 0 },
+            stream_id,
+            &[],
+        );
+        return;
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let mut flags = if last { END_HEADERS } else { 0 };
+        let kind = if first {
+            if end_stream {
+                flags |= END_STREAM;
+            }
+            HEADERS
+        } else {
+            CONTINUATION
+        };
+        push_frame(out, kind, flags, stream_id, chunk);
+        first = false;
+    }
+}
+
+fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream_id: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.output_pos < this.output.len() {
+                let n = buf.remaining().min(this.output.len() - this.output_pos);
+                buf.put_slice(&this.output[this.output_pos..this.output_pos + n]);
+                this.output_pos += n;
+                if this.output_pos == this.output.len() {
+                    this.output.clear();
+                    this.output_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(this.mode, Mode::PassThrough)
+                && this.input.is_empty()
+                && this.pending.is_none()
+            {
+                // Nothing held back: read straight into the caller's buffer.
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut chunk = [0u8; 8192];
+            let mut chunk_buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut chunk_buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let filled = chunk_buf.filled();
+                    if filled.is_empty() {
+                        // End of stream: hand on whatever is left as it is.
+                        if let Some(p) = this.pending.take() {
+                            this.output.extend_from_slice(&p.raw);
+                        }
+                        this.output.append(&mut this.input);
+                        if this.output.is_empty() {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    this.input.extend_from_slice(filled);
+                    this.process()?;
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(not(madsim))]
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for AuthorityFix<S>
+{
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_are_stripped() {
+        assert_eq!(strip_scheme(b"http://127.0.0.1:2379"), b"127.0.0.1:2379");
+        assert_eq!(strip_scheme(b"https://h:1/x"), b"h:1");
+        assert_eq!(strip_scheme(b"127.0.0.1:2379"), b"127.0.0.1:2379");
+    }
+
+    #[test]
+    fn integers_encode_as_rfc_7541_says() {
+        // C.1.2: 1337 with a 5-bit prefix.
+        let mut out = Vec::new();
+        encode_integer(1337, 5, 0, &mut out);
+        assert_eq!(out, vec![31, 154, 10]);
+        let mut out = Vec::new();
+        encode_integer(10, 7, 0, &mut out);
+        assert_eq!(out, vec![10]);
+    }
+
+    fn headers_frame(block: &[u8], flags: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_frame(&mut out, HEADERS, flags, 1, block);
+        out
+    }
+
+    /// Run `input` through the filter and collect what the server would read.
+    fn filtered(input: &[u8]) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::AsyncReadExt;
+            let mut fix = AuthorityFix::new(input);
+            let mut out = Vec::new();
+            fix.read_to_end(&mut out).await.unwrap();
+            out
+        })
+    }
+
+    fn block_of(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut enc = loona_hpack::Encoder::new();
+        enc.encode(headers.iter().map(|(n, v)| (*n, *v)))
+    }
+
+    #[test]
+    fn a_good_authority_passes_through_byte_for_byte() {
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let block = block_of(&[(b":method", b"POST"), (b":authority", b"127.0.0.1:2379")]);
+        input.extend(headers_frame(&block, END_HEADERS));
+        input.extend_from_slice(&[0, 0, 2, 0, 1, 0, 0, 0, 1, b'h', b'i']); // DATA
+        assert_eq!(filtered(&input), input);
+    }
+
+    #[test]
+    fn a_url_authority_is_rewritten_on_every_block() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for _ in 0..2 {
+            let block = enc.encode([
+                (&b":method"[..], &b"POST"[..]),
+                (b":authority", b"http://127.0.0.1:2379"),
+                (b":path", b"/etcdserverpb.Maintenance/Status"),
+            ]);
+            input.extend(headers_frame(&block, END_HEADERS | END_STREAM));
+        }
+        let out = filtered(&input);
+        assert_eq!(&out[..PREFACE_LEN], &input[..PREFACE_LEN]);
+        // Decode what the server gets, with a fresh table (it never relies on one).
+        let mut dec = loona_hpack::Decoder::new();
+        let mut at = PREFACE_LEN;
+        let mut blocks = 0;
+        while at < out.len() {
+            let len = (usize::from(out[at]) << 16)
+                | (usize::from(out[at + 1]) << 8)
+                | usize::from(out[at + 2]);
+            assert_eq!(out[at + 3], HEADERS);
+            assert_eq!(out[at + 4], END_HEADERS | END_STREAM);
+            let headers = dec.decode(&out[at + 9..at + 9 + len]).unwrap();
+            assert!(headers.contains(&(b":authority".to_vec(), b"127.0.0.1:2379".to_vec())));
+            assert!(headers.contains(&(
+                b":path".to_vec(),
+                b"/etcdserverpb.Maintenance/Status".to_vec()
+            )));
+            at += 9 + len;
+            blocks += 1;
+        }
+        assert_eq!(blocks, 2);
+    }
+}
