@@ -51,7 +51,8 @@ pub struct AuthorityFix<S> {
     output_pos: usize,
     /// A header block spread over HEADERS + CONTINUATION frames: raw frames, fragments, flags.
     pending: Option<PendingBlock>,
-    decoder: loona_hpack::Decoder<'static>,
+    /// The client's HPACK state, while it matters (dropped when passing through).
+    decoder: Option<loona_hpack::Decoder<'static>>,
 }
 
 struct PendingBlock {
@@ -72,7 +73,7 @@ impl<S> AuthorityFix<S> {
             output: Vec::new(),
             output_pos: 0,
             pending: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: Some(loona_hpack::Decoder::new()),
         }
     }
 
@@ -155,9 +156,13 @@ impl<S> AuthorityFix<S> {
 
     /// A whole header block arrived.
     fn block(&mut self, block: PendingBlock) -> io::Result<()> {
-        let headers = match self.decoder.decode(&block.fragment) {
-            Ok(headers) => headers,
-            Err(_) => {
+        let decoded = match self.decoder.as_mut() {
+            Some(decoder) => decoder.decode(&block.fragment).ok(),
+            None => None,
+        };
+        let headers = match decoded {
+            Some(headers) => headers,
+            None => {
                 // Not ours to judge: let h2 see it as it came (unless we already rewrote blocks).
                 self.pending = Some(block);
                 return self.give_up(&[]);
@@ -170,6 +175,7 @@ impl<S> AuthorityFix<S> {
             Mode::Inspect if !bad => {
                 self.output.extend_from_slice(&block.raw);
                 self.mode = Mode::PassThrough;
+                self.decoder = None;
                 return Ok(());
             }
             Mode::Inspect => self.mode = Mode::Transcode,
@@ -205,6 +211,7 @@ impl<S> AuthorityFix<S> {
             ));
         }
         self.mode = Mode::PassThrough;
+        self.decoder = None;
         if let Some(p) = self.pending.take() {
             self.output.extend_from_slice(&p.raw);
         }
@@ -314,8 +321,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 buf.put_slice(&this.output[this.output_pos..this.output_pos + n]);
                 this.output_pos += n;
                 if this.output_pos == this.output.len() {
-                    this.output.clear();
                     this.output_pos = 0;
+                    if matches!(this.mode, Mode::PassThrough) {
+                        // Never needed again: give the memory back.
+                        this.output = Vec::new();
+                        this.input = Vec::new();
+                    } else {
+                        this.output.clear();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
