@@ -169,8 +169,10 @@ impl Node {
                     return match waiter.outcome().await {
                         Some(Ok(applied)) => Ok(applied),
                         Some(Err(e)) => Err(NodeError::Apply(e)),
-                        None => Err(NodeError::Stopped),
-                    }
+                        // Committed, but this member took it in through a snapshot (or is stopping):
+                        // the outcome is unknown here, which etcd reports as a timeout.
+                        None => Err(NodeError::Timeout),
+                    };
                 }
                 Ok(PeerStatus::NotLeader) => {
                     rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;

@@ -349,6 +349,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         *mvcc = MvccStore::open(self.shared.engine.clone()).map_err(io::Error::other)?;
         // Watchers were fed revision by revision; the ones the snapshot skipped come from storage.
         self.shared.watch.all_behind();
+        // Forwarded writes waiting for entries the snapshot covers will never see them applied one
+        // by one: end their waits now (their outcome is unknown to this member).
+        self.shared.waiters_lock().clear();
         *self.shared.snapshot_lock() = Some((meta.clone(), Arc::new(bytes)));
         Ok(())
     }
