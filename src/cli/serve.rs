@@ -199,9 +199,13 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let cfg = args.to_config().map_err(|e| e.to_string())?;
     let engine = open_engine(&cfg)?;
     tracing::info!(name = %cfg.name, engine = engine.kind(), data_dir = %cfg.data_dir.display(), "starting member");
-    let node = Node::start(cfg.clone(), engine)
-        .await
-        .map_err(|e| format!("cannot start member: {e}"))?;
+    let node = match Node::start(cfg.clone(), engine.clone()).await {
+        Ok(node) => node,
+        Err(e) => {
+            engine.close();
+            return Err(format!("cannot start member: {e}"));
+        }
+    };
     tracing::info!(
         member_id = format!("{:x}", node.member_id()),
         cluster_id = format!("{:x}", node.cluster_id()),
@@ -236,11 +240,11 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     };
     let served = tokio::select! {
         biased;
-        served = serving => served,
+        served = serving => served.map_err(|e| format!("client server failed: {e}")),
         peers = peers => match peers {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(std::io::Error::other(e)),
+            Ok(Err(e)) => Err(format!("peer server failed: {e}")),
+            Err(e) => Err(format!("peer server failed: {e}")),
         },
         _ = grace_over => {
             tracing::warn!("clients still connected after the shutdown grace period; stopping anyway");
@@ -253,5 +257,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     {
         tracing::warn!("raft did not stop within the shutdown grace period");
     }
-    served.map_err(|e| format!("client server failed: {e}"))
+    shutdown.trigger();
+    engine.close();
+    served
 }

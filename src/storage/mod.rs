@@ -223,6 +223,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Give space held by deleted and overwritten records back (etcd's defragment). Blocks.
     fn defragment(&self) -> Result<()>;
 
+    /// Stop background work before the process exits (RocksDB's threads must not outlive it, or
+    /// exit can abort). Reads and writes after this may fail.
+    fn close(&self) {}
+
     /// A short name for logs and status ("rocksdb", "memory").
     fn kind(&self) -> &'static str;
 }

@@ -139,6 +139,11 @@ impl Engine for RocksEngine {
         Ok(())
     }
 
+    fn close(&self) {
+        let _ = self.db.flush_wal(true);
+        self.db.cancel_all_background_work(true);
+    }
+
     fn kind(&self) -> &'static str {
         "rocksdb"
     }
