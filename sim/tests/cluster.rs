@@ -1,7 +1,7 @@
-//! A three-member cluster inside madsim: the leader is partitioned away while a client keeps
-//! writing through the other members, the partition heals, a member loses power mid-write and
-//! restarts; at the end every acknowledged write is on every member and all `HashKV`s are equal.
-//! Same seed, same trace.
+//! A three- or five-member cluster inside madsim (odd seeds 3, even seeds 5): the leader is
+//! partitioned away while a client keeps writing through the other members, the partition heals, a
+//! member loses power mid-write and restarts; at the end every acknowledged write is on every member
+//! and all `HashKV`s are equal. Same seed, same trace.
 #![cfg(madsim)]
 
 use std::collections::BTreeMap;
@@ -28,7 +28,23 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 /// Simulated time the members get to agree at the end.
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
 
-const MEMBERS: [(&str, &str); 3] = [("m1", "10.0.1.1"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")];
+/// Every simulated member there can be; a run uses the first 3 or 5 (odd seeds 3, even seeds 5).
+const MEMBERS: [(&str, &str); 5] = [
+    ("m1", "10.0.1.1"),
+    ("m2", "10.0.1.2"),
+    ("m3", "10.0.1.3"),
+    ("m4", "10.0.1.4"),
+    ("m5", "10.0.1.5"),
+];
+
+/// How many members seed `seed` runs with.
+fn cluster_size(seed: u64) -> usize {
+    if seed % 2 == 0 {
+        5
+    } else {
+        3
+    }
+}
 
 /// Put `key=value` through member `first` (then the others, round robin) until one acknowledges
 /// it; returns the revision. Failed attempts may or may not have happened; a later attempt of the
@@ -120,8 +136,10 @@ async fn converge(urls: &[String], trace: &Trace) -> (i64, u32) {
 
 async fn scenario(seed: u64, trace: Trace) {
     let handle = Handle::current();
-    let cluster = initial_cluster(&MEMBERS);
-    let members: Vec<SimMember> = MEMBERS
+    let size = cluster_size(seed);
+    let cluster = initial_cluster(&MEMBERS[..size]);
+    trace.record(format!("{size} members"));
+    let members: Vec<SimMember> = MEMBERS[..size]
         .iter()
         .map(|(name, ip)| SimMember::start_in(&handle, name, ip, &cluster))
         .collect();
@@ -153,7 +171,7 @@ async fn scenario(seed: u64, trace: Trace) {
         NetSim::current().clog_node(node_ids[old]);
         for _ in 0..20 {
             let (k, v, i) = put(&mut acked, &mut n);
-            let others: Vec<String> = (0..3)
+            let others: Vec<String> = (0..size)
                 .filter(|j| *j != old)
                 .map(|j| urls[j].clone())
                 .collect();
@@ -168,7 +186,7 @@ async fn scenario(seed: u64, trace: Trace) {
     let (mut acked, mut n) = run.await.expect("client phase 1");
 
     // A member loses power between writes and comes back on its disk.
-    let victim = (seed % 3) as usize;
+    let victim = (seed as usize / 2) % size;
     let urls: Vec<String> = members.iter().map(SimMember::url).collect();
     let t = trace.clone();
     let phase2_urls = urls.clone();
