@@ -145,18 +145,17 @@ impl Maintenance for MaintenanceService {
         let backup = self.node.backup().await?;
         let header = Some(self.node.header(self.node.current_revision()));
         let total = backup.len();
-        let chunks: Vec<Result<SnapshotResponse, Status>> = backup
-            .chunks(limits::SNAPSHOT_CHUNK_BYTES)
-            .scan(0usize, |sent, chunk| {
-                *sent += chunk.len();
-                Some(Ok(SnapshotResponse {
-                    header,
-                    remaining_bytes: (total - *sent) as u64,
-                    blob: chunk.to_vec(),
-                    version: API_VERSION.to_string(),
-                }))
+        // Chunks are cut from the one backup buffer as the client reads them, not copied up front.
+        let starts = (0..total.max(1)).step_by(limits::SNAPSHOT_CHUNK_BYTES);
+        let chunks = starts.map(move |start| {
+            let end = (start + limits::SNAPSHOT_CHUNK_BYTES).min(total);
+            Ok(SnapshotResponse {
+                header,
+                remaining_bytes: (total - end) as u64,
+                blob: backup[start..end].to_vec(),
+                version: API_VERSION.to_string(),
             })
-            .collect();
+        });
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
