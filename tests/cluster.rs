@@ -168,6 +168,24 @@ async fn every_member_serves_reads_and_writes() {
     );
     assert!(ok, "{text}");
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
+    // Hash (all replicated state) agrees across members once they have applied the same log, and
+    // Status reports the space in use within the total.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut hashes = Vec::new();
+        for m in &cluster.members {
+            let mut c = m.client().await;
+            hashes.push(c.hash().await.expect("hash").hash());
+            let status = c.status().await.expect("status");
+            assert!(status.raft_used_db_size() > 0, "{}", m.name);
+            assert!(status.raft_used_db_size() <= status.db_size(), "{}", m.name);
+        }
+        if hashes.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Hash differs: {hashes:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Leadership moves where etcdctl asks (it sends MoveLeader to the current leader).
     let leader = cluster.leader().await;
     let target = (leader + 1) % 3;

@@ -1,6 +1,6 @@
-//! The `etcdserverpb.Maintenance` service: Status, HashKV, Alarm, Defragment, MoveLeader and Snapshot
-//! (a MetaStore backup, see `raft::backup`). Hash (etcd's whole-bbolt hash) answers "unimplemented":
-//! use HashKV; Downgrade is not offered (etcd 3.5+ only).
+//! The `etcdserverpb.Maintenance` service: Status, Hash (of all replicated state), HashKV, Alarm,
+//! Defragment, MoveLeader and Snapshot (a MetaStore backup, see `raft::backup`). Downgrade is not
+//! offered (etcd 3.5+ only).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ impl Maintenance for MaintenanceService {
             raft_term: s.term,
             raft_applied_index: s.applied_index,
             errors: status_errors(s.leader, &self.node.alarms()),
-            db_size_in_use: db_size,
+            db_size_in_use: self.node.db_size_in_use_bytes() as i64,
             is_learner: self.node.is_learner(self.node.member_id()),
             storage_version: String::new(),
             db_size_quota: self.node.config().quota_bytes() as i64,
@@ -119,7 +119,11 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Status::unimplemented("Hash is not supported; use HashKV"))
+        let hash = self.node.hash_all()?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.node.header(self.node.current_revision())),
+            hash,
+        }))
     }
 
     async fn hash_kv(

@@ -329,6 +329,32 @@ impl Node {
         engine.keyspace_bytes(Keyspace::Meta) + engine.keyspace_bytes(Keyspace::Kv)
     }
 
+    /// The part of [`Node::db_size_bytes`] that holds live records.
+    pub fn db_size_in_use_bytes(&self) -> u64 {
+        let engine = self.state.engine();
+        engine.keyspace_live_bytes(Keyspace::Meta) + engine.keyspace_live_bytes(Keyspace::Kv)
+    }
+
+    /// A hash of all replicated state (every record of the `Meta` and `Kv` keyspaces), for
+    /// `Maintenance.Hash`.
+    pub fn hash_all(&self) -> Result<u32, NodeError> {
+        let _store = self.state.read();
+        let engine = self.state.engine();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for ks in [Keyspace::Meta, Keyspace::Kv] {
+            engine.scan(ks, &[], None, &mut |k, v| {
+                for part in [k, v] {
+                    for b in (part.len() as u64).to_be_bytes().iter().chain(part) {
+                        hash ^= u64::from(*b);
+                        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+                    }
+                }
+                true
+            })?;
+        }
+        Ok((hash ^ (hash >> 32)) as u32)
+    }
+
     /// Every raised alarm as `(member id, alarm type)`.
     pub fn alarms(&self) -> Vec<(u64, i32)> {
         crate::cluster::read_alarms(self.state.engine().as_ref()).unwrap_or_default()

@@ -212,6 +212,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Bytes keyspace `ks` occupies (on disk, or in memory for the memory engine).
     fn keyspace_bytes(&self, ks: Keyspace) -> u64;
 
+    /// Bytes of keyspace `ks` that hold live records (etcd's "size in use"); what is left of
+    /// [`Engine::keyspace_bytes`] is space a defragment can give back.
+    fn keyspace_live_bytes(&self, ks: Keyspace) -> u64 {
+        self.keyspace_bytes(ks)
+    }
+
     /// Bytes the engine occupies in all keyspaces.
     fn size_bytes(&self) -> u64 {
         Keyspace::ALL

@@ -129,6 +129,20 @@ impl Engine for RocksEngine {
         .sum()
     }
 
+    fn keyspace_live_bytes(&self, ks: Keyspace) -> u64 {
+        let Ok(cf) = self.cf(ks) else { return 0 };
+        let prop = |name: &str| {
+            self.db
+                .property_int_value_cf(cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        let files = prop("rocksdb.total-sst-files-size");
+        let live = prop("rocksdb.estimate-live-data-size").min(files);
+        live + prop("rocksdb.cur-size-all-mem-tables")
+    }
+
     fn defragment(&self) -> Result<()> {
         // Flush and rewrite every keyspace so deleted and overwritten records leave the files.
         for ks in Keyspace::ALL {
