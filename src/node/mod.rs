@@ -1,6 +1,7 @@
-//! One member: wires raft, the state machine and the engine together; proposes commands with a
-//! deadline, serves reads (serializable or linearizable), builds response headers, runs the lease
-//! clock and the watch catch-up, shuts down.
+//! One member: works out its identity (`bootstrap`), wires raft, the state machine and the engine
+//! together; routes proposals, read indexes and lease liveness to the leader with a deadline
+//! (`routing`), changes membership (`members`), serves reads (serializable or linearizable), builds
+//! response headers, runs the lease clock (on the leader) and the watch catch-up, shuts down.
 
 mod bootstrap;
 pub mod leases;

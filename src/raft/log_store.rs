@@ -1,9 +1,11 @@
 //! The raft log, vote and committed/purged markers in the engine's `Raft` keyspace.
 //!
 //! The committed index is not persisted (openraft re-derives it after a restart), which saves an
-//! engine write per commit. Appends are written with [`Durability::Sync`] and reported flushed only after the fsync
-//! returned. openraft hands every pending entry to one `append` call, so under load one fsync
-//! covers many client writes (group commit).
+//! engine write per commit. An append is reported flushed only after an fsync that covers it: a
+//! member alone writes it with [`Durability::Sync`] in place; a member of a cluster writes it at
+//! once and lets a background task fsync (see [`LogStore::with_background_sync`]). openraft hands
+//! every pending entry to one `append` call, so under load one fsync covers many client writes
+//! (group commit).
 
 use std::fmt::Debug;
 use std::io;

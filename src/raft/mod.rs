@@ -1,5 +1,5 @@
-//! openraft glue: the type configuration, the log store and state machine over [`Engine`], and the
-//! peer network.
+//! openraft glue: the type configuration, the log store and state machine over [`Engine`]
+//! (snapshots included), backups, and the peer network.
 //!
 //! | openraft trait | implemented by |
 //! |---|---|
