@@ -8,5 +8,6 @@
 
 #[cfg(madsim)]
 pub mod cluster;
+pub mod linearizability;
 #[cfg(madsim)]
 pub mod trace;

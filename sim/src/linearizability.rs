@@ -1,0 +1,295 @@
+//! A linearizability checker for key-value histories (Wing & Gong's search with memoization, as
+//! Porcupine does), partitioned per key: each key is an independent register.
+//!
+//! A history is what clients saw: each operation's invocation and completion time and its result.
+//! An operation that failed or timed out "may or may not have happened" (as Jepsen treats it): a
+//! write with an unknown outcome may take effect at any point after its invocation, or never; a
+//! read with an unknown outcome tells nothing and is dropped. The search has a step budget: when it
+//! is spent the verdict is [`Verdict::Unknown`], never a silent pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a client asked and, if it completed, what it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `put key value`; `ok` is false when the client does not know whether it happened.
+    Write { value: String, ok: bool },
+    /// `get key`: the value read (None: the key did not exist); `None` result when the read
+    /// failed.
+    Read { result: Option<Option<String>> },
+}
+
+/// One operation on one key, with its real-time window. `complete` is `None` when the client
+/// never learned the outcome (the operation stays open until the end of time).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub key: String,
+    pub op: Op,
+    pub invoke: u64,
+    pub complete: Option<u64>,
+}
+
+/// The checker's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every key's history has a linearization.
+    Linearizable,
+    /// This key's history has none: a stale read, a lost write, a value from nowhere...
+    NotLinearizable { key: String },
+    /// The budget ran out on this key before the search finished.
+    Unknown { key: String },
+}
+
+/// Check `history` with at most `budget` search steps per key.
+pub fn check(history: &[Event], budget: u64) -> Verdict {
+    let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in history {
+        by_key.entry(e.key.as_str()).or_default().push(e);
+    }
+    for (key, events) in by_key {
+        match check_register(&events, budget) {
+            Some(true) => {}
+            Some(false) => {
+                return Verdict::NotLinearizable {
+                    key: key.to_string(),
+                }
+            }
+            None => {
+                return Verdict::Unknown {
+                    key: key.to_string(),
+                }
+            }
+        }
+    }
+    Verdict::Linearizable
+}
+
+/// One register operation prepared for the search.
+struct Entry {
+    op: Op,
+    invoke: u64,
+    /// `u64::MAX` for an operation that never completed.
+    complete: u64,
+    /// Whether the operation must be linearized (a completed one) or may be left out (unknown).
+    required: bool,
+}
+
+/// `Some(true)`: linearizable, `Some(false)`: not, `None`: budget spent.
+fn check_register(events: &[&Event], budget: u64) -> Option<bool> {
+    let entries: Vec<Entry> = events
+        .iter()
+        .filter_map(|e| {
+            let unknown = match &e.op {
+                Op::Write { ok, .. } => !ok,
+                // A failed read constrains nothing.
+                Op::Read { result } => {
+                    if result.is_none() {
+                        return None;
+                    }
+                    false
+                }
+            };
+            Some(Entry {
+                op: e.op.clone(),
+                invoke: e.invoke,
+                complete: if unknown {
+                    u64::MAX
+                } else {
+                    e.complete.unwrap_or(u64::MAX)
+                },
+                required: !unknown,
+            })
+        })
+        .collect();
+    let mut steps = 0u64;
+    let mut seen = BTreeSet::new();
+    search(
+        &entries,
+        &mut vec![false; entries.len()],
+        None,
+        &mut seen,
+        &mut steps,
+        budget,
+    )
+}
+
+/// Depth-first: pick a next operation among those whose invocation precedes every pending
+/// operation's completion (so real-time order holds), apply it to the register state, recurse.
+fn search(
+    entries: &[Entry],
+    done: &mut [bool],
+    state: Option<&str>,
+    seen: &mut BTreeSet<(Vec<bool>, Option<String>)>,
+    steps: &mut u64,
+    budget: u64,
+) -> Option<bool> {
+    if entries
+        .iter()
+        .zip(done.iter())
+        .all(|(e, d)| *d || !e.required)
+    {
+        return Some(true);
+    }
+    *steps += 1;
+    if *steps > budget {
+        return None;
+    }
+    if !seen.insert((done.to_vec(), state.map(str::to_string))) {
+        return Some(false);
+    }
+    // An operation may go next only if it was invoked before every other pending required
+    // operation completed.
+    let horizon = entries
+        .iter()
+        .zip(done.iter())
+        .filter(|(e, d)| !**d && e.required)
+        .map(|(e, _)| e.complete)
+        .min()
+        .unwrap_or(u64::MAX);
+    let mut exhausted = true;
+    for i in 0..entries.len() {
+        if done[i] || entries[i].invoke > horizon {
+            continue;
+        }
+        let next_state = match &entries[i].op {
+            Op::Write { value, .. } => Some(value.as_str()),
+            Op::Read { result } => {
+                let read = result.as_ref().expect("failed reads are dropped");
+                if read.as_deref() != state {
+                    continue;
+                }
+                state
+            }
+        };
+        done[i] = true;
+        let found = search(entries, done, next_state, seen, steps, budget);
+        done[i] = false;
+        match found {
+            Some(true) => return Some(true),
+            None => exhausted = false,
+            Some(false) => {}
+        }
+    }
+    if exhausted {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(key: &str, v: &str, invoke: u64, complete: u64) -> Event {
+        Event {
+            key: key.into(),
+            op: Op::Write {
+                value: v.into(),
+                ok: true,
+            },
+            invoke,
+            complete: Some(complete),
+        }
+    }
+
+    fn r(key: &str, v: Option<&str>, invoke: u64, complete: u64) -> Event {
+        Event {
+            key: key.into(),
+            op: Op::Read {
+                result: Some(v.map(str::to_string)),
+            },
+            invoke,
+            complete: Some(complete),
+        }
+    }
+
+    const BUDGET: u64 = 100_000;
+
+    #[test]
+    fn sequential_and_concurrent_histories_pass() {
+        let h = vec![
+            r("k", None, 0, 1),
+            w("k", "a", 2, 3),
+            r("k", Some("a"), 4, 5),
+            // Overlapping write and read: the read may see either value.
+            w("k", "b", 6, 10),
+            r("k", Some("a"), 7, 8),
+            r("k", Some("b"), 11, 12),
+            w("j", "x", 0, 100),
+        ];
+        assert_eq!(check(&h, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_stale_read_is_caught() {
+        let h = vec![
+            w("k", "a", 0, 1),
+            w("k", "b", 2, 3),
+            // Began after b was acknowledged, yet saw a.
+            r("k", Some("a"), 4, 5),
+        ];
+        assert_eq!(
+            check(&h, BUDGET),
+            Verdict::NotLinearizable { key: "k".into() }
+        );
+    }
+
+    #[test]
+    fn a_lost_write_is_caught() {
+        let h = vec![w("k", "a", 0, 1), r("k", None, 2, 3)];
+        assert_eq!(
+            check(&h, BUDGET),
+            Verdict::NotLinearizable { key: "k".into() }
+        );
+    }
+
+    #[test]
+    fn a_value_from_nowhere_is_caught() {
+        let h = vec![w("k", "a", 0, 1), r("k", Some("z"), 2, 3)];
+        assert!(matches!(check(&h, BUDGET), Verdict::NotLinearizable { .. }));
+    }
+
+    #[test]
+    fn an_unknown_write_may_or_may_not_have_happened() {
+        let unknown = Event {
+            key: "k".into(),
+            op: Op::Write {
+                value: "b".into(),
+                ok: false,
+            },
+            invoke: 2,
+            complete: None,
+        };
+        let happened = vec![
+            w("k", "a", 0, 1),
+            unknown.clone(),
+            r("k", Some("b"), 10, 11),
+        ];
+        assert_eq!(check(&happened, BUDGET), Verdict::Linearizable);
+        let did_not = vec![
+            w("k", "a", 0, 1),
+            unknown.clone(),
+            r("k", Some("a"), 10, 11),
+        ];
+        assert_eq!(check(&did_not, BUDGET), Verdict::Linearizable);
+        // But not before it was invoked.
+        let late = Event {
+            invoke: 5,
+            ..unknown
+        };
+        let too_early = vec![w("k", "a", 0, 1), r("k", Some("b"), 2, 3), late];
+        assert!(matches!(
+            check(&too_early, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn a_spent_budget_says_unknown() {
+        // Many concurrent writes and a read of the first value at the end: a large search.
+        let mut h: Vec<Event> = (0..12).map(|i| w("k", &format!("v{i}"), 0, 100)).collect();
+        h.push(r("k", Some("nope"), 200, 201));
+        assert_eq!(check(&h, 50), Verdict::Unknown { key: "k".into() });
+    }
+}
