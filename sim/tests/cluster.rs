@@ -1,17 +1,22 @@
 //! A three- or five-member cluster inside madsim (odd seeds 3, even seeds 5): the leader is
-//! partitioned away while a client keeps writing through the other members, the partition heals, a
-//! member loses power mid-write and restarts; at the end every acknowledged write is on every member
-//! and all `HashKV`s are equal. Same seed, same trace.
+//! partitioned away while a client keeps writing through the other members and another client reads
+//! through every member, the partition heals, a member loses power mid-write and restarts; at the
+//! end the read/write history is linearizable (`metastore_sim::linearizability`), every
+//! acknowledged write is on every member and all `HashKV`s are equal. Same seed, same trace.
 #![cfg(madsim)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, Runtime};
+use metastore::pb::etcdserverpb::kv_client::KvClient;
 use metastore::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use metastore::pb::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest, StatusRequest};
 use metastore_sim::cluster::{connect, initial_cluster, SimMember};
+use metastore_sim::linearizability::{check, Event, Op, Verdict};
 use metastore_sim::trace::Trace;
 
 /// Seeds each run covers; override with `METASTORE_SIM_SEEDS=a,b,c`.
@@ -37,6 +42,33 @@ const MEMBERS: [(&str, &str); 5] = [
     ("m5", "10.0.1.5"),
 ];
 
+/// Everything clients saw, for the linearizability checker: times are simulated microseconds.
+#[derive(Clone)]
+struct History {
+    start: madsim::time::Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl History {
+    fn new() -> Self {
+        Self {
+            start: madsim::time::Instant::now(),
+            events: Arc::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn push(&self, event: Event) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+/// Budget of the linearizability search per key (the histories here need a few thousand steps).
+const CHECK_BUDGET: u64 = 2_000_000;
+
 /// How many members seed `seed` runs with.
 fn cluster_size(seed: u64) -> usize {
     if seed % 2 == 0 {
@@ -49,7 +81,14 @@ fn cluster_size(seed: u64) -> usize {
 /// Put `key=value` through member `first` (then the others, round robin) until one acknowledges
 /// it; returns the revision. Failed attempts may or may not have happened; a later attempt of the
 /// same value is harmless for the checks below (they compare the newest value per key).
-async fn write(urls: &[String], first: usize, key: &str, value: &str, trace: &Trace) -> i64 {
+async fn write(
+    urls: &[String],
+    first: usize,
+    key: &str,
+    value: &str,
+    trace: &Trace,
+    history: &History,
+) -> i64 {
     let deadline = madsim::time::Instant::now() + WRITE_DEADLINE;
     let mut attempt = 0;
     loop {
@@ -65,7 +104,19 @@ async fn write(urls: &[String], first: usize, key: &str, value: &str, trace: &Tr
             value: value.into(),
             ..Default::default()
         };
-        match madsim::time::timeout(Duration::from_secs(10), c.put(put)).await {
+        let invoke = history.now();
+        let outcome = madsim::time::timeout(Duration::from_secs(10), c.put(put)).await;
+        let ok = matches!(outcome, Ok(Ok(_)));
+        history.push(Event {
+            key: key.to_string(),
+            op: Op::Write {
+                value: value.to_string(),
+                ok,
+            },
+            invoke,
+            complete: ok.then(|| history.now()),
+        });
+        match outcome {
             Ok(Ok(resp)) => {
                 let rev = resp.into_inner().header.expect("header").revision;
                 trace.record(format!("ack {key}={value} rev {rev} via {url}"));
@@ -76,6 +127,45 @@ async fn write(urls: &[String], first: usize, key: &str, value: &str, trace: &Tr
         }
         madsim::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Linearizable reads of the written keys through every member in turn until `stop`; each one
+/// that completes goes into the history (failed ones tell nothing).
+async fn read_loop(urls: Vec<String>, history: History, stop: Arc<AtomicBool>) -> usize {
+    let mut done = 0;
+    let mut i = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let key = format!("k{}", i % 25);
+        let url = &urls[i % urls.len()];
+        i += 1;
+        let invoke = history.now();
+        let Ok(mut c) = KvClient::connect(url.clone()).await else {
+            madsim::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let req = RangeRequest {
+            key: key.clone().into_bytes(),
+            ..Default::default()
+        };
+        if let Ok(Ok(resp)) = madsim::time::timeout(Duration::from_secs(5), c.range(req)).await {
+            let value = resp
+                .into_inner()
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            history.push(Event {
+                key,
+                op: Op::Read {
+                    result: Some(value),
+                },
+                invoke,
+                complete: Some(history.now()),
+            });
+            done += 1;
+        }
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+    done
 }
 
 /// The index of the member that reports itself leader (bounded wait).
@@ -150,7 +240,11 @@ async fn scenario(seed: u64, trace: Trace) {
         .ip("10.0.1.100".parse().unwrap())
         .build();
     let node_ids: Vec<_> = members.iter().map(|m| m.node.id()).collect();
+    let history = History::new();
+    let stop_reads = Arc::new(AtomicBool::new(false));
+    let reader = client.spawn(read_loop(urls.clone(), history.clone(), stop_reads.clone()));
     let t = trace.clone();
+    let h = history.clone();
     let run = client.spawn(async move {
         let mut acked: BTreeMap<String, String> = BTreeMap::new();
         let mut n = 0usize;
@@ -163,7 +257,7 @@ async fn scenario(seed: u64, trace: Trace) {
         };
         for _ in 0..20 {
             let (k, v, i) = put(&mut acked, &mut n);
-            write(&urls, i, &k, &v, &t).await;
+            write(&urls, i, &k, &v, &t, &h).await;
         }
         // The leader loses the network; the majority elects another and keeps taking writes.
         let old = leader(&urls).await;
@@ -175,7 +269,7 @@ async fn scenario(seed: u64, trace: Trace) {
                 .filter(|j| *j != old)
                 .map(|j| urls[j].clone())
                 .collect();
-            write(&others, i, &k, &v, &t).await;
+            write(&others, i, &k, &v, &t, &h).await;
         }
         let new = leader(&urls).await;
         assert_ne!(new, old, "the majority elected a new leader");
@@ -189,13 +283,14 @@ async fn scenario(seed: u64, trace: Trace) {
     let victim = (seed as usize / 2) % size;
     let urls: Vec<String> = members.iter().map(SimMember::url).collect();
     let t = trace.clone();
+    let h = history.clone();
     let phase2_urls = urls.clone();
     let writes = client.spawn(async move {
         let mut more = BTreeMap::new();
         for _ in 0..20 {
             let (key, value) = (format!("k{}", n % 25), format!("v{n}"));
             n += 1;
-            write(&phase2_urls, n, &key, &value, &t).await;
+            write(&phase2_urls, n, &key, &value, &t, &h).await;
             more.insert(key, value);
             madsim::time::sleep(Duration::from_millis(50)).await;
         }
@@ -211,6 +306,21 @@ async fn scenario(seed: u64, trace: Trace) {
     members[victim].restart(&handle);
     trace.record(format!("restart {}", MEMBERS[victim].0));
     acked.extend(writes.await.expect("client phase 2"));
+    stop_reads.store(true, Ordering::SeqCst);
+    let reads = reader.await.expect("reader");
+    let events = history.events.lock().unwrap().clone();
+    let verdict = check(&events, CHECK_BUDGET);
+    trace.record(format!(
+        "{reads} reads and {} events checked: {verdict:?}",
+        events.len()
+    ));
+    assert!(reads > 20, "the reader got answers ({reads})");
+    assert_eq!(
+        verdict,
+        Verdict::Linearizable,
+        "seed {seed}: the history of {} events is not linearizable",
+        events.len()
+    );
 
     let t = trace.clone();
     let check = client.spawn(async move {
