@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,23 +49,29 @@ const LEADER_LOSS_ERRORS: [&str; 4] = [
     "etcdserver: request timed out, possibly due to previous leader failure",
 ];
 
+/// Whether a write may fail this way while the leader is killed: the member we talk to may be the
+/// one killed (the client loses its connection: not a server answer), or the leader may be
+/// changing (the server answers with one of etcd's leader-loss errors).
+fn expected_during_leader_loss(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let leader_loss = status.code() == tonic::Code::Unavailable
+                && LEADER_LOSS_ERRORS.contains(&status.message());
+            leader_loss || !status.message().starts_with("etcdserver:")
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
 /// Keys written before a learner joins (several snapshots' worth).
 const PRE_JOIN_KEYS: usize = 200;
 
+/// etcdctl against a cluster, with room for an election in each command.
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s")
-        .args(args)
-        .output()
-        .expect("etcdctl is installed (Debian package etcd-client)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let mut all = vec!["--command-timeout=10s"];
+    all.extend_from_slice(args);
+    common::etcdctl(endpoints, &all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,23 +248,7 @@ async fn leader_kill_loses_nothing_acknowledged() {
                         let rev = r.header().expect("header").revision();
                         acked.lock().unwrap().insert(k, (v, rev));
                     }
-                    // The member we talk to may be the one killed, or the leader may be changing:
-                    // the server's answer is then one of etcd's leader-loss errors.
-                    Err(etcd_client::Error::GRpcStatus(status))
-                        if status.code() == tonic::Code::Unavailable
-                            && LEADER_LOSS_ERRORS.contains(&status.message()) =>
-                    {
-                        errors += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    // The client lost its connection (its member was killed): not a server answer.
-                    Err(etcd_client::Error::GRpcStatus(status))
-                        if !status.message().starts_with("etcdserver:") =>
-                    {
-                        errors += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(etcd_client::Error::TransportError(_)) => {
+                    Err(e) if expected_during_leader_loss(&e) => {
                         errors += 1;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -283,21 +272,18 @@ async fn leader_kill_loses_nothing_acknowledged() {
     // Writes resume under a new leader.
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
-    let count_at_election = acked
-        .lock()
-        .unwrap()
-        .values()
-        .map(|(_, r)| *r)
-        .max()
-        .unwrap_or(0);
+    let newest_acked = || {
+        acked
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(0)
+    };
+    let count_at_election = newest_acked();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let newest = acked
-        .lock()
-        .unwrap()
-        .values()
-        .map(|(_, r)| *r)
-        .max()
-        .unwrap_or(0);
+    let newest = newest_acked();
     assert!(
         newest > count_at_election,
         "no write was acknowledged after the new leader took over ({:?} after the kill)",

@@ -9,18 +9,7 @@ use std::process::Command;
 use common::{grpc, Server, ENGINES};
 
 fn etcdctl(server: &Server, args: &[&str]) -> (bool, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", server.host_port()))
-        .args(args)
-        .output()
-        .expect("etcdctl is installed (Debian package etcd-client)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::etcdctl(server.host_port(), args)
 }
 
 /// Quota of the test servers: a few dozen of the values below.

@@ -41,3 +41,29 @@ impl Trace {
         h.finish()
     }
 }
+
+/// The seeds a test covers: `METASTORE_SIM_SEEDS=a,b,c` if set, else `default`.
+pub fn seeds(default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+    match std::env::var("METASTORE_SIM_SEEDS") {
+        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => default.collect(),
+    }
+}
+
+/// Run seed `seed` twice with `run` (which returns the trace's digest and lines) and assert both
+/// runs traced the same; a failure prints the command-line seed that replays it. With
+/// `METASTORE_SIM_PRINT_TRACE` set the trace is printed. Returns the first run's lines.
+pub fn run_twice(seed: u64, run: impl Fn(u64) -> (u64, Vec<String>)) -> Vec<String> {
+    let (first, lines) = run(seed);
+    if std::env::var_os("METASTORE_SIM_PRINT_TRACE").is_some() {
+        println!("seed {seed} trace:\n{}", lines.join("\n"));
+    }
+    let (second, _) = run(seed);
+    assert_eq!(
+        first,
+        second,
+        "seed {seed}: two runs diverged; replay with METASTORE_SIM_SEEDS={seed}\n{}",
+        lines.join("\n")
+    );
+    lines
+}

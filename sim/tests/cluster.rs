@@ -21,10 +21,7 @@ use metastore_sim::trace::Trace;
 
 /// Seeds each run covers; override with `METASTORE_SIM_SEEDS=a,b,c`.
 fn seeds() -> Vec<u64> {
-    match std::env::var("METASTORE_SIM_SEEDS") {
-        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-        Err(_) => (1..=6).collect(),
-    }
+    metastore_sim::trace::seeds(1..=6)
 }
 
 /// Simulated time one write may take, retries through other members included.
@@ -368,17 +365,7 @@ fn run(seed: u64) -> (u64, Vec<String>) {
 #[test]
 fn partition_and_power_cut_lose_nothing_and_members_agree() {
     for seed in seeds() {
-        let (first, lines) = run(seed);
-        if std::env::var_os("METASTORE_SIM_PRINT_TRACE").is_some() {
-            println!("seed {seed} trace:\n{}", lines.join("\n"));
-        }
-        let (second, _) = run(seed);
-        assert_eq!(
-            first,
-            second,
-            "seed {seed}: two runs diverged; replay with METASTORE_SIM_SEEDS={seed}\n{}",
-            lines.join("\n")
-        );
+        metastore_sim::trace::run_twice(seed, run);
     }
 }
 

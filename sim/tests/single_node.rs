@@ -21,10 +21,7 @@ use metastore_sim::trace::Trace;
 
 /// Seeds each run covers; override with `METASTORE_SIM_SEEDS=a,b,c`.
 fn seeds() -> Vec<u64> {
-    match std::env::var("METASTORE_SIM_SEEDS") {
-        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-        Err(_) => (1..=8).collect(),
-    }
+    metastore_sim::trace::seeds(1..=8)
 }
 
 fn put(k: &str, v: &str) -> PutRequest {
@@ -316,18 +313,8 @@ fn run(seed: u64) -> (u64, Vec<String>) {
 #[test]
 fn acknowledged_writes_survive_crash_and_same_seed_same_trace() {
     for seed in seeds() {
-        let (first, lines) = run(seed);
-        if std::env::var_os("METASTORE_SIM_PRINT_TRACE").is_some() {
-            println!("seed {seed} trace:\n{}", lines.join("\n"));
-        }
+        let lines = metastore_sim::trace::run_twice(seed, run);
         assert!(lines.len() > 50, "seed {seed}: the scenario ran to the end");
-        let (second, _) = run(seed);
-        assert_eq!(
-            first,
-            second,
-            "seed {seed}: two runs diverged; replay with METASTORE_SIM_SEEDS={seed}\n{}",
-            lines.join("\n")
-        );
     }
 }
 

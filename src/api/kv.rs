@@ -27,10 +27,7 @@ impl KvService {
 
     /// The full header for a response whose revision apply or the read path set.
     fn header(&self, partial: Option<ResponseHeader>) -> Option<ResponseHeader> {
-        let revision = partial
-            .map(|h| h.revision)
-            .unwrap_or_else(|| self.node.current_revision());
-        Some(self.node.header(revision))
+        self.node.complete_header(partial)
     }
 
     async fn propose(&self, op: Op) -> Result<Applied, Status> {

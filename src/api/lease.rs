@@ -50,11 +50,7 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let mut resp = self.node.lease_revoke(request.into_inner().id).await?;
-        let revision = resp
-            .header
-            .map(|h| h.revision)
-            .unwrap_or_else(|| self.node.current_revision());
-        resp.header = Some(self.node.header(revision));
+        resp.header = self.node.complete_header(resp.header);
         Ok(Response::new(resp))
     }
 

@@ -201,12 +201,8 @@ impl Lock for LockService {
                 "etcdserver: unexpected apply result for unlock",
             ));
         };
-        let revision = resp
-            .header
-            .map(|h| h.revision)
-            .unwrap_or_else(|| self.node.current_revision());
         Ok(Response::new(UnlockResponse {
-            header: Some(self.node.header(revision)),
+            header: self.node.complete_header(resp.header),
         }))
     }
 }

@@ -75,11 +75,7 @@ impl Maintenance for MaintenanceService {
             }
             AlarmAction::Activate | AlarmAction::Deactivate => {
                 let mut resp = self.node.change_alarm(req).await?;
-                let revision = resp
-                    .header
-                    .map(|h| h.revision)
-                    .unwrap_or_else(|| self.node.current_revision());
-                resp.header = Some(self.node.header(revision));
+                resp.header = self.node.complete_header(resp.header);
                 Ok(Response::new(resp))
             }
         }

@@ -69,6 +69,29 @@ macro_rules! kv_server {
     };
 }
 
+/// Every client-facing service over `node`, in one router.
+fn client_router(node: &Arc<Node>) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .add_service(kv_server!(node))
+        .add_service(WatchServer::new(WatchService::new(node.clone())))
+        .add_service(LeaseServer::new(LeaseService::new(node.clone())))
+        .add_service(LockServer::new(LockService::new(node.clone())))
+        .add_service(ElectionServer::new(ElectionService::new(node.clone())))
+        .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+        .add_service(MaintenanceServer::new(MaintenanceService::new(
+            node.clone(),
+        )))
+}
+
+/// The member-to-member service over `node`.
+fn peer_router(node: &Arc<Node>) -> tonic::transport::server::Router {
+    let service = PeerServer::new(PeerService::new(node.clone()))
+        .max_decoding_message_size(limits::PEER_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(limits::PEER_MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder().add_service(service)
+}
+
 /// Bind every address in `addrs`, report each bound address through `on_bound`, and serve the
 /// client API until `shutdown` is raised. Returns once all listeners have stopped.
 pub async fn serve(
@@ -77,62 +100,7 @@ pub async fn serve(
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
-    let mut tasks = Vec::new();
-    for addr in &addrs {
-        #[cfg(not(madsim))]
-        {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            let bound = listener.local_addr()?;
-            on_bound(bound);
-            // Our own listener (to learn the bound port) bypasses the builder's TCP options: set
-            // TCP_NODELAY here, or small trailing HTTP/2 frames wait out Nagle + delayed ACK (~40 ms).
-            let incoming = {
-                use futures::StreamExt;
-                tonic::transport::server::TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .map(|conn| conn.map(super::authority::AuthorityFix::new))
-            };
-            let router = tonic::transport::Server::builder()
-                .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
-                .add_service(kv_server!(node))
-                .add_service(WatchServer::new(WatchService::new(node.clone())))
-                .add_service(LeaseServer::new(LeaseService::new(node.clone())))
-                .add_service(LockServer::new(LockService::new(node.clone())))
-                .add_service(ElectionServer::new(ElectionService::new(node.clone())))
-                .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-                .add_service(MaintenanceServer::new(MaintenanceService::new(
-                    node.clone(),
-                )));
-            let stop = shutdown.clone();
-            tasks.push(crate::rt::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
-                    .await
-            }));
-        }
-        #[cfg(madsim)]
-        {
-            on_bound(*addr);
-            let router = tonic::transport::Server::builder()
-                .add_service(kv_server!(node))
-                .add_service(WatchServer::new(WatchService::new(node.clone())))
-                .add_service(LeaseServer::new(LeaseService::new(node.clone())))
-                .add_service(LockServer::new(LockService::new(node.clone())))
-                .add_service(ElectionServer::new(ElectionService::new(node.clone())))
-                .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-                .add_service(MaintenanceServer::new(MaintenanceService::new(
-                    node.clone(),
-                )));
-            let stop = shutdown.clone();
-            let addr = *addr;
-            tasks.push(crate::rt::spawn(async move {
-                router
-                    .serve_with_shutdown(addr, async move { stop.wait().await })
-                    .await
-            }));
-        }
-    }
-    join_all(tasks).await
+    serve_routers(|| client_router(&node), addrs, shutdown, on_bound).await
 }
 
 /// Bind every address in `addrs`, report each bound address through `on_bound`, and serve other
@@ -143,19 +111,32 @@ pub async fn serve_peers(
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
+    serve_routers(|| peer_router(&node), addrs, shutdown, on_bound).await
+}
+
+/// Serve a router from `make_router` on every address until `shutdown`.
+async fn serve_routers(
+    make_router: impl Fn() -> tonic::transport::server::Router,
+    addrs: Vec<SocketAddr>,
+    shutdown: Shutdown,
+    on_bound: impl Fn(SocketAddr),
+) -> std::io::Result<()> {
     let mut tasks = Vec::new();
     for addr in &addrs {
-        let service = PeerServer::new(PeerService::new(node.clone()))
-            .max_decoding_message_size(limits::PEER_MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(limits::PEER_MAX_MESSAGE_BYTES);
+        let router = make_router();
         let stop = shutdown.clone();
         #[cfg(not(madsim))]
         {
+            use futures::StreamExt;
             let listener = tokio::net::TcpListener::bind(addr).await?;
             on_bound(listener.local_addr()?);
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let router = tonic::transport::Server::builder().add_service(service);
+            // Our own listener (to learn the bound port) bypasses the builder's TCP options: set
+            // TCP_NODELAY here, or small trailing HTTP/2 frames wait out Nagle + delayed ACK (~40 ms).
+            // Every connection goes through the `:authority` fix-up; one whose first request is
+            // well-formed (peers always are) is passed through untouched after it.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|conn| conn.map(super::authority::AuthorityFix::new));
             tasks.push(crate::rt::spawn(async move {
                 router
                     .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
@@ -165,7 +146,6 @@ pub async fn serve_peers(
         #[cfg(madsim)]
         {
             on_bound(*addr);
-            let router = tonic::transport::Server::builder().add_service(service);
             let addr = *addr;
             tasks.push(crate::rt::spawn(async move {
                 router

@@ -18,8 +18,8 @@ use crate::rt;
 impl Node {
     /// Every member, in id order, as this member's applied state knows them.
     pub fn members(&self) -> Vec<MemberInfo> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership().clone();
+        let stored = self.stored_membership();
+        let membership = stored.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let attrs = cluster::read_attributes(self.state.engine().as_ref()).unwrap_or_default();
         membership
@@ -39,10 +39,19 @@ impl Node {
             .collect()
     }
 
+    /// Raft's current membership (a shared pointer: no copy of the metrics).
+    fn stored_membership(&self) -> std::sync::Arc<crate::raft::StoredMembership> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone()
+    }
+
     /// Whether member `id` is a learner.
     pub fn is_learner(&self, id: u64) -> bool {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
+        let stored = self.stored_membership();
+        let membership = stored.membership();
         membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
     }
 
@@ -188,14 +197,17 @@ impl Node {
     /// A learner may be promoted once it is within [`limits::LEARNER_PROMOTE_MAX_LAG`] entries of
     /// the leader's log (etcd asks for 90% of the leader's progress).
     fn learner_caught_up(&self, id: u64) -> bool {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let last = metrics.last_log_index.unwrap_or(0);
-        let matched = metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&id).cloned().flatten())
-            .map(|log_id| log_id.index)
-            .unwrap_or(0);
+        let (last, matched) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|log_id| log_id.index)
+                .unwrap_or(0);
+            (m.last_log_index.unwrap_or(0), matched)
+        };
         matched + limits::LEARNER_PROMOTE_MAX_LAG >= last && matched > 0
     }
 

@@ -269,6 +269,15 @@ impl Node {
         }
     }
 
+    /// The full header for a response whose revision apply or the read path set (`partial`), or
+    /// the current revision when none was set.
+    pub fn complete_header(&self, partial: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        let revision = partial
+            .map(|h| h.revision)
+            .unwrap_or_else(|| self.current_revision());
+        Some(self.header(revision))
+    }
+
     /// `(backend size, NOSPACE raised)`, at most [`limits::QUOTA_SIZE_REFRESH`] old.
     fn quota_state(&self) -> (u64, bool) {
         use std::sync::atomic::Ordering;
@@ -394,7 +403,8 @@ impl Node {
 
     /// Raft's view of this member, for `Status`.
     pub fn raft_status(&self) -> RaftStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         RaftStatus {
             leader: m.current_leader.unwrap_or(0),
             term: m.current_term,

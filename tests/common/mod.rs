@@ -63,6 +63,14 @@ fn start_process(mut cmd: Command) -> (Child, String) {
     (child, format!("http://{addr}"))
 }
 
+/// SIGKILL `child` if it runs and wait for it to die.
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 impl Server {
     /// Start a fresh server with its own temporary data dir.
     pub fn start(engine: &str) -> Server {
@@ -87,10 +95,7 @@ impl Server {
 
     /// SIGKILL the process (no shutdown path runs) and wait for it to die.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9(&mut self.child);
     }
 
     /// Start the process again on the same data dir (a new port).
@@ -196,10 +201,7 @@ impl ClusterMember {
 
     /// SIGKILL the process and wait for it to die.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9(&mut self.child);
     }
 
     /// Start the process again on the same data dir and ports.
@@ -363,4 +365,20 @@ impl TestCluster {
         }
         panic!("no member reported itself leader within 30 s");
     }
+}
+
+/// Run `etcdctl` (v3 API) against `endpoints` (`host:port,...`); returns success and stdout+stderr.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .output()
+        .expect("etcdctl is installed (Debian package etcd-client)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
