@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub lease_checkpoint_interval: Duration,
     /// Applied entries between raft snapshots (`--snapshot-count`).
     pub snapshot_count: u64,
+    /// Refuse membership changes that would leave fewer started voters than a quorum
+    /// (`--strict-reconfig-check`, etcd's default: on).
+    pub strict_reconfig_check: bool,
 }
 
 /// A configuration value that cannot be used.
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             watch_progress_interval: limits::WATCH_PROGRESS_INTERVAL_DEFAULT,
             lease_checkpoint_interval: limits::LEASE_CHECKPOINT_INTERVAL_DEFAULT,
             snapshot_count: limits::SNAPSHOT_COUNT_DEFAULT,
+            strict_reconfig_check: true,
         }
     }
 }

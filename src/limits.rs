@@ -94,14 +94,12 @@ pub const PEER_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// this is the transport's ceiling.
 pub const PEER_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Size of one chunk of a snapshot on the wire.
+/// Size of one chunk of a snapshot (on the wire, in a backup, and per batch of an install): what
+/// a member holds of a snapshot in memory at a time.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Least time a whole snapshot transfer may take.
 pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Largest snapshot a member accepts (bounds the memory of an install).
-pub const SNAPSHOT_MAX_BYTES: usize = 8 * 1024 * 1024 * 1024;
 
 /// Default `--snapshot-count` (etcd's): applied entries between two snapshots. The log before a snapshot
 /// is purged, less up to [`RAFT_LOGS_KEPT_AFTER_SNAPSHOT`] entries kept for followers that are

@@ -66,6 +66,8 @@ fn expected_during_leader_loss(e: &etcd_client::Error) -> bool {
 
 /// Keys written before a learner joins (several snapshots' worth).
 const PRE_JOIN_KEYS: usize = 200;
+/// Values of 200 KiB written before the learner joins: its snapshot is several chunks long.
+const PRE_JOIN_BIG_KEYS: usize = 24;
 
 /// etcdctl against a cluster, with room for an election in each command.
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
@@ -350,6 +352,10 @@ async fn learner_joins_is_promoted_and_members_are_removed() {
     for i in 0..PRE_JOIN_KEYS {
         c.put(format!("pre-{i}"), "v", None).await.expect("put");
     }
+    for i in 0..PRE_JOIN_BIG_KEYS {
+        let big = vec![b'a' + (i % 26) as u8; 200 * 1024];
+        c.put(format!("big-{i}"), big, None).await.expect("put big");
+    }
     let peer_port = common::free_port();
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let (ok, text) = etcdctl(
@@ -389,6 +395,18 @@ async fn learner_joins_is_promoted_and_members_are_removed() {
         }
         assert!(Instant::now() < deadline, "the learner did not catch up");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut l = cluster.members[joined].client().await;
+    for i in 0..PRE_JOIN_BIG_KEYS {
+        let got = l
+            .get(
+                format!("big-{i}"),
+                Some(GetOptions::new().with_serializable()),
+            )
+            .await
+            .expect("big key on the learner");
+        assert_eq!(got.kvs().len(), 1, "big-{i}");
+        assert!(got.kvs()[0].value() == vec![b'a' + (i % 26) as u8; 200 * 1024]);
     }
     let (ok, text) = etcdctl(&cluster.etcdctl_endpoints(), &["member", "list"]);
     assert!(ok, "{text}");
@@ -448,6 +466,66 @@ async fn learner_joins_is_promoted_and_members_are_removed() {
         .await
         .expect("put after remove");
     converged_hashes(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_reconfig_keeps_started_voters_a_quorum() {
+    let cluster = TestCluster::start(3);
+    cluster.leader().await;
+    let add = |name: &str| {
+        let url = format!("http://127.0.0.1:{}", common::free_port());
+        let (ok, text) = etcdctl(
+            &cluster.etcdctl_endpoints(),
+            &["member", "add", name, &format!("--peer-urls={url}")],
+        );
+        (ok, text, url)
+    };
+    // Voters that never start: 3 started of 4, then 3 of 5, are still a quorum...
+    let (ok, text, absent_url) = add("absent-1");
+    assert!(ok, "{text}");
+    let (ok, text, _) = add("absent-2");
+    assert!(ok, "{text}");
+    // ...3 of 6 would not be.
+    let (ok, text, _) = add("absent-3");
+    assert!(
+        !ok && text
+            .contains("etcdserver: re-configuration failed due to not enough started members"),
+        "{text}"
+    );
+    // A learner never counts against the quorum.
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let (ok, text) = etcdctl(
+        &cluster.etcdctl_endpoints(),
+        &[
+            "member",
+            "add",
+            "learner",
+            "--learner",
+            &format!("--peer-urls={url}"),
+        ],
+    );
+    assert!(ok, "{text}");
+    // Removing a started voter would leave 2 started of 4: refused; an absent one goes.
+    let (_, list) = etcdctl(&cluster.etcdctl_endpoints(), &["member", "list"]);
+    let id_of = |needle: &str| {
+        list.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split(',').next())
+            .unwrap_or_else(|| panic!("{needle} in {list}"))
+            .to_string()
+    };
+    let (ok, text) = etcdctl(
+        &cluster.etcdctl_endpoints(),
+        &["member", "remove", &id_of(", m0, ")],
+    );
+    assert!(!ok && text.contains("not enough started members"), "{text}");
+    let (ok, text) = etcdctl(
+        &cluster.etcdctl_endpoints(),
+        &["member", "remove", &id_of(&absent_url)],
+    );
+    assert!(ok, "{text}");
+    let mut c = cluster.members[0].client().await;
+    c.put("still-writable", "v", None).await.expect("put");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

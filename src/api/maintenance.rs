@@ -5,10 +5,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::limits;
 use crate::node::Node;
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
@@ -142,21 +141,20 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let backup = self.node.backup().await?;
+        let (total, pieces) = self.node.backup().await?;
         let header = Some(self.node.header(self.node.current_revision()));
-        let total = backup.len();
-        // Chunks are cut from the one backup buffer as the client reads them, not copied up front.
-        let starts = (0..total.max(1)).step_by(limits::SNAPSHOT_CHUNK_BYTES);
-        let chunks = starts.map(move |start| {
-            let end = (start + limits::SNAPSHOT_CHUNK_BYTES).min(total);
+        let mut sent = 0u64;
+        let chunks = pieces.map(move |piece| {
+            let blob = piece?;
+            sent += blob.len() as u64;
             Ok(SnapshotResponse {
                 header,
-                remaining_bytes: (total - end) as u64,
-                blob: backup[start..end].to_vec(),
+                remaining_bytes: total.saturating_sub(sent),
+                blob,
                 version: API_VERSION.to_string(),
             })
         });
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn move_leader(

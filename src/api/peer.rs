@@ -6,7 +6,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::limits;
 use crate::node::{LeaderWriteError, Node};
 use crate::pb::metastore::peer_server::Peer;
 use crate::pb::metastore::{
@@ -15,6 +14,7 @@ use crate::pb::metastore::{
     SnapshotChunk,
 };
 use crate::raft::network::SnapshotHeader;
+use crate::raft::state_machine::SnapshotData;
 use crate::raft::{decode, encode};
 
 /// Serves other members.
@@ -69,24 +69,40 @@ impl Peer for PeerService {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
         let mut chunks = request.into_inner();
+        let Some(_receiving) = self.node.begin_snapshot_receive().await? else {
+            return Err(Status::unavailable(
+                "a snapshot transfer to this member is already in progress",
+            ));
+        };
+        // Each chunk goes to the staging area as it arrives; nothing is installed unless the
+        // stream ends with the chunk marked last.
         let mut header: Option<SnapshotHeader> = None;
-        let mut data = Vec::new();
+        let mut complete = false;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
+            if complete {
+                return Err(Status::invalid_argument(
+                    "snapshot chunk after the last one",
+                ));
+            }
             if header.is_none() {
                 header = Some(decode(&chunk.header).map_err(bad_payload)?);
             }
-            if data.len() + chunk.data.len() > limits::SNAPSHOT_MAX_BYTES {
-                return Err(Status::resource_exhausted(
-                    "snapshot larger than this member accepts",
-                ));
-            }
-            data.extend_from_slice(&chunk.data);
+            complete = chunk.last;
+            self.node
+                .stage_snapshot_chunk(chunk.data)
+                .await
+                .map_err(|e| Status::invalid_argument(format!("bad snapshot chunk: {e:?}")))?;
         }
         let header = header.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        if !complete {
+            return Err(Status::aborted(
+                "snapshot stream ended before its last chunk",
+            ));
+        }
         let snapshot = openraft::alias::SnapshotOf::<crate::raft::TypeConfig, _> {
             meta: header.meta,
-            snapshot: std::io::Cursor::new(data),
+            snapshot: SnapshotData::Staged,
         };
         let result = self
             .node

@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Number of committed transactions to trigger a snapshot to disk (and purge the log before it).
     #[arg(long, default_value_t = limits::SNAPSHOT_COUNT_DEFAULT)]
     pub snapshot_count: u64,
+    /// Reject membership changes that would leave fewer started voting members than a quorum
+    /// (`--strict-reconfig-check=false` to allow them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub strict_reconfig_check: bool,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -136,6 +140,7 @@ impl ServeArgs {
             watch_progress_interval: self.experimental_watch_progress_notify_interval,
             lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
             snapshot_count: self.snapshot_count,
+            strict_reconfig_check: self.strict_reconfig_check,
         };
         cfg.validate()?;
         Ok(cfg)

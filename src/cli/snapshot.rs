@@ -45,7 +45,7 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
             data_dir.display()
         ));
     }
-    let backup = std::fs::read(&args.file)
+    let backup = std::fs::File::open(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let cfg = ServerConfig {
         name: args.name,
@@ -54,7 +54,7 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
         ..ServerConfig::default()
     };
     let engine = super::serve::open_engine(&cfg)?;
-    let records = crate::raft::backup::restore(engine.as_ref(), &backup)
+    let records = crate::raft::backup::restore(engine.as_ref(), backup)
         .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
     println!(
         "restored {records} records from {} into {}",

@@ -101,6 +101,10 @@ impl Node {
             return Err(MembershipError::NoLeader);
         }
         let members = self.members();
+        if self.config.strict_reconfig_check && !enough_started(&members, &change, &self.started())
+        {
+            return Err(MembershipError::NotEnoughStarted);
+        }
         let find = |id: u64| members.iter().find(|m| m.id == id).cloned();
         let result = match change {
             MemberChange::Add { id, node, learner } => {
@@ -167,6 +171,15 @@ impl Node {
             Err(RaftError::APIError(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
             Err(RaftError::Fatal(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
         }
+    }
+
+    /// Members that have started: published their attributes through the log (etcd's
+    /// `IsStarted`, a member with a name).
+    fn started(&self) -> BTreeSet<u64> {
+        cluster::read_attributes(self.state.engine().as_ref())
+            .unwrap_or_default()
+            .into_keys()
+            .collect()
     }
 
     /// Hand leadership to voter `to` and wait (bounded) until it leads. Only the leader can.
@@ -248,4 +261,108 @@ pub(super) async fn run_publish(node: Weak<Node>) {
 pub(crate) fn membership_reply(result: Result<(), MembershipError>) -> RaftPayload {
     let data = encode(&result).unwrap_or_default();
     RaftPayload { data }
+}
+
+/// etcd's strict reconfiguration check: after `change`, the started voters must still be a quorum
+/// of the voters (a change that would make the cluster lose quorum the moment it commits is
+/// refused). Learners never count, and adding or removing one is always allowed.
+fn enough_started(members: &[MemberInfo], change: &MemberChange, started: &BTreeSet<u64>) -> bool {
+    let voters = || members.iter().filter(|m| !m.is_learner);
+    let started_voters = || voters().filter(|m| started.contains(&m.id));
+    let (voters_after, started_after) = match change {
+        MemberChange::Add { learner: true, .. } | MemberChange::Update { .. } => return true,
+        MemberChange::Remove { id } => {
+            if members.iter().any(|m| m.id == *id && m.is_learner) {
+                return true;
+            }
+            let others = voters().filter(|m| m.id != *id).count();
+            let started_others = started_voters().filter(|m| m.id != *id).count();
+            (others, started_others)
+        }
+        MemberChange::Add { learner: false, .. } => {
+            let (n, s) = (voters().count() + 1, started_voters().count());
+            // Adding a second member to a one-member cluster (restoring a cluster) is allowed.
+            if n == 2 && s == 1 {
+                return true;
+            }
+            (n, s)
+        }
+        // The learner counts as started: it is running, that is how it caught up.
+        MemberChange::Promote { .. } => (voters().count() + 1, started_voters().count() + 1),
+    };
+    // A quorum is more than half.
+    started_after > voters_after / 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, is_learner: bool) -> MemberInfo {
+        MemberInfo {
+            id,
+            name: format!("m{id}"),
+            peer_urls: vec![format!("http://127.0.0.1:{id}")],
+            client_urls: Vec::new(),
+            is_learner,
+        }
+    }
+
+    fn add(learner: bool) -> MemberChange {
+        MemberChange::Add {
+            id: 99,
+            node: PeerNode::default(),
+            learner,
+        }
+    }
+
+    #[test]
+    fn strict_reconfig_counts_started_voters_as_etcd_does() {
+        let three = [member(1, false), member(2, false), member(3, false)];
+        let all: BTreeSet<u64> = [1, 2, 3].into();
+        let two: BTreeSet<u64> = [1, 2].into();
+        // 3 started of 3: a fourth voter needs 3 of 4 started: fine.
+        assert!(enough_started(&three, &add(false), &all));
+        // 2 started of 3: a fourth voter would leave 2 of 4 started, below a quorum of 3.
+        assert!(!enough_started(&three, &add(false), &two));
+        // Learners are always fine.
+        assert!(enough_started(&three, &add(true), &two));
+        // Removing a started voter when one is down leaves 1 of 2 started: refused.
+        assert!(!enough_started(
+            &three,
+            &MemberChange::Remove { id: 1 },
+            &two
+        ));
+        // Removing the one that is down leaves 2 of 2: fine.
+        assert!(enough_started(
+            &three,
+            &MemberChange::Remove { id: 3 },
+            &two
+        ));
+        // A one-member cluster may add its second member.
+        let one = [member(1, false)];
+        assert!(enough_started(&one, &add(false), &[1].into()));
+        // Promoting a learner counts it as started.
+        let with_learner = [
+            member(1, false),
+            member(2, false),
+            member(3, false),
+            member(4, true),
+        ];
+        assert!(enough_started(
+            &with_learner,
+            &MemberChange::Promote { id: 4 },
+            &two
+        ));
+        assert!(!enough_started(
+            &with_learner,
+            &MemberChange::Promote { id: 4 },
+            &[1].into()
+        ));
+        assert!(enough_started(
+            &with_learner,
+            &MemberChange::Remove { id: 4 },
+            &[1].into()
+        ));
+    }
 }

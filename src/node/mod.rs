@@ -105,6 +105,8 @@ pub struct Node {
     channels: PeerChannels,
     /// Sequence numbers of proposals this member forwards to the leader.
     next_seq: std::sync::atomic::AtomicU64,
+    /// Held while a snapshot from the leader is being staged: one transfer at a time.
+    snapshot_receive: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -179,6 +181,7 @@ impl Node {
         ));
         let node = Arc::new_cyclic(|this| Node {
             this: this.clone(),
+            snapshot_receive: tokio::sync::Mutex::new(()),
             raft,
             state,
             watch,
@@ -382,10 +385,58 @@ impl Node {
         }
     }
 
-    /// A consistent backup of this member's replicated state (see `raft::backup`).
-    pub async fn backup(&self) -> Result<Vec<u8>, NodeError> {
-        let state = self.state.clone();
-        rt::spawn_blocking(move || crate::raft::backup::create(&state))
+    /// A consistent backup of this member's replicated state, produced piece by piece as the
+    /// stream is read (see `raft::backup`); with its total size in bytes.
+    pub async fn backup(
+        &self,
+    ) -> Result<(u64, impl futures::Stream<Item = Result<Vec<u8>, NodeError>>), NodeError> {
+        let failed = |e: std::io::Error| NodeError::Raft(e.to_string());
+        let (_, view) = self.state.frozen().map_err(failed)?;
+        let sized = view.clone();
+        let total = rt::spawn_blocking(move || crate::raft::backup::size(sized))
+            .await
+            .map_err(failed)?
+            .map_err(failed)?;
+        let writer = Some(crate::raft::backup::BackupWriter::new(view));
+        let pieces = futures::stream::unfold(writer, move |writer| async move {
+            let mut writer = writer?;
+            // Each piece reads up to a chunk from the engine: off the async workers.
+            let (writer, piece) = rt::spawn_blocking(move || {
+                let piece = writer.next_piece();
+                (writer, piece)
+            })
+            .await
+            .ok()?;
+            match piece {
+                Ok(Some(piece)) => Some((Ok(piece), Some(writer))),
+                Ok(None) => None,
+                Err(e) => Some((Err(failed(e)), None)),
+            }
+        });
+        Ok((total, pieces))
+    }
+
+    /// Start receiving a snapshot from the leader: `None` while another transfer is in progress.
+    /// Whatever an earlier, unfinished transfer staged is dropped.
+    pub async fn begin_snapshot_receive(
+        &self,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, NodeError> {
+        let Ok(guard) = self.snapshot_receive.try_lock() else {
+            return Ok(None);
+        };
+        let engine = self.state.engine().clone();
+        rt::spawn_blocking(move || crate::raft::snapshot::clear_staging(engine.as_ref()))
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(Some(guard))
+    }
+
+    /// Stage one chunk of the snapshot being received (hold the guard from
+    /// [`Node::begin_snapshot_receive`]). Fails on a malformed chunk.
+    pub async fn stage_snapshot_chunk(&self, chunk: Vec<u8>) -> Result<usize, NodeError> {
+        let engine = self.state.engine().clone();
+        rt::spawn_blocking(move || crate::raft::snapshot::stage(engine.as_ref(), &chunk))
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?
             .map_err(|e| NodeError::Raft(e.to_string()))
@@ -789,6 +840,9 @@ mod group_commit_tests {
             v: &mut Visitor<'_>,
         ) -> crate::storage::Result<()> {
             self.inner.scan_ordered(ks, s, e, o, v)
+        }
+        fn view(&self) -> crate::storage::Result<Arc<dyn crate::storage::EngineView>> {
+            self.inner.view()
         }
         fn write(&self, batch: WriteBatch, durability: Durability) -> crate::storage::Result<()> {
             if durability == Durability::Sync {

@@ -1,69 +1,237 @@
 //! The backup file `Maintenance.Snapshot` streams (what `etcdctl snapshot save` writes) and
 //! `metastore snapshot restore` reads. etcdctl checks the framing etcd uses: a body whose length is
-//! a multiple of 512 bytes followed by the SHA-256 of that body. Our body is a magic line, the
-//! length of the state machine image, the image, and zero padding. Not etcd's bbolt file: a backup
-//! moves between MetaStore clusters, not to etcd.
+//! a multiple of 512 bytes followed by the SHA-256 of that body. Our body is a magic line, then
+//! snapshot chunks (see [`super::snapshot`]) each preceded by its length (u32, big-endian), a zero
+//! length to end them, and zero padding. Not etcd's bbolt file: a backup moves between MetaStore
+//! clusters, not to etcd.
+//!
+//! Both directions stream: a backup is produced from a frozen view one chunk at a time, and a
+//! restore checks the hash in one pass over the file and copies the records in a second.
 
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::state_machine::{restore_image, Shared};
-use crate::storage::Engine;
+use super::snapshot::{decode_chunk, ChunkReader};
+use super::state_machine::CLUSTER_BOUND_META;
+use crate::limits;
+use crate::storage::{Durability, Engine, EngineView, Keyspace, WriteBatch};
 
 /// First bytes of every backup.
-pub const MAGIC: &[u8] = b"metastore-backup-v1\n";
+pub const MAGIC: &[u8] = b"metastore-backup-v2\n";
 
 /// etcdctl wants the body (before the hash) to be whole 512-byte pages, as a bbolt file is.
 const PAGE: usize = 512;
 const HASH_BYTES: usize = 32;
+const LEN_BYTES: usize = 4;
 
-/// A consistent backup of the replicated state.
-pub fn create(shared: &Shared) -> io::Result<Vec<u8>> {
-    let (_, _, image) = shared.image()?;
-    let mut out = Vec::with_capacity(MAGIC.len() + 8 + image.len() + PAGE + HASH_BYTES);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(image.len() as u64).to_be_bytes());
-    out.extend_from_slice(&image);
-    out.resize(out.len().div_ceil(PAGE) * PAGE, 0);
-    let hash = Sha256::digest(&out);
-    out.extend_from_slice(&hash);
-    Ok(out)
+/// Largest chunk a restore accepts (a chunk holds whole records, so it can pass the chunk size by
+/// one record).
+const MAX_CHUNK_BYTES: usize = limits::SNAPSHOT_CHUNK_BYTES + 2 * limits::MAX_REQUEST_BYTES_DEFAULT;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Magic,
+    Chunks,
+    Done,
 }
 
-/// Check a backup and write its data into `engine` (which must be empty). Returns the number of
-/// key-value records restored.
-pub fn restore(engine: &dyn Engine, backup: &[u8]) -> io::Result<usize> {
-    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
-    if !backup.starts_with(MAGIC) || backup.len() < MAGIC.len() + 8 + HASH_BYTES {
+/// Produces a backup of a frozen view piece by piece (each piece at most about a chunk).
+pub struct BackupWriter {
+    chunks: ChunkReader,
+    hasher: Sha256,
+    body_bytes: usize,
+    stage: Stage,
+}
+
+impl BackupWriter {
+    /// A backup of `view`.
+    pub fn new(view: Arc<dyn EngineView>) -> Self {
+        Self {
+            chunks: ChunkReader::new(view),
+            hasher: Sha256::new(),
+            body_bytes: 0,
+            stage: Stage::Magic,
+        }
+    }
+
+    /// The next piece of the file; `None` after the last.
+    pub fn next_piece(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let piece = match self.stage {
+            Stage::Done => return Ok(None),
+            Stage::Magic => {
+                self.stage = Stage::Chunks;
+                MAGIC.to_vec()
+            }
+            Stage::Chunks => match self.chunks.next_chunk()? {
+                Some(chunk) => {
+                    let mut piece = Vec::with_capacity(LEN_BYTES + chunk.len());
+                    piece.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+                    piece.extend_from_slice(&chunk);
+                    piece
+                }
+                None => {
+                    self.stage = Stage::Done;
+                    let mut end = vec![0u8; LEN_BYTES];
+                    let body = self.body_bytes + end.len();
+                    end.resize(end.len() + body.div_ceil(PAGE) * PAGE - body, 0);
+                    self.hasher.update(&end);
+                    let hash = std::mem::take(&mut self.hasher).finalize();
+                    end.extend_from_slice(&hash);
+                    return Ok(Some(end));
+                }
+            },
+        };
+        self.hasher.update(&piece);
+        self.body_bytes += piece.len();
+        Ok(Some(piece))
+    }
+}
+
+/// The size in bytes of the backup of `view` (one pass over it without keeping anything).
+pub fn size(view: Arc<dyn EngineView>) -> io::Result<u64> {
+    let mut writer = BackupWriter::new(view);
+    let mut total = 0u64;
+    while let Some(piece) = writer.next_piece()? {
+        total += piece.len() as u64;
+    }
+    Ok(total)
+}
+
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// Check a backup (hash first, then framing) and write its data into `engine` (which must be
+/// empty), leaving out what belongs to the old cluster (applied index, membership, member
+/// attributes, alarms): the member started on it founds a new cluster with the same keys,
+/// history and leases. Returns the number of `Kv` records restored.
+pub fn restore<R: Read + Seek>(engine: &dyn Engine, mut file: R) -> io::Result<usize> {
+    let len = file.seek(SeekFrom::End(0))? as usize;
+    if len < MAGIC.len() + LEN_BYTES + HASH_BYTES || (len - HASH_BYTES) % PAGE != 0 {
+        return Err(invalid("not a MetaStore backup (bad size)"));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let mut magic = vec![0u8; MAGIC.len()];
+    file.read_exact(&mut magic)?;
+    if magic != MAGIC {
         return Err(invalid("not a MetaStore backup (bad header)"));
     }
-    let (body, hash) = backup.split_at(backup.len() - HASH_BYTES);
-    if Sha256::digest(body).as_slice() != hash {
+
+    // Pass 1: the hash over the whole body.
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    let mut body = (&mut file).take((len - HASH_BYTES) as u64);
+    io::copy(&mut body, &mut hasher)?;
+    let mut hash = [0u8; HASH_BYTES];
+    file.read_exact(&mut hash)?;
+    if hasher.finalize().as_slice() != hash {
         return Err(invalid(
             "backup checksum mismatch: the file is damaged or truncated",
         ));
     }
-    let rest = &body[MAGIC.len()..];
-    let (len, rest) = rest.split_at(8);
-    let len = u64::from_be_bytes(len.try_into().expect("8 bytes")) as usize;
-    let image = rest
-        .get(..len)
-        .ok_or_else(|| invalid("backup image shorter than its header says"))?;
-    restore_image(engine, image)
+
+    // Pass 2: the records, one chunk at a time.
+    file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+    let mut file = io::BufReader::new(file);
+    let mut records = 0;
+    loop {
+        let mut chunk_len = [0u8; LEN_BYTES];
+        file.read_exact(&mut chunk_len)
+            .map_err(|_| invalid("backup ends before its last chunk"))?;
+        let chunk_len = u32::from_be_bytes(chunk_len) as usize;
+        if chunk_len == 0 {
+            break;
+        }
+        if chunk_len > MAX_CHUNK_BYTES {
+            return Err(invalid("backup chunk larger than any MetaStore writes"));
+        }
+        let mut chunk = vec![0u8; chunk_len];
+        file.read_exact(&mut chunk)
+            .map_err(|_| invalid("backup ends inside a chunk"))?;
+        let mut batch = WriteBatch::new();
+        for (ks, k, v) in decode_chunk(&chunk)? {
+            if ks == Keyspace::Meta && CLUSTER_BOUND_META.iter().any(|p| k.starts_with(p)) {
+                continue;
+            }
+            if ks == Keyspace::Kv {
+                records += 1;
+            }
+            batch.put(ks, k, v);
+        }
+        engine.write(batch, Durability::Buffered)?;
+    }
+    engine.sync()?;
+    Ok(records)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::MemoryEngine;
+
+    fn backup_of(engine: &dyn Engine) -> Vec<u8> {
+        let mut writer = BackupWriter::new(engine.view().unwrap());
+        let mut out = Vec::new();
+        while let Some(piece) = writer.next_piece().unwrap() {
+            assert!(piece.len() <= MAX_CHUNK_BYTES + LEN_BYTES);
+            out.extend_from_slice(&piece);
+        }
+        assert_eq!(size(engine.view().unwrap()).unwrap(), out.len() as u64);
+        out
+    }
+
+    fn source() -> MemoryEngine {
+        let engine = MemoryEngine::new();
+        let mut b = WriteBatch::new();
+        b.put(Keyspace::Meta, "sm/applied", "cluster-bound");
+        b.put(Keyspace::Meta, "lease/1", "kept");
+        for i in 0..2500u32 {
+            b.put(Keyspace::Kv, i.to_be_bytes(), [1u8; 1000]);
+        }
+        engine.write(b, Durability::Sync).unwrap();
+        engine
+    }
+
+    #[test]
+    fn a_backup_round_trips_without_the_cluster_bound_records() {
+        let from = source();
+        let backup = backup_of(&from);
+        assert_eq!((backup.len() - HASH_BYTES) % PAGE, 0);
+        let to = MemoryEngine::new();
+        assert_eq!(restore(&to, io::Cursor::new(&backup)).unwrap(), 2500);
+        assert_eq!(
+            to.get(Keyspace::Meta, b"lease/1").unwrap().as_deref(),
+            Some(&b"kept"[..])
+        );
+        assert_eq!(to.get(Keyspace::Meta, b"sm/applied").unwrap(), None);
+        assert_eq!(
+            to.get(Keyspace::Kv, &7u32.to_be_bytes()).unwrap(),
+            Some(vec![1u8; 1000])
+        );
+    }
 
     #[test]
     fn damaged_backups_are_refused() {
-        let engine = crate::storage::MemoryEngine::new();
-        assert!(restore(&engine, b"nonsense").is_err());
+        let engine = MemoryEngine::new();
+        assert!(restore(&engine, io::Cursor::new(b"nonsense")).is_err());
         let mut fake = MAGIC.to_vec();
-        fake.extend_from_slice(&[0; 48]);
-        let err = restore(&engine, &fake).expect_err("bad checksum");
+        fake.resize(PAGE + HASH_BYTES, 0);
+        let err = restore(&engine, io::Cursor::new(&fake)).expect_err("bad checksum");
         assert!(err.to_string().contains("checksum"), "{err}");
+        let mut flipped = backup_of(&source());
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 1;
+        let err = restore(&engine, io::Cursor::new(&flipped)).expect_err("bad checksum");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        let mut keys = 0;
+        engine
+            .scan(Keyspace::Kv, &[], None, &mut |_, _| {
+                keys += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(keys, 0, "a refused backup writes nothing");
     }
 }

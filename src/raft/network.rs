@@ -16,6 +16,7 @@ use openraft::OptionalSend;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
+use super::snapshot::ChunkReader;
 use super::state_machine::SnapshotData;
 use super::{decode, encode, PeerNode, TypeConfig, Vote};
 use crate::limits;
@@ -187,21 +188,46 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             meta: snapshot.meta.clone(),
         })
         .map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
-        let bytes = snapshot.snapshot.into_inner();
-        // The chunks are slices of the image taken one at a time as the stream is polled.
-        let total = bytes.len();
-        let chunks = futures::stream::iter(
-            (0..total.max(1))
-                .step_by(limits::SNAPSHOT_CHUNK_BYTES)
-                .enumerate()
-                .map(move |(i, start)| {
-                    let end = (start + limits::SNAPSHOT_CHUNK_BYTES).min(total);
-                    SnapshotChunk {
-                        header: if i == 0 { header.clone() } else { Vec::new() },
-                        data: bytes[start..end].to_vec(),
+        let SnapshotData::View(view) = snapshot.snapshot else {
+            return Err(StreamingError::Unreachable(unreachable(
+                "a staged snapshot is not sent on",
+            )));
+        };
+        // Chunks are read from the frozen view as the stream is polled, one at a time; the last
+        // one says so, so a stream cut short (or a read error here) is never taken as complete.
+        let reader = ChunkReader::new(view);
+        let failure = Arc::new(Mutex::new(None::<std::io::Error>));
+        let failed = failure.clone();
+        let chunks = futures::stream::unfold(Some((reader, true)), move |state| {
+            let failed = failed.clone();
+            let header = header.clone();
+            async move {
+                let (mut reader, first) = state?;
+                let header = if first { header } else { Vec::new() };
+                match reader.next_chunk() {
+                    Ok(Some(data)) => Some((
+                        SnapshotChunk {
+                            header,
+                            data,
+                            last: false,
+                        },
+                        Some((reader, false)),
+                    )),
+                    Ok(None) => Some((
+                        SnapshotChunk {
+                            header,
+                            data: Vec::new(),
+                            last: true,
+                        },
+                        None,
+                    )),
+                    Err(e) => {
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        None
                     }
-                }),
-        );
+                }
+            }
+        });
         let ttl = option.soft_ttl().max(limits::SNAPSHOT_SEND_TIMEOUT);
         let send = rt::timeout(ttl, client.install_snapshot(chunks));
         let reply = tokio::select! {
@@ -219,7 +245,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 }))
             }
             Ok(Err(status)) => {
-                return Err(StreamingError::Unreachable(unreachable(status.message())))
+                let local = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let why = match local {
+                    Some(e) => format!("reading the snapshot failed: {e}"),
+                    None => status.message().to_string(),
+                };
+                return Err(StreamingError::Unreachable(unreachable(why)));
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };

@@ -3,6 +3,9 @@
 //! Each applied entry's MVCC change and the applied log id go into one engine batch, so after a crash
 //! the store is exactly at the last applied entry and openraft replays the rest of the (fsynced) log.
 //! Those batches are buffered, not fsynced: the log already made the entries durable.
+//!
+//! A snapshot is not a copy: it is a frozen engine view taken at a point between two applied
+//! batches, read chunk by chunk as it is sent (see [`super::snapshot`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,29 +15,30 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::{decode, encode, CommandResponse, LogId, StoredMembership, TypeConfig};
+use super::{decode, encode, snapshot, CommandResponse, LogId, StoredMembership, TypeConfig};
 use crate::apply::{self, Applied, ApplyError};
 use crate::mvcc::MvccStore;
 use crate::pb::metastore::Command;
-use crate::storage::{Durability, Keyspace, SharedEngine, WriteBatch};
+use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, WriteBatch};
 use crate::watch::WatchHub;
 
 const APPLIED_KEY: &[u8] = b"sm/applied";
 const MEMBERSHIP_KEY: &[u8] = b"sm/membership";
 
-/// Snapshot payload: every record of the `Meta` and `Kv` keyspaces.
-pub type SnapshotData = io::Cursor<Vec<u8>>;
+/// Snapshot payload.
+pub enum SnapshotData {
+    /// This member's state frozen at the snapshot's log id: what it sends to a lagging member.
+    View(Arc<dyn EngineView>),
+    /// A snapshot received from the leader and staged in this member's engine
+    /// ([`snapshot::stage`]), ready to install.
+    Staged,
+}
+
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotImage {
-    meta: Vec<(Vec<u8>, Vec<u8>)>,
-    kv: Vec<(Vec<u8>, Vec<u8>)>,
-}
 
 /// The outcome of one applied command, as handed to the request waiting for it.
 pub type Outcome = Result<Applied, ApplyError>;
@@ -49,8 +53,6 @@ pub struct Shared {
     /// Requests of this member forwarded to the leader, waiting for their local apply, by sequence
     /// number.
     waiters: Mutex<BTreeMap<u64, oneshot::Sender<Outcome>>>,
-    /// The newest snapshot built or installed (what a lagging follower is sent).
-    snapshot: Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>,
 }
 
 /// A registered wait for the local apply of a forwarded command; unregisters itself when dropped.
@@ -84,10 +86,6 @@ impl Shared {
     /// The engine under the store.
     pub fn engine(&self) -> &SharedEngine {
         &self.engine
-    }
-
-    fn snapshot_lock(&self) -> std::sync::MutexGuard<'_, Option<(SnapshotMeta, Arc<Vec<u8>>)>> {
-        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn waiters_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<Outcome>>> {
@@ -131,6 +129,9 @@ pub struct StateMachine {
 impl StateMachine {
     /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`.
     pub fn open(engine: SharedEngine, watch: Arc<WatchHub>, member_id: u64) -> io::Result<Self> {
+        if let Some(records) = snapshot::finish_interrupted_install(engine.as_ref())? {
+            tracing::info!(records, "finished a snapshot install a restart interrupted");
+        }
         let mvcc = MvccStore::open(engine.clone()).map_err(io::Error::other)?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -139,7 +140,6 @@ impl StateMachine {
                 watch,
                 member_id,
                 waiters: Mutex::new(BTreeMap::new()),
-                snapshot: Mutex::new(None),
             }),
         })
     }
@@ -155,66 +155,34 @@ impl StateMachine {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
         }
     }
-
-    fn image(&self) -> io::Result<(Option<LogId>, StoredMembership, Vec<u8>)> {
-        self.shared.image()
-    }
 }
 
 /// Keys of the `Meta` keyspace that belong to one cluster's raft state, not to the data a backup
 /// carries into a new cluster.
-const CLUSTER_BOUND_META: [&[u8]; 4] = [APPLIED_KEY, MEMBERSHIP_KEY, b"member/", b"alarm/"];
+pub(crate) const CLUSTER_BOUND_META: [&[u8]; 4] =
+    [APPLIED_KEY, MEMBERSHIP_KEY, b"member/", b"alarm/"];
 
 impl Shared {
-    /// One consistent image of the replicated state: the applied log id, the membership, and every
-    /// record of the `Meta` and `Kv` keyspaces (postcard).
-    pub fn image(&self) -> io::Result<(Option<LogId>, StoredMembership, Vec<u8>)> {
-        // Hold the read lock so the image is one point of the state machine.
-        let _guard = self.read();
-        let mut image = SnapshotImage {
-            meta: Vec::new(),
-            kv: Vec::new(),
-        };
-        self.engine.scan(Keyspace::Meta, &[], None, &mut |k, v| {
-            image.meta.push((k.to_vec(), v.to_vec()));
-            true
-        })?;
-        self.engine.scan(Keyspace::Kv, &[], None, &mut |k, v| {
-            image.kv.push((k.to_vec(), v.to_vec()));
-            true
-        })?;
-        let read = |key: &[u8]| -> io::Result<Option<Vec<u8>>> {
-            Ok(self.engine.get(Keyspace::Meta, key)?)
-        };
-        let applied = match read(APPLIED_KEY)? {
+    /// The replicated state frozen now, with the snapshot meta it is at (read from the same view,
+    /// so they agree: apply writes the applied log id in the same batch as the data).
+    pub fn frozen(&self) -> io::Result<(SnapshotMeta, Arc<dyn EngineView>)> {
+        let view = self.engine.view()?;
+        let read =
+            |key: &[u8]| -> io::Result<Option<Vec<u8>>> { Ok(view.get(Keyspace::Meta, key)?) };
+        let last_log_id = match read(APPLIED_KEY)? {
             Some(b) => decode::<Option<LogId>>(&b)?,
             None => None,
         };
-        let membership = match read(MEMBERSHIP_KEY)? {
+        let last_membership = match read(MEMBERSHIP_KEY)? {
             Some(b) => decode(&b)?,
             None => StoredMembership::default(),
         };
-        Ok((applied, membership, encode(&image)?))
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        Ok((meta, view))
     }
-}
-
-/// Write the data of a backup image (from [`Shared::image`]) into an empty engine, leaving out
-/// what belongs to the old cluster (applied index, membership, member attributes, alarms): the
-/// member started on it founds a new cluster with the same keys, history and leases.
-pub fn restore_image(engine: &dyn crate::storage::Engine, image: &[u8]) -> io::Result<usize> {
-    let image: SnapshotImage = decode(image)?;
-    let mut batch = WriteBatch::new();
-    for (k, v) in image.meta {
-        if !CLUSTER_BOUND_META.iter().any(|p| k.starts_with(p)) {
-            batch.put(Keyspace::Meta, k, v);
-        }
-    }
-    let records = image.kv.len();
-    for (k, v) in image.kv {
-        batch.put(Keyspace::Kv, k, v);
-    }
-    engine.write(batch, Durability::Sync)?;
-    Ok(records)
 }
 
 fn apply_one(
@@ -323,61 +291,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let bytes = snapshot.into_inner();
-        let image: SnapshotImage = decode(&bytes)?;
+        let SnapshotData::Staged = snapshot else {
+            return Err(io::Error::other(
+                "only a snapshot received from the leader can be installed",
+            ));
+        };
+        let last = vec![
+            (APPLIED_KEY.to_vec(), encode(&meta.last_log_id)?),
+            (MEMBERSHIP_KEY.to_vec(), encode(&meta.last_membership)?),
+        ];
         let mut mvcc = self.shared.mvcc.write().unwrap_or_else(|e| e.into_inner());
-        let mut batch = WriteBatch::new();
-        for ks in [Keyspace::Meta, Keyspace::Kv] {
-            self.shared.engine.scan(ks, &[], None, &mut |k, _| {
-                batch.delete(ks, k.to_vec());
-                true
-            })?;
-        }
-        for (k, v) in image.meta {
-            batch.put(Keyspace::Meta, k, v);
-        }
-        for (k, v) in image.kv {
-            batch.put(Keyspace::Kv, k, v);
-        }
-        batch.put(Keyspace::Meta, APPLIED_KEY, encode(&meta.last_log_id)?);
-        batch.put(
-            Keyspace::Meta,
-            MEMBERSHIP_KEY,
-            encode(&meta.last_membership)?,
-        );
-        self.shared.engine.write(batch, Durability::Sync)?;
+        let records = snapshot::install_staged(self.shared.engine.as_ref(), last)?;
+        tracing::info!(records, last_log_id = ?meta.last_log_id, "installed a snapshot");
         *mvcc = MvccStore::open(self.shared.engine.clone()).map_err(io::Error::other)?;
         // Watchers were fed revision by revision; the ones the snapshot skipped come from storage.
         self.shared.watch.all_behind();
         // Forwarded writes waiting for entries the snapshot covers will never see them applied one
         // by one: end their waits now (their outcome is unknown to this member).
         self.shared.waiters_lock().clear();
-        *self.shared.snapshot_lock() = Some((meta.clone(), Arc::new(bytes)));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        if let Some((meta, bytes)) = self.shared.snapshot_lock().clone() {
-            return Ok(Some(Snapshot {
-                meta,
-                snapshot: io::Cursor::new(bytes.to_vec()),
-            }));
-        }
-        // Not kept across restarts: a snapshot of the current state serves as well (it covers
-        // everything applied, and the log is only ever purged below an applied snapshot).
-        if self
-            .read_meta::<Option<LogId>>(APPLIED_KEY)?
-            .flatten()
-            .is_none()
-        {
+        // The current state is always a valid snapshot: it covers everything applied, and the log
+        // is only ever purged below what was applied. Nothing to keep, and nothing lost on restart.
+        let (meta, view) = self.shared.frozen()?;
+        if meta.last_log_id.is_none() {
             return Ok(None);
         }
-        let mut builder = self.get_snapshot_builder().await;
-        builder.build_snapshot().await.map(Some)
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotData::View(view),
+        }))
     }
 }
 
-/// Builds a snapshot image of the state machine.
+/// Builds a snapshot: freezes the state as it is.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
 }
@@ -386,18 +335,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let sm = StateMachine {
-            shared: self.shared.clone(),
-        };
-        let (applied, membership, bytes) = sm.image()?;
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-        };
-        *self.shared.snapshot_lock() = Some((meta.clone(), Arc::new(bytes.clone())));
+        let (meta, view) = self.shared.frozen()?;
         Ok(Snapshot {
             meta,
-            snapshot: io::Cursor::new(bytes),
+            snapshot: SnapshotData::View(view),
         })
     }
 }

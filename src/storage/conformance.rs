@@ -14,6 +14,7 @@ pub fn run_all(make: &Factory<'_>) {
     delete_range(&*make());
     batch_is_atomic_and_ordered(&*make());
     scan_is_point_in_time(&*make());
+    view_is_frozen(&*make());
     size_grows_with_data(&*make());
 }
 
@@ -158,6 +159,47 @@ fn scan_is_point_in_time(e: &dyn Engine) {
     })
     .expect("scan");
     assert_eq!(seen, vec![b"1".to_vec(), b"2".to_vec()]);
+}
+
+fn view_is_frozen(e: &dyn Engine) {
+    put(e, Keyspace::Kv, b"a", b"1");
+    put(e, Keyspace::Meta, b"m", b"1");
+    let view = e.view().expect("view");
+    let mut b = WriteBatch::new();
+    b.put(Keyspace::Kv, "a", "2");
+    b.put(Keyspace::Kv, "b", "2");
+    b.delete(Keyspace::Meta, "m");
+    e.write(b, Durability::Buffered).expect("write");
+    let mut b = WriteBatch::new();
+    b.delete_range(Keyspace::Kv, "a", "z");
+    e.write(b, Durability::Sync).expect("write");
+    let scan = |ks| {
+        let mut out = Vec::new();
+        view.scan(ks, b"", None, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .expect("view scan");
+        out
+    };
+    assert_eq!(scan(Keyspace::Kv), vec![(b"a".to_vec(), b"1".to_vec())]);
+    assert_eq!(scan(Keyspace::Meta), vec![(b"m".to_vec(), b"1".to_vec())]);
+    assert_eq!(
+        view.get(Keyspace::Meta, b"m").expect("get"),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(view.get(Keyspace::Kv, b"b").expect("get"), None);
+    // The engine itself moved on.
+    assert!(collect(e, Keyspace::Kv, b"", None, false).is_empty());
+    assert_eq!(e.get(Keyspace::Meta, b"m").expect("get"), None);
+    // Bounds and early stop work on a view as on the engine.
+    let mut first = Vec::new();
+    view.scan(Keyspace::Kv, b"a", Some(b"a"), &mut |k, _| {
+        first.push(k.to_vec());
+        true
+    })
+    .expect("empty range");
+    assert!(first.is_empty());
 }
 
 fn size_grows_with_data(e: &dyn Engine) {

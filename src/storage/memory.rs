@@ -3,18 +3,23 @@
 //! With [`MemoryEngine::with_crash_model`] it also plays a disk for the simulator: it remembers which
 //! writes were synced, and [`MemoryEngine::crash`] throws away everything that was not, the way a
 //! power cut would. The handle outlives a simulated node, so a restarted node finds its "disk".
+//!
+//! Keyspaces are shared copy-on-write: a [`EngineView`] holds the maps as they were, and the next
+//! write to a keyspace copies it while a view of it is alive.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::{BatchOp, Durability, Engine, Keyspace, Order, Result, Visitor, WriteBatch};
+use super::{
+    BatchOp, Durability, Engine, EngineView, Keyspace, Order, Result, Visitor, WriteBatch,
+};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
 #[derive(Clone, Default)]
 struct Maps {
-    spaces: [Map; Keyspace::ALL.len()],
+    spaces: [Arc<Map>; Keyspace::ALL.len()],
     bytes: [u64; Keyspace::ALL.len()],
 }
 
@@ -24,13 +29,18 @@ impl Maps {
             match op {
                 BatchOp::Put { ks, key, value } => {
                     let added = (key.len() + value.len()) as u64;
-                    if let Some(old) = self.spaces[ks.index()].insert(key.clone(), value.clone()) {
+                    let map = Arc::make_mut(&mut self.spaces[ks.index()]);
+                    if let Some(old) = map.insert(key.clone(), value.clone()) {
                         self.bytes[ks.index()] -= (key.len() + old.len()) as u64;
                     }
                     self.bytes[ks.index()] += added;
                 }
                 BatchOp::Delete { ks, key } => {
-                    if let Some(old) = self.spaces[ks.index()].remove(key) {
+                    if !self.spaces[ks.index()].contains_key(key) {
+                        continue;
+                    }
+                    let map = Arc::make_mut(&mut self.spaces[ks.index()]);
+                    if let Some(old) = map.remove(key) {
                         self.bytes[ks.index()] -= (key.len() + old.len()) as u64;
                     }
                 }
@@ -38,7 +48,7 @@ impl Maps {
                     if start >= end {
                         continue;
                     }
-                    let map = &mut self.spaces[ks.index()];
+                    let map = Arc::make_mut(&mut self.spaces[ks.index()]);
                     let doomed: Vec<Vec<u8>> = map
                         .range::<[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
                         .map(|(k, _)| k.clone())
@@ -111,6 +121,48 @@ fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> Option<KeyBounds<'a>> {
     }
 }
 
+fn scan_map(map: &Map, start: &[u8], end: Option<&[u8]>, order: Order, visit: &mut Visitor<'_>) {
+    let Some(range) = bounds(start, end) else {
+        return;
+    };
+    let items = map.range::<[u8], _>(range);
+    let items: Box<dyn Iterator<Item = _>> = match order {
+        Order::Ascending => Box::new(items),
+        Order::Descending => Box::new(items.rev()),
+    };
+    for (k, v) in items {
+        if !visit(k, v) {
+            break;
+        }
+    }
+}
+
+/// A view: the keyspace maps as they were when it was taken.
+struct MemoryView(Maps);
+
+impl EngineView for MemoryView {
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.spaces[ks.index()].get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        scan_map(
+            &self.0.spaces[ks.index()],
+            start,
+            end,
+            Order::Ascending,
+            visit,
+        );
+        Ok(())
+    }
+}
+
 impl Engine for MemoryEngine {
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.read().spaces[ks.index()].get(key).cloned())
@@ -124,21 +176,12 @@ impl Engine for MemoryEngine {
         order: Order,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
-        let maps = self.read();
-        let Some(range) = bounds(start, end) else {
-            return Ok(());
-        };
-        let items = maps.spaces[ks.index()].range::<[u8], _>(range);
-        let items: Box<dyn Iterator<Item = _>> = match order {
-            Order::Ascending => Box::new(items),
-            Order::Descending => Box::new(items.rev()),
-        };
-        for (k, v) in items {
-            if !visit(k, v) {
-                break;
-            }
-        }
+        scan_map(&self.read().spaces[ks.index()], start, end, order, visit);
         Ok(())
+    }
+
+    fn view(&self) -> Result<Arc<dyn EngineView>> {
+        Ok(Arc::new(MemoryView(self.read().clone())))
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {

@@ -165,6 +165,25 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 /// Visitor over `(key, value)` pairs; return `false` to stop the scan.
 pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> bool + 'a;
 
+/// A frozen, point-in-time view of every keyspace (from [`Engine::view`]): writes made after it
+/// was taken are never seen through it, however long it is held. It pins old data in the engine
+/// (RocksDB keeps the files, the memory engine copies a keyspace on its next write), not in the
+/// holder's memory, so a snapshot of any size can be read through it piece by piece.
+pub trait EngineView: Send + Sync {
+    /// The value stored under `key` when the view was taken.
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Visit keys in `[start, end)` (`end = None`: to the end) in ascending order; `visit`
+    /// returns false to stop.
+    fn scan(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()>;
+}
+
 /// The narrow interface every storage engine implements.
 pub trait Engine: Send + Sync + 'static {
     /// The value stored under `key`.
@@ -202,6 +221,9 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<()> {
         self.scan_ordered(ks, start, end, Order::Descending, visit)
     }
+
+    /// A frozen view of all keyspaces as of now: one point between two write batches.
+    fn view(&self) -> Result<Arc<dyn EngineView>>;
 
     /// Apply `batch` atomically; with [`Durability::Sync`] it is on stable storage on return.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;

@@ -2,16 +2,79 @@
 //! RocksDB's own threads would escape madsim's scheduler.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, DBRawIterator, Options, ReadOptions, SnapshotWithThreadMode,
+    WriteOptions, DB,
+};
 
 use super::{
-    BatchOp, Durability, Engine, Keyspace, Order, Result, StorageError, Visitor, WriteBatch,
+    BatchOp, Durability, Engine, EngineView, Keyspace, Order, Result, StorageError, Visitor,
+    WriteBatch,
 };
 
 /// A RocksDB-backed [`Engine`].
 pub struct RocksEngine {
-    db: DB,
+    db: Arc<DB>,
+}
+
+/// A view: a RocksDB snapshot, which keeps the data it sees from being compacted away.
+struct RocksView {
+    /// Declared before `db` so it is dropped (released) while the database still exists.
+    snapshot: SnapshotWithThreadMode<'static, DB>,
+    db: Arc<DB>,
+}
+
+fn cf_of(db: &DB, ks: Keyspace) -> Result<&rocksdb::ColumnFamily> {
+    db.cf_handle(ks.name())
+        .ok_or_else(|| StorageError::Corrupt {
+            ks,
+            reason: "column family missing".into(),
+        })
+}
+
+/// Walk a positioned iterator in `order`, handing each record to `visit` until it says stop.
+fn drive(mut it: DBRawIterator<'_>, order: Order, visit: &mut Visitor<'_>) -> Result<()> {
+    match order {
+        Order::Ascending => it.seek_to_first(),
+        Order::Descending => it.seek_to_last(),
+    }
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if !visit(k, v) {
+            return Ok(());
+        }
+        match order {
+            Order::Ascending => it.next(),
+            Order::Descending => it.prev(),
+        }
+    }
+    it.status().map_err(err)
+}
+
+impl EngineView for RocksView {
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.snapshot.get_cf(cf_of(&self.db, ks)?, key).map_err(err)
+    }
+
+    fn scan(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        if matches!(end, Some(end) if end <= start) {
+            return Ok(());
+        }
+        let it = self
+            .snapshot
+            .raw_iterator_cf_opt(cf_of(&self.db, ks)?, RocksEngine::bounded(start, end));
+        drive(it, Order::Ascending, visit)
+    }
 }
 
 fn err(e: rocksdb::Error) -> StorageError {
@@ -29,16 +92,11 @@ impl RocksEngine {
             .iter()
             .map(|ks| ColumnFamilyDescriptor::new(ks.name(), Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(err)?;
-        Ok(Self { db })
+        Ok(Self { db: Arc::new(db) })
     }
 
     fn cf(&self, ks: Keyspace) -> Result<&rocksdb::ColumnFamily> {
-        self.db
-            .cf_handle(ks.name())
-            .ok_or_else(|| StorageError::Corrupt {
-                ks,
-                reason: "column family missing".into(),
-            })
+        cf_of(&self.db, ks)
     }
 
     fn bounded(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
@@ -68,26 +126,24 @@ impl Engine for RocksEngine {
             return Ok(());
         }
         // A RocksDB iterator reads from an implicit snapshot taken when it is created.
-        let mut it = self
+        let it = self
             .db
             .raw_iterator_cf_opt(self.cf(ks)?, Self::bounded(start, end));
-        match order {
-            Order::Ascending => it.seek_to_first(),
-            Order::Descending => it.seek_to_last(),
-        }
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !visit(k, v) {
-                return Ok(());
-            }
-            match order {
-                Order::Ascending => it.next(),
-                Order::Descending => it.prev(),
-            }
-        }
-        it.status().map_err(err)
+        drive(it, order, visit)
+    }
+
+    fn view(&self) -> Result<Arc<dyn EngineView>> {
+        let db = self.db.clone();
+        let snapshot = db.snapshot();
+        // SAFETY: the snapshot borrows the `DB` inside `db`'s allocation, which never moves and
+        // outlives it: the view owns that `Arc` and drops the snapshot first (field order). The
+        // borrow checker cannot see a borrow of a sibling field, hence the lifetime extension.
+        let snapshot = unsafe {
+            std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(
+                snapshot,
+            )
+        };
+        Ok(Arc::new(RocksView { snapshot, db }))
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
