@@ -83,6 +83,9 @@ pub const QUOTA_SIZE_REFRESH: Duration = Duration::from_millis(100);
 /// Raft log entries one append/replication batch may carry.
 pub const RAFT_MAX_PAYLOAD_ENTRIES: u64 = 1024;
 
+/// Responses of a replication stream buffered between the gRPC stream and raft.
+pub const RAFT_STREAM_WINDOW: usize = 64;
+
 /// How long dialing a peer may take before raft counts it unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(ELECTION_TIMEOUT_MS);
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use openraft::raft::AppendEntriesRequest;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{LeaderWriteError, Node};
@@ -15,7 +16,7 @@ use crate::pb::metastore::{
 };
 use crate::raft::network::SnapshotHeader;
 use crate::raft::state_machine::SnapshotData;
-use crate::raft::{decode, encode};
+use crate::raft::{decode, encode, TypeConfig};
 
 /// Serves other members.
 pub struct PeerService {
@@ -47,8 +48,36 @@ fn status_of(e: &LeaderWriteError) -> PeerStatus {
     }
 }
 
+/// The responses of an [`Peer::append_stream`] call.
+type AppendStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
+    type AppendStreamStream = AppendStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendStream>, Status> {
+        // Requests are taken until the stream ends or breaks, or one cannot be decoded: a
+        // response is owed for every request in order, so nothing may be skipped.
+        let requests = request
+            .into_inner()
+            .map(|payload| {
+                let payload = payload.ok()?;
+                decode::<AppendEntriesRequest<TypeConfig>>(&payload.data).ok()
+            })
+            .take_while(|request| futures::future::ready(request.is_some()))
+            .filter_map(futures::future::ready);
+        let responses = self.node.raft().stream_append(requests).map(|result| {
+            let result = result.map_err(|fatal| fatal.to_string());
+            let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(RaftPayload { data })
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftPayload>,

@@ -101,8 +101,7 @@ impl Node {
             return Err(MembershipError::NoLeader);
         }
         let members = self.members();
-        if self.config.strict_reconfig_check && !enough_started(&members, &change, &self.started())
-        {
+        if self.config.strict_reconfig_check && !enough_started(&members, &change) {
             return Err(MembershipError::NotEnoughStarted);
         }
         let find = |id: u64| members.iter().find(|m| m.id == id).cloned();
@@ -171,15 +170,6 @@ impl Node {
             Err(RaftError::APIError(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
             Err(RaftError::Fatal(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
         }
-    }
-
-    /// Members that have started: published their attributes through the log (etcd's
-    /// `IsStarted`, a member with a name).
-    fn started(&self) -> BTreeSet<u64> {
-        cluster::read_attributes(self.state.engine().as_ref())
-            .unwrap_or_default()
-            .into_keys()
-            .collect()
     }
 
     /// Hand leadership to voter `to` and wait (bounded) until it leads. Only the leader can.
@@ -265,10 +255,12 @@ pub(crate) fn membership_reply(result: Result<(), MembershipError>) -> RaftPaylo
 
 /// etcd's strict reconfiguration check: after `change`, the started voters must still be a quorum
 /// of the voters (a change that would make the cluster lose quorum the moment it commits is
-/// refused). Learners never count, and adding or removing one is always allowed.
-fn enough_started(members: &[MemberInfo], change: &MemberChange, started: &BTreeSet<u64>) -> bool {
+/// refused). Learners never count, and adding or removing one is always allowed. A member is
+/// started once it has a name (etcd's `IsStarted`): founding members from the start, added
+/// members once they run and publish it.
+fn enough_started(members: &[MemberInfo], change: &MemberChange) -> bool {
     let voters = || members.iter().filter(|m| !m.is_learner);
-    let started_voters = || voters().filter(|m| started.contains(&m.id));
+    let started_voters = || voters().filter(|m| !m.name.is_empty());
     let (voters_after, started_after) = match change {
         MemberChange::Add { learner: true, .. } | MemberChange::Update { .. } => return true,
         MemberChange::Remove { id } => {
@@ -298,14 +290,21 @@ fn enough_started(members: &[MemberInfo], change: &MemberChange, started: &BTree
 mod tests {
     use super::*;
 
-    fn member(id: u64, is_learner: bool) -> MemberInfo {
-        MemberInfo {
-            id,
-            name: format!("m{id}"),
-            peer_urls: vec![format!("http://127.0.0.1:{id}")],
-            client_urls: Vec::new(),
-            is_learner,
-        }
+    /// Members `1..=voters` (voters) then learners; the ids in `absent` never started.
+    fn cluster(voters: u64, learners: u64, absent: &[u64]) -> Vec<MemberInfo> {
+        (1..=voters + learners)
+            .map(|id| MemberInfo {
+                id,
+                name: if absent.contains(&id) {
+                    String::new()
+                } else {
+                    format!("m{id}")
+                },
+                peer_urls: vec![format!("http://127.0.0.1:{id}")],
+                client_urls: Vec::new(),
+                is_learner: id > voters,
+            })
+            .collect()
     }
 
     fn add(learner: bool) -> MemberChange {
@@ -318,51 +317,23 @@ mod tests {
 
     #[test]
     fn strict_reconfig_counts_started_voters_as_etcd_does() {
-        let three = [member(1, false), member(2, false), member(3, false)];
-        let all: BTreeSet<u64> = [1, 2, 3].into();
-        let two: BTreeSet<u64> = [1, 2].into();
-        // 3 started of 3: a fourth voter needs 3 of 4 started: fine.
-        assert!(enough_started(&three, &add(false), &all));
+        let remove = |id| MemberChange::Remove { id };
+        let promote = |id| MemberChange::Promote { id };
+        // 3 started of 3: a fourth voter leaves 3 of 4 started, a quorum.
+        assert!(enough_started(&cluster(3, 0, &[]), &add(false)));
         // 2 started of 3: a fourth voter would leave 2 of 4 started, below a quorum of 3.
-        assert!(!enough_started(&three, &add(false), &two));
+        assert!(!enough_started(&cluster(3, 0, &[3]), &add(false)));
         // Learners are always fine.
-        assert!(enough_started(&three, &add(true), &two));
-        // Removing a started voter when one is down leaves 1 of 2 started: refused.
-        assert!(!enough_started(
-            &three,
-            &MemberChange::Remove { id: 1 },
-            &two
-        ));
-        // Removing the one that is down leaves 2 of 2: fine.
-        assert!(enough_started(
-            &three,
-            &MemberChange::Remove { id: 3 },
-            &two
-        ));
+        assert!(enough_started(&cluster(3, 0, &[3]), &add(true)));
+        // Removing a started voter while one never started leaves 1 of 2 started: refused.
+        assert!(!enough_started(&cluster(3, 0, &[3]), &remove(1)));
+        // Removing the one that never started leaves 2 of 2: fine.
+        assert!(enough_started(&cluster(3, 0, &[3]), &remove(3)));
         // A one-member cluster may add its second member.
-        let one = [member(1, false)];
-        assert!(enough_started(&one, &add(false), &[1].into()));
+        assert!(enough_started(&cluster(1, 0, &[]), &add(false)));
         // Promoting a learner counts it as started.
-        let with_learner = [
-            member(1, false),
-            member(2, false),
-            member(3, false),
-            member(4, true),
-        ];
-        assert!(enough_started(
-            &with_learner,
-            &MemberChange::Promote { id: 4 },
-            &two
-        ));
-        assert!(!enough_started(
-            &with_learner,
-            &MemberChange::Promote { id: 4 },
-            &[1].into()
-        ));
-        assert!(enough_started(
-            &with_learner,
-            &MemberChange::Remove { id: 4 },
-            &[1].into()
-        ));
+        assert!(enough_started(&cluster(3, 1, &[3]), &promote(4)));
+        assert!(!enough_started(&cluster(3, 1, &[2, 3]), &promote(4)));
+        assert!(enough_started(&cluster(3, 1, &[2, 3]), &remove(4)));
     }
 }

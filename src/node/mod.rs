@@ -144,6 +144,7 @@ impl Node {
             LogStore::new(engine)
         } else {
             LogStore::with_background_sync(engine)
+                .map_err(|e| NodeError::Raft(format!("cannot start the log syncer: {e}")))?
         };
         let raft = Raft::new(
             member_id,

@@ -3,7 +3,7 @@
 //! The committed index is not persisted (openraft re-derives it after a restart), which saves an
 //! engine write per commit. An append is reported flushed only after an fsync that covers it: a
 //! member alone writes it with [`Durability::Sync`] in place; a member of a cluster writes it at
-//! once and lets a background task fsync (see [`LogStore::with_background_sync`]). openraft hands
+//! once and lets a background worker fsync (see [`LogStore::with_background_sync`]). openraft hands
 //! every pending entry to one `append` call, so under load one fsync covers many client writes
 //! (group commit).
 
@@ -37,7 +37,7 @@ pub struct LogStore {
     engine: SharedEngine,
     /// Where appends hand their flush callback when the fsync runs off the raft core (see
     /// [`LogStore::with_background_sync`]).
-    syncer: Option<tokio::sync::mpsc::UnboundedSender<IOFlushed<TypeConfig>>>,
+    syncer: Option<crate::rt::BatchSender<IOFlushed<TypeConfig>>>,
 }
 
 impl LogStore {
@@ -51,16 +51,18 @@ impl LogStore {
     }
 
     /// A log store whose appends are written (visible to readers) at once and made durable by a
-    /// background task, which reports each append flushed only after an fsync that began after
-    /// it. The leader then replicates entries while its own fsync runs, as etcd's does; appends
-    /// that pile up meanwhile share the next fsync.
-    pub fn with_background_sync(engine: SharedEngine) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        crate::rt::spawn(run_syncer(engine.clone(), rx));
-        Self {
+    /// background worker (a dedicated thread, see `rt::batch_worker`), which reports each append
+    /// flushed only after an fsync that began after it. The leader then replicates entries while
+    /// its own fsync runs, as etcd's does; appends that pile up meanwhile share the next fsync.
+    pub fn with_background_sync(engine: SharedEngine) -> io::Result<Self> {
+        let syncing = engine.clone();
+        let syncer = crate::rt::batch_worker("raft-log-sync", move |waiting| {
+            sync_and_report(syncing.as_ref(), waiting)
+        })?;
+        Ok(Self {
             engine,
-            syncer: Some(tx),
-        }
+            syncer: Some(syncer),
+        })
     }
 
     fn read<T: for<'a> serde::Deserialize<'a>>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -93,25 +95,12 @@ impl LogStore {
 }
 
 /// Makes buffered appends durable: one fsync for every callback waiting, reported in order.
-async fn run_syncer(
-    engine: SharedEngine,
-    mut pending: tokio::sync::mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>,
-) {
-    while let Some(first) = pending.recv().await {
-        let mut waiting = vec![first];
-        while let Ok(more) = pending.try_recv() {
-            waiting.push(more);
-        }
-        let engine = engine.clone();
-        let result = match crate::rt::spawn_blocking(move || engine.sync()).await {
-            Ok(r) => r.map_err(io::Error::other),
-            Err(e) => Err(e),
-        };
-        for callback in waiting {
-            match &result {
-                Ok(()) => callback.io_completed(Ok(())),
-                Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
-            }
+fn sync_and_report(engine: &dyn crate::storage::Engine, waiting: Vec<IOFlushed<TypeConfig>>) {
+    let result = engine.sync();
+    for callback in waiting {
+        match &result {
+            Ok(()) => callback.io_completed(Ok(())),
+            Err(e) => callback.io_completed(Err(io::Error::other(e.to_string()))),
         }
     }
 }

@@ -1,14 +1,20 @@
 //! The peer network: openraft's RPCs over MetaStore's own gRPC `Peer` service (tonic through the
 //! seam, so the same code runs in the simulator). Raft messages travel postcard-encoded inside a
-//! protobuf frame; snapshots go in chunks of [`limits::SNAPSHOT_CHUNK_BYTES`].
+//! protobuf frame. Replication runs over one bidirectional stream per session
+//! ([`PeerConnection::stream_append`]); snapshots go in chunks of [`limits::SNAPSHOT_CHUNK_BYTES`]
+//! read from a frozen view as they are sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
@@ -139,8 +145,143 @@ impl PeerConnection {
     }
 }
 
+/// Send times of the requests of one replication stream still waiting for their response.
+#[derive(Default)]
+struct Outstanding {
+    sent: Mutex<VecDeque<rt::Instant>>,
+    /// Signalled on every send, so a wait with nothing outstanding starts its clock.
+    more: tokio::sync::Notify,
+}
+
+impl Outstanding {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<rt::Instant>> {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Aborts the task reading a replication stream's responses when the stream is dropped, which
+/// drops the gRPC call and with it the request stream.
+struct AbortOnDrop(rt::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type StreamAppendItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// The next response of a replication stream: an error if the oldest request outstanding has
+/// waited `ttl`, `None` once the stream ended.
+async fn next_stream_response(
+    responses: &mut tokio::sync::mpsc::Receiver<Result<RaftPayload, tonic::Status>>,
+    outstanding: &Outstanding,
+    ttl: Duration,
+    target: u64,
+) -> Option<StreamAppendItem> {
+    let received = loop {
+        let oldest = outstanding.lock().front().copied();
+        match oldest {
+            // Nothing owed yet: wait for a request to go out (or the stream to end).
+            None => {
+                tokio::select! {
+                    received = responses.recv() => break received,
+                    _ = outstanding.more.notified() => continue,
+                }
+            }
+            Some(sent_at) => {
+                let left = (sent_at + ttl).saturating_duration_since(rt::now());
+                match rt::timeout(left, responses.recv()).await {
+                    Ok(received) => break received,
+                    Err(rt::Elapsed) => {
+                        return Some(Err(RPCError::Timeout(Timeout {
+                            action: openraft::network::RPCTypes::AppendEntries,
+                            id: 0,
+                            target,
+                            timeout: ttl,
+                        })))
+                    }
+                }
+            }
+        }
+    };
+    let payload = match received? {
+        Ok(payload) => payload,
+        Err(status) => return Some(Err(RPCError::Unreachable(unreachable(status.message())))),
+    };
+    outstanding.lock().pop_front();
+    let result: Result<StreamAppendResult<TypeConfig>, String> = match decode(&payload.data) {
+        Ok(result) => result,
+        Err(e) => return Some(Err(RPCError::Unreachable(unreachable(e)))),
+    };
+    Some(result.map_err(|msg| RPCError::Unreachable(unreachable(msg))))
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotData;
+
+    /// Replication over one long-lived gRPC stream per session (no call set-up per batch of
+    /// entries). Each request must be answered within `option`'s TTL of being sent.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamAppendItem>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let ttl = option.soft_ttl();
+            let target = self.target;
+            let outstanding = Arc::new(Outstanding::default());
+            let sending = outstanding.clone();
+            let requests = input.map(move |req| {
+                sending.lock().push_back(rt::now());
+                sending.more.notify_one();
+                // Encoding our own request cannot fail; if it did, the peer refuses the empty
+                // payload and ends the stream, which replication treats as unreachable.
+                RaftPayload {
+                    data: encode(&req).unwrap_or_default(),
+                }
+            });
+            let mut inbound = match rt::timeout(ttl, client.append_stream(requests)).await {
+                Err(rt::Elapsed) => return Err(RPCError::Timeout(self.timeout(ttl))),
+                Ok(Err(status)) => {
+                    return Err(RPCError::Unreachable(unreachable(status.message())))
+                }
+                Ok(Ok(response)) => response.into_inner(),
+            };
+            // A task drains the responses into a channel, so waiting for one can time out
+            // without cancelling a read of the gRPC stream half-way.
+            let (tx, rx) = tokio::sync::mpsc::channel(limits::RAFT_STREAM_WINDOW);
+            let reader = rt::spawn(async move {
+                loop {
+                    let next = match inbound.message().await {
+                        Ok(Some(payload)) => Ok(payload),
+                        Ok(None) => return,
+                        Err(status) => Err(status),
+                    };
+                    let failed = next.is_err();
+                    if tx.send(next).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let state = (rx, outstanding, AbortOnDrop(reader));
+            let responses = futures::stream::unfold(Some(state), move |state| async move {
+                let (mut rx, outstanding, reader) = state?;
+                let item = next_stream_response(&mut rx, &outstanding, ttl, target).await?;
+                // After an error the stream ends: replication starts a new session.
+                let next = matches!(item, Ok(Ok(_))).then_some((rx, outstanding, reader));
+                Some((item, next))
+            });
+            Ok(Box::pin(responses) as BoxStream<'s, StreamAppendItem>)
+        })
+    }
 
     async fn append_entries(
         &mut self,

@@ -54,6 +54,69 @@ where
     tokio::spawn(fut)
 }
 
+/// The sending side of a [`batch_worker`]. Cheap to clone.
+pub struct BatchSender<T> {
+    #[cfg(not(madsim))]
+    tx: std::sync::mpsc::Sender<T>,
+    #[cfg(madsim)]
+    tx: tokio::sync::mpsc::UnboundedSender<T>,
+}
+
+impl<T> Clone for BatchSender<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T> BatchSender<T> {
+    /// Queue `item`; gives it back if the worker has stopped.
+    pub fn send(&self, item: T) -> Result<(), T> {
+        self.tx.send(item).map_err(|e| e.0)
+    }
+}
+
+/// Start a worker that runs blocking `work` on everything queued since its last run, in queue
+/// order, until every sender is gone. In a normal build it is a dedicated OS thread: an fsync
+/// loop pays one thread wake-up per batch instead of a task wake-up plus a hand-off through the
+/// blocking pool and back. In simulation it is a task that runs the work inline.
+pub fn batch_worker<T, W>(name: &str, mut work: W) -> std::io::Result<BatchSender<T>>
+where
+    T: Send + 'static,
+    W: FnMut(Vec<T>) + Send + 'static,
+{
+    #[cfg(not(madsim))]
+    {
+        let (tx, rx) = std::sync::mpsc::channel::<T>();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    work(batch);
+                }
+            })?;
+        Ok(BatchSender { tx })
+    }
+    #[cfg(madsim)]
+    {
+        let _ = name;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<T>();
+        spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                work(batch);
+            }
+        });
+        Ok(BatchSender { tx })
+    }
+}
+
 /// Run blocking work off the async workers. In simulation there are no real threads: it runs inline,
 /// which keeps the schedule deterministic.
 pub async fn spawn_blocking<F, T>(f: F) -> std::io::Result<T>
