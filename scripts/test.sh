@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs MetaStore's whole test suite: unit and engine-conformance tests, integration tests against the
 # real binary (etcd-client crate and etcdctl, both engines, kill -9 recovery), then the seeded
-# simulation tests built with --cfg madsim. Ends with one "N passed, N failed" line over all of it.
+# simulation tests built with --cfg madsim, then a short run of every fuzz target (scripts/fuzz.sh).
+# Ends with one "N passed, N failed" line over the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -15,6 +16,9 @@ cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 echo "== simulation tests (madsim; seeds: ${METASTORE_SIM_SEEDS:-1..8})"
 # The simulated build gets its own target dir: a RUSTFLAGS change rebuilds everything.
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-sim" cargo test -p metastore-sim 2>&1 | tee -a "$log"
+
+echo "== fuzz smoke run (every cargo-fuzz target, ${FUZZ_SECONDS:-15} s each)"
+./scripts/fuzz.sh
 
 # `set -o pipefail` already stopped us on any failure; sum what ran.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

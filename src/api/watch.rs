@@ -64,15 +64,11 @@ impl StreamState {
     }
 
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), ResponsesGone> {
-        // etcd: an empty key means "\0", the smallest key; range_end "\0" means every key >= key.
-        let key = if req.key.is_empty() { vec![0] } else { req.key };
-        let end = RangeEnd::from_etcd(&req.range_end);
         let head = self.node.current_revision();
-        if let RangeEnd::Before(e) = &end {
-            if key.as_slice() >= e.as_slice() {
-                return self.refuse(head, "mvcc: watcher range is empty").await;
-            }
-        }
+        let spec = match watch_spec(&req) {
+            Ok(spec) => spec,
+            Err(reason) => return self.refuse(head, reason).await,
+        };
         let watch_id = if req.watch_id != 0 {
             req.watch_id
         } else {
@@ -86,15 +82,6 @@ impl StreamState {
                 .refuse(head, "mvcc: duplicate watch ID provided on the WatchStream")
                 .await;
         }
-        let spec = WatchSpec {
-            key,
-            end,
-            no_put: req.filters.contains(&(FilterType::Noput as i32)),
-            no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
-            prev_kv: req.prev_kv,
-            progress_notify: req.progress_notify,
-            fragment: req.fragment,
-        };
         // Reserve a slot for `created` first, so it is queued before any event of the watcher.
         let permit = self.tx.reserve().await.map_err(|_| ResponsesGone)?;
         let key = WatcherKey {
@@ -292,6 +279,31 @@ impl Watch for WatchService {
         .flatten();
         Ok(Response::new(Box::pin(responses)))
     }
+}
+
+/// What a create request asks to watch, or etcd's reason for refusing it.
+pub fn watch_spec(req: &WatchCreateRequest) -> Result<WatchSpec, &'static str> {
+    // etcd: an empty key means "\0", the smallest key; range_end "\0" means every key >= key.
+    let key = if req.key.is_empty() {
+        vec![0]
+    } else {
+        req.key.clone()
+    };
+    let end = RangeEnd::from_etcd(&req.range_end);
+    if let RangeEnd::Before(e) = &end {
+        if key.as_slice() >= e.as_slice() {
+            return Err("mvcc: watcher range is empty");
+        }
+    }
+    Ok(WatchSpec {
+        key,
+        end,
+        no_put: req.filters.contains(&(FilterType::Noput as i32)),
+        no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
+        prev_kv: req.prev_kv,
+        progress_notify: req.progress_notify,
+        fragment: req.fragment,
+    })
 }
 
 #[cfg(test)]

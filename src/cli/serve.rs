@@ -161,7 +161,7 @@ fn split_urls(text: &str) -> Result<Vec<String>, config::ConfigError> {
 pub fn open_engine(cfg: &ServerConfig) -> Result<SharedEngine, String> {
     match cfg.engine {
         EngineKind::Memory => Ok(Arc::new(crate::storage::MemoryEngine::new())),
-        #[cfg(not(madsim))]
+        #[cfg(all(not(madsim), feature = "rocksdb"))]
         EngineKind::RocksDb => {
             let dir = cfg.data_dir.join("member").join("rocksdb");
             std::fs::create_dir_all(&dir)
@@ -172,6 +172,8 @@ pub fn open_engine(cfg: &ServerConfig) -> Result<SharedEngine, String> {
         }
         #[cfg(madsim)]
         EngineKind::RocksDb => Err("the rocksdb engine is not available in simulation".into()),
+        #[cfg(all(not(madsim), not(feature = "rocksdb")))]
+        EngineKind::RocksDb => Err("this build has no rocksdb engine (feature `rocksdb`)".into()),
     }
 }
 

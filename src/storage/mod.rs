@@ -8,13 +8,13 @@
 #[cfg(test)]
 pub mod conformance;
 mod memory;
-#[cfg(not(madsim))]
+#[cfg(all(not(madsim), feature = "rocksdb"))]
 mod rocks;
 
 use std::sync::Arc;
 
 pub use memory::MemoryEngine;
-#[cfg(not(madsim))]
+#[cfg(all(not(madsim), feature = "rocksdb"))]
 pub use rocks::RocksEngine;
 
 /// A named, independently ordered key space.

@@ -1,0 +1,83 @@
+//! The bytes of a client connection from raw input, read through the HTTP/2 filter every client
+//! connection passes ([`AuthorityFix`]: it rewrites a URL-shaped `:authority` in request header
+//! blocks), delivered in fuzz-chosen pieces. The first input byte picks the piece size; the
+//! connection preface is put in front of the rest so the filter looks at frames.
+//!
+//! Properties: reading ends (the filter never waits for bytes that will not come); the output is
+//! at most a small multiple of the input; and a connection without any HEADERS or CONTINUATION
+//! frame passes through byte for byte.
+
+#![no_main]
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use libfuzzer_sys::fuzz_target;
+use metastore::api::authority::AuthorityFix;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection that delivers its bytes `step` at a time, then end of stream.
+struct Conn {
+    data: Vec<u8>,
+    at: usize,
+    step: usize,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = self
+            .step
+            .min(buf.remaining())
+            .min(self.data.len() - self.at);
+        let at = self.at;
+        buf.put_slice(&self.data[at..at + n]);
+        self.at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Whether the frames after the preface include a header block (walking frame headers).
+fn has_header_frames(frames: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(h) = frames.get(at..at + 9) {
+        if h[3] == 0x1 || h[3] == 0x9 {
+            return true;
+        }
+        at += 9 + u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+    }
+    false
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&step, frames)) = data.split_first() else {
+        return;
+    };
+    let mut input = PREFACE.to_vec();
+    input.extend_from_slice(frames);
+    let conn = Conn {
+        data: input.clone(),
+        at: 0,
+        step: 1 + step as usize,
+    };
+    let mut filtered = AuthorityFix::new(conn);
+    let mut output = Vec::new();
+    futures::executor::block_on(filtered.read_to_end(&mut output)).expect("in-memory reads");
+    assert!(
+        output.len() <= 2 * input.len() + 64 * 1024,
+        "{} bytes in, {} out",
+        input.len(),
+        output.len()
+    );
+    if !has_header_frames(frames) {
+        assert_eq!(
+            output, input,
+            "a connection without header blocks was changed"
+        );
+    }
+});

@@ -1,0 +1,163 @@
+//! What the fuzz targets share: a store on the memory engine driven the way the state machine
+//! drives it, the MVCC invariants every accepted request must keep, and the framing that turns
+//! one fuzz input into a sequence of requests.
+
+use std::sync::Arc;
+
+use metastore::apply::{self, Applied, ApplyError};
+use metastore::mvcc::MvccStore;
+use metastore::pb::etcdserverpb::RangeRequest;
+use metastore::pb::metastore::Command;
+use metastore::pb::mvccpb::{Event, KeyValue};
+use metastore::storage::{Durability, Engine, Keyspace, MemoryEngine};
+
+/// A fresh store on the memory engine.
+pub struct Store {
+    pub engine: Arc<MemoryEngine>,
+    pub mvcc: MvccStore,
+    /// Every event applied so far, in order (what a watcher from revision 1 must see).
+    pub history: Vec<Event>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Everything a request could change: both replicated keyspaces and the store's revisions.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Digest {
+    records: Vec<(Keyspace, Vec<u8>, Vec<u8>)>,
+    current: i64,
+    compacted: i64,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        let engine = Arc::new(MemoryEngine::new());
+        let mvcc = MvccStore::open(engine.clone()).expect("open an empty store");
+        Self {
+            engine,
+            mvcc,
+            history: Vec::new(),
+        }
+    }
+
+    /// Apply a command as the state machine does: on success write its batch, mark the store
+    /// flushed and collect its events; on failure write nothing.
+    pub fn apply(&mut self, cmd: Command) -> Result<Applied, ApplyError> {
+        let (applied, batch) = apply::apply(&mut self.mvcc, cmd)?;
+        self.engine
+            .write(batch, Durability::Buffered)
+            .expect("memory engine write");
+        self.mvcc.mark_flushed();
+        self.history.extend(self.mvcc.take_events());
+        Ok(applied)
+    }
+
+    /// The store's state, for "a rejected request changed nothing" checks.
+    pub fn digest(&self) -> Digest {
+        let mut records = Vec::new();
+        for ks in [Keyspace::Meta, Keyspace::Kv] {
+            self.engine
+                .scan(ks, &[], None, &mut |k, v| {
+                    records.push((ks, k.to_vec(), v.to_vec()));
+                    true
+                })
+                .expect("scan");
+        }
+        Digest {
+            records,
+            current: self.mvcc.current_revision(),
+            compacted: self.mvcc.compact_revision(),
+        }
+    }
+
+    /// Every live key at the current revision.
+    pub fn live(&self) -> Vec<KeyValue> {
+        let all = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        apply::range(&self.mvcc, &all)
+            .expect("a range at the current revision always works")
+            .kvs
+    }
+
+    /// The MVCC invariants: every live key's revisions are consistent with each other and with
+    /// the store, and no revision is ahead of the store.
+    pub fn check_invariants(&self) {
+        let current = self.mvcc.current_revision();
+        assert!(
+            self.mvcc.compact_revision() <= current,
+            "compacted past the head"
+        );
+        for kv in self.live() {
+            assert!(
+                kv.version >= 1,
+                "live key with version {}: {kv:?}",
+                kv.version
+            );
+            assert!(
+                0 < kv.create_revision && kv.create_revision <= kv.mod_revision,
+                "created after modified: {kv:?}"
+            );
+            assert!(kv.mod_revision <= current, "modified in the future: {kv:?}");
+            assert_eq!(
+                kv.version == 1,
+                kv.create_revision == kv.mod_revision,
+                "version 1 exactly when created and last modified at once: {kv:?}"
+            );
+            assert!(
+                kv.version <= kv.mod_revision - kv.create_revision + 1,
+                "more versions than revisions: {kv:?}"
+            );
+        }
+        let mut last = 0;
+        for ev in &self.history {
+            let rev = ev.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0);
+            assert!(rev >= last, "events out of revision order");
+            last = rev;
+        }
+        assert!(last <= current, "an event after the head");
+    }
+}
+
+/// Splits a fuzz input into `(tag, payload)` frames: one tag byte, a little-endian u16 length,
+/// then the payload (cut short at the end of the input).
+pub struct Frames<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Frames<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data }
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = (u8, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (&tag, rest) = self.data.split_first()?;
+        let (len, rest) = match rest {
+            [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]) as usize, rest),
+            _ => (rest.len(), &[][..]),
+        };
+        let len = len.min(rest.len());
+        let (payload, rest) = rest.split_at(len);
+        self.data = rest;
+        Some((tag, payload))
+    }
+}
+
+/// Frame `payload` with `tag` (how the seed corpus is written).
+pub fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(payload.len()).expect("seed payloads are small");
+    let mut out = vec![tag];
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
