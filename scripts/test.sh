@@ -13,9 +13,10 @@ trap 'rm -f "$log"' EXIT
 echo "== unit, conformance and integration tests"
 cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 
-echo "== simulation tests (madsim; seeds: ${METASTORE_SIM_SEEDS:-1..8})"
+echo "== simulation tests (madsim, release; seeds: ${METASTORE_SIM_SEEDS:-1..200 per scenario})"
 # The simulated build gets its own target dir: a RUSTFLAGS change rebuilds everything.
-RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-sim" cargo test -p metastore-sim 2>&1 | tee -a "$log"
+RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-sim" \
+  cargo test --release --manifest-path sim/Cargo.toml 2>&1 | tee -a "$log"
 
 echo "== fuzz smoke run (every cargo-fuzz target, ${FUZZ_SECONDS:-15} s each)"
 ./scripts/fuzz.sh

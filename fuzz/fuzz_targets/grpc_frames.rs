@@ -78,16 +78,13 @@ fuzz_target!(|data: &[u8]| {
     } else {
         1024
     };
+    // The body's pieces are the input, not the decoder's: count from after they exist.
+    let input = Pieces(pieces(body, choice >> 1));
     let start_live = LIVE.load(Ordering::Relaxed);
     PEAK.store(start_live, Ordering::Relaxed);
 
     let mut codec = tonic_prost::ProstCodec::<PutRequest, PutRequest>::default();
-    let mut stream = Streaming::new_request(
-        codec.decoder(),
-        Pieces(pieces(body, choice >> 1)),
-        None,
-        Some(limit),
-    );
+    let mut stream = Streaming::new_request(codec.decoder(), input, None, Some(limit));
     let mut refused = false;
     let mut decoded = 0;
     futures::executor::block_on(async {

@@ -54,7 +54,19 @@ pub fn seeds(default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
 /// runs traced the same; a failure prints the command-line seed that replays it. With
 /// `METASTORE_SIM_PRINT_TRACE` set the trace is printed. Returns the first run's lines.
 pub fn run_twice(seed: u64, run: impl Fn(u64) -> (u64, Vec<String>)) -> Vec<String> {
-    let (first, lines) = run(seed);
+    let first_run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed)));
+    let (first, lines) = match first_run {
+        Ok(traced) => traced,
+        Err(panic) => {
+            eprintln!(
+                "seed {seed} failed; replay it with:\n  METASTORE_SIM_SEEDS={seed} \
+                 METASTORE_SIM_PRINT_TRACE=1 RUSTFLAGS=\"--cfg madsim\" cargo test --release \
+                 --manifest-path sim/Cargo.toml{}",
+                enabled_bug_features()
+            );
+            std::panic::resume_unwind(panic);
+        }
+    };
     if std::env::var_os("METASTORE_SIM_PRINT_TRACE").is_some() {
         println!("seed {seed} trace:\n{}", lines.join("\n"));
     }
@@ -66,4 +78,15 @@ pub fn run_twice(seed: u64, run: impl Fn(u64) -> (u64, Vec<String>)) -> Vec<Stri
         lines.join("\n")
     );
     lines
+}
+
+/// The `--features` flag of the deliberately broken build this is, if it is one.
+fn enabled_bug_features() -> &'static str {
+    if cfg!(feature = "sim-bug-stale-read") {
+        " --features sim-bug-stale-read"
+    } else if cfg!(feature = "sim-bug-early-ack") {
+        " --features sim-bug-early-ack"
+    } else {
+        ""
+    }
 }

@@ -21,7 +21,7 @@ use metastore_sim::trace::Trace;
 
 /// Seeds each run covers; override with `METASTORE_SIM_SEEDS=a,b,c`.
 fn seeds() -> Vec<u64> {
-    metastore_sim::trace::seeds(1..=8)
+    metastore_sim::trace::seeds(1..=200)
 }
 
 fn put(k: &str, v: &str) -> PutRequest {

@@ -201,6 +201,10 @@ impl Node {
 
     /// Wait until this member has applied everything committed before the call began.
     pub(super) async fn read_barrier(&self) -> Result<(), NodeError> {
+        if cfg!(feature = "sim-bug-stale-read") {
+            // Deliberately broken: whatever this member has applied is served as linearizable.
+            return Ok(());
+        }
         loop {
             let (leader_id, leader) = self.route_target().await?;
             let index = if leader_id == self.member_id {

@@ -191,6 +191,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry)?,
             );
         }
+        if cfg!(feature = "sim-bug-early-ack") {
+            // Deliberately broken: the append is reported durable before any fsync.
+            self.engine.write(batch, Durability::Buffered)?;
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
         if let Some(syncer) = &self.syncer {
             self.engine.write(batch, Durability::Buffered)?;
             return match syncer.send(callback) {
