@@ -139,9 +139,19 @@ impl MvccStore {
                 self.leases.checkpoint(id, r);
             }
         }
-        let live = self.range(&[0], &RangeEnd::Unbounded, 0, 0, false)?;
-        for kv in live.kvs.iter().filter(|kv| kv.lease != 0) {
-            self.leases.attach(kv.lease, &kv.key);
+        // One live record at a time: loading them all at once would cost as much memory as the
+        // data (a restart, or a snapshot install, of a large store).
+        let mut live = Vec::new();
+        self.index
+            .visit(&[0], &RangeEnd::Unbounded, self.current_rev, |_, k| {
+                live.push(k.modified);
+                true
+            });
+        for rev in live {
+            let kv = self.load(rev)?;
+            if kv.lease != 0 {
+                self.leases.attach(kv.lease, &kv.key);
+            }
         }
         Ok(())
     }
