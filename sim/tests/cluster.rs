@@ -1,7 +1,9 @@
 //! A three- or five-member cluster inside madsim (odd seeds 3, even seeds 5): the leader is
 //! partitioned away while a client keeps writing through the other members and another client reads
-//! through every member, the partition heals, a member loses power mid-write and restarts, then
-//! every member loses power at once and restarts; at the end the read/write history is
+//! through every member, the partition heals; then the seed's own mix of network faults (swarm
+//! testing: packet loss 0-10 %, latency up to 60 ms, up to five one- or two-way link cuts) while
+//! writes go on, and the network heals; a member loses power mid-write and restarts, then every
+//! member loses power at once and restarts; at the end the read/write history is
 //! linearizable (`metastore_sim::linearizability`), every acknowledged write is on every member
 //! and all `HashKV`s are equal. Same seed, same trace. The deliberately broken builds
 //! (`--features sim-bug-stale-read`, `sim-bug-early-ack`) fail here.
@@ -67,6 +69,52 @@ impl History {
 
 /// Budget of the linearizability search per key (the histories here need a few thousand steps).
 const CHECK_BUDGET: u64 = 2_000_000;
+
+/// The network faults one seed draws (swarm testing: every seed its own mix and rates).
+#[derive(Debug, Clone, Copy)]
+struct FaultMix {
+    /// Share of packets lost, 0 to 10 %.
+    loss: f64,
+    /// Largest one-way delay, 1 to 60 ms.
+    latency_ms: u64,
+    /// How many link cuts, one after another.
+    flaps: u64,
+    /// Whether a cut is both ways or one way (asymmetric).
+    two_way: bool,
+    /// Writes during the faults.
+    writes: u64,
+    seed: u64,
+}
+
+/// splitmix64: a fixed function of the seed, independent of the simulator's own randomness.
+fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl FaultMix {
+    fn draw(seed: u64) -> Self {
+        let r = |i: u64| mix64(seed.wrapping_mul(31).wrapping_add(i));
+        FaultMix {
+            loss: (r(1) % 11) as f64 / 100.0,
+            latency_ms: 1 + r(2) % 60,
+            flaps: r(3) % 6,
+            two_way: r(4) % 2 == 0,
+            writes: 10 + r(5) % 20,
+            seed,
+        }
+    }
+
+    /// The `i`th cut: from member `a` to member `b` (never the same), held for a while.
+    fn cut(&self, i: u64, size: usize) -> (usize, usize, Duration) {
+        let r = mix64(self.seed ^ (0x5eed << 8) ^ i);
+        let a = (r % size as u64) as usize;
+        let b = (a + 1 + ((r >> 16) % (size as u64 - 1)) as usize) % size;
+        (a, b, Duration::from_millis(200 + (r >> 32) % 3000))
+    }
+}
 
 /// How many members seed `seed` runs with.
 fn cluster_size(seed: u64) -> usize {
@@ -277,6 +325,59 @@ async fn scenario(seed: u64, trace: Trace) {
         (acked, n)
     });
     let (mut acked, mut n) = run.await.expect("client phase 1");
+
+    // Swarm: this seed's own mix of network faults (loss, latency, one- or two-way link cuts)
+    // while the client keeps writing; then the network heals and every write must complete.
+    let mix = FaultMix::draw(seed);
+    trace.record(format!("fault mix {mix:?}"));
+    let urls: Vec<String> = members.iter().map(SimMember::url).collect();
+    let node_ids: Vec<_> = members.iter().map(|m| m.node.id()).collect();
+    let (t, h, swarm_urls) = (trace.clone(), history.clone(), urls.clone());
+    let writes = mix.writes;
+    let swarm_writes = client.spawn(async move {
+        let mut more = BTreeMap::new();
+        for _ in 0..writes {
+            let (key, value) = (format!("k{}", n % 25), format!("v{n}"));
+            n += 1;
+            write(&swarm_urls, n, &key, &value, &t, &h).await;
+            more.insert(key, value);
+        }
+        (more, n)
+    });
+    let net = NetSim::current();
+    let mut calm = None;
+    net.update_config(|c| {
+        calm = Some(c.clone());
+        c.packet_loss_rate = mix.loss;
+        c.send_latency = Duration::from_millis(1)..Duration::from_millis(mix.latency_ms + 1);
+    });
+    trace.record(format!(
+        "network: loss {:.2}, latency up to {} ms",
+        mix.loss, mix.latency_ms
+    ));
+    for flap in 0..mix.flaps {
+        let (a, b, hold) = mix.cut(flap, size);
+        net.clog_link(node_ids[a], node_ids[b]);
+        if mix.two_way {
+            net.clog_link(node_ids[b], node_ids[a]);
+        }
+        trace.record(format!(
+            "cut {} -> {}{} for {hold:?}",
+            MEMBERS[a].0,
+            MEMBERS[b].0,
+            if mix.two_way { " both ways" } else { "" }
+        ));
+        madsim::time::sleep(hold).await;
+        net.unclog_link(node_ids[a], node_ids[b]);
+        net.unclog_link(node_ids[b], node_ids[a]);
+        trace.record(format!("restore {} <-> {}", MEMBERS[a].0, MEMBERS[b].0));
+    }
+    let calm = calm.expect("the network had a configuration");
+    net.update_config(|c| *c = calm);
+    trace.record("network healed");
+    let (more, written) = swarm_writes.await.expect("swarm writes");
+    acked.extend(more);
+    n = written;
 
     // A member loses power between writes and comes back on its disk.
     let victim = (seed as usize / 2) % size;
