@@ -83,6 +83,10 @@ pub const QUOTA_SIZE_REFRESH: Duration = Duration::from_millis(100);
 /// Raft log entries one append/replication batch may carry.
 pub const RAFT_MAX_PAYLOAD_ENTRIES: u64 = 1024;
 
+/// How long a replication session to a peer that could not be reached waits before giving up
+/// (and raft opening the next one): one heartbeat interval.
+pub const PEER_REDIAL_PAUSE: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
+
 /// Responses of a replication stream buffered between the gRPC stream and raft.
 pub const RAFT_STREAM_WINDOW: usize = 64;
 

@@ -251,7 +251,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let mut inbound = match rt::timeout(ttl, client.append_stream(requests)).await {
                 Err(rt::Elapsed) => return Err(RPCError::Timeout(self.timeout(ttl))),
                 Ok(Err(status)) => {
-                    return Err(RPCError::Unreachable(unreachable(status.message())))
+                    // raft opens the next session at once: a peer that is down would be dialed
+                    // in a tight loop (tens of thousands of attempts a second) without a pause.
+                    rt::sleep(limits::PEER_REDIAL_PAUSE).await;
+                    return Err(RPCError::Unreachable(unreachable(status.message())));
                 }
                 Ok(Ok(response)) => response.into_inner(),
             };
