@@ -394,10 +394,7 @@ impl Node {
         let failed = |e: std::io::Error| NodeError::Raft(e.to_string());
         let (_, view) = self.state.frozen().map_err(failed)?;
         let sized = view.clone();
-        let total = rt::spawn_blocking(move || crate::raft::backup::size(sized))
-            .await
-            .map_err(failed)?
-            .map_err(failed)?;
+        let total = blocking_io(move || crate::raft::backup::size(sized)).await?;
         let writer = Some(crate::raft::backup::BackupWriter::new(view));
         let pieces = futures::stream::unfold(writer, move |writer| async move {
             let mut writer = writer?;
@@ -426,10 +423,7 @@ impl Node {
             return Ok(None);
         };
         let engine = self.state.engine().clone();
-        rt::spawn_blocking(move || crate::raft::snapshot::clear_staging(engine.as_ref()))
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        blocking_io(move || crate::raft::snapshot::clear_staging(engine.as_ref())).await?;
         Ok(Some(guard))
     }
 
@@ -437,10 +431,7 @@ impl Node {
     /// [`Node::begin_snapshot_receive`]). Fails on a malformed chunk.
     pub async fn stage_snapshot_chunk(&self, chunk: Vec<u8>) -> Result<usize, NodeError> {
         let engine = self.state.engine().clone();
-        rt::spawn_blocking(move || crate::raft::snapshot::stage(engine.as_ref(), &chunk))
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?
-            .map_err(|e| NodeError::Raft(e.to_string()))
+        blocking_io(move || crate::raft::snapshot::stage(engine.as_ref(), &chunk)).await
     }
 
     /// Give the engine's free space back (etcd's defragment) on this member.
@@ -726,6 +717,17 @@ impl Node {
 }
 
 /// Feeds watchers that are behind from storage until they reach the head. Sleeps while none is.
+/// Run blocking engine work off the async workers; its I/O error fails the request.
+async fn blocking_io<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, NodeError> {
+    let failed = |e: std::io::Error| NodeError::Raft(e.to_string());
+    rt::spawn_blocking(work)
+        .await
+        .map_err(failed)?
+        .map_err(failed)
+}
+
 async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
     loop {
         watch.wait_behind(limits::WATCH_CATCHUP_INTERVAL).await;

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -101,6 +101,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// openraft's error for an RPC to `target` that took longer than `ttl`.
+fn timed_out(target: u64, action: RPCTypes, ttl: Duration) -> Timeout<TypeConfig> {
+    Timeout {
+        action,
+        id: 0,
+        target,
+        timeout: ttl,
+    }
+}
+
 fn unreachable(msg: impl ToString) -> Unreachable<TypeConfig> {
     Unreachable::from_string(msg)
 }
@@ -111,12 +121,7 @@ impl PeerConnection {
     }
 
     fn timeout(&self, ttl: Duration) -> Timeout<TypeConfig> {
-        Timeout {
-            action: openraft::network::RPCTypes::AppendEntries,
-            id: 0,
-            target: self.target,
-            timeout: ttl,
-        }
+        timed_out(self.target, RPCTypes::AppendEntries, ttl)
     }
 
     /// One unary raft RPC: encode, send with the hard deadline, decode `Result<Resp, String>`.
@@ -194,12 +199,11 @@ async fn next_stream_response(
                 match rt::timeout(left, responses.recv()).await {
                     Ok(received) => break received,
                     Err(rt::Elapsed) => {
-                        return Some(Err(RPCError::Timeout(Timeout {
-                            action: openraft::network::RPCTypes::AppendEntries,
-                            id: 0,
+                        return Some(Err(RPCError::Timeout(timed_out(
                             target,
-                            timeout: ttl,
-                        })))
+                            RPCTypes::AppendEntries,
+                            ttl,
+                        ))))
                     }
                 }
             }
@@ -381,12 +385,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         };
         let reply = match reply {
             Err(rt::Elapsed) => {
-                return Err(StreamingError::Timeout(Timeout {
-                    action: openraft::network::RPCTypes::InstallSnapshot,
-                    id: 0,
-                    target: self.target,
-                    timeout: ttl,
-                }))
+                return Err(StreamingError::Timeout(timed_out(
+                    self.target,
+                    RPCTypes::InstallSnapshot,
+                    ttl,
+                )))
             }
             Ok(Err(status)) => {
                 let local = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
