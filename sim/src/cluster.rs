@@ -107,10 +107,33 @@ async fn run_member(name: String, addr: SocketAddr, cluster: String, engine: Sha
         shutdown.clone(),
         |_| {},
     ));
-    if let Err(e) = api::serve(node, vec![addr], shutdown, |_| {}).await {
-        panic!("simulated member stopped serving: {e}");
+    let serving = api::serve(node.clone(), vec![addr], shutdown.clone(), |_| {});
+    tokio::select! {
+        served = serving => {
+            if let Err(e) = served {
+                panic!("simulated member stopped serving: {e}");
+            }
+        }
+        // A fatal raft error (the disk failed an fsync): the member stops serving, as the real
+        // server exits; the harness sees it refuse connections until it is restarted.
+        _fatal = node.stopped() => {
+            shutdown.trigger();
+            node.shutdown().await;
+            STOPPED_ON_FATAL.with(|n| n.set(n.get() + 1));
+        }
     }
     drop(peers);
+}
+
+thread_local! {
+    /// How many members stopped on a fatal error in the simulation on this thread (madsim runs a
+    /// whole simulation on one thread).
+    static STOPPED_ON_FATAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many simulated members have stopped on a fatal raft error in this thread's simulations.
+pub fn members_stopped_on_fatal() -> u64 {
+    STOPPED_ON_FATAL.with(|n| n.get())
 }
 
 /// Connect a KV client to `url`, retrying while the member boots (bounded).

@@ -8,6 +8,9 @@
 
 #[cfg(madsim)]
 pub mod cluster;
+pub mod leases;
 pub mod linearizability;
+pub mod revisions;
 #[cfg(madsim)]
 pub mod trace;
+pub mod watches;

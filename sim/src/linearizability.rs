@@ -17,6 +17,16 @@ pub enum Op {
     /// `get key`: the value read (None: the key did not exist); `None` result when the read
     /// failed.
     Read { result: Option<Option<String>> },
+    /// `delete key`; `ok` as for writes.
+    Delete { ok: bool },
+    /// A compare-and-swap txn: if the value is `expect` (None: the key does not exist) put
+    /// `value`. `succeeded`: the txn's answer, `None` when the client does not know whether it
+    /// happened (then it may have taken effect, if the compare held, or not at all).
+    Cas {
+        expect: Option<String>,
+        value: String,
+        succeeded: Option<bool>,
+    },
 }
 
 /// One operation on one key, with its real-time window. `complete` is `None` when the client
@@ -80,7 +90,8 @@ fn check_register(events: &[&Event], budget: u64) -> Option<bool> {
         .iter()
         .filter_map(|e| {
             let unknown = match &e.op {
-                Op::Write { ok, .. } => !ok,
+                Op::Write { ok, .. } | Op::Delete { ok } => !ok,
+                Op::Cas { succeeded, .. } => succeeded.is_none(),
                 // A failed read constrains nothing.
                 Op::Read { result } => {
                     if result.is_none() {
@@ -153,6 +164,22 @@ fn search(
         }
         let next_state = match &entries[i].op {
             Op::Write { value, .. } => Some(value.as_str()),
+            Op::Delete { .. } => None,
+            Op::Cas {
+                expect,
+                value,
+                succeeded,
+            } => {
+                let holds = expect.as_deref() == state;
+                match succeeded {
+                    Some(true) if holds => Some(value.as_str()),
+                    Some(false) if !holds => state,
+                    Some(_) => continue,
+                    // Unknown: had it happened here, the compare decides.
+                    None if holds => Some(value.as_str()),
+                    None => state,
+                }
+            }
             Op::Read { result } => {
                 let read = result.as_ref().expect("failed reads are dropped");
                 if read.as_deref() != state {
@@ -205,6 +232,74 @@ mod tests {
     }
 
     const BUDGET: u64 = 100_000;
+
+    fn cas(key: &str, expect: Option<&str>, v: &str, ok: Option<bool>, at: (u64, u64)) -> Event {
+        Event {
+            key: key.into(),
+            op: Op::Cas {
+                expect: expect.map(str::to_string),
+                value: v.into(),
+                succeeded: ok,
+            },
+            invoke: at.0,
+            complete: ok.map(|_| at.1),
+        }
+    }
+
+    fn del(key: &str, invoke: u64, complete: u64) -> Event {
+        Event {
+            key: key.into(),
+            op: Op::Delete { ok: true },
+            invoke,
+            complete: Some(complete),
+        }
+    }
+
+    #[test]
+    fn compare_and_swap_histories() {
+        // Create-if-absent, then a swap on the value read, then a failed swap on a stale value.
+        let good = vec![
+            cas("k", None, "a", Some(true), (0, 1)),
+            cas("k", Some("a"), "b", Some(true), (2, 3)),
+            cas("k", Some("a"), "c", Some(false), (4, 5)),
+            r("k", Some("b"), 6, 7),
+        ];
+        assert_eq!(check(&good, BUDGET), Verdict::Linearizable);
+        // Lost update: two swaps from the same value both succeed, one after the other.
+        let lost_update = vec![
+            w("k", "a", 0, 1),
+            cas("k", Some("a"), "b", Some(true), (2, 3)),
+            cas("k", Some("a"), "c", Some(true), (4, 5)),
+        ];
+        assert!(matches!(
+            check(&lost_update, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
+        // A swap that failed although its compare held (nothing else wrote).
+        let spurious_failure = vec![
+            w("k", "a", 0, 1),
+            cas("k", Some("a"), "b", Some(false), (2, 3)),
+        ];
+        assert!(matches!(
+            check(&spurious_failure, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
+        // An unknown swap explains a later read of its value, or nothing at all.
+        let unknown = vec![
+            w("k", "a", 0, 1),
+            cas("k", Some("a"), "b", None, (2, 0)),
+            r("k", Some("b"), 10, 11),
+        ];
+        assert_eq!(check(&unknown, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_read_of_a_deleted_key_is_caught() {
+        let h = vec![w("k", "a", 0, 1), del("k", 2, 3), r("k", Some("a"), 4, 5)];
+        assert!(matches!(check(&h, BUDGET), Verdict::NotLinearizable { .. }));
+        let fine = vec![w("k", "a", 0, 1), del("k", 2, 3), r("k", None, 4, 5)];
+        assert_eq!(check(&fine, BUDGET), Verdict::Linearizable);
+    }
 
     #[test]
     fn sequential_and_concurrent_histories_pass() {

@@ -2,6 +2,7 @@
 //! forward to the leader. Raft payloads are postcard-encoded openraft types (see `raft::network`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use openraft::raft::AppendEntriesRequest;
@@ -70,11 +71,20 @@ impl Peer for PeerService {
             })
             .take_while(|request| futures::future::ready(request.is_some()))
             .filter_map(futures::future::ready);
-        let responses = self.node.raft().stream_append(requests).map(|result| {
-            let result = result.map_err(|fatal| fatal.to_string());
-            let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
-            Ok(RaftPayload { data })
-        });
+        let responses = self
+            .node
+            .raft()
+            .stream_append(requests)
+            .then(|result| async move {
+                // An answer that comes late: past the sender's deadline it ends the session.
+                crate::rt::buggify::delay("peer-reply-late", Duration::from_millis(150)).await;
+                result
+            })
+            .map(|result| {
+                let result = result.map_err(|fatal| fatal.to_string());
+                let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+                Ok(RaftPayload { data })
+            });
         Ok(Response::new(Box::pin(responses)))
     }
 

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -273,6 +274,8 @@ impl Watch for WatchService {
         let node = self.node.clone();
         let responses = futures::stream::unfold((rx, node), |(mut rx, node)| async move {
             let msg = rx.recv().await?;
+            // A client that is slow to take its responses (the hub's buffers fill behind it).
+            crate::rt::buggify::delay("watch-send-stall", Duration::from_millis(500)).await;
             let parts = to_responses(&node, msg);
             Some((futures::stream::iter(parts.into_iter().map(Ok)), (rx, node)))
         })

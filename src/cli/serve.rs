@@ -257,6 +257,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             tracing::warn!("clients still connected after the shutdown grace period; stopping anyway");
             Ok(())
         }
+        fatal = node.stopped() => {
+            tracing::error!("raft stopped: {fatal}; the member stops");
+            Err(format!("raft stopped: {fatal}"))
+        }
     };
     if crate::rt::timeout(limits::SHUTDOWN_GRACE, node.shutdown())
         .await

@@ -703,6 +703,21 @@ impl Node {
         result.kvs.into_iter().next()
     }
 
+    /// Resolves when raft has stopped on its own with a fatal error (a storage write or fsync
+    /// failed, say), with that error. A member must then stop serving rather than carry on with
+    /// state it can no longer trust (no "fsyncgate"): the server exits on it.
+    pub async fn stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
+    }
+
     /// Stop raft. Requests in flight fail with [`NodeError::Stopped`].
     pub async fn shutdown(&self) {
         self.catch_up.abort();

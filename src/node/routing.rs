@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
@@ -230,6 +231,9 @@ impl Node {
                     }
                 }
             };
+            // The read index is old news by the time this member waits for it: writes that began
+            // after it may commit meanwhile and must not be missed or half-seen.
+            rt::buggify::delay("read-index-late", Duration::from_millis(200)).await;
             self.raft
                 .wait(Some(self.config.request_timeout))
                 .applied_index_at_least(Some(index), "applied up to the read index")

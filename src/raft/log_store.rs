@@ -56,9 +56,12 @@ impl LogStore {
     /// its own fsync runs, as etcd's does; appends that pile up meanwhile share the next fsync.
     pub fn with_background_sync(engine: SharedEngine) -> io::Result<Self> {
         let syncing = engine.clone();
-        let syncer = crate::rt::batch_worker("raft-log-sync", move |waiting| {
-            sync_and_report(syncing.as_ref(), waiting)
-        })?;
+        let slow_disk = engine.clone();
+        let syncer = crate::rt::batch_worker(
+            "raft-log-sync",
+            move || slow_disk.simulated_sync_delay(),
+            move |waiting| sync_and_report(syncing.as_ref(), waiting),
+        )?;
         Ok(Self {
             engine,
             syncer: Some(syncer),

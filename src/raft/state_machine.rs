@@ -245,6 +245,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         // Gather first: the MVCC write lock is a plain lock and must not be held across an await.
         let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        // A slow apply: committed entries pile up behind it, reads wait for it.
+        crate::rt::buggify::delay("apply-slow", std::time::Duration::from_millis(100)).await;
         let mut responses = Vec::with_capacity(entries.len());
         {
             let mut mvcc = self.shared.mvcc.write().unwrap_or_else(|e| e.into_inner());

@@ -4,6 +4,7 @@
 //! `tokio` is the real tokio; under `--cfg madsim` the same paths are madsim's simulated ones, so
 //! the whole server (openraft included, through [`SeamRuntime`]) runs deterministically from a seed.
 
+pub mod buggify;
 mod openraft_rt;
 mod watch;
 
@@ -80,14 +81,22 @@ impl<T> BatchSender<T> {
 /// Start a worker that runs blocking `work` on everything queued since its last run, in queue
 /// order, until every sender is gone. In a normal build it is a dedicated OS thread: an fsync
 /// loop pays one thread wake-up per batch instead of a task wake-up plus a hand-off through the
-/// blocking pool and back. In simulation it is a task that runs the work inline.
-pub fn batch_worker<T, W>(name: &str, mut work: W) -> std::io::Result<BatchSender<T>>
+/// blocking pool and back. In simulation it is a task that runs the work inline, after waiting
+/// out `simulated_delay()` on the simulated clock (a slow disk; real work takes real time, so a
+/// normal build never calls it).
+pub fn batch_worker<T, W, D>(
+    name: &str,
+    simulated_delay: D,
+    mut work: W,
+) -> std::io::Result<BatchSender<T>>
 where
     T: Send + 'static,
     W: FnMut(Vec<T>) + Send + 'static,
+    D: Fn() -> Duration + Send + 'static,
 {
     #[cfg(not(madsim))]
     {
+        let _ = simulated_delay;
         let (tx, rx) = std::sync::mpsc::channel::<T>();
         std::thread::Builder::new()
             .name(name.to_string())
@@ -106,6 +115,11 @@ where
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<T>();
         spawn(async move {
             while let Some(first) = rx.recv().await {
+                let delay = simulated_delay();
+                if !delay.is_zero() {
+                    sleep(delay).await;
+                }
+                buggify::delay("log-fsync-slow", Duration::from_millis(100)).await;
                 let mut batch = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);

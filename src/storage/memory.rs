@@ -12,7 +12,8 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{
-    BatchOp, Durability, Engine, EngineView, Keyspace, Order, Result, Visitor, WriteBatch,
+    BatchOp, Durability, Engine, EngineView, Keyspace, Order, Result, StorageError, Visitor,
+    WriteBatch,
 };
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -64,12 +65,20 @@ impl Maps {
     }
 }
 
-/// What survives a simulated crash: the synced state and the writes queued since.
+/// What survives a simulated crash: the synced state and the writes queued since, and the disk's
+/// injected faults.
 #[derive(Default)]
 struct CrashModel {
     durable: Maps,
     unsynced: Vec<WriteBatch>,
+    /// Every fsync fails from now on (the disk is broken until [`MemoryEngine::repair_disk`]).
+    syncs_fail: bool,
+    /// Extra simulated time per fsync.
+    sync_delay: std::time::Duration,
 }
+
+/// The error a broken simulated disk returns for every fsync.
+const INJECTED_SYNC_FAILURE: &str = "simulated disk: fsync failed (injected fault)";
 
 /// An in-memory [`Engine`].
 #[derive(Default)]
@@ -103,6 +112,31 @@ impl MemoryEngine {
         model.unsynced.clear();
         *self.visible.write().unwrap_or_else(|e| e.into_inner()) = model.durable.clone();
         lost
+    }
+
+    /// Break the simulated disk: every fsync from now on fails, and what it should have made
+    /// durable is lost on the next crash (as Linux drops dirty pages after a failed fsync, so a
+    /// retried fsync "succeeds" without them). No-op without a crash model.
+    pub fn fail_syncs(&self) {
+        if let Some(model) = &self.crash_model {
+            model.lock().unwrap_or_else(|e| e.into_inner()).syncs_fail = true;
+        }
+    }
+
+    /// Replace the broken disk (after a crash): fsyncs work again, at full speed.
+    pub fn repair_disk(&self) {
+        if let Some(model) = &self.crash_model {
+            let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
+            model.syncs_fail = false;
+            model.sync_delay = std::time::Duration::ZERO;
+        }
+    }
+
+    /// Make every fsync take `delay` more simulated time (a slow disk); zero restores it.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        if let Some(model) = &self.crash_model {
+            model.lock().unwrap_or_else(|e| e.into_inner()).sync_delay = delay;
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
@@ -190,6 +224,9 @@ impl Engine for MemoryEngine {
             .crash_model
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+        if durability == Durability::Sync && model.as_ref().is_some_and(|m| m.syncs_fail) {
+            return Err(StorageError::Engine(INJECTED_SYNC_FAILURE.into()));
+        }
         self.visible
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -197,7 +234,9 @@ impl Engine for MemoryEngine {
         if let Some(model) = model.as_mut() {
             model.unsynced.push(batch);
             if durability == Durability::Sync {
-                let CrashModel { durable, unsynced } = &mut **model;
+                let CrashModel {
+                    durable, unsynced, ..
+                } = &mut **model;
                 for b in unsynced.drain(..) {
                     durable.apply(&b);
                 }
@@ -209,12 +248,24 @@ impl Engine for MemoryEngine {
     fn sync(&self) -> Result<()> {
         if let Some(model) = &self.crash_model {
             let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
-            let CrashModel { durable, unsynced } = &mut *model;
+            if model.syncs_fail {
+                return Err(StorageError::Engine(INJECTED_SYNC_FAILURE.into()));
+            }
+            let CrashModel {
+                durable, unsynced, ..
+            } = &mut *model;
             for b in unsynced.drain(..) {
                 durable.apply(&b);
             }
         }
         Ok(())
+    }
+
+    fn simulated_sync_delay(&self) -> std::time::Duration {
+        self.crash_model
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).sync_delay)
+            .unwrap_or_default()
     }
 
     fn keyspace_bytes(&self, ks: Keyspace) -> u64 {
@@ -260,5 +311,29 @@ mod tests {
         e.sync().unwrap();
         e.crash();
         assert_eq!(e.get(Keyspace::Kv, b"c").unwrap(), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn a_failed_fsync_is_never_retried_into_success() {
+        let e = MemoryEngine::with_crash_model();
+        let mut b = WriteBatch::new();
+        b.put(Keyspace::Kv, "a", "1");
+        e.write(b, Durability::Buffered).unwrap();
+        e.fail_syncs();
+        assert!(e.sync().is_err());
+        assert!(e.sync().is_err(), "a broken disk stays broken");
+        let mut b = WriteBatch::new();
+        b.put(Keyspace::Kv, "b", "2");
+        assert!(e.write(b, Durability::Sync).is_err());
+        assert_eq!(
+            e.get(Keyspace::Kv, b"b").unwrap(),
+            None,
+            "a failed write is not applied"
+        );
+        // What the failed fsyncs should have made durable is gone after power loss.
+        e.crash();
+        e.repair_disk();
+        assert_eq!(e.get(Keyspace::Kv, b"a").unwrap(), None);
+        e.sync().unwrap();
     }
 }

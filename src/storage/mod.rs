@@ -231,6 +231,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Make every earlier buffered write durable.
     fn sync(&self) -> Result<()>;
 
+    /// Extra time each fsync takes on a simulated slow disk (a fault the simulator injects). The
+    /// log's background syncer waits it out on the seam's clock before syncing; a real disk takes
+    /// its own time, so real engines keep the default of zero.
+    fn simulated_sync_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Bytes keyspace `ks` occupies (on disk, or in memory for the memory engine).
     fn keyspace_bytes(&self, ks: Keyspace) -> u64;
 
