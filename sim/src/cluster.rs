@@ -42,6 +42,23 @@ impl SimMember {
     /// Create (and boot) a member named `name` at `ip` of the new cluster `cluster`
     /// (`--initial-cluster` syntax).
     pub fn start_in(handle: &Handle, name: &str, ip: &str, cluster: &str) -> SimMember {
+        Self::start_with(
+            handle,
+            name,
+            ip,
+            cluster,
+            ServerConfig::default().snapshot_count,
+        )
+    }
+
+    /// As [`SimMember::start_in`], taking a raft snapshot every `snapshot_count` applied entries.
+    pub fn start_with(
+        handle: &Handle,
+        name: &str,
+        ip: &str,
+        cluster: &str,
+        snapshot_count: u64,
+    ) -> SimMember {
         let disk = Arc::new(MemoryEngine::with_crash_model());
         let boot_disk = disk.clone();
         let addr: SocketAddr = format!("{ip}:{CLIENT_PORT}").parse().expect("sim address");
@@ -55,7 +72,7 @@ impl SimMember {
                 let engine: SharedEngine = boot_disk.clone();
                 let name = member_name.clone();
                 let cluster = cluster.clone();
-                async move { run_member(name, addr, cluster, engine).await }
+                async move { run_member(name, addr, cluster, engine, snapshot_count).await }
             })
             .build();
         SimMember {
@@ -83,7 +100,13 @@ impl SimMember {
     }
 }
 
-async fn run_member(name: String, addr: SocketAddr, cluster: String, engine: SharedEngine) {
+async fn run_member(
+    name: String,
+    addr: SocketAddr,
+    cluster: String,
+    engine: SharedEngine,
+    snapshot_count: u64,
+) {
     let peer_addr = SocketAddr::new(addr.ip(), PEER_PORT);
     let config = ServerConfig {
         name,
@@ -94,8 +117,10 @@ async fn run_member(name: String, addr: SocketAddr, cluster: String, engine: Sha
         initial_cluster: metastore::cluster::parse_initial_cluster(&cluster)
             .expect("simulated --initial-cluster"),
         engine: EngineKind::Memory,
+        snapshot_count,
         ..ServerConfig::default()
     };
+    let member = config.name.clone();
     let node = match Node::start(config, engine).await {
         Ok(node) => node,
         Err(e) => panic!("simulated member failed to start: {e}"),
@@ -117,9 +142,9 @@ async fn run_member(name: String, addr: SocketAddr, cluster: String, engine: Sha
         // A fatal raft error (the disk failed an fsync): the member stops serving, as the real
         // server exits; the harness sees it refuse connections until it is restarted.
         _fatal = node.stopped() => {
+            STOPPED_ON_FATAL.with(|s| s.borrow_mut().insert(member));
             shutdown.trigger();
             node.shutdown().await;
-            STOPPED_ON_FATAL.with(|n| n.set(n.get() + 1));
         }
     }
     drop(peers);
@@ -128,12 +153,24 @@ async fn run_member(name: String, addr: SocketAddr, cluster: String, engine: Sha
 thread_local! {
     /// How many members stopped on a fatal error in the simulation on this thread (madsim runs a
     /// whole simulation on one thread).
-    static STOPPED_ON_FATAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static STOPPED_ON_FATAL: std::cell::RefCell<std::collections::BTreeSet<String>> =
+        const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
 }
 
-/// How many simulated members have stopped on a fatal raft error in this thread's simulations.
-pub fn members_stopped_on_fatal() -> u64 {
-    STOPPED_ON_FATAL.with(|n| n.get())
+/// Whether member `name` stopped on a fatal raft error since [`forget_stops`] (this thread's
+/// simulation).
+pub fn stopped_on_fatal(name: &str) -> bool {
+    STOPPED_ON_FATAL.with(|s| s.borrow().contains(name))
+}
+
+/// Forget which members stopped (a new run, or a member restarted on a repaired disk).
+pub fn forget_stops(name: Option<&str>) {
+    STOPPED_ON_FATAL.with(|s| match name {
+        Some(name) => {
+            s.borrow_mut().remove(name);
+        }
+        None => s.borrow_mut().clear(),
+    });
 }
 
 /// Connect a KV client to `url`, retrying while the member boots (bounded).

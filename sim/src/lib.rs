@@ -7,6 +7,8 @@
 //! outlives a killed node, and a crash drops every write that was never synced.
 
 #[cfg(madsim)]
+pub mod chaos;
+#[cfg(madsim)]
 pub mod cluster;
 pub mod leases;
 pub mod linearizability;

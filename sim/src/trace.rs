@@ -12,12 +12,15 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// An empty trace whose clock starts now (simulated time).
+    /// An empty trace whose clock starts now (simulated time). It becomes this thread's current
+    /// trace, which [`run_twice`] prints when a run fails.
     pub fn new() -> Self {
-        Self {
+        let trace = Self {
             lines: Arc::default(),
             start: Some(std::time::Instant::now()),
-        }
+        };
+        CURRENT.with(|c| *c.borrow_mut() = Some(trace.lines.clone()));
+        trace
     }
 
     /// Record one event, stamped with simulated time since the start.
@@ -42,6 +45,12 @@ impl Trace {
     }
 }
 
+thread_local! {
+    /// The trace of the run on this thread (madsim runs a simulation on one thread).
+    static CURRENT: std::cell::RefCell<Option<Arc<Mutex<Vec<String>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The seeds a test covers: `METASTORE_SIM_SEEDS=a,b,c` if set, else `default`.
 pub fn seeds(default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
     match std::env::var("METASTORE_SIM_SEEDS") {
@@ -58,6 +67,15 @@ pub fn run_twice(seed: u64, run: impl Fn(u64) -> (u64, Vec<String>)) -> Vec<Stri
     let (first, lines) = match first_run {
         Ok(traced) => traced,
         Err(panic) => {
+            if std::env::var_os("METASTORE_SIM_PRINT_TRACE").is_some() {
+                let lines = CURRENT.with(|c| {
+                    c.borrow()
+                        .as_ref()
+                        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                        .unwrap_or_default()
+                });
+                eprintln!("seed {seed} trace up to the failure:\n{}", lines.join("\n"));
+            }
             eprintln!(
                 "seed {seed} failed; replay it with:\n  METASTORE_SIM_SEEDS={seed} \
                  METASTORE_SIM_PRINT_TRACE=1 RUSTFLAGS=\"--cfg madsim\" cargo test --release \

@@ -69,6 +69,8 @@ pub enum Violation {
         key: String,
         one: Change,
         other: Change,
+        /// Who vouched for `one` and for `other`.
+        sources: (String, String),
     },
     /// A committed event in range was not delivered.
     Missed { watcher: String, event: Committed },
@@ -87,8 +89,9 @@ pub fn check(
     acknowledged: &[Committed],
     final_state: &[Committed],
 ) -> Result<(), Violation> {
+    let mut sources: BTreeMap<(i64, String), String> = BTreeMap::new();
     let mut reference: BTreeMap<(i64, String), Change> = BTreeMap::new();
-    let mut vouch = |e: &Committed| -> Result<(), Violation> {
+    let mut vouch = |e: &Committed, source: &str| -> Result<(), Violation> {
         let slot = (e.revision, e.key.clone());
         match reference.get(&slot) {
             Some(known) if *known != e.change => Err(Violation::Conflict {
@@ -96,16 +99,21 @@ pub fn check(
                 key: e.key.clone(),
                 one: known.clone(),
                 other: e.change.clone(),
+                sources: (sources[&slot].clone(), source.to_string()),
             }),
             Some(_) => Ok(()),
             None => {
-                reference.insert(slot, e.change.clone());
+                reference.insert(slot.clone(), e.change.clone());
+                sources.insert(slot, source.to_string());
                 Ok(())
             }
         }
     };
-    for e in acknowledged.iter().chain(final_state) {
-        vouch(e)?;
+    for e in acknowledged {
+        vouch(e, "an acknowledged write or a read")?;
+    }
+    for e in final_state {
+        vouch(e, "the final state")?;
     }
     for s in segments {
         let mut last: Option<(i64, &str)> = None;
@@ -122,7 +130,7 @@ pub fn check(
                 return fail(|watcher, event| Violation::Reordered { watcher, event });
             }
             last = Some((e.revision, &e.key));
-            vouch(e)?;
+            vouch(e, &s.watcher)?;
         }
     }
     // One watcher's streams, in order, must leave no revision uncovered between them (a watcher

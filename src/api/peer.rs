@@ -209,7 +209,7 @@ impl Peer for PeerService {
         &self,
         request: Request<LeaseRequest>,
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
-        let resp = match self.node.keep_alive_as_leader(request.get_ref().id) {
+        let resp = match self.node.keep_alive_as_leader(request.get_ref().id).await {
             Some(ttl) => LeaseKeepAliveResponse {
                 status: PeerStatus::Ok as i32,
                 ttl,
@@ -226,7 +226,7 @@ impl Peer for PeerService {
         &self,
         request: Request<LeaseRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let resp = match self.node.time_to_live_as_leader(request.get_ref().id) {
+        let resp = match self.node.time_to_live_as_leader(request.get_ref().id).await {
             Ok(Some(status)) => LeaseTimeToLiveResponse {
                 status: PeerStatus::Ok as i32,
                 found: true,

@@ -14,6 +14,7 @@ pub(crate) use routing::LeaderWriteError;
 use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
+use openraft::raft::ReadPolicy;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use prost::Message;
 
@@ -103,10 +104,12 @@ pub struct Node {
     config: ServerConfig,
     backend_size: SizeCache,
     channels: PeerChannels,
-    /// Sequence numbers of proposals this member forwards to the leader.
+    /// Sequence numbers of proposals this member forwards to the leader (random start per boot).
     next_seq: std::sync::atomic::AtomicU64,
     /// Held while a snapshot from the leader is being staged: one transfer at a time.
     snapshot_receive: tokio::sync::Mutex<()>,
+    /// Raised when the engine fails an fsync: the member must stop.
+    disk_failure: crate::storage::DiskFailure,
 }
 
 impl Node {
@@ -114,6 +117,8 @@ impl Node {
     /// until it leads; a member of a larger cluster returns at once (its peers may not be up yet)
     /// and requests wait for a leader within their deadline. Serve peers right after.
     pub async fn start(config: ServerConfig, engine: SharedEngine) -> Result<Arc<Node>, NodeError> {
+        // Everything below writes through the fail-stop wrapper: one failed fsync stops the member.
+        let (engine, disk_failure) = crate::storage::FailStop::wrap(engine);
         let channels = PeerChannels::default();
         let identity = bootstrap::identify(&config, &engine, &channels).await?;
         let member_id = identity.member_id;
@@ -127,6 +132,13 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: limits::RAFT_LOGS_KEPT_AFTER_SNAPSHOT
                 .min(config.snapshot_count / 2),
+            // A restarted leader must win a new election, as in etcd, never resume in its old
+            // term: it replicates entries before its own fsync completes, so a power cut can take
+            // entries from its log that followers already hold; resuming in the same term, it would
+            // reuse those indexes for new entries with the same term, and followers, matching on
+            // (term, index), would keep the old ones. The simulator found this (seed 30 of the
+            // chaos scenario: members with equal raft indexes and different data).
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
@@ -143,7 +155,7 @@ impl Node {
         let log_store = if alone {
             LogStore::new(engine)
         } else {
-            LogStore::with_background_sync(engine)
+            LogStore::with_background_sync(engine, &config.name)
                 .map_err(|e| NodeError::Raft(format!("cannot start the log syncer: {e}")))?
         };
         let raft = Raft::new(
@@ -183,6 +195,7 @@ impl Node {
         let node = Arc::new_cyclic(|this| Node {
             this: this.clone(),
             snapshot_receive: tokio::sync::Mutex::new(()),
+            disk_failure,
             raft,
             state,
             watch,
@@ -199,7 +212,12 @@ impl Node {
                 refreshed_at: std::sync::Mutex::new(None),
             },
             channels,
-            next_seq: std::sync::atomic::AtomicU64::new(1),
+            // A random start, not 1: entries this member proposed before a restart can still be
+            // applied after it (re-applied from the log, or committed late), and their outcome
+            // goes to whoever waits on (this member, seq); a counter restarting at 1 handed a new
+            // request the outcome (and revision) of an old one. The simulator found this: an
+            // acknowledged put that was never written. Half the range: no wrap to 0 ("no waiter").
+            next_seq: std::sync::atomic::AtomicU64::new((rt::random_u64() >> 1) | 1),
         });
         let leading = node.is_leader();
         if leading {
@@ -569,11 +587,31 @@ impl Node {
         }
     }
 
+    /// Wait until this leader has applied every entry committed before the call, as etcd waits
+    /// for its applied index before a lease lookup: a member that has just become leader may not
+    /// have applied a grant its predecessor committed, and must not answer "no such lease" for a
+    /// live one (the simulator found this: `TimeToLive` -1, then the lease's key still there).
+    /// `false` if this member is not (or no longer) leader, or cannot catch up within the request
+    /// timeout; the caller then answers "not leader" and the request is retried.
+    async fn leader_caught_up(&self) -> bool {
+        // The leader lease makes this local (no quorum round): the read log id is what this
+        // leader has committed, including the first entry of its term.
+        let Ok(linearizer) = self.raft.get_read_linearizer(ReadPolicy::LeaseRead).await else {
+            return false;
+        };
+        let index = linearizer.read_log_id().index();
+        self.raft
+            .wait(Some(self.config.request_timeout))
+            .applied_index_at_least(Some(index), "applied before a lease lookup")
+            .await
+            .is_ok()
+    }
+
     /// The leader's side of a keep-alive; `None` if this member does not lead. If a lower
     /// remaining TTL was checkpointed, a checkpoint of the full TTL follows, so a restart or a new
     /// leader cannot expire the renewed lease early.
-    pub(crate) fn keep_alive_as_leader(self: &Arc<Self>, id: i64) -> Option<i64> {
-        if !self.is_leader() {
+    pub(crate) async fn keep_alive_as_leader(self: &Arc<Self>, id: i64) -> Option<i64> {
+        if !self.is_leader() || !self.leader_caught_up().await {
             return None;
         }
         let (ttl, checkpointed) = {
@@ -632,8 +670,8 @@ impl Node {
     }
 
     /// The leader's side of a time-to-live query; `Err(())` if this member does not lead.
-    pub(crate) fn time_to_live_as_leader(&self, id: i64) -> Result<Option<LeaseStatus>, ()> {
-        if !self.is_leader() {
+    pub(crate) async fn time_to_live_as_leader(&self, id: i64) -> Result<Option<LeaseStatus>, ()> {
+        if !self.is_leader() || !self.leader_caught_up().await {
             return Err(());
         }
         let store = self.state.read();
@@ -708,13 +746,19 @@ impl Node {
     /// state it can no longer trust (no "fsyncgate"): the server exits on it.
     pub async fn stopped(&self) -> String {
         let mut metrics = self.raft.metrics();
-        loop {
-            if let Err(fatal) = &metrics.borrow_watched().running_state {
-                return fatal.to_string();
+        let raft_fatal = async {
+            loop {
+                if let Err(fatal) = &metrics.borrow_watched().running_state {
+                    return fatal.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "raft stopped".to_string();
+                }
             }
-            if metrics.changed().await.is_err() {
-                return "raft stopped".to_string();
-            }
+        };
+        tokio::select! {
+            fatal = raft_fatal => fatal,
+            _ = self.disk_failure.wait() => "an fsync failed".to_string(),
         }
     }
 

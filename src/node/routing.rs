@@ -247,7 +247,7 @@ impl Node {
         loop {
             let (leader_id, leader) = self.route_target().await?;
             if leader_id == self.member_id {
-                if let Some(ttl) = self.keep_alive_as_leader(id) {
+                if let Some(ttl) = self.keep_alive_as_leader(id).await {
                     return Ok(ttl);
                 }
             } else {
@@ -270,7 +270,7 @@ impl Node {
         loop {
             let (leader_id, leader) = self.route_target().await?;
             if leader_id == self.member_id {
-                if let Ok(status) = self.time_to_live_as_leader(id) {
+                if let Ok(status) = self.time_to_live_as_leader(id).await {
                     return Ok(status);
                 }
             } else {

@@ -54,13 +54,14 @@ impl LogStore {
     /// background worker (a dedicated thread, see `rt::batch_worker`), which reports each append
     /// flushed only after an fsync that began after it. The leader then replicates entries while
     /// its own fsync runs, as etcd's does; appends that pile up meanwhile share the next fsync.
-    pub fn with_background_sync(engine: SharedEngine) -> io::Result<Self> {
+    pub fn with_background_sync(engine: SharedEngine, member: &str) -> io::Result<Self> {
         let syncing = engine.clone();
+        let member = member.to_string();
         let slow_disk = engine.clone();
         let syncer = crate::rt::batch_worker(
             "raft-log-sync",
             move || slow_disk.simulated_sync_delay(),
-            move |waiting| sync_and_report(syncing.as_ref(), waiting),
+            move |waiting| sync_and_report(syncing.as_ref(), waiting, &member),
         )?;
         Ok(Self {
             engine,
@@ -98,8 +99,18 @@ impl LogStore {
 }
 
 /// Makes buffered appends durable: one fsync for every callback waiting, reported in order.
-fn sync_and_report(engine: &dyn crate::storage::Engine, waiting: Vec<IOFlushed<TypeConfig>>) {
+fn sync_and_report(
+    engine: &dyn crate::storage::Engine,
+    waiting: Vec<IOFlushed<TypeConfig>>,
+    member: &str,
+) {
     let result = engine.sync();
+    tracing::debug!(
+        member,
+        appends = waiting.len(),
+        ok = result.is_ok(),
+        "log synced"
+    );
     for callback in waiting {
         match &result {
             Ok(()) => callback.io_completed(Ok(())),
@@ -187,7 +198,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::new();
+        let mut first_index = None;
         for entry in entries {
+            first_index.get_or_insert(entry.log_id.clone());
             batch.put(
                 Keyspace::Raft,
                 entry_key(entry.log_id.index).to_vec(),
@@ -201,6 +214,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         if let Some(syncer) = &self.syncer {
+            tracing::debug!(
+                first = ?first_index,
+                entries = batch.ops().len(),
+                "log append buffered"
+            );
             self.engine.write(batch, Durability::Buffered)?;
             return match syncer.send(callback) {
                 Ok(()) => Ok(()),

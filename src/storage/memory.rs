@@ -73,6 +73,8 @@ struct CrashModel {
     unsynced: Vec<WriteBatch>,
     /// Every fsync fails from now on (the disk is broken until [`MemoryEngine::repair_disk`]).
     syncs_fail: bool,
+    /// How many fsyncs failed.
+    failed_syncs: u64,
     /// Extra simulated time per fsync.
     sync_delay: std::time::Duration,
 }
@@ -128,8 +130,17 @@ impl MemoryEngine {
         if let Some(model) = &self.crash_model {
             let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
             model.syncs_fail = false;
+            model.failed_syncs = 0;
             model.sync_delay = std::time::Duration::ZERO;
         }
+    }
+
+    /// How many fsyncs (syncs and synced writes) have failed since the disk broke.
+    pub fn failed_syncs(&self) -> u64 {
+        self.crash_model
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).failed_syncs)
+            .unwrap_or(0)
     }
 
     /// Make every fsync take `delay` more simulated time (a slow disk); zero restores it.
@@ -224,7 +235,11 @@ impl Engine for MemoryEngine {
             .crash_model
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
-        if durability == Durability::Sync && model.as_ref().is_some_and(|m| m.syncs_fail) {
+        if let Some(m) = model
+            .as_mut()
+            .filter(|m| m.syncs_fail && durability == Durability::Sync)
+        {
+            m.failed_syncs += 1;
             return Err(StorageError::Engine(INJECTED_SYNC_FAILURE.into()));
         }
         self.visible
@@ -249,6 +264,7 @@ impl Engine for MemoryEngine {
         if let Some(model) = &self.crash_model {
             let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
             if model.syncs_fail {
+                model.failed_syncs += 1;
                 return Err(StorageError::Engine(INJECTED_SYNC_FAILURE.into()));
             }
             let CrashModel {

@@ -7,12 +7,14 @@
 
 #[cfg(test)]
 pub mod conformance;
+mod fail_stop;
 mod memory;
 #[cfg(all(not(madsim), feature = "rocksdb"))]
 mod rocks;
 
 use std::sync::Arc;
 
+pub use fail_stop::{DiskFailure, FailStop};
 pub use memory::MemoryEngine;
 #[cfg(all(not(madsim), feature = "rocksdb"))]
 pub use rocks::RocksEngine;
