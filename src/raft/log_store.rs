@@ -200,7 +200,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::new();
         let mut first_index = None;
         for entry in entries {
-            first_index.get_or_insert(entry.log_id.clone());
+            first_index.get_or_insert(entry.log_id);
             batch.put(
                 Keyspace::Raft,
                 entry_key(entry.log_id.index).to_vec(),
