@@ -55,6 +55,7 @@ impl Segment {
 
 /// What the checker found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // built once, on failure
 pub enum Violation {
     /// An event was delivered twice.
     Duplicate { watcher: String, event: Committed },
@@ -84,6 +85,8 @@ pub enum Violation {
 
 /// Check `segments` (each watcher's streams in the order it opened them) against the reference built from themselves, `acknowledged` writes and the
 /// final state (`final_state`: one `Committed::Put` per live key at its `mod_revision`).
+// The error is built once, when the check fails; boxing it would only add noise at every `?`.
+#[allow(clippy::result_large_err)]
 pub fn check(
     segments: &[Segment],
     acknowledged: &[Committed],
