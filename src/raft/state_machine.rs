@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::{decode, encode, snapshot, CommandResponse, LogId, StoredMembership, TypeConfig};
 use crate::apply::{self, Applied, ApplyError};
+use crate::auth::AuthStore;
 use crate::mvcc::MvccStore;
 use crate::pb::metastore::Command;
 use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, WriteBatch};
@@ -47,6 +48,9 @@ pub type Outcome = Result<Applied, ApplyError>;
 pub struct Shared {
     engine: SharedEngine,
     mvcc: RwLock<MvccStore>,
+    /// Users, roles and permissions. Apply takes this lock after the MVCC write lock; a reader
+    /// holding it never waits for the MVCC lock.
+    auth: RwLock<AuthStore>,
     watch: Arc<WatchHub>,
     /// This member's id: commands it proposed through the leader carry it.
     member_id: u64,
@@ -81,6 +85,11 @@ impl Shared {
     /// and writes the matching engine batch, so a reader never sees one without the other.
     pub fn read(&self) -> RwLockReadGuard<'_, MvccStore> {
         self.mvcc.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read access to the auth state, as of the last applied entry.
+    pub fn auth(&self) -> RwLockReadGuard<'_, AuthStore> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The engine under the store.
@@ -133,10 +142,12 @@ impl StateMachine {
             tracing::info!(records, "finished a snapshot install a restart interrupted");
         }
         let mvcc = MvccStore::open(engine.clone()).map_err(io::Error::other)?;
+        let auth = AuthStore::load(engine.as_ref()).map_err(io::Error::other)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
                 mvcc: RwLock::new(mvcc),
+                auth: RwLock::new(auth),
                 watch,
                 member_id,
                 waiters: Mutex::new(BTreeMap::new()),
@@ -188,6 +199,7 @@ impl Shared {
 fn apply_one(
     shared: &Shared,
     mvcc: &mut MvccStore,
+    auth: &mut AuthStore,
     payload: EntryPayload<super::RaftCommand, u64, super::PeerNode>,
     log_id: &LogId,
     batch: &mut WriteBatch,
@@ -197,7 +209,7 @@ fn apply_one(
             let (outcome, proposer, seq) = match Command::decode(cmd.bytes.as_slice()) {
                 Ok(cmd) => {
                     let (proposer, seq) = (cmd.proposer_id, cmd.request_seq);
-                    (apply::apply(mvcc, cmd), proposer, seq)
+                    (apply::apply(mvcc, auth, cmd), proposer, seq)
                 }
                 Err(_) => (Err(ApplyError::EmptyCommand), 0, 0),
             };
@@ -248,6 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::with_capacity(entries.len());
         {
             let mut mvcc = self.shared.mvcc.write().unwrap_or_else(|e| e.into_inner());
+            let mut auth = self.shared.auth.write().unwrap_or_else(|e| e.into_inner());
             // One engine batch for all entries; later entries read earlier ones through the
             // store's unflushed overlay until it is written.
             let mut batch = WriteBatch::new();
@@ -256,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let response = apply_one(
                     &self.shared,
                     &mut mvcc,
+                    &mut auth,
                     entry.payload,
                     &entry.log_id,
                     &mut batch,
@@ -304,6 +318,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let records = snapshot::install_staged(self.shared.engine.as_ref(), last)?;
         tracing::info!(records, last_log_id = ?meta.last_log_id, "installed a snapshot");
         *mvcc = MvccStore::open(self.shared.engine.clone()).map_err(io::Error::other)?;
+        *self.shared.auth.write().unwrap_or_else(|e| e.into_inner()) =
+            AuthStore::load(self.shared.engine.as_ref()).map_err(io::Error::other)?;
         // Watchers were fed revision by revision; the ones the snapshot skipped come from storage.
         self.shared.watch.all_behind();
         // Forwarded writes waiting for entries the snapshot covers will never see them applied one
