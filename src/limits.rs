@@ -178,11 +178,6 @@ pub const BCRYPT_COST_DEFAULT: u32 = 10;
 pub const BCRYPT_COST_MIN: u32 = 4;
 pub const BCRYPT_COST_MAX: u32 = 31;
 
-/// Longest user or role name and longest password accepted (bcrypt reads at most 72 bytes of a
-/// password; longer ones are refused rather than silently truncated).
-pub const AUTH_NAME_MAX_BYTES: usize = 1024;
-pub const AUTH_PASSWORD_MAX_BYTES: usize = 72;
-
 const _: () = assert!(HEARTBEAT_INTERVAL_MS * 5 <= ELECTION_TIMEOUT_MS);
 const _: () = assert!(LEASE_MIN_TTL_SECS * 1000 >= (3 * ELECTION_TIMEOUT_MS / 2) as i64);
 const _: () = assert!(MAX_TXN_OPS_DEFAULT <= MAX_TXN_OPS_LIMIT);

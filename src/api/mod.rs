@@ -3,6 +3,8 @@
 
 #[cfg(not(madsim))]
 pub mod authority;
+pub mod access;
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod kv;

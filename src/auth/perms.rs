@@ -122,9 +122,11 @@ pub fn delete_needs(req: &DeleteRangeRequest) -> Vec<Need> {
     needs
 }
 
-/// A watch needs read access to its range.
+/// A watch needs read access to its range (an empty key is `"\0"`, the smallest key, as etcd's
+/// watch reads it).
 pub fn watch_needs(req: &WatchCreateRequest) -> Vec<Need> {
-    vec![Need::new(PermKind::Read, &req.key, &req.range_end)]
+    let key: &[u8] = if req.key.is_empty() { &[0] } else { &req.key };
+    vec![Need::new(PermKind::Read, key, &req.range_end)]
 }
 
 /// A transaction needs read access to every compared range and what every operation of both

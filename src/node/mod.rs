@@ -556,6 +556,16 @@ impl Node {
         Ok(resp)
     }
 
+    /// Wait (at most the request timeout) until this member has applied everything committed
+    /// before the call, so what it reads next is linearizable (auth queries go through raft in
+    /// etcd).
+    pub async fn linearize(&self) -> Result<(), NodeError> {
+        match rt::timeout(self.config.request_timeout, self.read_barrier()).await {
+            Err(rt::Elapsed) => Err(NodeError::Timeout),
+            Ok(result) => result,
+        }
+    }
+
     /// The keys attached to lease `id` (empty if it has none or does not exist).
     pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
         self.state.read().leases().keys(id)
@@ -594,8 +604,20 @@ impl Node {
 
     /// Revoke a lease: its keys are deleted in one revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, NodeError> {
+        self.lease_revoke_as(id, None).await
+    }
+
+    /// [`Node::lease_revoke`] for a client checked as `requester`.
+    pub async fn lease_revoke_as(
+        &self,
+        id: i64,
+        requester: Option<Requester>,
+    ) -> Result<LeaseRevokeResponse, NodeError> {
         match self
-            .propose(command::Op::LeaseRevoke(LeaseRevokeRequest { id }))
+            .propose_as(
+                command::Op::LeaseRevoke(LeaseRevokeRequest { id }),
+                requester,
+            )
             .await?
         {
             Applied::LeaseRevoke(resp) => Ok(resp),
