@@ -82,7 +82,11 @@ impl AuthService {
     }
 
     /// Root may read anything; another user only what `own` says is its own.
-    fn check_read<T>(&self, request: &Request<T>, own: impl Fn(&str) -> bool) -> Result<(), Status> {
+    fn check_read<T>(
+        &self,
+        request: &Request<T>,
+        own: impl Fn(&str) -> bool,
+    ) -> Result<(), Status> {
         let caller = self.access.caller(request.metadata())?;
         match self.access.check_admin(&caller) {
             Ok(_) => Ok(()),

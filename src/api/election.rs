@@ -13,8 +13,10 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use super::access::Access;
 use super::lock::{acquire_key, prefix_end, wait_for_older};
 use crate::apply::Applied;
+use crate::auth::{Need, PermKind};
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -22,8 +24,6 @@ use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
     request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use super::access::Access;
-use crate::auth::{Need, PermKind};
 use crate::pb::metastore::command::Op;
 use crate::pb::mvccpb::KeyValue;
 use crate::pb::v3electionpb::election_server::Election;
@@ -167,7 +167,10 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        self.permit(&request, &leader_key_needs(request.get_ref().leader.as_ref()))?;
+        self.permit(
+            &request,
+            &leader_key_needs(request.get_ref().leader.as_ref()),
+        )?;
         let req = request.into_inner();
         let leader = req.leader.ok_or_else(not_leader)?;
         let rev = if_still_leader(
@@ -255,7 +258,10 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        self.permit(&request, &leader_key_needs(request.get_ref().leader.as_ref()))?;
+        self.permit(
+            &request,
+            &leader_key_needs(request.get_ref().leader.as_ref()),
+        )?;
         let leader = request.into_inner().leader.ok_or_else(not_leader)?;
         let del = RequestOp {
             request: Some(request_op::Request::RequestDeleteRange(

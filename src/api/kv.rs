@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::access::Access;
 use super::validate;
-use crate::auth::perms;
 use crate::apply::Applied;
+use crate::auth::perms;
 use crate::node::Node;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::{
@@ -65,7 +65,10 @@ impl Kv for KvService {
         validate::put(request.get_ref())?;
         let needs = self.access.put_needs(request.get_ref());
         let requester = self.access.permit(request.metadata(), &needs)?;
-        match self.propose(Op::Put(request.into_inner()), requester).await? {
+        match self
+            .propose(Op::Put(request.into_inner()), requester)
+            .await?
+        {
             Applied::Put(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
@@ -81,7 +84,10 @@ impl Kv for KvService {
         validate::delete_range(request.get_ref())?;
         let needs = perms::delete_needs(request.get_ref());
         let requester = self.access.permit(request.metadata(), &needs)?;
-        match self.propose(Op::DeleteRange(request.into_inner()), requester).await? {
+        match self
+            .propose(Op::DeleteRange(request.into_inner()), requester)
+            .await?
+        {
             Applied::DeleteRange(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
@@ -94,7 +100,10 @@ impl Kv for KvService {
         validate::txn(request.get_ref(), self.node.config().max_txn_ops)?;
         let needs = perms::txn_needs(request.get_ref());
         let requester = self.access.permit(request.metadata(), &needs)?;
-        match self.propose(Op::Txn(request.into_inner()), requester).await? {
+        match self
+            .propose(Op::Txn(request.into_inner()), requester)
+            .await?
+        {
             Applied::Txn(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))

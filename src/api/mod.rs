@@ -1,10 +1,10 @@
 //! The gRPC edge: etcd's services over the node, request validation, and the mapping of every
 //! error to etcd's status codes and messages.
 
-#[cfg(not(madsim))]
-pub mod authority;
 pub mod access;
 pub mod auth;
+#[cfg(not(madsim))]
+pub mod authority;
 pub mod cluster;
 pub mod election;
 pub mod kv;

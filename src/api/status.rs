@@ -110,7 +110,11 @@ pub fn maintenance_denied(e: AuthError) -> Status {
 /// reason.
 pub fn watch_cancel_reason(e: AuthError) -> String {
     let s = Status::from(e);
-    format!("rpc error: code = {} desc = {}", grpc_code_name(s.code()), s.message())
+    format!(
+        "rpc error: code = {} desc = {}",
+        grpc_code_name(s.code()),
+        s.message()
+    )
 }
 
 /// The name grpc-go prints for a code (`codes.Code.String()`).
@@ -192,14 +196,26 @@ mod tests {
     #[test]
     fn auth_codes_and_texts_match_etcd() {
         let cases = [
-            (AuthError::UserEmpty, Code::InvalidArgument, "etcdserver: user name is empty"),
+            (
+                AuthError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
             (
                 AuthError::AuthFailed,
                 Code::InvalidArgument,
                 "etcdserver: authentication failed, invalid user ID or password",
             ),
-            (AuthError::PermissionDenied, Code::PermissionDenied, "etcdserver: permission denied"),
-            (AuthError::InvalidAuthToken, Code::Unauthenticated, "etcdserver: invalid auth token"),
+            (
+                AuthError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                AuthError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
             (
                 AuthError::AuthNotEnabled,
                 Code::FailedPrecondition,
@@ -215,8 +231,16 @@ mod tests {
                 Code::InvalidArgument,
                 "etcdserver: revision of auth store is old",
             ),
-            (AuthError::InvalidAuthMgmt, Code::InvalidArgument, "etcdserver: invalid auth management"),
-            (AuthError::UserNotFound, Code::FailedPrecondition, "etcdserver: user name not found"),
+            (
+                AuthError::InvalidAuthMgmt,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+            (
+                AuthError::UserNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: user name not found",
+            ),
         ];
         for (e, code, text) in cases {
             assert_eq!(pair(e.into()), (code, text.to_string()));

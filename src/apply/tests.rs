@@ -492,8 +492,8 @@ fn compaction_errors_and_effect() {
 
 #[test]
 fn a_write_checked_against_an_older_auth_revision_is_refused() {
-    use crate::pb::etcdserverpb::{AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest};
     use crate::pb::etcdserverpb::AuthUserGrantRoleRequest;
+    use crate::pb::etcdserverpb::{AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest};
     use crate::pb::metastore::{auth_command, AuthCommand, Requester};
 
     let mut s = store();
@@ -544,15 +544,25 @@ fn a_write_checked_against_an_older_auth_revision_is_refused() {
     step(&mut s, &mut auth, change(role), None).expect("role add");
     let rev_before = s.current_revision();
     let stale = step(&mut s, &mut auth, put(), root(checked_at));
-    assert!(matches!(stale, Err(ApplyError::Auth(AuthError::AuthOldRevision))), "{stale:?}");
-    assert_eq!(s.current_revision(), rev_before, "the refused put wrote nothing");
+    assert!(
+        matches!(stale, Err(ApplyError::Auth(AuthError::AuthOldRevision))),
+        "{stale:?}"
+    );
+    assert_eq!(
+        s.current_revision(),
+        rev_before,
+        "the refused put wrote nothing"
+    );
     // A request that carried no user (auth was off when it was checked) is refused once auth is on.
     let anonymous = Some(Requester {
         username: String::new(),
         auth_revision: auth.revision(),
     });
     let refused = step(&mut s, &mut auth, put(), anonymous);
-    assert!(matches!(refused, Err(ApplyError::Auth(AuthError::UserEmpty))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ApplyError::Auth(AuthError::UserEmpty))),
+        "{refused:?}"
+    );
     // The member's own commands (lease expiry, checkpoints) carry no requester and pass.
     step(&mut s, &mut auth, put(), None).expect("internal command");
 }

@@ -25,7 +25,9 @@ impl PermKind {
     fn granted_by(self, t: PermType) -> bool {
         matches!(
             (self, t),
-            (_, PermType::Readwrite) | (PermKind::Read, PermType::Read) | (PermKind::Write, PermType::Write)
+            (_, PermType::Readwrite)
+                | (PermKind::Read, PermType::Read)
+                | (PermKind::Write, PermType::Write)
         )
     }
 }
@@ -183,7 +185,10 @@ mod tests {
         assert!(covers(&perms, &read("a", "")));
         assert!(!covers(&perms, &read("a0", "")));
         assert!(!covers(&perms, &read("", "")));
-        assert!(!covers(&perms, &write("a", "")), "read does not grant write");
+        assert!(
+            !covers(&perms, &write("a", "")),
+            "read does not grant write"
+        );
         // A range that starts at the key but holds more keys is not covered.
         assert!(!covers(&perms, &read("a", "b")));
         // ... but the range holding exactly that key is ("a\0" is the key right after "a").
@@ -202,12 +207,24 @@ mod tests {
         assert!(!covers(&perms, &read("c", "")), "range_end is exclusive");
         assert!(covers(&perms, &read("b", "c")));
         assert!(covers(&perms, &read("ba", "bb")));
-        assert!(!covers(&perms, &read("a", "c")), "starts before the permission");
-        assert!(!covers(&perms, &read("b", "d")), "ends after the permission");
+        assert!(
+            !covers(&perms, &read("a", "c")),
+            "starts before the permission"
+        );
+        assert!(
+            !covers(&perms, &read("b", "d")),
+            "ends after the permission"
+        );
         assert!(covers(&perms, &write("p1", "")));
         assert!(covers(&perms, &write("p", "q")));
-        assert!(!covers(&perms, &read("p1", "")), "write does not grant read");
-        assert!(!covers(&perms, &write("b", "q")), "the gap [c, p) is not granted");
+        assert!(
+            !covers(&perms, &read("p1", "")),
+            "write does not grant read"
+        );
+        assert!(
+            !covers(&perms, &write("b", "q")),
+            "the gap [c, p) is not granted"
+        );
         assert!(!covers(&perms, &read("b", "\0")));
     }
 
@@ -232,7 +249,10 @@ mod tests {
         assert!(covers(&perms, &read("x", "")));
         assert!(covers(&perms, &read("zzzz", "")));
         assert!(covers(&perms, &read("\u{7f}\u{7f}", "")));
-        assert!(covers(&perms, &read("x", "\0")), "to the end of the key space");
+        assert!(
+            covers(&perms, &read("x", "\0")),
+            "to the end of the key space"
+        );
         assert!(covers(&perms, &read("y", "z")));
         assert!(!covers(&perms, &read("w", "")));
         assert!(!covers(&perms, &read("w", "\0")));

@@ -290,6 +290,7 @@ impl AuthStore {
                     .get(&req.user)
                     .cloned()
                     .ok_or(AuthError::UserNotFound)?;
+                // The root role may be granted before it exists as a role record, as in etcd.
                 if req.role != ROOT && !self.roles.contains_key(&req.role) {
                     return Err(AuthError::RoleNotFound);
                 }
@@ -297,14 +298,6 @@ impl AuthStore {
                     // Granting a role twice is accepted and changes nothing, as in etcd.
                     Ok(_) => return Ok(()),
                     Err(at) => user.roles.insert(at, req.role.clone()),
-                }
-                if req.role == ROOT && !self.roles.contains_key(ROOT) {
-                    // The root role exists once it is granted (etcd creates it then).
-                    let role = Role {
-                        name: ROOT.as_bytes().to_vec(),
-                        key_permission: Vec::new(),
-                    };
-                    self.save_role(ROOT, role, batch);
                 }
                 self.save_user(&req.user, user, batch);
                 self.commit(batch);
@@ -372,9 +365,9 @@ impl AuthStore {
                     .ok_or(AuthError::RoleNotFound)?;
                 // One permission per (key, range_end): a new grant replaces its type. Kept
                 // sorted, as etcd lists them.
-                let slot = role
-                    .key_permission
-                    .binary_search_by(|p| (&p.key, &p.range_end).cmp(&(&perm.key, &perm.range_end)));
+                let slot = role.key_permission.binary_search_by(|p| {
+                    (&p.key, &p.range_end).cmp(&(&perm.key, &perm.range_end))
+                });
                 match slot {
                     Ok(at) => role.key_permission[at].perm_type = perm.perm_type,
                     Err(at) => role.key_permission.insert(at, perm),
@@ -450,11 +443,20 @@ mod tests {
         let engine = MemoryEngine::new();
         let mut s = AuthStore::default();
         let enable = || Op::Enable(AuthEnableRequest {});
-        assert_eq!(run(&mut s, &engine, enable()), Err(AuthError::RootUserNotExist));
+        assert_eq!(
+            run(&mut s, &engine, enable()),
+            Err(AuthError::RootUserNotExist)
+        );
         run(&mut s, &engine, user_add(ROOT, "$2b$hash")).unwrap();
-        assert_eq!(run(&mut s, &engine, enable()), Err(AuthError::RootRoleNotExist));
+        assert_eq!(
+            run(&mut s, &engine, enable()),
+            Err(AuthError::RootRoleNotExist)
+        );
         run(&mut s, &engine, grant_role(ROOT, ROOT)).unwrap();
-        assert!(s.role(ROOT).is_some(), "granting root creates the root role");
+        assert!(
+            s.role(ROOT).is_none(),
+            "granting root does not create the role record"
+        );
         let before = s.revision();
         run(&mut s, &engine, enable()).unwrap();
         assert!(s.enabled());
@@ -466,11 +468,20 @@ mod tests {
             name: ROOT.into(),
             role: ROOT.into(),
         });
-        assert_eq!(run(&mut s, &engine, revoke_root), Err(AuthError::InvalidAuthMgmt));
+        assert_eq!(
+            run(&mut s, &engine, revoke_root),
+            Err(AuthError::InvalidAuthMgmt)
+        );
         let del_root = Op::UserDelete(AuthUserDeleteRequest { name: ROOT.into() });
-        assert_eq!(run(&mut s, &engine, del_root), Err(AuthError::InvalidAuthMgmt));
+        assert_eq!(
+            run(&mut s, &engine, del_root),
+            Err(AuthError::InvalidAuthMgmt)
+        );
         let del_root_role = Op::RoleDelete(AuthRoleDeleteRequest { role: ROOT.into() });
-        assert_eq!(run(&mut s, &engine, del_root_role), Err(AuthError::InvalidAuthMgmt));
+        assert_eq!(
+            run(&mut s, &engine, del_root_role),
+            Err(AuthError::InvalidAuthMgmt)
+        );
 
         assert_eq!(s.check_admin(None), Err(AuthError::UserEmpty));
         assert_eq!(s.check_admin(Some("ghost")), Err(AuthError::UserNotFound));
@@ -484,14 +495,32 @@ mod tests {
         let engine = MemoryEngine::new();
         let mut s = AuthStore::default();
         run(&mut s, &engine, user_add("u", "hash-u")).unwrap();
-        assert_eq!(run(&mut s, &engine, user_add("u", "x")), Err(AuthError::UserAlreadyExist));
-        assert_eq!(run(&mut s, &engine, user_add("", "x")), Err(AuthError::UserEmpty));
-        assert_eq!(run(&mut s, &engine, grant_role("u", "r")), Err(AuthError::RoleNotFound));
-        assert_eq!(run(&mut s, &engine, grant_role("x", ROOT)), Err(AuthError::UserNotFound));
+        assert_eq!(
+            run(&mut s, &engine, user_add("u", "x")),
+            Err(AuthError::UserAlreadyExist)
+        );
+        assert_eq!(
+            run(&mut s, &engine, user_add("", "x")),
+            Err(AuthError::UserEmpty)
+        );
+        assert_eq!(
+            run(&mut s, &engine, grant_role("u", "r")),
+            Err(AuthError::RoleNotFound)
+        );
+        assert_eq!(
+            run(&mut s, &engine, grant_role("x", ROOT)),
+            Err(AuthError::UserNotFound)
+        );
         let role_add = |n: &str| Op::RoleAdd(AuthRoleAddRequest { name: n.into() });
         run(&mut s, &engine, role_add("r")).unwrap();
-        assert_eq!(run(&mut s, &engine, role_add("r")), Err(AuthError::RoleAlreadyExist));
-        assert_eq!(run(&mut s, &engine, role_add("")), Err(AuthError::RoleEmpty));
+        assert_eq!(
+            run(&mut s, &engine, role_add("r")),
+            Err(AuthError::RoleAlreadyExist)
+        );
+        assert_eq!(
+            run(&mut s, &engine, role_add("")),
+            Err(AuthError::RoleEmpty)
+        );
         let grant = |key: &str, end: &str, t: PermType| {
             Op::RoleGrantPermission(AuthRoleGrantPermissionRequest {
                 name: "r".into(),
@@ -505,8 +534,18 @@ mod tests {
         run(&mut s, &engine, grant("p", "q", PermType::Write)).unwrap();
         run(&mut s, &engine, grant("a", "", PermType::Read)).unwrap();
         run(&mut s, &engine, grant("a", "", PermType::Readwrite)).unwrap();
-        let keys: Vec<_> = s.role("r").unwrap().key_permission.iter().map(|p| p.key.clone()).collect();
-        assert_eq!(keys, vec![b"a".to_vec(), b"p".to_vec()], "sorted, one per range");
+        let keys: Vec<_> = s
+            .role("r")
+            .unwrap()
+            .key_permission
+            .iter()
+            .map(|p| p.key.clone())
+            .collect();
+        assert_eq!(
+            keys,
+            vec![b"a".to_vec(), b"p".to_vec()],
+            "sorted, one per range"
+        );
         run(&mut s, &engine, grant_role("u", "r")).unwrap();
         let write_a = [Need::new(PermKind::Write, b"a", b"")];
         let read_p = [Need::new(PermKind::Read, b"p1", b"")];
@@ -517,7 +556,10 @@ mod tests {
         run(&mut s, &engine, grant_role(ROOT, ROOT)).unwrap();
         run(&mut s, &engine, Op::Enable(AuthEnableRequest {})).unwrap();
         assert_eq!(s.check(Some("u"), &write_a), Ok(()));
-        assert_eq!(s.check(Some("u"), &read_p), Err(AuthError::PermissionDenied));
+        assert_eq!(
+            s.check(Some("u"), &read_p),
+            Err(AuthError::PermissionDenied)
+        );
         assert_eq!(s.check(None, &write_a), Err(AuthError::UserEmpty));
         assert_eq!(s.check(Some(ROOT), &read_p), Ok(()), "root bypasses checks");
 
@@ -532,16 +574,36 @@ mod tests {
             })
         };
         run(&mut s, &engine, revoke("a")).unwrap();
-        assert_eq!(run(&mut s, &engine, revoke("a")), Err(AuthError::PermissionNotGranted));
-        assert_eq!(s.check(Some("u"), &write_a), Err(AuthError::PermissionDenied));
+        assert_eq!(
+            run(&mut s, &engine, revoke("a")),
+            Err(AuthError::PermissionNotGranted)
+        );
+        assert_eq!(
+            s.check(Some("u"), &write_a),
+            Err(AuthError::PermissionDenied)
+        );
         let revoke_role = Op::UserRevokeRole(AuthUserRevokeRoleRequest {
             name: "u".into(),
             role: ROOT.into(),
         });
-        assert_eq!(run(&mut s, &engine, revoke_role), Err(AuthError::RoleNotGranted));
-        run(&mut s, &engine, Op::RoleDelete(AuthRoleDeleteRequest { role: "r".into() })).unwrap();
-        assert!(s.user("u").unwrap().roles.is_empty(), "a deleted role leaves its users");
-        assert_eq!(replicated(&AuthStore::load(&engine).unwrap()), replicated(&s));
+        assert_eq!(
+            run(&mut s, &engine, revoke_role),
+            Err(AuthError::RoleNotGranted)
+        );
+        run(
+            &mut s,
+            &engine,
+            Op::RoleDelete(AuthRoleDeleteRequest { role: "r".into() }),
+        )
+        .unwrap();
+        assert!(
+            s.user("u").unwrap().roles.is_empty(),
+            "a deleted role leaves its users"
+        );
+        assert_eq!(
+            replicated(&AuthStore::load(&engine).unwrap()),
+            replicated(&s)
+        );
     }
 
     #[test]
@@ -549,7 +611,9 @@ mod tests {
         let engine = MemoryEngine::new();
         let mut s = AuthStore::default();
         let password = "correct horse battery staple";
-        let hash = bcrypt::hash_with_salt(password, 4, [7u8; 16]).unwrap().to_string();
+        let hash = bcrypt::hash_with_salt(password, 4, [7u8; 16])
+            .unwrap()
+            .to_string();
         run(&mut s, &engine, user_add("alice", &hash)).unwrap();
         let mut seen = 0;
         engine
@@ -557,7 +621,9 @@ mod tests {
                 seen += 1;
                 for part in [k, v] {
                     assert!(
-                        !part.windows(password.len()).any(|w| w == password.as_bytes()),
+                        !part
+                            .windows(password.len())
+                            .any(|w| w == password.as_bytes()),
                         "plaintext password stored"
                     );
                 }

@@ -134,7 +134,10 @@ mod tests {
         let a = table.issue(info("a"));
         let b = table.issue(info("b"));
         assert_ne!(a, b);
-        assert_eq!(a.split_once('.').unwrap().0.len(), limits::AUTH_TOKEN_RANDOM_CHARS);
+        assert_eq!(
+            a.split_once('.').unwrap().0.len(),
+            limits::AUTH_TOKEN_RANDOM_CHARS
+        );
         assert_eq!(table.lookup(&a), Some(info("a")));
         assert_eq!(table.lookup("nope.1"), None);
         tokio::time::advance(Duration::from_millis(1500)).await;
