@@ -245,7 +245,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         let requester = self.access.permit_admin(request.metadata())?;
         let req = request.into_inner();
-        if !self.node.auth().user(&req.name).is_some() {
+        if self.node.auth().user(&req.name).is_none() {
             return Err(AuthError::UserNotFound.into());
         }
         let change = AuthUserChangePasswordRequest {
@@ -299,7 +299,7 @@ impl Auth for AuthService {
         self.check_read(&request, |me| {
             node.auth()
                 .user(me)
-                .is_some_and(|u| u.roles.iter().any(|r| *r == name))
+                .is_some_and(|u| u.roles.contains(&name))
         })?;
         self.node.linearize().await?;
         let perm = self
