@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 
 use crate::auth::perms::{self, Need, PermKind};
-use crate::auth::tokens::{TokenInfo, TokenTable};
+use crate::auth::tokens::TokenInfo;
 use crate::auth::AuthError;
 use crate::node::Node;
 use crate::pb::metastore::Requester;
@@ -39,22 +39,12 @@ impl Caller {
 /// Token resolution and permission checks for every client service of one member.
 pub struct Access {
     node: Arc<Node>,
-    tokens: TokenTable,
 }
 
 impl Access {
-    /// Access control over `node`, with tokens living `--auth-token-ttl` after their last use.
+    /// Access control over `node` (its token table is the node's: tokens come through the log).
     pub fn new(node: Arc<Node>) -> Arc<Self> {
-        let ttl = node.config().auth_token_ttl;
-        Arc::new(Self {
-            node,
-            tokens: TokenTable::new(ttl),
-        })
-    }
-
-    /// The member's token table.
-    pub fn tokens(&self) -> &TokenTable {
-        &self.tokens
+        Arc::new(Self { node })
     }
 
     /// The caller of a request with `metadata`.
@@ -75,7 +65,7 @@ impl Access {
             user,
             password_hash,
             revision,
-        }) = self.tokens.lookup(token)
+        }) = self.node.tokens().lookup(token)
         else {
             return Err(AuthError::InvalidAuthToken);
         };
@@ -83,7 +73,7 @@ impl Access {
             .user(&user)
             .is_some_and(|u| u.password == password_hash && revision >= auth.enabled_at());
         if !current {
-            self.tokens.revoke(token);
+            self.node.tokens().revoke(token);
             return Err(AuthError::InvalidAuthToken);
         }
         Ok(Caller { user: Some(user) })

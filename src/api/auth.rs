@@ -4,7 +4,8 @@
 //! Changes go through raft as [`AuthCommand`]s; passwords are bcrypt-hashed here first (with
 //! `--bcrypt-cost` and a salt from the runtime's random source), so apply stays cheap and
 //! deterministic and no plaintext password is replicated or stored. `Authenticate` checks the
-//! password on this member and issues a token that only this member knows (see `api::access`).
+//! password on this member, then proposes the new token through the log, so every member knows it
+//! (as etcd 3.4 does with simple tokens; see `api::access`).
 //! Everything but `Authenticate` and `AuthStatus` needs the root role while auth is enabled; a user
 //! may also read its own record and the roles it holds, as etcd 3.4 allows.
 
@@ -14,13 +15,13 @@ use tonic::{Request, Response, Status};
 
 use super::access::Access;
 use crate::apply::Applied;
-use crate::auth::tokens::TokenInfo;
+use crate::auth::tokens::new_token;
 use crate::auth::AuthError;
 use crate::node::Node;
 use crate::pb::authpb::permission::Type as PermType;
 use crate::pb::etcdserverpb::auth_server::Auth;
 use crate::pb::etcdserverpb::*;
-use crate::pb::metastore::{auth_command, command, AuthCommand, Requester};
+use crate::pb::metastore::{auth_command, command, AuthCommand, Requester, TokenIssue};
 use crate::rt;
 
 /// Serves etcd's Auth RPCs.
@@ -140,7 +141,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthenticateResponse>, Status> {
         let req = request.into_inner();
         self.node.linearize().await?;
-        let (hash, revision) = {
+        let hash = {
             let auth = self.node.auth();
             if !auth.enabled() {
                 return Err(AuthError::AuthNotEnabled.into());
@@ -149,7 +150,7 @@ impl Auth for AuthService {
             if user.options.as_ref().is_some_and(|o| o.no_password) {
                 return Err(AuthError::AuthFailed.into());
             }
-            (user.password.clone(), auth.revision())
+            user.password.clone()
         };
         let stored = String::from_utf8(hash.clone()).map_err(|_| AuthError::AuthFailed)?;
         let password = req.password;
@@ -160,15 +161,25 @@ impl Auth for AuthService {
         if !matches {
             return Err(AuthError::AuthFailed.into());
         }
-        let token = self.access.tokens().issue(TokenInfo {
+        let issue = TokenIssue {
             user: req.name,
+            token: new_token(),
             password_hash: hash,
-            revision,
+        };
+        let cmd = command::Op::Auth(AuthCommand {
+            op: Some(auth_command::Op::TokenIssue(issue)),
         });
-        Ok(Response::new(AuthenticateResponse {
-            header: self.current_header(),
-            token,
-        }))
+        let (header, token) = match self.node.propose(cmd).await? {
+            Applied::TokenIssued {
+                revision, token, ..
+            } => (self.header(revision), token),
+            other => {
+                return Err(Status::internal(format!(
+                    "etcdserver: unexpected apply result {other:?}"
+                )))
+            }
+        };
+        Ok(Response::new(AuthenticateResponse { header, token }))
     }
 
     async fn user_add(

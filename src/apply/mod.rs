@@ -73,6 +73,15 @@ pub enum Applied {
     Alarm(AlarmResponse),
     /// An auth change was applied; the store revision for the response header.
     Auth(i64),
+    /// A login was accepted: every member records `token` for `user` (issued at auth revision
+    /// `auth_revision`); the store revision for the response header.
+    TokenIssued {
+        revision: i64,
+        user: String,
+        token: String,
+        password_hash: Vec<u8>,
+        auth_revision: u64,
+    },
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -113,8 +122,23 @@ pub fn apply(
     match cmd.op.ok_or(ApplyError::EmptyCommand)? {
         command::Op::Auth(change) => {
             let mut batch = WriteBatch::new();
+            let issue = match &change.op {
+                Some(crate::pb::metastore::auth_command::Op::TokenIssue(t)) => Some(t.clone()),
+                _ => None,
+            };
             auth.apply(change, &mut batch)?;
-            Ok((Applied::Auth(store.current_revision()), batch))
+            let revision = store.current_revision();
+            let applied = match issue {
+                Some(t) => Applied::TokenIssued {
+                    revision,
+                    user: t.user,
+                    token: t.token,
+                    password_hash: t.password_hash,
+                    auth_revision: auth.revision(),
+                },
+                None => Applied::Auth(revision),
+            };
+            Ok((applied, batch))
         }
         command::Op::Put(req) => {
             let mut txn = store.write_txn();

@@ -375,6 +375,20 @@ impl AuthStore {
                 self.save_role(&req.name, role, batch);
                 self.commit(batch);
             }
+            Op::TokenIssue(issue) => {
+                // Not a change of the auth state: no revision bump, nothing stored. The caller
+                // records the token in the member's token table.
+                if !self.enabled {
+                    return Err(AuthError::AuthNotEnabled);
+                }
+                let current = self.users.get(&issue.user).is_some_and(|u| {
+                    u.password == issue.password_hash
+                        && !u.options.as_ref().is_some_and(|o| o.no_password)
+                });
+                if !current {
+                    return Err(AuthError::AuthFailed);
+                }
+            }
             Op::RoleRevokePermission(req) => {
                 let mut role = self
                     .roles

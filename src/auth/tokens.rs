@@ -1,8 +1,9 @@
-//! etcd's "simple" auth tokens: random strings that live in the memory of the member that issued
-//! them, valid until their TTL passes without use (each use renews it, as etcd's token keeper
-//! does). A token records who it was issued to, that user's password hash and the auth revision at
-//! issue, so the caller can void it once the user is deleted, changes password, or auth was
-//! disabled and enabled again since.
+//! etcd's "simple" auth tokens: random strings held in memory, valid until their TTL passes without
+//! use (each use renews it, as etcd's token keeper does). A login goes through the log, so every
+//! member records the token (as etcd applies its InternalAuthenticateRequest everywhere) and runs
+//! its own TTL clock for it; tokens do not survive a restart. A token records who it was issued to,
+//! that user's password hash and the auth revision at issue, so the caller can void it once the user
+//! is deleted, changes password, or auth was disabled and enabled again since.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,7 +31,6 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     tokens: HashMap<String, Entry>,
-    next_index: u64,
 }
 
 /// The tokens this member issued.
@@ -52,8 +52,8 @@ impl TokenTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Issue a new token for `info`.
-    pub fn issue(&self, info: TokenInfo) -> String {
+    /// Record `token` for `info`, alive for the TTL from now.
+    pub fn insert(&self, token: String, info: TokenInfo) {
         let now = rt::now();
         let mut inner = self.lock();
         inner.tokens.retain(|_, e| e.expires > now);
@@ -67,16 +67,13 @@ impl TokenTable {
                 inner.tokens.remove(&t);
             }
         }
-        inner.next_index += 1;
-        let token = format!("{}.{}", random_letters(), inner.next_index);
         inner.tokens.insert(
-            token.clone(),
+            token,
             Entry {
                 info,
                 expires: now + self.ttl,
             },
         );
-        token
     }
 
     /// What `token` stands for, renewing its TTL; `None` if it is unknown or expired.
@@ -97,7 +94,7 @@ impl TokenTable {
         self.lock().tokens.remove(token);
     }
 
-    /// How many tokens are held (expired ones may still count until the next issue).
+    /// How many tokens are held (expired ones may still count until the next insert).
     pub fn len(&self) -> usize {
         self.lock().tokens.len()
     }
@@ -108,12 +105,14 @@ impl TokenTable {
     }
 }
 
-/// Letters drawn from the runtime's random source (seeded in simulation).
-fn random_letters() -> String {
+/// A fresh token in etcd's simple-token shape (`<random letters>.<number>`), drawn from the
+/// runtime's random source (seeded in simulation).
+pub fn new_token() -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    (0..limits::AUTH_TOKEN_RANDOM_CHARS)
+    let letters: String = (0..limits::AUTH_TOKEN_RANDOM_CHARS)
         .map(|_| LETTERS[(rt::random_u64() % LETTERS.len() as u64) as usize] as char)
-        .collect()
+        .collect();
+    format!("{letters}.{}", rt::random_u64() >> 40)
 }
 
 #[cfg(all(test, not(madsim)))]
@@ -131,9 +130,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn tokens_expire_after_the_ttl_unless_used() {
         let table = TokenTable::new(Duration::from_secs(2));
-        let a = table.issue(info("a"));
-        let b = table.issue(info("b"));
+        let (a, b) = (new_token(), new_token());
         assert_ne!(a, b);
+        table.insert(a.clone(), info("a"));
+        table.insert(b.clone(), info("b"));
         assert_eq!(
             a.split_once('.').unwrap().0.len(),
             limits::AUTH_TOKEN_RANDOM_CHARS
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(table.lookup(&b), None, "expired");
         tokio::time::advance(Duration::from_millis(2001)).await;
         assert_eq!(table.lookup(&a), None);
-        table.issue(info("c"));
-        assert_eq!(table.len(), 1, "expired tokens are swept on issue");
+        table.insert(new_token(), info("c"));
+        assert_eq!(table.len(), 1, "expired tokens are swept on insert");
     }
 }

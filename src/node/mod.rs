@@ -134,8 +134,13 @@ impl Node {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let watch = WatchHub::new();
-        let state_machine = StateMachine::open(engine.clone(), watch.clone(), member_id)
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let state_machine = StateMachine::open(
+            engine.clone(),
+            watch.clone(),
+            member_id,
+            config.auth_token_ttl,
+        )
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state = state_machine.shared();
         let alone = identity
             .founding
@@ -564,6 +569,11 @@ impl Node {
             Err(rt::Elapsed) => Err(NodeError::Timeout),
             Ok(result) => result,
         }
+    }
+
+    /// The auth tokens this member knows (issued through the log, so every member knows each).
+    pub fn tokens(&self) -> &crate::auth::TokenTable {
+        self.state.tokens()
     }
 
     /// The keys attached to lease `id` (empty if it has none or does not exist).

@@ -20,7 +20,8 @@ use tokio::sync::oneshot;
 
 use super::{decode, encode, snapshot, CommandResponse, LogId, StoredMembership, TypeConfig};
 use crate::apply::{self, Applied, ApplyError};
-use crate::auth::AuthStore;
+use crate::auth::tokens::TokenInfo;
+use crate::auth::{AuthStore, TokenTable};
 use crate::mvcc::MvccStore;
 use crate::pb::metastore::Command;
 use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, WriteBatch};
@@ -51,6 +52,8 @@ pub struct Shared {
     /// Users, roles and permissions. Apply takes this lock after the MVCC write lock; a reader
     /// holding it never waits for the MVCC lock.
     auth: RwLock<AuthStore>,
+    /// Auth tokens issued through the log (held in memory only, as etcd's simple tokens).
+    tokens: TokenTable,
     watch: Arc<WatchHub>,
     /// This member's id: commands it proposed through the leader carry it.
     member_id: u64,
@@ -90,6 +93,11 @@ impl Shared {
     /// Read access to the auth state, as of the last applied entry.
     pub fn auth(&self) -> RwLockReadGuard<'_, AuthStore> {
         self.auth.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The auth tokens this member knows.
+    pub fn tokens(&self) -> &TokenTable {
+        &self.tokens
     }
 
     /// The engine under the store.
@@ -136,8 +144,14 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`.
-    pub fn open(engine: SharedEngine, watch: Arc<WatchHub>, member_id: u64) -> io::Result<Self> {
+    /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`;
+    /// auth tokens live `token_ttl` after their last use.
+    pub fn open(
+        engine: SharedEngine,
+        watch: Arc<WatchHub>,
+        member_id: u64,
+        token_ttl: std::time::Duration,
+    ) -> io::Result<Self> {
         if let Some(records) = snapshot::finish_interrupted_install(engine.as_ref())? {
             tracing::info!(records, "finished a snapshot install a restart interrupted");
         }
@@ -148,6 +162,7 @@ impl StateMachine {
                 engine,
                 mvcc: RwLock::new(mvcc),
                 auth: RwLock::new(auth),
+                tokens: TokenTable::new(token_ttl),
                 watch,
                 member_id,
                 waiters: Mutex::new(BTreeMap::new()),
@@ -216,6 +231,25 @@ fn apply_one(
             let outcome = match outcome {
                 Ok((applied, changes)) => {
                     batch.append(changes);
+                    if let Applied::TokenIssued {
+                        user,
+                        token,
+                        password_hash,
+                        auth_revision,
+                        ..
+                    } = &applied
+                    {
+                        // Member-local memory, like the watch hub: every member learns the token
+                        // and runs its own TTL clock for it.
+                        shared.tokens.insert(
+                            token.clone(),
+                            TokenInfo {
+                                user: user.clone(),
+                                password_hash: password_hash.clone(),
+                                revision: *auth_revision,
+                            },
+                        );
+                    }
                     Ok(applied)
                 }
                 Err(ApplyError::Storage(e)) => return Err(io::Error::other(e)),
