@@ -176,7 +176,8 @@ impl AuthStore {
             return Ok(());
         }
         let name = user.ok_or(AuthError::UserEmpty)?;
-        let u = self.users.get(name).ok_or(AuthError::UserNotFound)?;
+        // A user that no longer exists is simply denied, as in etcd's isOpPermitted.
+        let u = self.users.get(name).ok_or(AuthError::PermissionDenied)?;
         if u.roles.iter().any(|r| r == ROOT) {
             return Ok(());
         }
