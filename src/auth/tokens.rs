@@ -1,7 +1,9 @@
 //! etcd's "simple" auth tokens: random strings held in memory, valid until their TTL passes without
 //! use (each use renews it, as etcd's token keeper does). A login goes through the log, so every
 //! member records the token (as etcd applies its InternalAuthenticateRequest everywhere) and runs
-//! its own TTL clock for it; tokens do not survive a restart. A token records who it was issued to,
+//! its own TTL clock for it. Tokens are not replicated state: they do not survive a restart, and a
+//! member that catches up from a snapshot misses the logins the snapshot covers (as in etcd); a
+//! client told "invalid auth token" logs in again, as clientv3 and etcd-client do. A token records who it was issued to,
 //! that user's password hash and the auth revision at issue, so the caller can void it once the user
 //! is deleted, changes password, or auth was disabled and enabled again since.
 
