@@ -452,6 +452,27 @@ async fn etcd_client_with_user() {
                 "etcdserver: authentication failed, invalid user ID or password".into()
             )
         );
+        // A user added without a password cannot log in (etcd's `no_password`).
+        root.auth_client()
+            .user_add(
+                "np",
+                "",
+                Some(etcd_client::UserAddOptions::new().with_no_pwd()),
+            )
+            .await
+            .expect("no-password user");
+        let err = root
+            .auth_client()
+            .authenticate("np".into(), String::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            grpc(err),
+            (
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password".into()
+            )
+        );
         // No token at all.
         let mut anonymous = s.client().await;
         let err = anonymous.get("app/config", None).await.unwrap_err();
