@@ -288,6 +288,7 @@ fn peer_seeds(dir: &Path, commands: &[Vec<u8>]) {
                 op: Some(Op::Put(put)),
                 proposer_id: 1,
                 request_seq: i as u64 + 1,
+                requester: None,
             };
             metastore::raft::Entry {
                 log_id: metastore::raft::LogId::new(committed, i as u64 + 1),

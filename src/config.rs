@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// Refuse membership changes that would leave fewer started voters than a quorum
     /// (`--strict-reconfig-check`, etcd's default: on).
     pub strict_reconfig_check: bool,
+    /// How long an auth token lives after its last use (`--auth-token-ttl`, seconds in etcd).
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost of stored password hashes (`--bcrypt-cost`).
+    pub bcrypt_cost: u32,
 }
 
 /// A configuration value that cannot be used.
@@ -87,6 +91,8 @@ pub enum ConfigError {
     NoListenUrl,
     #[error("--initial-advertise-peer-urls must name at least one URL")]
     NoPeerUrl,
+    #[error("--auth-token {0:?} is not supported: only \"simple\" tokens are served")]
+    AuthToken(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterConfigError),
 }
@@ -112,6 +118,8 @@ impl Default for ServerConfig {
             lease_checkpoint_interval: limits::LEASE_CHECKPOINT_INTERVAL_DEFAULT,
             snapshot_count: limits::SNAPSHOT_COUNT_DEFAULT,
             strict_reconfig_check: true,
+            auth_token_ttl: Duration::from_secs(limits::AUTH_TOKEN_TTL_SECS_DEFAULT),
+            bcrypt_cost: limits::BCRYPT_COST_DEFAULT,
         }
     }
 }
@@ -168,6 +176,18 @@ impl ServerConfig {
             limits::QUOTA_BACKEND_BYTES_MAX,
         )?;
         range("snapshot-count", self.snapshot_count, 1, u64::MAX)?;
+        range(
+            "auth-token-ttl",
+            self.auth_token_ttl.as_secs(),
+            1,
+            limits::AUTH_TOKEN_TTL_SECS_MAX,
+        )?;
+        range(
+            "bcrypt-cost",
+            u64::from(self.bcrypt_cost),
+            u64::from(limits::BCRYPT_COST_MIN),
+            u64::from(limits::BCRYPT_COST_MAX),
+        )?;
         range(
             "experimental-watch-progress-notify-interval (ms)",
             self.watch_progress_interval.as_millis() as u64,

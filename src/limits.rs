@@ -160,8 +160,29 @@ pub fn server_worker_threads() -> usize {
     cores.saturating_sub(1).max(1)
 }
 
+/// Default lifetime of an auth token since its last use (etcd's `--auth-token-ttl`, seconds).
+pub const AUTH_TOKEN_TTL_SECS_DEFAULT: u64 = 300;
+
+/// Largest `--auth-token-ttl` accepted (one day).
+pub const AUTH_TOKEN_TTL_SECS_MAX: u64 = 24 * 60 * 60;
+
+/// Live auth tokens one member keeps; past it, issuing a token drops the one closest to expiry, so
+/// a client logging in in a loop cannot grow memory without bound.
+pub const AUTH_TOKENS_MAX: usize = 100_000;
+
+/// Random letters in an auth token before its `.<index>` suffix (etcd's simple tokens have 16).
+pub const AUTH_TOKEN_RANDOM_CHARS: usize = 16;
+
+/// bcrypt cost of stored password hashes (etcd's `--bcrypt-cost`): default and accepted bounds.
+pub const BCRYPT_COST_DEFAULT: u32 = 10;
+pub const BCRYPT_COST_MIN: u32 = 4;
+pub const BCRYPT_COST_MAX: u32 = 31;
+
 const _: () = assert!(HEARTBEAT_INTERVAL_MS * 5 <= ELECTION_TIMEOUT_MS);
 const _: () = assert!(LEASE_MIN_TTL_SECS * 1000 >= (3 * ELECTION_TIMEOUT_MS / 2) as i64);
 const _: () = assert!(MAX_TXN_OPS_DEFAULT <= MAX_TXN_OPS_LIMIT);
 const _: () = assert!(MAX_REQUEST_BYTES_DEFAULT + GRPC_OVERHEAD_BYTES < MAX_RESPONSE_BYTES);
 const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);
+const _: () =
+    assert!(BCRYPT_COST_MIN <= BCRYPT_COST_DEFAULT && BCRYPT_COST_DEFAULT <= BCRYPT_COST_MAX);
+const _: () = assert!(AUTH_TOKEN_TTL_SECS_DEFAULT <= AUTH_TOKEN_TTL_SECS_MAX);

@@ -15,6 +15,8 @@ use metastore::storage::{Durability, Engine, Keyspace, MemoryEngine};
 pub struct Store {
     pub engine: Arc<MemoryEngine>,
     pub mvcc: MvccStore,
+    /// Auth state (the targets send no auth changes; apply still consults it).
+    pub auth: metastore::auth::AuthStore,
     /// Every event applied so far, in order (what a watcher from revision 1 must see).
     pub history: Vec<Event>,
 }
@@ -40,6 +42,7 @@ impl Store {
         Self {
             engine,
             mvcc,
+            auth: metastore::auth::AuthStore::default(),
             history: Vec::new(),
         }
     }
@@ -47,7 +50,7 @@ impl Store {
     /// Apply a command as the state machine does: on success write its batch, mark the store
     /// flushed and collect its events; on failure write nothing.
     pub fn apply(&mut self, cmd: Command) -> Result<Applied, ApplyError> {
-        let (applied, batch) = apply::apply(&mut self.mvcc, cmd)?;
+        let (applied, batch) = apply::apply(&mut self.mvcc, &mut self.auth, cmd)?;
         self.engine
             .write(batch, Durability::Buffered)
             .expect("memory engine write");

@@ -17,11 +17,20 @@ use crate::raft::PeerNode;
 /// Serves MemberList, MemberAdd, MemberRemove, MemberUpdate and MemberPromote.
 pub struct ClusterService {
     node: Arc<Node>,
+    access: Arc<super::access::Access>,
 }
 
 impl ClusterService {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// A cluster service over `node`, checking callers with `access`.
+    pub fn new(node: Arc<Node>, access: Arc<super::access::Access>) -> Self {
+        Self { node, access }
+    }
+
+    /// Membership changes need the root role while auth is enabled (etcd's
+    /// checkMembershipOperationPermission); listing members does not.
+    fn admin_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.access.permit_admin(request.metadata())?;
+        Ok(())
     }
 
     fn header(&self) -> Option<ResponseHeader> {
@@ -62,6 +71,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.admin_only(&request)?;
         let req = request.into_inner();
         let peer_urls = check_urls(&req.peer_ur_ls)?;
         // etcd derives a new member's id from its URLs, the cluster and the time: unique per add.
@@ -101,6 +111,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin_only(&request)?;
         let id = request.into_inner().id;
         let members = self
             .node
@@ -116,6 +127,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin_only(&request)?;
         let req = request.into_inner();
         let peer_urls = check_urls(&req.peer_ur_ls)?;
         let members = self
@@ -145,6 +157,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.admin_only(&request)?;
         let id = request.into_inner().id;
         let members = self
             .node

@@ -13,8 +13,10 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use super::access::Access;
 use super::lock::{acquire_key, prefix_end, wait_for_older};
 use crate::apply::Applied;
+use crate::auth::{Need, PermKind};
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -34,13 +36,33 @@ use crate::watch::{HubMessage, WatchSpec, WatcherKey};
 /// Serves Campaign, Proclaim, Leader, Observe and Resign.
 pub struct ElectionService {
     node: Arc<Node>,
+    access: Arc<Access>,
 }
 
 impl ElectionService {
-    /// An election service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// An election service over `node`, checking callers with `access`.
+    pub fn new(node: Arc<Node>, access: Arc<Access>) -> Self {
+        Self { node, access }
     }
+
+    /// The caller must have what the keys under `name/` need (etcd runs elections as the caller).
+    fn permit<T>(&self, request: &Request<T>, needs: &[Need]) -> Result<(), Status> {
+        self.access.permit(request.metadata(), needs)?;
+        Ok(())
+    }
+}
+
+/// Read access to the keys of election `name`.
+fn read_prefix(name: &[u8]) -> Vec<Need> {
+    let prefix = [name, b"/"].concat();
+    vec![Need::new(PermKind::Read, &prefix, &prefix_end(&prefix))]
+}
+
+/// Read and write access to the leader key a request names.
+fn leader_key_needs(leader: Option<&LeaderKey>) -> Vec<Need> {
+    leader
+        .map(|l| Access::key_rw_needs(&l.key))
+        .unwrap_or_default()
 }
 
 fn not_leader() -> Status {
@@ -108,6 +130,9 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let mut needs = Access::prefix_needs(&[request.get_ref().name.as_slice(), b"/"].concat());
+        needs.extend(self.access.lease_needs(request.get_ref().lease));
+        self.permit(&request, &needs)?;
         let req = request.into_inner();
         if req.name.is_empty() {
             return Err(super::validate::ValidationError::EmptyKey.into());
@@ -142,6 +167,10 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        self.permit(
+            &request,
+            &leader_key_needs(request.get_ref().leader.as_ref()),
+        )?;
         let req = request.into_inner();
         let leader = req.leader.ok_or_else(not_leader)?;
         let rev = if_still_leader(
@@ -159,6 +188,7 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        self.permit(&request, &read_prefix(&request.get_ref().name))?;
         let (kv, rev) = leader_kv(&self.node, &request.into_inner().name).await?;
         let kv = kv.ok_or_else(no_leader)?;
         Ok(Response::new(LeaderResponse {
@@ -173,6 +203,7 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        self.permit(&request, &read_prefix(&request.get_ref().name))?;
         let name = request.into_inner().name;
         let prefix = [name.as_slice(), b"/"].concat();
         let (out_tx, out_rx) =
@@ -227,6 +258,10 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        self.permit(
+            &request,
+            &leader_key_needs(request.get_ref().leader.as_ref()),
+        )?;
         let leader = request.into_inner().leader.ok_or_else(not_leader)?;
         let del = RequestOp {
             request: Some(request_op::Request::RequestDeleteRange(

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::access::Access;
 use super::validate;
 use crate::apply::Applied;
+use crate::auth::perms;
 use crate::node::Node;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::{
@@ -13,16 +15,18 @@ use crate::pb::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::pb::metastore::command::Op;
+use crate::pb::metastore::Requester;
 
 /// Serves Range, Put, DeleteRange, Txn and Compact.
 pub struct KvService {
     node: Arc<Node>,
+    access: Arc<Access>,
 }
 
 impl KvService {
-    /// A KV service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// A KV service over `node`, checking callers with `access`.
+    pub fn new(node: Arc<Node>, access: Arc<Access>) -> Self {
+        Self { node, access }
     }
 
     /// The full header for a response whose revision apply or the read path set.
@@ -30,8 +34,8 @@ impl KvService {
         self.node.complete_header(partial)
     }
 
-    async fn propose(&self, op: Op) -> Result<Applied, Status> {
-        Ok(self.node.propose(op).await?)
+    async fn propose(&self, op: Op, requester: Requester) -> Result<Applied, Status> {
+        Ok(self.node.propose_as(op, Some(requester)).await?)
     }
 }
 
@@ -45,17 +49,26 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let caller = self.access.caller(request.metadata())?;
         let req = request.into_inner();
         validate::range(&req)?;
-        let mut resp = self.node.range(&req).await?;
+        let needs = perms::range_needs(&req);
+        let mut resp = self
+            .node
+            .range_checked(&req, |auth| auth.check(caller.user(), &needs))
+            .await?;
         resp.header = self.header(resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let req = request.into_inner();
-        validate::put(&req)?;
-        match self.propose(Op::Put(req)).await? {
+        validate::put(request.get_ref())?;
+        let needs = self.access.put_needs(request.get_ref());
+        let requester = self.access.permit(request.metadata(), &needs)?;
+        match self
+            .propose(Op::Put(request.into_inner()), requester)
+            .await?
+        {
             Applied::Put(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
@@ -68,9 +81,13 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let req = request.into_inner();
-        validate::delete_range(&req)?;
-        match self.propose(Op::DeleteRange(req)).await? {
+        validate::delete_range(request.get_ref())?;
+        let needs = perms::delete_needs(request.get_ref());
+        let requester = self.access.permit(request.metadata(), &needs)?;
+        match self
+            .propose(Op::DeleteRange(request.into_inner()), requester)
+            .await?
+        {
             Applied::DeleteRange(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
@@ -80,9 +97,13 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let req = request.into_inner();
-        validate::txn(&req, self.node.config().max_txn_ops)?;
-        match self.propose(Op::Txn(req)).await? {
+        validate::txn(request.get_ref(), self.node.config().max_txn_ops)?;
+        let needs = perms::txn_needs(request.get_ref());
+        let requester = self.access.permit(request.metadata(), &needs)?;
+        match self
+            .propose(Op::Txn(request.into_inner()), requester)
+            .await?
+        {
             Applied::Txn(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
@@ -95,8 +116,14 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let req = request.into_inner();
-        match self.propose(Op::Compaction(req)).await? {
+        // etcd 3.4 checks no permission for a compaction (any caller may compact), but an invalid
+        // token is still refused.
+        self.access.caller(request.metadata())?;
+        match self
+            .node
+            .propose(Op::Compaction(request.into_inner()))
+            .await?
+        {
             Applied::Compaction(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))

@@ -20,12 +20,13 @@ use crate::pb::etcdserverpb::{
 /// Serves LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive and LeaseLeases.
 pub struct LeaseService {
     node: Arc<Node>,
+    access: Arc<super::access::Access>,
 }
 
 impl LeaseService {
-    /// A lease service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// A lease service over `node`, checking callers with `access`.
+    pub fn new(node: Arc<Node>, access: Arc<super::access::Access>) -> Self {
+        Self { node, access }
     }
 }
 
@@ -38,6 +39,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        // etcd 3.4 checks no permission to grant a lease, but refuses an invalid token.
+        self.access.caller(request.metadata())?;
         let req = request.into_inner();
         validate::lease_grant(&req)?;
         let mut resp = self.node.lease_grant(req.id, req.ttl).await?;
@@ -49,7 +52,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let mut resp = self.node.lease_revoke(request.into_inner().id).await?;
+        // Revoking deletes every attached key: the caller must be able to write each of them
+        // (etcd's checkLeasePuts).
+        let id = request.get_ref().id;
+        let needs = self.access.lease_needs(id);
+        let requester = self.access.permit(request.metadata(), &needs)?;
+        let mut resp = self.node.lease_revoke_as(id, Some(requester)).await?;
         resp.header = self.node.complete_header(resp.header);
         Ok(Response::new(resp))
     }

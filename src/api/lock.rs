@@ -29,12 +29,13 @@ use crate::watch::{HubMessage, WatchSpec, WatcherKey};
 /// Serves Lock and Unlock.
 pub struct LockService {
     node: Arc<Node>,
+    access: Arc<super::access::Access>,
 }
 
 impl LockService {
-    /// A lock service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// A lock service over `node`, checking callers with `access`.
+    pub fn new(node: Arc<Node>, access: Arc<super::access::Access>) -> Self {
+        Self { node, access }
     }
 }
 
@@ -174,6 +175,12 @@ pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        // etcd runs the lock as the caller: it reads and writes keys under `name/` and attaches
+        // the lease.
+        let prefix = [request.get_ref().name.as_slice(), b"/"].concat();
+        let mut needs = super::access::Access::prefix_needs(&prefix);
+        needs.extend(self.access.lease_needs(request.get_ref().lease));
+        self.access.permit(request.metadata(), &needs)?;
         let req = request.into_inner();
         if req.name.is_empty() {
             return Err(super::validate::ValidationError::EmptyKey.into());
@@ -190,6 +197,12 @@ impl Lock for LockService {
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        let needs = [crate::auth::Need::new(
+            crate::auth::PermKind::Write,
+            &request.get_ref().key,
+            &[],
+        )];
+        self.access.permit(request.metadata(), &needs)?;
         let key = request.into_inner().key;
         let del = DeleteRangeRequest {
             key,

@@ -24,11 +24,22 @@ pub const API_VERSION: &str = "3.5.0";
 /// Serves the maintenance calls.
 pub struct MaintenanceService {
     node: Arc<Node>,
+    access: Arc<super::access::Access>,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// A maintenance service over `node`, checking callers with `access`.
+    pub fn new(node: Arc<Node>, access: Arc<super::access::Access>) -> Self {
+        Self { node, access }
+    }
+
+    /// Defragment, Hash, HashKV and Snapshot need the root role while auth is enabled (etcd 3.4's
+    /// authMaintenanceServer; Status, Alarm and MoveLeader are not checked there).
+    fn admin_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.access
+            .permit_admin(request.metadata())
+            .map(|_| ())
+            .map_err(super::status::maintenance_denied)
     }
 }
 
@@ -105,15 +116,17 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin_only(&request)?;
         self.node.defragment().await?;
         Ok(Response::new(DefragmentResponse {
             header: Some(self.node.header(self.node.current_revision())),
         }))
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin_only(&request)?;
         let hash = self.node.hash_all()?;
         Ok(Response::new(HashResponse {
             header: Some(self.node.header(self.node.current_revision())),
@@ -125,6 +138,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin_only(&request)?;
         let (hash, hash_revision, compact_revision) =
             self.node.hash_kv(request.get_ref().revision)?;
         Ok(Response::new(HashKvResponse {
@@ -139,8 +153,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        self.admin_only(&request)?;
         let (total, pieces) = self.node.backup().await?;
         let header = Some(self.node.header(self.node.current_revision()));
         let mut sent = 0u64;

@@ -1,6 +1,8 @@
 //! The gRPC edge: etcd's services over the node, request validation, and the mapping of every
 //! error to etcd's status codes and messages.
 
+pub mod access;
+pub mod auth;
 #[cfg(not(madsim))]
 pub mod authority;
 pub mod cluster;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use super::access::Access;
+use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::election::ElectionService;
 use super::kv::KvService;
@@ -16,6 +18,7 @@ use super::peer::PeerService;
 use super::watch::WatchService;
 use crate::limits;
 use crate::node::Node;
+use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
@@ -60,8 +63,8 @@ impl Shutdown {
 /// The KV service with etcd's message size limits (the simulator's transport ignores them; the
 /// node's own encoded-size check still applies there).
 macro_rules! kv_server {
-    ($node:expr) => {
-        KvServer::new(KvService::new($node.clone()))
+    ($node:expr, $access:expr) => {
+        KvServer::new(KvService::new($node.clone(), $access.clone()))
             .max_decoding_message_size(
                 $node.config().max_request_bytes + limits::GRPC_OVERHEAD_BYTES,
             )
@@ -69,19 +72,29 @@ macro_rules! kv_server {
     };
 }
 
-/// Every client-facing service over `node`, in one router.
-fn client_router(node: &Arc<Node>) -> tonic::transport::server::Router {
+/// Every client-facing service over `node`, in one router; all share `access` (one token table
+/// per member, whichever address a client uses).
+fn client_router(node: &Arc<Node>, access: &Arc<Access>) -> tonic::transport::server::Router {
+    let a = access;
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
-        .add_service(kv_server!(node))
-        .add_service(WatchServer::new(WatchService::new(node.clone())))
-        .add_service(LeaseServer::new(LeaseService::new(node.clone())))
-        .add_service(LockServer::new(LockService::new(node.clone())))
-        .add_service(ElectionServer::new(ElectionService::new(node.clone())))
-        .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+        .add_service(kv_server!(node, a))
+        .add_service(WatchServer::new(WatchService::new(node.clone(), a.clone())))
+        .add_service(LeaseServer::new(LeaseService::new(node.clone(), a.clone())))
+        .add_service(LockServer::new(LockService::new(node.clone(), a.clone())))
+        .add_service(ElectionServer::new(ElectionService::new(
+            node.clone(),
+            a.clone(),
+        )))
+        .add_service(ClusterServer::new(ClusterService::new(
+            node.clone(),
+            a.clone(),
+        )))
         .add_service(MaintenanceServer::new(MaintenanceService::new(
             node.clone(),
+            a.clone(),
         )))
+        .add_service(AuthServer::new(AuthService::new(node.clone(), a.clone())))
 }
 
 /// The member-to-member service over `node`.
@@ -100,7 +113,8 @@ pub async fn serve(
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
-    serve_routers(|| client_router(&node), addrs, shutdown, on_bound).await
+    let access = Access::new(node.clone());
+    serve_routers(|| client_router(&node, &access), addrs, shutdown, on_bound).await
 }
 
 /// Bind every address in `addrs`, report each bound address through `on_bound`, and serve other

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use super::validate::ValidationError;
 use crate::apply::ApplyError;
+use crate::auth::AuthError;
 use crate::cluster::MembershipError;
 use crate::node::NodeError;
 
@@ -67,7 +68,75 @@ impl From<ApplyError> for Status {
                 status(Code::Internal, "etcdserver: undecodable replicated command")
             }
             ApplyError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
+            ApplyError::Auth(e) => e.into(),
         }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        // etcd's rpctypes codes for each auth error.
+        let code = match e {
+            AuthError::UserEmpty
+            | AuthError::RoleEmpty
+            | AuthError::AuthFailed
+            | AuthError::InvalidAuthMgmt
+            | AuthError::AuthOldRevision
+            | AuthError::PermissionNotGiven => Code::InvalidArgument,
+            AuthError::UserAlreadyExist
+            | AuthError::UserNotFound
+            | AuthError::RoleAlreadyExist
+            | AuthError::RoleNotFound
+            | AuthError::RoleNotGranted
+            | AuthError::PermissionNotGranted
+            | AuthError::AuthNotEnabled
+            | AuthError::RootUserNotExist
+            | AuthError::RootRoleNotExist => Code::FailedPrecondition,
+            AuthError::PermissionDenied => Code::PermissionDenied,
+            AuthError::InvalidAuthToken => Code::Unauthenticated,
+        };
+        status(code, &format!("etcdserver: {e}"))
+    }
+}
+
+/// The status of a refused `Maintenance` admin call (defragment, snapshot, hash, hashkv): etcd's
+/// maintenance server returns the auth store's own error, which reaches the client as code Unknown
+/// with an `auth: ` message (`etcdctl defrag` prints "auth: permission denied").
+pub fn maintenance_denied(e: AuthError) -> Status {
+    status(Code::Unknown, &format!("auth: {e}"))
+}
+
+/// A watch create request refused for `e`: etcd cancels it with the error's full gRPC text as the
+/// reason.
+pub fn watch_cancel_reason(e: AuthError) -> String {
+    let s = Status::from(e);
+    format!(
+        "rpc error: code = {} desc = {}",
+        grpc_code_name(s.code()),
+        s.message()
+    )
+}
+
+/// The name grpc-go prints for a code (`codes.Code.String()`).
+fn grpc_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -122,6 +191,68 @@ mod tests {
 
     fn pair(s: Status) -> (Code, String) {
         (s.code(), s.message().to_string())
+    }
+
+    #[test]
+    fn auth_codes_and_texts_match_etcd() {
+        let cases = [
+            (
+                AuthError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                AuthError::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                AuthError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                AuthError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                AuthError::AuthNotEnabled,
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            (
+                AuthError::RootRoleNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            (
+                AuthError::AuthOldRevision,
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
+            (
+                AuthError::InvalidAuthMgmt,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+            (
+                AuthError::UserNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: user name not found",
+            ),
+        ];
+        for (e, code, text) in cases {
+            assert_eq!(pair(e.into()), (code, text.to_string()));
+        }
+        assert_eq!(
+            watch_cancel_reason(AuthError::PermissionDenied),
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+        );
+        assert_eq!(
+            pair(maintenance_denied(AuthError::PermissionDenied)),
+            (Code::Unknown, "auth: permission denied".into())
+        );
     }
 
     #[test]

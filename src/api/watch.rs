@@ -30,12 +30,13 @@ const INVALID_WATCH_ID: i64 = -1;
 /// Serves Watch.
 pub struct WatchService {
     node: Arc<Node>,
+    access: Arc<super::access::Access>,
 }
 
 impl WatchService {
-    /// A watch service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// A watch service over `node`, checking callers with `access`.
+    pub fn new(node: Arc<Node>, access: Arc<super::access::Access>) -> Self {
+        Self { node, access }
     }
 }
 
@@ -45,6 +46,10 @@ struct ResponsesGone;
 /// The per-stream request loop's state.
 struct StreamState {
     node: Arc<Node>,
+    access: Arc<super::access::Access>,
+    /// The stream's metadata: its token is checked again at every create request (it may expire
+    /// while the stream lives), as etcd does.
+    metadata: tonic::metadata::MetadataMap,
     stream: u64,
     tx: mpsc::Sender<HubMessage>,
     /// Next id to hand out when the client lets the server choose (etcd starts at 0).
@@ -66,6 +71,12 @@ impl StreamState {
 
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), ResponsesGone> {
         let head = self.node.current_revision();
+        let needs = crate::auth::perms::watch_needs(&req);
+        if let Err(e) = self.access.permit(&self.metadata, &needs) {
+            return self
+                .refuse(head, &super::status::watch_cancel_reason(e))
+                .await;
+        }
         let spec = match watch_spec(&req) {
             Ok(spec) => spec,
             Err(reason) => return self.refuse(head, reason).await,
@@ -251,11 +262,14 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        let metadata = request.metadata().clone();
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(limits::WATCH_STREAM_BUFFER);
         let stream = self.node.watch_hub().new_stream();
         let mut state = StreamState {
             node: self.node.clone(),
+            access: self.access.clone(),
+            metadata,
             stream,
             tx,
             next_auto_id: 0,

@@ -1,15 +1,20 @@
-//! What a request means: deterministic, synchronous execution of KV commands against the MVCC store.
+//! What a request means: deterministic, synchronous execution of KV commands against the MVCC store,
+//! and of auth commands against the auth store.
 //!
 //! Nothing here reads a clock or a random source, so every member that applies the same log reaches
 //! the same state. Requests arrive already validated by `api::validate`; what can only be judged
 //! against the store (a missing key for `ignore_value`, an unknown lease, a compacted revision) is
-//! checked here, before the first write, so a rejected command changes nothing.
+//! checked here, before the first write, so a rejected command changes nothing. A client's command
+//! carries the auth revision its permissions were checked at; if auth changed since, it is refused
+//! here ("revision of auth store is old"), as etcd's apply does, so a revoked permission can never
+//! be used by a request that was already on its way.
 
 mod range;
 mod txn;
 
 pub use range::execute_range;
 
+use crate::auth::{AuthError, AuthStore};
 use crate::mvcc::{MvccError, MvccStore, RangeEnd};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseCheckpointResponse};
@@ -36,6 +41,8 @@ pub enum ApplyError {
     LeaseExists,
     #[error("command has no operation")]
     EmptyCommand,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -64,6 +71,17 @@ pub enum Applied {
     Publish,
     /// An alarm was raised or cleared; the alarms it changed.
     Alarm(AlarmResponse),
+    /// An auth change was applied; the store revision for the response header.
+    Auth(i64),
+    /// A login was accepted: every member records `token` for `user` (issued at auth revision
+    /// `auth_revision`); the store revision for the response header.
+    TokenIssued {
+        revision: i64,
+        user: String,
+        token: String,
+        password_hash: Vec<u8>,
+        auth_revision: u64,
+    },
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -73,11 +91,55 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-/// Execute `cmd` against `store`. On success the returned batch holds every engine change; the
-/// caller adds its own bookkeeping (applied index) and writes it atomically. The key index is
-/// already updated, so the caller must write the batch or stop the member.
-pub fn apply(store: &mut MvccStore, cmd: Command) -> Result<(Applied, WriteBatch), ApplyError> {
+/// Refuse a client's command whose permissions were checked against an auth state that has changed
+/// since, or that carried no user while auth is now enabled (etcd's apply-time check).
+fn check_requester(auth: &AuthStore, cmd: &Command) -> Result<(), AuthError> {
+    let Some(requester) = &cmd.requester else {
+        return Ok(());
+    };
+    if !auth.enabled() {
+        return Ok(());
+    }
+    if requester.username.is_empty() {
+        return Err(AuthError::UserEmpty);
+    }
+    if requester.auth_revision < auth.revision() {
+        return Err(AuthError::AuthOldRevision);
+    }
+    Ok(())
+}
+
+/// Execute `cmd` against `store` and `auth`. On success the returned batch holds every engine
+/// change; the caller adds its own bookkeeping (applied index) and writes it atomically. The key
+/// index (or the auth store) is already updated, so the caller must write the batch or stop the
+/// member.
+pub fn apply(
+    store: &mut MvccStore,
+    auth: &mut AuthStore,
+    cmd: Command,
+) -> Result<(Applied, WriteBatch), ApplyError> {
+    check_requester(auth, &cmd)?;
     match cmd.op.ok_or(ApplyError::EmptyCommand)? {
+        command::Op::Auth(change) => {
+            let mut batch = WriteBatch::new();
+            let issue = match &change.op {
+                Some(crate::pb::metastore::auth_command::Op::TokenIssue(t)) => Some(t.clone()),
+                _ => None,
+            };
+            auth.apply(change, &mut batch)?;
+            let revision = store.current_revision();
+            let applied = match issue {
+                Some(t) => Applied::TokenIssued {
+                    revision,
+                    user: t.user,
+                    token: t.token,
+                    password_hash: t.password_hash,
+                    auth_revision: auth.revision(),
+                },
+                None => Applied::Auth(revision),
+            };
+            Ok((applied, batch))
+        }
         command::Op::Put(req) => {
             let mut txn = store.write_txn();
             txn::check_put(&txn, &req)?;

@@ -17,6 +17,7 @@ fn store() -> MvccStore {
 fn run(s: &mut MvccStore, op: command::Op) -> Result<Applied, ApplyError> {
     let (applied, batch) = apply(
         s,
+        &mut AuthStore::default(),
         Command {
             op: Some(op),
             ..Default::default()
@@ -487,4 +488,81 @@ fn compaction_errors_and_effect() {
             .value,
         b"2"
     );
+}
+
+#[test]
+fn a_write_checked_against_an_older_auth_revision_is_refused() {
+    use crate::pb::etcdserverpb::AuthUserGrantRoleRequest;
+    use crate::pb::etcdserverpb::{AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest};
+    use crate::pb::metastore::{auth_command, AuthCommand, Requester};
+
+    let mut s = store();
+    let mut auth = AuthStore::default();
+    let step = |s: &mut MvccStore, auth: &mut AuthStore, op, requester| {
+        let cmd = Command {
+            op: Some(op),
+            requester,
+            ..Default::default()
+        };
+        let (applied, batch) = apply(s, auth, cmd)?;
+        s.engine().write(batch, Durability::Sync).expect("write");
+        s.mark_flushed();
+        Ok::<_, ApplyError>(applied)
+    };
+    let change = |op| command::Op::Auth(AuthCommand { op: Some(op) });
+    let put = || {
+        command::Op::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    };
+    for op in [
+        auth_command::Op::UserAdd(AuthUserAddRequest {
+            name: "root".into(),
+            hashed_password: "h".into(),
+            ..Default::default()
+        }),
+        auth_command::Op::UserGrantRole(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        }),
+        auth_command::Op::Enable(AuthEnableRequest {}),
+    ] {
+        step(&mut s, &mut auth, change(op), None).expect("auth change");
+    }
+    let checked_at = auth.revision();
+    let root = |rev| {
+        Some(Requester {
+            username: "root".into(),
+            auth_revision: rev,
+        })
+    };
+    step(&mut s, &mut auth, put(), root(checked_at)).expect("current revision");
+    // Auth changes between the check at the edge and the apply.
+    let role = auth_command::Op::RoleAdd(AuthRoleAddRequest { name: "r".into() });
+    step(&mut s, &mut auth, change(role), None).expect("role add");
+    let rev_before = s.current_revision();
+    let stale = step(&mut s, &mut auth, put(), root(checked_at));
+    assert!(
+        matches!(stale, Err(ApplyError::Auth(AuthError::AuthOldRevision))),
+        "{stale:?}"
+    );
+    assert_eq!(
+        s.current_revision(),
+        rev_before,
+        "the refused put wrote nothing"
+    );
+    // A request that carried no user (auth was off when it was checked) is refused once auth is on.
+    let anonymous = Some(Requester {
+        username: String::new(),
+        auth_revision: auth.revision(),
+    });
+    let refused = step(&mut s, &mut auth, put(), anonymous);
+    assert!(
+        matches!(refused, Err(ApplyError::Auth(AuthError::UserEmpty))),
+        "{refused:?}"
+    );
+    // The member's own commands (lease expiry, checkpoints) carry no requester and pass.
+    step(&mut s, &mut auth, put(), None).expect("internal command");
 }

@@ -83,6 +83,15 @@ pub struct ServeArgs {
     /// (`--strict-reconfig-check=false` to allow them).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
+    /// Auth token type: "simple" (random tokens held by the member that issued them).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Time (in seconds) an auth token lives after its last use.
+    #[arg(long, default_value_t = limits::AUTH_TOKEN_TTL_SECS_DEFAULT)]
+    pub auth_token_ttl: u64,
+    /// Cost of the bcrypt hashes of auth passwords (4 to 31).
+    #[arg(long, default_value_t = limits::BCRYPT_COST_DEFAULT)]
+    pub bcrypt_cost: u32,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -110,6 +119,10 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 impl ServeArgs {
     /// Turn flags into a validated configuration.
     pub fn to_config(&self) -> Result<ServerConfig, config::ConfigError> {
+        // etcd's `simple` may carry no options; JWT tokens are not served.
+        if self.auth_token != "simple" {
+            return Err(config::ConfigError::AuthToken(self.auth_token.clone()));
+        }
         let cfg = ServerConfig {
             name: self.name.clone(),
             data_dir: self
@@ -141,6 +154,8 @@ impl ServeArgs {
             lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
             snapshot_count: self.snapshot_count,
             strict_reconfig_check: self.strict_reconfig_check,
+            auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -19,6 +19,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 use prost::Message;
 
 use crate::apply::{self, Applied, ApplyError};
+use crate::auth::{AuthError, AuthStore};
 use crate::config::ServerConfig;
 use crate::limits;
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
@@ -27,7 +28,7 @@ use crate::pb::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
-use crate::pb::metastore::{command, Command};
+use crate::pb::metastore::{command, Command, Requester};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels};
 use crate::raft::state_machine::{Shared, StateMachine};
@@ -145,8 +146,13 @@ impl Node {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let watch = WatchHub::new();
-        let state_machine = StateMachine::open(engine.clone(), watch.clone(), member_id)
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let state_machine = StateMachine::open(
+            engine.clone(),
+            watch.clone(),
+            member_id,
+            config.auth_token_ttl,
+        )
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state = state_machine.shared();
         let alone = identity
             .founding
@@ -495,6 +501,16 @@ impl Node {
     /// applied it. A follower forwards the command to the leader. If the caller is dropped (client
     /// gone) the wait ends with it; the entry may still commit.
     pub async fn propose(&self, op: command::Op) -> Result<Applied, NodeError> {
+        self.propose_as(op, None).await
+    }
+
+    /// [`Node::propose`] for a client: `requester` names its user and the auth revision its
+    /// permissions were checked at, so apply can refuse it if auth changed meanwhile.
+    pub async fn propose_as(
+        &self,
+        op: command::Op,
+        requester: Option<Requester>,
+    ) -> Result<Applied, NodeError> {
         // What a NOSPACE alarm stops, as in etcd: writes that can grow the backend.
         let writes_data = matches!(
             op,
@@ -504,6 +520,7 @@ impl Node {
             op: Some(op),
             proposer_id: 0,
             request_seq: 0,
+            requester,
         };
         let size = cmd.encoded_len();
         if size > self.config.max_request_bytes {
@@ -529,14 +546,62 @@ impl Node {
     /// leader, that nothing newer has committed, and wait until this member applied it;
     /// serializable reads are served from local state at once.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, NodeError> {
+        self.range_checked(req, |_| Ok(())).await
+    }
+
+    /// [`Node::range`] that first asks `permitted` about the auth state the read is served at
+    /// (after the read index, as etcd checks a read's permissions).
+    pub async fn range_checked(
+        &self,
+        req: &RangeRequest,
+        permitted: impl FnOnce(&AuthStore) -> Result<(), AuthError>,
+    ) -> Result<RangeResponse, NodeError> {
         if !req.serializable {
             match rt::timeout(self.config.request_timeout, self.read_barrier()).await {
                 Err(rt::Elapsed) => return Err(NodeError::Timeout),
                 Ok(result) => result?,
             }
         }
-        let store = self.state.read();
-        Ok(apply::range(&store, req)?)
+        let checked_at = {
+            let auth = self.auth();
+            permitted(&auth).map_err(ApplyError::Auth)?;
+            auth.enabled().then(|| auth.revision())
+        };
+        let resp = {
+            let store = self.state.read();
+            apply::range(&store, req)?
+        };
+        // Auth changed while the read ran: its permissions may no longer hold (etcd's check after
+        // a serialized read).
+        if checked_at.is_some_and(|rev| rev != self.auth().revision()) {
+            return Err(ApplyError::Auth(AuthError::AuthOldRevision).into());
+        }
+        Ok(resp)
+    }
+
+    /// Wait (at most the request timeout) until this member has applied everything committed
+    /// before the call, so what it reads next is linearizable (auth queries go through raft in
+    /// etcd).
+    pub async fn linearize(&self) -> Result<(), NodeError> {
+        match rt::timeout(self.config.request_timeout, self.read_barrier()).await {
+            Err(rt::Elapsed) => Err(NodeError::Timeout),
+            Ok(result) => result,
+        }
+    }
+
+    /// The auth tokens this member knows (issued through the log, so every member knows each).
+    pub fn tokens(&self) -> &crate::auth::TokenTable {
+        self.state.tokens()
+    }
+
+    /// The keys attached to lease `id` (empty if it has none or does not exist).
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.state.read().leases().keys(id)
+    }
+
+    /// The auth state as of the last applied entry. Do not wait on anything while holding it.
+    pub fn auth(&self) -> std::sync::RwLockReadGuard<'_, AuthStore> {
+        self.state.auth()
     }
 
     /// Grant a lease. `id` 0 lets the server choose; the choice is made here, before proposing, so
@@ -567,8 +632,20 @@ impl Node {
 
     /// Revoke a lease: its keys are deleted in one revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, NodeError> {
+        self.lease_revoke_as(id, None).await
+    }
+
+    /// [`Node::lease_revoke`] for a client checked as `requester`.
+    pub async fn lease_revoke_as(
+        &self,
+        id: i64,
+        requester: Option<Requester>,
+    ) -> Result<LeaseRevokeResponse, NodeError> {
         match self
-            .propose(command::Op::LeaseRevoke(LeaseRevokeRequest { id }))
+            .propose_as(
+                command::Op::LeaseRevoke(LeaseRevokeRequest { id }),
+                requester,
+            )
             .await?
         {
             Applied::LeaseRevoke(resp) => Ok(resp),

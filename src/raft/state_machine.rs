@@ -20,6 +20,8 @@ use tokio::sync::oneshot;
 
 use super::{decode, encode, snapshot, CommandResponse, LogId, StoredMembership, TypeConfig};
 use crate::apply::{self, Applied, ApplyError};
+use crate::auth::tokens::TokenInfo;
+use crate::auth::{AuthStore, TokenTable};
 use crate::mvcc::MvccStore;
 use crate::pb::metastore::Command;
 use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, WriteBatch};
@@ -47,6 +49,11 @@ pub type Outcome = Result<Applied, ApplyError>;
 pub struct Shared {
     engine: SharedEngine,
     mvcc: RwLock<MvccStore>,
+    /// Users, roles and permissions. Apply takes this lock after the MVCC write lock; a reader
+    /// holding it never waits for the MVCC lock.
+    auth: RwLock<AuthStore>,
+    /// Auth tokens issued through the log (held in memory only, as etcd's simple tokens).
+    tokens: TokenTable,
     watch: Arc<WatchHub>,
     /// This member's id: commands it proposed through the leader carry it.
     member_id: u64,
@@ -81,6 +88,16 @@ impl Shared {
     /// and writes the matching engine batch, so a reader never sees one without the other.
     pub fn read(&self) -> RwLockReadGuard<'_, MvccStore> {
         self.mvcc.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read access to the auth state, as of the last applied entry.
+    pub fn auth(&self) -> RwLockReadGuard<'_, AuthStore> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The auth tokens this member knows.
+    pub fn tokens(&self) -> &TokenTable {
+        &self.tokens
     }
 
     /// The engine under the store.
@@ -127,16 +144,25 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`.
-    pub fn open(engine: SharedEngine, watch: Arc<WatchHub>, member_id: u64) -> io::Result<Self> {
+    /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`;
+    /// auth tokens live `token_ttl` after their last use.
+    pub fn open(
+        engine: SharedEngine,
+        watch: Arc<WatchHub>,
+        member_id: u64,
+        token_ttl: std::time::Duration,
+    ) -> io::Result<Self> {
         if let Some(records) = snapshot::finish_interrupted_install(engine.as_ref())? {
             tracing::info!(records, "finished a snapshot install a restart interrupted");
         }
         let mvcc = MvccStore::open(engine.clone()).map_err(io::Error::other)?;
+        let auth = AuthStore::load(engine.as_ref()).map_err(io::Error::other)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
                 mvcc: RwLock::new(mvcc),
+                auth: RwLock::new(auth),
+                tokens: TokenTable::new(token_ttl),
                 watch,
                 member_id,
                 waiters: Mutex::new(BTreeMap::new()),
@@ -188,6 +214,7 @@ impl Shared {
 fn apply_one(
     shared: &Shared,
     mvcc: &mut MvccStore,
+    auth: &mut AuthStore,
     payload: EntryPayload<super::RaftCommand, u64, super::PeerNode>,
     log_id: &LogId,
     batch: &mut WriteBatch,
@@ -197,13 +224,32 @@ fn apply_one(
             let (outcome, proposer, seq) = match Command::decode(cmd.bytes.as_slice()) {
                 Ok(cmd) => {
                     let (proposer, seq) = (cmd.proposer_id, cmd.request_seq);
-                    (apply::apply(mvcc, cmd), proposer, seq)
+                    (apply::apply(mvcc, auth, cmd), proposer, seq)
                 }
                 Err(_) => (Err(ApplyError::EmptyCommand), 0, 0),
             };
             let outcome = match outcome {
                 Ok((applied, changes)) => {
                     batch.append(changes);
+                    if let Applied::TokenIssued {
+                        user,
+                        token,
+                        password_hash,
+                        auth_revision,
+                        ..
+                    } = &applied
+                    {
+                        // Member-local memory, like the watch hub: every member learns the token
+                        // and runs its own TTL clock for it.
+                        shared.tokens.insert(
+                            token.clone(),
+                            TokenInfo {
+                                user: user.clone(),
+                                password_hash: password_hash.clone(),
+                                revision: *auth_revision,
+                            },
+                        );
+                    }
                     Ok(applied)
                 }
                 Err(ApplyError::Storage(e)) => return Err(io::Error::other(e)),
@@ -250,6 +296,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::with_capacity(entries.len());
         {
             let mut mvcc = self.shared.mvcc.write().unwrap_or_else(|e| e.into_inner());
+            let mut auth = self.shared.auth.write().unwrap_or_else(|e| e.into_inner());
             // One engine batch for all entries; later entries read earlier ones through the
             // store's unflushed overlay until it is written.
             let mut batch = WriteBatch::new();
@@ -258,6 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let response = apply_one(
                     &self.shared,
                     &mut mvcc,
+                    &mut auth,
                     entry.payload,
                     &entry.log_id,
                     &mut batch,
@@ -306,6 +354,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let records = snapshot::install_staged(self.shared.engine.as_ref(), last)?;
         tracing::info!(records, last_log_id = ?meta.last_log_id, "installed a snapshot");
         *mvcc = MvccStore::open(self.shared.engine.clone()).map_err(io::Error::other)?;
+        *self.shared.auth.write().unwrap_or_else(|e| e.into_inner()) =
+            AuthStore::load(self.shared.engine.as_ref()).map_err(io::Error::other)?;
         // Watchers were fed revision by revision; the ones the snapshot skipped come from storage.
         self.shared.watch.all_behind();
         // Forwarded writes waiting for entries the snapshot covers will never see them applied one

@@ -1,0 +1,151 @@
+//! Who is calling and what they may do: the one place where a request's token becomes a user and a
+//! request becomes the permissions it needs (`auth::perms`), checked against the auth state.
+//!
+//! The token arrives in gRPC metadata `token` (what etcdctl and the etcd clients send after
+//! `Authenticate`; etcd's gateway's `authorization` works too). While auth is disabled every
+//! request may do everything and tokens are ignored. While it is enabled a request without a token
+//! has no user ("user name is empty"), one with an unknown or expired token fails with "invalid
+//! auth token", and a token is void once its user is deleted, changes password, or auth was
+//! disabled since it was issued. A write carries the [`Requester`] it was checked as, so apply can
+//! refuse it if auth changed before it committed.
+
+use std::sync::Arc;
+
+use tonic::metadata::MetadataMap;
+
+use crate::auth::perms::{self, Need, PermKind};
+use crate::auth::tokens::TokenInfo;
+use crate::auth::AuthError;
+use crate::node::Node;
+use crate::pb::metastore::Requester;
+
+/// gRPC metadata keys that carry the token.
+const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
+
+/// The caller of one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// `None`: no token (or auth is disabled).
+    user: Option<String>,
+}
+
+impl Caller {
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+}
+
+/// Token resolution and permission checks for every client service of one member.
+pub struct Access {
+    node: Arc<Node>,
+}
+
+impl Access {
+    /// Access control over `node` (its token table is the node's: tokens come through the log).
+    pub fn new(node: Arc<Node>) -> Arc<Self> {
+        Arc::new(Self { node })
+    }
+
+    /// The caller of a request with `metadata`.
+    pub fn caller(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
+        let auth = self.node.auth();
+        if !auth.enabled() {
+            return Ok(Caller::default());
+        }
+        let Some(token) = TOKEN_KEYS
+            .iter()
+            .find_map(|k| metadata.get(*k))
+            .map(|v| v.to_str().map_err(|_| AuthError::InvalidAuthToken))
+            .transpose()?
+        else {
+            return Ok(Caller::default());
+        };
+        let Some(TokenInfo {
+            user,
+            password_hash,
+            revision,
+        }) = self.node.tokens().lookup(token)
+        else {
+            return Err(AuthError::InvalidAuthToken);
+        };
+        let current = auth
+            .user(&user)
+            .is_some_and(|u| u.password == password_hash && revision >= auth.enabled_at());
+        if !current {
+            self.node.tokens().revoke(token);
+            return Err(AuthError::InvalidAuthToken);
+        }
+        Ok(Caller { user: Some(user) })
+    }
+
+    /// Check that `caller` has every one of `needs` now; the requester to propose a write with.
+    pub fn check(&self, caller: &Caller, needs: &[Need]) -> Result<Requester, AuthError> {
+        let auth = self.node.auth();
+        auth.check(caller.user(), needs)?;
+        Ok(requester(caller, auth.revision()))
+    }
+
+    /// Check that `caller` may administer auth and membership (holds the root role).
+    pub fn check_admin(&self, caller: &Caller) -> Result<Requester, AuthError> {
+        let auth = self.node.auth();
+        auth.check_admin(caller.user())?;
+        Ok(requester(caller, auth.revision()))
+    }
+
+    /// The caller of `metadata`, checked for `needs`.
+    pub fn permit(&self, metadata: &MetadataMap, needs: &[Need]) -> Result<Requester, AuthError> {
+        let caller = self.caller(metadata)?;
+        self.check(&caller, needs)
+    }
+
+    /// The caller of `metadata`, checked for admin rights.
+    pub fn permit_admin(&self, metadata: &MetadataMap) -> Result<Requester, AuthError> {
+        let caller = self.caller(metadata)?;
+        self.check_admin(&caller)
+    }
+
+    /// What a put needs: its own needs and, if it attaches a lease, write access to every key
+    /// already attached to that lease (etcd: a user who could not revoke the lease may not attach
+    /// to it).
+    pub fn put_needs(&self, req: &crate::pb::etcdserverpb::PutRequest) -> Vec<Need> {
+        let mut needs = perms::put_needs(req);
+        if req.lease != 0 && self.node.auth().enabled() {
+            needs.extend(self.lease_needs(req.lease));
+        }
+        needs
+    }
+
+    /// What revoking lease `id` needs: write access to every key attached to it.
+    pub fn lease_needs(&self, id: i64) -> Vec<Need> {
+        self.node
+            .lease_keys(id)
+            .iter()
+            .map(|k| Need::new(PermKind::Write, k, &[]))
+            .collect()
+    }
+
+    /// What a prefix `name/…` lock or election needs: to read and write its keys.
+    pub fn prefix_needs(prefix: &[u8]) -> Vec<Need> {
+        let end = super::lock::prefix_end(prefix);
+        vec![
+            Need::new(PermKind::Read, prefix, &end),
+            Need::new(PermKind::Write, prefix, &end),
+        ]
+    }
+
+    /// What deleting or overwriting one key after comparing it needs.
+    pub fn key_rw_needs(key: &[u8]) -> Vec<Need> {
+        vec![
+            Need::new(PermKind::Read, key, &[]),
+            Need::new(PermKind::Write, key, &[]),
+        ]
+    }
+}
+
+fn requester(caller: &Caller, auth_revision: u64) -> Requester {
+    Requester {
+        username: caller.user().unwrap_or_default().to_string(),
+        auth_revision,
+    }
+}

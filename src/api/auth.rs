@@ -1,0 +1,376 @@
+//! The `etcdserverpb.Auth` service: enabling auth, logging in, and managing users, roles and
+//! permissions.
+//!
+//! Changes go through raft as [`AuthCommand`]s; passwords are bcrypt-hashed here first (with
+//! `--bcrypt-cost` and a salt from the runtime's random source), so apply stays cheap and
+//! deterministic and no plaintext password is replicated or stored. `Authenticate` checks the
+//! password on this member, then proposes the new token through the log, so every member knows it
+//! (as etcd 3.4 does with simple tokens; see `api::access`).
+//! Everything but `Authenticate` and `AuthStatus` needs the root role while auth is enabled; a user
+//! may also read its own record and the roles it holds, as etcd 3.4 allows.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::access::Access;
+use crate::apply::Applied;
+use crate::auth::tokens::new_token;
+use crate::auth::AuthError;
+use crate::node::Node;
+use crate::pb::authpb::permission::Type as PermType;
+use crate::pb::etcdserverpb::auth_server::Auth;
+use crate::pb::etcdserverpb::*;
+use crate::pb::metastore::{auth_command, command, AuthCommand, Requester, TokenIssue};
+use crate::rt;
+
+/// Serves etcd's Auth RPCs.
+pub struct AuthService {
+    node: Arc<Node>,
+    access: Arc<Access>,
+}
+
+impl AuthService {
+    /// An auth service over `node`, sharing `access` (its tokens) with the other services.
+    pub fn new(node: Arc<Node>, access: Arc<Access>) -> Self {
+        Self { node, access }
+    }
+
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(self.node.header(revision))
+    }
+
+    fn current_header(&self) -> Option<ResponseHeader> {
+        self.header(self.node.current_revision())
+    }
+
+    /// Replicate an auth change asked for by a caller with root rights; the header revision.
+    async fn change<T>(
+        &self,
+        request: &Request<T>,
+        op: auth_command::Op,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        let requester = self.access.permit_admin(request.metadata())?;
+        self.propose(op, requester).await
+    }
+
+    async fn propose(
+        &self,
+        op: auth_command::Op,
+        requester: Requester,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        let cmd = command::Op::Auth(AuthCommand { op: Some(op) });
+        match self.node.propose_as(cmd, Some(requester)).await? {
+            Applied::Auth(revision) => Ok(self.header(revision)),
+            other => Err(Status::internal(format!(
+                "etcdserver: unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
+    /// A bcrypt hash of `password` at the configured cost, computed off the async workers.
+    async fn hash(&self, password: String) -> Result<String, Status> {
+        let cost = self.node.config().bcrypt_cost;
+        let mut salt = [0u8; 16];
+        for chunk in salt.chunks_mut(8) {
+            chunk.copy_from_slice(&rt::random_u64().to_le_bytes());
+        }
+        rt::spawn_blocking(move || bcrypt::hash_with_salt(password.as_bytes(), cost, salt))
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?
+            .map(|parts| parts.to_string())
+            .map_err(|e| Status::internal(format!("etcdserver: cannot hash password: {e}")))
+    }
+
+    /// Root may read anything; another user only what `own` says is its own.
+    fn check_read<T>(
+        &self,
+        request: &Request<T>,
+        own: impl Fn(&str) -> bool,
+    ) -> Result<(), Status> {
+        let caller = self.access.caller(request.metadata())?;
+        match self.access.check_admin(&caller) {
+            Ok(_) => Ok(()),
+            Err(AuthError::PermissionDenied) if caller.user().is_some_and(own) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        request: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        let header = self
+            .change(&request, auth_command::Op::Enable(AuthEnableRequest {}))
+            .await?;
+        Ok(Response::new(AuthEnableResponse { header }))
+    }
+
+    async fn auth_disable(
+        &self,
+        request: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        let header = self
+            .change(&request, auth_command::Op::Disable(AuthDisableRequest {}))
+            .await?;
+        Ok(Response::new(AuthDisableResponse { header }))
+    }
+
+    async fn auth_status(
+        &self,
+        _request: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.node.linearize().await?;
+        let (enabled, auth_revision) = {
+            let auth = self.node.auth();
+            (auth.enabled(), auth.revision())
+        };
+        Ok(Response::new(AuthStatusResponse {
+            header: self.current_header(),
+            enabled,
+            auth_revision,
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        let req = request.into_inner();
+        self.node.linearize().await?;
+        let hash = {
+            let auth = self.node.auth();
+            if !auth.enabled() {
+                return Err(AuthError::AuthNotEnabled.into());
+            }
+            let user = auth.user(&req.name).ok_or(AuthError::AuthFailed)?;
+            if user.options.as_ref().is_some_and(|o| o.no_password) {
+                return Err(AuthError::AuthFailed.into());
+            }
+            user.password.clone()
+        };
+        let stored = String::from_utf8(hash.clone()).map_err(|_| AuthError::AuthFailed)?;
+        let password = req.password;
+        let matches = rt::spawn_blocking(move || bcrypt::verify(password.as_bytes(), &stored))
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?
+            .unwrap_or(false);
+        if !matches {
+            return Err(AuthError::AuthFailed.into());
+        }
+        let issue = TokenIssue {
+            user: req.name,
+            token: new_token(),
+            password_hash: hash,
+        };
+        let cmd = command::Op::Auth(AuthCommand {
+            op: Some(auth_command::Op::TokenIssue(issue)),
+        });
+        let (header, token) = match self.node.propose(cmd).await? {
+            Applied::TokenIssued {
+                revision, token, ..
+            } => (self.header(revision), token),
+            other => {
+                return Err(Status::internal(format!(
+                    "etcdserver: unexpected apply result {other:?}"
+                )))
+            }
+        };
+        Ok(Response::new(AuthenticateResponse { header, token }))
+    }
+
+    async fn user_add(
+        &self,
+        request: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        let requester = self.access.permit_admin(request.metadata())?;
+        let req = request.into_inner();
+        if req.name.is_empty() {
+            return Err(AuthError::UserEmpty.into());
+        }
+        let no_password = req.options.as_ref().is_some_and(|o| o.no_password);
+        let hashed_password = if no_password {
+            String::new()
+        } else {
+            self.hash(req.password).await?
+        };
+        let change = AuthUserAddRequest {
+            name: req.name,
+            password: String::new(),
+            options: req.options,
+            hashed_password,
+        };
+        let header = self
+            .propose(auth_command::Op::UserAdd(change), requester)
+            .await?;
+        Ok(Response::new(AuthUserAddResponse { header }))
+    }
+
+    async fn user_get(
+        &self,
+        request: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        self.check_read(&request, |me| me == name)?;
+        self.node.linearize().await?;
+        let roles = self
+            .node
+            .auth()
+            .user(&name)
+            .map(|u| u.roles.clone())
+            .ok_or(AuthError::UserNotFound)?;
+        Ok(Response::new(AuthUserGetResponse {
+            header: self.current_header(),
+            roles,
+        }))
+    }
+
+    async fn user_list(
+        &self,
+        request: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.access.permit_admin(request.metadata())?;
+        self.node.linearize().await?;
+        let users = self.node.auth().user_names();
+        Ok(Response::new(AuthUserListResponse {
+            header: self.current_header(),
+            users,
+        }))
+    }
+
+    async fn user_delete(
+        &self,
+        request: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        let op = auth_command::Op::UserDelete(request.get_ref().clone());
+        let header = self.change(&request, op).await?;
+        Ok(Response::new(AuthUserDeleteResponse { header }))
+    }
+
+    async fn user_change_password(
+        &self,
+        request: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        let requester = self.access.permit_admin(request.metadata())?;
+        let req = request.into_inner();
+        if self.node.auth().user(&req.name).is_none() {
+            return Err(AuthError::UserNotFound.into());
+        }
+        let change = AuthUserChangePasswordRequest {
+            name: req.name,
+            password: String::new(),
+            hashed_password: self.hash(req.password).await?,
+        };
+        let header = self
+            .propose(auth_command::Op::UserChangePassword(change), requester)
+            .await?;
+        Ok(Response::new(AuthUserChangePasswordResponse { header }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        request: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        let op = auth_command::Op::UserGrantRole(request.get_ref().clone());
+        let header = self.change(&request, op).await?;
+        Ok(Response::new(AuthUserGrantRoleResponse { header }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        request: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        let op = auth_command::Op::UserRevokeRole(request.get_ref().clone());
+        let header = self.change(&request, op).await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse { header }))
+    }
+
+    async fn role_add(
+        &self,
+        request: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        if request.get_ref().name.is_empty() {
+            self.access.permit_admin(request.metadata())?;
+            return Err(AuthError::RoleEmpty.into());
+        }
+        let op = auth_command::Op::RoleAdd(request.get_ref().clone());
+        let header = self.change(&request, op).await?;
+        Ok(Response::new(AuthRoleAddResponse { header }))
+    }
+
+    async fn role_get(
+        &self,
+        request: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        let name = request.get_ref().role.clone();
+        let node = self.node.clone();
+        self.check_read(&request, |me| {
+            node.auth()
+                .user(me)
+                .is_some_and(|u| u.roles.contains(&name))
+        })?;
+        self.node.linearize().await?;
+        let perm = self
+            .node
+            .auth()
+            .role(&name)
+            .map(|r| r.key_permission.clone())
+            .ok_or(AuthError::RoleNotFound)?;
+        Ok(Response::new(AuthRoleGetResponse {
+            header: self.current_header(),
+            perm,
+        }))
+    }
+
+    async fn role_list(
+        &self,
+        request: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.access.permit_admin(request.metadata())?;
+        self.node.linearize().await?;
+        let roles = self.node.auth().role_names();
+        Ok(Response::new(AuthRoleListResponse {
+            header: self.current_header(),
+            roles,
+        }))
+    }
+
+    async fn role_delete(
+        &self,
+        request: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        let op = auth_command::Op::RoleDelete(request.get_ref().clone());
+        let header = self.change(&request, op).await?;
+        Ok(Response::new(AuthRoleDeleteResponse { header }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        request: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        let valid = request
+            .get_ref()
+            .perm
+            .as_ref()
+            .is_some_and(|p| PermType::try_from(p.perm_type).is_ok());
+        if !valid {
+            self.access.permit_admin(request.metadata())?;
+            return Err(AuthError::PermissionNotGiven.into());
+        }
+        let op = auth_command::Op::RoleGrantPermission(request.get_ref().clone());
+        let header = self.change(&request, op).await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        request: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        let op = auth_command::Op::RoleRevokePermission(request.get_ref().clone());
+        let header = self.change(&request, op).await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
+    }
+}

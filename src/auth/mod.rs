@@ -1,0 +1,57 @@
+//! Users, roles, permissions and tokens: etcd's v3 auth model.
+//!
+//! - [`store`]: the replicated auth state (enabled flag, auth revision, users with bcrypt hashes,
+//!   roles with key permissions), changed only by applied raft commands and kept in the engine's
+//!   `Meta` keyspace under `auth/`, so it survives restarts and travels in snapshots and backups.
+//! - [`perms`]: what a request needs (key ranges and read/write) and whether a user's roles cover it.
+//! - [`tokens`]: etcd's "simple" tokens, which live in the memory of the member that issued them
+//!   and expire after a TTL that every use renews.
+//!
+//! Nothing here knows gRPC; `api::status` maps [`AuthError`] to etcd's codes and texts.
+
+pub mod perms;
+pub mod store;
+pub mod tokens;
+
+pub use perms::{Need, PermKind};
+pub use store::{AuthStore, ROOT};
+pub use tokens::TokenTable;
+
+/// Why an auth operation or a permission check failed. Each is an expected answer to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("user name is empty")]
+    UserEmpty,
+    #[error("user name already exists")]
+    UserAlreadyExist,
+    #[error("user name not found")]
+    UserNotFound,
+    #[error("role name already exists")]
+    RoleAlreadyExist,
+    #[error("role name not found")]
+    RoleNotFound,
+    #[error("role name is empty")]
+    RoleEmpty,
+    #[error("authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("permission not given")]
+    PermissionNotGiven,
+    #[error("authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("invalid auth token")]
+    InvalidAuthToken,
+    #[error("invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("revision of auth store is old")]
+    AuthOldRevision,
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+}
