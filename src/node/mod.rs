@@ -20,6 +20,7 @@ use prost::Message;
 use crate::apply::{self, Applied, ApplyError};
 use crate::config::ServerConfig;
 use crate::limits;
+use crate::metrics::{Metrics, Scrape};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType};
 use crate::pb::etcdserverpb::{
@@ -107,6 +108,8 @@ pub struct Node {
     next_seq: std::sync::atomic::AtomicU64,
     /// Held while a snapshot from the leader is being staged: one transfer at a time.
     snapshot_receive: tokio::sync::Mutex<()>,
+    /// This member's counters (the `/metrics` endpoint renders them).
+    metrics: Arc<Metrics>,
 }
 
 impl Node {
@@ -132,24 +135,26 @@ impl Node {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let metrics = Metrics::new();
         let watch = WatchHub::new();
-        let state_machine = StateMachine::open(engine.clone(), watch.clone(), member_id)
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let state_machine =
+            StateMachine::open(engine.clone(), watch.clone(), member_id, metrics.clone())
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state = state_machine.shared();
         let alone = identity
             .founding
             .as_ref()
             .is_some_and(|f| f.len() == 1 && f.contains_key(&member_id));
         let log_store = if alone {
-            LogStore::new(engine)
+            LogStore::new(engine, metrics.clone())
         } else {
-            LogStore::with_background_sync(engine)
+            LogStore::with_background_sync(engine, metrics.clone())
                 .map_err(|e| NodeError::Raft(format!("cannot start the log syncer: {e}")))?
         };
         let raft = Raft::new(
             member_id,
             Arc::new(raft_config),
-            Network::new(channels.clone()),
+            Network::new(channels.clone(), metrics.clone()),
             log_store,
             state_machine,
         )
@@ -200,6 +205,7 @@ impl Node {
             },
             channels,
             next_seq: std::sync::atomic::AtomicU64::new(1),
+            metrics: metrics.clone(),
         });
         let leading = node.is_leader();
         if leading {
@@ -211,7 +217,8 @@ impl Node {
             leading,
         ));
         let publish = rt::spawn(members::run_publish(Arc::downgrade(&node)));
-        node.background_lock().extend([expiry, publish]);
+        let leaders = rt::spawn(count_leader_changes(node.raft.clone(), metrics));
+        node.background_lock().extend([expiry, publish, leaders]);
         Ok(node)
     }
 
@@ -477,6 +484,16 @@ impl Node {
     /// applied it. A follower forwards the command to the leader. If the caller is dropped (client
     /// gone) the wait ends with it; the entry may still commit.
     pub async fn propose(&self, op: command::Op) -> Result<Applied, NodeError> {
+        self.metrics.proposals_pending.inc();
+        let result = self.propose_counted(op).await;
+        self.metrics.proposals_pending.dec();
+        if result.is_err() {
+            self.metrics.proposals_failed.inc();
+        }
+        result
+    }
+
+    async fn propose_counted(&self, op: command::Op) -> Result<Applied, NodeError> {
         // What a NOSPACE alarm stops, as in etcd: writes that can grow the backend.
         let writes_data = matches!(
             op,
@@ -518,7 +535,52 @@ impl Node {
             }
         }
         let store = self.state.read();
+        self.metrics.mvcc_range.inc();
         Ok(apply::range(&store, req)?)
+    }
+
+    /// This member's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The figures `/metrics` reads from the member when scraped.
+    pub fn scrape(&self) -> Scrape {
+        let (revision, compact_revision, keys, leases) = {
+            let store = self.state.read();
+            let everything = crate::mvcc::RangeEnd::from_etcd(&[0]);
+            let keys = store
+                .range(&[0], &everything, 0, 0, true)
+                .map(|r| r.count as u64)
+                .unwrap_or(0);
+            (
+                store.current_revision(),
+                store.compact_revision(),
+                keys,
+                store.leases().list().len() as u64,
+            )
+        };
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        Scrape {
+            member_id: self.member_id,
+            has_leader: m.current_leader.is_some(),
+            is_leader: m.state == ServerState::Leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.local_committed.map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            db_size_bytes: self.db_size_bytes(),
+            db_size_in_use_bytes: self.db_size_in_use_bytes(),
+            quota_bytes: self.config.quota_bytes(),
+            keys,
+            watchers: self.watch.watcher_count() as u64,
+            revision,
+            compact_revision,
+            leases,
+            // The API layer knows the version it reports; it fills this in.
+            version: "",
+        }
     }
 
     /// Grant a lease. `id` 0 lets the server choose; the choice is made here, before proposing, so
@@ -782,6 +844,23 @@ async fn run_lease_expiry(
                 // Retried at the next check (e.g. while there is no leader).
                 Err(e) => tracing::warn!("cannot revoke expired lease {id:x}: {e}"),
             }
+        }
+    }
+}
+
+/// Counts leader changes as etcd does: each time raft reports a leader different from the last
+/// one seen (the first election included). Ends when raft stops.
+async fn count_leader_changes(raft: Raft, metrics: Arc<Metrics>) {
+    let mut watched = raft.metrics();
+    let mut last = None;
+    loop {
+        let leader = watched.borrow_watched().current_leader;
+        if leader.is_some() && leader != last {
+            metrics.leader_changes.inc();
+            last = leader;
+        }
+        if watched.changed().await.is_err() {
+            return;
         }
     }
 }
