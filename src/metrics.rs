@@ -243,7 +243,7 @@ impl Metrics {
             &mut out,
             "etcd_debugging_mvcc_compact_revision",
             "The revision of the last compaction in store.",
-            s.compact_revision,
+            s.compact_revision.max(0),
         );
         gauge(
             &mut out,

@@ -5,6 +5,9 @@
 pub mod authority;
 pub mod cluster;
 pub mod election;
+pub mod gateway;
+#[cfg(not(madsim))]
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod lock;

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Comma-separated URLs to listen on for client traffic.
     #[arg(long, default_value = "http://localhost:2379")]
     pub listen_client_urls: String,
+    /// Comma-separated additional URLs to listen on that serve only /metrics and /health over
+    /// HTTP (the client URLs serve them too).
+    #[arg(long)]
+    pub listen_metrics_urls: Option<String>,
     /// Comma-separated client URLs of this member, as announced to clients.
     #[arg(long, default_value = "http://localhost:2379")]
     pub advertise_client_urls: String,
@@ -204,6 +208,10 @@ async fn stop_signal() {
 /// listener on stdout, which scripts and tests wait for.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     let cfg = args.to_config().map_err(|e| e.to_string())?;
+    let metrics_addrs = match &args.listen_metrics_urls {
+        Some(urls) => config::parse_urls(urls).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
     let engine = open_engine(&cfg)?;
     tracing::info!(name = %cfg.name, engine = engine.kind(), data_dir = %cfg.data_dir.display(), "starting member");
     let node = match Node::start(cfg.clone(), engine.clone()).await {
@@ -232,6 +240,28 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             println!("metastore: serving peer traffic on {addr}");
         },
     ));
+    // Extra HTTP listeners for /metrics and /health; a bind failure stops the member like any
+    // other listener's.
+    let metrics = {
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            if metrics_addrs.is_empty() {
+                return futures::future::pending().await;
+            }
+            #[cfg(not(madsim))]
+            return api::server::serve_metrics(node, metrics_addrs, shutdown, |addr| {
+                println!("metastore: serving metrics on {addr}");
+            })
+            .await;
+            // No HTTP in the simulator.
+            #[cfg(madsim)]
+            {
+                let _ = (node, shutdown);
+                futures::future::pending().await
+            }
+        }
+    };
     let serving = api::serve(
         node.clone(),
         cfg.listen_client_addrs.clone(),
@@ -248,6 +278,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let served = tokio::select! {
         biased;
         served = serving => served.map_err(|e| format!("client server failed: {e}")),
+        metrics = metrics => metrics.map_err(|e| format!("metrics listener failed: {e}")),
         peers = peers => match peers {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("peer server failed: {e}")),
