@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Server, ENGINES};
+use common::{free_port, Server, TestCluster, ENGINES};
 
 /// One HTTP exchange: status code, header block, body.
 struct Answer {
@@ -308,6 +308,12 @@ fn bad_requests_get_the_gateways_errors() {
         cut.body,
         r#"{"error":"unexpected EOF","message":"unexpected EOF","code":3}"#
     );
+    // etcd 3.4.23: {"error":"illegal base64 data at input byte 0",...,"code":3}
+    let base64 = post(&server, "/v3/kv/range", r#"{"key":"@@"}"#);
+    assert_eq!(
+        base64.body,
+        r#"{"error":"illegal base64 data at input byte 0","message":"illegal base64 data at input byte 0","code":3}"#
+    );
     for bad in [r#"{"key":"@@"}"#, "[1]", r#"{"key":"Zm9v","limit":"abc"}"#] {
         let answer = post(&server, "/v3/kv/range", bad);
         assert_eq!(answer.code, 400, "{bad}");
@@ -515,4 +521,58 @@ fn grpc_and_http_share_the_client_port_and_metrics_urls_serve_metrics_only() {
         .code,
         404
     );
+}
+
+#[test]
+fn a_clusters_leader_times_round_trips_to_each_peer() {
+    let cluster = TestCluster::start(3);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let leader = rt.block_on(cluster.leader());
+    let endpoint = cluster.members[leader].endpoint();
+    let put = curl_with(
+        &format!("{endpoint}/v3/kv/put"),
+        &["-X", "POST"],
+        Some(r#"{"key":"Zm9v","value":"YmFy"}"#),
+    );
+    assert_eq!(put.code, 200, "{}", put.body);
+    let text = get(&endpoint, "/metrics").body;
+    assert_eq!(metric(&text, "etcd_server_is_leader"), 1.0);
+    let peers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count{To=\""))
+        .collect();
+    assert_eq!(peers.len(), 2, "one histogram per peer: {peers:?}");
+    for line in peers {
+        let count: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(count >= 1.0, "{line}");
+    }
+    for (i, member) in cluster.members.iter().enumerate() {
+        if i == leader {
+            continue;
+        }
+        // The follower applies the put too (after the next commit index reaches it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = get(&member.endpoint(), "/metrics").body;
+            if metric(&text, "etcd_mvcc_put_total") == 1.0 {
+                break text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "member {i} never applied the put"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(metric(&text, "etcd_server_is_leader"), 0.0);
+        assert_eq!(metric(&text, "etcd_server_has_leader"), 1.0);
+        let health = get(&member.endpoint(), "/health");
+        assert_eq!(
+            (health.code, health.body.as_str()),
+            (200, r#"{"health":"true"}"#)
+        );
+    }
 }

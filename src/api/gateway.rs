@@ -161,7 +161,18 @@ fn json_error(e: serde_json::Error) -> GatewayError {
     if let Some(at) = text.rfind(" at line ") {
         text.truncate(at);
     }
-    GatewayError::BadJson(text)
+    GatewayError::BadJson(go_base64_error(&text).unwrap_or(text))
+}
+
+/// The base64 decoder's "Invalid symbol 64, offset 0." (or "Invalid last symbol ...") as Go's
+/// `encoding/base64` words it, which is what etcd's gateway answers.
+fn go_base64_error(text: &str) -> Option<String> {
+    let rest = text
+        .strip_prefix("Invalid symbol ")
+        .or_else(|| text.strip_prefix("Invalid last symbol "))?;
+    let offset = rest.split_once(", offset ")?.1.strip_suffix('.')?;
+    let offset: usize = offset.parse().ok()?;
+    Some(format!("illegal base64 data at input byte {offset}"))
 }
 
 /// Parse the first JSON value of `body` as `T`. An empty (or all-whitespace) body is the empty
@@ -653,10 +664,12 @@ mod tests {
             parse(Route::Range, br#"{"key":"#),
             Err(GatewayError::UnexpectedEof)
         );
-        assert!(matches!(
+        assert_eq!(
             parse(Route::Range, br#"{"key":"@@"}"#),
-            Err(GatewayError::BadJson(_))
-        ));
+            Err(GatewayError::BadJson(
+                "illegal base64 data at input byte 0".into()
+            ))
+        );
         assert!(matches!(
             parse(Route::Range, b"[1]"),
             Err(GatewayError::BadJson(_))
