@@ -524,9 +524,22 @@ fn grpc_and_http_share_the_client_port_and_metrics_urls_serve_metrics_only() {
 }
 
 #[test]
-fn a_clusters_leader_times_round_trips_to_each_peer() {
-    let cluster = TestCluster::start(3);
+fn a_clusters_leader_times_round_trips_to_each_peer_and_a_member_without_quorum_is_unhealthy() {
+    let mut cluster = TestCluster::start(3);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // A young cluster may still be electing (peers start one by one): every member must become
+    // healthy, and stay so, before leadership is looked at.
+    for member in &cluster.members {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while get(&member.endpoint(), "/health").code != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never healthy",
+                member.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let leader = rt.block_on(cluster.leader());
     let endpoint = cluster.members[leader].endpoint();
     let put = curl_with(
@@ -575,4 +588,30 @@ fn a_clusters_leader_times_round_trips_to_each_peer() {
             (200, r#"{"health":"true"}"#)
         );
     }
+
+    // Alone, a member has no quorum: etcd 3.4 answers 503 and `{"health":"false"}` (as
+    // `http.Error` writes it) when there is no leader or a read cannot complete.
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != survivor {
+            cluster.members[i].kill9();
+        }
+    }
+    let endpoint = cluster.members[survivor].endpoint();
+    let unhealthy = get(&endpoint, "/health");
+    assert_eq!(unhealthy.code, 503);
+    assert_eq!(unhealthy.body, "{\"health\":\"false\"}\n");
+    assert!(unhealthy
+        .headers
+        .contains("X-Content-Type-Options: nosniff"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&get(&endpoint, "/metrics").body, "etcd_server_has_leader") != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still a leader without quorum"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(&endpoint, "/readyz").code, 503);
+    assert_eq!(get(&endpoint, "/livez").code, 200);
 }

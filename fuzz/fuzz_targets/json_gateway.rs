@@ -46,11 +46,19 @@ fuzz_target!(|data: &[u8]| {
         request.encoded_len(),
         body.len()
     );
-    let again = gateway::parse(route, &json)
-        .unwrap_or_else(|e| panic!("our own JSON refused: {e}: {}", String::from_utf8_lossy(&json)));
+    let again = gateway::parse(route, &json).unwrap_or_else(|e| {
+        panic!(
+            "our own JSON refused: {e}: {}",
+            String::from_utf8_lossy(&json)
+        )
+    });
     assert_eq!(again, request, "{}", String::from_utf8_lossy(&json));
 
-    let cut = if body.is_empty() { 0 } else { usize::from(*cut) % body.len() };
+    let cut = if body.is_empty() {
+        0
+    } else {
+        usize::from(*cut) % body.len()
+    };
     match &request {
         GatewayRequest::Watch(whole) => {
             let pieces = in_two_pieces::<WatchRequest>(body, cut).expect("whole body parsed");

@@ -259,10 +259,20 @@ impl HttpApi {
             key: b"health".to_vec(),
             ..Default::default()
         };
-        matches!(
-            crate::rt::timeout(limits::HEALTH_CHECK_TIMEOUT, self.node.range(&probe)).await,
-            Ok(Ok(_))
-        )
+        match crate::rt::timeout(limits::HEALTH_CHECK_TIMEOUT, self.node.range(&probe)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!("health check failed: {e}");
+                false
+            }
+            Err(crate::rt::Elapsed) => {
+                tracing::warn!(
+                    "health check failed: no linearizable read within {:?}",
+                    limits::HEALTH_CHECK_TIMEOUT
+                );
+                false
+            }
+        }
     }
 
     async fn health(&self, method: &Method) -> Response<Body> {
