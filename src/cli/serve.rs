@@ -247,7 +247,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         let shutdown = shutdown.clone();
         async move {
             if metrics_addrs.is_empty() {
-                return futures::future::pending().await;
+                return futures::future::pending::<std::io::Result<()>>().await;
             }
             #[cfg(not(madsim))]
             return api::server::serve_metrics(node, metrics_addrs, shutdown, |addr| {

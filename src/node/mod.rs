@@ -484,16 +484,6 @@ impl Node {
     /// applied it. A follower forwards the command to the leader. If the caller is dropped (client
     /// gone) the wait ends with it; the entry may still commit.
     pub async fn propose(&self, op: command::Op) -> Result<Applied, NodeError> {
-        self.metrics.proposals_pending.inc();
-        let result = self.propose_counted(op).await;
-        self.metrics.proposals_pending.dec();
-        if result.is_err() {
-            self.metrics.proposals_failed.inc();
-        }
-        result
-    }
-
-    async fn propose_counted(&self, op: command::Op) -> Result<Applied, NodeError> {
         // What a NOSPACE alarm stops, as in etcd: writes that can grow the backend.
         let writes_data = matches!(
             op,
@@ -518,10 +508,19 @@ impl Node {
                 return Err(NodeError::NoSpace);
             }
         }
-        match rt::timeout(self.config.request_timeout, self.route_proposal(cmd)).await {
+        // Counted as etcd counts them: pending from here until the outcome (or the caller gives
+        // up), failed when raft did not deliver one in time; a refusal above, or by apply, is not
+        // a failed proposal.
+        let pending = PendingProposal::new(&self.metrics);
+        let result = match rt::timeout(self.config.request_timeout, self.route_proposal(cmd)).await
+        {
             Err(rt::Elapsed) => Err(NodeError::Timeout),
             Ok(result) => result,
+        };
+        if matches!(&result, Err(e) if !matches!(e, NodeError::Apply(_))) {
+            pending.failed();
         }
+        result
     }
 
     /// Serve a range. Linearizable reads first confirm, through a read index obtained from the
@@ -845,6 +844,26 @@ async fn run_lease_expiry(
                 Err(e) => tracing::warn!("cannot revoke expired lease {id:x}: {e}"),
             }
         }
+    }
+}
+
+/// One proposal in `etcd_server_proposals_pending` while it lives (a dropped request included).
+struct PendingProposal<'a>(&'a Metrics);
+
+impl<'a> PendingProposal<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.proposals_pending.inc();
+        Self(metrics)
+    }
+
+    fn failed(&self) {
+        self.0.proposals_failed.inc();
+    }
+}
+
+impl Drop for PendingProposal<'_> {
+    fn drop(&mut self) {
+        self.0.proposals_pending.dec();
     }
 }
 
