@@ -15,6 +15,8 @@ pub mod maintenance;
 pub mod peer;
 pub mod server;
 pub mod status;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod validate;
 pub mod watch;
 

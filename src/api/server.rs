@@ -105,22 +105,37 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     #[cfg(not(madsim))]
     {
-        let mut tasks = Vec::new();
-        for addr in &addrs {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            on_bound(listener.local_addr()?);
-            let http = super::http::HttpApi::new(node.clone(), super::http::Scope::Client);
-            tasks.push(crate::rt::spawn(serve_client_listener(
-                listener,
-                client_router(&node),
-                http,
-                shutdown.clone(),
-            )));
-        }
-        join_all(tasks).await
+        let listeners = addrs.into_iter().map(|addr| (addr, None)).collect();
+        serve_clients(node, listeners, shutdown, on_bound).await
     }
     #[cfg(madsim)]
     serve_routers(|| client_router(&node), addrs, shutdown, on_bound).await
+}
+
+/// Bind every listener, report each bound address through `on_bound`, and serve the client API
+/// (gRPC and HTTP/1.1) on each until `shutdown` is raised; a listener with a TLS configuration
+/// serves inside TLS (`api::tls`).
+#[cfg(not(madsim))]
+pub async fn serve_clients(
+    node: Arc<Node>,
+    listeners: Vec<(SocketAddr, Option<Arc<tokio_rustls::rustls::ServerConfig>>)>,
+    shutdown: Shutdown,
+    on_bound: impl Fn(SocketAddr),
+) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
+    for (addr, tls) in listeners {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        on_bound(listener.local_addr()?);
+        let http = super::http::HttpApi::new(node.clone(), super::http::Scope::Client);
+        tasks.push(crate::rt::spawn(serve_client_listener(
+            listener,
+            tls.map(tokio_rustls::TlsAcceptor::from),
+            client_router(&node),
+            http,
+            shutdown.clone(),
+        )));
+    }
+    join_all(tasks).await
 }
 
 /// Bind every address in `addrs`, report each bound address through `on_bound`, and serve
@@ -175,15 +190,17 @@ async fn accept_failed(e: std::io::Error) {
 #[cfg(not(madsim))]
 async fn serve_client_listener(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: tonic::transport::server::Router,
     http: Arc<super::http::HttpApi>,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     use super::authority::AuthorityFix;
     use super::http::{sniff, Prefixed, Protocol};
+    use super::tls::ClientStream;
     use futures::SinkExt;
 
-    type GrpcConn = AuthorityFix<Prefixed<tokio::net::TcpStream>>;
+    type GrpcConn = AuthorityFix<Prefixed<ClientStream>>;
     let (grpc_tx, grpc_rx) =
         futures::channel::mpsc::channel::<std::io::Result<GrpcConn>>(limits::CLIENT_ACCEPT_QUEUE);
     let stop = shutdown.clone();
@@ -194,7 +211,7 @@ async fn serve_client_listener(
                 _ = stop.wait() => return,
                 accepted = listener.accept() => accepted,
             };
-            let mut stream = match accepted {
+            let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     accept_failed(e).await;
@@ -207,8 +224,23 @@ async fn serve_client_listener(
             let mut grpc_tx = grpc_tx.clone();
             let http = http.clone();
             let stop = stop.clone();
-            // Sniffing waits for the client: never in the accept loop.
+            let tls = tls.clone();
+            // The handshake and sniffing wait for the client: never in the accept loop.
             crate::rt::spawn(async move {
+                let mut stream = match tls {
+                    None => ClientStream::Plain(stream),
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(stream);
+                        match crate::rt::timeout(limits::CLIENT_SNIFF_TIMEOUT, handshake).await {
+                            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                            Ok(Err(e)) => {
+                                tracing::debug!("TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(crate::rt::Elapsed) => return,
+                        }
+                    }
+                };
                 let sniffed =
                     crate::rt::timeout(limits::CLIENT_SNIFF_TIMEOUT, sniff(&mut stream)).await;
                 match sniffed {
