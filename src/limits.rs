@@ -141,6 +141,10 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// HTTP/1.1 request line) before it is closed: the client port tells the two apart by them.
 pub const CLIENT_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pause of a client listener after a failed accept (e.g. out of file descriptors), so it does not
+/// spin while the condition lasts.
+pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// How long an HTTP/1.1 client may take to send a request's headers.
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -181,7 +181,7 @@ pub async fn serve_metrics(
 #[cfg(not(madsim))]
 async fn accept_failed(e: std::io::Error) {
     tracing::warn!("cannot accept a connection: {e}");
-    crate::rt::sleep(std::time::Duration::from_millis(100)).await;
+    crate::rt::sleep(limits::ACCEPT_RETRY_PAUSE).await;
 }
 
 /// Serve gRPC and HTTP/1.1 on one client listener: each accepted connection's first bytes say
