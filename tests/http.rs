@@ -615,3 +615,51 @@ fn a_clusters_leader_times_round_trips_to_each_peer_and_a_member_without_quorum_
     assert_eq!(get(&endpoint, "/readyz").code, 503);
     assert_eq!(get(&endpoint, "/livez").code, 200);
 }
+
+#[test]
+fn lock_election_and_hash_routes_answer_in_json() {
+    let server = Server::start("memory");
+    let lock = json(&post(&server, "/v3/lock/lock", r#"{"name":"bXk="}"#).body);
+    let key = lock["key"].as_str().expect("a lock key").to_string();
+    assert!(key.starts_with("bXkv"), "my/...: {key}");
+    let unlock = post(&server, "/v3/lock/unlock", &format!(r#"{{"key":"{key}"}}"#));
+    assert_eq!(unlock.code, 200, "{}", unlock.body);
+
+    let grant = json(&post(&server, "/v3/lease/grant", r#"{"TTL":"30"}"#).body);
+    let lease = grant["ID"].as_str().expect("an id").to_string();
+    let campaign = json(
+        &post(
+            &server,
+            "/v3/election/campaign",
+            &format!(r#"{{"name":"ZWw=","value":"djE=","lease":"{lease}"}}"#),
+        )
+        .body,
+    );
+    assert_eq!(campaign["leader"]["name"], "ZWw=");
+    assert_eq!(campaign["leader"]["lease"], lease.as_str());
+    let leader = json(&post(&server, "/v3/election/leader", r#"{"name":"ZWw="}"#).body);
+    assert_eq!(leader["kv"]["value"], "djE=");
+    // Observe streams `{"result":...}` lines; the first is the current leader.
+    let mut observer = Command::new("curl")
+        .args(["-s", "-N", "-X", "POST", "-d", r#"{"name":"ZWw="}"#])
+        .arg(format!("{}/v3/election/observe", server.endpoint))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut first = String::new();
+    BufReader::new(observer.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("a line");
+    let _ = observer.kill();
+    let _ = observer.wait();
+    assert_eq!(json(&first)["result"]["kv"]["value"], "djE=", "{first}");
+
+    let hash = json(&post(&server, "/v3/maintenance/hash", "{}").body);
+    assert!(hash["hash"].is_u64(), "uint32 as a JSON number: {hash}");
+    let transfer = post(&server, "/v3/maintenance/transfer-leadership", "{}");
+    assert_eq!(transfer.code, 412);
+    assert_eq!(
+        json(&transfer.body)["message"],
+        "etcdserver: bad leader transferee"
+    );
+}

@@ -20,8 +20,10 @@ use serde::Serialize;
 use tonic::{Request, Status};
 
 use super::cluster::ClusterService;
+use super::election::ElectionService;
 use super::kv::KvService;
 use super::lease::LeaseService;
+use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
 use crate::node::Node;
@@ -31,11 +33,15 @@ use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AuthenticateRequest, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest,
+    HashRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest,
     LeaseTimeToLiveRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
-    MemberRemoveRequest, MemberUpdateRequest, PutRequest, RangeRequest, StatusRequest, TxnRequest,
-    WatchRequest,
+    MemberRemoveRequest, MemberUpdateRequest, MoveLeaderRequest, PutRequest, RangeRequest,
+    StatusRequest, TxnRequest, WatchRequest,
 };
+use crate::pb::v3electionpb::election_server::Election;
+use crate::pb::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest};
+use crate::pb::v3lockpb::lock_server::Lock;
+use crate::pb::v3lockpb::{LockRequest, UnlockRequest};
 
 /// Path prefixes etcd 3.4 serves the gateway under (`/v3alpha/` went away in 3.4).
 pub const PREFIXES: [&str; 2] = ["/v3/", "/v3beta/"];
@@ -63,11 +69,20 @@ pub enum Route {
     MemberUpdate,
     MemberPromote,
     Authenticate,
+    Hash,
+    MoveLeader,
+    Lock,
+    Unlock,
+    Campaign,
+    Proclaim,
+    Leader,
+    Observe,
+    Resign,
 }
 
 /// Paths below a prefix, as etcd 3.4's `rpc.proto` binds them (lease revoke, time-to-live and
 /// leases also answer under `kv/lease/`, their 3.3 paths).
-const ROUTES: [(&str, Route); 23] = [
+const ROUTES: [(&str, Route); 32] = [
     ("kv/range", Route::Range),
     ("kv/put", Route::Put),
     ("kv/deleterange", Route::DeleteRange),
@@ -91,10 +106,21 @@ const ROUTES: [(&str, Route); 23] = [
     ("cluster/member/update", Route::MemberUpdate),
     ("cluster/member/promote", Route::MemberPromote),
     ("auth/authenticate", Route::Authenticate),
+    // etcd 3.4 binds both Hash and HashKV to `maintenance/hash`; Hash answers it.
+    ("maintenance/hash", Route::Hash),
+    ("maintenance/transfer-leadership", Route::MoveLeader),
+    ("lock/lock", Route::Lock),
+    ("lock/unlock", Route::Unlock),
+    ("election/campaign", Route::Campaign),
+    ("election/proclaim", Route::Proclaim),
+    ("election/leader", Route::Leader),
+    ("election/observe", Route::Observe),
+    ("election/resign", Route::Resign),
 ];
 
-/// Every route, for tests and the fuzz target.
-pub const ALL_ROUTES: [Route; 20] = [
+/// Every route, for tests and the fuzz target (new routes go at the end: the fuzz seeds pick
+/// routes by index).
+pub const ALL_ROUTES: [Route; 29] = [
     Route::Range,
     Route::Put,
     Route::DeleteRange,
@@ -115,6 +141,15 @@ pub const ALL_ROUTES: [Route; 20] = [
     Route::MemberUpdate,
     Route::MemberPromote,
     Route::Authenticate,
+    Route::Hash,
+    Route::MoveLeader,
+    Route::Lock,
+    Route::Unlock,
+    Route::Campaign,
+    Route::Proclaim,
+    Route::Leader,
+    Route::Observe,
+    Route::Resign,
 ];
 
 /// The route a request path names, if any.
@@ -130,6 +165,7 @@ pub fn under_prefix(path: &str) -> bool {
 
 impl Route {
     /// Whether the method streams its requests and responses (newline-delimited JSON objects).
+    /// (Election.Observe streams only responses: its one request is read like a unary one.)
     pub fn is_streaming(self) -> bool {
         matches!(self, Route::Watch | Route::LeaseKeepAlive)
     }
@@ -245,6 +281,15 @@ pub enum GatewayRequest {
     MemberUpdate(MemberUpdateRequest),
     MemberPromote(MemberPromoteRequest),
     Authenticate(AuthenticateRequest),
+    Hash(HashRequest),
+    MoveLeader(MoveLeaderRequest),
+    Lock(LockRequest),
+    Unlock(UnlockRequest),
+    Campaign(CampaignRequest),
+    Proclaim(ProclaimRequest),
+    Leader(LeaderRequest),
+    Observe(LeaderRequest),
+    Resign(ResignRequest),
 }
 
 /// Parse a whole request body for `route` (streaming routes: every JSON value in it).
@@ -274,6 +319,15 @@ pub fn parse(route: Route, body: &[u8]) -> Result<GatewayRequest, GatewayError> 
         Route::MemberUpdate => G::MemberUpdate(parse_one(body)?),
         Route::MemberPromote => G::MemberPromote(parse_one(body)?),
         Route::Authenticate => G::Authenticate(parse_one(body)?),
+        Route::Hash => G::Hash(parse_one(body)?),
+        Route::MoveLeader => G::MoveLeader(parse_one(body)?),
+        Route::Lock => G::Lock(parse_one(body)?),
+        Route::Unlock => G::Unlock(parse_one(body)?),
+        Route::Campaign => G::Campaign(parse_one(body)?),
+        Route::Proclaim => G::Proclaim(parse_one(body)?),
+        Route::Leader => G::Leader(parse_one(body)?),
+        Route::Observe => G::Observe(parse_one(body)?),
+        Route::Resign => G::Resign(parse_one(body)?),
     })
 }
 
@@ -311,6 +365,14 @@ impl GatewayRequest {
             G::MemberUpdate(r) => to_json(r),
             G::MemberPromote(r) => to_json(r),
             G::Authenticate(r) => to_json(r),
+            G::Hash(r) => to_json(r),
+            G::MoveLeader(r) => to_json(r),
+            G::Lock(r) => to_json(r),
+            G::Unlock(r) => to_json(r),
+            G::Campaign(r) => to_json(r),
+            G::Proclaim(r) => to_json(r),
+            G::Leader(r) | G::Observe(r) => to_json(r),
+            G::Resign(r) => to_json(r),
         }
     }
 
@@ -339,6 +401,14 @@ impl GatewayRequest {
             G::MemberUpdate(r) => r.encoded_len(),
             G::MemberPromote(r) => r.encoded_len(),
             G::Authenticate(r) => r.encoded_len(),
+            G::Hash(r) => r.encoded_len(),
+            G::MoveLeader(r) => r.encoded_len(),
+            G::Lock(r) => r.encoded_len(),
+            G::Unlock(r) => r.encoded_len(),
+            G::Campaign(r) => r.encoded_len(),
+            G::Proclaim(r) => r.encoded_len(),
+            G::Leader(r) | G::Observe(r) => r.encoded_len(),
+            G::Resign(r) => r.encoded_len(),
         }
     }
 }
@@ -399,6 +469,8 @@ pub struct Services {
     watch: WatchService,
     maintenance: MaintenanceService,
     cluster: ClusterService,
+    lock: LockService,
+    election: ElectionService,
 }
 
 impl Services {
@@ -409,7 +481,9 @@ impl Services {
             lease: LeaseService::new(node.clone()),
             watch: WatchService::new(node.clone()),
             maintenance: MaintenanceService::new(node.clone()),
-            cluster: ClusterService::new(node),
+            cluster: ClusterService::new(node.clone()),
+            lock: LockService::new(node.clone()),
+            election: ElectionService::new(node),
         }
     }
 
@@ -516,6 +590,60 @@ impl Services {
             // it would (the route is in place for when it lands).
             G::Authenticate(_) => {
                 return Err(GatewayError::NoService("etcdserverpb.Auth").into());
+            }
+            G::Hash(m) => to_json(
+                &self
+                    .maintenance
+                    .hash(with_token(m, token))
+                    .await?
+                    .into_inner(),
+            ),
+            G::MoveLeader(m) => to_json(
+                &self
+                    .maintenance
+                    .move_leader(with_token(m, token))
+                    .await?
+                    .into_inner(),
+            ),
+            G::Lock(m) => to_json(&self.lock.lock(with_token(m, token)).await?.into_inner()),
+            G::Unlock(m) => to_json(&self.lock.unlock(with_token(m, token)).await?.into_inner()),
+            G::Campaign(m) => to_json(
+                &self
+                    .election
+                    .campaign(with_token(m, token))
+                    .await?
+                    .into_inner(),
+            ),
+            G::Proclaim(m) => to_json(
+                &self
+                    .election
+                    .proclaim(with_token(m, token))
+                    .await?
+                    .into_inner(),
+            ),
+            G::Leader(m) => to_json(
+                &self
+                    .election
+                    .leader(with_token(m, token))
+                    .await?
+                    .into_inner(),
+            ),
+            G::Resign(m) => to_json(
+                &self
+                    .election
+                    .resign(with_token(m, token))
+                    .await?
+                    .into_inner(),
+            ),
+            G::Observe(m) => {
+                let responses = self
+                    .election
+                    .observe(with_token(m, token))
+                    .await?
+                    .into_inner();
+                return Ok(Reply::Stream(Box::pin(
+                    responses.map(|r| r.map(|m| to_json(&m))),
+                )));
             }
             G::Watch(reqs) => {
                 let stream = futures::stream::iter(reqs.into_iter().map(Ok));
