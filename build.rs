@@ -1,4 +1,5 @@
-//! Generates the etcd v3 API and MetaStore's own messages from `proto/` (real and simulated tonic code).
+//! Generates the etcd v3 API and MetaStore's own messages from `proto/` (real and simulated tonic code),
+//! and the proto3 JSON mapping (serde) of etcd's client messages for the grpc-gateway JSON API.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
@@ -13,9 +14,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out_dir.join("descriptors.bin");
     madsim_tonic_build::configure()
         .build_server(true)
         .build_client(true)
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&protos, &["proto"])?;
+    // etcd's gateway (grpc-gateway v1, jsonpb with `OrigName: true`) writes the proto field names
+    // as declared (`create_revision`, `dbSize`, `ID`), skips unknown fields on input and accepts
+    // either name form; int64 as strings, bytes as base64, enums by name.
+    let set = std::fs::read(&descriptors)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&set)?
+        .out_dir(&out_dir)
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

@@ -76,7 +76,7 @@ pub struct ServerConfig {
 pub enum ConfigError {
     #[error("invalid URL {0:?}: expected http://HOST:PORT with an IP address or localhost")]
     BadUrl(String),
-    #[error("https URLs ({0}) need TLS, which this version does not serve yet")]
+    #[error("https URLs ({0}) are served only to clients (peer TLS is not supported yet)")]
     TlsUnsupported(String),
     #[error("--{flag} must be between {min} and {max}, got {got}")]
     OutOfRange {
@@ -236,6 +236,18 @@ pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::BadUrl(url.to_string()))
 }
 
+/// Parse etcd's comma-separated client URL list: each address, and whether it is `https://`
+/// (served with TLS).
+pub fn parse_client_urls(urls: &str) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+    urls.split(',')
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| match u.trim().strip_prefix("https://") {
+            Some(rest) => parse_url(&format!("http://{rest}")).map(|a| (a, true)),
+            None => parse_url(u).map(|a| (a, false)),
+        })
+        .collect()
+}
+
 /// Parse etcd's comma-separated URL list.
 pub fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     urls.split(',')
@@ -276,6 +288,13 @@ mod tests {
             parse_url("http://example:2379"),
             Err(ConfigError::BadUrl(_))
         ));
+        assert_eq!(
+            parse_client_urls("https://127.0.0.1:2379,http://localhost:2380").unwrap(),
+            vec![
+                ("127.0.0.1:2379".parse().unwrap(), true),
+                ("127.0.0.1:2380".parse().unwrap(), false)
+            ]
+        );
     }
 
     #[test]

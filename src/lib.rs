@@ -2,7 +2,8 @@
 //!
 //! Layers, top to bottom (a module imports only modules below it; see `DESIGN.md`):
 //! `api` → `node` → `raft` → `apply` → `mvcc` → `storage`, with `rt` (the runtime seam), `pb`
-//! (generated protos), `limits` and `config` underneath everything.
+//! (generated protos), `limits`, `config` and `metrics` (the registry every layer counts into)
+//! underneath everything.
 
 pub mod api;
 pub mod apply;
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod lease;
 pub mod limits;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod pb;

@@ -137,6 +137,39 @@ pub const PUBLISH_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// Concurrent gRPC streams per client connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
+/// How long a new client connection may take to send its first bytes (the HTTP/2 preface or an
+/// HTTP/1.1 request line) before it is closed: the client port tells the two apart by them.
+pub const CLIENT_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause of a client listener after a failed accept (e.g. out of file descriptors), so it does not
+/// spin while the condition lasts.
+pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long an HTTP/1.1 client may take to send a request's headers.
+pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/1.1 connections (health checks, metrics scrapes, the JSON gateway) served at once per
+/// listener; more are closed on arrival.
+pub const HTTP_MAX_CONNECTIONS: usize = 1024;
+
+/// Client connections accepted but not yet told apart (HTTP/2 or HTTP/1.1), queued for the gRPC
+/// server per listener.
+pub const CLIENT_ACCEPT_QUEUE: usize = 128;
+
+/// How long `/health` waits for a linearizable read to confirm the member can serve (etcd: 1 s).
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Largest JSON body (or streamed JSON message) the gateway reads for a server with
+/// `--max-request-bytes` = `max_request_bytes`: base64 makes bytes fields 4/3 larger, the rest
+/// is JSON punctuation and names, so twice the request plus gRPC's own overhead allowance. The
+/// decoded protobuf request is then held to gRPC's bound, `max_request_bytes` +
+/// [`GRPC_OVERHEAD_BYTES`], and the node's own size check applies as for gRPC.
+pub fn gateway_max_body_bytes(max_request_bytes: usize) -> usize {
+    max_request_bytes
+        .saturating_mul(2)
+        .saturating_add(GRPC_OVERHEAD_BYTES)
+}
+
 /// Largest `--max-txn-ops` accepted: bounds the work of one replicated command.
 pub const MAX_TXN_OPS_LIMIT: usize = 1 << 16;
 

@@ -40,7 +40,7 @@ async fn run(cli: Cli) {
         Some(Command::Snapshot(cmd)) => metastore::cli::snapshot::run(cmd),
         Some(Command::Serve(args)) => {
             init_logging(&args.log_level);
-            metastore::cli::serve::run(args).await
+            metastore::cli::serve::run(*args).await
         }
         None => {
             init_logging(&cli.serve.log_level);

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -30,7 +30,8 @@ impl LeaseService {
     }
 }
 
-type KeepAliveStream =
+/// The responses of one keep-alive stream.
+pub type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -68,37 +69,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        let mut requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(limits::LEASE_KEEPALIVE_STREAM_BUFFER);
-        let node = self.node.clone();
-        crate::rt::spawn(async move {
-            // Ends when the client stops sending or goes away, or the response side is gone.
-            while let Ok(Some(req)) = requests.message().await {
-                let ttl = match node.lease_keep_alive(req.id).await {
-                    Ok(ttl) => ttl,
-                    Err(e) => {
-                        // As etcd: the stream ends with the error (e.g. no leader).
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        break;
-                    }
-                };
-                let header = Some(node.header(node.current_revision()));
-                if tx
-                    .send(Ok(LeaseKeepAliveResponse {
-                        header,
-                        id: req.id,
-                        ttl,
-                    }))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let responses =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-        Ok(Response::new(Box::pin(responses)))
+        self.keep_alive_requests(request).await
     }
 
     async fn lease_time_to_live(
@@ -143,5 +114,49 @@ impl Lease for LeaseService {
             .map(|id| crate::pb::etcdserverpb::LeaseStatus { id })
             .collect();
         Ok(Response::new(LeaseLeasesResponse { header, leases }))
+    }
+}
+
+impl LeaseService {
+    /// Serve one keep-alive stream whose requests come from any source: a gRPC stream, or the JSON
+    /// gateway (which hands over the request's metadata the same way).
+    pub async fn keep_alive_requests<S>(
+        &self,
+        request: Request<S>,
+    ) -> Result<Response<KeepAliveStream>, Status>
+    where
+        S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    {
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(limits::LEASE_KEEPALIVE_STREAM_BUFFER);
+        let node = self.node.clone();
+        crate::rt::spawn(async move {
+            // Ends when the client stops sending or goes away, or the response side is gone.
+            while let Some(Ok(req)) = requests.next().await {
+                let ttl = match node.lease_keep_alive(req.id).await {
+                    Ok(ttl) => ttl,
+                    Err(e) => {
+                        // As etcd: the stream ends with the error (e.g. no leader).
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        break;
+                    }
+                };
+                let header = Some(node.header(node.current_revision()));
+                if tx
+                    .send(Ok(LeaseKeepAliveResponse {
+                        header,
+                        id: req.id,
+                        ttl,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let responses =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        Ok(Response::new(Box::pin(responses)))
     }
 }

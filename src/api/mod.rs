@@ -7,6 +7,9 @@ pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod election;
+pub mod gateway;
+#[cfg(not(madsim))]
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod lock;
@@ -14,6 +17,8 @@ pub mod maintenance;
 pub mod peer;
 pub mod server;
 pub mod status;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod validate;
 pub mod watch;
 

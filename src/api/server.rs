@@ -1,4 +1,7 @@
 //! Serving the client API: binds the listen addresses and runs the gRPC server until shutdown.
+//! On the client port, HTTP/1.1 connections (health, metrics, the JSON gateway) are told apart
+//! from gRPC by their first bytes and served by `api::http`; `--listen-metrics-urls` listeners
+//! serve only HTTP.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,8 +116,178 @@ pub async fn serve(
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
+    #[cfg(not(madsim))]
+    {
+        let listeners = addrs.into_iter().map(|addr| (addr, None)).collect();
+        serve_clients(node, listeners, shutdown, on_bound).await
+    }
+    #[cfg(madsim)]
+    {
+        let access = Access::new(node.clone());
+        serve_routers(|| client_router(&node, &access), addrs, shutdown, on_bound).await
+    }
+}
+
+/// Bind every listener, report each bound address through `on_bound`, and serve the client API
+/// (gRPC and HTTP/1.1) on each until `shutdown` is raised; a listener with a TLS configuration
+/// serves inside TLS (`api::tls`).
+#[cfg(not(madsim))]
+pub async fn serve_clients(
+    node: Arc<Node>,
+    listeners: Vec<(SocketAddr, Option<Arc<tokio_rustls::rustls::ServerConfig>>)>,
+    shutdown: Shutdown,
+    on_bound: impl Fn(SocketAddr),
+) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
+    // One token table per member, whichever address or protocol a client uses.
     let access = Access::new(node.clone());
-    serve_routers(|| client_router(&node, &access), addrs, shutdown, on_bound).await
+    for (addr, tls) in listeners {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        on_bound(listener.local_addr()?);
+        let http =
+            super::http::HttpApi::new(node.clone(), access.clone(), super::http::Scope::Client);
+        tasks.push(crate::rt::spawn(serve_client_listener(
+            listener,
+            tls.map(tokio_rustls::TlsAcceptor::from),
+            client_router(&node, &access),
+            http,
+            shutdown.clone(),
+        )));
+    }
+    join_all(tasks).await
+}
+
+/// Bind every address in `addrs`, report each bound address through `on_bound`, and serve
+/// `/metrics` and `/health` over HTTP/1.1 on them (etcd's `--listen-metrics-urls`) until
+/// `shutdown` is raised.
+#[cfg(not(madsim))]
+pub async fn serve_metrics(
+    node: Arc<Node>,
+    addrs: Vec<SocketAddr>,
+    shutdown: Shutdown,
+    on_bound: impl Fn(SocketAddr),
+) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
+    for addr in &addrs {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        on_bound(listener.local_addr()?);
+        let http = super::http::HttpApi::new(
+            node.clone(),
+            Access::new(node.clone()),
+            super::http::Scope::MetricsOnly,
+        );
+        let stop = shutdown.clone();
+        tasks.push(crate::rt::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    biased;
+                    _ = stop.wait() => return Ok(()),
+                    accepted = listener.accept() => accepted,
+                };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        accept_failed(e).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                crate::rt::spawn(http.clone().serve_connection(stream, stop.clone()));
+            }
+        }));
+    }
+    join_all(tasks).await
+}
+
+/// A failed accept (out of file descriptors, a connection reset before it was taken): logged,
+/// and the listener pauses briefly instead of spinning.
+#[cfg(not(madsim))]
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("cannot accept a connection: {e}");
+    crate::rt::sleep(limits::ACCEPT_RETRY_PAUSE).await;
+}
+
+/// Serve gRPC and HTTP/1.1 on one client listener: each accepted connection's first bytes say
+/// which (see `api::http::sniff`); gRPC connections go to `router` through the `:authority`
+/// fix-up, the others to `http`.
+#[cfg(not(madsim))]
+async fn serve_client_listener(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: tonic::transport::server::Router,
+    http: Arc<super::http::HttpApi>,
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    use super::authority::AuthorityFix;
+    use super::http::{sniff, Prefixed, Protocol};
+    use super::tls::ClientStream;
+    use futures::SinkExt;
+
+    type GrpcConn = AuthorityFix<Prefixed<ClientStream>>;
+    let (grpc_tx, grpc_rx) =
+        futures::channel::mpsc::channel::<std::io::Result<GrpcConn>>(limits::CLIENT_ACCEPT_QUEUE);
+    let stop = shutdown.clone();
+    let acceptor = crate::rt::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = stop.wait() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            };
+            // Our own listener bypasses the builder's TCP options: without TCP_NODELAY small
+            // trailing HTTP/2 frames wait out Nagle + delayed ACK (~40 ms).
+            let _ = stream.set_nodelay(true);
+            let mut grpc_tx = grpc_tx.clone();
+            let http = http.clone();
+            let stop = stop.clone();
+            let tls = tls.clone();
+            // The handshake and sniffing wait for the client: never in the accept loop.
+            crate::rt::spawn(async move {
+                let mut stream = match tls {
+                    None => ClientStream::Plain(stream),
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(stream);
+                        match crate::rt::timeout(limits::CLIENT_SNIFF_TIMEOUT, handshake).await {
+                            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                            Ok(Err(e)) => {
+                                tracing::debug!("TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(crate::rt::Elapsed) => return,
+                        }
+                    }
+                };
+                let sniffed =
+                    crate::rt::timeout(limits::CLIENT_SNIFF_TIMEOUT, sniff(&mut stream)).await;
+                match sniffed {
+                    Ok(Ok((Protocol::Grpc, seen))) => {
+                        // Every gRPC connection goes through the `:authority` fix-up; one whose
+                        // first request is well-formed is passed through untouched after it.
+                        let conn = AuthorityFix::new(Prefixed::new(seen, stream));
+                        let _ = grpc_tx.send(Ok(conn)).await;
+                    }
+                    Ok(Ok((Protocol::Http1, seen))) => {
+                        http.serve_connection(Prefixed::new(seen, stream), stop)
+                            .await;
+                    }
+                    Ok(Err(_)) | Err(crate::rt::Elapsed) => {}
+                }
+            });
+        }
+    });
+    let stop = shutdown.clone();
+    let served = router
+        .serve_with_incoming_shutdown(grpc_rx, async move { stop.wait().await })
+        .await;
+    acceptor.abort();
+    served
 }
 
 /// Bind every address in `addrs`, report each bound address through `on_bound`, and serve other

@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use super::gateway::GatewayError;
 use super::validate::ValidationError;
 use crate::apply::ApplyError;
 use crate::auth::AuthError;
@@ -182,6 +183,54 @@ impl From<NodeError> for Status {
             NodeError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
             NodeError::Raft(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
         }
+    }
+}
+
+impl From<GatewayError> for Status {
+    /// A unary gateway request whose body could not be read, as grpc-gateway reports it.
+    fn from(e: GatewayError) -> Self {
+        match &e {
+            GatewayError::BadJson(_) | GatewayError::UnexpectedEof => {
+                status(Code::InvalidArgument, &e.to_string())
+            }
+            GatewayError::TooLarge(max) => status(
+                Code::ResourceExhausted,
+                &format!("grpc: received message larger than max (more than {max} bytes)"),
+            ),
+            GatewayError::NoService(service) => {
+                status(Code::Unimplemented, &format!("unknown service {service}"))
+            }
+        }
+    }
+}
+
+/// The first request of a streaming gateway call could not be read: grpc-gateway reports the
+/// decoder's error as it is, with code Unknown.
+pub fn gateway_stream_error(e: GatewayError) -> Status {
+    match e {
+        GatewayError::BadJson(_) | GatewayError::UnexpectedEof => {
+            status(Code::Unknown, &e.to_string())
+        }
+        other => other.into(),
+    }
+}
+
+/// The HTTP status grpc-gateway (v1, as in etcd 3.4) answers a gRPC code with.
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 408,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+        Code::InvalidArgument | Code::OutOfRange => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::Unauthenticated => 401,
+        Code::ResourceExhausted => 429,
+        Code::FailedPrecondition => 412,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
     }
 }
 

@@ -252,7 +252,8 @@ fn to_response(node: &Node, msg: HubMessage) -> WatchResponse {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+/// The responses of one watch stream.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -262,6 +263,20 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        self.watch_requests(request).await
+    }
+}
+
+impl WatchService {
+    /// Serve one watch stream whose requests come from any source: a gRPC stream, or the JSON
+    /// gateway (which hands over the request's metadata the same way).
+    pub async fn watch_requests<S>(
+        &self,
+        request: Request<S>,
+    ) -> Result<Response<WatchStream>, Status>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         let metadata = request.metadata().clone();
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(limits::WATCH_STREAM_BUFFER);
@@ -278,7 +293,7 @@ impl Watch for WatchService {
         crate::rt::spawn(async move {
             // Ends when the client closes its side or goes away (error), or when the response side
             // is gone (send fails); either way every watcher of the stream goes with it.
-            while let Ok(Some(req)) = requests.message().await {
+            while let Some(Ok(req)) = requests.next().await {
                 if state.handle(req).await.is_err() {
                     break;
                 }

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a member (the default when no subcommand is given).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Load-test any etcd-compatible endpoint (modelled on etcd's `benchmark` tool).
     Bench(bench::BenchArgs),
     /// Backups: `snapshot restore FILE --data-dir DIR` builds a data dir from `etcdctl snapshot save`.

@@ -39,6 +39,23 @@ pub struct ServeArgs {
     /// Comma-separated URLs to listen on for client traffic.
     #[arg(long, default_value = "http://localhost:2379")]
     pub listen_client_urls: String,
+    /// Comma-separated additional URLs to listen on that serve only /metrics and /health over
+    /// HTTP (the client URLs serve them too).
+    #[arg(long)]
+    pub listen_metrics_urls: Option<String>,
+    /// Path to the client server TLS cert file (for https:// client URLs).
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file (verifies client certificates).
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication: clients must present a certificate signed by a CA of
+    /// --trusted-ca-file.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: bool,
     /// Comma-separated client URLs of this member, as announced to clients.
     #[arg(long, default_value = "http://localhost:2379")]
     pub advertise_client_urls: String,
@@ -129,8 +146,11 @@ impl ServeArgs {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
-            listen_client_addrs: config::parse_urls(&self.listen_client_urls)?,
-            advertise_client_urls: split_urls(&self.advertise_client_urls)?,
+            listen_client_addrs: config::parse_client_urls(&self.listen_client_urls)?
+                .into_iter()
+                .map(|(addr, _)| addr)
+                .collect(),
+            advertise_client_urls: split_client_urls(&self.advertise_client_urls)?,
             initial_cluster_token: self.initial_cluster_token.clone(),
             listen_peer_addrs: config::parse_urls(&self.listen_peer_urls)?,
             advertise_peer_urls: split_urls(&self.initial_advertise_peer_urls)?,
@@ -162,14 +182,23 @@ impl ServeArgs {
     }
 }
 
+/// A checked, comma-separated client URL list (`https://` allowed), kept as written.
+fn split_client_urls(text: &str) -> Result<Vec<String>, config::ConfigError> {
+    config::parse_client_urls(text)?;
+    Ok(keep_as_written(text))
+}
+
 /// A checked, comma-separated URL list, kept as written (without a trailing slash).
 fn split_urls(text: &str) -> Result<Vec<String>, config::ConfigError> {
     config::parse_urls(text)?;
-    Ok(text
-        .split(',')
+    Ok(keep_as_written(text))
+}
+
+fn keep_as_written(text: &str) -> Vec<String> {
+    text.split(',')
         .map(|s| s.trim().trim_end_matches('/').to_string())
         .filter(|s| !s.is_empty())
-        .collect())
+        .collect()
 }
 
 /// Open the engine the configuration asks for.
@@ -219,6 +248,35 @@ async fn stop_signal() {
 /// listener on stdout, which scripts and tests wait for.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     let cfg = args.to_config().map_err(|e| e.to_string())?;
+    // https:// client URLs get the TLS configuration (checked before anything starts).
+    #[cfg(not(madsim))]
+    let client_listeners = {
+        let tls = api::tls::ClientTls {
+            cert_file: args.cert_file.clone(),
+            key_file: args.key_file.clone(),
+            trusted_ca_file: args.trusted_ca_file.clone(),
+            client_cert_auth: args.client_cert_auth,
+        };
+        let mut listeners = Vec::new();
+        for (addr, https) in
+            config::parse_client_urls(&args.listen_client_urls).map_err(|e| e.to_string())?
+        {
+            let config = if https {
+                Some(
+                    tls.server_config(&format!("https://{addr}"))
+                        .map_err(|e| e.to_string())?,
+                )
+            } else {
+                None
+            };
+            listeners.push((addr, config));
+        }
+        listeners
+    };
+    let metrics_addrs = match &args.listen_metrics_urls {
+        Some(urls) => config::parse_urls(urls).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
     let engine = open_engine(&cfg)?;
     tracing::info!(name = %cfg.name, engine = engine.kind(), data_dir = %cfg.data_dir.display(), "starting member");
     let node = match Node::start(cfg.clone(), engine.clone()).await {
@@ -247,6 +305,34 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             println!("metastore: serving peer traffic on {addr}");
         },
     ));
+    // Extra HTTP listeners for /metrics and /health; a bind failure stops the member like any
+    // other listener's.
+    let metrics = {
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            if metrics_addrs.is_empty() {
+                return futures::future::pending::<std::io::Result<()>>().await;
+            }
+            #[cfg(not(madsim))]
+            return api::server::serve_metrics(node, metrics_addrs, shutdown, |addr| {
+                println!("metastore: serving metrics on {addr}");
+            })
+            .await;
+            // No HTTP in the simulator.
+            #[cfg(madsim)]
+            {
+                let _ = (node, shutdown);
+                futures::future::pending().await
+            }
+        }
+    };
+    #[cfg(not(madsim))]
+    let serving =
+        api::server::serve_clients(node.clone(), client_listeners, shutdown.clone(), |addr| {
+            println!("metastore: serving client requests on {addr}");
+        });
+    #[cfg(madsim)]
     let serving = api::serve(
         node.clone(),
         cfg.listen_client_addrs.clone(),
@@ -263,6 +349,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let served = tokio::select! {
         biased;
         served = serving => served.map_err(|e| format!("client server failed: {e}")),
+        metrics = metrics => metrics.map_err(|e| format!("metrics listener failed: {e}")),
         peers = peers => match peers {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("peer server failed: {e}")),

@@ -22,6 +22,7 @@ use crate::apply::{self, Applied, ApplyError};
 use crate::auth::{AuthError, AuthStore};
 use crate::config::ServerConfig;
 use crate::limits;
+use crate::metrics::{Metrics, Scrape};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType};
 use crate::pb::etcdserverpb::{
@@ -111,6 +112,8 @@ pub struct Node {
     snapshot_receive: tokio::sync::Mutex<()>,
     /// Raised when the engine fails an fsync: the member must stop.
     disk_failure: crate::storage::DiskFailure,
+    /// This member's counters (the `/metrics` endpoint renders them).
+    metrics: Arc<Metrics>,
 }
 
 impl Node {
@@ -145,12 +148,14 @@ impl Node {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let metrics = Metrics::new();
         let watch = WatchHub::new();
         let state_machine = StateMachine::open(
             engine.clone(),
             watch.clone(),
             member_id,
             config.auth_token_ttl,
+            metrics.clone(),
         )
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state = state_machine.shared();
@@ -159,15 +164,15 @@ impl Node {
             .as_ref()
             .is_some_and(|f| f.len() == 1 && f.contains_key(&member_id));
         let log_store = if alone {
-            LogStore::new(engine)
+            LogStore::new(engine, metrics.clone())
         } else {
-            LogStore::with_background_sync(engine, &config.name)
+            LogStore::with_background_sync(engine, metrics.clone(), &config.name)
                 .map_err(|e| NodeError::Raft(format!("cannot start the log syncer: {e}")))?
         };
         let raft = Raft::new(
             member_id,
             Arc::new(raft_config),
-            Network::new(channels.clone()),
+            Network::new(channels.clone(), metrics.clone()),
             log_store,
             state_machine,
         )
@@ -224,6 +229,7 @@ impl Node {
             // request the outcome (and revision) of an old one. The simulator found this: an
             // acknowledged put that was never written. Half the range: no wrap to 0 ("no waiter").
             next_seq: std::sync::atomic::AtomicU64::new((rt::random_u64() >> 1) | 1),
+            metrics: metrics.clone(),
         });
         let leading = node.is_leader();
         if leading {
@@ -235,7 +241,8 @@ impl Node {
             leading,
         ));
         let publish = rt::spawn(members::run_publish(Arc::downgrade(&node)));
-        node.background_lock().extend([expiry, publish]);
+        let leaders = rt::spawn(count_leader_changes(node.raft.clone(), metrics));
+        node.background_lock().extend([expiry, publish, leaders]);
         Ok(node)
     }
 
@@ -536,10 +543,19 @@ impl Node {
                 return Err(NodeError::NoSpace);
             }
         }
-        match rt::timeout(self.config.request_timeout, self.route_proposal(cmd)).await {
+        // Counted as etcd counts them: pending from here until the outcome (or the caller gives
+        // up), failed when raft did not deliver one in time; a refusal above, or by apply, is not
+        // a failed proposal.
+        let pending = PendingProposal::new(&self.metrics);
+        let result = match rt::timeout(self.config.request_timeout, self.route_proposal(cmd)).await
+        {
             Err(rt::Elapsed) => Err(NodeError::Timeout),
             Ok(result) => result,
+        };
+        if matches!(&result, Err(e) if !matches!(e, NodeError::Apply(_))) {
+            pending.failed();
         }
+        result
     }
 
     /// Serve a range. Linearizable reads first confirm, through a read index obtained from the
@@ -569,6 +585,7 @@ impl Node {
         };
         let resp = {
             let store = self.state.read();
+            self.metrics.mvcc_range.inc();
             apply::range(&store, req)?
         };
         // Auth changed while the read ran: its permissions may no longer hold (etcd's check after
@@ -602,6 +619,50 @@ impl Node {
     /// The auth state as of the last applied entry. Do not wait on anything while holding it.
     pub fn auth(&self) -> std::sync::RwLockReadGuard<'_, AuthStore> {
         self.state.auth()
+    }
+
+    /// This member's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The figures `/metrics` reads from the member when scraped.
+    pub fn scrape(&self) -> Scrape {
+        let (revision, compact_revision, keys, leases) = {
+            let store = self.state.read();
+            let everything = crate::mvcc::RangeEnd::from_etcd(&[0]);
+            let keys = store
+                .range(&[0], &everything, 0, 0, true)
+                .map(|r| r.count as u64)
+                .unwrap_or(0);
+            (
+                store.current_revision(),
+                store.compact_revision(),
+                keys,
+                store.leases().list().len() as u64,
+            )
+        };
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        Scrape {
+            member_id: self.member_id,
+            has_leader: m.current_leader.is_some(),
+            is_leader: m.state == ServerState::Leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.local_committed.map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            db_size_bytes: self.db_size_bytes(),
+            db_size_in_use_bytes: self.db_size_in_use_bytes(),
+            quota_bytes: self.config.quota_bytes(),
+            keys,
+            watchers: self.watch.watcher_count() as u64,
+            revision,
+            compact_revision,
+            leases,
+            // The API layer knows the version it reports; it fills this in.
+            version: "",
+        }
     }
 
     /// Grant a lease. `id` 0 lets the server choose; the choice is made here, before proposing, so
@@ -918,6 +979,43 @@ async fn run_lease_expiry(
                 // Retried at the next check (e.g. while there is no leader).
                 Err(e) => tracing::warn!("cannot revoke expired lease {id:x}: {e}"),
             }
+        }
+    }
+}
+
+/// One proposal in `etcd_server_proposals_pending` while it lives (a dropped request included).
+struct PendingProposal<'a>(&'a Metrics);
+
+impl<'a> PendingProposal<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.proposals_pending.inc();
+        Self(metrics)
+    }
+
+    fn failed(&self) {
+        self.0.proposals_failed.inc();
+    }
+}
+
+impl Drop for PendingProposal<'_> {
+    fn drop(&mut self) {
+        self.0.proposals_pending.dec();
+    }
+}
+
+/// Counts leader changes as etcd does: each time raft reports a leader different from the last
+/// one seen (the first election included). Ends when raft stops.
+async fn count_leader_changes(raft: Raft, metrics: Arc<Metrics>) {
+    let mut watched = raft.metrics();
+    let mut last = None;
+    loop {
+        let leader = watched.borrow_watched().current_leader;
+        if leader.is_some() && leader != last {
+            metrics.leader_changes.inc();
+            last = leader;
+        }
+        if watched.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -10,11 +10,13 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
 use super::{decode, encode, Entry, LogId, TypeConfig, Vote};
+use crate::metrics::Metrics;
 use crate::storage::{Durability, Keyspace, SharedEngine, WriteBatch};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -38,15 +40,18 @@ pub struct LogStore {
     /// Where appends hand their flush callback when the fsync runs off the raft core (see
     /// [`LogStore::with_background_sync`]).
     syncer: Option<crate::rt::BatchSender<IOFlushed<TypeConfig>>>,
+    /// Where fsync times go.
+    metrics: Arc<Metrics>,
 }
 
 impl LogStore {
     /// A log store over `engine` that fsyncs each append in place before returning: the fastest
     /// path for a member alone, which has nobody to replicate to meanwhile.
-    pub fn new(engine: SharedEngine) -> Self {
+    pub fn new(engine: SharedEngine, metrics: Arc<Metrics>) -> Self {
         Self {
             engine,
             syncer: None,
+            metrics,
         }
     }
 
@@ -54,18 +59,24 @@ impl LogStore {
     /// background worker (a dedicated thread, see `rt::batch_worker`), which reports each append
     /// flushed only after an fsync that began after it. The leader then replicates entries while
     /// its own fsync runs, as etcd's does; appends that pile up meanwhile share the next fsync.
-    pub fn with_background_sync(engine: SharedEngine, member: &str) -> io::Result<Self> {
+    pub fn with_background_sync(
+        engine: SharedEngine,
+        metrics: Arc<Metrics>,
+        member: &str,
+    ) -> io::Result<Self> {
         let syncing = engine.clone();
+        let timing = metrics.clone();
         let member = member.to_string();
         let slow_disk = engine.clone();
         let syncer = crate::rt::batch_worker(
             "raft-log-sync",
             move || slow_disk.simulated_sync_delay(),
-            move |waiting| sync_and_report(syncing.as_ref(), waiting, &member),
+            move |waiting| sync_and_report(syncing.as_ref(), &timing, waiting, &member),
         )?;
         Ok(Self {
             engine,
             syncer: Some(syncer),
+            metrics,
         })
     }
 
@@ -79,7 +90,9 @@ impl LogStore {
     async fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
         // The fsync blocks this thread; the runtime hands our worker's other tasks (reads) to
         // another thread meanwhile.
+        let started = crate::rt::now();
         crate::rt::block_in_place(|| self.engine.write(batch, Durability::Sync))?;
+        self.metrics.wal_fsync.observe(started.elapsed());
         Ok(())
     }
 
@@ -101,10 +114,13 @@ impl LogStore {
 /// Makes buffered appends durable: one fsync for every callback waiting, reported in order.
 fn sync_and_report(
     engine: &dyn crate::storage::Engine,
+    metrics: &Metrics,
     waiting: Vec<IOFlushed<TypeConfig>>,
     member: &str,
 ) {
+    let started = crate::rt::now();
     let result = engine.sync();
+    metrics.wal_fsync.observe(started.elapsed());
     tracing::debug!(
         member,
         appends = waiting.len(),

@@ -75,12 +75,13 @@ impl PeerChannels {
 #[derive(Clone, Default)]
 pub struct Network {
     channels: PeerChannels,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Network {
-    /// A factory dialing through `channels`.
-    pub fn new(channels: PeerChannels) -> Self {
-        Self { channels }
+    /// A factory dialing through `channels`, timing replication round trips into `metrics`.
+    pub fn new(channels: PeerChannels, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { channels, metrics }
     }
 }
 
@@ -88,6 +89,8 @@ impl Network {
 pub struct PeerConnection {
     target: u64,
     client: Result<PeerClient<Channel>, String>,
+    /// Round trips of replication requests to `target`.
+    rtt: Arc<crate::metrics::Histogram>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -97,6 +100,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             client: self.channels.client_for(node),
+            rtt: self.metrics.peer_rtt(target),
         }
     }
 }
@@ -151,14 +155,23 @@ impl PeerConnection {
 }
 
 /// Send times of the requests of one replication stream still waiting for their response.
-#[derive(Default)]
 struct Outstanding {
     sent: Mutex<VecDeque<rt::Instant>>,
     /// Signalled on every send, so a wait with nothing outstanding starts its clock.
     more: tokio::sync::Notify,
+    /// Where each request's round trip goes when its response arrives.
+    rtt: Arc<crate::metrics::Histogram>,
 }
 
 impl Outstanding {
+    fn new(rtt: Arc<crate::metrics::Histogram>) -> Self {
+        Self {
+            sent: Mutex::new(VecDeque::new()),
+            more: tokio::sync::Notify::new(),
+            rtt,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<rt::Instant>> {
         self.sent.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -213,7 +226,11 @@ async fn next_stream_response(
         Ok(payload) => payload,
         Err(status) => return Some(Err(RPCError::Unreachable(unreachable(status.message())))),
     };
-    outstanding.lock().pop_front();
+    if let Some(sent_at) = outstanding.lock().pop_front() {
+        outstanding
+            .rtt
+            .observe(rt::now().saturating_duration_since(sent_at));
+    }
     let result: Result<StreamAppendResult<TypeConfig>, String> = match decode(&payload.data) {
         Ok(result) => result,
         Err(e) => return Some(Err(RPCError::Unreachable(unreachable(e)))),
@@ -241,7 +258,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let mut client = self.client()?;
             let ttl = option.soft_ttl();
             let target = self.target;
-            let outstanding = Arc::new(Outstanding::default());
+            let outstanding = Arc::new(Outstanding::new(self.rtt.clone()));
             let sending = outstanding.clone();
             let requests = input.map(move |req| {
                 sending.lock().push_back(rt::now());

@@ -60,6 +60,8 @@ pub struct Shared {
     /// Requests of this member forwarded to the leader, waiting for their local apply, by sequence
     /// number.
     waiters: Mutex<BTreeMap<u64, oneshot::Sender<Outcome>>>,
+    /// Where apply counts commits and mvcc operations.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A registered wait for the local apply of a forwarded command; unregisters itself when dropped.
@@ -144,13 +146,15 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`;
-    /// auth tokens live `token_ttl` after their last use.
+    /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`,
+    /// engine commit times and mvcc operation counts to `metrics`; auth tokens live `token_ttl`
+    /// after their last use.
     pub fn open(
         engine: SharedEngine,
         watch: Arc<WatchHub>,
         member_id: u64,
         token_ttl: std::time::Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> io::Result<Self> {
         if let Some(records) = snapshot::finish_interrupted_install(engine.as_ref())? {
             tracing::info!(records, "finished a snapshot install a restart interrupted");
@@ -166,6 +170,7 @@ impl StateMachine {
                 watch,
                 member_id,
                 waiters: Mutex::new(BTreeMap::new()),
+                metrics,
             }),
         })
     }
@@ -230,6 +235,7 @@ fn apply_one(
             };
             let outcome = match outcome {
                 Ok((applied, changes)) => {
+                    count_applied(&shared.metrics, &applied);
                     batch.append(changes);
                     if let Applied::TokenIssued {
                         user,
@@ -275,6 +281,34 @@ fn apply_one(
     Ok(CommandResponse { outcome })
 }
 
+/// Count an applied command as etcd's mvcc counts its operations: once per kind a command
+/// (or the branch a transaction took) contains.
+fn count_applied(metrics: &crate::metrics::Metrics, applied: &Applied) {
+    use crate::pb::etcdserverpb::response_op::Response;
+    match applied {
+        Applied::Put(_) => metrics.mvcc_put.inc(),
+        Applied::DeleteRange(_) => metrics.mvcc_delete.inc(),
+        Applied::Txn(txn) => {
+            metrics.mvcc_txn.inc();
+            let has = |f: fn(&Response) -> bool| {
+                txn.responses
+                    .iter()
+                    .any(|r| r.response.as_ref().is_some_and(f))
+            };
+            if has(|r| matches!(r, Response::ResponsePut(_))) {
+                metrics.mvcc_put.inc();
+            }
+            if has(|r| matches!(r, Response::ResponseDeleteRange(_))) {
+                metrics.mvcc_delete.inc();
+            }
+            if has(|r| matches!(r, Response::ResponseRange(_))) {
+                metrics.mvcc_range.inc();
+            }
+        }
+        _ => {}
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
@@ -315,7 +349,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             if let Some(last) = last {
                 batch.put(Keyspace::Meta, APPLIED_KEY, encode(&Some(last))?);
+                let started = crate::rt::now();
                 self.shared.engine.write(batch, Durability::Buffered)?;
+                self.shared
+                    .metrics
+                    .backend_commit
+                    .observe(started.elapsed());
             }
             mvcc.mark_flushed();
             // Still under the write lock: watchers see each revision right as it becomes readable,

@@ -1,0 +1,721 @@
+//! HTTP/1.1 on the client port (and on `--listen-metrics-urls`): `/health`, `/livez`, `/readyz`,
+//! `/version`, `/metrics` and etcd's grpc-gateway JSON API (`api::gateway`).
+//!
+//! etcd serves gRPC and HTTP on one port; so do we. [`sniff`] reads a new connection's first bytes:
+//! the HTTP/2 client preface (`PRI * HTTP/2.0`) goes to the gRPC server exactly as before (through
+//! `api::authority`), anything else is served here with hyper's HTTP/1.1 server. The bytes read
+//! to decide are handed back in front of the connection ([`Prefixed`]). Status lines, headers and
+//! bodies follow etcd 3.4 byte for byte where clients parse them (CORS headers on every answer,
+//! `{"health":"true"}`, the gateway's JSON errors and its `{"result":...}` stream framing).
+//! Real sockets only: not compiled in the simulator.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::gateway::{self, GatewayError, Reply, Route, Services};
+use super::maintenance::API_VERSION;
+use super::server::Shutdown;
+use super::status;
+use crate::limits;
+use crate::node::Node;
+use crate::pb::etcdserverpb::RangeRequest;
+
+/// The HTTP/2 client connection preface, whose first bytes mark a gRPC connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes of the preface [`sniff`] waits for: no HTTP/1.1 method starts with them.
+const SNIFF_BYTES: usize = 4;
+
+/// What a client connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/2: gRPC.
+    Grpc,
+    /// Anything else: served as HTTP/1.1.
+    Http1,
+}
+
+/// Read a connection's first bytes (at most [`SNIFF_BYTES`]) and tell what it speaks. Returns the
+/// bytes read, which belong in front of the connection. A connection closed before its first byte
+/// is an error.
+pub async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Protocol, Vec<u8>)> {
+    let mut seen = Vec::with_capacity(SNIFF_BYTES);
+    while seen.len() < SNIFF_BYTES {
+        let mut byte = [0u8; SNIFF_BYTES];
+        let n = stream.read(&mut byte[..SNIFF_BYTES - seen.len()]).await?;
+        if n == 0 {
+            if seen.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            break;
+        }
+        seen.extend_from_slice(&byte[..n]);
+        if !H2_PREFACE.starts_with(&seen) {
+            return Ok((Protocol::Http1, seen));
+        }
+    }
+    let protocol = if seen.len() == SNIFF_BYTES {
+        Protocol::Grpc
+    } else {
+        Protocol::Http1
+    };
+    Ok((protocol, seen))
+}
+
+/// A connection with bytes already read from it put back in front.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, whose reads first return `prefix`.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Prefixed<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What a listener serves over HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The client port: everything, the JSON gateway included.
+    Client,
+    /// A `--listen-metrics-urls` listener: `/metrics` and `/health` only, as in etcd.
+    MetricsOnly,
+}
+
+/// The HTTP side of one member.
+pub struct HttpApi {
+    node: Arc<Node>,
+    services: Services,
+    scope: Scope,
+    /// Free HTTP/1.1 connection slots of this listener.
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl HttpApi {
+    /// The HTTP endpoints of `node` for a listener of `scope`.
+    pub fn new(node: Arc<Node>, access: Arc<super::access::Access>, scope: Scope) -> Arc<Self> {
+        Arc::new(Self {
+            services: Services::new(node.clone(), access),
+            node,
+            scope,
+            connections: Arc::new(tokio::sync::Semaphore::new(limits::HTTP_MAX_CONNECTIONS)),
+        })
+    }
+
+    /// Serve one HTTP/1.1 connection until the client leaves or `shutdown` is raised. A connection
+    /// beyond [`limits::HTTP_MAX_CONNECTIONS`] is closed at once.
+    pub async fn serve_connection<S>(self: Arc<Self>, io: S, shutdown: Shutdown)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(_slot) = self.connections.clone().try_acquire_owned() else {
+            tracing::warn!("too many HTTP connections; closing a new one");
+            return;
+        };
+        let api = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            // Header names as Go writes them (`Content-Type`), for clients that compare bytes.
+            .title_case_headers(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits::HTTP_HEADER_READ_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => {}
+            result = conn => {
+                if let Err(e) = result {
+                    tracing::debug!("HTTP connection ended: {e}");
+                }
+            }
+        }
+    }
+
+    /// Answer one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        if req.method() == Method::OPTIONS {
+            // CORS preflight: etcd answers it with its CORS headers and nothing else.
+            return respond(StatusCode::OK, None, Bytes::new());
+        }
+        match (self.scope, path.as_str()) {
+            (_, "/metrics") => self.metrics(),
+            (_, "/health") => self.health(req.method()).await,
+            (Scope::Client, "/livez") => plain(StatusCode::OK, "ok"),
+            (Scope::Client, "/readyz") => self.readyz().await,
+            (Scope::Client, "/version") => self.version(req.method()),
+            (Scope::Client, p) if gateway::under_prefix(p) => match gateway::route(p) {
+                Some(route) if req.method() == Method::POST => self.gateway(route, req).await,
+                Some(_) => go_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+                None => go_error(StatusCode::NOT_FOUND, "Not Found"),
+            },
+            _ => go_error(StatusCode::NOT_FOUND, "404 page not found"),
+        }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let mut scrape = self.node.scrape();
+        scrape.version = API_VERSION;
+        let text = self.node.metrics().render(&scrape);
+        respond(
+            StatusCode::OK,
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            Bytes::from(text),
+        )
+    }
+
+    /// etcd 3.4's health check: no alarm, a known leader, and a linearizable read that completes
+    /// within a second.
+    async fn healthy(&self) -> bool {
+        if !self.node.alarms().is_empty() || self.node.raft_status().leader == 0 {
+            return false;
+        }
+        let probe = RangeRequest {
+            key: b"health".to_vec(),
+            ..Default::default()
+        };
+        match crate::rt::timeout(limits::HEALTH_CHECK_TIMEOUT, self.node.range(&probe)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!("health check failed: {e}");
+                false
+            }
+            Err(crate::rt::Elapsed) => {
+                tracing::warn!(
+                    "health check failed: no linearizable read within {:?}",
+                    limits::HEALTH_CHECK_TIMEOUT
+                );
+                false
+            }
+        }
+    }
+
+    async fn health(&self, method: &Method) -> Response<Body> {
+        if method != Method::GET {
+            return not_get();
+        }
+        if self.healthy().await {
+            // Go's ResponseWriter sniffs the JSON as text/plain; etcd sets no type itself.
+            respond(
+                StatusCode::OK,
+                Some("text/plain; charset=utf-8"),
+                Bytes::from_static(br#"{"health":"true"}"#),
+            )
+        } else {
+            go_error(StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
+        }
+    }
+
+    async fn readyz(&self) -> Response<Body> {
+        if self.healthy().await {
+            plain(StatusCode::OK, "ok")
+        } else {
+            go_error(StatusCode::SERVICE_UNAVAILABLE, "readyz check failed")
+        }
+    }
+
+    fn version(&self, method: &Method) -> Response<Body> {
+        if method != Method::GET {
+            return not_get();
+        }
+        // The cluster version is the servers' major.minor with patch 0, as etcd reports it.
+        let cluster = match API_VERSION.rsplit_once('.') {
+            Some((major_minor, _)) => format!("{major_minor}.0"),
+            None => API_VERSION.to_string(),
+        };
+        let body = format!(r#"{{"etcdserver":"{API_VERSION}","etcdcluster":"{cluster}"}}"#);
+        respond(StatusCode::OK, Some("application/json"), Bytes::from(body))
+    }
+
+    async fn gateway(&self, route: Route, req: Request<Incoming>) -> Response<Body> {
+        self.node.metrics().gateway_requests.inc();
+        let token = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let max_request_bytes = self.node.config().max_request_bytes;
+        let max_body = limits::gateway_max_body_bytes(max_request_bytes);
+        let body = req.into_body();
+        if route.is_streaming() {
+            return self.gateway_stream(route, body, token, max_body).await;
+        }
+        let bytes = match http_body_util::Limited::new(body, max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return status_error(GatewayError::TooLarge(max_body).into());
+            }
+            Err(e) => return status_error(GatewayError::BadJson(e.to_string()).into()),
+        };
+        let parsed = match gateway::parse(route, &bytes) {
+            Ok(parsed) => parsed,
+            Err(e) => return status_error(e.into()),
+        };
+        // The bound gRPC's decoder puts on the same request.
+        if parsed.encoded_len() > max_request_bytes + limits::GRPC_OVERHEAD_BYTES {
+            return status_error(
+                GatewayError::TooLarge(max_request_bytes + limits::GRPC_OVERHEAD_BYTES).into(),
+            );
+        }
+        match self.services.call(parsed, token.as_deref()).await {
+            Ok(Reply::Unary(json)) => ok_json(Bytes::from(json)),
+            Ok(Reply::Stream(stream)) => ok_stream(stream, None),
+            Err(status) => status_error(status),
+        }
+    }
+
+    /// A streaming method (watch, lease keep-alive): requests are JSON values read from the body
+    /// as they arrive; once the first is in (or the body ended), the call starts and responses
+    /// stream back as newline-delimited `{"result":...}` objects.
+    async fn gateway_stream(
+        &self,
+        route: Route,
+        mut body: Incoming,
+        token: Option<String>,
+        max_body: usize,
+    ) -> Response<Body> {
+        // Dropped with the response body (the client left): the requests end, and with them the
+        // call (a watch would otherwise wait for its next request forever).
+        let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+        let reply = if route == Route::Watch {
+            let (first, buf, ended) = match read_first(&mut body, max_body).await {
+                Ok(read) => read,
+                Err(e) => return status_error(status::gateway_stream_error(e)),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(limits::WATCH_STREAM_BUFFER);
+            // etcd keeps a watch stream open after the request body ends.
+            let requests = Feed {
+                tx,
+                body,
+                buf,
+                ended,
+                max_body,
+                hold_open: true,
+                gone: gone_rx,
+            };
+            crate::rt::spawn(requests.run(first));
+            self.services
+                .watch_stream(receiver_stream(rx), token.as_deref())
+                .await
+        } else {
+            let (first, buf, ended) = match read_first(&mut body, max_body).await {
+                Ok(read) => read,
+                Err(e) => return status_error(status::gateway_stream_error(e)),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(limits::LEASE_KEEPALIVE_STREAM_BUFFER);
+            let requests = Feed {
+                tx,
+                body,
+                buf,
+                ended,
+                max_body,
+                hold_open: false,
+                gone: gone_rx,
+            };
+            crate::rt::spawn(requests.run(first));
+            self.services
+                .keep_alive_stream(receiver_stream(rx), token.as_deref())
+                .await
+        };
+        match reply {
+            Ok(Reply::Stream(stream)) => ok_stream(stream, Some(gone_tx)),
+            Ok(Reply::Unary(json)) => ok_json(Bytes::from(json)),
+            Err(status) => status_error(status),
+        }
+    }
+}
+
+/// Read a streamed body until its first complete JSON value(s) or its end: `(requests, bytes
+/// left over, whether the body ended)`.
+async fn read_first<T: DeserializeOwned + Default>(
+    body: &mut Incoming,
+    max_body: usize,
+) -> Result<(Vec<T>, Vec<u8>, bool), GatewayError> {
+    let mut buf = Vec::new();
+    loop {
+        let ended = match next_chunk(body).await {
+            Some(chunk) => {
+                buf.extend_from_slice(&chunk);
+                false
+            }
+            None => true,
+        };
+        if buf.len() > max_body {
+            return Err(GatewayError::TooLarge(max_body));
+        }
+        let requests = gateway::parse_stream(&mut buf, ended)?;
+        if !requests.is_empty() || ended {
+            return Ok((requests, buf, ended));
+        }
+    }
+}
+
+/// The rest of a streamed request body, handed to the call as its values complete.
+struct Feed<T> {
+    tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    body: Incoming,
+    buf: Vec<u8>,
+    ended: bool,
+    max_body: usize,
+    /// Keep the request side open after the body ends, until the call is gone.
+    hold_open: bool,
+    /// Resolves when the response body is dropped (the client left).
+    gone: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl<T: DeserializeOwned + Default + Send + 'static> Feed<T> {
+    /// Send `first`, then every value read after it. A malformed or oversized value ends the
+    /// requests (etcd's gateway stops decoding too).
+    async fn run(mut self, first: Vec<T>) {
+        for req in first {
+            if self.tx.send(Ok(req)).await.is_err() {
+                return;
+            }
+        }
+        while !self.ended {
+            tokio::select! {
+                biased;
+                _ = self.tx.closed() => return,
+                _ = &mut self.gone => return,
+                chunk = next_chunk(&mut self.body) => match chunk {
+                    Some(chunk) => self.buf.extend_from_slice(&chunk),
+                    None => self.ended = true,
+                },
+            }
+            if self.buf.len() > self.max_body {
+                tracing::debug!(
+                    "gateway stream message over {} bytes; ending it",
+                    self.max_body
+                );
+                return;
+            }
+            match gateway::parse_stream(&mut self.buf, self.ended) {
+                Ok(requests) => {
+                    for req in requests {
+                        if self.tx.send(Ok(req)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("gateway stream request unreadable: {e}");
+                    return;
+                }
+            }
+        }
+        if self.hold_open {
+            tokio::select! {
+                biased;
+                _ = self.tx.closed() => {}
+                _ = &mut self.gone => {}
+            }
+        }
+    }
+}
+
+/// The next data chunk of a request body; `None` at its end (or when the client is gone).
+async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => return Some(data),
+                Err(_trailers) => continue,
+            },
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+fn receiver_stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<Result<T, tonic::Status>>,
+) -> futures::stream::BoxStream<'static, Result<T, tonic::Status>> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) }).boxed()
+}
+
+/// etcd's CORS headers (its default `--cors=*`), on every answer.
+fn with_cors(builder: hyper::http::response::Builder) -> hyper::http::response::Builder {
+    builder
+        .header(
+            "Access-Control-Allow-Headers",
+            "accept, content-type, authorization",
+        )
+        .header(
+            "Access-Control-Allow-Methods",
+            "POST, GET, OPTIONS, PUT, DELETE",
+        )
+        .header("Access-Control-Allow-Origin", "*")
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).boxed_unsync()
+}
+
+fn respond(code: StatusCode, content_type: Option<&'static str>, body: Bytes) -> Response<Body> {
+    let mut builder = with_cors(Response::builder().status(code));
+    if let Some(ct) = content_type {
+        builder = builder.header(CONTENT_TYPE, ct);
+    }
+    builder
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+}
+
+fn plain(code: StatusCode, text: &'static str) -> Response<Body> {
+    respond(
+        code,
+        Some("text/plain; charset=utf-8"),
+        Bytes::from_static(text.as_bytes()),
+    )
+}
+
+/// An error as Go's `http.Error` writes it: text/plain, `nosniff`, the text and a newline.
+fn go_error(code: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = respond(
+        code,
+        Some("text/plain; charset=utf-8"),
+        Bytes::from(format!("{text}\n")),
+    );
+    resp.headers_mut().insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+fn not_get() -> Response<Body> {
+    let mut resp = go_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET"));
+    resp
+}
+
+/// A successful gateway answer (grpc-gateway adds the gRPC response's content type as metadata).
+fn gateway_ok(body: Body) -> Response<Body> {
+    with_cors(Response::builder().status(StatusCode::OK))
+        .header(CONTENT_TYPE, "application/json")
+        .header("Grpc-Metadata-Content-Type", "application/grpc")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+}
+
+fn ok_json(json: Bytes) -> Response<Body> {
+    gateway_ok(full(json))
+}
+
+/// A streamed gateway answer: each message as `{"result":...}` and a newline; an error ends the
+/// stream as `{"error":{...}}`.
+fn ok_stream(
+    stream: gateway::JsonStream,
+    guard: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Response<Body> {
+    let framed = stream
+        .scan((false, guard), |(failed, _guard), item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let line = match item {
+                Ok(json) => {
+                    let mut line = Vec::with_capacity(json.len() + 12);
+                    line.extend_from_slice(br#"{"result":"#);
+                    line.extend_from_slice(&json);
+                    line.extend_from_slice(b"}\n");
+                    line
+                }
+                Err(status) => {
+                    *failed = true;
+                    let mut line = stream_error_json(&status);
+                    line.push(b'\n');
+                    line
+                }
+            };
+            futures::future::ready(Some(Ok::<_, Infallible>(Frame::data(Bytes::from(line)))))
+        })
+        .boxed();
+    gateway_ok(StreamBody::new(framed).boxed_unsync())
+}
+
+/// A failed gateway call: grpc-gateway's error JSON and the HTTP status of its gRPC code.
+fn status_error(status: tonic::Status) -> Response<Body> {
+    let code = StatusCode::from_u16(status::http_status(status.code()))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    respond(
+        code,
+        Some("application/json"),
+        Bytes::from(error_json(&status)),
+    )
+}
+
+/// grpc-gateway's error body: `{"error":M,"message":M,"code":N}`.
+pub fn error_json(status: &tonic::Status) -> Vec<u8> {
+    let message = json_string(status.message());
+    format!(
+        r#"{{"error":{message},"message":{message},"code":{}}}"#,
+        status.code() as i32
+    )
+    .into_bytes()
+}
+
+/// grpc-gateway's error object ending a stream: `{"error":{"grpc_code":N,"http_code":H,
+/// "message":M,"http_status":"..."}}`.
+pub fn stream_error_json(status: &tonic::Status) -> Vec<u8> {
+    let http = status::http_status(status.code());
+    let text = StatusCode::from_u16(http)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("");
+    format!(
+        r#"{{"error":{{"grpc_code":{},"http_code":{http},"message":{},"http_status":{}}}}}"#,
+        status.code() as i32,
+        json_string(status.message()),
+        json_string(text),
+    )
+    .into_bytes()
+}
+
+/// A JSON string literal as Go writes it.
+fn json_string(text: &str) -> String {
+    String::from_utf8(gateway::to_json(&text)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sniffed(input: &[u8]) -> io::Result<(Protocol, Vec<u8>)> {
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        rt.block_on(async {
+            let mut input = input;
+            sniff(&mut input).await
+        })
+    }
+
+    #[test]
+    fn the_h2_preface_is_grpc_and_anything_else_http1() {
+        assert_eq!(
+            sniffed(H2_PREFACE).unwrap(),
+            (Protocol::Grpc, b"PRI ".to_vec())
+        );
+        for input in [
+            &b"GET /health HTTP/1.1\r\n"[..],
+            b"POST /v3/kv/range",
+            b"PR",
+            b"PRIX",
+        ] {
+            let (protocol, seen) = sniffed(input).unwrap();
+            assert_eq!(protocol, Protocol::Http1, "{input:?}");
+            assert!(input.starts_with(&seen) && !seen.is_empty() && seen.len() <= SNIFF_BYTES);
+        }
+        assert!(sniffed(b"").is_err());
+    }
+
+    #[test]
+    fn errors_are_written_as_grpc_gateway_writes_them() {
+        let status = tonic::Status::not_found("etcdserver: requested lease not found");
+        assert_eq!(
+            String::from_utf8(error_json(&status)).unwrap(),
+            r#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#
+        );
+        assert_eq!(
+            String::from_utf8(stream_error_json(&status)).unwrap(),
+            r#"{"error":{"grpc_code":5,"http_code":404,"message":"etcdserver: requested lease not found","http_status":"Not Found"}}"#
+        );
+    }
+
+    #[test]
+    fn prefixed_reads_the_prefix_first() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let out = rt.block_on(async {
+            let mut p = Prefixed::new(b"PRI ".to_vec(), &b"* HTTP/2.0"[..]);
+            let mut out = Vec::new();
+            p.read_to_end(&mut out).await.map(|_| out)
+        });
+        assert_eq!(out.unwrap(), b"PRI * HTTP/2.0");
+    }
+}

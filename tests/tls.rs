@@ -1,0 +1,230 @@
+//! Client TLS (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`): gRPC
+//! (the real `etcdctl`) and HTTP (`curl`) on one `https://` port, certificates made by rcgen.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::free_port;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+struct Certs {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).expect("write a PEM file");
+    path
+}
+
+fn make_certs(dir: &Path) -> Certs {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "metastore test CA");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+    let ca_pem = ca_cert.pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params");
+    let server_key = KeyPair::generate().expect("server key");
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("server cert");
+
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "root");
+    let client_key = KeyPair::generate().expect("client key");
+    let client_cert = client_params
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+
+    Certs {
+        ca: write(dir, "ca.pem", &ca_pem),
+        server_cert: write(dir, "server.pem", &server_cert.pem()),
+        server_key: write(dir, "server-key.pem", &server_key.serialize_pem()),
+        client_cert: write(dir, "client.pem", &client_cert.pem()),
+        client_key: write(dir, "client-key.pem", &client_key.serialize_pem()),
+    }
+}
+
+/// A member serving clients on `https://127.0.0.1:PORT` with `extra` flags; killed on drop.
+struct TlsServer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, certs: &Certs, extra: &[&str]) -> TlsServer {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metastore"))
+        .args(["--name", "tls", "--engine", "memory"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &format!("https://127.0.0.1:{port}")])
+        .args([
+            "--advertise-client-urls",
+            &format!("https://127.0.0.1:{port}"),
+        ])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
+        .arg("--cert-file")
+        .arg(&certs.server_cert)
+        .arg("--key-file")
+        .arg(&certs.server_key)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn metastore");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("metastore: serving client requests on ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("metastore did not start serving clients");
+    TlsServer { child, port }
+}
+
+/// `curl` over TLS trusting the test CA; `(exit ok, stdout)`.
+fn curl(server: &TlsServer, certs: &Certs, path: &str, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert"])
+        .arg(&certs.ca)
+        .args(extra)
+        .arg(format!("https://127.0.0.1:{}{path}", server.port))
+        .output()
+        .expect("curl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `etcdctl` over TLS; `(exit ok, stdout + stderr)`.
+fn etcdctl(server: &TlsServer, certs: &Certs, client_cert: bool, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://127.0.0.1:{}", server.port))
+        .arg(format!("--cacert={}", certs.ca.display()))
+        .args(["--dial-timeout=3s", "--command-timeout=5s"]);
+    if client_cert {
+        cmd.arg(format!("--cert={}", certs.client_cert.display()))
+            .arg(format!("--key={}", certs.client_key.display()));
+    }
+    let out = cmd.args(args).output().expect("etcdctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn grpc_and_http_share_one_tls_port() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(tmp.path());
+    let server = start(tmp.path(), &certs, &[]);
+
+    let (ok, out) = etcdctl(&server, &certs, false, &["put", "greeting", "hello"]);
+    assert!(ok, "{out}");
+    let (ok, out) = etcdctl(&server, &certs, false, &["get", "greeting"]);
+    assert!(ok && out == "greeting\nhello\n", "{out}");
+
+    assert_eq!(
+        curl(&server, &certs, "/health", &[]),
+        (true, r#"{"health":"true"}"#.to_string())
+    );
+    let (ok, range) = curl(
+        &server,
+        &certs,
+        "/v3/kv/range",
+        &["-X", "POST", "-d", r#"{"key":"Z3JlZXRpbmc="}"#],
+    );
+    assert!(ok && range.contains(r#""value":"aGVsbG8=""#), "{range}");
+    // Plain HTTP on the TLS port is refused (the handshake fails).
+    let plain = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{}/health", server.port))
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&plain.stdout).is_empty());
+}
+
+#[test]
+fn client_cert_auth_requires_a_certificate_from_the_trusted_ca() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(tmp.path());
+    let ca = certs.ca.display().to_string();
+    let server = start(
+        tmp.path(),
+        &certs,
+        &["--trusted-ca-file", &ca, "--client-cert-auth"],
+    );
+
+    let (ok, out) = etcdctl(&server, &certs, false, &["get", "k"]);
+    assert!(!ok, "a client without a certificate got through: {out}");
+    let (ok, out) = etcdctl(&server, &certs, true, &["put", "k", "v"]);
+    assert!(ok, "{out}");
+
+    let (ok, _) = curl(&server, &certs, "/health", &[]);
+    assert!(!ok, "curl without a client certificate got through");
+    let client_cert = certs.client_cert.display().to_string();
+    let client_key = certs.client_key.display().to_string();
+    assert_eq!(
+        curl(
+            &server,
+            &certs,
+            "/health",
+            &["--cert", &client_cert, "--key", &client_key]
+        ),
+        (true, r#"{"health":"true"}"#.to_string())
+    );
+}
+
+#[test]
+fn an_https_url_without_certificates_is_refused_at_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_metastore"))
+        .args(["--name", "tls", "--engine", "memory"])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--listen-client-urls", "https://127.0.0.1:0"])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
+        .output()
+        .expect("metastore");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TLS key/cert (--cert-file, --key-file) must be provided"),
+        "{stderr}"
+    );
+}
