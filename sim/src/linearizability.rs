@@ -26,6 +26,9 @@ pub enum Op {
         expect: Option<String>,
         value: String,
         succeeded: Option<bool>,
+        /// For a swap that failed: the value its failure branch read in the same txn (`None`
+        /// when it did not read), so the failure is explained by what was there.
+        found: Option<Option<String>>,
     },
 }
 
@@ -106,12 +109,15 @@ fn unobserved(e: &Event, events: &[&Event]) -> bool {
     };
     let observed = events.iter().any(|o| match &o.op {
         Op::Read { result: Some(read) } => read.as_deref() == value,
-        Op::Cas { expect, .. } => expect.as_deref() == value,
+        Op::Cas { expect, found, .. } => {
+            expect.as_deref() == value || found.as_ref().is_some_and(|f| f.as_deref() == value)
+        }
         _ => false,
     });
     let after_failed_swaps = events.iter().all(|o| match &o.op {
         Op::Cas {
             succeeded: Some(false),
+            found: None,
             ..
         } => o.complete.is_some_and(|c| c < e.invoke),
         _ => true,
@@ -192,7 +198,13 @@ fn search(
         .min()
         .unwrap_or(u64::MAX);
     let mut exhausted = true;
-    for i in 0..entries.len() {
+    // Completed operations first, those with an unknown outcome last: most unknown writes never
+    // happened (their client's member was cut off), so the search tries "it did not happen yet"
+    // before "it happened here". Same verdict, found far sooner (every order is still tried).
+    let order = (0..entries.len())
+        .filter(|i| entries[*i].required)
+        .chain((0..entries.len()).filter(|i| !entries[*i].required));
+    for i in order {
         if done[i] || entries[i].invoke > horizon {
             continue;
         }
@@ -203,11 +215,13 @@ fn search(
                 expect,
                 value,
                 succeeded,
+                found,
             } => {
                 let holds = expect.as_deref() == state;
+                let seen_here = found.as_ref().is_none_or(|f| f.as_deref() == state);
                 match succeeded {
                     Some(true) if holds => Some(value.as_str()),
-                    Some(false) if !holds => state,
+                    Some(false) if !holds && seen_here => state,
                     Some(_) => continue,
                     // Unknown: had it happened here, the compare decides.
                     None if holds => Some(value.as_str()),
@@ -274,6 +288,7 @@ mod tests {
                 expect: expect.map(str::to_string),
                 value: v.into(),
                 succeeded: ok,
+                found: None,
             },
             invoke: at.0,
             complete: ok.map(|_| at.1),
@@ -367,6 +382,29 @@ mod tests {
             cas("k", Some("a"), "c", Some(false), (3, 4)),
         ];
         assert_eq!(check(&h, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_failed_swap_reads_what_was_there() {
+        let failed = |found: Option<&str>| Event {
+            key: "k".into(),
+            op: Op::Cas {
+                expect: Some("x".into()),
+                value: "c".into(),
+                succeeded: Some(false),
+                found: Some(found.map(str::to_string)),
+            },
+            invoke: 4,
+            complete: Some(5),
+        };
+        let good = vec![w("k", "a", 0, 1), failed(Some("a"))];
+        assert_eq!(check(&good, BUDGET), Verdict::Linearizable);
+        // It read a value that was overwritten before it began: a stale read inside a txn.
+        let stale = vec![w("k", "old", 0, 1), w("k", "a", 2, 3), failed(Some("old"))];
+        assert!(matches!(
+            check(&stale, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]

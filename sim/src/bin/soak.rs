@@ -16,7 +16,10 @@ fn main() {
     let mut seed = 1_000_000_u64;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+        };
         match arg.as_str() {
             "--minutes" => minutes = value().parse().unwrap_or_else(|_| usage("--minutes N")),
             "--first-seed" => seed = value().parse().unwrap_or_else(|_| usage("--first-seed N")),
@@ -28,7 +31,9 @@ fn main() {
     let mut report_at = wall + Duration::from_secs(60);
     let (mut seeds, mut simulated) = (0_u64, Duration::ZERO);
     let mut faults: std::collections::BTreeMap<String, u64> = Default::default();
-    let report = |seeds: u64, simulated: Duration, faults: &std::collections::BTreeMap<String, u64>| {
+    let report = |seeds: u64,
+                  simulated: Duration,
+                  faults: &std::collections::BTreeMap<String, u64>| {
         let secs = wall.elapsed().as_secs_f64();
         println!(
             "soak: {seeds} seeds in {secs:.0} s: {:.0} seeds/min, {:.0} simulated s per wall s; faults {faults:?}",
@@ -38,7 +43,8 @@ fn main() {
     };
     while Instant::now() < deadline {
         let run = std::panic::catch_unwind(|| {
-            let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            let rt =
+                madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             rt.block_on(metastore_sim::chaos::run(
                 seed,
                 metastore_sim::trace::Trace::new(),

@@ -13,6 +13,7 @@ use metastore::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetU
 use metastore::pb::etcdserverpb::kv_client::KvClient;
 use metastore::pb::etcdserverpb::lease_client::LeaseClient;
 use metastore::pb::etcdserverpb::request_op::Request as TxnOp;
+use metastore::pb::etcdserverpb::response_op::Response as ResponseOp;
 use metastore::pb::etcdserverpb::watch_client::WatchClient;
 use metastore::pb::etcdserverpb::watch_request::RequestUnion;
 use metastore::pb::etcdserverpb::{
@@ -273,13 +274,31 @@ pub async fn kv_client(
                             ..Default::default()
                         })),
                     }],
-                    failure: vec![],
+                    // A failed swap reads what is there, in the same txn: the checker then knows
+                    // why it failed instead of searching for a write that could explain it.
+                    failure: vec![RequestOp {
+                        request: Some(TxnOp::RequestRange(RangeRequest {
+                            key: key.clone().into_bytes(),
+                            ..Default::default()
+                        })),
+                    }],
                 };
                 match madsim::time::timeout(CALL_TIMEOUT, c.txn(txn)).await {
                     Ok(Ok(resp)) => {
                         let resp = resp.into_inner();
                         let rev = resp.header.map_or(0, |h| h.revision);
                         rec.seen(&me, "txn", rev);
+                        let found = (!resp.succeeded).then(|| {
+                            resp.responses.first().and_then(|r| match &r.response {
+                                Some(ResponseOp::ResponseRange(range)) => {
+                                    range.kvs.first().map(|kv| utf8(&kv.value))
+                                }
+                                _ => None,
+                            })
+                        });
+                        if let Some(seen) = &found {
+                            last_read.insert(key.clone(), seen.clone());
+                        }
                         trace.record(format!(
                             "{me}: swap {key} {expect:?} -> {value}: {} at {rev} via {url}",
                             resp.succeeded
@@ -291,6 +310,7 @@ pub async fn kv_client(
                                     expect: expect.clone(),
                                     value: value.clone(),
                                     succeeded: Some(resp.succeeded),
+                                    found: found.clone(),
                                 },
                                 invoke,
                                 complete: Some(rec.now()),
@@ -309,6 +329,7 @@ pub async fn kv_client(
                             expect,
                             value,
                             succeeded: None,
+                            found: None,
                         }));
                         r.calls_unknown += 1;
                     }),
