@@ -18,6 +18,9 @@ struct Certs {
     server_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    /// A second client certificate, for the user `alice`.
+    alice_cert: PathBuf,
+    alice_key: PathBuf,
 }
 
 fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
@@ -54,7 +57,18 @@ fn make_certs(dir: &Path) -> Certs {
         .signed_by(&client_key, &issuer)
         .expect("client cert");
 
+    let mut alice_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    alice_params
+        .distinguished_name
+        .push(DnType::CommonName, "alice");
+    let alice_key = KeyPair::generate().expect("client key");
+    let alice_cert = alice_params
+        .signed_by(&alice_key, &issuer)
+        .expect("client cert");
+
     Certs {
+        alice_cert: write(dir, "alice.pem", &alice_cert.pem()),
+        alice_key: write(dir, "alice-key.pem", &alice_key.serialize_pem()),
         ca: write(dir, "ca.pem", &ca_pem),
         server_cert: write(dir, "server.pem", &server_cert.pem()),
         server_key: write(dir, "server-key.pem", &server_key.serialize_pem()),
@@ -128,14 +142,25 @@ fn curl(server: &TlsServer, certs: &Certs, path: &str, extra: &[&str]) -> (bool,
 
 /// `etcdctl` over TLS; `(exit ok, stdout + stderr)`.
 fn etcdctl(server: &TlsServer, certs: &Certs, client_cert: bool, args: &[&str]) -> (bool, String) {
+    let identity = client_cert.then_some((&certs.client_cert, &certs.client_key));
+    etcdctl_with(server, certs, identity, args)
+}
+
+/// `etcdctl` over TLS presenting the client certificate and key `identity`, if any.
+fn etcdctl_with(
+    server: &TlsServer,
+    certs: &Certs,
+    identity: Option<(&PathBuf, &PathBuf)>,
+    args: &[&str],
+) -> (bool, String) {
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints=https://127.0.0.1:{}", server.port))
         .arg(format!("--cacert={}", certs.ca.display()))
         .args(["--dial-timeout=3s", "--command-timeout=5s"]);
-    if client_cert {
-        cmd.arg(format!("--cert={}", certs.client_cert.display()))
-            .arg(format!("--key={}", certs.client_key.display()));
+    if let Some((cert, key)) = identity {
+        cmd.arg(format!("--cert={}", cert.display()))
+            .arg(format!("--key={}", key.display()));
     }
     let out = cmd.args(args).output().expect("etcdctl");
     (
@@ -227,4 +252,81 @@ fn an_https_url_without_certificates_is_refused_at_start() {
         stderr.contains("TLS key/cert (--cert-file, --key-file) must be provided"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_client_certificate_names_the_user_when_auth_is_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(tmp.path());
+    let ca = certs.ca.display().to_string();
+    let server = start(
+        tmp.path(),
+        &certs,
+        &[
+            "--trusted-ca-file",
+            &ca,
+            "--client-cert-auth",
+            "--bcrypt-cost",
+            "4",
+        ],
+    );
+    let root = Some((&certs.client_cert, &certs.client_key));
+    let alice = Some((&certs.alice_cert, &certs.alice_key));
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "reader"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "app/",
+            "--prefix",
+        ],
+        &["user", "grant-role", "alice", "reader"],
+        &["auth", "enable"],
+    ] {
+        let (ok, out) = etcdctl_with(&server, &certs, root, args);
+        assert!(ok, "etcdctl {args:?}: {out}");
+    }
+    // No token: the certificate's common name is the user (etcd's AuthInfoFromTLS).
+    let (ok, out) = etcdctl_with(&server, &certs, root, &["put", "app/x", "1"]);
+    assert!(ok, "root by certificate may write: {out}");
+    let (ok, out) = etcdctl_with(
+        &server,
+        &certs,
+        alice,
+        &["get", "app/x", "--print-value-only"],
+    );
+    assert!(
+        ok && out.trim() == "1",
+        "alice by certificate may read: {out}"
+    );
+    let (ok, out) = etcdctl_with(&server, &certs, alice, &["put", "app/x", "2"]);
+    assert!(
+        !ok && out.contains("permission denied"),
+        "alice may not write: {out}"
+    );
+    let (ok, out) = etcdctl_with(&server, &certs, alice, &["user", "list"]);
+    assert!(
+        !ok && out.contains("permission denied"),
+        "alice is not root: {out}"
+    );
+    // A token wins over the certificate.
+    let (ok, out) = etcdctl_with(
+        &server,
+        &certs,
+        alice,
+        &["--user", "root:rootpw", "put", "app/x", "3"],
+    );
+    assert!(ok, "a root token on alice's connection: {out}");
+    let (ok, out) = etcdctl_with(
+        &server,
+        &certs,
+        alice,
+        &["--user", "alice:wrong", "get", "app/x"],
+    );
+    assert!(!ok && out.contains("authentication failed"), "{out}");
 }

@@ -22,6 +22,24 @@ use crate::pb::metastore::Requester;
 /// gRPC metadata keys that carry the token.
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
+/// The user named by the verified client certificate of the connection a request came on: set
+/// (by `api::tls`) only on TLS listeners with `--client-cert-auth`, where rustls has checked the
+/// certificate against `--trusted-ca-file`. Requests the JSON gateway makes carry none.
+pub fn cert_user(extensions: &tonic::Extensions) -> Option<&str> {
+    #[cfg(not(madsim))]
+    {
+        extensions
+            .get::<super::tls::ClientConnInfo>()?
+            .common_name
+            .as_deref()
+    }
+    #[cfg(madsim)]
+    {
+        let _ = extensions;
+        None
+    }
+}
+
 /// The caller of one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
@@ -47,8 +65,13 @@ impl Access {
         Arc::new(Self { node })
     }
 
-    /// The caller of a request with `metadata`.
-    pub fn caller(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
+    /// The caller of a request with `metadata`, over a connection whose verified client
+    /// certificate names `cert_user` (see [`cert_user`]).
+    pub fn caller(
+        &self,
+        metadata: &MetadataMap,
+        cert_user: Option<&str>,
+    ) -> Result<Caller, AuthError> {
         let auth = self.node.auth();
         if !auth.enabled() {
             return Ok(Caller::default());
@@ -59,7 +82,11 @@ impl Access {
             .map(|v| v.to_str().map_err(|_| AuthError::InvalidAuthToken))
             .transpose()?
         else {
-            return Ok(Caller::default());
+            // etcd's AuthInfoFromTLS: without a token, a client whose certificate the trusted CA
+            // signed (`--client-cert-auth`) acts as the user its common name names.
+            return Ok(Caller {
+                user: cert_user.map(str::to_string),
+            });
         };
         let Some(TokenInfo {
             user,
@@ -94,14 +121,23 @@ impl Access {
     }
 
     /// The caller of `metadata`, checked for `needs`.
-    pub fn permit(&self, metadata: &MetadataMap, needs: &[Need]) -> Result<Requester, AuthError> {
-        let caller = self.caller(metadata)?;
+    pub fn permit(
+        &self,
+        metadata: &MetadataMap,
+        cert_user: Option<&str>,
+        needs: &[Need],
+    ) -> Result<Requester, AuthError> {
+        let caller = self.caller(metadata, cert_user)?;
         self.check(&caller, needs)
     }
 
     /// The caller of `metadata`, checked for admin rights.
-    pub fn permit_admin(&self, metadata: &MetadataMap) -> Result<Requester, AuthError> {
-        let caller = self.caller(metadata)?;
+    pub fn permit_admin(
+        &self,
+        metadata: &MetadataMap,
+        cert_user: Option<&str>,
+    ) -> Result<Requester, AuthError> {
+        let caller = self.caller(metadata, cert_user)?;
         self.check_admin(&caller)
     }
 

@@ -9,6 +9,7 @@
 //! Everything but `Authenticate` and `AuthStatus` needs the root role while auth is enabled; a user
 //! may also read its own record and the roles it holds, as etcd 3.4 allows.
 
+use super::access::cert_user;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -50,7 +51,9 @@ impl AuthService {
         request: &Request<T>,
         op: auth_command::Op,
     ) -> Result<Option<ResponseHeader>, Status> {
-        let requester = self.access.permit_admin(request.metadata())?;
+        let requester = self
+            .access
+            .permit_admin(request.metadata(), cert_user(request.extensions()))?;
         self.propose(op, requester).await
     }
 
@@ -88,7 +91,9 @@ impl AuthService {
         request: &Request<T>,
         own: impl Fn(&str) -> bool,
     ) -> Result<(), Status> {
-        let caller = self.access.caller(request.metadata())?;
+        let caller = self
+            .access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
         match self.access.check_admin(&caller) {
             Ok(_) => Ok(()),
             Err(AuthError::PermissionDenied) if caller.user().is_some_and(own) => Ok(()),
@@ -186,7 +191,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        let requester = self.access.permit_admin(request.metadata())?;
+        let requester = self
+            .access
+            .permit_admin(request.metadata(), cert_user(request.extensions()))?;
         let req = request.into_inner();
         if req.name.is_empty() {
             return Err(AuthError::UserEmpty.into());
@@ -232,7 +239,8 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        self.access.permit_admin(request.metadata())?;
+        self.access
+            .permit_admin(request.metadata(), cert_user(request.extensions()))?;
         self.node.linearize().await?;
         let users = self.node.auth().user_names();
         Ok(Response::new(AuthUserListResponse {
@@ -254,7 +262,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        let requester = self.access.permit_admin(request.metadata())?;
+        let requester = self
+            .access
+            .permit_admin(request.metadata(), cert_user(request.extensions()))?;
         let req = request.into_inner();
         if self.node.auth().user(&req.name).is_none() {
             return Err(AuthError::UserNotFound.into());
@@ -293,7 +303,8 @@ impl Auth for AuthService {
         request: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
         if request.get_ref().name.is_empty() {
-            self.access.permit_admin(request.metadata())?;
+            self.access
+                .permit_admin(request.metadata(), cert_user(request.extensions()))?;
             return Err(AuthError::RoleEmpty.into());
         }
         let op = auth_command::Op::RoleAdd(request.get_ref().clone());
@@ -329,7 +340,8 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        self.access.permit_admin(request.metadata())?;
+        self.access
+            .permit_admin(request.metadata(), cert_user(request.extensions()))?;
         self.node.linearize().await?;
         let roles = self.node.auth().role_names();
         Ok(Response::new(AuthRoleListResponse {
@@ -357,7 +369,8 @@ impl Auth for AuthService {
             .as_ref()
             .is_some_and(|p| PermType::try_from(p.perm_type).is_ok());
         if !valid {
-            self.access.permit_admin(request.metadata())?;
+            self.access
+                .permit_admin(request.metadata(), cert_user(request.extensions()))?;
             return Err(AuthError::PermissionNotGiven.into());
         }
         let op = auth_command::Op::RoleGrantPermission(request.get_ref().clone());

@@ -1,5 +1,6 @@
 //! The `etcdserverpb.Cluster` service: member list and membership changes (run by the leader).
 
+use super::access::cert_user;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -29,7 +30,8 @@ impl ClusterService {
     /// Membership changes need the root role while auth is enabled (etcd's
     /// checkMembershipOperationPermission); listing members does not.
     fn admin_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.access.permit_admin(request.metadata())?;
+        self.access
+            .permit_admin(request.metadata(), cert_user(request.extensions()))?;
         Ok(())
     }
 

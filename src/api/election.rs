@@ -6,6 +6,7 @@
 //! the one the leader was given (same create revision). `Observe` streams the leader's value each time
 //! it changes.
 
+use super::access::cert_user;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -47,7 +48,8 @@ impl ElectionService {
 
     /// The caller must have what the keys under `name/` need (etcd runs elections as the caller).
     fn permit<T>(&self, request: &Request<T>, needs: &[Need]) -> Result<(), Status> {
-        self.access.permit(request.metadata(), needs)?;
+        self.access
+            .permit(request.metadata(), cert_user(request.extensions()), needs)?;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The `etcdserverpb.KV` service.
 
+use super::access::cert_user;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -49,7 +50,9 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let caller = self.access.caller(request.metadata())?;
+        let caller = self
+            .access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
         let req = request.into_inner();
         validate::range(&req)?;
         let needs = perms::range_needs(&req);
@@ -64,7 +67,9 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         validate::put(request.get_ref())?;
         let needs = self.access.put_needs(request.get_ref());
-        let requester = self.access.permit(request.metadata(), &needs)?;
+        let requester =
+            self.access
+                .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
         match self
             .propose(Op::Put(request.into_inner()), requester)
             .await?
@@ -83,7 +88,9 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         validate::delete_range(request.get_ref())?;
         let needs = perms::delete_needs(request.get_ref());
-        let requester = self.access.permit(request.metadata(), &needs)?;
+        let requester =
+            self.access
+                .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
         match self
             .propose(Op::DeleteRange(request.into_inner()), requester)
             .await?
@@ -99,7 +106,9 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         validate::txn(request.get_ref(), self.node.config().max_txn_ops)?;
         let needs = perms::txn_needs(request.get_ref());
-        let requester = self.access.permit(request.metadata(), &needs)?;
+        let requester =
+            self.access
+                .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
         match self
             .propose(Op::Txn(request.into_inner()), requester)
             .await?
@@ -118,7 +127,8 @@ impl Kv for KvService {
     ) -> Result<Response<CompactionResponse>, Status> {
         // etcd 3.4 checks no permission for a compaction (any caller may compact), but an invalid
         // token is still refused.
-        self.access.caller(request.metadata())?;
+        self.access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
         match self
             .node
             .propose(Op::Compaction(request.into_inner()))

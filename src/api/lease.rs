@@ -1,5 +1,6 @@
 //! The `etcdserverpb.Lease` service.
 
+use super::access::cert_user;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -41,7 +42,8 @@ impl Lease for LeaseService {
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         // etcd 3.4 checks no permission to grant a lease, but refuses an invalid token.
-        self.access.caller(request.metadata())?;
+        self.access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
         let req = request.into_inner();
         validate::lease_grant(&req)?;
         let mut resp = self.node.lease_grant(req.id, req.ttl).await?;
@@ -57,7 +59,9 @@ impl Lease for LeaseService {
         // (etcd's checkLeasePuts).
         let id = request.get_ref().id;
         let needs = self.access.lease_needs(id);
-        let requester = self.access.permit(request.metadata(), &needs)?;
+        let requester =
+            self.access
+                .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
         let mut resp = self.node.lease_revoke_as(id, Some(requester)).await?;
         resp.header = self.node.complete_header(resp.header);
         Ok(Response::new(resp))

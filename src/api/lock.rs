@@ -6,6 +6,7 @@
 //! watcher, and a client that goes away drops its wait (the watcher goes with it). `Unlock(key)`
 //! deletes the key. The lease bounds everything: when it expires its key goes, and so does the lock.
 
+use super::access::cert_user;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -180,7 +181,8 @@ impl Lock for LockService {
         let prefix = [request.get_ref().name.as_slice(), b"/"].concat();
         let mut needs = super::access::Access::prefix_needs(&prefix);
         needs.extend(self.access.lease_needs(request.get_ref().lease));
-        self.access.permit(request.metadata(), &needs)?;
+        self.access
+            .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
         let req = request.into_inner();
         if req.name.is_empty() {
             return Err(super::validate::ValidationError::EmptyKey.into());
@@ -202,7 +204,8 @@ impl Lock for LockService {
             &request.get_ref().key,
             &[],
         )];
-        self.access.permit(request.metadata(), &needs)?;
+        self.access
+            .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
         let key = request.into_inner().key;
         let del = DeleteRangeRequest {
             key,

@@ -37,7 +37,10 @@ impl MaintenanceService {
     /// authMaintenanceServer; Status, Alarm and MoveLeader are not checked there).
     fn admin_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
         self.access
-            .permit_admin(request.metadata())
+            .permit_admin(
+                request.metadata(),
+                super::access::cert_user(request.extensions()),
+            )
             .map(|_| ())
             .map_err(super::status::maintenance_denied)
     }

@@ -193,10 +193,39 @@ impl AsyncWrite for ClientStream {
     }
 }
 
+/// What the client API knows of a connection (in each request's extensions).
+#[derive(Debug, Clone)]
+pub struct ClientConnInfo {
+    /// Its TCP addresses.
+    pub tcp: <TcpStream as tonic::transport::server::Connected>::ConnectInfo,
+    /// The common name of the client certificate, on a TLS connection whose client presented one
+    /// (only asked for, and then verified, with `--client-cert-auth`).
+    pub common_name: Option<String>,
+}
+
 impl tonic::transport::server::Connected for ClientStream {
-    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+    type ConnectInfo = ClientConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp().connect_info()
+        let common_name = match self {
+            ClientStream::Plain(_) => None,
+            ClientStream::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| common_name(cert.as_ref())),
+        };
+        ClientConnInfo {
+            tcp: self.tcp().connect_info(),
+            common_name,
+        }
     }
+}
+
+/// The subject common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }

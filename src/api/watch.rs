@@ -50,6 +50,8 @@ struct StreamState {
     /// The stream's metadata: its token is checked again at every create request (it may expire
     /// while the stream lives), as etcd does.
     metadata: tonic::metadata::MetadataMap,
+    /// The user its verified client certificate names (`--client-cert-auth`), if any.
+    cert_user: Option<String>,
     stream: u64,
     tx: mpsc::Sender<HubMessage>,
     /// Next id to hand out when the client lets the server choose (etcd starts at 0).
@@ -72,7 +74,10 @@ impl StreamState {
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), ResponsesGone> {
         let head = self.node.current_revision();
         let needs = crate::auth::perms::watch_needs(&req);
-        if let Err(e) = self.access.permit(&self.metadata, &needs) {
+        if let Err(e) = self
+            .access
+            .permit(&self.metadata, self.cert_user.as_deref(), &needs)
+        {
             return self
                 .refuse(head, &super::status::watch_cancel_reason(e))
                 .await;
@@ -278,6 +283,7 @@ impl WatchService {
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
         let metadata = request.metadata().clone();
+        let cert_user = super::access::cert_user(request.extensions()).map(str::to_string);
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(limits::WATCH_STREAM_BUFFER);
         let stream = self.node.watch_hub().new_stream();
@@ -285,6 +291,7 @@ impl WatchService {
             node: self.node.clone(),
             access: self.access.clone(),
             metadata,
+            cert_user,
             stream,
             tx,
             next_auto_id: 0,
