@@ -72,3 +72,11 @@ fn seeds_that_found_bugs_still_pass() {
         metastore_sim::trace::run_twice(seed, run);
     }
 }
+
+#[test]
+fn madsim_determinism_check() {
+    // madsim runs the seed twice and fails on the first divergent random draw or scheduling.
+    Runtime::check_determinism(seeds()[0], madsim::Config::default(), || async {
+        metastore_sim::chaos::run(seeds()[0], Trace::new()).await;
+    });
+}

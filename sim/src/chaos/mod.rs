@@ -14,7 +14,7 @@
 //!    it received a proposal.
 //! 2. **Liveness phase**: every fault is healed and stopped members restart; within
 //!    [`LIVENESS_BOUND`] of simulated time a leader is elected, the clients finish, a final write
-//!    to every key succeeds and is read back through every member, every watcher catches up, every
+//!    to every key succeeds and is read (linearizably) through every member, every watcher catches up, every
 //!    member's `HashKV` agrees, and a fresh lease with its keep-alives stopped takes its key with
 //!    it within its TTL + [`LEASE_EXPIRY_BOUND`].
 //! 3. **Checks**: the KV history is linearizable (puts, gets, deletes, CAS, prefix ranges),
@@ -801,7 +801,9 @@ async fn final_writes(urls: &[String], rec: &Recorder, trace: &Trace) -> i64 {
                 .kvs
                 .first()
                 .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-            assert_eq!(value.as_deref(), Some(format!("final-{i}").as_str()));
+            // Usually `final-{i}`; but a write whose client gave up during the safety phase may
+            // still commit later, after the final one: whether the value read is allowed is the
+            // linearizability checker's call, with the whole history.
             rec.with(|r| {
                 r.kv.push(Event {
                     key,
@@ -872,6 +874,17 @@ async fn converge(
         }
         madsim::time::sleep(Duration::from_millis(300)).await;
     }
+    // Leases first, keys second: a lease gone from the list never comes back, so a key read
+    // afterwards that still names it outlived its lease (the other order races with expiry).
+    let mut l = LeaseClient::connect(urls[0].clone())
+        .await
+        .expect("lease client");
+    let leases = l
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .expect("lease list")
+        .into_inner();
+    let live_leases: BTreeSet<i64> = leases.leases.iter().map(|s| s.id).collect();
     let mut kv = cluster::connect(&urls[0]).await;
     let all = kv
         .range(RangeRequest {
@@ -885,7 +898,7 @@ async fn converge(
     let mut out = Converged {
         kvs: Vec::new(),
         leased_keys: Vec::new(),
-        leases: BTreeSet::new(),
+        leases: live_leases,
     };
     for kv in all.kvs {
         let key = String::from_utf8_lossy(&kv.key).into_owned();
@@ -900,15 +913,6 @@ async fn converge(
             });
         }
     }
-    let mut l = LeaseClient::connect(urls[0].clone())
-        .await
-        .expect("lease client");
-    let leases = l
-        .lease_leases(LeaseLeasesRequest {})
-        .await
-        .expect("lease list")
-        .into_inner();
-    out.leases = leases.leases.iter().map(|s| s.id).collect();
     out
 }
 
