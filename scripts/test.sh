@@ -13,7 +13,7 @@ trap 'rm -f "$log"' EXIT
 echo "== unit, conformance and integration tests"
 cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 
-echo "== simulation tests (madsim, release; seeds: ${METASTORE_SIM_SEEDS:-1..200 per scenario})"
+echo "== simulation tests (madsim, release; seeds: ${METASTORE_SIM_SEEDS:-chaos 1..100, cluster and single member 1..200})"
 # The simulated build gets its own target dir: a RUSTFLAGS change rebuilds everything.
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-sim" \
   cargo test --release --manifest-path sim/Cargo.toml 2>&1 | tee -a "$log"
