@@ -355,7 +355,7 @@ impl HttpApi {
     async fn gateway_stream(
         &self,
         route: Route,
-        mut body: Incoming,
+        body: Incoming,
         token: Option<String>,
         max_body: usize,
     ) -> Response<Body> {
@@ -363,43 +363,21 @@ impl HttpApi {
         // call (a watch would otherwise wait for its next request forever).
         let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
         let reply = if route == Route::Watch {
-            let (first, buf, ended) = match read_first(&mut body, max_body).await {
-                Ok(read) => read,
-                Err(e) => return status_error(status::gateway_stream_error(e)),
-            };
-            let (tx, rx) = tokio::sync::mpsc::channel(limits::WATCH_STREAM_BUFFER);
             // etcd keeps a watch stream open after the request body ends.
-            let requests = Feed {
-                tx,
-                body,
-                buf,
-                ended,
-                max_body,
-                hold_open: true,
-                gone: gone_rx,
-            };
-            crate::rt::spawn(requests.run(first));
-            self.services
-                .watch_stream(receiver_stream(rx), token.as_deref())
-                .await
+            let requests =
+                match feed(body, max_body, limits::WATCH_STREAM_BUFFER, true, gone_rx).await {
+                    Ok(requests) => requests,
+                    Err(e) => return status_error(status::gateway_stream_error(e)),
+                };
+            self.services.watch_stream(requests, token.as_deref()).await
         } else {
-            let (first, buf, ended) = match read_first(&mut body, max_body).await {
-                Ok(read) => read,
+            let buffer = limits::LEASE_KEEPALIVE_STREAM_BUFFER;
+            let requests = match feed(body, max_body, buffer, false, gone_rx).await {
+                Ok(requests) => requests,
                 Err(e) => return status_error(status::gateway_stream_error(e)),
             };
-            let (tx, rx) = tokio::sync::mpsc::channel(limits::LEASE_KEEPALIVE_STREAM_BUFFER);
-            let requests = Feed {
-                tx,
-                body,
-                buf,
-                ended,
-                max_body,
-                hold_open: false,
-                gone: gone_rx,
-            };
-            crate::rt::spawn(requests.run(first));
             self.services
-                .keep_alive_stream(receiver_stream(rx), token.as_deref())
+                .keep_alive_stream(requests, token.as_deref())
                 .await
         };
         match reply {
@@ -509,6 +487,30 @@ async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
             Some(Err(_)) | None => return None,
         }
     }
+}
+
+/// Read the first request of a streaming call from `body`, then feed it and the rest (a task
+/// reads them as they come) into the stream returned, buffered up to `buffer` requests.
+async fn feed<T: DeserializeOwned + Default + Send + 'static>(
+    mut body: Incoming,
+    max_body: usize,
+    buffer: usize,
+    hold_open: bool,
+    gone: tokio::sync::oneshot::Receiver<()>,
+) -> Result<futures::stream::BoxStream<'static, Result<T, tonic::Status>>, GatewayError> {
+    let (first, buf, ended) = read_first(&mut body, max_body).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer);
+    let requests = Feed {
+        tx,
+        body,
+        buf,
+        ended,
+        max_body,
+        hold_open,
+        gone,
+    };
+    crate::rt::spawn(requests.run(first));
+    Ok(receiver_stream(rx))
 }
 
 fn receiver_stream<T: Send + 'static>(

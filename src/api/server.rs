@@ -178,25 +178,37 @@ pub async fn serve_metrics(
         );
         let stop = shutdown.clone();
         tasks.push(crate::rt::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    biased;
-                    _ = stop.wait() => return Ok(()),
-                    accepted = listener.accept() => accepted,
-                };
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        accept_failed(e).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            while let Some(stream) = accept_next(&listener, &stop).await {
                 crate::rt::spawn(http.clone().serve_connection(stream, stop.clone()));
             }
+            Ok(())
         }));
     }
     join_all(tasks).await
+}
+
+/// The next accepted connection, with TCP_NODELAY set (our own listeners bypass the builder's TCP
+/// options: without it small trailing HTTP/2 frames wait out Nagle + delayed ACK, ~40 ms); `None`
+/// once `stop` is raised. Failed accepts are waited out (`accept_failed`) and skipped.
+#[cfg(not(madsim))]
+async fn accept_next(
+    listener: &tokio::net::TcpListener,
+    stop: &Shutdown,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return Some(stream);
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
 }
 
 /// A failed accept (out of file descriptors, a connection reset before it was taken): logged,
@@ -228,22 +240,7 @@ async fn serve_client_listener(
         futures::channel::mpsc::channel::<std::io::Result<GrpcConn>>(limits::CLIENT_ACCEPT_QUEUE);
     let stop = shutdown.clone();
     let acceptor = crate::rt::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = stop.wait() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    accept_failed(e).await;
-                    continue;
-                }
-            };
-            // Our own listener bypasses the builder's TCP options: without TCP_NODELAY small
-            // trailing HTTP/2 frames wait out Nagle + delayed ACK (~40 ms).
-            let _ = stream.set_nodelay(true);
+        while let Some(stream) = accept_next(&listener, &stop).await {
             let mut grpc_tx = grpc_tx.clone();
             let http = http.clone();
             let stop = stop.clone();
