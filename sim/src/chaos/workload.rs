@@ -76,6 +76,40 @@ impl Recorder {
         f(&mut self.records.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// A call on `key` invoked at `invoke` that completed now with `op`'s answer; `change` is the
+    /// event it committed, if it changed the key.
+    pub fn completed(&self, key: &str, op: Op, invoke: u64, change: Option<(i64, Change)>) {
+        let complete = self.now();
+        self.with(|r| {
+            r.kv.push(Event {
+                key: key.to_string(),
+                op,
+                invoke,
+                complete: Some(complete),
+            });
+            if let Some((revision, change)) = change {
+                r.committed.push(Committed {
+                    revision,
+                    key: key.to_string(),
+                    change,
+                });
+            }
+        });
+    }
+
+    /// A call on `key` invoked at `invoke` whose outcome its client never learned.
+    pub fn unknown(&self, key: &str, op: Op, invoke: u64) {
+        self.with(|r| {
+            r.kv.push(Event {
+                key: key.to_string(),
+                op,
+                invoke,
+                complete: None,
+            });
+            r.calls_unknown += 1;
+        });
+    }
+
     fn seen(&self, client: &str, what: &str, revision: i64) {
         self.with(|r| {
             r.revisions.push(Seen {
@@ -143,12 +177,6 @@ pub async fn kv_client(
         n += 1;
         let value = format!("{me}-{n}");
         let invoke = rec.now();
-        let unknown = |op: Op| Event {
-            key: key.clone(),
-            op,
-            invoke,
-            complete: None,
-        };
         match random(10) {
             0..=3 => {
                 let put = PutRequest {
@@ -165,27 +193,13 @@ pub async fn kv_client(
                             "{me}: put {key}={value} at {rev} via {url} (term {})",
                             header.raft_term
                         ));
-                        rec.with(|r| {
-                            r.kv.push(Event {
-                                key: key.clone(),
-                                op: Op::Write {
-                                    value: value.clone(),
-                                    ok: true,
-                                },
-                                invoke,
-                                complete: Some(rec.now()),
-                            });
-                            r.committed.push(Committed {
-                                revision: rev,
-                                key: key.clone(),
-                                change: Change::Put(value.clone()),
-                            });
-                        });
+                        let op = Op::Write {
+                            value: value.clone(),
+                            ok: true,
+                        };
+                        rec.completed(&key, op, invoke, Some((rev, Change::Put(value))));
                     }
-                    _ => rec.with(|r| {
-                        r.kv.push(unknown(Op::Write { value, ok: false }));
-                        r.calls_unknown += 1;
-                    }),
+                    _ => rec.unknown(&key, Op::Write { value, ok: false }, invoke),
                 }
             }
             4..=6 => {
@@ -198,16 +212,10 @@ pub async fn kv_client(
                     let value = resp.kvs.first().map(|kv| utf8(&kv.value));
                     rec.seen(&me, "get", resp.header.map_or(0, |h| h.revision));
                     last_read.insert(key.clone(), value.clone());
-                    rec.with(|r| {
-                        r.kv.push(Event {
-                            key: key.clone(),
-                            op: Op::Read {
-                                result: Some(value),
-                            },
-                            invoke,
-                            complete: Some(rec.now()),
-                        })
-                    });
+                    let op = Op::Read {
+                        result: Some(value),
+                    };
+                    rec.completed(&key, op, invoke, None);
                 }
             }
             7 => {
@@ -224,26 +232,10 @@ pub async fn kv_client(
                             "{me}: delete {key} ({}) at {rev} via {url}",
                             resp.deleted
                         ));
-                        rec.with(|r| {
-                            r.kv.push(Event {
-                                key: key.clone(),
-                                op: Op::Delete { ok: true },
-                                invoke,
-                                complete: Some(rec.now()),
-                            });
-                            if resp.deleted > 0 {
-                                r.committed.push(Committed {
-                                    revision: rev,
-                                    key: key.clone(),
-                                    change: Change::Delete,
-                                });
-                            }
-                        });
+                        let change = (resp.deleted > 0).then_some((rev, Change::Delete));
+                        rec.completed(&key, Op::Delete { ok: true }, invoke, change);
                     }
-                    _ => rec.with(|r| {
-                        r.kv.push(unknown(Op::Delete { ok: false }));
-                        r.calls_unknown += 1;
-                    }),
+                    _ => rec.unknown(&key, Op::Delete { ok: false }, invoke),
                 }
             }
             _ => {
@@ -303,36 +295,24 @@ pub async fn kv_client(
                             "{me}: swap {key} {expect:?} -> {value}: {} at {rev} via {url}",
                             resp.succeeded
                         ));
-                        rec.with(|r| {
-                            r.kv.push(Event {
-                                key: key.clone(),
-                                op: Op::Cas {
-                                    expect: expect.clone(),
-                                    value: value.clone(),
-                                    succeeded: Some(resp.succeeded),
-                                    found: found.clone(),
-                                },
-                                invoke,
-                                complete: Some(rec.now()),
-                            });
-                            if resp.succeeded {
-                                r.committed.push(Committed {
-                                    revision: rev,
-                                    key: key.clone(),
-                                    change: Change::Put(value.clone()),
-                                });
-                            }
-                        });
+                        let change = resp.succeeded.then(|| (rev, Change::Put(value.clone())));
+                        let op = Op::Cas {
+                            expect,
+                            value,
+                            succeeded: Some(resp.succeeded),
+                            found,
+                        };
+                        rec.completed(&key, op, invoke, change);
                     }
-                    _ => rec.with(|r| {
-                        r.kv.push(unknown(Op::Cas {
+                    _ => {
+                        let op = Op::Cas {
                             expect,
                             value,
                             succeeded: None,
                             found: None,
-                        }));
-                        r.calls_unknown += 1;
-                    }),
+                        };
+                        rec.unknown(&key, op, invoke);
+                    }
                 }
             }
         }
