@@ -850,3 +850,153 @@ async fn auth_state_travels_in_raft_snapshots_and_backups() {
         "{out}"
     );
 }
+
+/// `(code, message)` of an etcd-client result that must have failed.
+fn refused<T: std::fmt::Debug>(result: Result<T, etcd_client::Error>) -> (Code, String) {
+    grpc(result.expect_err("the call must be refused"))
+}
+
+/// The security review's claim, tested: with auth enabled an unauthenticated client reaches
+/// nothing over gRPC but `Authenticate`, not even the RPCs etcd 3.4 leaves unchecked (Status,
+/// Alarm, MemberList, Compact, the lease RPCs, AuthStatus); a user reaches those, and raising or
+/// clearing alarms and moving the leader need root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_client_reaches_nothing_but_authenticate() {
+    use etcd_client::{AlarmAction, AlarmType, LeaseTimeToLiveOptions};
+    let empty = || {
+        (
+            Code::InvalidArgument,
+            "etcdserver: user name is empty".to_string(),
+        )
+    };
+    for engine in ENGINES {
+        let s = Server::start_with(engine, &FAST_BCRYPT);
+        set_up_client(&s).await;
+        let mut root = root_client(&s).await;
+        let lease = root.lease_grant(60, None).await.expect("grant").id();
+        root.put("app/leased", "x", Some(PutOptions::new().with_lease(lease)))
+            .await
+            .expect("attach");
+        let put = root.put("own/r", "1", None).await.expect("put");
+        let revision = put.header().expect("header").revision();
+
+        let mut anon = s.client().await;
+        let with_keys = || Some(LeaseTimeToLiveOptions::new().with_keys());
+        assert_eq!(refused(anon.status().await), empty(), "Status");
+        assert_eq!(
+            refused(anon.alarm(AlarmAction::Get, AlarmType::None, None).await),
+            empty(),
+            "Alarm get"
+        );
+        assert_eq!(
+            refused(
+                anon.alarm(AlarmAction::Activate, AlarmType::Nospace, None)
+                    .await
+            ),
+            (Code::Unknown, "auth: user name is empty".to_string()),
+            "Alarm activate"
+        );
+        assert_eq!(refused(anon.member_list().await), empty(), "MemberList");
+        assert_eq!(
+            refused(anon.compact(revision, None).await),
+            empty(),
+            "Compact"
+        );
+        assert_eq!(
+            refused(anon.lease_grant(60, None).await),
+            empty(),
+            "LeaseGrant"
+        );
+        assert_eq!(
+            refused(anon.lease_time_to_live(lease, with_keys()).await),
+            empty(),
+            "LeaseTimeToLive"
+        );
+        assert_eq!(refused(anon.leases().await), empty(), "LeaseLeases");
+        assert_eq!(
+            refused(anon.lease_keep_alive(lease).await),
+            empty(),
+            "LeaseKeepAlive"
+        );
+        // etcd-client has no AuthStatus: the generated client asks.
+        let mut auth =
+            metastore::pb::etcdserverpb::auth_client::AuthClient::connect(s.endpoint.clone())
+                .await
+                .expect("connect");
+        let status = auth
+            .auth_status(metastore::pb::etcdserverpb::AuthStatusRequest {})
+            .await
+            .expect_err("AuthStatus must be refused");
+        assert_eq!(
+            (status.code(), status.message().to_string()),
+            empty(),
+            "AuthStatus"
+        );
+        assert_eq!(
+            refused(anon.move_leader(1).await),
+            (Code::Unknown, "auth: user name is empty".to_string()),
+            "MoveLeader"
+        );
+        // Nothing the refused calls asked for happened.
+        let alarms = root
+            .alarm(AlarmAction::Get, AlarmType::None, None)
+            .await
+            .expect("root lists alarms");
+        assert!(alarms.alarms().is_empty(), "no alarm was raised");
+        let got = root.get(
+            "own/r",
+            Some(etcd_client::GetOptions::new().with_revision(revision - 1)),
+        );
+        got.await
+            .expect("history before the refused compaction is still there");
+
+        // A user (not root) reaches the unchecked RPCs, but not the root-only ones.
+        let opts = ConnectOptions::new().with_user("app", "secret");
+        let mut app = Client::connect([s.endpoint.as_str()], Some(opts))
+            .await
+            .expect("app connects");
+        app.status().await.expect("a user may ask for status");
+        app.member_list().await.expect("a user may list members");
+        app.leases().await.expect("a user may list leases");
+        let own = app.lease_grant(30, None).await.expect("a user may grant");
+        app.lease_time_to_live(own.id(), with_keys())
+            .await
+            .expect("a lease without keys");
+        // app reads "app/", so it may list lease's keys; a key it cannot read hides them.
+        let ttl = app
+            .lease_time_to_live(lease, with_keys())
+            .await
+            .expect("readable keys");
+        assert_eq!(ttl.keys(), [b"app/leased".to_vec()]);
+        root.put("secret/s", "x", Some(PutOptions::new().with_lease(lease)))
+            .await
+            .expect("attach a key app cannot read");
+        assert_eq!(
+            refused(app.lease_time_to_live(lease, with_keys()).await),
+            (
+                Code::PermissionDenied,
+                "etcdserver: permission denied".into()
+            )
+        );
+        app.lease_time_to_live(lease, None)
+            .await
+            .expect("without keys");
+        assert_eq!(
+            refused(
+                app.alarm(AlarmAction::Activate, AlarmType::Nospace, None)
+                    .await
+            ),
+            (Code::Unknown, "auth: permission denied".to_string())
+        );
+        assert_eq!(
+            refused(app.move_leader(1).await),
+            (Code::Unknown, "auth: permission denied".to_string())
+        );
+        app.compact(revision, None)
+            .await
+            .expect("a user may compact");
+        root.alarm(AlarmAction::Get, AlarmType::None, None)
+            .await
+            .expect("root lists alarms");
+    }
+}

@@ -663,3 +663,86 @@ fn lock_election_and_hash_routes_answer_in_json() {
         "etcdserver: bad leader transferee"
     );
 }
+
+/// With auth enabled, HTTP gives an unauthenticated client health, version and metrics, and the
+/// gateway's Authenticate; every other gateway route is refused until a token comes along.
+#[test]
+fn with_auth_on_http_serves_only_health_version_metrics_and_authenticate_anonymously() {
+    let server = Server::start_with("memory", &["--bcrypt-cost", "4"]);
+    // etcd's gateway recipe for auth, step by step through curl.
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            r#"{"name": "root", "password": "rootpw"}"#,
+        ),
+        ("/v3/auth/role/add", r#"{"name": "root"}"#),
+        ("/v3/auth/user/grant", r#"{"user": "root", "role": "root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        let answer = post(&server, path, body);
+        assert_eq!(answer.code, 200, "{path}: {}", answer.body);
+        assert!(
+            json(&answer.body)["header"]["revision"].is_string(),
+            "{path}"
+        );
+    }
+    for path in ["/health", "/livez", "/readyz", "/version", "/metrics"] {
+        assert_eq!(get(&server.endpoint, path).code, 200, "{path}");
+    }
+    let empty = r#"{"error":"etcdserver: user name is empty","message":"etcdserver: user name is empty","code":3}"#;
+    for (path, body) in [
+        ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+        ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
+        ("/v3/kv/compaction", r#"{"revision":"1"}"#),
+        ("/v3/lease/grant", r#"{"TTL":"60"}"#),
+        ("/v3/lease/timetolive", r#"{"ID":"1"}"#),
+        ("/v3/lease/leases", "{}"),
+        ("/v3/maintenance/status", "{}"),
+        ("/v3/maintenance/alarm", "{}"),
+        ("/v3/cluster/member/list", "{}"),
+    ] {
+        let answer = post(&server, path, body);
+        assert_eq!(answer.code, 400, "{path}: {}", answer.body);
+        assert_eq!(answer.body, empty, "{path}");
+    }
+    let login = post(
+        &server,
+        "/v3/auth/authenticate",
+        r#"{"name":"root","password":"rootpw"}"#,
+    );
+    assert_eq!(login.code, 200, "{}", login.body);
+    let token = json(&login.body)["token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let authorized = curl_with(
+        &format!("{}/v3/maintenance/status", server.endpoint),
+        &["-X", "POST", "-H", &format!("Authorization: {token}")],
+        Some("{}"),
+    );
+    assert_eq!(authorized.code, 200, "{}", authorized.body);
+    assert_eq!(json(&authorized.body)["version"], "3.5.0");
+    let root = |path: &str, body: &str| {
+        curl_with(
+            &format!("{}{path}", server.endpoint),
+            &["-X", "POST", "-H", &format!("Authorization: {token}")],
+            Some(body),
+        )
+    };
+    let users = root("/v3/auth/user/list", "{}");
+    assert_eq!(json(&users.body)["users"], serde_json::json!(["root"]));
+    let status = root("/v3/auth/status", "{}");
+    assert_eq!(json(&status.body)["enabled"], true, "{}", status.body);
+    let put = root("/v3/kv/put", r#"{"key": "Zm9v", "value": "YmFy"}"#);
+    assert_eq!(put.code, 200, "{}", put.body);
+    // The anonymous client still cannot administer auth.
+    let anonymous = post(
+        &server,
+        "/v3/auth/user/add",
+        r#"{"name": "x", "password": "y"}"#,
+    );
+    assert_eq!(anonymous.body, empty);
+    let disabled = root("/v3/auth/disable", "{}");
+    assert_eq!(disabled.code, 200, "{}", disabled.body);
+    assert_eq!(post(&server, "/v3/kv/range", r#"{"key":"Zm9v"}"#).code, 200);
+}

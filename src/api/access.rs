@@ -131,6 +131,18 @@ impl Access {
         self.check(&caller, needs)
     }
 
+    /// The caller of `metadata`, who must be a user that exists while auth is enabled: what every
+    /// RPC etcd 3.4 leaves unchecked (Status, Alarm, MemberList, Compact, the lease RPCs,
+    /// AuthStatus) asks for here, so an unauthenticated client reaches nothing but
+    /// `Authenticate` and the HTTP health, version and metrics endpoints.
+    pub fn authenticated(
+        &self,
+        metadata: &MetadataMap,
+        cert_user: Option<&str>,
+    ) -> Result<Requester, AuthError> {
+        self.permit(metadata, cert_user, &[])
+    }
+
     /// The caller of `metadata`, checked for admin rights.
     pub fn permit_admin(
         &self,
@@ -158,6 +170,15 @@ impl Access {
             .lease_keys(id)
             .iter()
             .map(|k| Need::new(PermKind::Write, k, &[]))
+            .collect()
+    }
+
+    /// What listing the keys attached to lease `id` needs: read access to each of them.
+    pub fn lease_read_needs(&self, id: i64) -> Vec<Need> {
+        self.node
+            .lease_keys(id)
+            .iter()
+            .map(|k| Need::new(PermKind::Read, k, &[]))
             .collect()
     }
 

@@ -126,8 +126,11 @@ impl Auth for AuthService {
 
     async fn auth_status(
         &self,
-        _request: Request<AuthStatusRequest>,
+        request: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
+        // etcd 3.4 answers anyone; here only a user, so nothing but Authenticate is anonymous.
+        self.access
+            .authenticated(request.metadata(), cert_user(request.extensions()))?;
         self.node.linearize().await?;
         let (enabled, auth_revision) = {
             let auth = self.node.auth();

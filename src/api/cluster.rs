@@ -147,8 +147,11 @@ impl Cluster for ClusterService {
 
     async fn member_list(
         &self,
-        _request: Request<MemberListRequest>,
+        request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        // etcd 3.4 lists members to anyone; here, only to an authenticated user.
+        self.access
+            .authenticated(request.metadata(), cert_user(request.extensions()))?;
         Ok(Response::new(MemberListResponse {
             header: self.header(),
             members: to_pb_all(self.node.members()),

@@ -81,6 +81,81 @@ pub enum Route {
     Leader,
     Observe,
     Resign,
+    /// The Auth service's administration and status calls (login is `Authenticate`).
+    Auth(AuthRoute),
+}
+
+/// The Auth RPCs the gateway serves besides `Authenticate`, each listed once: path below a
+/// prefix, route, request message and `AuthService` method. The macro builds the route enum, the
+/// parsed-request enum and their parse, print, size and call, so a new RPC is one line here.
+macro_rules! auth_routes {
+    ($($path:literal => $variant:ident($request:ident) => $method:ident,)*) => {
+        /// One of the Auth service's administration or status calls.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum AuthRoute {
+            $($variant,)*
+        }
+
+        impl AuthRoute {
+            /// Every auth route with its path below a prefix.
+            pub const ALL: [(&'static str, AuthRoute); [$(stringify!($variant)),*].len()] =
+                [$(($path, AuthRoute::$variant)),*];
+        }
+
+        /// The parsed request of an [`AuthRoute`].
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum AuthRequest {
+            $($variant(crate::pb::etcdserverpb::$request),)*
+        }
+
+        impl AuthRequest {
+            fn parse(route: AuthRoute, body: &[u8]) -> Result<Self, GatewayError> {
+                Ok(match route {
+                    $(AuthRoute::$variant => AuthRequest::$variant(parse_one(body)?),)*
+                })
+            }
+
+            fn to_json(&self) -> Vec<u8> {
+                match self {
+                    $(AuthRequest::$variant(r) => to_json(r),)*
+                }
+            }
+
+            fn encoded_len(&self) -> usize {
+                use prost::Message;
+                match self {
+                    $(AuthRequest::$variant(r) => r.encoded_len(),)*
+                }
+            }
+
+            async fn call(self, auth: &AuthService, token: Option<&str>) -> Result<Vec<u8>, Status> {
+                Ok(match self {
+                    $(AuthRequest::$variant(m) => {
+                        to_json(&auth.$method(with_token(m, token)).await?.into_inner())
+                    })*
+                })
+            }
+        }
+    };
+}
+
+auth_routes! {
+    "auth/enable" => Enable(AuthEnableRequest) => auth_enable,
+    "auth/disable" => Disable(AuthDisableRequest) => auth_disable,
+    "auth/status" => Status(AuthStatusRequest) => auth_status,
+    "auth/user/add" => UserAdd(AuthUserAddRequest) => user_add,
+    "auth/user/get" => UserGet(AuthUserGetRequest) => user_get,
+    "auth/user/list" => UserList(AuthUserListRequest) => user_list,
+    "auth/user/delete" => UserDelete(AuthUserDeleteRequest) => user_delete,
+    "auth/user/changepw" => UserChangePassword(AuthUserChangePasswordRequest) => user_change_password,
+    "auth/user/grant" => UserGrantRole(AuthUserGrantRoleRequest) => user_grant_role,
+    "auth/user/revoke" => UserRevokeRole(AuthUserRevokeRoleRequest) => user_revoke_role,
+    "auth/role/add" => RoleAdd(AuthRoleAddRequest) => role_add,
+    "auth/role/get" => RoleGet(AuthRoleGetRequest) => role_get,
+    "auth/role/list" => RoleList(AuthRoleListRequest) => role_list,
+    "auth/role/delete" => RoleDelete(AuthRoleDeleteRequest) => role_delete,
+    "auth/role/grant" => RoleGrantPermission(AuthRoleGrantPermissionRequest) => role_grant_permission,
+    "auth/role/revoke" => RoleRevokePermission(AuthRoleRevokePermissionRequest) => role_revoke_permission,
 }
 
 /// Paths below a prefix, as etcd 3.4's `rpc.proto` binds them (lease revoke, time-to-live and
@@ -121,9 +196,9 @@ const ROUTES: [(&str, Route); 32] = [
     ("election/resign", Route::Resign),
 ];
 
-/// Every route, for tests and the fuzz target (new routes go at the end: the fuzz seeds pick
-/// routes by index).
-pub const ALL_ROUTES: [Route; 29] = [
+/// The routes outside the auth table, for tests and the fuzz target (new routes go at the end:
+/// the fuzz seeds pick routes by index).
+const BASE_ROUTES: [Route; 29] = [
     Route::Range,
     Route::Put,
     Route::DeleteRange,
@@ -155,10 +230,32 @@ pub const ALL_ROUTES: [Route; 29] = [
     Route::Resign,
 ];
 
+/// Every route: [`BASE_ROUTES`], then the auth table's.
+pub const ALL_ROUTES: [Route; BASE_ROUTES.len() + AuthRoute::ALL.len()] = {
+    let mut all = [Route::Range; BASE_ROUTES.len() + AuthRoute::ALL.len()];
+    let mut i = 0;
+    while i < BASE_ROUTES.len() {
+        all[i] = BASE_ROUTES[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < AuthRoute::ALL.len() {
+        all[i + j] = Route::Auth(AuthRoute::ALL[j].1);
+        j += 1;
+    }
+    all
+};
+
 /// The route a request path names, if any.
 pub fn route(path: &str) -> Option<Route> {
     let rest = PREFIXES.iter().find_map(|p| path.strip_prefix(p))?;
-    ROUTES.iter().find(|(p, _)| *p == rest).map(|(_, r)| *r)
+    let auth = AuthRoute::ALL.iter().map(|(p, r)| (*p, Route::Auth(*r)));
+    ROUTES
+        .iter()
+        .copied()
+        .chain(auth)
+        .find(|(p, _)| *p == rest)
+        .map(|(_, r)| r)
 }
 
 /// Whether `path` is under a gateway prefix (an unknown path there gets the gateway's 404).
@@ -293,6 +390,7 @@ pub enum GatewayRequest {
     Leader(LeaderRequest),
     Observe(LeaderRequest),
     Resign(ResignRequest),
+    Auth(AuthRequest),
 }
 
 /// Parse a whole request body for `route` (streaming routes: every JSON value in it).
@@ -331,6 +429,7 @@ pub fn parse(route: Route, body: &[u8]) -> Result<GatewayRequest, GatewayError> 
         Route::Leader => G::Leader(parse_one(body)?),
         Route::Observe => G::Observe(parse_one(body)?),
         Route::Resign => G::Resign(parse_one(body)?),
+        Route::Auth(route) => G::Auth(AuthRequest::parse(route, body)?),
     })
 }
 
@@ -376,6 +475,7 @@ impl GatewayRequest {
             G::Proclaim(r) => to_json(r),
             G::Leader(r) | G::Observe(r) => to_json(r),
             G::Resign(r) => to_json(r),
+            G::Auth(r) => r.to_json(),
         }
     }
 
@@ -412,6 +512,7 @@ impl GatewayRequest {
             G::Proclaim(r) => r.encoded_len(),
             G::Leader(r) | G::Observe(r) => r.encoded_len(),
             G::Resign(r) => r.encoded_len(),
+            G::Auth(r) => r.encoded_len(),
         }
     }
 }
@@ -642,6 +743,7 @@ impl Services {
                     .await?
                     .into_inner(),
             ),
+            G::Auth(m) => m.call(&self.auth, token).await?,
             G::Observe(m) => {
                 let responses = self
                     .election
@@ -724,8 +826,22 @@ mod tests {
         assert_eq!(route("/v3alpha/kv/range"), None);
         assert_eq!(route("/v3/kv/range/"), None);
         assert!(under_prefix("/v3/nothing") && !under_prefix("/metrics"));
+        assert_eq!(
+            route("/v3/auth/user/changepw"),
+            Some(Route::Auth(AuthRoute::UserChangePassword))
+        );
+        assert_eq!(
+            route("/v3beta/auth/role/revoke"),
+            Some(Route::Auth(AuthRoute::RoleRevokePermission))
+        );
         for r in ALL_ROUTES {
-            assert!(ROUTES.iter().any(|(_, x)| *x == r), "{r:?} has a path");
+            let path = ROUTES
+                .iter()
+                .chain(&AuthRoute::ALL.map(|(p, a)| (p, Route::Auth(a))))
+                .find(|(_, x)| *x == r)
+                .map(|(p, _)| *p);
+            let path = path.unwrap_or_else(|| panic!("{r:?} has no path"));
+            assert_eq!(route(&format!("/v3/{path}")), Some(r));
         }
     }
 

@@ -41,9 +41,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        // etcd 3.4 checks no permission to grant a lease, but refuses an invalid token.
+        // etcd 3.4 checks no permission to grant a lease; here the caller must be a user.
         self.access
-            .caller(request.metadata(), cert_user(request.extensions()))?;
+            .authenticated(request.metadata(), cert_user(request.extensions()))?;
         let req = request.into_inner();
         validate::lease_grant(&req)?;
         let mut resp = self.node.lease_grant(req.id, req.ttl).await?;
@@ -80,6 +80,14 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        // A user; listing the attached keys also needs read access to each (as etcd 3.5 checks).
+        let needs = if request.get_ref().keys {
+            self.access.lease_read_needs(request.get_ref().id)
+        } else {
+            Vec::new()
+        };
+        self.access
+            .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
         let req = request.into_inner();
         let header = Some(self.node.header(self.node.current_revision()));
         let Some(LeaseStatus {
@@ -108,8 +116,10 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.access
+            .authenticated(request.metadata(), cert_user(request.extensions()))?;
         let header = Some(self.node.header(self.node.current_revision()));
         let leases = self
             .node
@@ -131,6 +141,9 @@ impl LeaseService {
     where
         S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
     {
+        // Checked once, when the stream opens (etcd 3.4 checks nothing here).
+        self.access
+            .authenticated(request.metadata(), cert_user(request.extensions()))?;
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(limits::LEASE_KEEPALIVE_STREAM_BUFFER);
         let node = self.node.clone();

@@ -33,8 +33,8 @@ impl MaintenanceService {
         Self { node, access }
     }
 
-    /// Defragment, Hash, HashKV and Snapshot need the root role while auth is enabled (etcd 3.4's
-    /// authMaintenanceServer; Status, Alarm and MoveLeader are not checked there).
+    /// Defragment, Hash, HashKV, Snapshot and MoveLeader need the root role while auth is enabled
+    /// (etcd 3.4's authMaintenanceServer, plus MoveLeader, which etcd leaves unchecked).
     fn admin_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
         self.access
             .permit_admin(
@@ -43,6 +43,19 @@ impl MaintenanceService {
             )
             .map(|_| ())
             .map_err(super::status::maintenance_denied)
+    }
+
+    /// Status and listing alarms need an authenticated user while auth is enabled; raising or
+    /// clearing an alarm needs root. etcd 3.4 checks neither, which lets any client that can
+    /// connect refuse every write with a NOSPACE alarm.
+    fn authenticated<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.access
+            .authenticated(
+                request.metadata(),
+                super::access::cert_user(request.extensions()),
+            )
+            .map(|_| ())
+            .map_err(Status::from)
     }
 }
 
@@ -67,6 +80,10 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        match request.get_ref().action() {
+            AlarmAction::Get => self.authenticated(&request)?,
+            AlarmAction::Activate | AlarmAction::Deactivate => self.admin_only(&request)?,
+        }
         let req = request.into_inner();
         match req.action() {
             AlarmAction::Get => {
@@ -96,8 +113,9 @@ impl Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        self.authenticated(&request)?;
         let s = self.node.raft_status();
         let db_size = self.node.db_size_bytes() as i64;
         Ok(Response::new(StatusResponse {
@@ -179,6 +197,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.admin_only(&request)?;
         self.node.move_leader(request.get_ref().target_id).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.node.header(self.node.current_revision())),

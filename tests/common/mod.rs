@@ -354,10 +354,18 @@ impl TestCluster {
                     continue;
                 }
                 let mut c = m.client().await;
-                if let Ok(status) = c.status().await {
-                    let leader = status.leader();
-                    if leader != 0 && status.header().map(|h| h.member_id()) == Some(leader) {
-                        return i;
+                match c.status().await {
+                    Ok(status) => {
+                        let leader = status.leader();
+                        if leader != 0 && status.header().map(|h| h.member_id()) == Some(leader) {
+                            return i;
+                        }
+                    }
+                    // With auth enabled Status needs a user; `/metrics` answers anyone.
+                    Err(_) => {
+                        if is_leader_by_metrics(&m.host_port()).await {
+                            return i;
+                        }
                     }
                 }
             }
@@ -365,6 +373,26 @@ impl TestCluster {
         }
         panic!("no member reported itself leader within 30 s");
     }
+}
+
+/// Whether the member serving HTTP on `host_port` says `etcd_server_is_leader 1` in `/metrics`
+/// (false if it cannot be asked).
+async fn is_leader_by_metrics(host_port: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut conn = tokio::net::TcpStream::connect(host_port).await.ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.ok()?;
+        Some(answer.lines().any(|l| l == "etcd_server_is_leader 1"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// Run `etcdctl` (v3 API) against `endpoints` (`host:port,...`); returns success and stdout+stderr.
