@@ -335,3 +335,44 @@ async fn large_revisions_arrive_in_fragments_when_asked() {
         );
     }
 }
+
+/// A client that closes its sending side after its create request (as a one-shot watcher written
+/// against etcd may) still gets the events: etcd keeps such a stream open until the client leaves.
+#[tokio::test]
+async fn a_half_closed_stream_keeps_its_watchers() {
+    use metastore::pb::etcdserverpb::watch_client::WatchClient;
+    use metastore::pb::etcdserverpb::watch_request::RequestUnion;
+    use metastore::pb::etcdserverpb::{WatchCreateRequest, WatchRequest};
+    for engine in ENGINES {
+        let server = Server::start(engine);
+        let mut raw = WatchClient::connect(server.endpoint.clone())
+            .await
+            .expect("connect");
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: b"half".to_vec(),
+                ..Default::default()
+            })),
+        };
+        // The request stream ends right after the create request.
+        let mut responses = raw
+            .watch(futures::stream::iter([create]))
+            .await
+            .expect("watch")
+            .into_inner();
+        let within = |what: &'static str| {
+            move |r: Result<_, _>| r.unwrap_or_else(|_| panic!("{what} within 10 s"))
+        };
+        let created = tokio::time::timeout(Duration::from_secs(10), responses.message()).await;
+        let created = within("created")(created).expect("ok").expect("open");
+        assert!(created.created, "[{engine}] {created:?}");
+        let mut c = server.client().await;
+        c.put("half", "1", None).await.expect("put");
+        let event = tokio::time::timeout(Duration::from_secs(10), responses.message()).await;
+        let event = within("the event")(event)
+            .expect("ok")
+            .unwrap_or_else(|| panic!("[{engine}] the stream ended after the client's half-close"));
+        assert_eq!(event.events.len(), 1, "[{engine}] {event:?}");
+        assert_eq!(event.events[0].kv.as_ref().expect("kv").value, b"1");
+    }
+}

@@ -3,7 +3,8 @@
 //! Each stream has one bounded channel (the hub writes events into it, the request loop writes
 //! created/canceled/progress replies into it), so a watcher's `created` reply always precedes its
 //! events and a slow client costs at most the channel. When the client goes away, the request loop
-//! ends and removes every watcher of the stream at once.
+//! ends and removes every watcher of the stream at once; a client that only closes its sending
+//! side keeps its watchers, as with etcd.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -298,13 +299,25 @@ impl WatchService {
             ids: BTreeSet::new(),
         };
         crate::rt::spawn(async move {
-            // Ends when the client closes its side or goes away (error), or when the response side
-            // is gone (send fails); either way every watcher of the stream goes with it.
-            while let Some(Ok(req)) = requests.next().await {
-                if state.handle(req).await.is_err() {
-                    break;
+            loop {
+                match requests.next().await {
+                    Some(Ok(req)) => {
+                        if state.handle(req).await.is_err() {
+                            break;
+                        }
+                    }
+                    // A broken request stream: the client is gone or sent garbage.
+                    Some(Err(_)) => break,
+                    // The client closed its sending side only. etcd keeps such a stream's
+                    // watchers and goes on sending their events until the client leaves, which
+                    // drops the response side.
+                    None => {
+                        state.tx.closed().await;
+                        break;
+                    }
                 }
             }
+            // Every watcher of the stream goes with it.
             state.node.watch_hub().remove_stream(state.stream);
         });
         let node = self.node.clone();
