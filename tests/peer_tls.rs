@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::certs::{Identity, TestCa};
-use common::{ClusterSpec, TestCluster, ENGINES};
-use etcd_client::GetOptions;
+use common::{free_port, ClusterSpec, TestCluster, ENGINES};
+use etcd_client::{GetOptions, MemberAddOptions};
 use metastore::config::TlsFlags;
 use metastore::pb::metastore::MembersRequest;
 use metastore::raft::network::PeerChannels;
@@ -134,6 +134,38 @@ async fn https_peers_replicate_and_survive_a_restart() {
         }
         wait_serializable(&cluster, leader, "tls-key", "v2").await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_with_an_https_url_joins_over_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(tmp.path(), "cluster");
+    let shared = peer_flags(&ca.issue("member", &["127.0.0.1", "localhost"]), &ca);
+    // The flags go to every member, the one that joins later too.
+    let mut cluster = TestCluster::start_spec(
+        3,
+        ClusterSpec {
+            engine: "memory".to_string(),
+            peer_scheme: "https",
+            extra: shared,
+            ..ClusterSpec::default()
+        },
+    );
+    cluster.leader().await;
+    let mut client = cluster.members[0].client().await;
+    client.put("before-join", "v", None).await.expect("put");
+    let peer_port = free_port();
+    let url = format!("https://127.0.0.1:{peer_port}");
+    client
+        .member_add(
+            [url.as_str()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("member add with an https peer URL");
+    // The new member asks the others who it is over TLS, then the leader replicates to it.
+    let joined = cluster.start_joining("m3", peer_port);
+    wait_serializable(&cluster, joined, "before-join", "v").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
