@@ -24,6 +24,48 @@ pub enum ClusterState {
     Existing,
 }
 
+/// Which port a set of TLS flags serves: their names in errors differ (`--cert-file` or
+/// `--peer-cert-file`), and so do the protocols offered (the client port also speaks HTTP/1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPort {
+    Client,
+    Peer,
+}
+
+impl TlsPort {
+    /// The prefix of this port's flag names (`peer-` for `--peer-cert-file`).
+    pub fn flag_prefix(self) -> &'static str {
+        match self {
+            TlsPort::Client => "",
+            TlsPort::Peer => "peer-",
+        }
+    }
+
+    /// What etcd calls the URLs of this port in its errors.
+    pub fn url_kind(self) -> &'static str {
+        match self {
+            TlsPort::Client => "client",
+            TlsPort::Peer => "peer",
+        }
+    }
+}
+
+/// One port's TLS flags, as etcd's `TLSInfo`: `--cert-file`, `--key-file`, `--trusted-ca-file`,
+/// `--client-cert-auth`, or their `--peer-` twins. Paths only; `api::tls` reads the files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFlags {
+    /// The certificate chain this member presents (PEM): as a server, and on the peer port also
+    /// as a client when it dials other members.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// CAs (PEM) that sign the certificates this member accepts: client certificates, and on the
+    /// peer port the other members' server certificates.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by a CA of `trusted_ca_file`.
+    pub client_cert_auth: bool,
+}
+
 /// Everything one member needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -69,15 +111,24 @@ pub struct ServerConfig {
     pub auth_token_ttl: Duration,
     /// bcrypt cost of stored password hashes (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
+    /// Peer TLS (`--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
+    /// `--peer-client-cert-auth`): serves `https://` listen peer URLs and dials `https://` peers.
+    pub peer_tls: TlsFlags,
 }
 
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("invalid URL {0:?}: expected http://HOST:PORT with an IP address or localhost")]
+    #[error("invalid URL {0:?}: expected http://HOST:PORT (https:// for client and peer URLs) with an IP address or localhost")]
     BadUrl(String),
-    #[error("https URLs ({0}) are served only to clients (peer TLS is not supported yet)")]
+    #[error(
+        "https URL {0} is not served here (client and peer URLs may be https, metrics URLs not)"
+    )]
     TlsUnsupported(String),
+    #[error("--{}client-cert-auth needs --{}trusted-ca-file", .0.flag_prefix(), .0.flag_prefix())]
+    NoTrustedCa(TlsPort),
+    #[error("--peer-trusted-ca-file must be given to verify the https peer URL {0} (the system's CA store is not used)")]
+    NoPeerCa(String),
     #[error("--{flag} must be between {min} and {max}, got {got}")]
     OutOfRange {
         flag: &'static str,
@@ -120,6 +171,7 @@ impl Default for ServerConfig {
             strict_reconfig_check: true,
             auth_token_ttl: Duration::from_secs(limits::AUTH_TOKEN_TTL_SECS_DEFAULT),
             bcrypt_cost: limits::BCRYPT_COST_DEFAULT,
+            peer_tls: TlsFlags::default(),
         }
     }
 }
@@ -137,13 +189,21 @@ impl ServerConfig {
             return Err(ConfigError::NoPeerUrl);
         }
         for url in &self.advertise_peer_urls {
-            parse_url(url)?;
+            parse_tls_url(url)?;
         }
-        crate::cluster::check_self(
-            &self.initial_cluster_or_self(),
-            &self.name,
-            &self.advertise_peer_urls,
-        )?;
+        let cluster = self.initial_cluster_or_self();
+        crate::cluster::check_self(&cluster, &self.name, &self.advertise_peer_urls)?;
+        if self.peer_tls.client_cert_auth && self.peer_tls.trusted_ca_file.is_none() {
+            return Err(ConfigError::NoTrustedCa(TlsPort::Peer));
+        }
+        // A member dials every other member of --initial-cluster, and the others dial it at its
+        // advertised URLs: an https one must be verifiable against a CA we were given.
+        if self.peer_tls.trusted_ca_file.is_none() {
+            let peer_urls = cluster.values().flatten().chain(&self.advertise_peer_urls);
+            if let Some(url) = peer_urls.into_iter().find(|u| u.starts_with("https://")) {
+                return Err(ConfigError::NoPeerCa(url.clone()));
+            }
+        }
         let range = |flag, got: u64, min: u64, max: u64| {
             if got < min || got > max {
                 Err(ConfigError::OutOfRange {
@@ -218,7 +278,8 @@ impl ServerConfig {
     }
 }
 
-/// Parse one `http://host:port` URL into a socket address (`localhost` means 127.0.0.1).
+/// Parse one `http://host:port` URL into a socket address (`localhost` means 127.0.0.1); `https`
+/// is refused (see [`parse_tls_url`] for the listeners that serve it).
 pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
     let url = url.trim();
     if url.starts_with("https://") || url.starts_with("unixs://") {
@@ -236,15 +297,23 @@ pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::BadUrl(url.to_string()))
 }
 
-/// Parse etcd's comma-separated client URL list: each address, and whether it is `https://`
-/// (served with TLS).
-pub fn parse_client_urls(urls: &str) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+/// Parse one `http://` or `https://` URL (client and peer URLs): its address, and whether it is
+/// `https` (served and dialed with TLS).
+pub fn parse_tls_url(url: &str) -> Result<(SocketAddr, bool), ConfigError> {
+    match url.trim().strip_prefix("https://") {
+        Some(rest) => parse_url(&format!("http://{rest}"))
+            .map(|a| (a, true))
+            .map_err(|_| ConfigError::BadUrl(url.to_string())),
+        None => parse_url(url).map(|a| (a, false)),
+    }
+}
+
+/// Parse etcd's comma-separated client or peer URL list: each address, and whether it is
+/// `https://` (served with TLS).
+pub fn parse_tls_urls(urls: &str) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
     urls.split(',')
         .filter(|u| !u.trim().is_empty())
-        .map(|u| match u.trim().strip_prefix("https://") {
-            Some(rest) => parse_url(&format!("http://{rest}")).map(|a| (a, true)),
-            None => parse_url(u).map(|a| (a, false)),
-        })
+        .map(parse_tls_url)
         .collect()
 }
 
@@ -288,8 +357,12 @@ mod tests {
             parse_url("http://example:2379"),
             Err(ConfigError::BadUrl(_))
         ));
+        assert!(matches!(
+            parse_tls_url("https://example:2379"),
+            Err(ConfigError::BadUrl(u)) if u == "https://example:2379"
+        ));
         assert_eq!(
-            parse_client_urls("https://127.0.0.1:2379,http://localhost:2380").unwrap(),
+            parse_tls_urls("https://127.0.0.1:2379,http://localhost:2380").unwrap(),
             vec![
                 ("127.0.0.1:2379".parse().unwrap(), true),
                 ("127.0.0.1:2380".parse().unwrap(), false)
@@ -315,5 +388,52 @@ mod tests {
             ServerConfig::default().quota_bytes(),
             limits::QUOTA_BACKEND_BYTES_DEFAULT
         );
+    }
+
+    #[test]
+    fn peer_tls_needs_a_ca() {
+        let https = ServerConfig {
+            advertise_peer_urls: vec!["https://127.0.0.1:2380".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            https.validate(),
+            Err(ConfigError::NoPeerCa("https://127.0.0.1:2380".into()))
+        );
+        let cluster = ServerConfig {
+            initial_cluster: crate::cluster::parse_initial_cluster(
+                "default=http://localhost:2380,b=https://127.0.0.1:3380",
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(
+            cluster.validate(),
+            Err(ConfigError::NoPeerCa("https://127.0.0.1:3380".into()))
+        );
+        let auth_without_ca = ServerConfig {
+            peer_tls: TlsFlags {
+                client_cert_auth: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            auth_without_ca.validate(),
+            Err(ConfigError::NoTrustedCa(TlsPort::Peer))
+        );
+        assert_eq!(
+            ConfigError::NoTrustedCa(TlsPort::Peer).to_string(),
+            "--peer-client-cert-auth needs --peer-trusted-ca-file"
+        );
+        let with_ca = ServerConfig {
+            peer_tls: TlsFlags {
+                trusted_ca_file: Some("ca.pem".into()),
+                client_cert_auth: true,
+                ..Default::default()
+            },
+            ..https
+        };
+        assert!(with_ca.validate().is_ok());
     }
 }

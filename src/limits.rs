@@ -156,6 +156,14 @@ pub const HTTP_MAX_CONNECTIONS: usize = 1024;
 /// server per listener.
 pub const CLIENT_ACCEPT_QUEUE: usize = 128;
 
+/// Peer connections accepted (and past their TLS handshake) but not yet taken by the gRPC server,
+/// per listener: a cluster has a few members, each with a few channels.
+pub const PEER_ACCEPT_QUEUE: usize = 64;
+
+/// How long a connection to an `https://` client or peer listener may take to complete its TLS
+/// handshake before it is closed (a handshake never finished would hold a task and a socket).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long `/health` waits for a linearizable read to confirm the member can serve (etcd: 1 s).
 pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 

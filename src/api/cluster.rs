@@ -54,9 +54,13 @@ fn to_pb_all(members: Vec<MemberInfo>) -> Vec<Member> {
     members.into_iter().map(to_pb).collect()
 }
 
-/// Peer URLs as etcd accepts them: at least one, each `http://host:port`.
+/// Peer URLs as etcd accepts them: at least one, each `http://host:port` or `https://host:port`.
 fn check_urls(urls: &[String]) -> Result<Vec<String>, Status> {
-    if urls.is_empty() || urls.iter().any(|u| crate::config::parse_url(u).is_err()) {
+    if urls.is_empty()
+        || urls
+            .iter()
+            .any(|u| crate::config::parse_tls_url(u).is_err())
+    {
         return Err(MembershipError::BadUrls.into());
     }
     let mut urls: Vec<String> = urls

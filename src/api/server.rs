@@ -1,7 +1,9 @@
-//! Serving the client API: binds the listen addresses and runs the gRPC server until shutdown.
-//! On the client port, HTTP/1.1 connections (health, metrics, the JSON gateway) are told apart
-//! from gRPC by their first bytes and served by `api::http`; `--listen-metrics-urls` listeners
-//! serve only HTTP.
+//! Serving the client API and the peer service: binds the listen addresses and runs the gRPC
+//! servers until shutdown. On the client port, HTTP/1.1 connections (health, metrics, the JSON
+//! gateway) are told apart from gRPC by their first bytes and served by `api::http`;
+//! `--listen-metrics-urls` listeners serve only HTTP; the peer port serves only gRPC. An
+//! `https://` client or peer listener completes a TLS handshake (`api::tls`) on each connection
+//! first.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -232,10 +234,10 @@ async fn serve_client_listener(
 ) -> Result<(), tonic::transport::Error> {
     use super::authority::AuthorityFix;
     use super::http::{sniff, Prefixed, Protocol};
-    use super::tls::ClientStream;
+    use super::tls::ServerStream;
     use futures::SinkExt;
 
-    type GrpcConn = AuthorityFix<Prefixed<ClientStream>>;
+    type GrpcConn = AuthorityFix<Prefixed<ServerStream>>;
     let (grpc_tx, grpc_rx) =
         futures::channel::mpsc::channel::<std::io::Result<GrpcConn>>(limits::CLIENT_ACCEPT_QUEUE);
     let stop = shutdown.clone();
@@ -247,19 +249,8 @@ async fn serve_client_listener(
             let tls = tls.clone();
             // The handshake and sniffing wait for the client: never in the accept loop.
             crate::rt::spawn(async move {
-                let mut stream = match tls {
-                    None => ClientStream::Plain(stream),
-                    Some(acceptor) => {
-                        let handshake = acceptor.accept(stream);
-                        match crate::rt::timeout(limits::CLIENT_SNIFF_TIMEOUT, handshake).await {
-                            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
-                            Ok(Err(e)) => {
-                                tracing::debug!("TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(crate::rt::Elapsed) => return,
-                        }
-                    }
+                let Some(mut stream) = handshake(stream, tls.as_ref()).await else {
+                    return;
                 };
                 let sniffed =
                     crate::rt::timeout(limits::CLIENT_SNIFF_TIMEOUT, sniff(&mut stream)).await;
@@ -287,6 +278,32 @@ async fn serve_client_listener(
     served
 }
 
+/// The TLS handshake of an accepted connection on an `https://` listener (`tls`), or the plain
+/// connection; `None` when the handshake fails (an untrusted or missing client certificate, not
+/// TLS at all) or takes longer than [`limits::TLS_HANDSHAKE_TIMEOUT`].
+#[cfg(not(madsim))]
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+) -> Option<super::tls::ServerStream> {
+    use super::tls::ServerStream;
+    let Some(acceptor) = tls else {
+        return Some(ServerStream::Plain(stream));
+    };
+    let peer = stream.peer_addr().ok();
+    match crate::rt::timeout(limits::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(ServerStream::Tls(Box::new(tls))),
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, "TLS handshake failed: {e}");
+            None
+        }
+        Err(crate::rt::Elapsed) => {
+            tracing::debug!(?peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Bind every address in `addrs`, report each bound address through `on_bound`, and serve other
 /// members (the `metastore.Peer` service) until `shutdown` is raised.
 pub async fn serve_peers(
@@ -295,10 +312,83 @@ pub async fn serve_peers(
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
-    serve_routers(|| peer_router(&node), addrs, shutdown, on_bound).await
+    #[cfg(not(madsim))]
+    {
+        let listeners = addrs.into_iter().map(|addr| (addr, None)).collect();
+        serve_peer_listeners(node, listeners, shutdown, on_bound).await
+    }
+    #[cfg(madsim)]
+    {
+        serve_routers(|| peer_router(&node), addrs, shutdown, on_bound).await
+    }
 }
 
-/// Serve a router from `make_router` on every address until `shutdown`.
+/// Bind every peer listener, report each bound address through `on_bound`, and serve other
+/// members on each until `shutdown` is raised; a listener with a TLS configuration
+/// (`--peer-cert-file` ...) serves inside TLS.
+#[cfg(not(madsim))]
+pub async fn serve_peer_listeners(
+    node: Arc<Node>,
+    listeners: Vec<(SocketAddr, Option<Arc<tokio_rustls::rustls::ServerConfig>>)>,
+    shutdown: Shutdown,
+    on_bound: impl Fn(SocketAddr),
+) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
+    for (addr, tls) in listeners {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        on_bound(listener.local_addr()?);
+        tasks.push(crate::rt::spawn(serve_peer_listener(
+            listener,
+            tls.map(tokio_rustls::TlsAcceptor::from),
+            peer_router(&node),
+            shutdown.clone(),
+        )));
+    }
+    join_all(tasks).await
+}
+
+/// Serve the peer service on one listener: each accepted connection (after its TLS handshake, on
+/// an `https://` listener) goes to `router`. Peers speak only gRPC: nothing is sniffed.
+#[cfg(not(madsim))]
+async fn serve_peer_listener(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: tonic::transport::server::Router,
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    use super::authority::AuthorityFix;
+    use super::tls::ServerStream;
+    use futures::SinkExt;
+
+    let (conn_tx, conn_rx) = futures::channel::mpsc::channel::<
+        std::io::Result<AuthorityFix<ServerStream>>,
+    >(limits::PEER_ACCEPT_QUEUE);
+    let stop = shutdown.clone();
+    let acceptor = crate::rt::spawn(async move {
+        while let Some(stream) = accept_next(&listener, &stop).await {
+            let mut conn_tx = conn_tx.clone();
+            let tls = tls.clone();
+            // A handshake waits for the peer: never in the accept loop.
+            crate::rt::spawn(async move {
+                if let Some(stream) = handshake(stream, tls.as_ref()).await {
+                    // Every connection goes through the `:authority` fix-up; one whose first
+                    // request is well-formed (peers always are) is passed through untouched.
+                    let _ = conn_tx.send(Ok(AuthorityFix::new(stream))).await;
+                }
+            });
+        }
+    });
+    let stop = shutdown.clone();
+    let served = router
+        .serve_with_incoming_shutdown(conn_rx, async move { stop.wait().await })
+        .await;
+    acceptor.abort();
+    served
+}
+
+/// Serve a router from `make_router` on every address until `shutdown` (the simulator's
+/// transport, which binds by address itself).
+#[cfg(madsim)]
 async fn serve_routers(
     make_router: impl Fn() -> tonic::transport::server::Router,
     addrs: Vec<SocketAddr>,
@@ -309,34 +399,13 @@ async fn serve_routers(
     for addr in &addrs {
         let router = make_router();
         let stop = shutdown.clone();
-        #[cfg(not(madsim))]
-        {
-            use futures::StreamExt;
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            on_bound(listener.local_addr()?);
-            // Our own listener (to learn the bound port) bypasses the builder's TCP options: set
-            // TCP_NODELAY here, or small trailing HTTP/2 frames wait out Nagle + delayed ACK (~40 ms).
-            // Every connection goes through the `:authority` fix-up; one whose first request is
-            // well-formed (peers always are) is passed through untouched after it.
-            let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|conn| conn.map(super::authority::AuthorityFix::new));
-            tasks.push(crate::rt::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
-                    .await
-            }));
-        }
-        #[cfg(madsim)]
-        {
-            on_bound(*addr);
-            let addr = *addr;
-            tasks.push(crate::rt::spawn(async move {
-                router
-                    .serve_with_shutdown(addr, async move { stop.wait().await })
-                    .await
-            }));
-        }
+        on_bound(*addr);
+        let addr = *addr;
+        tasks.push(crate::rt::spawn(async move {
+            router
+                .serve_with_shutdown(addr, async move { stop.wait().await })
+                .await
+        }));
     }
     join_all(tasks).await
 }

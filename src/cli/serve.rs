@@ -62,6 +62,20 @@ pub struct ServeArgs {
     /// Cluster token; part of the member and cluster ids.
     #[arg(long, default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
+    /// Path to the peer server TLS cert file (for https:// peer URLs; also this member's client
+    /// certificate when it dials other members).
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file (verifies other members' certificates).
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication: members dialing this one must present a
+    /// certificate signed by a CA of --peer-trusted-ca-file.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: bool,
     /// Comma-separated URLs to listen on for peer traffic.
     #[arg(long, default_value = "http://localhost:2380")]
     pub listen_peer_urls: String,
@@ -134,6 +148,26 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 impl ServeArgs {
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`.
+    pub fn client_tls(&self) -> config::TlsFlags {
+        config::TlsFlags {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+        }
+    }
+
+    /// `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`, `--peer-client-cert-auth`.
+    pub fn peer_tls(&self) -> config::TlsFlags {
+        config::TlsFlags {
+            cert_file: self.peer_cert_file.clone(),
+            key_file: self.peer_key_file.clone(),
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+        }
+    }
+
     /// Turn flags into a validated configuration.
     pub fn to_config(&self) -> Result<ServerConfig, config::ConfigError> {
         // etcd's `simple` may carry no options; JWT tokens are not served.
@@ -146,14 +180,17 @@ impl ServeArgs {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
-            listen_client_addrs: config::parse_client_urls(&self.listen_client_urls)?
+            listen_client_addrs: config::parse_tls_urls(&self.listen_client_urls)?
                 .into_iter()
                 .map(|(addr, _)| addr)
                 .collect(),
-            advertise_client_urls: split_client_urls(&self.advertise_client_urls)?,
+            advertise_client_urls: split_tls_urls(&self.advertise_client_urls)?,
             initial_cluster_token: self.initial_cluster_token.clone(),
-            listen_peer_addrs: config::parse_urls(&self.listen_peer_urls)?,
-            advertise_peer_urls: split_urls(&self.initial_advertise_peer_urls)?,
+            listen_peer_addrs: config::parse_tls_urls(&self.listen_peer_urls)?
+                .into_iter()
+                .map(|(addr, _)| addr)
+                .collect(),
+            advertise_peer_urls: split_tls_urls(&self.initial_advertise_peer_urls)?,
             initial_cluster: match &self.initial_cluster {
                 Some(text) => crate::cluster::parse_initial_cluster(text)?,
                 None => crate::cluster::InitialCluster::new(),
@@ -176,21 +213,17 @@ impl ServeArgs {
             strict_reconfig_check: self.strict_reconfig_check,
             auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
+            peer_tls: self.peer_tls(),
         };
         cfg.validate()?;
         Ok(cfg)
     }
 }
 
-/// A checked, comma-separated client URL list (`https://` allowed), kept as written.
-fn split_client_urls(text: &str) -> Result<Vec<String>, config::ConfigError> {
-    config::parse_client_urls(text)?;
-    Ok(keep_as_written(text))
-}
-
-/// A checked, comma-separated URL list, kept as written (without a trailing slash).
-fn split_urls(text: &str) -> Result<Vec<String>, config::ConfigError> {
-    config::parse_urls(text)?;
+/// A checked, comma-separated client or peer URL list (`https://` allowed), kept as written
+/// (without a trailing slash).
+fn split_tls_urls(text: &str) -> Result<Vec<String>, config::ConfigError> {
+    config::parse_tls_urls(text)?;
     Ok(keep_as_written(text))
 }
 
@@ -244,42 +277,65 @@ async fn stop_signal() {
     }
 }
 
+/// The listeners of a comma-separated URL list, each with its TLS configuration when `https://`
+/// (an error, as etcd's, when such a URL has no certificate).
+#[cfg(not(madsim))]
+fn tls_listeners(
+    urls: &str,
+    tls: &config::TlsFlags,
+    port: config::TlsPort,
+) -> Result<Vec<TlsListener>, String> {
+    let mut listeners = Vec::new();
+    for (addr, https) in config::parse_tls_urls(urls).map_err(|e| e.to_string())? {
+        let config = if https {
+            Some(
+                tls.server_config(port, &format!("https://{addr}"))
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        listeners.push((addr, config));
+    }
+    Ok(listeners)
+}
+
+/// A listen address and, for an `https://` URL, its TLS configuration.
+#[cfg(not(madsim))]
+type TlsListener = (
+    std::net::SocketAddr,
+    Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+);
+
 /// Run a member until it is told to stop. Prints one `serving client requests on ADDR` line per
 /// listener on stdout, which scripts and tests wait for.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
-    let cfg = args.to_config().map_err(|e| e.to_string())?;
-    // https:// client URLs get the TLS configuration (checked before anything starts).
+    // https:// client and peer URLs get their TLS configurations, and the peer channels theirs:
+    // every file is read and checked before anything starts. A listener's missing certificate is
+    // reported first, in etcd's words.
     #[cfg(not(madsim))]
-    let client_listeners = {
-        let tls = api::tls::ClientTls {
-            cert_file: args.cert_file.clone(),
-            key_file: args.key_file.clone(),
-            trusted_ca_file: args.trusted_ca_file.clone(),
-            client_cert_auth: args.client_cert_auth,
-        };
-        let mut listeners = Vec::new();
-        for (addr, https) in
-            config::parse_client_urls(&args.listen_client_urls).map_err(|e| e.to_string())?
-        {
-            let config = if https {
-                Some(
-                    tls.server_config(&format!("https://{addr}"))
-                        .map_err(|e| e.to_string())?,
-                )
-            } else {
-                None
-            };
-            listeners.push((addr, config));
-        }
-        listeners
-    };
+    let (client_listeners, peer_listeners) = (
+        tls_listeners(
+            &args.listen_client_urls,
+            &args.client_tls(),
+            config::TlsPort::Client,
+        )?,
+        tls_listeners(
+            &args.listen_peer_urls,
+            &args.peer_tls(),
+            config::TlsPort::Peer,
+        )?,
+    );
+    let cfg = args.to_config().map_err(|e| e.to_string())?;
+    let channels =
+        crate::raft::network::PeerChannels::new(&cfg.peer_tls).map_err(|e| e.to_string())?;
     let metrics_addrs = match &args.listen_metrics_urls {
         Some(urls) => config::parse_urls(urls).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
     let engine = open_engine(&cfg)?;
     tracing::info!(name = %cfg.name, engine = engine.kind(), data_dir = %cfg.data_dir.display(), "starting member");
-    let node = match Node::start(cfg.clone(), engine.clone()).await {
+    let node = match Node::start_with_peers(cfg.clone(), engine.clone(), channels).await {
         Ok(node) => node,
         Err(e) => {
             engine.close();
@@ -297,6 +353,16 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         stop_signal().await;
         stopper.trigger();
     });
+    #[cfg(not(madsim))]
+    let peers = crate::rt::spawn(api::server::serve_peer_listeners(
+        node.clone(),
+        peer_listeners,
+        shutdown.clone(),
+        |addr| {
+            println!("metastore: serving peer traffic on {addr}");
+        },
+    ));
+    #[cfg(madsim)]
     let peers = crate::rt::spawn(api::serve_peers(
         node.clone(),
         cfg.listen_peer_addrs.clone(),

@@ -118,8 +118,12 @@ async fn ask_cluster(
     let mut last_error = String::from("--initial-cluster names no other member");
     while rt::now() < deadline {
         for url in &peers {
-            let Ok(mut client) = channels.client(url) else {
-                continue;
+            let mut client = match channels.client(url) {
+                Ok(client) => client,
+                Err(e) => {
+                    last_error = e;
+                    continue;
+                }
             };
             let reply =
                 rt::timeout(limits::PEER_RPC_TIMEOUT, client.members(MembersRequest {})).await;

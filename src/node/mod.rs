@@ -63,6 +63,8 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("peer TLS: {0}")]
+    PeerTls(String),
 }
 
 /// Raft's figures for `Status`.
@@ -121,9 +123,19 @@ impl Node {
     /// until it leads; a member of a larger cluster returns at once (its peers may not be up yet)
     /// and requests wait for a leader within their deadline. Serve peers right after.
     pub async fn start(config: ServerConfig, engine: SharedEngine) -> Result<Arc<Node>, NodeError> {
+        let channels = PeerChannels::new(&config.peer_tls).map_err(NodeError::PeerTls)?;
+        Self::start_with_peers(config, engine, channels).await
+    }
+
+    /// [`Node::start`] with the peer channels made already (from `config.peer_tls`: the server
+    /// builds them before it opens anything, so a bad certificate file stops it first).
+    pub async fn start_with_peers(
+        config: ServerConfig,
+        engine: SharedEngine,
+        channels: PeerChannels,
+    ) -> Result<Arc<Node>, NodeError> {
         // Everything below writes through the fail-stop wrapper: one failed fsync stops the member.
         let (engine, disk_failure) = crate::storage::FailStop::wrap(engine);
-        let channels = PeerChannels::default();
         let identity = bootstrap::identify(&config, &engine, &channels).await?;
         let member_id = identity.member_id;
 

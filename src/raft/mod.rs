@@ -7,11 +7,13 @@
 //! | `AsyncRuntime` | [`crate::rt::SeamRuntime`] |
 //! | `RaftLogStorage`, `RaftLogReader` | [`log_store::LogStore`] |
 //! | `RaftStateMachine`, `RaftSnapshotBuilder` | [`state_machine::StateMachine`] |
-//! | `RaftNetworkFactory`, `RaftNetworkV2` | [`network::Network`] (gRPC `Peer` service) |
+//! | `RaftNetworkFactory`, `RaftNetworkV2` | [`network::Network`] (gRPC `Peer` service; `dial` adds TLS for `https://` peers) |
 //!
 //! [`Engine`]: crate::storage::Engine
 
 pub mod backup;
+#[cfg(not(madsim))]
+pub mod dial;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;

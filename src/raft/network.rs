@@ -37,28 +37,80 @@ pub struct SnapshotHeader {
     pub meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
 }
 
-/// Lazily connected gRPC channels to peers, one per URL, shared by raft and by request forwarding.
+/// Lazily connected gRPC channels to peers, one per URL, shared by raft, request forwarding and
+/// the join at startup: every dial to another member goes through [`PeerChannels::client`].
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<BTreeMap<String, PeerClient<Channel>>>>,
+    /// How `https://` peers are dialed (`--peer-trusted-ca-file`, and `--peer-cert-file` as this
+    /// member's client certificate); `None` without peer TLS: an https peer is then unreachable,
+    /// with that reason.
+    #[cfg(not(madsim))]
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl PeerChannels {
-    /// A client for the peer at `url` (connected on first use).
+    /// Channels dialing `https://` peers as the peer TLS flags say (the files are read now).
+    pub fn new(peer_tls: &crate::config::TlsFlags) -> Result<Self, String> {
+        #[cfg(not(madsim))]
+        {
+            let tls = peer_tls.dial_config().map_err(|e| e.to_string())?;
+            Ok(Self {
+                tls,
+                ..Self::default()
+            })
+        }
+        // The simulator's network has no TLS: its members use http:// peer URLs.
+        #[cfg(madsim)]
+        {
+            let _ = peer_tls;
+            Ok(Self::default())
+        }
+    }
+
+    /// A client for the peer at `url` (connected on first use). The URL stays as written
+    /// (`https://` included) in membership; only the channel sees the dialed form.
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = channels.get(url) {
             return Ok(client.clone());
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
-            .connect_timeout(limits::PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let client = PeerClient::new(endpoint.connect_lazy())
+        let channel = self.channel(url)?;
+        let client = PeerClient::new(channel)
             .max_decoding_message_size(limits::PEER_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(limits::PEER_MAX_MESSAGE_BYTES);
         channels.insert(url.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// A lazily connected channel to `url`, through TLS for `https://`.
+    fn channel(&self, url: &str) -> Result<Channel, String> {
+        let https = url.strip_prefix("https://");
+        // tonic refuses https URIs without its own TLS feature: it gets the same host and port
+        // as http://, and the dialer below wraps the connection in TLS.
+        let dialed = match https {
+            Some(rest) => format!("http://{rest}"),
+            None => url.to_string(),
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(dialed)
+            .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
+            .connect_timeout(limits::PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if https.is_none() {
+            return Ok(endpoint.connect_lazy());
+        }
+        #[cfg(not(madsim))]
+        {
+            let Some(config) = &self.tls else {
+                return Err(format!(
+                    "peer URL {url} is https: --peer-trusted-ca-file is needed to verify it"
+                ));
+            };
+            let dialer = super::dial::TlsDialer::new(config.clone(), url)?;
+            Ok(endpoint.connect_with_connector_lazy(dialer))
+        }
+        #[cfg(madsim)]
+        Err(format!("peer URL {url}: https is not simulated"))
     }
 
     /// A client for the first reachable-looking URL of `node`.

@@ -1,6 +1,8 @@
 //! Test harness: starts the real `metastore` binary on a free loopback port and hands out clients.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -157,6 +159,8 @@ pub struct ClusterMember {
     pub data_dir: PathBuf,
     initial_cluster: String,
     state: &'static str,
+    engine: String,
+    peer_scheme: &'static str,
     extra: Vec<String>,
 }
 
@@ -170,14 +174,14 @@ impl ClusterMember {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
     }
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_metastore"));
         let client = self.endpoint();
         let peer = self.peer_url();
-        cmd.args(["--name", &self.name, "--engine", "rocksdb"])
+        cmd.args(["--name", &self.name, "--engine", &self.engine])
             .args([
                 "--listen-client-urls",
                 &client,
@@ -229,11 +233,36 @@ impl Drop for ClusterMember {
     }
 }
 
-/// Real member processes on loopback ports, RocksDB each, founded together.
+/// How a [`TestCluster`]'s members are started.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// `--engine` of every member.
+    pub engine: String,
+    /// The scheme of the peer URLs: `http`, or `https` (then the flags must give peer TLS).
+    pub peer_scheme: &'static str,
+    /// Flags for every member, those that join later too.
+    pub extra: Vec<String>,
+    /// Flags for the founding member `i` only (after `extra`); members beyond the list get none.
+    pub member_extra: Vec<Vec<String>>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            engine: "rocksdb".into(),
+            peer_scheme: "http",
+            extra: Vec::new(),
+            member_extra: Vec::new(),
+        }
+    }
+}
+
+/// Real member processes on loopback ports (RocksDB each unless the spec says otherwise),
+/// founded together.
 pub struct TestCluster {
     pub members: Vec<ClusterMember>,
     tmp: tempfile::TempDir,
-    extra: Vec<String>,
+    spec: ClusterSpec,
 }
 
 impl TestCluster {
@@ -244,23 +273,31 @@ impl TestCluster {
 
     /// Start `n` members with extra flags (given to members that join later too).
     pub fn start_with(n: usize, extra: &[&str]) -> TestCluster {
-        Self::start_from(n, extra, None)
+        let spec = ClusterSpec {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            ..ClusterSpec::default()
+        };
+        Self::start_from(n, spec, None)
+    }
+
+    /// Start `n` members as `spec` says.
+    pub fn start_spec(n: usize, spec: ClusterSpec) -> TestCluster {
+        Self::start_from(n, spec, None)
     }
 
     /// Start `n` members, each on a data dir restored from `backup` first (`metastore snapshot
     /// restore`).
     pub fn start_restored(n: usize, backup: &Path) -> TestCluster {
-        Self::start_from(n, &[], Some(backup))
+        Self::start_from(n, ClusterSpec::default(), Some(backup))
     }
 
-    fn start_from(n: usize, extra: &[&str], backup: Option<&Path>) -> TestCluster {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    fn start_from(n: usize, spec: ClusterSpec, backup: Option<&Path>) -> TestCluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial_cluster = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, peer))| format!("m{i}={}://127.0.0.1:{peer}", spec.peer_scheme))
             .collect::<Vec<_>>()
             .join(",");
         let mut members: Vec<ClusterMember> = ports
@@ -274,7 +311,14 @@ impl TestCluster {
                 data_dir: tmp.path().join(format!("m{i}")),
                 initial_cluster: initial_cluster.clone(),
                 state: "new",
-                extra: extra.clone(),
+                engine: spec.engine.clone(),
+                peer_scheme: spec.peer_scheme,
+                extra: spec
+                    .extra
+                    .iter()
+                    .chain(spec.member_extra.get(i).into_iter().flatten())
+                    .cloned()
+                    .collect(),
             })
             .collect();
         for m in &mut members {
@@ -295,11 +339,7 @@ impl TestCluster {
             }
             m.spawn();
         }
-        TestCluster {
-            members,
-            tmp,
-            extra,
-        }
+        TestCluster { members, tmp, spec }
     }
 
     /// Start a process for a member that `member add` put into the cluster: `--initial-cluster`
@@ -310,7 +350,10 @@ impl TestCluster {
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect();
-        initial.push(format!("{name}=http://127.0.0.1:{peer_port}"));
+        initial.push(format!(
+            "{name}={}://127.0.0.1:{peer_port}",
+            self.spec.peer_scheme
+        ));
         let mut m = ClusterMember {
             child: None,
             name: name.to_string(),
@@ -319,7 +362,9 @@ impl TestCluster {
             data_dir: self.tmp.path().join(name),
             initial_cluster: initial.join(","),
             state: "existing",
-            extra: self.extra.clone(),
+            engine: self.spec.engine.clone(),
+            peer_scheme: self.spec.peer_scheme,
+            extra: self.spec.extra.clone(),
         };
         m.spawn();
         self.members.push(m);

@@ -1,0 +1,77 @@
+//! Dialing an `https://` peer: TCP, then a rustls client handshake, under tonic's channel.
+//!
+//! tonic's own connector refuses `https://` URIs unless tonic is built with its `tls` feature (we
+//! use tokio-rustls directly, as the listeners do), so a TLS peer's channel is given the same
+//! `host:port` as `http://` and [`TlsDialer`] adds the TLS: the server certificate is checked
+//! against `--peer-trusted-ca-file` for the host of the peer URL as written, and this member's
+//! `--peer-cert-file` goes along as its client certificate (see `api::tls::TlsFlags::dial_config`).
+//! tonic's connect timeout covers the handshake too. Real sockets only: not compiled in the
+//! simulator.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tonic::codegen::http::Uri;
+
+/// A tower connector (`Service<Uri>`) that dials one peer with TLS.
+#[derive(Clone)]
+pub struct TlsDialer {
+    connector: tokio_rustls::TlsConnector,
+    /// The name the peer's certificate must carry: the host of its URL (an IP address or a DNS
+    /// name such as `localhost`).
+    server_name: ServerName<'static>,
+}
+
+impl TlsDialer {
+    /// A dialer for the peer at `url` (`https://host:port`) with the client configuration `config`.
+    pub fn new(config: Arc<rustls::ClientConfig>, url: &str) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("bad peer URL {url:?}: {e}"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("peer URL {url:?} has no host"))?;
+        // An IPv6 host comes bracketed out of a URI; a certificate names the bare address.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("peer URL {url:?}: {host:?} is no TLS server name: {e}"))?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(config),
+            server_name,
+        })
+    }
+}
+
+impl tonic::codegen::Service<Uri> for TlsDialer {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connector = self.connector.clone();
+        let server_name = self.server_name.clone();
+        Box::pin(async move {
+            // tonic hands back the `http://host:port` it was given: the address to dial.
+            let authority = uri.authority().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "peer URI without host")
+            })?;
+            let tcp = TcpStream::connect(authority.as_str()).await?;
+            // Small trailing HTTP/2 frames (heartbeats, acks) must not wait out Nagle + delayed
+            // ACK (~40 ms): tonic sets this on its own connections, not on ours.
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
