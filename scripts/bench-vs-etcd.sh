@@ -60,6 +60,26 @@ for eps in $etcd_eps $ms_eps; do
   done
 done
 
+# A single-connection client talks to the first endpoint only, and which member leads differs
+# between the two clusters (and between runs): a put through a follower is forwarded to the
+# leader, one more hop. So with MEMBERS > 1 the single-client workloads are run twice on each
+# cluster, once with the leader first (put-1c) and once with a follower first (put-1c-follower),
+# and each compares like with like.
+leader_of() { # endpoints -> the endpoint of the member that leads
+  ETCDCTL_API=3 etcdctl --endpoints="$1" endpoint status -w fields 2>/dev/null |
+    awk -F' : ' '$1 == "\"MemberID\"" {m=$2} $1 == "\"Leader\"" {l=$2} $1 == "\"Endpoint\"" {if (l == m) {gsub(/"/, "", $2); print $2; exit}}'
+}
+first() { # endpoints role(leader|follower) -> the endpoints, one of that role first
+  local eps=$1 leader
+  leader=$(leader_of "$eps")
+  if [ -z "$leader" ]; then echo "$eps"; return; fi
+  if [ "$2" = leader ]; then
+    echo "$leader,$(echo "$eps" | tr ',' '\n' | grep -vx "$leader" | paste -sd,)"
+  else
+    echo "$(echo "$eps" | tr ',' '\n' | grep -vx "$leader" | paste -sd,),$leader"
+  fi
+}
+
 bench() { # endpoints workload args... -> prints "requests/sec p99-ms"
   local eps=$1; shift
   "$BIN" bench "$@" --endpoints "$eps" | awk '/Requests\/sec/ {r=$2} /Latency ms/ {p=$8} END {print r, p}'
@@ -70,6 +90,7 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 declare -A results
 workloads=(
   "put-1c|put --clients 1 --conns 1 --total $PUT1_TOTAL --key-size 8 --val-size 256 --key-space-size 100000"
+  "put-1c-follower|put --clients 1 --conns 1 --total $PUT1_TOTAL --key-size 8 --val-size 256 --key-space-size 100000"
   "put-64c8n|put --clients 64 --conns 8 --total $PUT64_TOTAL --key-size 8 --val-size 256 --key-space-size 100000"
   "range-s|range --clients 64 --conns 8 --total $RANGE_TOTAL --consistency s"
   "range-l|range --clients 64 --conns 8 --total $RANGE_TOTAL --consistency l"
@@ -87,8 +108,17 @@ fi
 for round in $(seq 1 "$ROUNDS"); do
   for w in "${workloads[@]}"; do
     name=${w%%|*}; args=${w#*|}
+    e_eps=$etcd_eps; m_eps=$ms_eps
+    if [ "$MEMBERS" -gt 1 ]; then
+      case $name in
+        put-1c) e_eps=$(first "$etcd_eps" leader); m_eps=$(first "$ms_eps" leader) ;;
+        put-1c-follower) e_eps=$(first "$etcd_eps" follower); m_eps=$(first "$ms_eps" follower) ;;
+      esac
+    elif [ "$name" = put-1c-follower ]; then
+      continue
+    fi
     # shellcheck disable=SC2086
-    read -r e ep99 < <(bench "$etcd_eps" $args); read -r m mp99 < <(bench "$ms_eps" $args)
+    read -r e ep99 < <(bench "$e_eps" $args); read -r m mp99 < <(bench "$m_eps" $args)
     results["$name/etcd"]+="$e "; results["$name/metastore"]+="$m "
     results["$name/etcd-p99"]+="$ep99 "; results["$name/metastore-p99"]+="$mp99 "
     echo "round $round $name: etcd $e req/s (p99 $ep99 ms), metastore $m req/s (p99 $mp99 ms)" >&2
