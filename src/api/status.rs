@@ -78,6 +78,11 @@ impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         // etcd's rpctypes codes for each auth error.
         let code = match e {
+            // Errors of etcd's token provider that rpctypes does not map: code Unknown and the
+            // auth store's own text.
+            AuthError::VerifyOnly | AuthError::TokenSign(_) => {
+                return status(Code::Unknown, &format!("auth: {e}"))
+            }
             AuthError::UserEmpty
             | AuthError::RoleEmpty
             | AuthError::AuthFailed
@@ -184,6 +189,7 @@ impl From<NodeError> for Status {
             NodeError::Raft(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
             // Only a start fails this way; no request sees it.
             NodeError::PeerTls(e) => status(Code::Internal, &format!("etcdserver: peer TLS: {e}")),
+            NodeError::Config(e) => status(Code::Internal, &format!("etcdserver: {e}")),
         }
     }
 }
