@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 
 use crate::auth::perms::{self, Need, PermKind};
-use crate::auth::{AuthError, TokenUser};
+use crate::auth::{AuthError, AuthStore, TokenUser};
 use crate::node::Node;
 use crate::pb::metastore::Requester;
 
@@ -55,6 +55,15 @@ impl Caller {
     /// The authenticated user, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// Check that this caller has every one of `needs` under the auth state `auth`. As etcd's
+    /// isOpPermitted, a token issued before the latest auth change is refused first.
+    pub fn check_in(&self, auth: &AuthStore, needs: &[Need]) -> Result<(), AuthError> {
+        if auth.enabled() && self.token_revision.is_some_and(|r| r < auth.revision()) {
+            return Err(AuthError::AuthOldRevision);
+        }
+        auth.check(self.user(), needs)
     }
 }
 
@@ -102,13 +111,9 @@ impl Access {
     }
 
     /// Check that `caller` has every one of `needs` now; the requester to propose a write with.
-    /// As etcd's isOpPermitted, a token issued before the latest auth change is refused first.
     pub fn check(&self, caller: &Caller, needs: &[Need]) -> Result<Requester, AuthError> {
         let auth = self.node.auth();
-        if auth.enabled() && caller.token_revision.is_some_and(|r| r < auth.revision()) {
-            return Err(AuthError::AuthOldRevision);
-        }
-        auth.check(caller.user(), needs)?;
+        caller.check_in(&auth, needs)?;
         Ok(requester(caller, auth.revision()))
     }
 
