@@ -298,6 +298,12 @@ mod tests {
                 Code::FailedPrecondition,
                 "etcdserver: user name not found",
             ),
+            // etcd's ErrVerifyOnly is not in rpctypes: Unknown, with the auth store's text.
+            (
+                AuthError::VerifyOnly,
+                Code::Unknown,
+                "auth: token signing attempted with verify-only key",
+            ),
         ];
         for (e, code, text) in cases {
             assert_eq!(pair(e.into()), (code, text.to_string()));

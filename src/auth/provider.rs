@@ -23,8 +23,8 @@ use crate::rt;
 pub enum TokenProvider {
     /// Random tokens recorded on every member through the log (`simple`).
     Simple(TokenTable),
-    /// Signed JSON Web Tokens (`jwt,...`).
-    Jwt(JwtTokens),
+    /// Signed JSON Web Tokens (`jwt,...`); boxed: its keys are several times a table's size.
+    Jwt(Box<JwtTokens>),
 }
 
 /// A new token from [`TokenProvider::issue`].
@@ -53,7 +53,7 @@ impl TokenProvider {
     pub fn open(spec: &AuthTokenSpec, simple_ttl: Duration) -> Result<Self, JwtKeyError> {
         Ok(match spec {
             AuthTokenSpec::Simple => Self::Simple(TokenTable::new(simple_ttl)),
-            AuthTokenSpec::Jwt(jwt) => Self::Jwt(JwtTokens::load(jwt)?),
+            AuthTokenSpec::Jwt(jwt) => Self::Jwt(Box::new(JwtTokens::load(jwt)?)),
         })
     }
 
@@ -119,5 +119,173 @@ impl TokenProvider {
                 })
             }
         }
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+    use crate::auth::ROOT;
+    use crate::config::JwtSignMethod;
+    use crate::pb::etcdserverpb::{
+        AuthDisableRequest, AuthEnableRequest, AuthUserAddRequest, AuthUserChangePasswordRequest,
+        AuthUserDeleteRequest, AuthUserGrantRoleRequest,
+    };
+    use crate::pb::metastore::{auth_command::Op, AuthCommand};
+    use crate::storage::WriteBatch;
+
+    fn run(auth: &mut AuthStore, op: Op) {
+        auth.apply(AuthCommand { op: Some(op) }, &mut WriteBatch::new())
+            .expect("auth change");
+    }
+
+    fn user_add(name: &str) -> Op {
+        Op::UserAdd(AuthUserAddRequest {
+            name: name.into(),
+            hashed_password: format!("hash of {name}"),
+            ..Default::default()
+        })
+    }
+
+    /// Auth enabled, with root and alice.
+    fn enabled_store() -> AuthStore {
+        let mut auth = AuthStore::default();
+        run(&mut auth, user_add(ROOT));
+        run(
+            &mut auth,
+            Op::UserGrantRole(AuthUserGrantRoleRequest {
+                user: ROOT.into(),
+                role: ROOT.into(),
+            }),
+        );
+        run(&mut auth, user_add("alice"));
+        run(&mut auth, Op::Enable(AuthEnableRequest {}));
+        auth
+    }
+
+    fn jwt() -> TokenProvider {
+        let pair = rcgen::KeyPair::generate().expect("P-256 key");
+        let tokens = JwtTokens::from_keys(
+            JwtSignMethod::ES256,
+            None,
+            Some(pair.serialize_pem().as_bytes()),
+            Duration::from_secs(60),
+        )
+        .expect("keys");
+        TokenProvider::Jwt(Box::new(tokens))
+    }
+
+    fn signed(new: NewToken) -> String {
+        match new {
+            NewToken::Signed(token) => token,
+            other => panic!("expected a JWT, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_jwt_names_its_user_and_revision_until_the_user_or_auth_goes() {
+        let provider = jwt();
+        let mut auth = enabled_store();
+        let token = signed(provider.issue("alice", auth.revision()).unwrap());
+        let alice = TokenUser {
+            user: "alice".into(),
+            revision: Some(auth.revision()),
+        };
+        assert_eq!(provider.resolve(&token, &auth), Ok(alice.clone()));
+        // Recording is for simple tokens; a JWT provider keeps nothing.
+        provider.record(
+            "x.1".into(),
+            TokenInfo {
+                user: "alice".into(),
+                password_hash: Vec::new(),
+                revision: 1,
+            },
+        );
+        assert_eq!(
+            provider.resolve("x.1", &auth),
+            Err(AuthError::InvalidAuthToken)
+        );
+        // A password change leaves the user (the permission check sees the revision move).
+        run(
+            &mut auth,
+            Op::UserChangePassword(AuthUserChangePasswordRequest {
+                name: "alice".into(),
+                hashed_password: "new hash".into(),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(provider.resolve(&token, &auth), Ok(alice));
+        assert!(auth.revision() > 1);
+
+        // Deleted user: void, and still void once a user of that name is back.
+        let mut gone = enabled_store();
+        let token = signed(provider.issue("alice", gone.revision()).unwrap());
+        run(
+            &mut gone,
+            Op::UserDelete(AuthUserDeleteRequest {
+                name: "alice".into(),
+            }),
+        );
+        assert_eq!(
+            provider.resolve(&token, &gone),
+            Err(AuthError::InvalidAuthToken)
+        );
+
+        // Auth disabled and enabled again since the token was issued: void.
+        let mut again = enabled_store();
+        let token = signed(provider.issue("alice", again.revision()).unwrap());
+        run(&mut again, Op::Disable(AuthDisableRequest {}));
+        run(&mut again, Op::Enable(AuthEnableRequest {}));
+        assert_eq!(
+            provider.resolve(&token, &again),
+            Err(AuthError::InvalidAuthToken)
+        );
+
+        let huge = "a".repeat(limits::AUTH_TOKEN_BYTES_MAX + 1);
+        assert_eq!(
+            provider.resolve(&huge, &again),
+            Err(AuthError::InvalidAuthToken)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_simple_token_is_recorded_through_the_log_and_dies_with_a_new_password() {
+        let provider = TokenProvider::Simple(TokenTable::new(Duration::from_secs(60)));
+        let mut auth = enabled_store();
+        let NewToken::Replicate(token) = provider.issue("alice", auth.revision()).unwrap() else {
+            panic!("a simple token goes through the log");
+        };
+        assert_eq!(
+            provider.resolve(&token, &auth),
+            Err(AuthError::InvalidAuthToken),
+            "not recorded yet"
+        );
+        provider.record(
+            token.clone(),
+            TokenInfo {
+                user: "alice".into(),
+                password_hash: b"hash of alice".to_vec(),
+                revision: auth.revision(),
+            },
+        );
+        assert_eq!(
+            provider.resolve(&token, &auth),
+            Ok(TokenUser {
+                user: "alice".into(),
+                revision: None,
+            })
+        );
+        run(
+            &mut auth,
+            Op::UserChangePassword(AuthUserChangePasswordRequest {
+                name: "alice".into(),
+                hashed_password: "new hash".into(),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(
+            provider.resolve(&token, &auth),
+            Err(AuthError::InvalidAuthToken)
+        );
     }
 }
