@@ -1059,13 +1059,18 @@ async fn login(endpoint: &str, user: &str, password: &str) -> (String, i64) {
     (resp.token().to_string(), revision)
 }
 
-/// The auth revision `endpoint` reports (`AuthStatus`, which etcd-client does not offer).
-async fn auth_revision(endpoint: &str) -> u64 {
+/// The auth revision `endpoint` reports to the holder of `token` (`AuthStatus`, which
+/// etcd-client does not offer).
+async fn auth_revision(endpoint: &str, token: &str) -> u64 {
     use metastore::pb::etcdserverpb::{auth_client::AuthClient, AuthStatusRequest};
     let mut auth = AuthClient::connect(endpoint.to_string())
         .await
         .expect("connect");
-    auth.auth_status(AuthStatusRequest {})
+    let mut request = tonic::Request::new(AuthStatusRequest {});
+    request
+        .metadata_mut()
+        .insert("token", token.parse().expect("ascii token"));
+    auth.auth_status(request)
         .await
         .expect("auth status")
         .into_inner()
@@ -1111,8 +1116,8 @@ async fn jwt_tokens_with_etcdctl_and_etcd_client() {
         assert_eq!(grpc(err).0, Code::PermissionDenied);
 
         // The token is a JWT: ES256, with etcd's claims; the revision is the auth revision.
-        let auth_revision = auth_revision(&s.endpoint).await;
         let (token, _) = login(&s.endpoint, "u1", "pw1").await;
+        let auth_revision = auth_revision(&s.endpoint, &token).await;
         assert_eq!(token.split('.').count(), 3, "{token}");
         let header = jwt_part(&token, 0);
         assert_eq!(header["alg"], "ES256");
@@ -1240,9 +1245,11 @@ async fn a_jwt_works_on_every_member_without_a_proposal() {
         auth.user_grant_role("app", "reader").await.expect("grant");
         auth.auth_enable().await.expect("enable");
     }
-    // Every member has applied the auth setup before the login.
+    // Every member has applied the auth setup before the login. Status needs a user once auth is
+    // enabled; root's client logs in when it connects (a JWT login, which proposes nothing either).
     let raft_index = |endpoint: String| async move {
-        let mut c = Client::connect([endpoint.as_str()], None)
+        let opts = ConnectOptions::new().with_user("root", "rootpw");
+        let mut c = Client::connect([endpoint.as_str()], Some(opts))
             .await
             .expect("connect");
         c.status().await.expect("status").raft_index()
