@@ -107,7 +107,9 @@ pub struct ServerConfig {
     /// Refuse membership changes that would leave fewer started voters than a quorum
     /// (`--strict-reconfig-check`, etcd's default: on).
     pub strict_reconfig_check: bool,
-    /// How long an auth token lives after its last use (`--auth-token-ttl`, seconds in etcd).
+    /// How members issue and check auth tokens (`--auth-token`).
+    pub auth_token: AuthTokenSpec,
+    /// How long a simple auth token lives after its last use (`--auth-token-ttl`, seconds in etcd).
     pub auth_token_ttl: Duration,
     /// bcrypt cost of stored password hashes (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
@@ -142,8 +144,8 @@ pub enum ConfigError {
     NoListenUrl,
     #[error("--initial-advertise-peer-urls must name at least one URL")]
     NoPeerUrl,
-    #[error("--auth-token {0:?} is not supported: only \"simple\" tokens are served")]
-    AuthToken(String),
+    #[error("--auth-token {text:?}: {reason}")]
+    AuthToken { text: String, reason: String },
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterConfigError),
 }
@@ -169,6 +171,7 @@ impl Default for ServerConfig {
             lease_checkpoint_interval: limits::LEASE_CHECKPOINT_INTERVAL_DEFAULT,
             snapshot_count: limits::SNAPSHOT_COUNT_DEFAULT,
             strict_reconfig_check: true,
+            auth_token: AuthTokenSpec::Simple,
             auth_token_ttl: Duration::from_secs(limits::AUTH_TOKEN_TTL_SECS_DEFAULT),
             bcrypt_cost: limits::BCRYPT_COST_DEFAULT,
             peer_tls: TlsFlags::default(),
@@ -278,6 +281,208 @@ impl ServerConfig {
     }
 }
 
+/// `--auth-token`: which kind of auth token the members issue and accept (etcd's option string
+/// `TYPE[,KEY=VALUE...]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuthTokenSpec {
+    /// Random tokens each member holds in memory (`simple`).
+    #[default]
+    Simple,
+    /// Signed, self-contained JSON Web Tokens (`jwt,sign-method=...,pub-key=...,priv-key=...`).
+    Jwt(JwtSpec),
+}
+
+/// The options of `--auth-token jwt,...`, as etcd 3.4 names them. The key files are read when the
+/// member starts (`auth::jwt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSpec {
+    /// `sign-method=` (required).
+    pub sign_method: JwtSignMethod,
+    /// `pub-key=`: a PEM public key that verifies tokens (RSA and ECDSA methods).
+    pub pub_key: Option<PathBuf>,
+    /// `priv-key=`: a PEM private key that signs tokens; for the HMAC methods, the shared secret.
+    pub priv_key: Option<PathBuf>,
+    /// `ttl=`: how long a token is valid from its issue (Go duration; default 5m).
+    pub ttl: Duration,
+}
+
+/// A JWT signature method (`sign-method=`): etcd 3.4's list but ES512, whose curve (P-521) our
+/// crypto backend lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtSignMethod {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+}
+
+impl JwtSignMethod {
+    const ALL: [JwtSignMethod; 11] = [
+        Self::HS256,
+        Self::HS384,
+        Self::HS512,
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+    ];
+
+    /// The method's JWT `alg` name, as written in `sign-method=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::HS384 => "HS384",
+            Self::HS512 => "HS512",
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+        }
+    }
+
+    /// Whether the method signs with a shared secret (the `priv-key` file's bytes) rather than a
+    /// key pair.
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+}
+
+/// Parse `--auth-token` as etcd does: a type, then `key=value` options separated by commas; an
+/// option given twice or not of the form `key=value` is refused, an unknown one only warned about.
+pub fn parse_auth_token(text: &str) -> Result<AuthTokenSpec, ConfigError> {
+    let refuse = |reason: String| ConfigError::AuthToken {
+        text: text.to_string(),
+        reason,
+    };
+    let mut parts = text.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let mut options: Vec<(&str, &str)> = Vec::new();
+    for part in parts {
+        let Some((key, value)) = part.split_once('=').filter(|(_, v)| !v.contains('=')) else {
+            return Err(refuse(format!(
+                "invalid auth options: {part:?} is not key=value"
+            )));
+        };
+        if options.iter().any(|(k, _)| *k == key) {
+            return Err(refuse(format!(
+                "invalid auth options: {key:?} is given twice"
+            )));
+        }
+        options.push((key, value));
+    }
+    let option = |name: &str| {
+        options
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .filter(|v| !v.is_empty())
+    };
+    match kind {
+        "simple" => {
+            if !options.is_empty() {
+                tracing::warn!(%text, "simple auth tokens take no options; ignored");
+            }
+            Ok(AuthTokenSpec::Simple)
+        }
+        "jwt" => {
+            const KNOWN: [&str; 4] = ["sign-method", "pub-key", "priv-key", "ttl"];
+            let unknown: Vec<&str> = options
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| !KNOWN.contains(k))
+                .collect();
+            if !unknown.is_empty() {
+                tracing::warn!(?unknown, "unknown JWT options; ignored");
+            }
+            let method = option("sign-method").unwrap_or_default();
+            let sign_method = JwtSignMethod::ALL
+                .into_iter()
+                .find(|m| m.name() == method)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = JwtSignMethod::ALL.iter().map(|m| m.name()).collect();
+                    refuse(format!(
+                        "invalid auth signature method {method:?} (sign-method= one of {})",
+                        names.join(", ")
+                    ))
+                })?;
+            let ttl = match option("ttl") {
+                None => limits::AUTH_JWT_TTL_DEFAULT,
+                Some(ttl) => parse_duration(ttl)
+                    .map_err(|e| refuse(format!("invalid auth options: ttl: {e}")))?,
+            };
+            if !(limits::AUTH_JWT_TTL_MIN..=limits::AUTH_JWT_TTL_MAX).contains(&ttl) {
+                return Err(refuse(format!(
+                    "invalid auth options: ttl must be between {}s and {}s",
+                    limits::AUTH_JWT_TTL_MIN.as_secs(),
+                    limits::AUTH_JWT_TTL_MAX.as_secs()
+                )));
+            }
+            let spec = JwtSpec {
+                sign_method,
+                pub_key: option("pub-key").map(PathBuf::from),
+                priv_key: option("priv-key").map(PathBuf::from),
+                ttl,
+            };
+            // etcd: an HMAC method needs the secret; a key pair method one of its halves (a public
+            // key alone verifies tokens some other member signed).
+            let missing = if sign_method.is_hmac() {
+                spec.priv_key.is_none()
+            } else {
+                spec.priv_key.is_none() && spec.pub_key.is_none()
+            };
+            if missing {
+                let want = if sign_method.is_hmac() {
+                    "priv-key= (the shared secret)"
+                } else {
+                    "priv-key= and/or pub-key="
+                };
+                return Err(refuse(format!(
+                    "missing key data: sign-method={} needs {want}",
+                    sign_method.name()
+                )));
+            }
+            Ok(AuthTokenSpec::Jwt(spec))
+        }
+        other => Err(refuse(format!(
+            "invalid auth options: unknown token type {other:?} (simple or jwt)"
+        ))),
+    }
+}
+
+/// Parse a Go-style duration: a whole number followed by ms, s, m or h.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("invalid duration {text:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
 /// Parse one `http://host:port` URL into a socket address (`localhost` means 127.0.0.1); `https`
 /// is refused (see [`parse_tls_url`] for the listeners that serve it).
 pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
@@ -368,6 +573,43 @@ mod tests {
                 ("127.0.0.1:2380".parse().unwrap(), false)
             ]
         );
+    }
+
+    #[test]
+    fn auth_token_options_parse_like_etcd() {
+        assert_eq!(parse_auth_token("simple").unwrap(), AuthTokenSpec::Simple);
+        let spec = parse_auth_token("jwt,pub-key=/k.pub,priv-key=/k,sign-method=ES256").unwrap();
+        assert_eq!(
+            spec,
+            AuthTokenSpec::Jwt(JwtSpec {
+                sign_method: JwtSignMethod::ES256,
+                pub_key: Some("/k.pub".into()),
+                priv_key: Some("/k".into()),
+                ttl: Duration::from_secs(300),
+            })
+        );
+        let spec = parse_auth_token("jwt,priv-key=/s,sign-method=HS512,ttl=2s,extra=1").unwrap();
+        assert!(
+            matches!(spec, AuthTokenSpec::Jwt(JwtSpec { ttl, pub_key: None, .. })
+            if ttl == Duration::from_secs(2))
+        );
+        let reason = |text: &str| match parse_auth_token(text) {
+            Err(ConfigError::AuthToken { reason, .. }) => reason,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(reason("oauth").contains("unknown token type"));
+        assert!(reason("jwt").contains("invalid auth signature method \"\""));
+        assert!(
+            reason("jwt,sign-method=ES512,pub-key=/k").contains("invalid auth signature method")
+        );
+        assert!(reason("jwt,sign-method=none,pub-key=/k").contains("invalid auth signature method"));
+        assert!(reason("jwt,sign-method=ES256").contains("missing key data"));
+        assert!(reason("jwt,sign-method=HS256,pub-key=/k").contains("missing key data"));
+        assert!(reason("jwt,sign-method=ES256,pub-key").contains("not key=value"));
+        assert!(reason("jwt,sign-method=ES256,ttl=1s,ttl=2s,pub-key=/k").contains("twice"));
+        assert!(reason("jwt,sign-method=ES256,pub-key=/k,ttl=5x").contains("ttl"));
+        assert!(reason("jwt,sign-method=ES256,pub-key=/k,ttl=500ms").contains("between"));
+        assert!(reason("jwt,sign-method=ES256,pub-key=/k,ttl=25h").contains("between"));
     }
 
     #[test]

@@ -207,6 +207,24 @@ pub const AUTH_TOKEN_TTL_SECS_DEFAULT: u64 = 300;
 /// Largest `--auth-token-ttl` accepted (one day).
 pub const AUTH_TOKEN_TTL_SECS_MAX: u64 = 24 * 60 * 60;
 
+/// Default lifetime of a JWT auth token from its issue (etcd's `ttl=` option of
+/// `--auth-token jwt,...`, 5m). A JWT is not renewed by use: it carries its expiry.
+pub const AUTH_JWT_TTL_DEFAULT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// Bounds of a JWT's `ttl=`: its `exp` claim counts whole seconds, so a shorter one would expire at
+/// once; the longest is the simple tokens' longest.
+pub const AUTH_JWT_TTL_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+pub const AUTH_JWT_TTL_MAX: std::time::Duration =
+    std::time::Duration::from_secs(AUTH_TOKEN_TTL_SECS_MAX);
+
+/// Largest JWT key file read (`pub-key=`, `priv-key=`): PEM keys are a few KiB; an HMAC secret
+/// is its file's bytes.
+pub const AUTH_JWT_KEY_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Largest token a client may present: a JWT from us is a few hundred bytes; anything longer is
+/// refused before it is decoded.
+pub const AUTH_TOKEN_BYTES_MAX: usize = 8 * 1024;
+
 /// Live auth tokens one member keeps; past it, issuing a token drops the one closest to expiry, so
 /// a client logging in in a loop cannot grow memory without bound.
 pub const AUTH_TOKENS_MAX: usize = 100_000;
@@ -227,3 +245,7 @@ const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);
 const _: () =
     assert!(BCRYPT_COST_MIN <= BCRYPT_COST_DEFAULT && BCRYPT_COST_DEFAULT <= BCRYPT_COST_MAX);
 const _: () = assert!(AUTH_TOKEN_TTL_SECS_DEFAULT <= AUTH_TOKEN_TTL_SECS_MAX);
+const _: () = assert!(
+    AUTH_JWT_TTL_MIN.as_secs() <= AUTH_JWT_TTL_DEFAULT.as_secs()
+        && AUTH_JWT_TTL_DEFAULT.as_secs() <= AUTH_JWT_TTL_MAX.as_secs()
+);

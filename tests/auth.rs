@@ -1000,3 +1000,397 @@ async fn an_unauthenticated_client_reaches_nothing_but_authenticate() {
             .expect("root lists alarms");
     }
 }
+/// An ECDSA P-256 key pair written to `dir` as `<name>.key` (PKCS#8 PEM) and `<name>.pub` (SPKI
+/// PEM): (private path, public path).
+fn jwt_key_pair(dir: &std::path::Path, name: &str) -> (String, String) {
+    let pair = rcgen::KeyPair::generate().expect("P-256 key pair");
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    std::fs::write(&private, pair.serialize_pem()).expect("write key");
+    std::fs::write(&public, pair.public_key_pem()).expect("write public key");
+    (private.display().to_string(), public.display().to_string())
+}
+
+/// `--auth-token` for ES256 JWTs with the pair in `dir` named `name`, valid `ttl`.
+fn jwt_flag(dir: &std::path::Path, name: &str, ttl: &str) -> String {
+    let private = dir.join(format!("{name}.key")).display().to_string();
+    let public = dir.join(format!("{name}.pub")).display().to_string();
+    format!("jwt,pub-key={public},priv-key={private},sign-method=ES256,ttl={ttl}")
+}
+
+/// The JSON of part `i` (0 header, 1 claims) of a JWT.
+fn jwt_part(token: &str, i: usize) -> serde_json::Value {
+    use base64::Engine as _;
+    let text = token.split('.').nth(i).expect("JWT part");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON")
+}
+
+/// A token with etcd's claims, signed ES256 by the private key at `private` (PEM).
+fn forge_jwt(private: &str, username: &str, revision: u64, exp: u64) -> String {
+    let pem = std::fs::read(private).expect("read key");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("EC key");
+    let claims = serde_json::json!({"username": username, "revision": revision, "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .expect("sign")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+async fn login(endpoint: &str, user: &str, password: &str) -> (String, i64) {
+    let c = Client::connect([endpoint], None).await.expect("connect");
+    let resp = c
+        .auth_client()
+        .authenticate(user.into(), password.into())
+        .await
+        .expect("login");
+    let revision = resp.header().expect("header").revision();
+    (resp.token().to_string(), revision)
+}
+
+/// The auth revision `endpoint` reports to the holder of `token` (`AuthStatus`, which
+/// etcd-client does not offer).
+async fn auth_revision(endpoint: &str, token: &str) -> u64 {
+    use metastore::pb::etcdserverpb::{auth_client::AuthClient, AuthStatusRequest};
+    let mut auth = AuthClient::connect(endpoint.to_string())
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(AuthStatusRequest {});
+    request
+        .metadata_mut()
+        .insert("token", token.parse().expect("ascii token"));
+    auth.auth_status(request)
+        .await
+        .expect("auth status")
+        .into_inner()
+        .auth_revision
+}
+
+fn invalid_token(status: &tonic::Status) -> (Code, &str) {
+    (status.code(), status.message())
+}
+
+const INVALID_TOKEN: (Code, &str) = (Code::Unauthenticated, "etcdserver: invalid auth token");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens_with_etcdctl_and_etcd_client() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private, _) = jwt_key_pair(keys.path(), "k");
+    let (other_private, _) = jwt_key_pair(keys.path(), "other");
+    let flag = jwt_flag(keys.path(), "k", "5m");
+    for engine in ENGINES {
+        let s = Server::start_with(engine, &["--bcrypt-cost", "4", "--auth-token", &flag]);
+        set_up_users(&s);
+        // etcdctl logs in with every command and sends the JWT it gets; permissions apply.
+        ok(&s, &["put", "b", "1", U1], "OK\n");
+        ok(&s, &["get", "b", U1], "b\n1\n");
+        fails(&s, &["put", "a", "1", U1], DENIED);
+        fails(
+            &s,
+            &["get", "a", "--user=u1:bad"],
+            "Error: etcdserver: authentication failed, invalid user ID or password\n",
+        );
+        ok(&s, &["role", "get", "r1", ROOT], R1_PERMS);
+
+        // etcd-client logs in the same way.
+        let opts = ConnectOptions::new().with_user("u1", "pw1");
+        let mut u1 = Client::connect([s.endpoint.as_str()], Some(opts))
+            .await
+            .expect("u1 connects");
+        assert_eq!(
+            u1.get("b", None).await.expect("read b").kvs()[0].value(),
+            b"1"
+        );
+        let err = u1.put("a", "1", None).await.unwrap_err();
+        assert_eq!(grpc(err).0, Code::PermissionDenied);
+
+        // The token is a JWT: ES256, with etcd's claims; the revision is the auth revision.
+        let (token, _) = login(&s.endpoint, "u1", "pw1").await;
+        let auth_revision = auth_revision(&s.endpoint, &token).await;
+        assert_eq!(token.split('.').count(), 3, "{token}");
+        let header = jwt_part(&token, 0);
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["typ"], "JWT");
+        let claims = jwt_part(&token, 1);
+        assert_eq!(claims["username"], "u1");
+        assert_eq!(claims["revision"], auth_revision);
+        let exp = claims["exp"].as_u64().expect("exp");
+        let now = unix_now();
+        assert!(exp > now + 290 && exp <= now + 301, "exp {exp}, now {now}");
+        get_with_token(&s.endpoint, &token, "b")
+            .await
+            .expect("JWT accepted");
+
+        // A token another key signed, or this key with the claims changed, is refused.
+        let foreign = forge_jwt(&other_private, "root", auth_revision, exp);
+        let err = get_with_token(&s.endpoint, &foreign, "b")
+            .await
+            .unwrap_err();
+        assert_eq!(invalid_token(&err), INVALID_TOKEN);
+        let parts: Vec<&str> = token.split('.').collect();
+        let root_claims = forge_jwt(&private, "root", auth_revision, exp);
+        let spliced = format!(
+            "{}.{}.{}",
+            parts[0],
+            root_claims.split('.').nth(1).expect("claims"),
+            parts[2]
+        );
+        let err = get_with_token(&s.endpoint, &spliced, "b")
+            .await
+            .unwrap_err();
+        assert_eq!(invalid_token(&err), INVALID_TOKEN);
+        // An expired one (signed with the right key) too.
+        let expired = forge_jwt(&private, "u1", auth_revision, now - 1);
+        let err = get_with_token(&s.endpoint, &expired, "b")
+            .await
+            .unwrap_err();
+        assert_eq!(invalid_token(&err), INVALID_TOKEN);
+
+        // Any auth change makes older tokens stale for key access, as in etcd 3.4: the client
+        // logs in again (etcdctl does with every command).
+        let root = root_client(&s).await;
+        root.auth_client()
+            .role_grant_permission("r1", Permission::read("z"))
+            .await
+            .expect("grant");
+        let err = get_with_token(&s.endpoint, &token, "b").await.unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old"
+            )
+        );
+        ok(&s, &["get", "b", U1], "b\n1\n");
+        let (token, _) = login(&s.endpoint, "u1", "pw1").await;
+        get_with_token(&s.endpoint, &token, "b")
+            .await
+            .expect("fresh token");
+
+        // Deleting the user voids its token.
+        root.auth_client().user_delete("u1").await.expect("delete");
+        let err = get_with_token(&s.endpoint, &token, "b").await.unwrap_err();
+        assert_eq!(invalid_token(&err), INVALID_TOKEN);
+        fails(
+            &s,
+            &["get", "b", U1],
+            "Error: etcdserver: authentication failed, invalid user ID or password\n",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens_expire_after_their_ttl() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    jwt_key_pair(keys.path(), "k");
+    let flag = jwt_flag(keys.path(), "k", "2s");
+    let s = Server::start_with("memory", &["--bcrypt-cost", "4", "--auth-token", &flag]);
+    set_up_client(&s).await;
+    let (token, _) = login(&s.endpoint, "app", "secret").await;
+    let exp = jwt_part(&token, 1)["exp"].as_u64().expect("exp");
+    assert!(exp <= unix_now() + 2);
+    get_with_token(&s.endpoint, &token, "app/x")
+        .await
+        .expect("fresh token");
+    // Use does not renew a JWT: past `exp` it is refused.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let err = get_with_token(&s.endpoint, &token, "app/x")
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_token(&err), INVALID_TOKEN);
+    // A client that refreshes refused tokens logs in again by itself.
+    let opts = ConnectOptions::new()
+        .with_user("app", "secret")
+        .with_auto_token_refresh(true);
+    let mut refreshing = Client::connect([s.endpoint.as_str()], Some(opts))
+        .await
+        .expect("connects");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    refreshing
+        .get("app/x", None)
+        .await
+        .expect("refreshed after expiry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_works_on_every_member_without_a_proposal() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    jwt_key_pair(keys.path(), "k");
+    let flag = jwt_flag(keys.path(), "k", "5m");
+    let cluster =
+        common::TestCluster::start_with(3, &["--bcrypt-cost", "4", "--auth-token", &flag]);
+    cluster.leader().await;
+    let endpoints = cluster.endpoints();
+    {
+        let c = cluster.members[0].client().await;
+        let mut auth = c.auth_client();
+        auth.user_add("root", "rootpw", None).await.expect("root");
+        auth.user_grant_role("root", "root").await.expect("grant");
+        auth.user_add("app", "secret", None).await.expect("app");
+        auth.role_add("reader").await.expect("role");
+        auth.role_grant_permission("reader", Permission::read("app/").with_prefix())
+            .await
+            .expect("perm");
+        auth.user_grant_role("app", "reader").await.expect("grant");
+        auth.auth_enable().await.expect("enable");
+    }
+    // Every member has applied the auth setup before the login. Status needs a user once auth is
+    // enabled; root's client logs in when it connects (a JWT login, which proposes nothing either).
+    let raft_index = |endpoint: String| async move {
+        let opts = ConnectOptions::new().with_user("root", "rootpw");
+        let mut c = Client::connect([endpoint.as_str()], Some(opts))
+            .await
+            .expect("connect");
+        c.status().await.expect("status").raft_index()
+    };
+    let mut settled = false;
+    for _ in 0..50 {
+        let mut indexes = Vec::new();
+        for endpoint in &endpoints {
+            indexes.push(raft_index(endpoint.clone()).await);
+        }
+        if indexes.iter().all(|i| *i == indexes[0]) {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "members did not converge");
+    let before = raft_index(endpoints[1].clone()).await;
+    // Log in on one member: a JWT needs no member to record it, so nothing is proposed, and every
+    // member (holding the same key) accepts it at once.
+    let (token, _) = login(&endpoints[1], "app", "secret").await;
+    let after = raft_index(endpoints[1].clone()).await;
+    assert_eq!(before, after, "a JWT login appended to the raft log");
+    for endpoint in &endpoints {
+        get_with_token(endpoint, &token, "app/x")
+            .await
+            .unwrap_or_else(|e| panic!("{endpoint}: {e:?}"));
+        let denied = get_with_token(endpoint, &token, "secret")
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let err = get_with_token(endpoint, "nope.1", "app/x")
+            .await
+            .unwrap_err();
+        assert_eq!(invalid_token(&err), INVALID_TOKEN);
+    }
+}
+
+/// Run the binary with `args` (a memory engine on ports the system picks) and expect it to refuse to start
+/// with an error containing `expected`.
+fn refuses_to_start(args: &[&str], expected: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_metastore"))
+        .args([
+            "--engine",
+            "memory",
+            "--listen-client-urls",
+            "http://127.0.0.1:0",
+        ])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} started: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in {stderr}"
+    );
+}
+
+#[test]
+fn bad_jwt_flags_are_refused() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private, public) = jwt_key_pair(keys.path(), "k");
+    let (_, other_public) = jwt_key_pair(keys.path(), "other");
+    let garbage = keys.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a key\n").expect("write");
+    let garbage = garbage.display().to_string();
+    let absent = keys.path().join("absent.pem").display().to_string();
+    let jwt = |options: &str| format!("jwt,{options}");
+    let cases = [
+        (
+            jwt(&format!(
+                "pub-key={public},priv-key={private},sign-method=ES999"
+            )),
+            "invalid auth signature method \"ES999\"",
+        ),
+        (
+            jwt(&format!("pub-key={public},priv-key={private}")),
+            "invalid auth signature method \"\"",
+        ),
+        (jwt("sign-method=ES256"), "missing key data"),
+        (
+            jwt(&format!("pub-key={absent},sign-method=ES256")),
+            "cannot read pub-key= file",
+        ),
+        (
+            jwt(&format!("priv-key={absent},sign-method=ES256")),
+            "cannot read priv-key= file",
+        ),
+        (
+            jwt(&format!(
+                "pub-key={garbage},priv-key={private},sign-method=ES256"
+            )),
+            "pub-key= is not a ES256 key",
+        ),
+        (
+            jwt(&format!("priv-key={garbage},sign-method=RS256")),
+            "priv-key= is not a RS256 key",
+        ),
+        (
+            jwt(&format!(
+                "pub-key={other_public},priv-key={private},sign-method=ES256"
+            )),
+            "public and private keys don't match",
+        ),
+        (
+            jwt(&format!("pub-key={public},sign-method=ES256,ttl=soon")),
+            "invalid auth options: ttl",
+        ),
+        ("oauth".to_string(), "unknown token type \"oauth\""),
+    ];
+    for (flag, expected) in &cases {
+        refuses_to_start(&["--auth-token", flag], expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_only_member_cannot_issue_jwts() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (_, public) = jwt_key_pair(keys.path(), "k");
+    let flag = format!("jwt,pub-key={public},sign-method=ES256");
+    let s = Server::start_with("memory", &["--bcrypt-cost", "4", "--auth-token", &flag]);
+    set_up_client(&s).await;
+    let c = Client::connect([s.endpoint.as_str()], None)
+        .await
+        .expect("connect");
+    let err = c
+        .auth_client()
+        .authenticate("app".into(), "secret".into())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        grpc(err),
+        (
+            Code::Unknown,
+            "auth: token signing attempted with verify-only key".into()
+        )
+    );
+}

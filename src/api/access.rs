@@ -5,17 +5,18 @@
 //! `Authenticate`; etcd's gateway's `authorization` works too). While auth is disabled every
 //! request may do everything and tokens are ignored. While it is enabled a request without a token
 //! has no user ("user name is empty"), one with an unknown or expired token fails with "invalid
-//! auth token", and a token is void once its user is deleted, changes password, or auth was
-//! disabled since it was issued. A write carries the [`Requester`] it was checked as, so apply can
-//! refuse it if auth changed before it committed.
+//! auth token", and a token is void once its user is deleted, changes password (simple tokens), or
+//! auth was disabled since it was issued (`auth::provider`). A JWT also keeps the auth revision it
+//! was issued at: key access with one issued before the latest auth change is refused with
+//! "revision of auth store is old", as in etcd 3.4. A write carries the [`Requester`] it was
+//! checked as, so apply can refuse it if auth changed before it committed.
 
 use std::sync::Arc;
 
 use tonic::metadata::MetadataMap;
 
 use crate::auth::perms::{self, Need, PermKind};
-use crate::auth::tokens::TokenInfo;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, AuthStore, TokenUser};
 use crate::node::Node;
 use crate::pb::metastore::Requester;
 
@@ -45,12 +46,24 @@ pub fn cert_user(extensions: &tonic::Extensions) -> Option<&str> {
 pub struct Caller {
     /// `None`: no token (or auth is disabled).
     user: Option<String>,
+    /// The auth revision fixed in the caller's token (a JWT); `None` when the caller stands for
+    /// the current auth state (a simple token, a client certificate, no token).
+    token_revision: Option<u64>,
 }
 
 impl Caller {
     /// The authenticated user, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// Check that this caller has every one of `needs` under the auth state `auth`. As etcd's
+    /// isOpPermitted, a token issued before the latest auth change is refused first.
+    pub fn check_in(&self, auth: &AuthStore, needs: &[Need]) -> Result<(), AuthError> {
+        if auth.enabled() && self.token_revision.is_some_and(|r| r < auth.revision()) {
+            return Err(AuthError::AuthOldRevision);
+        }
+        auth.check(self.user(), needs)
     }
 }
 
@@ -60,7 +73,8 @@ pub struct Access {
 }
 
 impl Access {
-    /// Access control over `node` (its token table is the node's: tokens come through the log).
+    /// Access control over `node` (its token provider is the node's: simple tokens come through
+    /// the log).
     pub fn new(node: Arc<Node>) -> Arc<Self> {
         Arc::new(Self { node })
     }
@@ -86,30 +100,20 @@ impl Access {
             // signed (`--client-cert-auth`) acts as the user its common name names.
             return Ok(Caller {
                 user: cert_user.map(str::to_string),
+                token_revision: None,
             });
         };
-        let Some(TokenInfo {
-            user,
-            password_hash,
-            revision,
-        }) = self.node.tokens().lookup(token)
-        else {
-            return Err(AuthError::InvalidAuthToken);
-        };
-        let current = auth
-            .user(&user)
-            .is_some_and(|u| u.password == password_hash && revision >= auth.enabled_at());
-        if !current {
-            self.node.tokens().revoke(token);
-            return Err(AuthError::InvalidAuthToken);
-        }
-        Ok(Caller { user: Some(user) })
+        let TokenUser { user, revision } = self.node.tokens().resolve(token, &auth)?;
+        Ok(Caller {
+            user: Some(user),
+            token_revision: revision,
+        })
     }
 
     /// Check that `caller` has every one of `needs` now; the requester to propose a write with.
     pub fn check(&self, caller: &Caller, needs: &[Need]) -> Result<Requester, AuthError> {
         let auth = self.node.auth();
-        auth.check(caller.user(), needs)?;
+        caller.check_in(&auth, needs)?;
         Ok(requester(caller, auth.revision()))
     }
 

@@ -4,8 +4,9 @@
 //! Changes go through raft as [`AuthCommand`]s; passwords are bcrypt-hashed here first (with
 //! `--bcrypt-cost` and a salt from the runtime's random source), so apply stays cheap and
 //! deterministic and no plaintext password is replicated or stored. `Authenticate` checks the
-//! password on this member, then proposes the new token through the log, so every member knows it
-//! (as etcd 3.4 does with simple tokens; see `api::access`).
+//! password on this member; a new simple token then goes through the log, so every member knows
+//! it (as etcd 3.4 does), while a JWT is signed here and handed out at once: it carries its own
+//! claims (see `auth::provider`).
 //! Everything but `Authenticate` and `AuthStatus` needs the root role while auth is enabled; a user
 //! may also read its own record and the roles it holds, as etcd 3.4 allows.
 
@@ -16,8 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::access::Access;
 use crate::apply::Applied;
-use crate::auth::tokens::new_token;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, NewToken};
 use crate::node::Node;
 use crate::pb::authpb::permission::Type as PermType;
 use crate::pb::etcdserverpb::auth_server::Auth;
@@ -149,7 +149,9 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthenticateResponse>, Status> {
         let req = request.into_inner();
         self.node.linearize().await?;
-        let hash = {
+        // The hash and the auth revision it belongs to, read together: a token names the
+        // revision its password was checked at.
+        let (hash, checked_revision) = {
             let auth = self.node.auth();
             if !auth.enabled() {
                 return Err(AuthError::AuthNotEnabled.into());
@@ -158,7 +160,7 @@ impl Auth for AuthService {
             if user.options.as_ref().is_some_and(|o| o.no_password) {
                 return Err(AuthError::AuthFailed.into());
             }
-            user.password.clone()
+            (user.password.clone(), auth.revision())
         };
         let stored = String::from_utf8(hash.clone()).map_err(|_| AuthError::AuthFailed)?;
         let password = req.password;
@@ -169,9 +171,19 @@ impl Auth for AuthService {
         if !matches {
             return Err(AuthError::AuthFailed.into());
         }
+        let token = match self.node.tokens().issue(&req.name, checked_revision)? {
+            // A JWT needs no member to record it: hand it out as it is.
+            NewToken::Signed(token) => {
+                return Ok(Response::new(AuthenticateResponse {
+                    header: self.current_header(),
+                    token,
+                }))
+            }
+            NewToken::Replicate(token) => token,
+        };
         let issue = TokenIssue {
             user: req.name,
-            token: new_token(),
+            token,
             password_hash: hash,
         };
         let cmd = command::Op::Auth(AuthCommand {

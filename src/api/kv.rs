@@ -58,7 +58,7 @@ impl Kv for KvService {
         let needs = perms::range_needs(&req);
         let mut resp = self
             .node
-            .range_checked(&req, |auth| auth.check(caller.user(), &needs))
+            .range_checked(&req, |auth| caller.check_in(auth, &needs))
             .await?;
         resp.header = self.header(resp.header);
         Ok(Response::new(resp))

@@ -78,6 +78,11 @@ impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         // etcd's rpctypes codes for each auth error.
         let code = match e {
+            // Errors of etcd's token provider that rpctypes does not map: code Unknown and the
+            // auth store's own text.
+            AuthError::VerifyOnly | AuthError::TokenSign(_) => {
+                return status(Code::Unknown, &format!("auth: {e}"))
+            }
             AuthError::UserEmpty
             | AuthError::RoleEmpty
             | AuthError::AuthFailed
@@ -184,6 +189,7 @@ impl From<NodeError> for Status {
             NodeError::Raft(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
             // Only a start fails this way; no request sees it.
             NodeError::PeerTls(e) => status(Code::Internal, &format!("etcdserver: peer TLS: {e}")),
+            NodeError::Config(e) => status(Code::Internal, &format!("etcdserver: {e}")),
         }
     }
 }
@@ -291,6 +297,12 @@ mod tests {
                 AuthError::UserNotFound,
                 Code::FailedPrecondition,
                 "etcdserver: user name not found",
+            ),
+            // etcd's ErrVerifyOnly is not in rpctypes: Unknown, with the auth store's text.
+            (
+                AuthError::VerifyOnly,
+                Code::Unknown,
+                "auth: token signing attempted with verify-only key",
             ),
         ];
         for (e, code, text) in cases {

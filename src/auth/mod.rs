@@ -4,16 +4,23 @@
 //!   roles with key permissions), changed only by applied raft commands and kept in the engine's
 //!   `Meta` keyspace under `auth/`, so it survives restarts and travels in snapshots and backups.
 //! - [`perms`]: what a request needs (key ranges and read/write) and whether a user's roles cover it.
-//! - [`tokens`]: etcd's "simple" tokens, which live in the memory of the member that issued them
-//!   and expire after a TTL that every use renews.
+//! - [`tokens`]: etcd's "simple" tokens, which every member records in memory (they are issued
+//!   through the log) and which expire after a TTL that every use renews.
+//! - [`jwt`]: etcd's JWT tokens, signed and self-contained: no member holds them, any member with
+//!   the verifying key accepts them until their `exp`.
+//! - [`provider`]: which of the two this member issues and accepts (`--auth-token`), and the rules
+//!   that void a token when it is used.
 //!
 //! Nothing here knows gRPC; `api::status` maps [`AuthError`] to etcd's codes and texts.
 
+pub mod jwt;
 pub mod perms;
+pub mod provider;
 pub mod store;
 pub mod tokens;
 
 pub use perms::{Need, PermKind};
+pub use provider::{NewToken, TokenProvider, TokenUser};
 pub use store::{AuthStore, ROOT};
 pub use tokens::TokenTable;
 
@@ -54,4 +61,8 @@ pub enum AuthError {
     RootUserNotExist,
     #[error("root user does not have root role")]
     RootRoleNotExist,
+    #[error("token signing attempted with verify-only key")]
+    VerifyOnly,
+    #[error("cannot sign a token: {0}")]
+    TokenSign(String),
 }

@@ -102,10 +102,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
     /// Period of progress notifications to idle watchers that asked for them (e.g. 10m, 500ms).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = config::parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
     /// Period of lease remaining-TTL checkpoints through raft (e.g. 5m, 500ms).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = config::parse_duration)]
     pub experimental_lease_checkpoint_interval: std::time::Duration,
     /// Number of committed transactions to trigger a snapshot to disk (and purge the log before it).
     #[arg(long, default_value_t = limits::SNAPSHOT_COUNT_DEFAULT)]
@@ -114,10 +114,12 @@ pub struct ServeArgs {
     /// (`--strict-reconfig-check=false` to allow them).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
-    /// Auth token type: "simple" (random tokens held by the member that issued them).
+    /// Auth token type and options: "simple" (random tokens every member holds in memory) or
+    /// "jwt,sign-method=<method>,pub-key=<path>,priv-key=<path>,ttl=<duration>" (signed JSON Web
+    /// Tokens; methods HS256/384/512, RS256/384/512, PS256/384/512, ES256/384; ttl default 5m).
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
-    /// Time (in seconds) an auth token lives after its last use.
+    /// Time (in seconds) a simple auth token lives after its last use.
     #[arg(long, default_value_t = limits::AUTH_TOKEN_TTL_SECS_DEFAULT)]
     pub auth_token_ttl: u64,
     /// Cost of the bcrypt hashes of auth passwords (4 to 31).
@@ -126,25 +128,6 @@ pub struct ServeArgs {
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
-}
-
-/// Parse a Go-style duration: a number followed by ms, s, m or h.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n.saturating_mul(1_000),
-        "m" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
-        _ => return Err(format!("invalid duration {text:?}: use ms, s, m or h")),
-    };
-    Ok(std::time::Duration::from_millis(ms))
 }
 
 impl ServeArgs {
@@ -170,10 +153,6 @@ impl ServeArgs {
 
     /// Turn flags into a validated configuration.
     pub fn to_config(&self) -> Result<ServerConfig, config::ConfigError> {
-        // etcd's `simple` may carry no options; JWT tokens are not served.
-        if self.auth_token != "simple" {
-            return Err(config::ConfigError::AuthToken(self.auth_token.clone()));
-        }
         let cfg = ServerConfig {
             name: self.name.clone(),
             data_dir: self
@@ -211,6 +190,7 @@ impl ServeArgs {
             lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
             snapshot_count: self.snapshot_count,
             strict_reconfig_check: self.strict_reconfig_check,
+            auth_token: config::parse_auth_token(&self.auth_token)?,
             auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
             peer_tls: self.peer_tls(),

@@ -65,6 +65,9 @@ pub enum NodeError {
     Raft(String),
     #[error("peer TLS: {0}")]
     PeerTls(String),
+    /// A configuration value the member cannot start with (only when starting).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Raft's figures for `Status`.
@@ -134,6 +137,9 @@ impl Node {
         engine: SharedEngine,
         channels: PeerChannels,
     ) -> Result<Arc<Node>, NodeError> {
+        // Unusable JWT keys stop the start before the member touches its storage or its peers.
+        let tokens = crate::auth::TokenProvider::open(&config.auth_token, config.auth_token_ttl)
+            .map_err(|e| NodeError::Config(format!("--auth-token: {e}")))?;
         // Everything below writes through the fail-stop wrapper: one failed fsync stops the member.
         let (engine, disk_failure) = crate::storage::FailStop::wrap(engine);
         let identity = bootstrap::identify(&config, &engine, &channels).await?;
@@ -166,7 +172,7 @@ impl Node {
             engine.clone(),
             watch.clone(),
             member_id,
-            config.auth_token_ttl,
+            tokens,
             metrics.clone(),
         )
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -618,8 +624,9 @@ impl Node {
         }
     }
 
-    /// The auth tokens this member knows (issued through the log, so every member knows each).
-    pub fn tokens(&self) -> &crate::auth::TokenTable {
+    /// How this member issues and checks auth tokens (simple ones come through the log, so every
+    /// member knows each).
+    pub fn tokens(&self) -> &crate::auth::TokenProvider {
         self.state.tokens()
     }
 

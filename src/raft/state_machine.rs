@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::{decode, encode, snapshot, CommandResponse, LogId, StoredMembership, TypeConfig};
 use crate::apply::{self, Applied, ApplyError};
 use crate::auth::tokens::TokenInfo;
-use crate::auth::{AuthStore, TokenTable};
+use crate::auth::{AuthStore, TokenProvider};
 use crate::mvcc::MvccStore;
 use crate::pb::metastore::Command;
 use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, WriteBatch};
@@ -52,8 +52,9 @@ pub struct Shared {
     /// Users, roles and permissions. Apply takes this lock after the MVCC write lock; a reader
     /// holding it never waits for the MVCC lock.
     auth: RwLock<AuthStore>,
-    /// Auth tokens issued through the log (held in memory only, as etcd's simple tokens).
-    tokens: TokenTable,
+    /// How auth tokens are issued and checked; simple tokens issued through the log are recorded
+    /// here (in memory only, as etcd's).
+    tokens: TokenProvider,
     watch: Arc<WatchHub>,
     /// This member's id: commands it proposed through the leader carry it.
     member_id: u64,
@@ -97,8 +98,8 @@ impl Shared {
         self.auth.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The auth tokens this member knows.
-    pub fn tokens(&self) -> &TokenTable {
+    /// The auth tokens this member issues and accepts.
+    pub fn tokens(&self) -> &TokenProvider {
         &self.tokens
     }
 
@@ -147,13 +148,13 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Open the state machine on `engine` (rebuilding the MVCC index); applied changes go to `watch`,
-    /// engine commit times and mvcc operation counts to `metrics`; auth tokens live `token_ttl`
-    /// after their last use.
+    /// engine commit times and mvcc operation counts to `metrics`; auth tokens are made and checked
+    /// by `tokens`.
     pub fn open(
         engine: SharedEngine,
         watch: Arc<WatchHub>,
         member_id: u64,
-        token_ttl: std::time::Duration,
+        tokens: TokenProvider,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> io::Result<Self> {
         if let Some(records) = snapshot::finish_interrupted_install(engine.as_ref())? {
@@ -166,7 +167,7 @@ impl StateMachine {
                 engine,
                 mvcc: RwLock::new(mvcc),
                 auth: RwLock::new(auth),
-                tokens: TokenTable::new(token_ttl),
+                tokens,
                 watch,
                 member_id,
                 waiters: Mutex::new(BTreeMap::new()),
@@ -247,7 +248,7 @@ fn apply_one(
                     {
                         // Member-local memory, like the watch hub: every member learns the token
                         // and runs its own TTL clock for it.
-                        shared.tokens.insert(
+                        shared.tokens.record(
                             token.clone(),
                             TokenInfo {
                                 user: user.clone(),

@@ -26,6 +26,19 @@ pub fn now() -> Instant {
     tokio::time::Instant::now()
 }
 
+/// Current wall-clock time (madsim's simulated one in simulation). Only for what must be
+/// understood outside this process, such as a JWT's `exp`; intervals use [`now`].
+pub fn wall_clock() -> std::time::SystemTime {
+    #[cfg(madsim)]
+    {
+        madsim::time::TimeHandle::current().now_time()
+    }
+    #[cfg(not(madsim))]
+    {
+        std::time::SystemTime::now()
+    }
+}
+
 /// Sleep for `duration` on the seam's clock.
 pub async fn sleep(duration: Duration) {
     tokio::time::sleep(duration).await
