@@ -80,7 +80,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        // A user; listing the attached keys also needs read access to each (as etcd 3.5 checks).
+        // A user; listing the attached keys also needs read access to each (later etcd releases
+        // check this too).
         let needs = if request.get_ref().keys {
             self.access.lease_read_needs(request.get_ref().id)
         } else {
