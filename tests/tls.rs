@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::certs::TestCa;
 use common::free_port;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
 struct Certs {
@@ -23,61 +23,24 @@ struct Certs {
     alice_key: PathBuf,
 }
 
-fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, pem).expect("write a PEM file");
-    path
-}
-
+/// A CA, a server certificate for the loopback names, and client certificates for `root` and
+/// `alice`, all from `common::certs`.
 fn make_certs(dir: &Path) -> Certs {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "metastore test CA");
-    let ca_key = KeyPair::generate().expect("CA key");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
-    let ca_pem = ca_cert.pem();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server params");
-    let server_key = KeyPair::generate().expect("server key");
-    let server_cert = server_params
-        .signed_by(&server_key, &issuer)
-        .expect("server cert");
-
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "root");
-    let client_key = KeyPair::generate().expect("client key");
-    let client_cert = client_params
-        .signed_by(&client_key, &issuer)
-        .expect("client cert");
-
-    let mut alice_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    alice_params
-        .distinguished_name
-        .push(DnType::CommonName, "alice");
-    let alice_key = KeyPair::generate().expect("client key");
-    let alice_cert = alice_params
-        .signed_by(&alice_key, &issuer)
-        .expect("client cert");
-
+    let ca = TestCa::new(dir, "metastore");
+    let server = ca.issue("server", &["127.0.0.1", "localhost"]);
+    let client = ca.issue("root", &[]);
+    let alice = ca.issue("alice", &[]);
     Certs {
-        alice_cert: write(dir, "alice.pem", &alice_cert.pem()),
-        alice_key: write(dir, "alice-key.pem", &alice_key.serialize_pem()),
-        ca: write(dir, "ca.pem", &ca_pem),
-        server_cert: write(dir, "server.pem", &server_cert.pem()),
-        server_key: write(dir, "server-key.pem", &server_key.serialize_pem()),
-        client_cert: write(dir, "client.pem", &client_cert.pem()),
-        client_key: write(dir, "client-key.pem", &client_key.serialize_pem()),
+        ca: ca.cert,
+        server_cert: server.cert,
+        server_key: server.key,
+        client_cert: client.cert,
+        client_key: client.key,
+        alice_cert: alice.cert,
+        alice_key: alice.key,
     }
 }
 
-/// A member serving clients on `https://127.0.0.1:PORT` with `extra` flags; killed on drop.
 struct TlsServer {
     child: Child,
     port: u16,

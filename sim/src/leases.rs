@@ -121,6 +121,15 @@ mod tests {
 
     const S: u64 = 1_000_000;
 
+    /// Lease 7 granted at time 0 for `ttl_secs`.
+    fn granted(ttl_secs: i64) -> Observation {
+        Observation::Granted {
+            lease: 7,
+            at: 0,
+            ttl_secs,
+        }
+    }
+
     fn read(at: u64, present: bool) -> Observation {
         Observation::Read {
             key: "lk".into(),
@@ -133,11 +142,7 @@ mod tests {
     #[test]
     fn a_lease_kept_alive_keeps_its_key() {
         let h = vec![
-            Observation::Granted {
-                lease: 7,
-                at: 0,
-                ttl_secs: 2,
-            },
+            granted(2),
             Observation::KeepAliveSent { lease: 7, at: S },
             Observation::KeepAliveSent {
                 lease: 7,
@@ -156,11 +161,7 @@ mod tests {
     #[test]
     fn a_key_read_after_its_revoke_is_caught() {
         let h = vec![
-            Observation::Granted {
-                lease: 7,
-                at: 0,
-                ttl_secs: 60,
-            },
+            granted(60),
             Observation::Gone { lease: 7, at: S },
             read(2 * S, true),
         ];
@@ -170,11 +171,7 @@ mod tests {
         ));
         // A read that began before the revoke was acknowledged may still see the key.
         let h = vec![
-            Observation::Granted {
-                lease: 7,
-                at: 0,
-                ttl_secs: 60,
-            },
+            granted(60),
             read(S / 2, true),
             Observation::Gone { lease: 7, at: S },
         ];
@@ -184,11 +181,7 @@ mod tests {
     #[test]
     fn a_key_outliving_its_expiry_is_caught() {
         let h = vec![
-            Observation::Granted {
-                lease: 7,
-                at: 0,
-                ttl_secs: 2,
-            },
+            granted(2),
             Observation::KeepAliveSent { lease: 7, at: S },
             read(5 * S, true),
         ];
@@ -198,11 +191,7 @@ mod tests {
         ));
         // Within TTL + bound of the last keep-alive: fine.
         let h = vec![
-            Observation::Granted {
-                lease: 7,
-                at: 0,
-                ttl_secs: 2,
-            },
+            granted(2),
             Observation::KeepAliveSent { lease: 7, at: S },
             read(3 * S + S / 2, true),
         ];
