@@ -390,6 +390,20 @@ impl TestCluster {
             .join(",")
     }
 
+    /// Whether every running member that answers Status names `leader` (a fresh cluster's first
+    /// leader can still lose to a higher vote while the others have not heard of it).
+    async fn all_follow(&self, leader: u64) -> bool {
+        for m in self.members.iter().filter(|m| m.is_running()) {
+            let mut c = m.client().await;
+            if let Ok(status) = c.status().await {
+                if status.leader() != leader {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// The index of the member that leads now, as the running members report it (bounded wait).
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -402,7 +416,10 @@ impl TestCluster {
                 match c.status().await {
                     Ok(status) => {
                         let leader = status.leader();
-                        if leader != 0 && status.header().map(|h| h.member_id()) == Some(leader) {
+                        if leader != 0
+                            && status.header().map(|h| h.member_id()) == Some(leader)
+                            && self.all_follow(leader).await
+                        {
                             return i;
                         }
                     }
