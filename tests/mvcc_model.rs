@@ -384,11 +384,21 @@ fn check(engine: SharedEngine, ops: &[Op]) {
         let want = model_step(&mut model, op);
         let got = real_step(&mut store, op);
         assert_eq!(got, want, "step {i}: {op:?}");
+        assert_eq!(
+            store.live_keys(),
+            model.at(model.rev()).len(),
+            "live key count after step {i}: {op:?}"
+        );
     }
     // A restart rebuilds the same state from the engine.
     drop(store);
     let reopened = MvccStore::open(engine).expect("reopen");
     assert_eq!(reopened.current_revision(), model.rev());
+    assert_eq!(
+        reopened.live_keys(),
+        model.at(model.rev()).len(),
+        "live key count after reopen"
+    );
     let req = RangeRequest {
         key: b"a".to_vec(),
         range_end: vec![0],

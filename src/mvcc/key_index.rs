@@ -131,6 +131,11 @@ impl KeyIndex {
         self.generations.iter().all(|g| g.revs.is_empty())
     }
 
+    /// True when the key exists at the head (its open generation has a revision).
+    pub fn is_live(&self) -> bool {
+        self.generations.last().is_some_and(|g| !g.revs.is_empty())
+    }
+
     /// True when the key has no revisions left at all.
     pub fn is_empty(&self) -> bool {
         self.generations.iter().all(|g| g.revs.is_empty())
@@ -172,32 +177,52 @@ impl RangeEnd {
 #[derive(Debug, Clone, Default)]
 pub struct KeyIndexTree {
     keys: BTreeMap<Vec<u8>, KeyIndex>,
+    /// How many keys exist at the head, kept as puts and deletions go by so that counting them
+    /// (`/metrics` scrapes it) costs nothing instead of a walk over every key under the store's
+    /// lock. Compaction never changes it: it drops only history no head read sees.
+    live: usize,
 }
 
 impl KeyIndexTree {
     /// Record a put of `key` at `rev`.
     pub fn put(&mut self, key: &[u8], rev: Revision) {
         match self.keys.get_mut(key) {
-            Some(ki) => ki.put(rev),
+            Some(ki) => {
+                if !ki.is_live() {
+                    self.live += 1;
+                }
+                ki.put(rev);
+            }
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
                 self.keys.insert(key.to_vec(), ki);
+                self.live += 1;
             }
         }
     }
 
     /// Rebuild one stored record (see [`KeyIndex::restore`]).
     pub fn restore(&mut self, key: &[u8], rev: Revision, created: i64, version: i64) {
-        self.keys
-            .entry(key.to_vec())
-            .or_default()
-            .restore(rev, created, version);
+        let ki = self.keys.entry(key.to_vec()).or_default();
+        if !ki.is_live() {
+            self.live += 1;
+        }
+        ki.restore(rev, created, version);
     }
 
     /// Record a deletion of `key` at `rev`; false if the key was not live.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        self.keys.get_mut(key).is_some_and(|ki| ki.tombstone(rev))
+        let deleted = self.keys.get_mut(key).is_some_and(|ki| ki.tombstone(rev));
+        if deleted {
+            self.live -= 1;
+        }
+        deleted
+    }
+
+    /// Number of keys that exist at the head revision.
+    pub fn live(&self) -> usize {
+        self.live
     }
 
     /// `key` as of revision `at`.
@@ -237,6 +262,11 @@ impl KeyIndexTree {
     pub fn compact(&mut self, at: i64) -> BTreeSet<Revision> {
         let mut keep = BTreeSet::new();
         self.keys.retain(|_, ki| !ki.compact(at, &mut keep));
+        debug_assert_eq!(
+            self.live,
+            self.keys.values().filter(|ki| ki.is_live()).count(),
+            "compaction changed which keys exist at the head"
+        );
         keep
     }
 
@@ -429,5 +459,33 @@ mod tests {
         let keep = t.compact(5);
         assert_eq!(keep.len(), 2, "a@2 and c@4 stay; b's generation ended at 5");
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn the_live_count_follows_puts_deletes_restores_and_compaction() {
+        let mut t = KeyIndexTree::default();
+        t.put(b"a", r(2));
+        t.put(b"a", r(3));
+        t.put(b"b", r(4));
+        assert_eq!(t.live(), 2, "a second put of a does not count it twice");
+        assert!(t.tombstone(b"a", r(5)));
+        assert!(!t.tombstone(b"a", r(6)));
+        assert!(!t.tombstone(b"zz", r(6)));
+        assert_eq!(t.live(), 1, "only a real deletion counts");
+        t.put(b"a", r(7));
+        assert_eq!(t.live(), 2, "a key put again after its deletion is back");
+        assert!(t.tombstone(b"b", r(8)));
+        t.compact(8);
+        assert_eq!(t.live(), 1);
+        assert_eq!(t.len(), 1, "b is gone entirely");
+
+        // Rebuilt from records in revision order, as on start.
+        let mut restored = KeyIndexTree::default();
+        restored.restore(b"a", r(2), 2, 1);
+        restored.restore(b"a", r(3), 2, 2);
+        restored.restore(b"b", r(4), 4, 1);
+        assert!(restored.tombstone(b"a", r(5)));
+        restored.restore(b"a", r(7), 7, 1);
+        assert_eq!(restored.live(), 2);
     }
 }

@@ -240,6 +240,11 @@ impl MvccStore {
         self.index.len()
     }
 
+    /// Number of keys that exist at the current revision (kept up to date; no walk).
+    pub fn live_keys(&self) -> usize {
+        self.index.live()
+    }
+
     fn check_read_revision(&self, rev: i64) -> Result<i64> {
         let at = if rev <= 0 { self.current_rev } else { rev };
         if at > self.current_rev {

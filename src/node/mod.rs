@@ -649,15 +649,10 @@ impl Node {
     pub fn scrape(&self) -> Scrape {
         let (revision, compact_revision, keys, leases) = {
             let store = self.state.read();
-            let everything = crate::mvcc::RangeEnd::from_etcd(&[0]);
-            let keys = store
-                .range(&[0], &everything, 0, 0, true)
-                .map(|r| r.count as u64)
-                .unwrap_or(0);
             (
                 store.current_revision(),
                 store.compact_revision(),
-                keys,
+                store.live_keys() as u64,
                 store.leases().list().len() as u64,
             )
         };
