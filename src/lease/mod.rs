@@ -144,6 +144,16 @@ impl LeaseTable {
             .map(|(id, l)| (*id, l.ttl_secs))
             .collect()
     }
+
+    /// Number of leases (without listing them).
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// True when there is no lease.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
 }
 
 #[cfg(test)]

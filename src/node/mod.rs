@@ -653,7 +653,7 @@ impl Node {
                 store.current_revision(),
                 store.compact_revision(),
                 store.live_keys() as u64,
-                store.leases().list().len() as u64,
+                store.leases().len() as u64,
             )
         };
         let metrics = self.raft.metrics();
