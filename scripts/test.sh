@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs MetaStore's whole test suite: unit and engine-conformance tests, integration tests against the
-# real binary (etcd-client crate and etcdctl, both engines, kill -9 recovery), then the seeded
+# real binary (etcd-client crate and etcdctl, both engines, kill -9 recovery; the differential test
+# against a real etcd 3.5.1 installed by scripts/etcd-reference.sh), then the seeded
 # simulation tests built with --cfg madsim, then a short run of every fuzz target (scripts/fuzz.sh).
 # Ends with one "N passed, N failed" line over the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
+# The reference etcd 3.5.1 that tests/differential.rs compares MetaStore against.
+METASTORE_ETCD_BIN="$(./scripts/etcd-reference.sh)"
+export METASTORE_ETCD_BIN
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore/target}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
