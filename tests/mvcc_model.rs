@@ -1,6 +1,7 @@
 //! MVCC against a reference model simple enough to be obviously right: the whole key space as of
-//! every revision. Random sequences of put / delete-range / txn / compact / range-at-revision must give
-//! the same responses, header revisions and errors on the memory engine and on RocksDB.
+//! every revision. Random sequences of put / delete-range / txn (nested, and refused half-way) /
+//! compact / range-at-revision must give the same responses, header revisions and errors on the
+//! memory engine and on RocksDB, and a refused command must leave the in-memory state untouched.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,12 +31,16 @@ enum Op {
         start: usize,
         end: Option<usize>,
     },
-    /// If `key` holds `value`, put `then_key`, else delete `else_key`.
+    /// If `key` holds `value`, put `then_key`, else delete `else_key`; with `nested` the branch's
+    /// write sits inside a nested txn; with `doomed` a range at a future revision follows the write
+    /// (in the nested txn too), so the whole txn must be refused and leave nothing behind.
     Txn {
         key: usize,
         value: u8,
         then_key: usize,
         else_key: usize,
+        nested: bool,
+        doomed: bool,
     },
     Compact {
         back: i64,
@@ -54,8 +59,10 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (k.clone(), 0u8..4).prop_map(|(key, value)| Op::Put { key, value }),
         2 => (k.clone(), end.clone()).prop_map(|(start, end)| Op::Delete { start, end }),
-        2 => (k.clone(), 0u8..4, k.clone(), k.clone())
-            .prop_map(|(key, value, then_key, else_key)| Op::Txn { key, value, then_key, else_key }),
+        3 => (k.clone(), 0u8..4, k.clone(), k.clone(), any::<bool>(), prop::bool::weighted(0.3))
+            .prop_map(|(key, value, then_key, else_key, nested, doomed)| Op::Txn {
+                key, value, then_key, else_key, nested, doomed,
+            }),
         1 => (-2i64..6).prop_map(|back| Op::Compact { back }),
         4 => (k, end, -2i64..8, 0i64..4).prop_map(|(start, end, back, limit)| Op::Range { start, end, back, limit }),
     ]
@@ -172,11 +179,13 @@ fn model_step(m: &mut Model, op: &Op) -> Outcome {
                 succeeded: true,
             }
         }
+        Op::Txn { doomed: true, .. } => Outcome::Err("future"),
         Op::Txn {
             key,
             value,
             then_key,
             else_key,
+            ..
         } => {
             let holds = next
                 .get(KEYS[*key].as_bytes())
@@ -273,29 +282,58 @@ fn real_step_recorded(s: &mut MvccStore, op: &Op, transcript: &mut Vec<Vec<u8>>)
             value,
             then_key,
             else_key,
-        } => command::Op::Txn(TxnRequest {
-            compare: vec![Compare {
-                key: KEYS[*key].into(),
-                target: CompareTarget::Value as i32,
-                result: CompareResult::Equal as i32,
-                target_union: Some(TargetUnion::Value(vec![*value])),
-                range_end: vec![],
-            }],
-            success: vec![RequestOp {
+            nested,
+            doomed,
+        } => {
+            let then_op = RequestOp {
                 request: Some(request_op::Request::RequestPut(put(
                     *then_key,
                     b"txn".to_vec(),
                 ))),
-            }],
-            failure: vec![RequestOp {
+            };
+            let else_op = RequestOp {
                 request: Some(request_op::Request::RequestDeleteRange(
                     DeleteRangeRequest {
                         key: KEYS[*else_key].into(),
                         ..Default::default()
                     },
                 )),
-            }],
-        }),
+            };
+            let future = s.current_revision() + 100;
+            let shape = |write: RequestOp| {
+                let mut ops = vec![write];
+                if *doomed {
+                    ops.push(RequestOp {
+                        request: Some(request_op::Request::RequestRange(RangeRequest {
+                            key: b"a".to_vec(),
+                            revision: future,
+                            ..Default::default()
+                        })),
+                    });
+                }
+                if *nested {
+                    ops = vec![RequestOp {
+                        request: Some(request_op::Request::RequestTxn(TxnRequest {
+                            compare: vec![],
+                            success: ops,
+                            failure: vec![],
+                        })),
+                    }];
+                }
+                ops
+            };
+            command::Op::Txn(TxnRequest {
+                compare: vec![Compare {
+                    key: KEYS[*key].into(),
+                    target: CompareTarget::Value as i32,
+                    result: CompareResult::Equal as i32,
+                    target_union: Some(TargetUnion::Value(vec![*value])),
+                    range_end: vec![],
+                }],
+                success: shape(then_op),
+                failure: shape(else_op),
+            })
+        }
         Op::Compact { back } => command::Op::Compaction(CompactionRequest {
             revision: s.current_revision() - back,
             physical: true,
@@ -382,8 +420,16 @@ fn check(engine: SharedEngine, ops: &[Op]) {
     let mut store = MvccStore::open(engine.clone()).expect("open");
     for (i, op) in ops.iter().enumerate() {
         let want = model_step(&mut model, op);
+        let before = store.fingerprint();
         let got = real_step(&mut store, op);
         assert_eq!(got, want, "step {i}: {op:?}");
+        if matches!(got, Outcome::Err(_)) {
+            assert_eq!(
+                store.fingerprint(),
+                before,
+                "step {i}: a refused {op:?} changed the in-memory state"
+            );
+        }
         assert_eq!(
             store.live_keys(),
             model.at(model.rev()).len(),

@@ -1,11 +1,13 @@
 //! KV requests from raw bytes, through the server's own validation and apply path, one store per
 //! input. Each frame is one request: 0 Range, 1 Put, 2 DeleteRange, 3 Txn (any nesting),
-//! 4 Compaction; 5.. Auth, Lock and Election requests, which are decoded and must re-encode to
-//! the same message (their handling arrives with the auth issue).
+//! 4 Compaction; 5..=13 Auth, Lock and Election requests, which are decoded and must re-encode to
+//! the same message; 14 a Txn and 15 a Put straight to apply, unvalidated (a committed command
+//! need not have passed this member's edge: apply must be total and atomic on its own).
 //!
-//! Properties: a request the validator or apply rejects leaves the store exactly as it was; an
-//! accepted one keeps the MVCC invariants, moves the revision forward by at most one, and a
-//! compaction never changes what the current revision reads.
+//! Properties: a request the validator or apply rejects leaves the store exactly as it was, on
+//! disk and in memory (key index, leases, pending events); an accepted one keeps the MVCC
+//! invariants, moves the revision forward by at most one, and a compaction never changes what the
+//! current revision reads; after every request a reopen from the engine rebuilds the same state.
 
 #![no_main]
 
@@ -69,6 +71,7 @@ fn write(store: &mut Store, op: Op) {
         }
     }
     store.check_invariants();
+    store.check_reopen();
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -133,7 +136,16 @@ fuzz_target!(|data: &[u8]| {
             11 => round_trip::<UnlockRequest>(bytes),
             12 => round_trip::<CampaignRequest>(bytes),
             13 => round_trip::<ProclaimRequest>(bytes),
-            _ => {}
+            14 => {
+                if let Ok(req) = TxnRequest::decode(bytes) {
+                    write(&mut store, Op::Txn(req));
+                }
+            }
+            _ => {
+                if let Ok(req) = PutRequest::decode(bytes) {
+                    write(&mut store, Op::Put(req));
+                }
+            }
         }
     }
 });

@@ -35,8 +35,10 @@ impl ClusterService {
         Ok(())
     }
 
+    /// etcd's cluster service header: cluster, member and term, but no revision (membership is
+    /// not part of the key-value store's history).
     fn header(&self) -> Option<ResponseHeader> {
-        Some(self.node.header(self.node.current_revision()))
+        Some(self.node.header(0))
     }
 }
 

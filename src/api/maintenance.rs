@@ -141,9 +141,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.admin_only(&request)?;
         self.node.defragment().await?;
-        Ok(Response::new(DefragmentResponse {
-            header: Some(self.node.header(self.node.current_revision())),
-        }))
+        // etcd answers a defragmentation with an empty message: no header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -199,9 +198,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         self.admin_only(&request)?;
         self.node.move_leader(request.get_ref().target_id).await?;
-        Ok(Response::new(MoveLeaderResponse {
-            header: Some(self.node.header(self.node.current_revision())),
-        }))
+        // etcd answers a leadership transfer with an empty message: no header.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(

@@ -69,6 +69,8 @@ impl From<ApplyError> for Status {
                 status(Code::Internal, "etcdserver: undecodable replicated command")
             }
             ApplyError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
+            // The member stops on this; a client waiting for the entry learns only that.
+            ApplyError::Invariant(_) => status(Code::Unavailable, "etcdserver: server stopped"),
             ApplyError::Auth(e) => e.into(),
         }
     }

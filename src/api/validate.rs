@@ -81,19 +81,28 @@ pub fn txn(r: &TxnRequest, max_txn_ops: usize) -> Result {
     Ok(())
 }
 
+/// etcd's `checkTxnRequest`, in its order: the operation count, then every compare's key, then
+/// each operation of the success branch and of the failure branch (a nested transaction in full
+/// before the next operation). A nested transaction may hold only as many operations per branch as
+/// its parent left unused.
 fn txn_ops(r: &TxnRequest, max_txn_ops: usize, depth: usize) -> Result {
     if depth >= MAX_TXN_NESTING_DEPTH {
         return Err(ValidationError::TooManyOps);
     }
-    if r.compare.len().max(r.success.len()).max(r.failure.len()) > max_txn_ops {
+    let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if opc > max_txn_ops {
         return Err(ValidationError::TooManyOps);
     }
+    if r.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(ValidationError::EmptyKey);
+    }
+    let nested_max = max_txn_ops - opc;
     for op in r.success.iter().chain(&r.failure) {
         match &op.request {
             Some(request_op::Request::RequestRange(x)) => range(x)?,
             Some(request_op::Request::RequestPut(x)) => put(x)?,
             Some(request_op::Request::RequestDeleteRange(x)) => delete_range(x)?,
-            Some(request_op::Request::RequestTxn(x)) => txn_ops(x, max_txn_ops, depth + 1)?,
+            Some(request_op::Request::RequestTxn(x)) => txn_ops(x, nested_max, depth + 1)?,
             None => return Err(ValidationError::EmptyRequestOp),
         }
     }

@@ -221,12 +221,14 @@ fn to_response(node: &Node, msg: HubMessage) -> WatchResponse {
                 ..Default::default()
             }
         }
+        // etcd's watchable store sends a compacted watcher's response without a revision, so its
+        // header carries revision 0.
         HubMessage::Compacted {
             watch_id,
             compact_revision,
-            revision,
+            ..
         } => WatchResponse {
-            header: header(revision),
+            header: header(0),
             watch_id,
             compact_revision,
             canceled: true,

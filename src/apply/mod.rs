@@ -25,8 +25,8 @@ use crate::pb::etcdserverpb::{
 use crate::pb::metastore::{command, Command};
 use crate::storage::{StorageError, WriteBatch};
 
-/// Why a command was rejected. Every variant but `Storage` leaves the store untouched and is the
-/// client's answer; `Storage` means the member must stop.
+/// Why a command was rejected. A rejected command leaves every state untouched; the variants that
+/// are not [`ApplyError::is_fatal`] are the client's answer, the others stop the member.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("mvcc: required revision has been compacted")]
@@ -43,8 +43,19 @@ pub enum ApplyError {
     EmptyCommand,
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The store's own invariants do not hold: the member must stop.
+    #[error("mvcc invariant broken: {0}")]
+    Invariant(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl ApplyError {
+    /// Whether the member must stop (its state or its disk can no longer be trusted) rather than
+    /// answer the client with the error.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ApplyError::Storage(_) | ApplyError::Invariant(_))
+    }
 }
 
 impl From<MvccError> for ApplyError {
@@ -52,6 +63,7 @@ impl From<MvccError> for ApplyError {
         match e {
             MvccError::Compacted => ApplyError::Compacted,
             MvccError::FutureRevision => ApplyError::FutureRevision,
+            MvccError::Invariant(s) => ApplyError::Invariant(s),
             MvccError::Storage(s) => ApplyError::Storage(s),
         }
     }
@@ -109,10 +121,12 @@ fn check_requester(auth: &AuthStore, cmd: &Command) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Execute `cmd` against `store` and `auth`. On success the returned batch holds every engine
-/// change; the caller adds its own bookkeeping (applied index) and writes it atomically. The key
-/// index (or the auth store) is already updated, so the caller must write the batch or stop the
-/// member.
+/// Execute `cmd` against `store` and `auth`: whole, or not at all. On success the returned batch
+/// holds every engine change; the caller adds its own bookkeeping (applied index) and writes it
+/// atomically. The in-memory state (key index, leases, auth) is already updated then, so the caller
+/// must write the batch or stop the member. On an error nothing has changed: MVCC writes are staged
+/// in a [`crate::mvcc::WriteTxn`] that is dropped unfinished, and every other command checks
+/// before it changes anything.
 pub fn apply(
     store: &mut MvccStore,
     auth: &mut AuthStore,
@@ -126,7 +140,16 @@ pub fn apply(
                 Some(crate::pb::metastore::auth_command::Op::TokenIssue(t)) => Some(t.clone()),
                 _ => None,
             };
-            auth.apply(change, &mut batch)?;
+            if issue.is_some() {
+                // A login changes no auth state: checked against the store as it is.
+                auth.apply(change, &mut batch)?;
+            } else {
+                // Applied to a copy that replaces the store only once the change succeeded: a
+                // refused change leaves the auth state as it was, whatever the change's own checks.
+                let mut staged = auth.clone();
+                staged.apply(change, &mut batch)?;
+                *auth = staged;
+            }
             let revision = store.current_revision();
             let applied = match issue {
                 Some(t) => Applied::TokenIssued {
@@ -167,7 +190,14 @@ pub fn apply(
         }
         command::Op::Txn(req) => {
             let mut txn = store.write_txn();
-            let resp = txn::execute_txn(&mut txn, &req)?;
+            let resp = match txn::execute_txn(&mut txn, &req) {
+                Ok(resp) => resp,
+                Err(e) => {
+                    #[cfg(feature = "sim-bug-partial-txn")]
+                    txn.leak_unfinished();
+                    return Err(e);
+                }
+            };
             let (batch, rev) = txn.finish();
             Ok((
                 Applied::Txn(TxnResponse {

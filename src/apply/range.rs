@@ -1,5 +1,7 @@
 //! Range requests: limit, count, revision filters, sorting, keys-only, count-only, as etcd does them.
 
+use std::cmp::Ordering;
+
 use super::{header, ApplyError, ReadView};
 use crate::mvcc::RangeEnd;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -46,16 +48,19 @@ pub fn execute_range(view: &dyn ReadView, req: &RangeRequest) -> Result<RangeRes
         order = SortOrder::None;
     }
     if order != SortOrder::None {
-        // A stable sort keeps ties in key order.
-        match target {
-            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-        }
+        let by: fn(&KeyValue, &KeyValue) -> Ordering = match target {
+            SortTarget::Key => |a, b| a.key.cmp(&b.key),
+            SortTarget::Version => |a, b| a.version.cmp(&b.version),
+            SortTarget::Create => |a, b| a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => |a, b| a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => |a, b| a.value.cmp(&b.value),
+        };
+        // A stable sort keeps ties in ascending key order in both directions, as etcd's does (its
+        // insertion sort on small results; on large ones Go leaves tie order unspecified).
         if order == SortOrder::Descend {
-            kvs.reverse();
+            kvs.sort_by(|a, b| by(b, a));
+        } else {
+            kvs.sort_by(by);
         }
     }
 

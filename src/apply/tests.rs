@@ -566,3 +566,233 @@ fn a_write_checked_against_an_older_auth_revision_is_refused() {
     // The member's own commands (lease expiry, checkpoints) carry no requester and pass.
     step(&mut s, &mut auth, put(), None).expect("internal command");
 }
+
+fn op(request: request_op::Request) -> RequestOp {
+    RequestOp {
+        request: Some(request),
+    }
+}
+
+fn op_range_at(k: &str, revision: i64) -> RequestOp {
+    op(request_op::Request::RequestRange(RangeRequest {
+        revision,
+        ..rr(k, "")
+    }))
+}
+
+/// Apply `cmd` and require that it is refused with `want` and left every in-memory state exactly
+/// as it was (the engine is untouched anyway: a refused command returns no batch).
+fn refused(s: &mut MvccStore, cmd: command::Op, want: fn(&ApplyError) -> bool) {
+    let before = s.fingerprint();
+    let mut auth = AuthStore::default();
+    let outcome = apply(
+        s,
+        &mut auth,
+        Command {
+            op: Some(cmd),
+            ..Default::default()
+        },
+    );
+    match outcome {
+        Err(e) => assert!(want(&e), "refused with an unexpected error: {e:?}"),
+        Ok((applied, _)) => panic!("expected a refusal, got {applied:?}"),
+    }
+    assert_eq!(s.fingerprint(), before, "a refused command changed state");
+    assert_eq!(auth, AuthStore::default());
+}
+
+/// The request that stopped every member: a txn whose put ran before a later range of the same
+/// branch failed left its put in the key index, and the next write reused its revision.
+#[test]
+fn a_txn_refused_after_a_put_leaves_no_trace_and_the_next_put_works() {
+    let mut s = store();
+    let crash = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("k1", "v"), op_range_at("k2", 999_999)],
+        failure: vec![],
+    };
+    refused(&mut s, command::Op::Txn(crash), |e| {
+        matches!(e, ApplyError::FutureRevision)
+    });
+    assert!(s.take_events().is_empty(), "no event for a refused put");
+    let r = put(&mut s, "k1", "x");
+    assert_eq!(r.header.unwrap().revision, 2);
+    assert_eq!(get(&s, rr("k1", "")).kvs[0].version, 1);
+}
+
+/// Ops that fail only while running (after the up-front check passed) still leave nothing: apply
+/// does not rely on the edge's validation, which forbids these shapes.
+#[test]
+fn failures_in_the_middle_of_a_txn_leave_no_trace() {
+    let mut s = store();
+    put(&mut s, "a", "1");
+    let grant = crate::pb::etcdserverpb::LeaseGrantRequest { ttl: 60, id: 7 };
+    assert!(run(&mut s, command::Op::LeaseGrant(grant)).is_ok());
+    // Delete a key, then put it with ignore_value: the put finds no key any more.
+    let del_then_ignore = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: b"a".to_vec(),
+                    ..Default::default()
+                },
+            )),
+            op(request_op::Request::RequestPut(PutRequest {
+                key: b"a".to_vec(),
+                ignore_value: true,
+                ..Default::default()
+            })),
+        ],
+        failure: vec![],
+    };
+    refused(&mut s, command::Op::Txn(del_then_ignore), |e| {
+        matches!(e, ApplyError::KeyNotFound)
+    });
+    // A put with a lease, then a nested txn whose range reads a future revision.
+    let nested_failure = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op(request_op::Request::RequestPut(PutRequest {
+                key: b"leased".to_vec(),
+                lease: 7,
+                ..Default::default()
+            })),
+            op(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![],
+                success: vec![op_put("b", "1"), op_range_at("a", 50)],
+                failure: vec![],
+            })),
+        ],
+        failure: vec![],
+    };
+    refused(&mut s, command::Op::Txn(nested_failure), |e| {
+        matches!(e, ApplyError::FutureRevision)
+    });
+    assert_eq!(get(&s, rr("a", "")).kvs[0].value, b"1");
+}
+
+#[test]
+fn write_txns_check_range_revisions_up_front_read_only_ones_do_not() {
+    let mut s = store();
+    for v in ["1", "2", "3"] {
+        put(&mut s, "a", v);
+    }
+    assert!(run(
+        &mut s,
+        command::Op::Compaction(CompactionRequest {
+            revision: 3,
+            physical: false
+        })
+    )
+    .is_ok());
+    // With a write, a negative revision is below the compaction: refused, as etcd's checkTxn does.
+    let write = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("b", "x"), op_range_at("a", -1)],
+        failure: vec![],
+    };
+    refused(&mut s, command::Op::Txn(write), |e| {
+        matches!(e, ApplyError::Compacted)
+    });
+    // Read-only: a negative revision reads the head.
+    let read = TxnRequest {
+        compare: vec![],
+        success: vec![op_range_at("a", -1)],
+        failure: vec![],
+    };
+    let r = txn(&mut s, read).unwrap();
+    let Some(response_op::Response::ResponseRange(got)) = &r.responses[0].response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(got.kvs[0].value, b"3");
+    // The put's own revision is not readable up front either (etcd: future revision).
+    let own = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("b", "x"), op_range_at("b", 5)],
+        failure: vec![],
+    };
+    refused(&mut s, command::Op::Txn(own), |e| {
+        matches!(e, ApplyError::FutureRevision)
+    });
+}
+
+#[test]
+fn nested_txn_responses_carry_an_empty_header() {
+    let mut s = store();
+    let nested = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("x", "1")],
+        failure: vec![],
+    };
+    let outer = TxnRequest {
+        compare: vec![],
+        success: vec![op(request_op::Request::RequestTxn(nested))],
+        failure: vec![],
+    };
+    let r = txn(&mut s, outer).unwrap();
+    assert_eq!(r.header.unwrap().revision, 2);
+    let Some(response_op::Response::ResponseTxn(inner)) = &r.responses[0].response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(inner.header, Some(ResponseHeader::default()));
+    let Some(response_op::Response::ResponsePut(p)) = &inner.responses[0].response else {
+        panic!("{inner:?}")
+    };
+    assert_eq!(
+        p.header.unwrap().revision,
+        2,
+        "an op's own header keeps its revision"
+    );
+}
+
+#[test]
+fn descending_sort_keeps_ties_in_ascending_key_order() {
+    let mut s = store();
+    for k in ["a", "b", "c"] {
+        put(&mut s, k, "same");
+    }
+    put(&mut s, "d", "zzz");
+    let r = get(
+        &s,
+        RangeRequest {
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Value as i32,
+            ..rr("a", "z")
+        },
+    );
+    let keys: Vec<&[u8]> = r.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    assert_eq!(keys, [&b"d"[..], b"a", b"b", b"c"]);
+}
+
+#[test]
+fn unknown_compare_target_is_equal_and_unknown_result_holds() {
+    let mut s = store();
+    put(&mut s, "a", "1");
+    let with = |target: i32, result: i32| TxnRequest {
+        compare: vec![Compare {
+            key: b"a".to_vec(),
+            target,
+            result,
+            target_union: None,
+            range_end: vec![],
+        }],
+        success: vec![],
+        failure: vec![],
+    };
+    assert!(
+        txn(&mut s, with(9, CompareResult::Equal as i32))
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        !txn(&mut s, with(9, CompareResult::Less as i32))
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        txn(&mut s, with(CompareTarget::Version as i32, 9))
+            .unwrap()
+            .succeeded
+    );
+}

@@ -131,6 +131,14 @@ impl KeyIndex {
         self.generations.iter().all(|g| g.revs.is_empty())
     }
 
+    /// The newest revision recorded for the key (a put or a tombstone), if any.
+    pub fn newest(&self) -> Option<Revision> {
+        self.generations
+            .iter()
+            .rev()
+            .find_map(|g| g.revs.last().copied())
+    }
+
     /// True when the key exists at the head (its open generation has a revision).
     pub fn is_live(&self) -> bool {
         self.generations.last().is_some_and(|g| !g.revs.is_empty())
@@ -174,7 +182,7 @@ impl RangeEnd {
 }
 
 /// Every key's index, ordered by key.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyIndexTree {
     keys: BTreeMap<Vec<u8>, KeyIndex>,
     /// How many keys exist at the head, kept as puts and deletions go by so that counting them
@@ -218,6 +226,11 @@ impl KeyIndexTree {
             self.live -= 1;
         }
         deleted
+    }
+
+    /// The newest revision recorded for `key` (a put or a tombstone), if any.
+    pub fn newest(&self, key: &[u8]) -> Option<Revision> {
+        self.keys.get(key)?.newest()
     }
 
     /// Number of keys that exist at the head revision.

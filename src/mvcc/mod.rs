@@ -12,7 +12,7 @@ mod store;
 
 pub use key_index::{KeyAt, RangeEnd};
 pub use revision::Revision;
-pub use store::{MvccStore, RangeResult, WriteTxn, FIRST_REVISION};
+pub use store::{MvccFingerprint, MvccStore, RangeResult, WriteTxn, FIRST_REVISION};
 
 use crate::storage::StorageError;
 
@@ -25,6 +25,10 @@ pub enum MvccError {
     /// The requested revision is newer than the store.
     #[error("mvcc: required revision is a future revision")]
     FutureRevision,
+    /// The store's own invariants do not hold (a corrupt index or revision counter): the member
+    /// must stop. No request can cause it.
+    #[error("mvcc invariant broken: {0}")]
+    Invariant(String),
     /// The engine failed; the member must stop.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -7,6 +7,7 @@
 //!   same batch as the change they describe.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use prost::Message;
 
@@ -34,6 +35,19 @@ pub struct RangeResult {
     pub count: usize,
     /// The store's current revision when read.
     pub rev: i64,
+}
+
+/// A copy of every piece of [`MvccStore`]'s in-memory state, to compare two moments (a refused
+/// command must leave it equal). Costs a clone of the whole index: for tests and fuzzing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MvccFingerprint {
+    index: KeyIndexTree,
+    current_rev: i64,
+    compact_rev: i64,
+    unflushed: BTreeMap<Revision, KeyValue>,
+    unflushed_tombstones: Vec<Revision>,
+    events: Vec<Event>,
+    leases: LeaseTable,
 }
 
 /// The MVCC store.
@@ -154,6 +168,19 @@ impl MvccStore {
             }
         }
         Ok(())
+    }
+
+    /// A copy of the whole in-memory state (see [`MvccFingerprint`]).
+    pub fn fingerprint(&self) -> MvccFingerprint {
+        MvccFingerprint {
+            index: self.index.clone(),
+            current_rev: self.current_rev,
+            compact_rev: self.compact_rev,
+            unflushed: self.unflushed.clone(),
+            unflushed_tombstones: self.unflushed_tombstones.clone(),
+            events: self.events.clone(),
+            leases: self.leases.clone(),
+        }
     }
 
     /// The lease table.
@@ -344,14 +371,9 @@ impl MvccStore {
         limit: usize,
         count_only: bool,
     ) -> Result<RangeResult> {
-        let mut count = 0usize;
         let mut found: Vec<Revision> = Vec::new();
-        self.index.visit(key, end, at, |_, k| {
-            count += 1;
-            if !count_only && (limit == 0 || found.len() < limit) {
-                found.push(k.modified);
-            }
-            true
+        let count = collect(&mut found, limit, count_only, |f| {
+            self.index.visit(key, end, at, f)
         });
         let mut kvs = Vec::with_capacity(found.len());
         for rev in found {
@@ -381,6 +403,7 @@ impl MvccStore {
             begin_rev,
             sub: 0,
             batch: WriteBatch::new(),
+            staged: Staged::default(),
         }
     }
 
@@ -426,13 +449,48 @@ impl MvccStore {
     }
 }
 
+/// What a write transaction has changed so far, kept apart from the store until
+/// [`WriteTxn::finish`] publishes it. Dropping a transaction drops this, and with it every trace of
+/// the transaction: a command refused half-way leaves the store exactly as it was.
+#[derive(Default)]
+struct Staged {
+    /// Each key the transaction wrote, as it stands after those writes (`None`: deleted by it).
+    /// Reads inside the transaction see these over the key index.
+    keys: BTreeMap<Vec<u8>, Option<KeyAt>>,
+    /// The key index changes, in sub-revision order.
+    index_ops: Vec<IndexOp>,
+    /// The records written, by revision (read back by later reads of the same transaction).
+    records: BTreeMap<Revision, KeyValue>,
+    /// The tombstones written.
+    tombstones: Vec<Revision>,
+    /// Lease table changes, in order.
+    lease_ops: Vec<LeaseOp>,
+    /// The watch events, in order.
+    events: Vec<Event>,
+}
+
+enum IndexOp {
+    Put(Vec<u8>, Revision),
+    Tombstone(Vec<u8>, Revision),
+}
+
+enum LeaseOp {
+    Attach(i64, Vec<u8>),
+    Detach(Vec<u8>),
+    Revoke(i64),
+}
+
 /// A write transaction: puts and deletes at one new main revision. Reads inside it see its own
-/// earlier writes, as in etcd.
+/// earlier writes, as in etcd. Every change is staged inside the transaction (key index, records,
+/// lease attachments, events, the revision counter) and reaches the store only in
+/// [`WriteTxn::finish`]: dropping an unfinished transaction changes nothing.
+#[must_use = "a write transaction changes nothing until finish() publishes it"]
 pub struct WriteTxn<'a> {
     store: &'a mut MvccStore,
     begin_rev: i64,
     sub: i64,
     batch: WriteBatch,
+    staged: Staged,
 }
 
 impl WriteTxn<'_> {
@@ -450,6 +508,11 @@ impl WriteTxn<'_> {
         self.begin_rev
     }
 
+    /// The store's compaction revision (-1 if none).
+    pub fn compact_rev(&self) -> i64 {
+        self.store.compact_rev
+    }
+
     /// Whether anything was written so far.
     pub fn has_changes(&self) -> bool {
         self.sub > 0
@@ -463,14 +526,24 @@ impl WriteTxn<'_> {
 
     /// Key state as seen inside the transaction.
     pub fn key_at(&self, key: &[u8]) -> Option<KeyAt> {
-        self.store.index.get(key, self.read_rev())
+        match self.staged.keys.get(key) {
+            Some(staged) => *staged,
+            None => self.store.index.get(key, self.begin_rev),
+        }
+    }
+
+    fn load(&self, rev: Revision) -> Result<KeyValue> {
+        match self.staged.records.get(&rev) {
+            Some(kv) => Ok(kv.clone()),
+            None => self.store.load(rev),
+        }
     }
 
     /// The record of `key` as seen inside the transaction.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         match self.key_at(key) {
             None => Ok(None),
-            Some(k) => Ok(Some(self.store.load(k.modified)?)),
+            Some(k) => Ok(Some(self.load(k.modified)?)),
         }
     }
 
@@ -490,15 +563,91 @@ impl WriteTxn<'_> {
         if at < self.store.compact_rev {
             return Err(MvccError::Compacted);
         }
-        let mut result = self.store.range_at(key, end, at, limit, count_only)?;
+        let mut result = if at > self.begin_rev {
+            // The transaction's own revision: the index below, the staged keys over it.
+            let mut found = Vec::new();
+            let count = collect(&mut found, limit, count_only, |f| {
+                self.visit_staged(key, end, f)
+            });
+            let mut kvs = Vec::with_capacity(found.len());
+            for rev in found {
+                kvs.push(self.load(rev)?);
+            }
+            RangeResult { kvs, count, rev: 0 }
+        } else {
+            self.store.range_at(key, end, at, limit, count_only)?
+        };
         result.rev = self.read_rev();
         Ok(result)
     }
 
+    /// Visit the keys of `[start, end)` as they stand inside the transaction, in key order: the
+    /// key index at the revision before it, merged with the keys it wrote.
+    fn visit_staged(
+        &self,
+        start: &[u8],
+        end: &RangeEnd,
+        mut visit: impl FnMut(&[u8], KeyAt) -> bool,
+    ) {
+        let upper = match end {
+            RangeEnd::Single => Bound::Included(start),
+            RangeEnd::Before(e) if e.as_slice() <= start => return,
+            RangeEnd::Before(e) => Bound::Excluded(e.as_slice()),
+            RangeEnd::Unbounded => Bound::Unbounded,
+        };
+        let mut staged = self
+            .staged
+            .keys
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .peekable();
+        let mut stopped = false;
+        self.store
+            .index
+            .visit(start, end, self.begin_rev, |key, at| {
+                // Keys the transaction wrote that sort before this one (created, or deleted ones
+                // the index does not show at this revision anyway).
+                while let Some((k, state)) = staged.next_if(|(k, _)| k.as_slice() < key) {
+                    if let Some(s) = state {
+                        if !visit(k, *s) {
+                            stopped = true;
+                            return false;
+                        }
+                    }
+                }
+                let go = match staged.next_if(|(k, _)| k.as_slice() == key) {
+                    Some((_, Some(s))) => visit(key, *s),
+                    Some((_, None)) => true, // deleted by the transaction
+                    None => visit(key, at),
+                };
+                stopped = !go;
+                go
+            });
+        if stopped {
+            return;
+        }
+        for (k, state) in staged {
+            if let Some(s) = state {
+                if !visit(k, *s) {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Put `key`; returns the new record.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> KeyValue {
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<KeyValue> {
         let prev = self.key_at(key);
         let rev = self.next_rev();
+        // The index must never hold a revision of this key at or above the new one: that would
+        // mean the revision counter went back (a corrupt store), and publishing would break the
+        // index. Caught here, it stops the member with an error instead.
+        if let Some(newest) = self.store.index.newest(key) {
+            if newest >= rev {
+                return Err(MvccError::Invariant(format!(
+                    "put of {key:?} at {rev:?}, but the key index already holds {newest:?}"
+                )));
+            }
+        }
         let (create_revision, version) = match prev {
             Some(p) => (p.created, p.version + 1),
             None => (rev.main, 1),
@@ -513,15 +662,24 @@ impl WriteTxn<'_> {
         };
         self.batch
             .put(Keyspace::Kv, rev.record_key(false), kv.encode_to_vec());
-        self.store.index.put(key, rev);
-        self.store.leases.attach(lease, key);
-        self.store.unflushed.insert(rev, kv.clone());
-        self.store.events.push(Event {
+        let staged = &mut self.staged;
+        staged.keys.insert(
+            key.to_vec(),
+            Some(KeyAt {
+                modified: rev,
+                created: create_revision,
+                version,
+            }),
+        );
+        staged.index_ops.push(IndexOp::Put(key.to_vec(), rev));
+        staged.lease_ops.push(LeaseOp::Attach(lease, key.to_vec()));
+        staged.records.insert(rev, kv.clone());
+        staged.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv.clone()),
             prev_kv: None,
         });
-        kv
+        Ok(kv)
     }
 
     /// Delete every live key in `[key, end)`; returns the records deleted (their last values).
@@ -535,57 +693,137 @@ impl WriteTxn<'_> {
             };
             self.batch
                 .put(Keyspace::Kv, rev.record_key(true), tomb.encode_to_vec());
-            self.store.unflushed_tombstones.push(rev);
-            self.store.leases.detach(&kv.key);
-            let deleted = KeyValue {
-                key: kv.key.clone(),
-                mod_revision: rev.main,
-                ..Default::default()
-            };
-            self.store.events.push(Event {
+            let staged = &mut self.staged;
+            staged.keys.insert(kv.key.clone(), None);
+            staged
+                .index_ops
+                .push(IndexOp::Tombstone(kv.key.clone(), rev));
+            staged.tombstones.push(rev);
+            staged.lease_ops.push(LeaseOp::Detach(kv.key.clone()));
+            staged.events.push(Event {
                 r#type: EventType::Delete as i32,
-                kv: Some(deleted),
+                kv: Some(KeyValue {
+                    key: kv.key.clone(),
+                    mod_revision: rev.main,
+                    ..Default::default()
+                }),
                 prev_kv: None,
             });
-            let was_live = self.store.index.tombstone(&kv.key, rev);
-            debug_assert!(was_live, "deleting a key the range just returned");
         }
         Ok(doomed)
     }
 
     /// Whether lease `id` exists (as seen inside the transaction).
     pub fn lease_exists(&self, id: i64) -> bool {
-        self.store.leases.contains(id)
+        let revoked = self
+            .staged
+            .lease_ops
+            .iter()
+            .any(|op| matches!(op, LeaseOp::Revoke(r) if *r == id));
+        !revoked && self.store.leases.contains(id)
     }
 
     /// Revoke lease `id`: delete every key attached to it (at this transaction's revision) and drop
-    /// the lease. Returns false if the lease does not exist.
+    /// the lease. Returns false if the lease does not exist. Must be the transaction's only work
+    /// (a revoke is a command of its own), so the attachments are the store's.
     pub fn lease_revoke(&mut self, id: i64) -> Result<bool> {
-        if !self.store.leases.contains(id) {
+        if !self.lease_exists(id) {
             return Ok(false);
+        }
+        if self.has_changes() {
+            return Err(MvccError::Invariant(format!(
+                "lease {id} revoked inside a transaction that already wrote"
+            )));
         }
         for key in self.store.leases.keys(id) {
             self.delete_range(&key, &RangeEnd::Single)?;
         }
-        self.store.leases.revoke(id);
+        self.staged.lease_ops.push(LeaseOp::Revoke(id));
         self.batch.delete(Keyspace::Meta, lease::record_key(id));
         Ok(true)
     }
 
-    /// End the transaction: the batch to write (with the new current revision, if anything
-    /// changed) and the store revision after it.
+    /// End the transaction: publish every staged change to the store, and return the batch to
+    /// write (with the new current revision, if anything changed) and the store revision after
+    /// it. Nothing here can fail: every check ran while the changes were staged.
     pub fn finish(self) -> (WriteBatch, i64) {
-        let mut batch = self.batch;
-        if self.sub > 0 {
-            self.store.current_rev = self.begin_rev + 1;
+        self.publish(true)
+    }
+
+    /// The deliberately broken behaviour of the `sim-bug-partial-txn` build: what a refused
+    /// transaction had done so far reaches the in-memory state, though its batch is never written
+    /// and the revision never moves (the simulation must catch this).
+    #[cfg(feature = "sim-bug-partial-txn")]
+    pub fn leak_unfinished(self) {
+        drop(self.publish(false));
+    }
+
+    fn publish(self, bump: bool) -> (WriteBatch, i64) {
+        let WriteTxn {
+            store,
+            begin_rev,
+            sub,
+            mut batch,
+            staged,
+        } = self;
+        if sub > 0 {
+            for op in staged.index_ops {
+                match op {
+                    IndexOp::Put(key, rev) => store.index.put(&key, rev),
+                    IndexOp::Tombstone(key, rev) => {
+                        let was_live = store.index.tombstone(&key, rev);
+                        debug_assert!(was_live, "a staged delete of a key that is not live");
+                    }
+                }
+            }
+            for op in staged.lease_ops {
+                match op {
+                    LeaseOp::Attach(id, key) => store.leases.attach(id, &key),
+                    LeaseOp::Detach(key) => store.leases.detach(&key),
+                    LeaseOp::Revoke(id) => drop(store.leases.revoke(id)),
+                }
+            }
+            store.unflushed.extend(staged.records);
+            store.unflushed_tombstones.extend(staged.tombstones);
+            store.events.extend(staged.events);
+            if !bump {
+                return (batch, store.current_rev);
+            }
+            store.current_rev = begin_rev + 1;
             batch.put(
                 Keyspace::Meta,
                 META_CURRENT_REV,
-                self.store.current_rev.to_be_bytes().to_vec(),
+                store.current_rev.to_be_bytes().to_vec(),
             );
+        } else {
+            // Nothing written, but a revoke of a lease without keys still drops the lease.
+            for op in staged.lease_ops {
+                if let LeaseOp::Revoke(id) = op {
+                    drop(store.leases.revoke(id));
+                }
+            }
         }
-        (batch, self.store.current_rev)
+        (batch, store.current_rev)
     }
+}
+
+/// Gather the revisions a range visit offers: at most `limit` (0: all) unless `count_only`; returns
+/// how many keys were offered in all.
+fn collect(
+    found: &mut Vec<Revision>,
+    limit: usize,
+    count_only: bool,
+    visit: impl FnOnce(&mut dyn FnMut(&[u8], KeyAt) -> bool),
+) -> usize {
+    let mut count = 0usize;
+    visit(&mut |_, k| {
+        count += 1;
+        if !count_only && (limit == 0 || found.len() < limit) {
+            found.push(k.modified);
+        }
+        true
+    });
+    count
 }
 
 #[cfg(test)]
@@ -612,8 +850,18 @@ mod tests {
     fn revisions_versions_and_reads_at_past_revisions() {
         let mut s = store();
         assert_eq!(s.current_revision(), 1);
-        assert_eq!(commit(&mut s, |t| drop(t.put(b"a", b"1".to_vec(), 0))), 2);
-        assert_eq!(commit(&mut s, |t| drop(t.put(b"a", b"2".to_vec(), 0))), 3);
+        assert_eq!(
+            commit(&mut s, |t| {
+                t.put(b"a", b"1".to_vec(), 0).unwrap();
+            }),
+            2
+        );
+        assert_eq!(
+            commit(&mut s, |t| {
+                t.put(b"a", b"2".to_vec(), 0).unwrap();
+            }),
+            3
+        );
         let kv = s.get(b"a").unwrap().unwrap();
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
         let old = s.range(b"a", &RangeEnd::Single, 2, 0, false).unwrap();
@@ -640,7 +888,7 @@ mod tests {
         );
         assert_eq!(s.get(b"a").unwrap(), None);
         let kv = commit(&mut s, |t| {
-            let kv = t.put(b"a", b"3".to_vec(), 0);
+            let kv = t.put(b"a", b"3".to_vec(), 0).unwrap();
             assert_eq!((kv.create_revision, kv.version), (5, 1));
         });
         assert_eq!(kv, 5);
@@ -651,7 +899,7 @@ mod tests {
         let mut s = store();
         commit(&mut s, |t| {
             for k in ["a", "b", "c", "d"] {
-                t.put(k.as_bytes(), vec![], 0);
+                t.put(k.as_bytes(), vec![], 0).unwrap();
             }
         });
         let r = s.range(b"a", &RangeEnd::Unbounded, 0, 2, false).unwrap();
@@ -667,7 +915,7 @@ mod tests {
     fn txn_reads_its_own_writes() {
         let mut s = store();
         commit(&mut s, |t| {
-            t.put(b"k", b"v".to_vec(), 0);
+            t.put(b"k", b"v".to_vec(), 0).unwrap();
             let r = t.range(b"k", &RangeEnd::Single, 0, 0, false).unwrap();
             assert_eq!(r.kvs[0].value, b"v");
             assert_eq!(r.rev, 2);
@@ -680,10 +928,12 @@ mod tests {
     #[test]
     fn events_live_and_from_storage_agree() {
         let mut s = store();
-        commit(&mut s, |t| drop(t.put(b"a", b"1".to_vec(), 0)));
         commit(&mut s, |t| {
-            t.put(b"b", b"2".to_vec(), 0);
-            t.put(b"c", b"3".to_vec(), 0);
+            t.put(b"a", b"1".to_vec(), 0).unwrap();
+        });
+        commit(&mut s, |t| {
+            t.put(b"b", b"2".to_vec(), 0).unwrap();
+            t.put(b"c", b"3".to_vec(), 0).unwrap();
         });
         commit(&mut s, |t| {
             drop(t.delete_range(b"a", &RangeEnd::Single).unwrap())
@@ -716,8 +966,12 @@ mod tests {
         // Three transactions applied back to back; their batches are written only at the end.
         let mut all = WriteBatch::new();
         for f in [
-            |t: &mut WriteTxn<'_>| drop(t.put(b"a", b"1".to_vec(), 0)),
-            |t: &mut WriteTxn<'_>| drop(t.put(b"a", b"2".to_vec(), 0)),
+            |t: &mut WriteTxn<'_>| {
+                t.put(b"a", b"1".to_vec(), 0).unwrap();
+            },
+            |t: &mut WriteTxn<'_>| {
+                t.put(b"a", b"2".to_vec(), 0).unwrap();
+            },
             |t: &mut WriteTxn<'_>| drop(t.delete_range(b"a", &RangeEnd::Single).unwrap()),
         ] {
             let mut txn = s.write_txn();
@@ -756,9 +1010,13 @@ mod tests {
         let engine: SharedEngine = Arc::new(MemoryEngine::new());
         let mut s = MvccStore::open(engine.clone()).unwrap();
         for v in 0..3 {
-            commit(&mut s, |t| drop(t.put(b"a", vec![v], 0)));
+            commit(&mut s, |t| {
+                t.put(b"a", vec![v], 0).unwrap();
+            });
         }
-        commit(&mut s, |t| drop(t.put(b"b", b"x".to_vec(), 0)));
+        commit(&mut s, |t| {
+            t.put(b"b", b"x".to_vec(), 0).unwrap();
+        });
         commit(&mut s, |t| {
             drop(t.delete_range(b"b", &RangeEnd::Single).unwrap())
         });

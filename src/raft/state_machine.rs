@@ -217,6 +217,31 @@ impl Shared {
     }
 }
 
+/// Apply one command, turning a panic inside it (an invariant assertion: no request can reach one,
+/// but a corrupt store might) into a fail-stop error naming the log entry. The in-memory state may
+/// then be half-changed, so the member must stop: the error stops the raft core, and nothing of
+/// the entry's batch is written.
+fn apply_guarded(
+    mvcc: &mut MvccStore,
+    auth: &mut AuthStore,
+    cmd: Command,
+    log_id: &LogId,
+) -> io::Result<Result<(Applied, WriteBatch), ApplyError>> {
+    let run = std::panic::AssertUnwindSafe(|| apply::apply(mvcc, auth, cmd));
+    std::panic::catch_unwind(run).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(index = log_id.index, %what, "apply broke an invariant; the member stops");
+        io::Error::other(format!(
+            "applying log entry {}: invariant broken: {what}",
+            log_id.index
+        ))
+    })
+}
+
 fn apply_one(
     shared: &Shared,
     mvcc: &mut MvccStore,
@@ -230,7 +255,7 @@ fn apply_one(
             let (outcome, proposer, seq) = match Command::decode(cmd.bytes.as_slice()) {
                 Ok(cmd) => {
                     let (proposer, seq) = (cmd.proposer_id, cmd.request_seq);
-                    (apply::apply(mvcc, auth, cmd), proposer, seq)
+                    (apply_guarded(mvcc, auth, cmd, log_id)?, proposer, seq)
                 }
                 Err(_) => (Err(ApplyError::EmptyCommand), 0, 0),
             };
@@ -259,7 +284,13 @@ fn apply_one(
                     }
                     Ok(applied)
                 }
-                Err(ApplyError::Storage(e)) => return Err(io::Error::other(e)),
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(index = log_id.index, error = %e, "apply failed; the member stops");
+                    return Err(io::Error::other(format!(
+                        "applying log entry {}: {e}",
+                        log_id.index
+                    )));
+                }
                 Err(e) => Err(e),
             };
             shared.deliver(proposer, seq, outcome)

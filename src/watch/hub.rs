@@ -431,8 +431,8 @@ mod tests {
         assert!(hub.add(k(2), spec("b", RangeEnd::Single), 2, 1, slow_tx));
         for i in 0..3u8 {
             commit(&mut s, &hub, |t| {
-                t.put(b"a", vec![i], 0);
-                t.put(b"b", vec![i], 0);
+                t.put(b"a", vec![i], 0).unwrap();
+                t.put(b"b", vec![i], 0).unwrap();
             });
         }
         for want in [2, 3, 4] {
@@ -451,7 +451,9 @@ mod tests {
             vec![3, 4],
             "caught up from storage, in order, no gap"
         );
-        commit(&mut s, &hub, |t| drop(t.put(b"b", vec![9], 0)));
+        commit(&mut s, &hub, |t| {
+            t.put(b"b", vec![9], 0).unwrap();
+        });
         assert_eq!(
             revs(&slow.try_recv().unwrap()),
             vec![5],
@@ -473,7 +475,9 @@ mod tests {
         };
         assert!(hub.add(key, spec("k", RangeEnd::Single), 2, 1, tx));
         for i in 0..3u8 {
-            commit(&mut s, &hub, |t| drop(t.put(b"k", vec![i], 0)));
+            commit(&mut s, &hub, |t| {
+                t.put(b"k", vec![i], 0).unwrap();
+            });
         }
         for want in [2, 3, 4] {
             assert_eq!(revs(&rx.try_recv().unwrap()), vec![want]);
@@ -484,7 +488,7 @@ mod tests {
         let elsewhere = WatchHub::new();
         for i in 0..6u8 {
             commit(&mut installed, &elsewhere, |t| {
-                drop(t.put(b"k", vec![i], 0))
+                t.put(b"k", vec![i], 0).unwrap();
             });
         }
         hub.all_behind();
@@ -501,7 +505,9 @@ mod tests {
         let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
         let hub = WatchHub::new();
         for i in 0..4u8 {
-            commit(&mut s, &hub, |t| drop(t.put(b"k", vec![i], 0)));
+            commit(&mut s, &hub, |t| {
+                t.put(b"k", vec![i], 0).unwrap();
+            });
         }
         commit(&mut s, &hub, |t| {
             drop(t.delete_range(b"k", &RangeEnd::Single).unwrap())

@@ -647,6 +647,11 @@ pub async fn run(seed: u64, trace: Trace) -> Outcome {
             of_key.len()
         );
     }
+    assert!(
+        records.wrongly_accepted.is_empty(),
+        "seed {seed}: a txn that must be refused whole was applied: {:#?}",
+        records.wrongly_accepted
+    );
     if let Err(b) = revisions::check(&records.revisions) {
         panic!("seed {seed}: a client saw the revision go backwards: {b:?}");
     }

@@ -50,6 +50,8 @@ pub struct Records {
     pub leases: Vec<Observation>,
     pub calls_ok: u64,
     pub calls_unknown: u64,
+    /// Transactions that must have been refused whole but were answered as applied.
+    pub wrongly_accepted: Vec<String>,
 }
 
 /// A shared, clock-stamped record of the run.
@@ -177,7 +179,7 @@ pub async fn kv_client(
         n += 1;
         let value = format!("{me}-{n}");
         let invoke = rec.now();
-        match random(10) {
+        match random(12) {
             0..=3 => {
                 let put = PutRequest {
                     key: key.clone().into_bytes(),
@@ -238,6 +240,46 @@ pub async fn kv_client(
                     _ => rec.unknown(&key, Op::Delete { ok: false }, invoke),
                 }
             }
+            10 | 11 => {
+                // A txn that must be refused whole: its put (perhaps inside a nested txn) runs
+                // before a range at a revision no member has. Nothing of it may ever be seen: its
+                // value is recorded nowhere, so a read or event carrying it breaks the checks.
+                let put = RequestOp {
+                    request: Some(TxnOp::RequestPut(PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: value.clone().into_bytes(),
+                        ..Default::default()
+                    })),
+                };
+                let future = RequestOp {
+                    request: Some(TxnOp::RequestRange(RangeRequest {
+                        key: key.clone().into_bytes(),
+                        revision: i64::MAX / 2,
+                        ..Default::default()
+                    })),
+                };
+                let success = match random(3) {
+                    0 => vec![put, future],
+                    1 => vec![nested(vec![put]), future],
+                    _ => vec![nested(vec![put, future])],
+                };
+                let txn = TxnRequest {
+                    compare: vec![],
+                    success,
+                    failure: vec![],
+                };
+                match madsim::time::timeout(CALL_TIMEOUT, c.txn(txn)).await {
+                    Ok(Ok(resp)) => rec.with(|r| {
+                        r.wrongly_accepted
+                            .push(format!("{me}: {key}={value} via {url}: {resp:?}"))
+                    }),
+                    Ok(Err(status)) => trace.record(format!(
+                        "{me}: doomed txn on {key} refused via {url}: {:?}",
+                        status.code()
+                    )),
+                    Err(_) => {}
+                }
+            }
             _ => {
                 // Swap from the value this client last read (perhaps stale: then it must fail).
                 let expect = last_read.get(&key).cloned().flatten();
@@ -257,14 +299,20 @@ pub async fn kv_client(
                         ..Default::default()
                     },
                 };
+                let put = RequestOp {
+                    request: Some(TxnOp::RequestPut(PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: value.clone().into_bytes(),
+                        ..Default::default()
+                    })),
+                };
                 let txn = TxnRequest {
                     compare: vec![compare],
-                    success: vec![RequestOp {
-                        request: Some(TxnOp::RequestPut(PutRequest {
-                            key: key.clone().into_bytes(),
-                            value: value.clone().into_bytes(),
-                            ..Default::default()
-                        })),
+                    // Half of the swaps put through a nested txn (no compare: it always runs).
+                    success: vec![if random(2) == 0 {
+                        put
+                    } else {
+                        nested(vec![put])
                     }],
                     // A failed swap reads what is there, in the same txn: the checker then knows
                     // why it failed instead of searching for a write that could explain it.
@@ -317,6 +365,17 @@ pub async fn kv_client(
             }
         }
         madsim::time::sleep(Duration::from_millis(10 + random(40))).await;
+    }
+}
+
+/// `ops` as one operation: a nested transaction without compares.
+fn nested(ops: Vec<RequestOp>) -> RequestOp {
+    RequestOp {
+        request: Some(TxnOp::RequestTxn(TxnRequest {
+            compare: vec![],
+            success: ops,
+            failure: vec![],
+        })),
     }
 }
 
