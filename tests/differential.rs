@@ -1,0 +1,329 @@
+//! Differential test against etcd: the same generated sequences of etcd v3 requests go to a real etcd
+//! 3.5.1 (the oracle) and to MetaStore, fresh servers for every seed, and every answer (response
+//! message or gRPC error code and message) must be the same once what may legitimately differ is
+//! masked (see `differential/compare.rs`).
+//!
+//! Knobs (environment):
+//! - `METASTORE_DIFF_SEEDS`: seeds to run, `1,2,3`, `1..200` (200 excluded), `1..=200`, or a mix
+//!   (`1,5..9`); default `1..=20`.
+//! - `METASTORE_DIFF_REQUESTS`: requests per seed, default 300.
+//! - `METASTORE_DIFF_SHRINK_SECS`: time budget to shrink the first diverging seed, default 60 (0: off).
+//! - `METASTORE_DIFF_SKIP`: request classes the generator leaves out, comma-separated (for hunting
+//!   past a known divergence; see `Gen::next` and the generator's `on(..)` calls for the names).
+//! - `METASTORE_DIFF_ENGINE`: `rocksdb` or `memory` for every seed (default: alternate by seed).
+//! - `METASTORE_DIFF_VERBOSE=1`: print every request and both answers.
+//! - `METASTORE_ETCD_BIN`: the etcd binary (default: where `scripts/etcd-reference.sh` installs it).
+
+mod common;
+#[path = "differential/compare.rs"]
+mod compare;
+#[path = "differential/exec.rs"]
+mod exec;
+#[path = "differential/generate.rs"]
+mod generate;
+#[path = "differential/servers.rs"]
+mod servers;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use compare::{mask, max_revision, pretty};
+use exec::{exec, Out};
+use generate::{Ctx, Gen, Req};
+use servers::Pair;
+
+/// The first answer that differed in a run.
+#[derive(Clone, Debug)]
+struct Divergence {
+    index: usize,
+    req: Req,
+    /// The answers as received (unmasked).
+    etcd: Out,
+    ours: Out,
+}
+
+impl Divergence {
+    fn render(&self) -> String {
+        format!(
+            "request #{}: {}\n  etcd 3.5.1: {}\n  metastore:  {}",
+            self.index,
+            pretty(&format!("{:?}", self.req)),
+            pretty(&format!("{:?}", self.etcd)),
+            pretty(&format!("{:?}", self.ours)),
+        )
+    }
+}
+
+/// Where a run's requests come from.
+enum Source<'a> {
+    /// Generated one at a time from the reference's answers so far.
+    Gen(Gen, usize),
+    /// A fixed sequence (a replay while shrinking).
+    Fixed(&'a [Req]),
+}
+
+/// Send the requests to both servers, one at a time, until the first divergence; returns the
+/// requests sent and the divergence if any.
+async fn run(
+    pair: &mut Pair,
+    mut source: Source<'_>,
+    verbose: bool,
+) -> (Vec<Req>, Option<Divergence>) {
+    let mut ctx = Ctx {
+        rev: 1,
+        compacted: 0,
+    };
+    let mut sent = Vec::new();
+    loop {
+        let req = match &mut source {
+            Source::Gen(g, n) => {
+                if sent.len() == *n {
+                    break;
+                }
+                g.next(&ctx)
+            }
+            Source::Fixed(reqs) => match reqs.get(sent.len()) {
+                Some(r) => r.clone(),
+                None => break,
+            },
+        };
+        let (etcd, ours) = futures::join!(
+            exec(&mut pair.etcd_conn, &req),
+            exec(&mut pair.ours_conn, &req)
+        );
+        ctx.rev = ctx.rev.max(max_revision(&etcd));
+        if let (Req::Compact(c), Out::Compact(_)) = (&req, &etcd) {
+            ctx.compacted = ctx.compacted.max(c.revision);
+        }
+        let index = sent.len();
+        sent.push(req.clone());
+        if verbose {
+            eprintln!(
+                "#{index} {}\n   etcd: {}\n   ours: {}",
+                pretty(&format!("{req:?}")),
+                pretty(&format!("{etcd:?}")),
+                pretty(&format!("{ours:?}"))
+            );
+        }
+        let (mut e, mut o) = (etcd.clone(), ours.clone());
+        mask(&mut e);
+        mask(&mut o);
+        if e != o {
+            return (
+                sent,
+                Some(Divergence {
+                    index,
+                    req,
+                    etcd,
+                    ours,
+                }),
+            );
+        }
+    }
+    (sent, None)
+}
+
+/// Replay `reqs` on fresh servers: the divergence, if the first one is at the last request.
+async fn diverges_at_end(bin: &Path, engine: &str, reqs: &[Req]) -> Option<Divergence> {
+    let mut pair = Pair::start(bin, engine).await;
+    let (_, d) = run(&mut pair, Source::Fixed(reqs), false).await;
+    d.filter(|d| d.index + 1 == reqs.len())
+}
+
+/// Delta debugging (ddmin over the requests before the diverging one, which stays last), each
+/// candidate replayed on fresh servers, within `budget`. Returns the smallest sequence found that
+/// still diverges at its last request, and that divergence.
+async fn shrink(
+    bin: &Path,
+    engine: &str,
+    reqs: &[Req],
+    found: Divergence,
+    budget: Duration,
+) -> (Vec<Req>, Divergence, usize) {
+    let start = Instant::now();
+    let last = reqs.last().expect("a diverging request").clone();
+    let mut prefix: Vec<Req> = reqs[..reqs.len() - 1].to_vec();
+    let mut best = found;
+    let mut tries = 0;
+    let mut n = 2usize;
+    let with_last = |p: &[Req]| {
+        let mut v = p.to_vec();
+        v.push(last.clone());
+        v
+    };
+    // The diverging request alone first: often enough.
+    if !prefix.is_empty() {
+        tries += 1;
+        if let Some(d) = diverges_at_end(bin, engine, &with_last(&[])).await {
+            return (with_last(&[]), d, tries);
+        }
+    }
+    while !prefix.is_empty() && start.elapsed() < budget {
+        let n_chunks = n.min(prefix.len());
+        let chunk = prefix.len().div_ceil(n_chunks);
+        let mut reduced = false;
+        for i in 0..n_chunks {
+            if start.elapsed() >= budget {
+                break;
+            }
+            let lo = i * chunk;
+            let hi = ((i + 1) * chunk).min(prefix.len());
+            if lo >= hi {
+                continue;
+            }
+            let candidate: Vec<Req> = prefix[..lo].iter().chain(&prefix[hi..]).cloned().collect();
+            tries += 1;
+            if let Some(d) = diverges_at_end(bin, engine, &with_last(&candidate)).await {
+                prefix = candidate;
+                best = d;
+                n = (n_chunks - 1).max(2);
+                reduced = true;
+                break;
+            }
+        }
+        if !reduced {
+            if n_chunks >= prefix.len() {
+                break;
+            }
+            n = (n_chunks * 2).min(prefix.len());
+        }
+    }
+    (with_last(&prefix), best, tries)
+}
+
+/// `1,2,3`, `1..200` (end excluded), `1..=200`, or a mix.
+fn parse_seeds(spec: &str) -> Vec<u64> {
+    let mut seeds = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once("..") {
+            let a: u64 = a.trim().parse().expect("METASTORE_DIFF_SEEDS: range start");
+            let (b, inclusive) = match b.strip_prefix('=') {
+                Some(b) => (b, true),
+                None => (b, false),
+            };
+            let b: u64 = b.trim().parse().expect("METASTORE_DIFF_SEEDS: range end");
+            seeds.extend(if inclusive { a..b + 1 } else { a..b });
+        } else {
+            seeds.push(part.parse().expect("METASTORE_DIFF_SEEDS: a seed"));
+        }
+    }
+    seeds
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v}: not a number")),
+        _ => default,
+    }
+}
+
+#[test]
+fn differential_against_etcd_3_5_1() {
+    let bin = servers::etcd_binary();
+    let seeds = parse_seeds(&std::env::var("METASTORE_DIFF_SEEDS").unwrap_or("1..=20".into()));
+    let requests: usize = env_or("METASTORE_DIFF_REQUESTS", 300);
+    let shrink_secs: u64 = env_or("METASTORE_DIFF_SHRINK_SECS", 60);
+    let verbose = std::env::var("METASTORE_DIFF_VERBOSE").is_ok_and(|v| v == "1");
+    let forced_engine = std::env::var("METASTORE_DIFF_ENGINE").ok();
+    let skip: HashSet<String> = std::env::var("METASTORE_DIFF_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let started = Instant::now();
+    let mut failures: Vec<(u64, String, Divergence, Vec<Req>)> = Vec::new();
+    for &seed in &seeds {
+        let engine = forced_engine
+            .clone()
+            .unwrap_or_else(|| common::ENGINES[(seed % 2) as usize].to_string());
+        let t = Instant::now();
+        let (sent, divergence) = rt.block_on(async {
+            let mut pair = Pair::start(&bin, &engine).await;
+            run(
+                &mut pair,
+                Source::Gen(Gen::new(seed, skip.clone()), requests),
+                verbose,
+            )
+            .await
+        });
+        match divergence {
+            None => eprintln!(
+                "seed {seed} ({engine}): {} requests agree ({:.1} s)",
+                sent.len(),
+                t.elapsed().as_secs_f64()
+            ),
+            Some(d) => {
+                eprintln!(
+                    "seed {seed} ({engine}): DIVERGES at {}\n{}\n",
+                    d.index,
+                    d.render()
+                );
+                failures.push((seed, engine, d, sent));
+            }
+        }
+    }
+    eprintln!(
+        "{} seeds x {requests} requests in {:.1} s, {} diverged",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    if failures.is_empty() {
+        return;
+    }
+
+    let mut report = String::new();
+    for (seed, engine, d, _) in &failures {
+        report.push_str(&format!("seed {seed} ({engine}): {}\n", d.render()));
+    }
+    let (seed, engine, d, sent) = failures[0].clone();
+    let skip_env = if skip.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " METASTORE_DIFF_SKIP={}",
+            skip.iter().cloned().collect::<Vec<_>>().join(",")
+        )
+    };
+    let replay = format!(
+        "METASTORE_DIFF_SEEDS={seed} METASTORE_DIFF_REQUESTS={}{skip_env} cargo test --test differential",
+        requests
+    );
+    if shrink_secs > 0 {
+        let (min, md, tries) = rt.block_on(shrink(
+            &bin,
+            &engine,
+            &sent,
+            d,
+            Duration::from_secs(shrink_secs),
+        ));
+        report.push_str(&format!(
+            "\nseed {seed} shrunk to {} request(s) ({tries} replays); the last one diverges:\n",
+            min.len()
+        ));
+        for (i, r) in min.iter().enumerate() {
+            report.push_str(&format!("  {i}: {}\n", pretty(&format!("{r:?}"))));
+        }
+        report.push_str(&format!(
+            "  etcd 3.5.1: {}\n  metastore:  {}\n",
+            pretty(&format!("{:?}", md.etcd)),
+            pretty(&format!("{:?}", md.ours))
+        ));
+    }
+    panic!(
+        "MetaStore and etcd 3.5.1 answered differently on {} of {} seeds:\n{report}\nreplay: {replay}",
+        failures.len(),
+        seeds.len()
+    );
+}

@@ -1,0 +1,322 @@
+//! Sends one generated request to one server through the crate's generated tonic clients and keeps
+//! the whole answer: the response message, or the gRPC status (code and message).
+
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use metastore::pb::etcdserverpb::{
+    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request, AlarmRequest,
+    AlarmResponse, CompactionResponse, DefragmentRequest, DefragmentResponse, DeleteRangeResponse,
+    HashKvResponse, LeaseGrantResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, MoveLeaderRequest,
+    MoveLeaderResponse, PutResponse, RangeResponse, StatusRequest, StatusResponse, TxnResponse,
+    WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use tonic::transport::Channel;
+
+use crate::generate::{MoveTarget, Req};
+
+/// How long one unary request may take before it counts as hung.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a watch's `created` response, how long to wait for catch-up events when some may come:
+/// etcd 3.5 moves an unsynced watcher forward every 100 ms.
+const WATCH_QUIET: Duration = Duration::from_millis(300);
+/// How long to wait for stray responses once a watch is known to be complete.
+const WATCH_GRACE: Duration = Duration::from_millis(40);
+
+/// The clients of one server.
+pub struct Conn {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+    watch: WatchClient<Channel>,
+    maintenance: MaintenanceClient<Channel>,
+    cluster: ClusterClient<Channel>,
+    /// This server's member id (the target of `MoveTarget::SelfId`).
+    pub member_id: u64,
+}
+
+impl Conn {
+    /// Connect and ask Status once (it has no effect on the store); errors if the server does not
+    /// answer.
+    pub async fn connect(endpoint: &str) -> Result<Conn, String> {
+        let channel = Channel::from_shared(endpoint.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| format!("connect {endpoint}: {e}"))?;
+        let mut maintenance = MaintenanceClient::new(channel.clone());
+        let status = tokio::time::timeout(REQUEST_TIMEOUT, maintenance.status(StatusRequest {}))
+            .await
+            .map_err(|_| format!("{endpoint}: Status timed out"))?
+            .map_err(|e| format!("{endpoint}: Status: {e}"))?
+            .into_inner();
+        let member_id = status.header.map(|h| h.member_id).unwrap_or_default();
+        Ok(Conn {
+            kv: KvClient::new(channel.clone()),
+            lease: LeaseClient::new(channel.clone()),
+            watch: WatchClient::new(channel.clone()),
+            cluster: ClusterClient::new(channel),
+            maintenance,
+            member_id,
+        })
+    }
+}
+
+/// One server's whole answer to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Out {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseTimeToLive(LeaseTimeToLiveResponse),
+    LeaseLeases(LeaseLeasesResponse),
+    /// Everything the stream said, in order, and how it ended.
+    Watch(Vec<WatchItem>),
+    Status(StatusResponse),
+    MemberList(MemberListResponse),
+    Defragment(DefragmentResponse),
+    MoveLeader(MoveLeaderResponse),
+    HashKv(HashKvResponse),
+    Alarm(AlarmResponse),
+    /// A gRPC error status.
+    Error {
+        code: tonic::Code,
+        message: String,
+    },
+    /// No answer within the request timeout.
+    Timeout,
+}
+
+/// One step of a watch stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchItem {
+    Response(WatchResponse),
+    /// The stream ended with this status.
+    Error {
+        code: tonic::Code,
+        message: String,
+    },
+    /// The stream ended without a status.
+    End,
+    /// Nothing came where something was due (the `created` response, a cancel confirmation).
+    Timeout,
+}
+
+fn out<T>(
+    r: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+    f: impl FnOnce(T) -> Out,
+) -> Out {
+    match r {
+        Err(_) => Out::Timeout,
+        Ok(Err(status)) => Out::Error {
+            code: status.code(),
+            message: status.message().to_string(),
+        },
+        Ok(Ok(resp)) => f(resp.into_inner()),
+    }
+}
+
+/// Send `req` and keep the answer.
+pub async fn exec(c: &mut Conn, req: &Req) -> Out {
+    let t = REQUEST_TIMEOUT;
+    use tokio::time::timeout;
+    match req {
+        Req::Range(r) => out(timeout(t, c.kv.range(r.clone())).await, Out::Range),
+        Req::Put(r) => out(timeout(t, c.kv.put(r.clone())).await, Out::Put),
+        Req::DeleteRange(r) => out(
+            timeout(t, c.kv.delete_range(r.clone())).await,
+            Out::DeleteRange,
+        ),
+        Req::Txn(r) => out(timeout(t, c.kv.txn(r.clone())).await, Out::Txn),
+        Req::Compact(r) => out(timeout(t, c.kv.compact(r.clone())).await, Out::Compact),
+        Req::LeaseGrant(r) => out(
+            timeout(t, c.lease.lease_grant(r.clone())).await,
+            Out::LeaseGrant,
+        ),
+        Req::LeaseRevoke(r) => out(
+            timeout(t, c.lease.lease_revoke(r.clone())).await,
+            Out::LeaseRevoke,
+        ),
+        Req::LeaseTimeToLive(r) => out(
+            timeout(t, c.lease.lease_time_to_live(r.clone())).await,
+            Out::LeaseTimeToLive,
+        ),
+        Req::LeaseLeases => out(
+            timeout(t, c.lease.lease_leases(LeaseLeasesRequest {})).await,
+            Out::LeaseLeases,
+        ),
+        Req::Watch(r) => Out::Watch(watch(c, r.clone()).await),
+        Req::Status => out(
+            timeout(t, c.maintenance.status(StatusRequest {})).await,
+            Out::Status,
+        ),
+        Req::MemberList(r) => out(
+            timeout(t, c.cluster.member_list(r.clone())).await,
+            Out::MemberList,
+        ),
+        Req::Defragment => out(
+            timeout(t, c.maintenance.defragment(DefragmentRequest {})).await,
+            Out::Defragment,
+        ),
+        Req::MoveLeader(target) => {
+            let target_id = match target {
+                MoveTarget::Zero => 0,
+                MoveTarget::SelfId => c.member_id,
+                MoveTarget::Unknown(id) => *id,
+            };
+            out(
+                timeout(
+                    t,
+                    c.maintenance.move_leader(MoveLeaderRequest { target_id }),
+                )
+                .await,
+                Out::MoveLeader,
+            )
+        }
+        Req::HashKv(r) => out(
+            timeout(t, c.maintenance.hash_kv(r.clone())).await,
+            Out::HashKv,
+        ),
+        Req::AlarmGet => out(
+            timeout(t, c.maintenance.alarm(AlarmRequest::default())).await,
+            Out::Alarm,
+        ),
+    }
+}
+
+fn create(req: WatchCreateRequest) -> WatchRequest {
+    WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(req)),
+    }
+}
+
+/// Open a stream, create the watcher, collect what it sends until it has caught up (or was
+/// canceled), cancel it and collect the confirmation.
+///
+/// No writes happen while the stream is open, so after `created` (whose header carries the current
+/// revision) the only responses due are the catch-up events (etcd sends them in one response, up to
+/// 1000 revisions) or a cancellation (compacted start revision, bad range). A watcher that starts at
+/// 0 or in the future has nothing to catch up; one whose events reached the current revision is
+/// complete; otherwise we wait until the stream is quiet for `WATCH_QUIET`.
+async fn watch(c: &mut Conn, req: WatchCreateRequest) -> Vec<WatchItem> {
+    let mut items = Vec::new();
+    let (tx, rx) = mpsc::unbounded();
+    let start = req.start_revision;
+    tx.unbounded_send(create(req)).expect("queue create");
+    let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, c.watch.watch(rx)).await {
+        Err(_) => {
+            items.push(WatchItem::Timeout);
+            return items;
+        }
+        Ok(Err(s)) => {
+            items.push(WatchItem::Error {
+                code: s.code(),
+                message: s.message().to_string(),
+            });
+            return items;
+        }
+        Ok(Ok(resp)) => resp.into_inner(),
+    };
+    // Wait for a message for at most `wait`; None on quiet, Some(item) otherwise (an item that ends
+    // the stream is pushed and reported as None-with-end through `ended`).
+    let mut ended = false;
+    let mut watch_id = None;
+    let mut current = 0i64;
+    let mut wait = REQUEST_TIMEOUT; // for `created`
+    let mut canceled = false;
+    loop {
+        let msg = match tokio::time::timeout(wait, stream.message()).await {
+            Err(_) => {
+                if watch_id.is_none() {
+                    items.push(WatchItem::Timeout);
+                    ended = true;
+                }
+                break;
+            }
+            Ok(Err(s)) => {
+                items.push(WatchItem::Error {
+                    code: s.code(),
+                    message: s.message().to_string(),
+                });
+                ended = true;
+                break;
+            }
+            Ok(Ok(None)) => {
+                items.push(WatchItem::End);
+                ended = true;
+                break;
+            }
+            Ok(Ok(Some(m))) => m,
+        };
+        items.push(WatchItem::Response(msg.clone()));
+        if msg.canceled {
+            canceled = true;
+            wait = WATCH_GRACE;
+            continue;
+        }
+        if msg.created && watch_id.is_none() {
+            watch_id = Some(msg.watch_id);
+            current = msg.header.as_ref().map(|h| h.revision).unwrap_or_default();
+            wait = if start <= 0 || start > current {
+                WATCH_GRACE
+            } else {
+                WATCH_QUIET
+            };
+            continue;
+        }
+        if msg
+            .events
+            .last()
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+            == Some(current)
+        {
+            wait = WATCH_GRACE;
+        }
+    }
+    if !ended && !canceled {
+        if let Some(id) = watch_id {
+            let cancel = WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CancelRequest(
+                    WatchCancelRequest { watch_id: id },
+                )),
+            };
+            if tx.unbounded_send(cancel).is_ok() {
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+                        Err(_) => {
+                            items.push(WatchItem::Timeout);
+                            break;
+                        }
+                        Ok(Err(s)) => {
+                            items.push(WatchItem::Error {
+                                code: s.code(),
+                                message: s.message().to_string(),
+                            });
+                            break;
+                        }
+                        Ok(Ok(None)) => {
+                            items.push(WatchItem::End);
+                            break;
+                        }
+                        Ok(Ok(Some(m))) => {
+                            let done = m.canceled;
+                            items.push(WatchItem::Response(m));
+                            if done {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(tx);
+    items
+}

@@ -1,0 +1,545 @@
+//! The request generator: a seeded walk through the space of etcd v3 requests, drawn over a tiny key
+//! space (so collisions, overlapping ranges and sort ties are frequent) and steered by the revisions
+//! the reference server reported so far (so history reads, compactions and watches hit the past, the
+//! present, the future and the compacted past).
+
+use std::collections::HashSet;
+
+use metastore::pb::etcdserverpb::{
+    compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest,
+    LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+};
+
+/// SplitMix64: small, fast and fully determined by the seed (no dependency on a crate's stream).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x6d65_7461_7374_6f72)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: i64, hi: i64) -> i64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.below((hi - lo + 1) as u64) as i64
+    }
+
+    /// True with probability `percent` %.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize].clone()
+    }
+
+    /// An index drawn with the given weights.
+    pub fn weighted(&mut self, weights: &[u64]) -> usize {
+        let total: u64 = weights.iter().sum();
+        let mut x = self.below(total);
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                return i;
+            }
+            x -= w;
+        }
+        unreachable!()
+    }
+}
+
+/// The keys every request draws from: ten keys (so no range ever matches more than ten, and Go's
+/// `sort.Sort`, an insertion sort below 12 elements, keeps ties in key order as our sort must), with
+/// shared prefixes, a NUL and a 0xff byte.
+pub const KEYS: [&[u8]; 10] = [
+    b"a", b"ab", b"a\0", b"b", b"b/1", b"b/2", b"ba", b"c", b"\0", b"\xff",
+];
+
+/// The most keys of [`KEYS`] a range sorted by version, revision or value may cover (see
+/// `Gen::range`).
+const MAX_SORTED_KEYS: usize = 6;
+
+/// How many keys of [`KEYS`] `[key, range_end)` covers, as etcd reads a range: an empty end is
+/// the key alone, `\0` is every key from `key` on.
+pub fn keys_in(key: &[u8], range_end: &[u8]) -> usize {
+    KEYS.iter()
+        .filter(|k| match range_end {
+            [] => **k == key,
+            [0] => **k >= key,
+            end => **k >= key && **k < end,
+        })
+        .count()
+}
+
+/// Values: few, so VALUE compares and sorts tie often; the empty value too.
+const VALUES: [&[u8]; 7] = [b"", b"x", b"y", b"xy", b"1", b"10", b"2"];
+
+/// Lease ids the generator grants, revokes and attaches (unknown ones are attached too).
+pub const LEASES: [i64; 6] = [1, 2, 3, 0x1234, 7_777_777, i64::MAX];
+
+/// One request of a sequence: what is sent to both servers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Req {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
+    LeaseTimeToLive(LeaseTimeToLiveRequest),
+    LeaseLeases,
+    /// One Watch stream: create (this request), collect until caught up, cancel.
+    Watch(WatchCreateRequest),
+    Status,
+    MemberList(MemberListRequest),
+    Defragment,
+    MoveLeader(MoveTarget),
+    HashKv(HashKvRequest),
+    AlarmGet,
+}
+
+/// The target of a MoveLeader request (member ids differ between the two servers).
+#[derive(Clone, Debug, PartialEq)]
+pub enum MoveTarget {
+    /// `targetID` 0.
+    Zero,
+    /// The member's own id (a single member already leads).
+    SelfId,
+    /// An id no member has.
+    Unknown(u64),
+}
+
+/// What the generator knows of the reference server's state, from its responses so far.
+#[derive(Clone, Debug, Default)]
+pub struct Ctx {
+    /// The highest header revision seen.
+    pub rev: i64,
+    /// The highest revision compacted successfully (0: none yet).
+    pub compacted: i64,
+}
+
+/// The generator of one seed.
+pub struct Gen {
+    rng: Rng,
+    /// Request classes left out (`METASTORE_DIFF_SKIP`, for hunting past a known divergence).
+    skip: HashSet<String>,
+}
+
+impl Gen {
+    pub fn new(seed: u64, skip: HashSet<String>) -> Gen {
+        Gen {
+            rng: Rng::new(seed),
+            skip,
+        }
+    }
+
+    fn on(&self, class: &str) -> bool {
+        !self.skip.contains(class)
+    }
+
+    /// The next request, given what the reference server has reported so far.
+    pub fn next(&mut self, ctx: &Ctx) -> Req {
+        {
+            let classes: [(&str, u64); 16] = [
+                ("range", 20),
+                ("put", 22),
+                ("delete", 8),
+                ("txn", 22),
+                ("compact", 3),
+                ("lease_grant", 4),
+                ("lease_revoke", 2),
+                ("lease_ttl", 2),
+                ("lease_leases", 1),
+                ("watch", 3),
+                ("status", 1),
+                ("member_list", 1),
+                ("defragment", 1),
+                ("move_leader", 1),
+                ("hash_kv", 2),
+                ("alarm", 1),
+            ];
+            let weights: Vec<u64> = classes
+                .iter()
+                .map(|(name, w)| if self.on(name) { *w } else { 0 })
+                .collect();
+            let class = classes[self.rng.weighted(&weights)].0;
+            match class {
+                "range" => Req::Range(self.range(ctx, false)),
+                "put" => Req::Put(self.put()),
+                "delete" => Req::DeleteRange(self.delete()),
+                "txn" => Req::Txn(self.txn(ctx, 0)),
+                "compact" => Req::Compact(CompactionRequest {
+                    revision: self.revision(ctx),
+                    physical: self.rng.chance(50),
+                }),
+                "lease_grant" => Req::LeaseGrant(LeaseGrantRequest {
+                    // Long enough that nothing expires during a seed (expiry would race the requests).
+                    ttl: if self.rng.chance(5) {
+                        9_000_000_001 // over etcd's MaxLeaseTTL
+                    } else {
+                        self.rng.pick(&[60, 300, 3600, 9_000_000_000])
+                    },
+                    id: self.lease_id(),
+                }),
+                "lease_revoke" => Req::LeaseRevoke(LeaseRevokeRequest {
+                    id: self.lease_id(),
+                }),
+                "lease_ttl" => Req::LeaseTimeToLive(LeaseTimeToLiveRequest {
+                    id: self.lease_id(),
+                    keys: self.rng.chance(70),
+                }),
+                "lease_leases" => Req::LeaseLeases,
+                "watch" => Req::Watch(self.watch(ctx)),
+                "status" => Req::Status,
+                "member_list" => Req::MemberList(MemberListRequest {
+                    linearizable: self.rng.chance(50),
+                }),
+                "defragment" => Req::Defragment,
+                "move_leader" => Req::MoveLeader(match self.rng.below(3) {
+                    0 => MoveTarget::Zero,
+                    1 => MoveTarget::SelfId,
+                    _ => MoveTarget::Unknown(self.rng.pick(&[1, 42, u64::MAX])),
+                }),
+                "hash_kv" => Req::HashKv(HashKvRequest {
+                    revision: self.revision(ctx),
+                }),
+                "alarm" => Req::AlarmGet,
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    /// A key of the key space; the empty key now and then (a request error wherever a key is needed).
+    fn key(&mut self) -> Vec<u8> {
+        if self.on("empty_key") && self.rng.chance(3) {
+            return Vec::new();
+        }
+        self.rng.pick(&KEYS).to_vec()
+    }
+
+    /// A range end for `key`: none (one key), the prefix end, from-key (`\0`), another key of the
+    /// space (possibly below `key`: an empty range), or past every key.
+    fn range_end(&mut self, key: &[u8]) -> Vec<u8> {
+        match self.rng.weighted(&[40, 20, 12, 20, 8]) {
+            0 => Vec::new(),
+            1 => prefix_end(key),
+            2 => vec![0],
+            3 => self.rng.pick(&KEYS).to_vec(),
+            _ => self.rng.pick(&[&b"\xff"[..], b"\xff\xff", b"z"]).to_vec(),
+        }
+    }
+
+    fn value(&mut self) -> Vec<u8> {
+        self.rng.pick(&VALUES).to_vec()
+    }
+
+    fn lease_id(&mut self) -> i64 {
+        match self.rng.weighted(&[85, 5, 10]) {
+            0 => self.rng.pick(&LEASES),
+            1 => -1,
+            _ => self.rng.pick(&[99, 0x4321]), // never granted
+        }
+    }
+
+    /// A revision relative to the reference's state: 0, current, a past one, the compacted one and
+    /// just below it, future ones, negative ones.
+    fn revision(&mut self, ctx: &Ctx) -> i64 {
+        let cur = ctx.rev.max(1);
+        match self.rng.weighted(&[15, 15, 25, 10, 8, 10, 5, 5, 7]) {
+            0 => 0,
+            1 => cur,
+            2 => self.rng.between(ctx.compacted.max(1), cur),
+            3 => ctx.compacted,
+            4 => (ctx.compacted - 1).max(1),
+            5 => cur + 1,
+            6 => cur + self.rng.between(2, 50),
+            7 => self.rng.pick(&[-1, -2, i64::MIN]),
+            _ => self.rng.between(1, cur),
+        }
+    }
+
+    fn range(&mut self, ctx: &Ctx, in_txn: bool) -> RangeRequest {
+        let key = self.key();
+        let range_end = self.range_end(&key);
+        let sort_order = if self.on("invalid_sort_order") && self.rng.chance(2) {
+            self.rng.pick(&[3, 7])
+        } else {
+            self.rng.pick(&[0, 0, 1, 2])
+        };
+        // Never an unknown sort target: etcd 3.5.1 does not check it and dies on it (a nil
+        // `sort.Interface`), so it is no oracle there.
+        let sort_target = self.rng.pick(&[0, 0, 1, 2, 3, 4]);
+        let mut range_end = range_end;
+        // A sort by anything but the key can tie; etcd sorts with Go's `sort.Sort`, stable only up
+        // to 6 elements (above that a shell-sort pass with gap 6 reorders ties): keep such ranges
+        // to at most 6 keys of the key space.
+        let sorts_by_value = matches!(sort_order, 1 | 2) || (sort_order == 0 && sort_target != 0);
+        if sorts_by_value && sort_target != 0 && keys_in(&key, &range_end) > MAX_SORTED_KEYS {
+            range_end = prefix_end(&key);
+            if keys_in(&key, &range_end) > MAX_SORTED_KEYS {
+                range_end.clear();
+            }
+        }
+        let revision = if self.rng.chance(if in_txn { 30 } else { 40 }) {
+            self.revision(ctx)
+        } else {
+            0
+        };
+        let mut r = RangeRequest {
+            key,
+            range_end,
+            limit: match self.rng.weighted(&[60, 30, 10]) {
+                0 => 0,
+                1 => self.rng.between(1, 4),
+                _ => self.rng.pick(&[-1, -3, 12]),
+            },
+            revision,
+            sort_order,
+            sort_target,
+            serializable: !in_txn && self.rng.chance(20),
+            keys_only: self.rng.chance(15),
+            count_only: self.rng.chance(10),
+            ..Default::default()
+        };
+        if self.rng.chance(20) {
+            let cur = ctx.rev.max(1);
+            let which = self.rng.below(4);
+            let bound = self.rng.between(0, cur + 1);
+            match which {
+                0 => r.min_mod_revision = bound,
+                1 => r.max_mod_revision = bound,
+                2 => r.min_create_revision = bound,
+                _ => r.max_create_revision = bound,
+            }
+            if self.rng.chance(30) {
+                r.max_mod_revision = self.rng.between(0, cur + 1);
+                r.min_create_revision = self.rng.between(0, cur + 1);
+            }
+        }
+        r
+    }
+
+    fn put(&mut self) -> PutRequest {
+        let mut p = PutRequest {
+            key: self.key(),
+            value: self.value(),
+            prev_kv: self.rng.chance(40),
+            ..Default::default()
+        };
+        if self.rng.chance(25) {
+            p.lease = self.lease_id();
+        }
+        if self.rng.chance(10) {
+            p.ignore_value = true;
+            // A value along with ignore_value is an error; mostly send none.
+            if self.rng.chance(70) {
+                p.value.clear();
+            }
+        }
+        if self.rng.chance(10) {
+            p.ignore_lease = true;
+            // A lease along with ignore_lease is an error; mostly send none.
+            if self.rng.chance(70) {
+                p.lease = 0;
+            }
+        }
+        p
+    }
+
+    fn delete(&mut self) -> DeleteRangeRequest {
+        let key = self.key();
+        DeleteRangeRequest {
+            range_end: self.range_end(&key),
+            key,
+            prev_kv: self.rng.chance(40),
+        }
+    }
+
+    fn watch(&mut self, ctx: &Ctx) -> WatchCreateRequest {
+        let key = if self.on("empty_key") && self.rng.chance(3) {
+            Vec::new()
+        } else {
+            self.rng.pick(&KEYS).to_vec()
+        };
+        let range_end = self.range_end(&key);
+        let mut filters = Vec::new();
+        if self.rng.chance(15) {
+            filters.push(0); // NOPUT
+        }
+        if self.rng.chance(15) {
+            filters.push(1); // NODELETE
+        }
+        if self.on("invalid_filter") && self.rng.chance(3) {
+            filters.push(5);
+        }
+        WatchCreateRequest {
+            key,
+            range_end,
+            start_revision: match self.rng.weighted(&[10, 50, 15, 10, 10, 5]) {
+                0 => 0,
+                1 => self.rng.between(ctx.compacted.max(1), ctx.rev.max(1)),
+                2 => ctx.compacted.max(1),
+                3 => (ctx.compacted - 1).max(1),
+                4 => ctx.rev + self.rng.between(1, 3),
+                _ => self.rng.pick(&[-1, 1]),
+            },
+            progress_notify: self.rng.chance(10),
+            filters,
+            prev_kv: self.rng.chance(50),
+            watch_id: if self.rng.chance(20) {
+                self.rng.pick(&[1, 7, 100])
+            } else {
+                0
+            },
+            fragment: self.rng.chance(10),
+        }
+    }
+
+    fn compare(&mut self, ctx: &Ctx) -> Compare {
+        let key = self.key();
+        let range_end = if self.rng.chance(25) {
+            self.range_end(&key)
+        } else {
+            Vec::new()
+        };
+        let target = if self.on("invalid_compare") && self.rng.chance(3) {
+            self.rng.pick(&[5, 9])
+        } else {
+            self.rng.below(5) as i32
+        };
+        let result = if self.on("invalid_compare") && self.rng.chance(3) {
+            self.rng.pick(&[4, 8])
+        } else {
+            self.rng.below(4) as i32
+        };
+        let cur = ctx.rev.max(1);
+        let int = |g: &mut Gen| match g.rng.weighted(&[20, 20, 20, 20, 10, 10]) {
+            0 => 0,
+            1 => g.rng.between(1, 3),
+            2 => cur,
+            3 => g.rng.between(1, cur),
+            4 => cur + 1,
+            _ => -1,
+        };
+        // Mostly the union that matches the target; sometimes none or another one.
+        let union_kind = match self.rng.weighted(&[85, 8, 7]) {
+            0 => target,
+            1 => -1,
+            _ => self.rng.below(5) as i32,
+        };
+        let target_union = match union_kind {
+            0 => Some(compare::TargetUnion::Version(int(self))),
+            1 => Some(compare::TargetUnion::CreateRevision(int(self))),
+            2 => Some(compare::TargetUnion::ModRevision(int(self))),
+            3 => Some(compare::TargetUnion::Value(self.value())),
+            4 => Some(compare::TargetUnion::Lease(if self.rng.chance(40) {
+                0
+            } else {
+                self.lease_id()
+            })),
+            _ => None,
+        };
+        Compare {
+            result,
+            target,
+            key,
+            range_end,
+            target_union,
+        }
+    }
+
+    fn op(&mut self, ctx: &Ctx, depth: u32) -> RequestOp {
+        if self.on("empty_op") && self.rng.chance(2) {
+            return RequestOp { request: None };
+        }
+        let nested = depth < 3 && self.on("nested_txn");
+        let request = match self
+            .rng
+            .weighted(&[35, 35, 18, if nested { 12 } else { 0 }])
+        {
+            0 => request_op::Request::RequestRange(self.range(ctx, true)),
+            1 => request_op::Request::RequestPut(self.put()),
+            2 => request_op::Request::RequestDeleteRange(self.delete()),
+            _ => request_op::Request::RequestTxn(self.txn(ctx, depth + 1)),
+        };
+        RequestOp {
+            request: Some(request),
+        }
+    }
+
+    fn txn(&mut self, ctx: &Ctx, depth: u32) -> TxnRequest {
+        if depth == 0 && self.on("many_ops") && self.rng.chance(2) {
+            return self.big_txn(ctx);
+        }
+        let max_ops = if depth == 0 { 4 } else { 3 };
+        let compares = self.rng.weighted(&[25, 40, 25, 10]);
+        let mut t = TxnRequest::default();
+        for _ in 0..compares {
+            t.compare.push(self.compare(ctx));
+        }
+        for _ in 0..self.rng.between(0, max_ops) {
+            t.success.push(self.op(ctx, depth));
+        }
+        for _ in 0..self.rng.between(0, max_ops) {
+            t.failure.push(self.op(ctx, depth));
+        }
+        t
+    }
+
+    /// A txn at or just over the op limit (128, both servers' default) in one of its lists.
+    fn big_txn(&mut self, ctx: &Ctx) -> TxnRequest {
+        let n = self.rng.pick(&[128, 129, 200]);
+        let mut t = TxnRequest::default();
+        let which = self.rng.below(3);
+        for _ in 0..n {
+            match which {
+                0 => t.compare.push(self.compare(ctx)),
+                _ => {
+                    // Mostly ranges, which may repeat keys; a put now and then (a repeated put key
+                    // is a duplicate-key error, which the op count check must precede).
+                    let op = if self.rng.chance(3) {
+                        request_op::Request::RequestPut(self.put())
+                    } else {
+                        request_op::Request::RequestRange(self.range(ctx, true))
+                    };
+                    let op = RequestOp { request: Some(op) };
+                    if which == 1 {
+                        t.success.push(op)
+                    } else {
+                        t.failure.push(op)
+                    }
+                }
+            }
+        }
+        t
+    }
+}
+
+/// The end of the range of keys that start with `key` (etcd's `GetPrefixRangeEnd`): `\0` when every
+/// byte is 0xff (or the key is empty).
+pub fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
