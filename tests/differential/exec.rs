@@ -202,7 +202,7 @@ fn create(req: WatchCreateRequest) -> WatchRequest {
 /// No writes happen while the stream is open, so after `created` (whose header carries the current
 /// revision) the only responses due are the catch-up events (etcd sends them in one response, up to
 /// 1000 revisions) or a cancellation (compacted start revision, bad range). A watcher that starts at
-/// 0 or in the future has nothing to catch up; one whose events reached the current revision is
+/// 0 (now) or in the future has nothing to catch up; one whose events reached the current revision is
 /// complete; otherwise we wait until the stream is quiet for `WATCH_QUIET`.
 async fn watch(c: &mut Conn, req: WatchCreateRequest) -> Vec<WatchItem> {
     let mut items = Vec::new();
@@ -223,8 +223,7 @@ async fn watch(c: &mut Conn, req: WatchCreateRequest) -> Vec<WatchItem> {
         }
         Ok(Ok(resp)) => resp.into_inner(),
     };
-    // Wait for a message for at most `wait`; None on quiet, Some(item) otherwise (an item that ends
-    // the stream is pushed and reported as None-with-end through `ended`).
+    // `wait`: how long the next message may take before the watcher counts as caught up.
     let mut ended = false;
     let mut watch_id = None;
     let mut current = 0i64;
@@ -233,7 +232,8 @@ async fn watch(c: &mut Conn, req: WatchCreateRequest) -> Vec<WatchItem> {
     loop {
         let msg = match tokio::time::timeout(wait, stream.message()).await {
             Err(_) => {
-                if watch_id.is_none() {
+                if items.is_empty() {
+                    // Not even `created`.
                     items.push(WatchItem::Timeout);
                     ended = true;
                 }
@@ -263,7 +263,9 @@ async fn watch(c: &mut Conn, req: WatchCreateRequest) -> Vec<WatchItem> {
         if msg.created && watch_id.is_none() {
             watch_id = Some(msg.watch_id);
             current = msg.header.as_ref().map(|h| h.revision).unwrap_or_default();
-            wait = if start <= 0 || start > current {
+            // 0 is "from now"; a negative start is read as a past revision (etcd replays
+            // history from it, or cancels it as compacted).
+            wait = if start == 0 || start > current {
                 WATCH_GRACE
             } else {
                 WATCH_QUIET
