@@ -1056,4 +1056,97 @@ mod tests {
         assert_eq!(reopened.get(b"b").unwrap(), None);
         assert_eq!(reopened.indexed_keys(), 1);
     }
+
+    #[test]
+    fn an_unfinished_txn_changes_nothing() {
+        let mut s = store();
+        commit(&mut s, |t| {
+            t.put(b"a", b"1".to_vec(), 0).unwrap();
+        });
+        s.take_events();
+        let before = s.fingerprint();
+        {
+            let mut txn = s.write_txn();
+            txn.put(b"a", b"2".to_vec(), 0).unwrap();
+            txn.put(b"b", b"1".to_vec(), 0).unwrap();
+            assert_eq!(txn.delete_range(b"a", &RangeEnd::Single).unwrap().len(), 1);
+            let seen = txn.range(b"a", &RangeEnd::Unbounded, 0, 0, false).unwrap();
+            assert_eq!(seen.kvs.len(), 1, "the txn sees its own writes: only b");
+            // Dropped here, unfinished.
+        }
+        assert_eq!(s.fingerprint(), before);
+        assert_eq!(
+            commit(&mut s, |t| drop(t.put(b"a", b"3".to_vec(), 0).unwrap())),
+            3
+        );
+    }
+
+    #[test]
+    fn reads_inside_a_txn_merge_its_writes_in_key_order() {
+        let mut s = store();
+        commit(&mut s, |t| {
+            for k in ["b", "d", "f"] {
+                t.put(k.as_bytes(), b"old".to_vec(), 0).unwrap();
+            }
+        });
+        let mut txn = s.write_txn();
+        for k in ["a", "d", "e", "g"] {
+            txn.put(k.as_bytes(), b"new".to_vec(), 0).unwrap();
+        }
+        txn.delete_range(b"f", &RangeEnd::Single).unwrap();
+        let r = txn.range(b"a", &RangeEnd::Unbounded, 0, 0, false).unwrap();
+        let got: Vec<(&[u8], &[u8])> = r
+            .kvs
+            .iter()
+            .map(|kv| (kv.key.as_slice(), kv.value.as_slice()))
+            .collect();
+        let want: Vec<(&[u8], &[u8])> = vec![
+            (b"a", b"new"),
+            (b"b", b"old"),
+            (b"d", b"new"),
+            (b"e", b"new"),
+            (b"g", b"new"),
+        ];
+        assert_eq!((got, r.count, r.rev), (want, 5, 3));
+        let limited = txn
+            .range(b"b", &RangeEnd::Before(b"g".to_vec()), 0, 2, false)
+            .unwrap();
+        assert_eq!((limited.kvs.len(), limited.count), (2, 3));
+        let past = txn.range(b"a", &RangeEnd::Unbounded, 2, 0, false).unwrap();
+        assert_eq!(
+            past.kvs.len(),
+            3,
+            "the revision before the txn shows none of its writes"
+        );
+        let d = txn.get(b"d").unwrap().unwrap();
+        assert_eq!((d.version, d.create_revision, d.mod_revision), (2, 2, 3));
+        drop(txn.finish());
+        assert_eq!(s.live_keys(), 5);
+    }
+
+    #[test]
+    fn a_corrupt_revision_counter_is_an_invariant_error_not_a_panic() {
+        let engine: SharedEngine = Arc::new(MemoryEngine::new());
+        let mut s = MvccStore::open(engine.clone()).unwrap();
+        for v in 0..4u8 {
+            commit(&mut s, |t| drop(t.put(b"k", vec![v], 0).unwrap()));
+        }
+        // The counter claims revision 2, but the key already has records up to revision 5.
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Keyspace::Meta,
+            META_CURRENT_REV,
+            2i64.to_be_bytes().to_vec(),
+        );
+        engine.write(batch, Durability::Sync).unwrap();
+        let mut s = MvccStore::open(engine).unwrap();
+        let before = s.fingerprint();
+        let mut txn = s.write_txn();
+        assert!(matches!(
+            txn.put(b"k", b"x".to_vec(), 0),
+            Err(MvccError::Invariant(_))
+        ));
+        drop(txn);
+        assert_eq!(s.fingerprint(), before);
+    }
 }
