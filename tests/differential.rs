@@ -73,7 +73,7 @@ async fn run(
 ) -> (Vec<Req>, Option<Divergence>) {
     let mut ctx = Ctx {
         rev: 1,
-        compacted: 0,
+        ..Ctx::default()
     };
     let mut sent = Vec::new();
     loop {
@@ -95,7 +95,10 @@ async fn run(
         );
         ctx.rev = ctx.rev.max(max_revision(&etcd));
         if let (Req::Compact(c), Out::Compact(_)) = (&req, &etcd) {
-            ctx.compacted = ctx.compacted.max(c.revision);
+            if c.revision > ctx.compacted {
+                ctx.compacted = c.revision;
+                ctx.compacted_physically = c.physical;
+            }
         }
         let index = sent.len();
         sent.push(req.clone());
@@ -413,10 +416,7 @@ fn differential_against_etcd_3_5_1() {
 fn generator_is_deterministic_and_covers_every_class() {
     let draw = |seed| {
         let mut g = Gen::new(seed, HashSet::new());
-        let mut ctx = Ctx {
-            rev: 1,
-            compacted: 0,
-        };
+        let mut ctx = Ctx::default();
         (0..3000)
             .map(|i| {
                 ctx.rev = 1 + i / 2;

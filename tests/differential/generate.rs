@@ -132,12 +132,21 @@ pub struct Ctx {
     pub rev: i64,
     /// The highest revision compacted successfully (0: none yet).
     pub compacted: i64,
+    /// Whether that compaction was `physical` (etcd answered once its backend had dropped the
+    /// compacted revisions; otherwise it drops them in the background).
+    pub compacted_physically: bool,
 }
 
 /// The generator of one seed.
 pub struct Gen {
     rng: Rng,
-    /// Request classes left out (`METASTORE_DIFF_SKIP`, for hunting past a known divergence).
+    /// Request classes left out (`METASTORE_DIFF_SKIP`, for hunting past a known divergence):
+    /// whole requests `range`, `put`, `delete`, `txn`, `compact`, `lease_grant`, `lease_revoke`,
+    /// `lease_ttl`, `lease_leases`, `watch`, `status`, `member_list`, `defragment`,
+    /// `move_leader`, `hash_kv`, `alarm`; features `empty_key`, `invalid_sort_order`,
+    /// `invalid_compare` (unknown compare targets and results), `invalid_filter` (watch),
+    /// `empty_op` (a txn op with no request), `nested_txn`, `many_ops` (txns at the op limit),
+    /// `watch_negative_start`.
     skip: HashSet<String>,
 }
 
@@ -383,6 +392,14 @@ impl Gen {
             self.rng.pick(&KEYS).to_vec()
         };
         let range_end = self.range_end(&key);
+        // A watch from exactly the compacted revision reads its tombstones from etcd's backend,
+        // which a non-physical compaction is still deleting in the background: a race, not an
+        // answer. Start one later then.
+        let first_watchable = if ctx.compacted_physically {
+            ctx.compacted.max(1)
+        } else {
+            (ctx.compacted + 1).max(1)
+        };
         let mut filters = Vec::new();
         if self.rng.chance(15) {
             filters.push(0); // NOPUT
@@ -409,8 +426,10 @@ impl Gen {
                 },
             ]) {
                 0 => 0,
-                1 => self.rng.between(ctx.compacted.max(1), ctx.rev.max(1)),
-                2 => ctx.compacted.max(1),
+                1 => self
+                    .rng
+                    .between(first_watchable, ctx.rev.max(first_watchable)),
+                2 => first_watchable,
                 3 => (ctx.compacted - 1).max(1),
                 4 => ctx.rev + self.rng.between(1, 3),
                 _ => self.rng.pick(&[-1, -100]),
