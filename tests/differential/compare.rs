@@ -19,7 +19,6 @@
 //!   are compared.
 
 use metastore::pb::etcdserverpb::{response_op, Member, ResponseHeader, TxnResponse};
-use metastore::pb::mvccpb::KeyValue;
 
 use crate::exec::{Out, WatchItem};
 
@@ -226,18 +225,4 @@ fn byte_list(s: &str, nested: bool) -> Option<(String, usize)> {
         }
     }
     Some((bytes(&v), end + 1))
-}
-
-/// A key-value pair in one line (for summaries).
-#[allow(dead_code)]
-pub fn kv(kv: &KeyValue) -> String {
-    format!(
-        "{}={} c{} m{} v{} l{}",
-        bytes(&kv.key),
-        bytes(&kv.value),
-        kv.create_revision,
-        kv.mod_revision,
-        kv.version,
-        kv.lease
-    )
 }

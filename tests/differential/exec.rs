@@ -134,17 +134,11 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
             Out::DeleteRange,
         ),
         Req::Txn(r) => out(timeout(t, c.kv.txn(r.clone())).await, Out::Txn),
-        Req::Compact(r) => out(timeout(t, c.kv.compact(r.clone())).await, Out::Compact),
-        Req::LeaseGrant(r) => out(
-            timeout(t, c.lease.lease_grant(r.clone())).await,
-            Out::LeaseGrant,
-        ),
-        Req::LeaseRevoke(r) => out(
-            timeout(t, c.lease.lease_revoke(r.clone())).await,
-            Out::LeaseRevoke,
-        ),
+        Req::Compact(r) => out(timeout(t, c.kv.compact(*r)).await, Out::Compact),
+        Req::LeaseGrant(r) => out(timeout(t, c.lease.lease_grant(*r)).await, Out::LeaseGrant),
+        Req::LeaseRevoke(r) => out(timeout(t, c.lease.lease_revoke(*r)).await, Out::LeaseRevoke),
         Req::LeaseTimeToLive(r) => out(
-            timeout(t, c.lease.lease_time_to_live(r.clone())).await,
+            timeout(t, c.lease.lease_time_to_live(*r)).await,
             Out::LeaseTimeToLive,
         ),
         Req::LeaseLeases => out(
@@ -156,10 +150,7 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
             timeout(t, c.maintenance.status(StatusRequest {})).await,
             Out::Status,
         ),
-        Req::MemberList(r) => out(
-            timeout(t, c.cluster.member_list(r.clone())).await,
-            Out::MemberList,
-        ),
+        Req::MemberList(r) => out(timeout(t, c.cluster.member_list(*r)).await, Out::MemberList),
         Req::Defragment => out(
             timeout(t, c.maintenance.defragment(DefragmentRequest {})).await,
             Out::Defragment,
@@ -179,10 +170,7 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
                 Out::MoveLeader,
             )
         }
-        Req::HashKv(r) => out(
-            timeout(t, c.maintenance.hash_kv(r.clone())).await,
-            Out::HashKv,
-        ),
+        Req::HashKv(r) => out(timeout(t, c.maintenance.hash_kv(*r)).await, Out::HashKv),
         Req::AlarmGet => out(
             timeout(t, c.maintenance.alarm(AlarmRequest::default())).await,
             Out::Alarm,
