@@ -9,7 +9,7 @@
 //! - `METASTORE_DIFF_REQUESTS`: requests per seed, default 300.
 //! - `METASTORE_DIFF_SHRINK_SECS`: time budget to shrink the first diverging seed, default 60 (0: off).
 //! - `METASTORE_DIFF_SKIP`: request classes the generator leaves out, comma-separated (for hunting
-//!   past a known divergence; see `Gen::next` and the generator's `on(..)` calls for the names).
+//!   past a known divergence; the names are listed on `Gen::skip` in `differential/generate.rs`).
 //! - `METASTORE_DIFF_ENGINE`: `rocksdb` or `memory` for every seed (default: alternate by seed).
 //! - `METASTORE_DIFF_VERBOSE=1`: print every request and both answers.
 //! - `METASTORE_ETCD_BIN`: the etcd binary (default: where `scripts/etcd-reference.sh` installs it).
