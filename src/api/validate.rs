@@ -1,8 +1,10 @@
 //! Every client request is checked here once, before it reaches raft, with etcd's rules: a request
 //! that fails a check never becomes a log entry and changes nothing.
 
+use std::collections::BTreeSet;
+
 use crate::limits::{LEASE_MAX_TTL_SECS, MAX_TXN_NESTING_DEPTH};
-use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::pb::etcdserverpb::range_request::SortTarget;
 use crate::pb::etcdserverpb::{
     request_op, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
@@ -36,7 +38,9 @@ pub fn range(r: &RangeRequest) -> Result {
     if r.key.is_empty() {
         return Err(ValidationError::EmptyKey);
     }
-    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+    // etcd 3.5 accepts any sort order (an unknown one leaves the keys in key order) but has no
+    // sorter for an unknown target (its apply crashes on one): refused here, as etcd 3.6 does.
+    if SortTarget::try_from(r.sort_target).is_err() {
         return Err(ValidationError::InvalidSortOption);
     }
     Ok(())
@@ -135,7 +139,7 @@ fn deleted(dels: &[Deleted], key: &[u8]) -> bool {
 /// are mutually exclusive) a key may be put at most once and never both put and deleted.
 fn check_intervals(
     ops: &[RequestOp],
-) -> std::result::Result<(Vec<Vec<u8>>, Vec<Deleted>), ValidationError> {
+) -> std::result::Result<(BTreeSet<Vec<u8>>, Vec<Deleted>), ValidationError> {
     let mut dels: Vec<Deleted> = ops
         .iter()
         .filter_map(|op| match &op.request {
@@ -146,7 +150,8 @@ fn check_intervals(
             _ => None,
         })
         .collect();
-    let mut puts: Vec<Vec<u8>> = Vec::new();
+    // A set, as etcd's: a key both branches of a nested txn put counts once.
+    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
     for op in ops {
         let Some(request_op::Request::RequestTxn(inner)) = &op.request else {
             continue;
@@ -164,7 +169,7 @@ fn check_intervals(
             if (puts.contains(&k) && !puts_then.contains(&k)) || deleted(&dels, &k) {
                 return Err(ValidationError::DuplicateKey);
             }
-            puts.push(k);
+            puts.insert(k);
         }
         dels.extend(dels_then);
         dels.extend(dels_else);
@@ -176,7 +181,7 @@ fn check_intervals(
         if puts.contains(&p.key) || deleted(&dels, &p.key) {
             return Err(ValidationError::DuplicateKey);
         }
-        puts.push(p.key.clone());
+        puts.insert(p.key.clone());
     }
     Ok((puts, dels))
 }
@@ -267,6 +272,19 @@ mod tests {
     }
 
     #[test]
+    fn a_key_put_by_both_branches_counts_once_further_up() {
+        // then/else of the innermost txn both put "k": one key to the levels above, as in etcd.
+        let inner = txn_op(vec![put_op("k")], vec![put_op("k")]);
+        let middle = txn_op(vec![], vec![inner]);
+        let outer = TxnRequest {
+            compare: vec![],
+            success: vec![],
+            failure: vec![middle],
+        };
+        assert_eq!(txn(&outer, 128), Ok(()));
+    }
+
+    #[test]
     fn op_counts_and_nested_checks() {
         let many: Vec<RequestOp> = (0..3).map(|i| put_op(&format!("k{i}"))).collect();
         assert_eq!(txn(&t(many.clone()), 3), Ok(()));
@@ -293,10 +311,20 @@ mod tests {
         );
         let bad_sort = RangeRequest {
             key: b"a".to_vec(),
-            sort_order: 9,
+            sort_target: 9,
             ..Default::default()
         };
         assert_eq!(range(&bad_sort), Err(ValidationError::InvalidSortOption));
+        let unknown_order = RangeRequest {
+            key: b"a".to_vec(),
+            sort_order: 9,
+            ..Default::default()
+        };
+        assert_eq!(
+            range(&unknown_order),
+            Ok(()),
+            "etcd 3.5 leaves such a range unsorted"
+        );
         let p = PutRequest {
             key: b"a".to_vec(),
             value: b"v".to_vec(),

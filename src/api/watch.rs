@@ -23,6 +23,7 @@ use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::pb::mvccpb::event::EventType;
 use crate::watch::{HubMessage, WatchSpec, WatcherKey};
 
 /// etcd's id for "no watcher" (a refused create, a progress notification).
@@ -209,7 +210,14 @@ fn to_response(node: &Node, msg: HubMessage) -> WatchResponse {
         } => {
             if prev_kv {
                 for ev in &mut events {
-                    if let Some(kv) = &ev.kv {
+                    // A put that created the key has no previous value, even when the same
+                    // revision deleted an older one (etcd skips create events).
+                    let created = ev.r#type == EventType::Put as i32
+                        && ev
+                            .kv
+                            .as_ref()
+                            .is_some_and(|kv| kv.create_revision == kv.mod_revision);
+                    if let (Some(kv), false) = (&ev.kv, created) {
                         ev.prev_kv = node.value_at(&kv.key, kv.mod_revision - 1);
                     }
                 }

@@ -38,15 +38,16 @@ pub fn execute_range(view: &dyn ReadView, req: &RangeRequest) -> Result<RangeRes
     let mut kvs = result.kvs;
     kvs.retain(|kv| keep(req, kv));
 
-    // Records come in ascending key order: sorting by key ascending is a no-op, and sorting by any
-    // other target defaults to ascending.
+    // Records come in ascending key order: sorting by key ascending is a no-op. A target other
+    // than the key with no order sorts ascending; an order etcd does not know sorts nothing (etcd
+    // 3.5 leaves such a range in key order).
     let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
-    let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
-    if target != SortTarget::Key && order == SortOrder::None {
-        order = SortOrder::Ascend;
-    } else if target == SortTarget::Key && order == SortOrder::Ascend {
-        order = SortOrder::None;
-    }
+    let order = match SortOrder::try_from(req.sort_order) {
+        Ok(SortOrder::None) if target != SortTarget::Key => SortOrder::Ascend,
+        Ok(SortOrder::Ascend) if target == SortTarget::Key => SortOrder::None,
+        Ok(order) => order,
+        Err(_) => SortOrder::None,
+    };
     if order != SortOrder::None {
         let by: fn(&KeyValue, &KeyValue) -> Ordering = match target {
             SortTarget::Key => |a, b| a.key.cmp(&b.key),

@@ -673,7 +673,7 @@ fn failures_in_the_middle_of_a_txn_leave_no_trace() {
 }
 
 #[test]
-fn write_txns_check_range_revisions_up_front_read_only_ones_do_not() {
+fn txns_check_range_revisions_up_front() {
     let mut s = store();
     for v in ["1", "2", "3"] {
         put(&mut s, "a", v);
@@ -695,17 +695,28 @@ fn write_txns_check_range_revisions_up_front_read_only_ones_do_not() {
     refused(&mut s, command::Op::Txn(write), |e| {
         matches!(e, ApplyError::Compacted)
     });
-    // Read-only: a negative revision reads the head.
+    // Read-only too (etcd 3.5 checks every txn's ranges).
     let read = TxnRequest {
         compare: vec![],
         success: vec![op_range_at("a", -1)],
         failure: vec![],
     };
-    let r = txn(&mut s, read).unwrap();
-    let Some(response_op::Response::ResponseRange(got)) = &r.responses[0].response else {
-        panic!("{r:?}")
-    };
-    assert_eq!(got.kvs[0].value, b"3");
+    refused(&mut s, command::Op::Txn(read), |e| {
+        matches!(e, ApplyError::Compacted)
+    });
+    // A plain range reads the head at a negative revision.
+    assert_eq!(
+        get(
+            &s,
+            RangeRequest {
+                revision: -1,
+                ..rr("a", "")
+            }
+        )
+        .kvs[0]
+            .value,
+        b"3"
+    );
     // The put's own revision is not readable up front either (etcd: future revision).
     let own = TxnRequest {
         compare: vec![],
@@ -795,4 +806,57 @@ fn unknown_compare_target_is_equal_and_unknown_result_holds() {
             .unwrap()
             .succeeded
     );
+}
+
+#[test]
+fn txn_checks_every_put_before_any_range_and_a_key_before_a_lease() {
+    let mut s = store();
+    // A range at a future revision comes first, but the put's unknown lease is what etcd reports.
+    let puts_first = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_range_at("a", 35),
+            op(request_op::Request::RequestPut(PutRequest {
+                key: b"b".to_vec(),
+                lease: 3,
+                ..Default::default()
+            })),
+        ],
+        failure: vec![],
+    };
+    refused(&mut s, command::Op::Txn(puts_first), |e| {
+        matches!(e, ApplyError::LeaseNotFound)
+    });
+    let key_first = TxnRequest {
+        compare: vec![],
+        success: vec![op(request_op::Request::RequestPut(PutRequest {
+            key: b"b".to_vec(),
+            ignore_value: true,
+            lease: 4660,
+            ..Default::default()
+        }))],
+        failure: vec![],
+    };
+    refused(&mut s, command::Op::Txn(key_first), |e| {
+        matches!(e, ApplyError::KeyNotFound)
+    });
+    // Before any compaction the compaction revision is -1: -2 is below it.
+    refused(
+        &mut s,
+        command::Op::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![op_range_at("a", -2)],
+            failure: vec![],
+        }),
+        |e| matches!(e, ApplyError::Compacted),
+    );
+    assert!(txn(
+        &mut s,
+        TxnRequest {
+            compare: vec![],
+            success: vec![op_range_at("a", -1)],
+            failure: vec![],
+        }
+    )
+    .is_ok());
 }

@@ -1,7 +1,7 @@
 //! Put, DeleteRange and Txn execution inside one MVCC write transaction.
 //!
-//! A transaction is refused whole or applied whole: its branches are decided and (when it writes)
-//! every chosen operation is checked before the first write, as etcd's `checkTxn` does, and the
+//! A transaction is refused whole or applied whole: its branches are decided and every chosen put
+//! and range is checked before the first write, as etcd 3.5's apply does, and the
 //! MVCC write transaction stages every change until the caller finishes it, so an operation that
 //! still fails half-way leaves no trace.
 
@@ -101,17 +101,9 @@ fn branch<'r>(req: &'r TxnRequest, path: &Path) -> &'r [RequestOp] {
     }
 }
 
-/// etcd's rule for which transactions only read: every operation of both branches is a range (a
-/// nested transaction counts as a write, whatever it holds).
-fn is_read_only(req: &TxnRequest) -> bool {
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))))
-}
-
-/// A range's revision against the state before the transaction (etcd's `checkRange`): a future
-/// revision, or one below the compaction (a negative one too, once anything was compacted).
+/// A range's revision against the state before the transaction (etcd's `checkRequestRange`): a
+/// future revision, or one below the compaction (a negative one too: before any compaction the
+/// compaction revision is -1, so -2 and below are refused).
 fn check_range(txn: &WriteTxn<'_>, req: &RangeRequest) -> Result<(), ApplyError> {
     if req.revision == 0 {
         return Ok(());
@@ -125,27 +117,53 @@ fn check_range(txn: &WriteTxn<'_>, req: &RangeRequest) -> Result<(), ApplyError>
     Ok(())
 }
 
-/// Check every operation of every chosen branch, in order, before anything is written (etcd's
-/// `checkTxn`): the first that cannot succeed refuses the transaction.
-fn check(txn: &WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<(), ApplyError> {
+/// A put inside a transaction against the state before it (etcd's `checkRequestPut`): unlike a
+/// lone put, the key's existence (for ignore_value / ignore_lease) is checked before the lease.
+fn check_txn_put(txn: &WriteTxn<'_>, req: &PutRequest) -> Result<(), ApplyError> {
+    if (req.ignore_value || req.ignore_lease) && txn.key_at(&req.key).is_none() {
+        return Err(ApplyError::KeyNotFound);
+    }
+    if req.lease != 0 && !txn.lease_exists(req.lease) {
+        return Err(ApplyError::LeaseNotFound);
+    }
+    Ok(())
+}
+
+/// Visit every operation of every chosen branch, nested ones in place, in order.
+fn for_each_chosen(
+    req: &TxnRequest,
+    path: &Path,
+    f: &mut dyn FnMut(&RequestOp) -> Result<(), ApplyError>,
+) -> Result<(), ApplyError> {
     let mut nested = path.nested.iter();
     for op in branch(req, path) {
         match &op.request {
-            Some(request_op::Request::RequestRange(r)) => {
-                // The mutation build checks only puts up front, as the old apply did.
-                if cfg!(not(feature = "sim-bug-partial-txn")) {
-                    check_range(txn, r)?;
-                }
-            }
-            Some(request_op::Request::RequestPut(p)) => check_put(txn, p)?,
             Some(request_op::Request::RequestTxn(inner)) => {
                 let p = nested.next().ok_or(ApplyError::EmptyCommand)?;
-                check(txn, inner, p)?;
+                for_each_chosen(inner, p, f)?;
             }
-            Some(request_op::Request::RequestDeleteRange(_)) | None => {}
+            _ => f(op)?,
         }
     }
     Ok(())
+}
+
+/// Check the chosen operations before anything is written, as etcd 3.5's apply does for every
+/// transaction: first every put (in order, nested ones in place), then every range; the first
+/// that cannot succeed refuses the transaction.
+fn check(txn: &WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<(), ApplyError> {
+    for_each_chosen(req, path, &mut |op| match &op.request {
+        Some(request_op::Request::RequestPut(p)) => check_txn_put(txn, p),
+        _ => Ok(()),
+    })?;
+    // The mutation build checks only puts up front, as the old apply did.
+    if cfg!(feature = "sim-bug-partial-txn") {
+        return Ok(());
+    }
+    for_each_chosen(req, path, &mut |op| match &op.request {
+        Some(request_op::Request::RequestRange(r)) => check_range(txn, r),
+        _ => Ok(()),
+    })
 }
 
 fn run(txn: &mut WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<TxnResponse, ApplyError> {
@@ -181,16 +199,14 @@ fn run(txn: &mut WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<TxnRespo
 }
 
 /// Execute a validated transaction: decide every branch on the state before the transaction, check
-/// the chosen operations of a transaction that writes, then run them. Any failure drops the
+/// the chosen operations, then run them. Any failure drops the
 /// caller's write transaction unfinished, so nothing of it remains.
 pub(super) fn execute_txn(
     txn: &mut WriteTxn<'_>,
     req: &TxnRequest,
 ) -> Result<TxnResponse, ApplyError> {
     let path = decide(txn, req)?;
-    if !is_read_only(req) {
-        check(txn, req, &path)?;
-    }
+    check(txn, req, &path)?;
     run(txn, req, &path)
 }
 

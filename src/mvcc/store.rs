@@ -231,15 +231,18 @@ impl MvccStore {
     }
 
     /// A hash of every stored record (key, value, revision) up to `rev` (0: the newest), for
-    /// `HashKV`: members that applied the same log and compactions agree on it.
+    /// `HashKV`: members that applied the same log and compactions agree on it. `rev` must be
+    /// above the compaction revision.
     pub fn hash_kv(&self, rev: i64) -> Result<u32> {
-        let rev = if rev <= 0 { self.current_rev } else { rev };
+        // As etcd: a revision at or below the compaction is gone (the hash would no longer cover
+        // what that revision's history held), one past the head is in the future.
+        if rev > 0 && rev <= self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
         if rev > self.current_rev {
             return Err(MvccError::FutureRevision);
         }
-        if rev < self.compact_rev {
-            return Err(MvccError::Compacted);
-        }
+        let rev = if rev <= 0 { self.current_rev } else { rev };
         let end = Revision::new(rev + 1, 0).to_bytes();
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         let mut feed = |bytes: &[u8]| {

@@ -866,7 +866,10 @@ impl Node {
     ) -> (bool, i64) {
         let store = self.state.read();
         let head = store.current_revision();
-        let start = if start_revision <= 0 {
+        // As etcd, only 0 means "from the next revision": a negative start is a revision like any
+        // other, below the compaction (-1 before any) it is cancelled as compacted, and -1 on a
+        // store never compacted replays the whole history.
+        let start = if start_revision == 0 {
             head + 1
         } else {
             start_revision
