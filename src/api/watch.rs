@@ -128,8 +128,10 @@ impl StreamState {
                     stream: self.stream,
                     watch_id: c.watch_id,
                 };
-                if self.node.watch_hub().remove(key) {
-                    self.ids.remove(&c.watch_id);
+                // Confirmed for any id the stream handed out and has not canceled yet, also one
+                // the hub already dropped (cancelled as compacted), as etcd's watch stream does.
+                let in_hub = self.node.watch_hub().remove(key);
+                if self.ids.remove(&c.watch_id) || in_hub {
                     let revision = self.node.current_revision();
                     self.tx
                         .send(HubMessage::Canceled {
@@ -239,7 +241,9 @@ fn to_response(node: &Node, msg: HubMessage) -> WatchResponse {
             header: header(0),
             watch_id,
             compact_revision,
-            canceled: true,
+            // etcd marks the response canceled by a non-zero compaction revision: after a
+            // compaction at 0 a negative start is dropped without saying so.
+            canceled: compact_revision != 0,
             ..Default::default()
         },
         HubMessage::Created {

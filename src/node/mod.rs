@@ -866,10 +866,13 @@ impl Node {
     ) -> (bool, i64) {
         let store = self.state.read();
         let head = store.current_revision();
-        // As etcd, only 0 means "from the next revision": a negative start is a revision like any
-        // other, below the compaction (-1 before any) it is cancelled as compacted, and -1 on a
-        // store never compacted replays the whole history.
-        let start = if start_revision == 0 {
+        // As etcd: 0 means "from the next revision"; a negative start below the compaction
+        // revision (-1 before any compaction) is answered as compacted; the one negative start
+        // that is not (-1 on a store never compacted) reads nothing of the past in etcd (its
+        // catch-up scan starts past every revision) and so also starts at the next revision.
+        let start = if start_revision == 0
+            || (start_revision < 0 && start_revision >= store.compact_revision())
+        {
             head + 1
         } else {
             start_revision
