@@ -1043,6 +1043,9 @@ mod tests {
             s.compact(6, &mut WriteBatch::new()),
             Err(MvccError::Compacted)
         ));
+        // As etcd: HashKV at the compacted revision is refused, at 0 (the head) it is not.
+        assert!(matches!(s.hash_kv(6), Err(MvccError::Compacted)));
+        assert!(s.hash_kv(0).is_ok());
         let reopened = MvccStore::open(engine).unwrap();
         assert_eq!(reopened.compact_revision(), 6);
         assert_eq!(reopened.current_revision(), 6);

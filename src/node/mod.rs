@@ -508,12 +508,15 @@ impl Node {
     /// `(hash, hash revision, compact revision)` of the key-value history up to `revision`.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), NodeError> {
         let store = self.state.read();
+        // The store resolves 0 to the head itself: only an explicit revision can be compacted.
+        let hash = store
+            .hash_kv(revision)
+            .map_err(|e| NodeError::Apply(e.into()))?;
         let rev = if revision <= 0 {
             store.current_revision()
         } else {
             revision
         };
-        let hash = store.hash_kv(rev).map_err(|e| NodeError::Apply(e.into()))?;
         Ok((hash, rev, store.compact_revision()))
     }
 
