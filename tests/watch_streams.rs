@@ -59,6 +59,24 @@ async fn dropped_streams_free_every_watcher() {
             .metrics()
             .num_alive_tasks()
     };
+    // The baseline is the settled member's: once it leads (a read index works) and its task count
+    // has held still for a second (tasks that start with leadership or end once the member's
+    // attributes are published must not be mistaken for, or hide, tasks left by closed streams).
+    let settle = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node.linearize().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < settle,
+            "no leader within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut last, mut still_since) = (tasks(), tokio::time::Instant::now());
+    while still_since.elapsed() < Duration::from_secs(1) && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tasks() != last {
+            (last, still_since) = (tasks(), tokio::time::Instant::now());
+        }
+    }
     let baseline_tasks = tasks();
     let mut rss_after_round = Vec::new();
     for round in 0..ROUNDS {
