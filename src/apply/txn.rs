@@ -14,7 +14,8 @@ use crate::pb::etcdserverpb::{
 };
 use crate::pb::mvccpb::KeyValue;
 
-/// Checks a put against the store before anything is written.
+/// Checks a lone put against the store before anything is written: the lease first, then the key
+/// (etcd's order for a put outside a transaction; inside one see `check_txn_put`).
 pub(super) fn check_put(txn: &WriteTxn<'_>, req: &PutRequest) -> Result<(), ApplyError> {
     if req.lease != 0 && !txn.lease_exists(req.lease) {
         return Err(ApplyError::LeaseNotFound);
@@ -26,8 +27,9 @@ pub(super) fn check_put(txn: &WriteTxn<'_>, req: &PutRequest) -> Result<(), Appl
 }
 
 /// Execute a checked put. Inside a transaction the put cannot count on its check: an earlier
-/// operation of the same transaction may have deleted the key (validation forbids that shape, but
-/// apply does not rely on validation), so a missing key is refused here too.
+/// operation of the same transaction may have deleted the key (a from-key delete passes etcd's
+/// duplicate-key rule, and apply does not rely on validation anyway), so a missing key is refused
+/// here too; the unfinished transaction is then dropped whole.
 pub(super) fn put(txn: &mut WriteTxn<'_>, req: PutRequest) -> Result<PutResponse, ApplyError> {
     let prev = if req.prev_kv || req.ignore_value || req.ignore_lease {
         txn.get(&req.key)?
