@@ -769,42 +769,34 @@ impl WriteTxn<'_> {
             mut batch,
             staged,
         } = self;
-        if sub > 0 {
-            for op in staged.index_ops {
-                match op {
-                    IndexOp::Put(key, rev) => store.index.put(&key, rev),
-                    IndexOp::Tombstone(key, rev) => {
-                        let was_live = store.index.tombstone(&key, rev);
-                        debug_assert!(was_live, "a staged delete of a key that is not live");
-                    }
+        // With nothing written these are empty but for a revoke of a lease without keys, which
+        // still drops the lease.
+        for op in staged.index_ops {
+            match op {
+                IndexOp::Put(key, rev) => store.index.put(&key, rev),
+                IndexOp::Tombstone(key, rev) => {
+                    let was_live = store.index.tombstone(&key, rev);
+                    debug_assert!(was_live, "a staged delete of a key that is not live");
                 }
             }
-            for op in staged.lease_ops {
-                match op {
-                    LeaseOp::Attach(id, key) => store.leases.attach(id, &key),
-                    LeaseOp::Detach(key) => store.leases.detach(&key),
-                    LeaseOp::Revoke(id) => drop(store.leases.revoke(id)),
-                }
+        }
+        for op in staged.lease_ops {
+            match op {
+                LeaseOp::Attach(id, key) => store.leases.attach(id, &key),
+                LeaseOp::Detach(key) => store.leases.detach(&key),
+                LeaseOp::Revoke(id) => drop(store.leases.revoke(id)),
             }
-            store.unflushed.extend(staged.records);
-            store.unflushed_tombstones.extend(staged.tombstones);
-            store.events.extend(staged.events);
-            if !bump {
-                return (batch, store.current_rev);
-            }
+        }
+        store.unflushed.extend(staged.records);
+        store.unflushed_tombstones.extend(staged.tombstones);
+        store.events.extend(staged.events);
+        if sub > 0 && bump {
             store.current_rev = begin_rev + 1;
             batch.put(
                 Keyspace::Meta,
                 META_CURRENT_REV,
                 store.current_rev.to_be_bytes().to_vec(),
             );
-        } else {
-            // Nothing written, but a revoke of a lease without keys still drops the lease.
-            for op in staged.lease_ops {
-                if let LeaseOp::Revoke(id) = op {
-                    drop(store.leases.revoke(id));
-                }
-            }
         }
         (batch, store.current_rev)
     }
