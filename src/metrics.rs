@@ -207,6 +207,7 @@ pub struct Scrape {
     pub revision: i64,
     pub compact_revision: i64,
     pub leases: u64,
+    pub alive_tasks: u64,
     pub version: &'static str,
 }
 
@@ -415,6 +416,12 @@ impl Metrics {
             "metastore_raft_term",
             "This member's current raft term.",
             s.term,
+        );
+        gauge(
+            &mut out,
+            "metastore_runtime_alive_tasks",
+            "Tasks alive on the member's async runtime.",
+            s.alive_tasks,
         );
         out
     }

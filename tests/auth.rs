@@ -1233,7 +1233,11 @@ async fn a_jwt_works_on_every_member_without_a_proposal() {
             .await
             .expect("connect");
         let status = c.status().await.expect("status");
-        (status.raft_term(), status.raft_index(), status.raft_applied_index())
+        (
+            status.raft_term(),
+            status.raft_index(),
+            status.raft_applied_index(),
+        )
     };
     // Settled: every member has applied everything it holds, and they all hold the same log.
     // (The last log index alone says nothing about apply: a member that has the auth setup in its

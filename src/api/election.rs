@@ -226,25 +226,34 @@ impl Election for ElectionService {
                 0,
                 tx,
             );
-            let mut last: Option<(Vec<u8>, i64)> = None;
-            loop {
-                if let Ok((Some(kv), rev)) = leader_kv(&node, &name).await {
-                    let now = (kv.key.clone(), kv.mod_revision);
-                    if last.as_ref() != Some(&now) {
-                        last = Some(now);
-                        let resp = LeaderResponse {
-                            header: Some(node.header(rev)),
-                            kv: Some(kv),
-                        };
-                        if out_tx.send(Ok(resp)).await.is_err() {
-                            break; // the observer went away
+            let follow = async {
+                let mut last: Option<(Vec<u8>, i64)> = None;
+                loop {
+                    if let Ok((Some(kv), rev)) = leader_kv(&node, &name).await {
+                        let now = (kv.key.clone(), kv.mod_revision);
+                        if last.as_ref() != Some(&now) {
+                            last = Some(now);
+                            let resp = LeaderResponse {
+                                header: Some(node.header(rev)),
+                                kv: Some(kv),
+                            };
+                            if out_tx.send(Ok(resp)).await.is_err() {
+                                return;
+                            }
                         }
                     }
+                    match rx.recv().await {
+                        Some(HubMessage::Events { .. }) => continue,
+                        _ => return,
+                    }
                 }
-                match rx.recv().await {
-                    Some(HubMessage::Events { .. }) => continue,
-                    _ => break,
-                }
+            };
+            // The observer going away ends the task at once, whatever it waits for (the next
+            // change of a quiet election may never come).
+            tokio::select! {
+                biased;
+                _ = out_tx.closed() => {}
+                _ = follow => {}
             }
             node.watch_hub().remove_stream(stream);
         });

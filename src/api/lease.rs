@@ -149,8 +149,17 @@ impl LeaseService {
         let (tx, rx) = mpsc::channel(limits::LEASE_KEEPALIVE_STREAM_BUFFER);
         let node = self.node.clone();
         crate::rt::spawn(async move {
-            // Ends when the client stops sending or goes away, or the response side is gone.
-            while let Some(Ok(req)) = requests.next().await {
+            // Ends when the client stops sending or goes away, or the response side is gone
+            // (checked while waiting too: a silent client that left ends the task at once).
+            loop {
+                let req = tokio::select! {
+                    biased;
+                    _ = tx.closed() => break,
+                    next = requests.next() => match next {
+                        Some(Ok(req)) => req,
+                        _ => break,
+                    },
+                };
                 let ttl = match node.lease_keep_alive(req.id).await {
                     Ok(ttl) => ttl,
                     Err(e) => {

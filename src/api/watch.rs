@@ -314,7 +314,14 @@ impl WatchService {
         };
         crate::rt::spawn(async move {
             loop {
-                match requests.next().await {
+                // The response side going away (the client reset the call or its connection
+                // died) ends the stream even while the request side stays silent.
+                let next = tokio::select! {
+                    biased;
+                    _ = state.tx.closed() => break,
+                    next = requests.next() => next,
+                };
+                match next {
                     Some(Ok(req)) => {
                         if state.handle(req).await.is_err() {
                             break;

@@ -677,6 +677,7 @@ impl Node {
             revision,
             compact_revision,
             leases,
+            alive_tasks: rt::alive_tasks(),
             // The API layer knows the version it reports; it fills this in.
             version: "",
         }

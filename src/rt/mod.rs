@@ -68,6 +68,21 @@ where
     tokio::spawn(fut)
 }
 
+/// Tasks alive on the current runtime (`/metrics` reports it so a test can see that nothing an
+/// abandoned request started is left running); 0 in simulation, where madsim keeps no such count.
+pub fn alive_tasks() -> u64 {
+    #[cfg(madsim)]
+    {
+        0
+    }
+    #[cfg(not(madsim))]
+    {
+        tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_alive_tasks() as u64)
+            .unwrap_or(0)
+    }
+}
+
 /// The sending side of a [`batch_worker`]. Cheap to clone.
 pub struct BatchSender<T> {
     #[cfg(not(madsim))]

@@ -1,6 +1,7 @@
 //! Test harness: starts the real `metastore` binary on a free loopback port and hands out clients.
 #![allow(dead_code)]
 
+pub mod abuse;
 pub mod certs;
 
 use std::io::{BufRead, BufReader};
@@ -124,6 +125,18 @@ impl Server {
     /// `host:port` for etcdctl.
     pub fn host_port(&self) -> &str {
         self.endpoint.trim_start_matches("http://")
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Whether the process is still running (has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

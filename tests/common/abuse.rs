@@ -1,0 +1,138 @@
+//! What every attack test asserts about the member it attacks (issue 15): it stays up, its
+//! resident memory grows by at most [`RSS_BUDGET_KIB`], a well-behaved client keeps getting
+//! answers at about its quiet latency, and whatever the attack started (tasks, watchers) is gone
+//! soon after the attacker leaves.
+
+use std::time::{Duration, Instant};
+
+use super::Server;
+
+/// How much the member's RSS may grow during an attack.
+pub const RSS_BUDGET_KIB: u64 = 64 * 1024;
+
+/// How long the member may take to drop what an attacker left behind.
+pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// One gauge or counter from the member's `/metrics` (0 when absent).
+pub async fn metric(endpoint: &str, name: &str) -> i64 {
+    let body = http_get(endpoint, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+        .unwrap_or(0)
+}
+
+/// The body of a plain HTTP/1.0 GET (no chunked encoding to undo) of `path` on `endpoint` (`http://host:port`).
+pub async fn http_get(endpoint: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = endpoint.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The member's live tasks and watchers.
+pub async fn footprint(endpoint: &str) -> (i64, i64) {
+    (
+        metric(endpoint, "metastore_runtime_alive_tasks").await,
+        metric(endpoint, "etcd_debugging_mvcc_watcher_total").await,
+    )
+}
+
+/// Wait until the member's task count and watcher gauge are back at `baseline` (at most
+/// `allowance` extra tasks, e.g. connections the probe itself keeps), failing after `deadline`.
+pub async fn back_to_baseline(
+    endpoint: &str,
+    baseline: (i64, i64),
+    allowance: i64,
+    deadline: Duration,
+) {
+    let until = Instant::now() + deadline;
+    loop {
+        let now = footprint(endpoint).await;
+        if now.0 <= baseline.0 + allowance && now.1 <= baseline.1 {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "tasks/watchers {now:?}, {baseline:?} before the attack (allowance {allowance} tasks)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A settled baseline: the member's footprint once it has held still for half a second.
+pub async fn settled_footprint(endpoint: &str) -> (i64, i64) {
+    let mut last = footprint(endpoint).await;
+    let mut still_since = Instant::now();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while still_since.elapsed() < Duration::from_millis(500) && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = footprint(endpoint).await;
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
+/// Latencies of a well-behaved client: `n` serializable gets, one after another.
+pub async fn probe_latencies(client: &mut etcd_client::Client, n: usize) -> Vec<Duration> {
+    let opts = etcd_client::GetOptions::new().with_serializable();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        client
+            .get("abuse/probe", Some(opts.clone()))
+            .await
+            .expect("the well-behaved client got an answer");
+        out.push(start.elapsed());
+    }
+    out
+}
+
+/// The 99th percentile of `samples`.
+pub fn p99(samples: &mut [Duration]) -> Duration {
+    samples.sort_unstable();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+/// The well-behaved client's p99 under attack may be at most this many times its quiet p99 (with a
+/// floor, so a sub-millisecond quiet figure does not turn scheduler noise into a failure).
+pub fn assert_p99_within(quiet: Duration, attacked: Duration) {
+    let bound = (quiet * 3).max(Duration::from_millis(30));
+    assert!(
+        attacked <= bound,
+        "the well-behaved client's p99 went from {quiet:?} to {attacked:?} (bound {bound:?})"
+    );
+}
+
+/// Assert the member survived and its RSS stayed within budget of `rss_before`.
+pub fn assert_survived(server: &mut Server, rss_before: u64) {
+    assert!(server.is_running(), "the member died under attack");
+    let rss = rss_kib(server.pid());
+    assert!(
+        rss <= rss_before + RSS_BUDGET_KIB,
+        "RSS grew from {rss_before} KiB to {rss} KiB"
+    );
+}
