@@ -100,6 +100,12 @@ pub struct ServerConfig {
     /// Period of progress notifications to idle watchers that asked for them
     /// (`--experimental-watch-progress-notify-interval`).
     pub watch_progress_interval: Duration,
+    /// `--grpc-keepalive-min-time`: clients pinging more often lose their connection.
+    pub grpc_keepalive_min_time: Duration,
+    /// `--grpc-keepalive-interval`: a silent client connection is pinged after this long.
+    pub grpc_keepalive_interval: Duration,
+    /// `--grpc-keepalive-timeout`: an unanswered ping closes the connection after this long.
+    pub grpc_keepalive_timeout: Duration,
     /// Period of lease remaining-TTL checkpoints (`--experimental-lease-checkpoint-interval`).
     pub lease_checkpoint_interval: Duration,
     /// Applied entries between raft snapshots (`--snapshot-count`).
@@ -146,6 +152,8 @@ pub enum ConfigError {
     NoPeerUrl,
     #[error("--auth-token {text:?}: {reason}")]
     AuthToken { text: String, reason: String },
+    #[error("--engine memory keeps no raft votes or log across a restart, which a member of a {0}-member cluster needs (a restarted member could vote twice or forget acknowledged writes); use --engine rocksdb")]
+    MemoryEngineInCluster(usize),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterConfigError),
 }
@@ -168,6 +176,9 @@ impl Default for ServerConfig {
             quota_backend_bytes: 0,
             request_timeout: limits::REQUEST_TIMEOUT,
             watch_progress_interval: limits::WATCH_PROGRESS_INTERVAL_DEFAULT,
+            grpc_keepalive_min_time: limits::GRPC_KEEPALIVE_MIN_TIME_DEFAULT,
+            grpc_keepalive_interval: limits::GRPC_KEEPALIVE_INTERVAL_DEFAULT,
+            grpc_keepalive_timeout: limits::GRPC_KEEPALIVE_TIMEOUT_DEFAULT,
             lease_checkpoint_interval: limits::LEASE_CHECKPOINT_INTERVAL_DEFAULT,
             snapshot_count: limits::SNAPSHOT_COUNT_DEFAULT,
             strict_reconfig_check: true,
@@ -196,6 +207,9 @@ impl ServerConfig {
         }
         let cluster = self.initial_cluster_or_self();
         crate::cluster::check_self(&cluster, &self.name, &self.advertise_peer_urls)?;
+        if self.engine == EngineKind::Memory && cluster.len() > 1 {
+            return Err(ConfigError::MemoryEngineInCluster(cluster.len()));
+        }
         if self.peer_tls.client_cert_auth && self.peer_tls.trusted_ca_file.is_none() {
             return Err(ConfigError::NoTrustedCa(TlsPort::Peer));
         }
@@ -629,6 +643,27 @@ mod tests {
         assert_eq!(
             ServerConfig::default().quota_bytes(),
             limits::QUOTA_BACKEND_BYTES_DEFAULT
+        );
+    }
+
+    #[test]
+    fn a_memory_engine_serves_a_single_member_only() {
+        let alone = ServerConfig {
+            engine: EngineKind::Memory,
+            ..Default::default()
+        };
+        assert_eq!(alone.validate(), Ok(()));
+        let cluster = ServerConfig {
+            engine: EngineKind::Memory,
+            initial_cluster: crate::cluster::parse_initial_cluster(
+                "default=http://localhost:2380,b=http://127.0.0.1:3380",
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(
+            cluster.validate(),
+            Err(ConfigError::MemoryEngineInCluster(2))
         );
     }
 

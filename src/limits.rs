@@ -137,6 +137,32 @@ pub const PUBLISH_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// Concurrent gRPC streams per client connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
+/// The decoded size (RFC 9113 §6.5.2: names + values + 32 per field) of one request's header list
+/// that the client port accepts (`SETTINGS_MAX_HEADER_LIST_SIZE`, advertised; hyper's default). The
+/// `:authority` fix-up holds to it too, so a small block of references into the HPACK table cannot
+/// decode into a large allocation before anything checks it.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// PINGs a client may send closer together than `--grpc-keepalive-min-time` before its connection
+/// is closed (grpc-go's server allows two such strikes).
+pub const MAX_PING_STRIKES: u32 = 2;
+
+/// `--grpc-keepalive-min-time`: the shortest interval between a client's keepalive PINGs
+/// (etcd's default).
+pub const GRPC_KEEPALIVE_MIN_TIME_DEFAULT: Duration = Duration::from_secs(5);
+
+/// `--grpc-keepalive-interval`: how long a client connection may stay silent before the server
+/// PINGs it (etcd's default).
+pub const GRPC_KEEPALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// `--grpc-keepalive-timeout`: how long the server waits for the answer to its PING before it
+/// closes the connection (etcd's default).
+pub const GRPC_KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
+
+/// The HPACK dynamic table size the client port allows (`SETTINGS_HEADER_TABLE_SIZE`, the HTTP/2
+/// default, which the server never raises).
+pub const HPACK_TABLE_BYTES: usize = 4096;
+
 /// How long a new client connection may take to send its first bytes (the HTTP/2 preface or an
 /// HTTP/1.1 request line) before it is closed: the client port tells the two apart by them.
 pub const CLIENT_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,8 +175,17 @@ pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// HTTP/1.1 connections (health checks, metrics scrapes, the JSON gateway) served at once per
-/// listener; more are closed on arrival.
+/// listener; beyond it a newcomer takes the slot of the connection idle longest
+/// (`api::http_slots`), or is closed if none has been idle for [`HTTP_EVICT_IDLE_AFTER`].
 pub const HTTP_MAX_CONNECTIONS: usize = 1024;
+
+/// How long an HTTP/1.1 connection must have waited for a request before a newcomer may take its
+/// slot when all are taken.
+pub const HTTP_EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Pending connections each listening socket queues for `accept` (the kernel caps it at
+/// `net.core.somaxconn`, which Go, and so etcd, uses as its backlog).
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Client connections accepted but not yet told apart (HTTP/2 or HTTP/1.1), queued for the gRPC
 /// server per listener.

@@ -4,9 +4,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::abuse::{
-    assert_p99_within, assert_survived, back_to_baseline, p99, probe_latencies, rss_kib,
-    settled_footprint, CLEANUP_DEADLINE,
+    assert_p99_within, assert_survived, back_to_baseline, one_at_a_time, p99, probe_latencies,
+    rss_kib, settled_footprint, CLEANUP_DEADLINE,
 };
 use common::Server;
 
@@ -14,6 +16,7 @@ use common::Server;
 /// they are open a well-behaved client keeps its latency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_observe_calls_leave_nothing_behind() {
+    let _alone = one_at_a_time().await;
     const ELECTIONS: usize = 7;
     let mut server = Server::start("memory");
     let mut client = server.client().await;
@@ -55,4 +58,369 @@ async fn abandoned_observe_calls_leave_nothing_behind() {
     assert_survived(&mut server, rss_before);
     // The probe's own connection may hold a task or two of its own.
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}
+
+/// An HPACK integer with a `prefix`-bit prefix (RFC 7541 §5.1).
+fn hpack_int(mut v: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
+    let max = (1usize << prefix) - 1;
+    if v < max {
+        out.push(flags | v as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+fn hpack_str(s: &[u8], out: &mut Vec<u8>) {
+    hpack_int(s.len(), 7, 0, out);
+    out.extend_from_slice(s);
+}
+
+/// HEADERS (+ CONTINUATION) frames carrying `block` on `stream`.
+fn header_frames(block: &[u8], stream: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let chunks: Vec<&[u8]> = block.chunks(16_384).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let kind = if i == 0 { 0x1 } else { 0x9 };
+        let mut flags = if i + 1 == chunks.len() { 0x4 } else { 0 };
+        if i == 0 {
+            flags |= 0x1;
+        }
+        out.extend_from_slice(&(chunk.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// A header block of ~64 KiB that decodes to ~240 MB: a 4 KB field stored in the HPACK table, then
+/// 60,000 one-byte references to it.
+fn expanding_block() -> Vec<u8> {
+    let mut block = vec![0x40];
+    hpack_str(b"x-bomb", &mut block);
+    hpack_str(&[b'a'; 4000], &mut block);
+    // The newest dynamic entry is index 62 (the table holds one 4 KB entry at a time).
+    block.extend(std::iter::repeat_n(0x80 | 62u8, 60_000));
+    block
+}
+
+/// Pre-auth HPACK expansion: connections that send small header blocks decoding to hundreds of
+/// MiB cost the member neither its memory nor its other clients' latency, whether the block is a
+/// connection's first (inspected by the `:authority` fix-up) or follows a rewritten one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expanding_header_blocks_are_refused_within_budget() {
+    let _alone = one_at_a_time().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CONNECTIONS: usize = 8;
+    const BLOCKS_PER_CONNECTION: u32 = 4;
+    let mut server = Server::start("memory");
+    let mut client = server.client().await;
+    client.put("abuse/probe", "v", None).await.expect("put");
+    let mut quiet = probe_latencies(&mut client, 200).await;
+    let quiet = p99(&mut quiet);
+    let baseline = settled_footprint(&server.endpoint).await;
+    let rss_before = rss_kib(server.pid());
+    let host = server.host_port().to_string();
+    let mut attackers = Vec::new();
+    for c in 0..CONNECTIONS {
+        let host = host.clone();
+        attackers.push(tokio::spawn(async move {
+            let mut conn = tokio::net::TcpStream::connect(&host)
+                .await
+                .expect("connect");
+            let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // empty SETTINGS
+            if c % 2 == 1 {
+                // A first request whose authority is a URL: the fix-up rewrites from here on.
+                let mut first = vec![0x00];
+                hpack_str(b":authority", &mut first);
+                hpack_str(b"http://127.0.0.1:2379", &mut first);
+                out.extend(header_frames(&first, 1));
+            }
+            for b in 0..BLOCKS_PER_CONNECTION {
+                out.extend(header_frames(&expanding_block(), 3 + 2 * b));
+            }
+            // The member may close the connection before it has read everything: fine.
+            let _ = conn.write_all(&out).await;
+            let mut sink = vec![0u8; 64 * 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut sink)).await;
+            conn
+        }));
+    }
+    let mut attacked = probe_latencies(&mut client, 200).await;
+    let mut conns = Vec::new();
+    for a in attackers {
+        conns.push(a.await.expect("join"));
+    }
+    assert_survived(&mut server, rss_before);
+    assert_p99_within(quiet, p99(&mut attacked));
+    drop(conns);
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+    client
+        .get("abuse/probe", None)
+        .await
+        .expect("still serving");
+}
+
+/// A client that pings more often than `--grpc-keepalive-min-time` loses its connection (after
+/// grpc-go's two strikes); one that respects it keeps it. The keepalive flags are etcd's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_floods_lose_their_connection() {
+    let _alone = one_at_a_time().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start_with(
+        "memory",
+        &[
+            "--grpc-keepalive-min-time",
+            "1s",
+            "--grpc-keepalive-interval",
+            "2h",
+            "--grpc-keepalive-timeout",
+            "20s",
+        ],
+    );
+    let ping = [0u8, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let open = || async {
+        let mut conn = tokio::net::TcpStream::connect(server.host_port())
+            .await
+            .expect("connect");
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // empty SETTINGS
+        conn.write_all(&hello).await.expect("preface");
+        conn
+    };
+    /// Read until the server closes the connection (true) or `wait` passes (false).
+    async fn closed_within(conn: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+        let mut buf = vec![0u8; 4096];
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(until, conn.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+    let mut flood = open().await;
+    for _ in 0..4 {
+        flood.write_all(&ping).await.expect("ping");
+    }
+    assert!(
+        closed_within(&mut flood, Duration::from_secs(5)).await,
+        "a ping flood keeps its connection"
+    );
+    let mut polite = open().await;
+    for _ in 0..3 {
+        polite.write_all(&ping).await.expect("ping");
+        assert!(
+            !closed_within(&mut polite, Duration::from_millis(1100)).await,
+            "a client pinging once a second lost its connection"
+        );
+    }
+}
+
+/// A thousand slow HTTP/1.1 clients (each sends part of a request's headers, then nothing) do not
+/// make `/health` unanswerable: a newcomer takes the slot of the connection idle longest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_http1_clients_cannot_starve_health() {
+    let _alone = one_at_a_time().await;
+    use tokio::io::AsyncWriteExt;
+    const SLOW: usize = 1100;
+    let mut server = Server::start("memory");
+    let mut client = server.client().await;
+    client.put("abuse/probe", "v", None).await.expect("put");
+    let mut quiet = probe_latencies(&mut client, 200).await;
+    let quiet = p99(&mut quiet);
+    let baseline = settled_footprint(&server.endpoint).await;
+    let rss_before = rss_kib(server.pid());
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut conn = tokio::net::TcpStream::connect(server.host_port())
+            .await
+            .expect("connect");
+        conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("partial headers");
+        slow.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..20 {
+        let body = tokio::time::timeout(
+            Duration::from_secs(5),
+            common::abuse::http_get(&server.endpoint, "/health"),
+        )
+        .await
+        .expect("/health answered within 5 s");
+        assert!(body.contains("\"health\":\"true\""), "{body:?}");
+    }
+    let mut attacked = probe_latencies(&mut client, 200).await;
+    assert_p99_within(quiet, p99(&mut attacked));
+    assert_survived(&mut server, rss_before);
+    drop(slow);
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}
+
+/// Every kind of server stream ends when its client goes away: 10,000 abandoned Watch and
+/// LeaseKeepAlive calls (500 of each at a time: one connection carries at most 1,024 streams) and
+/// 4,000 gateway watch streams leave no task or watcher behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_streams_of_every_kind_leave_nothing_behind() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _alone = one_at_a_time().await;
+    let mut server = Server::start("memory");
+    let client = server.client().await;
+    let lease = client
+        .clone()
+        .lease_grant(60, None)
+        .await
+        .expect("grant")
+        .id();
+    let baseline = settled_footprint(&server.endpoint).await;
+    let rss_before = rss_kib(server.pid());
+    for _ in 0..10 {
+        // 500 watch streams and 500 keep-alive streams, opened and abandoned.
+        let mut opened = Vec::new();
+        for i in 0..500 {
+            let mut c = client.clone();
+            opened.push(tokio::spawn(async move {
+                let w = c
+                    .watch(format!("abuse/w{}", i % 10), None)
+                    .await
+                    .expect("watch");
+                let (k, r) = c.lease_keep_alive(lease).await.expect("keep-alive");
+                (w, k, r)
+            }));
+        }
+        let mut held = Vec::new();
+        for o in opened {
+            held.push(o.await.expect("join"));
+        }
+        drop(held);
+        // 400 gateway watch streams (HTTP/1.1), each abandoned after its created response.
+        let mut gateway = Vec::new();
+        for _ in 0..400 {
+            let host = server.host_port().to_string();
+            gateway.push(tokio::spawn(async move {
+                let mut conn = tokio::net::TcpStream::connect(&host)
+                    .await
+                    .expect("connect");
+                let body = br#"{"create_request":{"key":"YWJ1c2Uvdw=="}}"#;
+                let head = format!(
+                    "POST /v3/watch HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                conn.write_all(head.as_bytes()).await.expect("head");
+                conn.write_all(body).await.expect("body");
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while !String::from_utf8_lossy(&seen).contains("created") {
+                    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                        .await
+                        .expect("created within 10 s")
+                        .expect("read");
+                    assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                conn
+            }));
+        }
+        let mut conns = Vec::new();
+        for g in gateway {
+            conns.push(g.await.expect("join"));
+        }
+        drop(conns);
+        back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+    }
+    assert_survived(&mut server, rss_before);
+}
+
+/// A TCP proxy in front of `upstream` that can be frozen: it then stops moving bytes in either
+/// direction but keeps both sockets open, as a client whose machine vanished (half-open).
+async fn freezable_proxy(
+    upstream: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let flag = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream)
+                .await
+                .expect("upstream");
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to) in
+                [(cr, sw), (sr, cw)].map(|(r, w)| (tokio::io::BufReader::new(r), w))
+            {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if flag.load(Ordering::SeqCst) {
+                            // Frozen: hold both sockets, move nothing, ever.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (format!("http://{addr}"), frozen)
+}
+
+/// A client that vanishes without closing its connection (half-open) loses its streams and
+/// watchers once the server's keepalive ping goes unanswered (`--grpc-keepalive-interval`,
+/// `--grpc-keepalive-timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_clients_lose_their_watchers_to_keepalive() {
+    let _alone = one_at_a_time().await;
+    let server = Server::start_with(
+        "memory",
+        &[
+            "--grpc-keepalive-interval",
+            "1s",
+            "--grpc-keepalive-timeout",
+            "1s",
+        ],
+    );
+    let baseline = settled_footprint(&server.endpoint).await;
+    let (proxied, frozen) = freezable_proxy(server.host_port().to_string()).await;
+    let mut vanishing = etcd_client::Client::connect([proxied.as_str()], None)
+        .await
+        .expect("connect through the proxy");
+    let mut streams = Vec::new();
+    for i in 0..100 {
+        streams.push(
+            vanishing
+                .watch(format!("abuse/half-open/{i}"), None)
+                .await
+                .expect("watch"),
+        );
+    }
+    let (_, watchers) = common::abuse::footprint(&server.endpoint).await;
+    assert!(watchers >= baseline.1 + 100, "{watchers} watchers");
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    // One keepalive interval to send the ping, one timeout to give up on it, and the
+    // clean-up deadline for what the connection held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+    drop(streams);
 }

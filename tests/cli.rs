@@ -49,6 +49,23 @@ fn bad_flags_fail_clearly() {
     let out = metastore(&["--max-txn-ops", "0", "--engine", "memory"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-txn-ops"));
+    // A memory engine forgets raft votes and log on restart: a cluster member may not use it.
+    let out = metastore(&[
+        "--engine",
+        "memory",
+        "--name",
+        "a",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:12380",
+        "--initial-cluster",
+        "a=http://127.0.0.1:12380,b=http://127.0.0.1:22380,c=http://127.0.0.1:32380",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--engine memory") && stderr.contains("3-member cluster"),
+        "{stderr}"
+    );
 }
 
 #[test]

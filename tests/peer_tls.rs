@@ -177,7 +177,7 @@ async fn a_member_with_a_certificate_from_another_ca_is_kept_out() {
     // certificate comes from another CA: the others refuse it as a client
     // (--peer-client-cert-auth) and cannot verify it as a server.
     let rogue = rogue_ca.issue("rogue", &["127.0.0.1", "localhost"]);
-    let cluster = https_cluster(3, "memory", &ca, &[(2, peer_flags(&rogue, &ca))]);
+    let cluster = https_cluster(3, "rocksdb", &ca, &[(2, peer_flags(&rogue, &ca))]);
     let leader = cluster.leader().await;
     assert_ne!(leader, 2, "the rogue member leads");
     let mut client = cluster.members[0].client().await;

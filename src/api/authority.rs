@@ -9,12 +9,25 @@
 //! keeps one authority per connection), otherwise every header block of that connection is
 //! decoded with the client's HPACK state and re-encoded self-contained (literals without
 //! indexing, so the server's decoder table is never relied on) with the scheme stripped.
+//!
+//! Decoding happens before h2 or any authentication sees the connection, so it holds to the limits
+//! the server advertises: the HPACK table may not grow past [`limits::HPACK_TABLE_BYTES`], and a
+//! block whose decoded header list passes [`limits::MAX_HEADER_LIST_BYTES`] is not copied out
+//! (references into the table make a 64 KiB block decode into hundreds of MiB): while inspecting,
+//! such a block is handed to h2 untouched, which refuses it under the same limit; once rewriting,
+//! the connection is closed.
+//!
+//! The same pass also polices client PINGs (etcd's `--grpc-keepalive-min-time`, which gRPC servers
+//! enforce): a client that pings more often than that more than [`limits::MAX_PING_STRIKES`] times
+//! loses its connection, as grpc-go closes it (h2 itself answers every PING, however many).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::limits;
 
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -24,6 +37,8 @@ const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// Largest frame payload we emit (the HTTP/2 default SETTINGS_MAX_FRAME_SIZE).
@@ -54,6 +69,85 @@ pub struct AuthorityFix<S> {
     pending: Option<PendingBlock>,
     /// The client's HPACK state, while it matters (dropped when passing through).
     decoder: Option<loona_hpack::Decoder<'static>>,
+    /// Frame boundaries of everything the client sends, for the PING policy.
+    frames: FrameWalker,
+}
+
+/// Follows the frame headers of a client's byte stream (whatever the mode) to see its PINGs.
+struct FrameWalker {
+    header: [u8; FRAME_HEADER_LEN],
+    have: usize,
+    /// Bytes of the current frame's payload (or of the preface) still to pass.
+    skip: usize,
+    pings: PingPolicy,
+}
+
+/// etcd's keepalive enforcement: PINGs closer together than `min_interval` are strikes.
+struct PingPolicy {
+    min_interval: std::time::Duration,
+    last: Option<crate::rt::Instant>,
+    strikes: u32,
+}
+
+impl FrameWalker {
+    fn new(min_interval: std::time::Duration) -> Self {
+        Self {
+            header: [0; FRAME_HEADER_LEN],
+            have: 0,
+            skip: PREFACE_LEN,
+            pings: PingPolicy {
+                min_interval,
+                last: None,
+                strikes: 0,
+            },
+        }
+    }
+
+    /// Walk `bytes`, the next bytes the client sent; an error once it pinged too often.
+    fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (FRAME_HEADER_LEN - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == FRAME_HEADER_LEN {
+                let h = &self.header;
+                self.skip =
+                    (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                self.have = 0;
+                if h[3] == PING && h[4] & ACK == 0 {
+                    self.pings.ping()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PingPolicy {
+    fn ping(&mut self) -> io::Result<()> {
+        let now = crate::rt::now();
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.min_interval)
+        {
+            self.strikes += 1;
+            if self.strikes > limits::MAX_PING_STRIKES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "too_many_pings: the client pinged more often than --grpc-keepalive-min-time",
+                ));
+            }
+        }
+        self.last = Some(now);
+        Ok(())
+    }
 }
 
 struct PendingBlock {
@@ -64,7 +158,15 @@ struct PendingBlock {
 }
 
 impl<S> AuthorityFix<S> {
-    /// Wrap an accepted connection.
+    /// Wrap an accepted connection whose PINGs may come at most every `ping_min_interval`.
+    pub fn with_ping_policy(inner: S, ping_min_interval: std::time::Duration) -> Self {
+        Self {
+            frames: FrameWalker::new(ping_min_interval),
+            ..Self::new(inner)
+        }
+    }
+
+    /// Wrap an accepted connection (PINGs as often as it likes).
     pub fn new(inner: S) -> Self {
         Self {
             inner,
@@ -74,7 +176,8 @@ impl<S> AuthorityFix<S> {
             output: Vec::new(),
             output_pos: 0,
             pending: None,
-            decoder: Some(loona_hpack::Decoder::new()),
+            decoder: Some(bounded_decoder()),
+            frames: FrameWalker::new(std::time::Duration::ZERO),
         }
     }
 
@@ -167,7 +270,7 @@ impl<S> AuthorityFix<S> {
     /// A whole header block arrived.
     fn block(&mut self, block: PendingBlock) -> io::Result<()> {
         let decoded = match self.decoder.as_mut() {
-            Some(decoder) => decoder.decode(&block.fragment).ok(),
+            Some(decoder) => decode_bounded(decoder, &block.fragment),
             None => None,
         };
         let headers = match decoded {
@@ -228,6 +331,40 @@ impl<S> AuthorityFix<S> {
         self.output.extend_from_slice(frame);
         Ok(())
     }
+}
+
+/// A decoder whose dynamic table cannot be resized past what the server advertises.
+fn bounded_decoder() -> loona_hpack::Decoder<'static> {
+    let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(limits::HPACK_TABLE_BYTES);
+    decoder
+}
+
+/// Decode a whole header block, copying fields out only while the list stays within
+/// [`limits::MAX_HEADER_LIST_BYTES`]; `None` if the block is malformed or its list is larger. The
+/// rest of an oversized block is still decoded (without copying) so the table stays in step with
+/// the client's encoder; the work is linear in the block, whose size is bounded by `MAX_BLOCK`.
+fn decode_bounded(
+    decoder: &mut loona_hpack::Decoder<'static>,
+    fragment: &[u8],
+) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let limit = limits::MAX_HEADER_LIST_BYTES as usize;
+    let mut headers = Vec::new();
+    let mut size = 0usize;
+    let mut over = false;
+    decoder
+        .decode_with_cb(fragment, |name, value| {
+            // RFC 9113 §6.5.2: each field counts its name, its value and 32 octets.
+            size = size.saturating_add(name.len() + value.len() + 32);
+            if size > limit {
+                over = true;
+            }
+            if !over {
+                headers.push((name.into_owned(), value.into_owned()));
+            }
+        })
+        .ok()?;
+    (!over).then_some(headers)
 }
 
 /// The header block fragment of a HEADERS frame payload (without padding and priority).
@@ -347,7 +484,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 && this.pending.is_none()
             {
                 // Nothing held back: read straight into the caller's buffer.
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
+                let before = buf.filled().len();
+                return match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                    Poll::Ready(Ok(())) => {
+                        Poll::Ready(this.frames.observe(&buf.filled()[before..]))
+                    }
+                    other => other,
+                };
             }
             let mut chunk = [0u8; 8192];
             let mut chunk_buf = ReadBuf::new(&mut chunk);
@@ -367,6 +510,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                         }
                         continue;
                     }
+                    this.frames.observe(filled)?;
                     this.input.extend_from_slice(filled);
                     this.process()?;
                 }
@@ -492,6 +636,94 @@ mod tests {
         fix.process().unwrap();
         assert!(fix.input.is_empty(), "nothing held back");
         assert_eq!(fix.output, input, "handed on untouched");
+    }
+
+    /// A header block that stores a 4,000-byte field in the HPACK table, then refers to it
+    /// `refs` times (one byte each): it decodes to about `refs` × 4 KB.
+    fn expanding_block(refs: usize) -> Vec<u8> {
+        let mut block = vec![0x40]; // literal with incremental indexing, new name
+        encode_string(b"x-bomb", &mut block);
+        encode_string(&[b'a'; 4000], &mut block);
+        block.extend(std::iter::repeat_n(0x80 | 62, refs)); // indexed: the first dynamic entry
+        block
+    }
+
+    #[test]
+    fn an_expanding_block_is_not_copied_out() {
+        let block = expanding_block(60_000);
+        assert!(block.len() < MAX_BLOCK);
+        let mut decoder = bounded_decoder();
+        assert_eq!(decode_bounded(&mut decoder, &block), None);
+        // Within the limit, the same shape decodes.
+        let mut decoder = bounded_decoder();
+        let small = decode_bounded(&mut decoder, &expanding_block(2)).expect("decodes");
+        assert_eq!(small.len(), 3);
+    }
+
+    #[test]
+    fn a_table_larger_than_advertised_is_refused() {
+        let mut block = Vec::new();
+        encode_integer(limits::HPACK_TABLE_BYTES + 1, 5, 0x20, &mut block); // table size update
+        block.extend(block_of(&[(b":method", b"POST")]));
+        assert_eq!(decode_bounded(&mut bounded_decoder(), &block), None);
+    }
+
+    #[test]
+    fn an_expanding_first_block_goes_to_h2_untouched() {
+        let mut input = PREFACE.to_vec();
+        write_header_frames(&expanding_block(60_000), 1, true, &mut input);
+        assert_eq!(filtered(&input), input, "h2 judges it under the same limit");
+    }
+
+    #[test]
+    fn an_expanding_block_after_a_rewrite_closes_the_connection() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        let first = enc.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":authority", b"http://127.0.0.1:2379"),
+        ]);
+        input.extend(headers_frame(&first, END_HEADERS | END_STREAM));
+        write_header_frames(&expanding_block(60_000), 3, true, &mut input);
+        let err = try_filtered(&input).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    fn ping_frame(ack: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_frame(&mut out, PING, if ack { ACK } else { 0 }, 0, &[7; 8]);
+        out
+    }
+
+    #[test]
+    fn pings_closer_than_the_minimum_close_the_connection_after_two_strikes() {
+        let mut walker = FrameWalker::new(std::time::Duration::from_secs(3600));
+        walker.observe(PREFACE).unwrap();
+        // A DATA frame whose payload looks like a PING header is skipped as payload.
+        let mut data = Vec::new();
+        push_frame(&mut data, 0x0, 0, 1, &ping_frame(false));
+        for _ in 0..10 {
+            walker.observe(&data).unwrap();
+            walker.observe(&ping_frame(true)).unwrap(); // ACKs are answers, not pings
+        }
+        let ping = ping_frame(false);
+        for _ in 0..3 {
+            // One byte at a time: frame headers split across reads.
+            for b in &ping {
+                walker.observe(std::slice::from_ref(b)).unwrap();
+            }
+        }
+        let err = walker.observe(&ping).unwrap_err();
+        assert!(err.to_string().contains("too_many_pings"), "{err}");
+    }
+
+    #[test]
+    fn pings_are_free_without_a_minimum() {
+        let mut input = PREFACE.to_vec();
+        for _ in 0..100 {
+            input.extend(ping_frame(false));
+        }
+        assert_eq!(filtered(&input), input);
     }
 
     #[test]

@@ -155,6 +155,31 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// `body`, holding its connection's slot busy until it has been sent (or dropped).
+fn busy_until_sent(body: Body, busy: super::http_slots::Busy) -> Body {
+    struct Holding {
+        body: Body,
+        _busy: super::http_slots::Busy,
+    }
+    impl hyper::body::Body for Holding {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        }
+        fn is_end_stream(&self) -> bool {
+            self.body.is_end_stream()
+        }
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            self.body.size_hint()
+        }
+    }
+    Holding { body, _busy: busy }.boxed_unsync()
+}
+
 /// What a listener serves over HTTP/1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -169,8 +194,8 @@ pub struct HttpApi {
     node: Arc<Node>,
     services: Services,
     scope: Scope,
-    /// Free HTTP/1.1 connection slots of this listener.
-    connections: Arc<tokio::sync::Semaphore>,
+    /// HTTP/1.1 connection slots of this listener.
+    connections: Arc<super::http_slots::Slots>,
 }
 
 impl HttpApi {
@@ -180,24 +205,33 @@ impl HttpApi {
             services: Services::new(node.clone(), access),
             node,
             scope,
-            connections: Arc::new(tokio::sync::Semaphore::new(limits::HTTP_MAX_CONNECTIONS)),
+            connections: super::http_slots::Slots::new(limits::HTTP_MAX_CONNECTIONS),
         })
     }
 
-    /// Serve one HTTP/1.1 connection until the client leaves or `shutdown` is raised. A connection
-    /// beyond [`limits::HTTP_MAX_CONNECTIONS`] is closed at once.
+    /// Serve one HTTP/1.1 connection until the client leaves, `shutdown` is raised or a newcomer
+    /// takes its slot while it idles (`api::http_slots`); closed at once if no slot can be had.
     pub async fn serve_connection<S>(self: Arc<Self>, io: S, shutdown: Shutdown)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Ok(_slot) = self.connections.clone().try_acquire_owned() else {
-            tracing::warn!("too many HTTP connections; closing a new one");
+        let Some(slot) = self.connections.admit() else {
+            tracing::warn!(
+                "too many HTTP connections, none idle long enough to give way; closing a new one"
+            );
             return;
         };
+        let slot = Arc::new(slot);
         let api = self.clone();
+        let serving = slot.clone();
         let service = hyper::service::service_fn(move |req| {
             let api = api.clone();
-            async move { Ok::<_, Infallible>(api.handle(req).await) }
+            // Busy from here until the response body is sent or dropped.
+            let busy = serving.busy();
+            async move {
+                let response = api.handle(req).await;
+                Ok::<_, Infallible>(response.map(|body| busy_until_sent(body, busy)))
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             // Header names as Go writes them (`Content-Type`), for clients that compare bytes.
@@ -208,6 +242,7 @@ impl HttpApi {
         tokio::select! {
             biased;
             _ = shutdown.wait() => {}
+            _ = slot.evicted() => tracing::debug!("idle HTTP connection closed for a new one"),
             result = conn => {
                 if let Err(e) = result {
                     tracing::debug!("HTTP connection ended: {e}");

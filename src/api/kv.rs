@@ -104,11 +104,14 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        // Who is asking is settled first (a token lookup): a client with a bad token gets no
+        // work proportional to its request. Then etcd's order: validation, then permissions.
+        let caller = self
+            .access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
         validate::txn(request.get_ref(), self.node.config().max_txn_ops)?;
         let needs = perms::txn_needs(request.get_ref());
-        let requester =
-            self.access
-                .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
+        let requester = self.access.check(&caller, &needs)?;
         match self
             .propose(Op::Txn(request.into_inner()), requester)
             .await?

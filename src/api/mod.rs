@@ -10,6 +10,8 @@ pub mod election;
 pub mod gateway;
 #[cfg(not(madsim))]
 pub mod http;
+#[cfg(not(madsim))]
+pub mod http_slots;
 pub mod kv;
 pub mod lease;
 pub mod lock;

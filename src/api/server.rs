@@ -81,8 +81,14 @@ macro_rules! kv_server {
 /// per member, whichever address a client uses).
 fn client_router(node: &Arc<Node>, access: &Arc<Access>) -> tonic::transport::server::Router {
     let a = access;
+    let config = node.config();
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        // etcd's keepalive: a silent connection is pinged, and closed if the ping goes unanswered
+        // (a half-open client's streams and watchers go with it).
+        .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
         .add_service(kv_server!(node, a))
         .add_service(WatchServer::new(WatchService::new(node.clone(), a.clone())))
         .add_service(LeaseServer::new(LeaseService::new(node.clone(), a.clone())))
@@ -144,12 +150,13 @@ pub async fn serve_clients(
     // One token table per member, whichever address or protocol a client uses.
     let access = Access::new(node.clone());
     for (addr, tls) in listeners {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = bind(addr)?;
         on_bound(listener.local_addr()?);
         let http =
             super::http::HttpApi::new(node.clone(), access.clone(), super::http::Scope::Client);
         tasks.push(crate::rt::spawn(serve_client_listener(
             listener,
+            node.config().grpc_keepalive_min_time,
             tls.map(tokio_rustls::TlsAcceptor::from),
             client_router(&node, &access),
             http,
@@ -171,7 +178,7 @@ pub async fn serve_metrics(
 ) -> std::io::Result<()> {
     let mut tasks = Vec::new();
     for addr in &addrs {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = bind(*addr)?;
         on_bound(listener.local_addr()?);
         let http = super::http::HttpApi::new(
             node.clone(),
@@ -187,6 +194,21 @@ pub async fn serve_metrics(
         }));
     }
     join_all(tasks).await
+}
+
+/// A listening socket on `addr` with a backlog of [`limits::LISTEN_BACKLOG`] (tokio's `bind` uses
+/// std's 128: a burst of a few hundred connects while the accept loop is busy would overflow it,
+/// and the kernel then drops the handshakes it cannot queue, resetting those clients).
+#[cfg(not(madsim))]
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(limits::LISTEN_BACKLOG)
 }
 
 /// The next accepted connection, with TCP_NODELAY set (our own listeners bypass the builder's TCP
@@ -227,6 +249,7 @@ async fn accept_failed(e: std::io::Error) {
 #[cfg(not(madsim))]
 async fn serve_client_listener(
     listener: tokio::net::TcpListener,
+    ping_min_interval: std::time::Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: tonic::transport::server::Router,
     http: Arc<super::http::HttpApi>,
@@ -258,7 +281,10 @@ async fn serve_client_listener(
                     Ok(Ok((Protocol::Grpc, seen))) => {
                         // Every gRPC connection goes through the `:authority` fix-up; one whose
                         // first request is well-formed is passed through untouched after it.
-                        let conn = AuthorityFix::new(Prefixed::new(seen, stream));
+                        let conn = AuthorityFix::with_ping_policy(
+                            Prefixed::new(seen, stream),
+                            ping_min_interval,
+                        );
                         let _ = grpc_tx.send(Ok(conn)).await;
                     }
                     Ok(Ok((Protocol::Http1, seen))) => {
@@ -335,7 +361,7 @@ pub async fn serve_peer_listeners(
 ) -> std::io::Result<()> {
     let mut tasks = Vec::new();
     for (addr, tls) in listeners {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = bind(addr)?;
         on_bound(listener.local_addr()?);
         tasks.push(crate::rt::spawn(serve_peer_listener(
             listener,

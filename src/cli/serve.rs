@@ -107,6 +107,16 @@ pub struct ServeArgs {
     /// Period of lease remaining-TTL checkpoints through raft (e.g. 5m, 500ms).
     #[arg(long, default_value = "5m", value_parser = config::parse_duration)]
     pub experimental_lease_checkpoint_interval: std::time::Duration,
+    /// Minimum interval a client should wait before pinging the server; closer pings (more than
+    /// two) close the client's connection.
+    #[arg(long, default_value = "5s", value_parser = config::parse_duration)]
+    pub grpc_keepalive_min_time: std::time::Duration,
+    /// Frequency of server-to-client pings on a silent connection, to check it is alive.
+    #[arg(long, default_value = "2h", value_parser = config::parse_duration)]
+    pub grpc_keepalive_interval: std::time::Duration,
+    /// How long the server waits for a ping's answer before closing an unresponsive connection.
+    #[arg(long, default_value = "20s", value_parser = config::parse_duration)]
+    pub grpc_keepalive_timeout: std::time::Duration,
     /// Number of committed transactions to trigger a snapshot to disk (and purge the log before it).
     #[arg(long, default_value_t = limits::SNAPSHOT_COUNT_DEFAULT)]
     pub snapshot_count: u64,
@@ -187,6 +197,9 @@ impl ServeArgs {
             quota_backend_bytes: self.quota_backend_bytes,
             request_timeout: limits::REQUEST_TIMEOUT,
             watch_progress_interval: self.experimental_watch_progress_notify_interval,
+            grpc_keepalive_min_time: self.grpc_keepalive_min_time,
+            grpc_keepalive_interval: self.grpc_keepalive_interval,
+            grpc_keepalive_timeout: self.grpc_keepalive_timeout,
             lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
             snapshot_count: self.snapshot_count,
             strict_reconfig_check: self.strict_reconfig_check,

@@ -7,6 +7,13 @@ use std::time::{Duration, Instant};
 
 use super::Server;
 
+/// Attack tests of one test binary run one at a time: each measures a well-behaved client's
+/// latency, which another attack running beside it on the same cores would distort.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// How much the member's RSS may grow during an attack.
 pub const RSS_BUDGET_KIB: u64 = 64 * 1024;
 
