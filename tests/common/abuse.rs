@@ -127,6 +127,7 @@ pub fn p99(samples: &mut [Duration]) -> Duration {
 /// The well-behaved client's p99 under attack may be at most this many times its quiet p99 (with a
 /// floor, so a sub-millisecond quiet figure does not turn scheduler noise into a failure).
 pub fn assert_p99_within(quiet: Duration, attacked: Duration) {
+    eprintln!("abuse: probe p99 quiet {quiet:?}, under attack {attacked:?}");
     let bound = (quiet * 3).max(Duration::from_millis(30));
     assert!(
         attacked <= bound,
@@ -138,6 +139,7 @@ pub fn assert_p99_within(quiet: Duration, attacked: Duration) {
 pub fn assert_survived(server: &mut Server, rss_before: u64) {
     assert!(server.is_running(), "the member died under attack");
     let rss = rss_kib(server.pid());
+    eprintln!("abuse: RSS {rss_before} KiB before, {rss} KiB after");
     assert!(
         rss <= rss_before + RSS_BUDGET_KIB,
         "RSS grew from {rss_before} KiB to {rss} KiB"

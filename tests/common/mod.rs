@@ -15,6 +15,14 @@ pub const ENGINES: [&str; 2] = ["rocksdb", "memory"];
 /// How long a server may take to print its listening line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The binary the harness starts: this build's, or `METASTORE_TEST_BIN` (e.g. an older build, to
+/// measure what a fix changed with the same tests).
+pub fn metastore_bin() -> PathBuf {
+    std::env::var_os("METASTORE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_metastore")))
+}
+
 /// A running server process; killed (SIGKILL) on drop.
 pub struct Server {
     child: Option<Child>,
@@ -26,7 +34,7 @@ pub struct Server {
 }
 
 fn spawn(engine: &str, data_dir: &Path, extra: &[String]) -> (Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metastore"));
+    let mut cmd = Command::new(metastore_bin());
     cmd.args([
         "--name",
         "test",
@@ -191,7 +199,7 @@ impl ClusterMember {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_metastore"));
+        let mut cmd = Command::new(metastore_bin());
         let client = self.endpoint();
         let peer = self.peer_url();
         cmd.args(["--name", &self.name, "--engine", &self.engine])
@@ -336,7 +344,7 @@ impl TestCluster {
             .collect();
         for m in &mut members {
             if let Some(backup) = backup {
-                let out = Command::new(env!("CARGO_BIN_EXE_metastore"))
+                let out = Command::new(metastore_bin())
                     .args(["snapshot", "restore"])
                     .arg(backup)
                     .args(["--name", &m.name])
