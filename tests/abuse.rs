@@ -28,6 +28,8 @@ async fn abandoned_observe_calls_leave_nothing_behind() {
             .await
             .expect("campaign");
     }
+    // The attacker has a connection of its own; the well-behaved client keeps `client`'s.
+    let attacker = server.client().await;
     let mut quiet = probe_latencies(&mut client, 200).await;
     let quiet = p99(&mut quiet);
     let baseline = settled_footprint(&server.endpoint).await;
@@ -35,7 +37,7 @@ async fn abandoned_observe_calls_leave_nothing_behind() {
     for round in 0..10 {
         let mut streams = Vec::new();
         for i in 0..1000 {
-            let mut c = client.clone();
+            let mut c = attacker.clone();
             let name = format!("abuse-election-{}", (round * 1000 + i) % ELECTIONS);
             streams.push(tokio::spawn(async move {
                 let mut s = c.observe(name).await.expect("observe");
@@ -56,6 +58,8 @@ async fn abandoned_observe_calls_leave_nothing_behind() {
         drop(opened);
     }
     assert_survived(&mut server, rss_before);
+    // The attacker leaves: its connection goes too.
+    drop(attacker);
     // The probe's own connection may hold a task or two of its own.
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
 }
