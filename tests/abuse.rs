@@ -229,8 +229,9 @@ async fn ping_floods_lose_their_connection() {
     }
 }
 
-/// A thousand slow HTTP/1.1 clients (each sends part of a request's headers, then nothing) do not
-/// make `/health` unanswerable: a newcomer takes the slot of the connection idle longest.
+/// A thousand slow HTTP/1.1 clients (each sends part of a request's headers, or whole headers and
+/// part of a body, then nothing) do not make `/health` unanswerable: a newcomer takes the slot of
+/// the connection that has waited longest for its client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_http1_clients_cannot_starve_health() {
     let _alone = one_at_a_time().await;
@@ -248,9 +249,18 @@ async fn slow_http1_clients_cannot_starve_health() {
         let mut conn = tokio::net::TcpStream::connect(server.host_port())
             .await
             .expect("connect");
-        conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        if slow.len() % 2 == 0 {
+            conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("partial headers");
+        } else {
+            // Whole headers, then a body that never completes.
+            conn.write_all(
+                b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"key\"",
+            )
             .await
-            .expect("partial headers");
+            .expect("partial body");
+        }
         slow.push(conn);
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;

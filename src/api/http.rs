@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use serde::de::DeserializeOwned;
 
 use super::gateway::{self, GatewayError, Reply, Route, Services};
+use super::http_slots::ServingMark;
 use super::maintenance::API_VERSION;
 use super::server::Shutdown;
 use super::status;
@@ -224,10 +225,12 @@ impl HttpApi {
         let slot = Arc::new(slot);
         let api = self.clone();
         let serving = slot.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let api = api.clone();
-            // Busy from here until the response body is sent or dropped.
-            let busy = serving.busy();
+            // A request from here until its response body is sent or dropped; the handler says
+            // when it has read what it needs from the client (`ServingMark`).
+            let busy = serving.request();
+            req.extensions_mut().insert(busy.mark());
             async move {
                 let response = api.handle(req).await;
                 Ok::<_, Infallible>(response.map(|body| busy_until_sent(body, busy)))
@@ -254,6 +257,16 @@ impl HttpApi {
     /// Answer one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
+        let mark = req.extensions().get::<ServingMark>().cloned();
+        let serving = || {
+            if let Some(m) = &mark {
+                m.serving();
+            }
+        };
+        if !gateway::under_prefix(&path) {
+            // Nothing more to read from the client.
+            serving();
+        }
         if req.method() == Method::OPTIONS {
             // CORS preflight: etcd answers it with its CORS headers and nothing else.
             return respond(StatusCode::OK, None, Bytes::new());
@@ -356,12 +369,23 @@ impl HttpApi {
             .map(str::to_string);
         let max_request_bytes = self.node.config().max_request_bytes;
         let max_body = limits::gateway_max_body_bytes(max_request_bytes);
+        let mark = req.extensions().get::<ServingMark>().cloned();
+        let serving = move || {
+            if let Some(m) = &mark {
+                m.serving();
+            }
+        };
         let body = req.into_body();
         if route.is_streaming() {
-            return self.gateway_stream(route, body, token, max_body).await;
+            return self
+                .gateway_stream(route, body, token, max_body, serving)
+                .await;
         }
         let bytes = match http_body_util::Limited::new(body, max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
+            Ok(collected) => {
+                serving();
+                collected.to_bytes()
+            }
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return status_error(GatewayError::TooLarge(max_body).into());
             }
@@ -393,6 +417,7 @@ impl HttpApi {
         body: Incoming,
         token: Option<String>,
         max_body: usize,
+        serving: impl FnOnce(),
     ) -> Response<Body> {
         // Dropped with the response body (the client left): the requests end, and with them the
         // call (a watch would otherwise wait for its next request forever).
@@ -404,6 +429,8 @@ impl HttpApi {
                     Ok(requests) => requests,
                     Err(e) => return status_error(status::gateway_stream_error(e)),
                 };
+            // The first request is in: the call is being served from here.
+            serving();
             self.services.watch_stream(requests, token.as_deref()).await
         } else {
             let buffer = limits::LEASE_KEEPALIVE_STREAM_BUFFER;
@@ -411,6 +438,7 @@ impl HttpApi {
                 Ok(requests) => requests,
                 Err(e) => return status_error(status::gateway_stream_error(e)),
             };
+            serving();
             self.services
                 .keep_alive_stream(requests, token.as_deref())
                 .await

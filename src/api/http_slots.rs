@@ -2,12 +2,13 @@
 //! others.
 //!
 //! A listener serves at most [`limits::HTTP_MAX_CONNECTIONS`] HTTP/1.1 connections at once. When a
-//! new one arrives and every slot is taken, the connection that has waited longest for a request
-//! (an idle keep-alive connection, or one still dribbling its first request's headers) gives up
-//! its slot, if it has waited at least [`limits::HTTP_EVICT_IDLE_AFTER`]: it is closed, as an
-//! HTTP/1.1 server may close an idle connection at any time. A connection inside a request (its
-//! handler running or its response body still being sent, e.g. a gateway watch) is never evicted;
-//! only when every slot is busy that way is the new connection refused. So a thousand slow or idle
+//! new one arrives and every slot is taken, the connection that has waited longest for its client
+//! (an idle keep-alive connection, one still dribbling a request's headers, or one whose request
+//! body is still arriving) gives up its slot, if it has waited at least
+//! [`limits::HTTP_EVICT_IDLE_AFTER`]: it is closed, as an HTTP/1.1 server may close a connection
+//! that is not being served. A connection the server is serving (its request read and being
+//! handled, or its response still being sent, e.g. a gateway watch) is never evicted; only when
+//! every slot is busy that way is the new connection refused. So a thousand slow or idle
 //! connections cannot make `/health` unanswerable.
 
 use std::collections::BTreeMap;
@@ -26,7 +27,8 @@ pub struct Slots {
 }
 
 struct Entry {
-    /// `Some(since)`: waiting for a request since then; `None`: serving one.
+    /// `Some(since)`: waiting for its client since then (no request, or one still arriving);
+    /// `None`: being served.
     idle_since: Option<Instant>,
     /// Raised to ask the connection to close (it was evicted).
     evict: Arc<Notify>,
@@ -108,9 +110,11 @@ impl Slots {
 }
 
 impl Slot {
-    /// The connection started serving a request: it cannot be evicted until [`Busy`] drops.
-    pub fn busy(&self) -> Busy {
-        self.slots.set(self.id, None);
+    /// A request's headers arrived. Its body may still be on its way: the connection stays
+    /// evictable until the handler calls [`Busy::serving`], and is idle again once [`Busy`]
+    /// drops (the response sent).
+    pub fn request(&self) -> Busy {
+        self.slots.set(self.id, Some(rt::now()));
         Busy {
             slots: self.slots.clone(),
             id: self.id,
@@ -133,6 +137,30 @@ impl Drop for Slot {
 pub struct Busy {
     slots: Arc<Slots>,
     id: u64,
+}
+
+impl Busy {
+    /// The handle a request's handler uses to say it has what it needs from the client.
+    pub fn mark(&self) -> ServingMark {
+        ServingMark {
+            slots: self.slots.clone(),
+            id: self.id,
+        }
+    }
+}
+
+/// Marks a request as being served (its body read): its connection can no longer be evicted.
+#[derive(Clone)]
+pub struct ServingMark {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl ServingMark {
+    /// The request has been read; the server now works for it.
+    pub fn serving(&self) {
+        self.slots.set(self.id, None);
+    }
 }
 
 impl Drop for Busy {
@@ -171,11 +199,21 @@ mod tests {
     async fn a_connection_serving_a_request_is_never_evicted() {
         let slots = Slots::new(1);
         let serving = slots.admit().expect("free slot");
-        let busy = serving.busy();
+        let busy = serving.request();
+        busy.mark().serving();
         tokio::time::advance(limits::HTTP_EVICT_IDLE_AFTER * 10).await;
         assert!(slots.admit().is_none(), "a busy connection kept its slot");
         drop(busy);
         tokio::time::advance(limits::HTTP_EVICT_IDLE_AFTER).await;
         assert!(slots.admit().is_some(), "idle again: it gives way");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_body_dribbles_in_can_be_evicted() {
+        let slots = Slots::new(1);
+        let uploading = slots.admit().expect("free slot");
+        let _busy = uploading.request();
+        tokio::time::advance(limits::HTTP_EVICT_IDLE_AFTER).await;
+        assert!(slots.admit().is_some(), "a slow body gives way");
     }
 }
