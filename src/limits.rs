@@ -58,6 +58,10 @@ pub const WATCH_CATCHUP_REVISIONS: usize = 1000;
 /// Bytes of records one catch-up round reads from storage, at most (plus one revision).
 pub const WATCH_CATCHUP_BYTES: usize = 1024 * 1024;
 
+/// Watchers (or events) a catch-up round handles per hold of the watch hub's lock: apply's
+/// fan-out waits on that lock, so a round over many watchers lets it in between batches.
+pub const WATCH_CATCHUP_LOCK_BATCH: usize = 256;
+
 /// How often the catch-up task looks at watchers that are behind, at the longest.
 pub const WATCH_CATCHUP_INTERVAL: Duration = Duration::from_millis(100);
 

@@ -957,14 +957,17 @@ async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
             // read; the read itself is blocking work, kept off the async workers that serve
             // requests and apply.
             let (hub, shared) = (watch.clone(), state.clone());
+            let started = rt::now();
             let again = rt::spawn_blocking(move || hub.catch_up(|| shared.read()))
                 .await
                 .unwrap_or(false);
             if !again {
                 break;
             }
-            // Let apply and readers in between rounds.
-            rt::yield_now().await;
+            // Be fair to apply and requests, as etcd's sync loop is: before the next round, wait
+            // as long as this one took, so catch-up takes at most about half of a core however
+            // many watchers are behind.
+            rt::sleep(started.elapsed()).await;
         }
     }
 }

@@ -2,8 +2,8 @@
 //! catch-up from storage.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ops::{Bound, Deref};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message;
@@ -249,6 +249,8 @@ struct Watcher {
     /// Whether anything was sent since the last progress tick.
     sent_since_tick: bool,
     tx: StreamSender,
+    /// Set by the hub when it is added.
+    serial: u64,
 }
 
 #[derive(Default)]
@@ -264,13 +266,14 @@ struct HubState {
     /// Every revision up to here has gone through `notify` (or was in the store before any
     /// watcher came): a watcher caught up to it is synced.
     head: i64,
-    /// Changes when the store under the watchers is replaced: a catch-up read of the old one is
-    /// dropped rather than handed out.
-    epoch: u64,
+    /// Serial number of the next watcher added (never reused, unlike watcher keys).
+    next_serial: u64,
 }
 
 impl HubState {
-    fn insert(&mut self, key: WatcherKey, w: Watcher) {
+    fn insert(&mut self, key: WatcherKey, mut w: Watcher) {
+        w.serial = self.next_serial;
+        self.next_serial += 1;
         self.index.insert(key, &w.spec.key, &w.spec.end);
         if !w.synced {
             self.unsynced.insert(key);
@@ -311,6 +314,10 @@ impl HubState {
 #[derive(Default)]
 pub struct WatchHub {
     state: Mutex<HubState>,
+    /// Changes when the store under the watchers is replaced (always under the store's write
+    /// lock, so a reader of the store reads it with the head it goes with): a catch-up read of the
+    /// old store is dropped rather than handed out.
+    epoch: AtomicU64,
     /// Wakes the catch-up task when a watcher falls behind or joins behind.
     behind: Notify,
 }
@@ -379,6 +386,7 @@ impl WatchHub {
                 synced,
                 sent_since_tick: false,
                 tx,
+                serial: 0,
             },
         );
         drop(state);
@@ -481,7 +489,7 @@ impl WatchHub {
     pub fn all_behind(&self) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        state.epoch += 1;
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         let head = state.head;
         let mut any = false;
         for (key, w) in state.watchers.iter_mut() {
@@ -502,28 +510,49 @@ impl WatchHub {
     /// revision of the unsynced watchers whose streams have room, serves all of them. The read is
     /// bounded ([`limits::WATCH_CATCHUP_REVISIONS`], [`limits::WATCH_CATCHUP_BYTES`]) and runs
     /// with neither the store lock (`read` takes it briefly before and after) nor the hub lock
-    /// held, so apply goes on meanwhile; what it read is handed out only if the store was neither
-    /// replaced nor compacted past its start in the meantime. A watcher whose catch-up reaches the
-    /// hub's head joins the synced group atomically with respect to `notify`. Returns whether
-    /// another round right away would make progress.
+    /// held, and the hub lock is taken for at most [`limits::WATCH_CATCHUP_LOCK_BATCH`] watchers
+    /// or events at a time, so apply goes on meanwhile however many watchers there are. What the
+    /// read found is handed out only if the store was neither replaced nor compacted past its
+    /// start in the meantime. A watcher whose catch-up reaches the hub's head joins the synced
+    /// group atomically with respect to `notify`. Returns whether another round right away would
+    /// make progress.
     pub fn catch_up<G: Deref<Target = MvccStore>>(&self, read: impl Fn() -> G) -> bool {
-        // Plan: who is behind, from where, up to where.
-        let (from, to, epoch, engine) = {
+        let (store_head, compact, epoch, engine) = {
             let store = read();
-            let compact = store.compact_revision();
+            // Under the store lock: no snapshot install is under way, so this epoch goes with
+            // this head.
+            (
+                store.current_revision(),
+                store.compact_revision(),
+                self.epoch.load(Ordering::Acquire),
+                store.engine().clone(),
+            )
+        };
+        // Plan: who is behind, from where.
+        let mut from: Option<i64> = None;
+        let mut cursor = Bound::Unbounded;
+        loop {
             let mut guard = self.lock();
             let state = &mut *guard;
-            state.head = state.head.max(store.current_revision());
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return true; // the store was replaced: plan again on the new one
+            }
+            // Every revision up to the store's head has been through `notify`.
+            state.head = state.head.max(store_head);
             let head = state.head;
-            let mut from: Option<i64> = None;
-            let mut gone = Vec::new();
-            for key in &state.unsynced {
+            let keys: Vec<WatcherKey> = state
+                .unsynced
+                .range((cursor, Bound::Unbounded))
+                .take(limits::WATCH_CATCHUP_LOCK_BATCH)
+                .copied()
+                .collect();
+            for key in &keys {
                 let Some(w) = state.watchers.get_mut(key) else {
                     continue;
                 };
                 if w.next_rev > head {
                     w.synced = true;
-                    gone.push((*key, false));
+                    state.unsynced.remove(key);
                     continue;
                 }
                 if !w.tx.has_room() {
@@ -537,28 +566,30 @@ impl WatchHub {
                     };
                     match w.tx.try_send(msg) {
                         Sent::Full => {}
-                        Sent::Ok | Sent::Closed => gone.push((*key, true)),
+                        Sent::Ok | Sent::Closed => {
+                            state.remove(*key);
+                        }
                     }
                     continue;
                 }
                 from = Some(from.map_or(w.next_rev, |f| f.min(w.next_rev)));
             }
-            for (key, removed) in gone {
-                if removed {
-                    state.remove(key);
-                } else {
-                    state.unsynced.remove(&key);
+            match keys.last() {
+                Some(last) if keys.len() == limits::WATCH_CATCHUP_LOCK_BATCH => {
+                    cursor = Bound::Excluded(*last)
                 }
+                _ => break,
             }
-            let Some(from) = from else { return false };
-            (from, head, state.epoch, store.engine().clone())
-        };
+        }
+        let Some(from) = from else { return false };
+
+        // The read: no lock held.
         let budget = EventBudget {
             events: usize::MAX,
             revisions: limits::WATCH_CATCHUP_REVISIONS,
             bytes: limits::WATCH_CATCHUP_BYTES,
         };
-        let batch = match read_events(engine.as_ref(), from, to, budget) {
+        let batch = match read_events(engine.as_ref(), from, store_head, budget) {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!("watch catch-up cannot read the store: {e}");
@@ -566,41 +597,73 @@ impl WatchHub {
             }
         };
         // Records are only ever removed by compaction: if it did not pass `from`, the read is whole.
-        let compact = read().compact_revision();
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        if state.epoch != epoch || compact > from {
-            return true; // read again from what the store is now
+        if read().compact_revision() > from {
+            return true; // the next plan cancels the watchers it passed
         }
-        let head = state.head;
         let covered = batch.covered;
-        // Each served watcher's events, as positions in the batch.
+
+        // Which watcher wants which event, as positions in the batch. Only watchers that exist
+        // when this starts take part: one added later may have missed an earlier part of it.
         let mut mine: BTreeMap<WatcherKey, Vec<usize>> = BTreeMap::new();
-        for (i, ev) in batch.events.iter().enumerate() {
-            let Some(kv) = &ev.kv else { continue };
-            let rev = kv.mod_revision;
-            state.index.matching(&kv.key, |key| {
-                if let Some(w) = state.watchers.get(&key) {
-                    if !w.synced && w.next_rev >= from && w.next_rev <= rev && w.spec.wants(ev) {
-                        mine.entry(key).or_default().push(i);
-                    }
-                }
-            });
-        }
-        let mut still_behind = false;
-        let mut changed = Vec::new();
-        for key in &state.unsynced {
-            let Some(w) = state.watchers.get_mut(key) else {
-                continue;
-            };
-            // Served: everything from its next revision up to `covered` was read.
-            if w.next_rev < from || w.next_rev > covered {
-                continue;
+        let mut serial_limit = None;
+        for (chunk, events) in batch
+            .events
+            .chunks(limits::WATCH_CATCHUP_LOCK_BATCH)
+            .enumerate()
+        {
+            let guard = self.lock();
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return true;
             }
-            let sent = match mine.remove(key) {
-                None => Sent::Ok,
-                Some(positions) => {
-                    let events = positions.iter().map(|i| batch.events[*i].clone()).collect();
+            let limit = *serial_limit.get_or_insert(guard.next_serial);
+            for (i, ev) in events.iter().enumerate() {
+                let Some(kv) = &ev.kv else { continue };
+                guard.index.matching(&kv.key, |key| {
+                    if let Some(w) = guard.watchers.get(&key) {
+                        if w.serial < limit && w.spec.wants(ev) {
+                            let position = chunk * limits::WATCH_CATCHUP_LOCK_BATCH + i;
+                            mine.entry(key).or_default().push(position);
+                        }
+                    }
+                });
+            }
+        }
+        let serial_limit = serial_limit.unwrap_or(u64::MAX);
+
+        // Hand out: every unsynced watcher whose next revision the read covered gets its part.
+        let mut still_behind = false;
+        let mut cursor = Bound::Unbounded;
+        loop {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return true;
+            }
+            let head = state.head;
+            let keys: Vec<WatcherKey> = state
+                .unsynced
+                .range((cursor, Bound::Unbounded))
+                .take(limits::WATCH_CATCHUP_LOCK_BATCH)
+                .copied()
+                .collect();
+            for key in &keys {
+                let Some(w) = state.watchers.get_mut(key) else {
+                    continue;
+                };
+                if w.serial >= serial_limit || w.next_rev < from || w.next_rev > covered {
+                    continue;
+                }
+                let events: Vec<Event> = mine
+                    .remove(key)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| &batch.events[i])
+                    .filter(|ev| revision_of(ev) >= w.next_rev)
+                    .cloned()
+                    .collect();
+                let sent = if events.is_empty() {
+                    Sent::Ok
+                } else {
                     let msg = HubMessage::Events {
                         watch_id: key.watch_id,
                         events,
@@ -611,27 +674,28 @@ impl WatchHub {
                     let sent = w.tx.try_send(msg);
                     w.sent_since_tick |= matches!(sent, Sent::Ok);
                     sent
-                }
-            };
-            match sent {
-                Sent::Ok => {
-                    w.next_rev = covered + 1;
-                    w.synced = w.next_rev > head;
-                    if w.synced {
-                        changed.push((*key, false));
-                    } else {
-                        still_behind = true;
+                };
+                match sent {
+                    Sent::Ok => {
+                        w.next_rev = covered + 1;
+                        if w.next_rev > head {
+                            w.synced = true;
+                            state.unsynced.remove(key);
+                        } else {
+                            still_behind = true;
+                        }
+                    }
+                    Sent::Full => {}
+                    Sent::Closed => {
+                        state.remove(*key);
                     }
                 }
-                Sent::Full => {}
-                Sent::Closed => changed.push((*key, true)),
             }
-        }
-        for (key, removed) in changed {
-            if removed {
-                state.remove(key);
-            } else {
-                state.unsynced.remove(&key);
+            match keys.last() {
+                Some(last) if keys.len() == limits::WATCH_CATCHUP_LOCK_BATCH => {
+                    cursor = Bound::Excluded(*last)
+                }
+                _ => break,
             }
         }
         still_behind
