@@ -39,12 +39,28 @@ pub const STARTUP_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping member waits for clients to finish, and for raft to stop, before exiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Responses buffered per watch stream. A watcher whose stream is full drops back to catching up
-/// from storage, so this bounds a stream's memory, never apply's progress.
+/// Responses buffered per watch stream (etcd's `chanBufLen`). A watcher whose stream is full drops
+/// back to catching up from storage, so this bounds a stream's memory, never apply's progress.
 pub const WATCH_STREAM_BUFFER: usize = 128;
 
-/// Events a catch-up batch gathers before it stops at the next revision boundary.
-pub const WATCH_CATCHUP_EVENTS: usize = 1024;
+/// Bytes of events buffered per watch stream, at most (a message larger than this still goes
+/// alone into an empty buffer, so any revision can be delivered). With [`WATCH_STREAM_BUFFER`] it
+/// bounds what a client that stops reading costs: its watchers fall behind and wait in storage.
+pub const WATCH_STREAM_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Watchers one watch stream may hold; a create beyond it is refused (etcd has no such limit).
+pub const WATCH_STREAM_WATCHERS_MAX: usize = 10_000;
+
+/// Revisions one catch-up round reads from storage for all watchers behind (etcd's
+/// `watchBatchMaxRevs`); it stops at the first revision boundary past either bound.
+pub const WATCH_CATCHUP_REVISIONS: usize = 1000;
+
+/// Bytes of records one catch-up round reads from storage, at most (plus one revision).
+pub const WATCH_CATCHUP_BYTES: usize = 1024 * 1024;
+
+/// Watchers (or events) a catch-up round handles per hold of the watch hub's lock: apply's
+/// fan-out waits on that lock, so a round over many watchers lets it in between batches.
+pub const WATCH_CATCHUP_LOCK_BATCH: usize = 256;
 
 /// How often the catch-up task looks at watchers that are behind, at the longest.
 pub const WATCH_CATCHUP_INTERVAL: Duration = Duration::from_millis(100);
@@ -275,6 +291,8 @@ pub const BCRYPT_COST_MAX: u32 = 31;
 const _: () = assert!(HEARTBEAT_INTERVAL_MS * 5 <= ELECTION_TIMEOUT_MS);
 const _: () = assert!(LEASE_MIN_TTL_SECS * 1000 >= (3 * ELECTION_TIMEOUT_MS / 2) as i64);
 const _: () = assert!(MAX_TXN_OPS_DEFAULT <= MAX_TXN_OPS_LIMIT);
+// A catch-up batch fits in a stream that is worth reading storage for (at most half full).
+const _: () = assert!(WATCH_CATCHUP_BYTES <= WATCH_STREAM_BUFFER_BYTES / 2);
 const _: () = assert!(MAX_REQUEST_BYTES_DEFAULT + GRPC_OVERHEAD_BYTES < MAX_RESPONSE_BYTES);
 const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);
 const _: () =

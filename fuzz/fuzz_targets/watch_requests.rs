@@ -20,10 +20,11 @@ use metastore::pb::etcdserverpb::{
 use metastore::pb::metastore::{command::Op, Command};
 use metastore::pb::mvccpb::event::EventType;
 use metastore::pb::mvccpb::Event;
-use metastore::watch::{HubMessage, WatchHub, WatchSpec, WatcherKey};
+use metastore::watch::{
+    stream_channel_with_capacity, HubMessage, StreamReceiver, WatchHub, WatchSpec, WatcherKey,
+};
 use metastore_fuzz::{Frames, Store};
 use prost::Message;
-use tokio::sync::mpsc;
 
 /// Stream buffer: small, so the hub's fall-behind path runs.
 const BUFFER: usize = 2;
@@ -55,7 +56,7 @@ struct Received {
     compacted: Option<i64>,
 }
 
-fn drain(rx: &mut mpsc::Receiver<HubMessage>, got: &mut Received) {
+fn drain(rx: &mut StreamReceiver, got: &mut Received) {
     while let Ok(msg) = rx.try_recv() {
         match msg {
             HubMessage::Events { events, .. } => {
@@ -142,12 +143,12 @@ fuzz_target!(|data: &[u8]| {
     } else {
         create.start_revision
     };
-    let (tx, mut rx) = mpsc::channel(BUFFER);
+    let (tx, mut rx) = stream_channel_with_capacity(BUFFER);
     let watcher = WatcherKey {
         stream: hub.new_stream(),
         watch_id: 1,
     };
-    assert!(hub.add(watcher, spec.clone(), start, head, tx));
+    assert!(hub.add(watcher, spec.clone(), start, head, tx).is_ok());
 
     let mut got = Received {
         events: Vec::new(),
@@ -157,7 +158,7 @@ fuzz_target!(|data: &[u8]| {
         let head = store.mvcc.current_revision();
         match tag % 5 {
             3 => {
-                hub.catch_up(&store.mvcc);
+                hub.catch_up(|| &store.mvcc);
             }
             4 => drain(&mut rx, &mut got),
             t => {
@@ -170,7 +171,7 @@ fuzz_target!(|data: &[u8]| {
     // Quiesce: drain and catch up until the watcher is at the head or cancelled.
     for _ in 0..10_000 {
         drain(&mut rx, &mut got);
-        let more = hub.catch_up(&store.mvcc);
+        let more = hub.catch_up(|| &store.mvcc);
         drain(&mut rx, &mut got);
         if !more && (hub.stream_synced(watcher.stream) || !hub.contains(watcher)) {
             break;

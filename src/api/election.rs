@@ -213,11 +213,12 @@ impl Election for ElectionService {
         let node = self.node.clone();
         crate::rt::spawn(async move {
             // Watch the whole election; after every change, report the leader if it changed.
-            let (tx, mut rx) = mpsc::channel(crate::limits::WATCH_STREAM_BUFFER);
+            let (tx, mut rx) = crate::watch::stream_channel();
             let stream = node.watch_hub().new_stream();
             let spec =
                 WatchSpec::all_changes(prefix.clone(), RangeEnd::Before(prefix_end(&prefix)));
-            node.add_watcher(
+            // The only watcher of its own stream: it cannot be refused.
+            let _ = node.add_watcher(
                 WatcherKey {
                     stream,
                     watch_id: 0,

@@ -9,7 +9,6 @@
 use super::access::cert_user;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::apply::Applied;
@@ -141,7 +140,7 @@ pub(super) async fn wait_for_older(
 /// Wait until `key` is deleted at or after revision `from` (or the watch is cut off, after which the
 /// caller re-checks).
 pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
-    let (tx, mut rx) = mpsc::channel(crate::limits::WATCH_STREAM_BUFFER);
+    let (tx, mut rx) = crate::watch::stream_channel();
     let stream = node.watch_hub().new_stream();
     let _guard = WatchGuard {
         node: node.clone(),
@@ -151,7 +150,8 @@ pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
         no_put: true,
         ..WatchSpec::all_changes(key.to_vec(), RangeEnd::Single)
     };
-    node.add_watcher(
+    // The only watcher of its own stream: it cannot be refused.
+    let _ = node.add_watcher(
         WatcherKey {
             stream,
             watch_id: 0,

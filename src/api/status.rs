@@ -114,6 +114,16 @@ pub fn maintenance_denied(e: AuthError) -> Status {
     status(Code::Unknown, &format!("auth: {e}"))
 }
 
+/// A watch create request refused because its stream holds
+/// [`crate::limits::WATCH_STREAM_WATCHERS_MAX`] watchers (a limit etcd does not have, so the text
+/// is our own).
+pub fn watch_stream_full_reason() -> String {
+    format!(
+        "metastore: too many watchers on one watch stream (at most {}); cancel some or open another stream",
+        crate::limits::WATCH_STREAM_WATCHERS_MAX
+    )
+}
+
 /// A watch create request refused for `e`: etcd cancels it with the error's full gRPC text as the
 /// reason.
 pub fn watch_cancel_reason(e: AuthError) -> String {

@@ -1,8 +1,10 @@
 //! The `etcdserverpb.Watch` service: one bidirectional stream, many watchers.
 //!
-//! Each stream has one bounded channel (the hub writes events into it, the request loop writes
-//! created/canceled/progress replies into it), so a watcher's `created` reply always precedes its
-//! events and a slow client costs at most the channel. When the client goes away, the request loop
+//! Each stream has one buffer, bounded in messages and bytes (the hub writes events into it, the
+//! request loop writes created/canceled/progress replies into it), so a watcher's `created` reply
+//! always precedes its events and a slow client costs at most the buffer. A stream holds at most
+//! [`crate::limits::WATCH_STREAM_WATCHERS_MAX`] watchers; a create beyond it is refused as etcd refuses a
+//! create it cannot serve (`created` and `canceled`, with the reason). When the client goes away, the request loop
 //! ends and removes every watcher of the stream at once; a client that only closes its sending
 //! side keeps its watchers, as with etcd.
 
@@ -13,10 +15,8 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::limits;
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
@@ -24,7 +24,7 @@ use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::pb::mvccpb::event::EventType;
-use crate::watch::{HubMessage, WatchSpec, WatcherKey};
+use crate::watch::{AddError, HubMessage, StreamSender, WatchSpec, WatcherKey};
 
 /// etcd's id for "no watcher" (a refused create, a progress notification).
 const INVALID_WATCH_ID: i64 = -1;
@@ -55,7 +55,7 @@ struct StreamState {
     /// The user its verified client certificate names (`--client-cert-auth`), if any.
     cert_user: Option<String>,
     stream: u64,
-    tx: mpsc::Sender<HubMessage>,
+    tx: StreamSender,
     /// Next id to hand out when the client lets the server choose (etcd starts at 0).
     next_auto_id: i64,
     /// Ids in use on this stream.
@@ -110,12 +110,27 @@ impl StreamState {
         let (added, revision) =
             self.node
                 .add_watcher(key, spec, req.start_revision, self.tx.clone());
-        debug_assert!(added, "ids are unique per stream");
-        self.ids.insert(watch_id);
+        let reason = match added {
+            Ok(()) => {
+                self.ids.insert(watch_id);
+                None
+            }
+            // Answered as etcd answers a create it cannot serve, so clients end that watch with
+            // the reason and keep the stream's others.
+            Err(AddError::StreamFull) => Some(super::status::watch_stream_full_reason()),
+            Err(AddError::IdTaken) => {
+                debug_assert!(false, "ids are unique per stream");
+                Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())
+            }
+        };
         permit.send(HubMessage::Created {
-            watch_id,
+            watch_id: if reason.is_some() {
+                INVALID_WATCH_ID
+            } else {
+                watch_id
+            },
             revision,
-            reason: None,
+            reason,
         });
         Ok(())
     }
@@ -300,7 +315,7 @@ impl WatchService {
         let metadata = request.metadata().clone();
         let cert_user = super::access::cert_user(request.extensions()).map(str::to_string);
         let mut requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(limits::WATCH_STREAM_BUFFER);
+        let (tx, rx) = crate::watch::stream_channel();
         let stream = self.node.watch_hub().new_stream();
         let mut state = StreamState {
             node: self.node.clone(),

@@ -305,42 +305,17 @@ impl MvccStore {
         if from < self.compact_rev {
             return Err(MvccError::Compacted);
         }
-        let start = Revision::new(from.max(0), 0).to_bytes();
-        let end = Revision::new(self.current_rev + 1, 0).to_bytes();
-        let mut events = Vec::new();
-        let mut covered = from - 1;
-        let mut failure = None;
-        self.engine
-            .scan(Keyspace::Kv, &start, Some(&end), &mut |k, v| {
-                let decoded = Revision::from_record_key(k).zip(KeyValue::decode(v).ok());
-                let Some(((rev, tombstone), mut kv)) = decoded else {
-                    failure = Some(corrupt(format!("undecodable record {k:?}")));
-                    return false;
-                };
-                if rev.main > covered && events.len() >= max_events {
-                    return false; // a new revision starts and the batch is full
-                }
-                covered = rev.main;
-                let kind = if tombstone {
-                    kv.mod_revision = rev.main;
-                    EventType::Delete
-                } else {
-                    EventType::Put
-                };
-                events.push(Event {
-                    r#type: kind as i32,
-                    kv: Some(kv),
-                    prev_kv: None,
-                });
-                true
-            })?;
-        if let Some(e) = failure {
-            return Err(e.into());
-        }
-        if events.len() < max_events {
-            covered = self.current_rev; // everything up to the head was read
-        }
-        Ok((events, covered))
+        let batch = read_events(
+            self.engine.as_ref(),
+            from,
+            self.current_rev,
+            EventBudget {
+                events: max_events,
+                revisions: usize::MAX,
+                bytes: usize::MAX,
+            },
+        )?;
+        Ok((batch.events, batch.covered))
     }
 
     fn load(&self, rev: Revision) -> Result<KeyValue> {
@@ -819,6 +794,89 @@ fn collect(
         true
     });
     count
+}
+
+/// How much one [`read_events`] call may gather before it stops, at the next revision boundary
+/// (so a revision's events are never split, and at least one revision is always read).
+#[derive(Debug, Clone, Copy)]
+pub struct EventBudget {
+    pub events: usize,
+    pub revisions: usize,
+    /// Encoded bytes of the events' key-values.
+    pub bytes: usize,
+}
+
+/// Events read back from storage by [`read_events`].
+#[derive(Debug, Default)]
+pub struct EventBatch {
+    /// In revision order.
+    pub events: Vec<Event>,
+    /// The last revision read whole (`from - 1` if none was).
+    pub covered: i64,
+}
+
+/// Events of revisions `from..=to` read straight from `engine`, without the store (and so without
+/// its lock): the watch catch-up reads here while apply goes on. It is the caller's job to know
+/// that `to` is written and that nothing in `from..=to` was compacted before or during the read
+/// (the records of a revision never change once written; compaction only removes them).
+pub fn read_events(
+    engine: &dyn crate::storage::Engine,
+    from: i64,
+    to: i64,
+    budget: EventBudget,
+) -> Result<EventBatch> {
+    let from = from.max(1);
+    let mut batch = EventBatch {
+        events: Vec::new(),
+        covered: from - 1,
+    };
+    if from > to {
+        batch.covered = to.max(from - 1);
+        return Ok(batch);
+    }
+    let start = Revision::new(from, 0).to_bytes();
+    let end = Revision::new(to + 1, 0).to_bytes();
+    let (mut revisions, mut bytes) = (0usize, 0usize);
+    let mut last_rev = from - 1;
+    let mut stopped = false;
+    let mut failure = None;
+    engine.scan(Keyspace::Kv, &start, Some(&end), &mut |k, v| {
+        let decoded = Revision::from_record_key(k).zip(KeyValue::decode(v).ok());
+        let Some(((rev, tombstone), mut kv)) = decoded else {
+            failure = Some(corrupt(format!("undecodable record {k:?}")));
+            return false;
+        };
+        if rev.main > last_rev {
+            let full = batch.events.len() >= budget.events
+                || revisions >= budget.revisions
+                || bytes >= budget.bytes;
+            if full && revisions > 0 {
+                stopped = true;
+                return false; // a new revision starts and the batch is full
+            }
+            revisions += 1;
+            last_rev = rev.main;
+        }
+        bytes += v.len();
+        let kind = if tombstone {
+            kv.mod_revision = rev.main;
+            EventType::Delete
+        } else {
+            EventType::Put
+        };
+        batch.events.push(Event {
+            r#type: kind as i32,
+            kv: Some(kv),
+            prev_kv: None,
+        });
+        true
+    })?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    // Stopped early: the last revision read was read whole. Otherwise everything up to `to` was.
+    batch.covered = if stopped { last_rev } else { to };
+    Ok(batch)
 }
 
 #[cfg(test)]

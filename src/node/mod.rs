@@ -36,7 +36,7 @@ use crate::raft::state_machine::{Shared, StateMachine};
 use crate::raft::Raft;
 use crate::rt;
 use crate::storage::{Keyspace, SharedEngine, StorageError};
-use crate::watch::{HubMessage, WatchHub, WatchSpec, WatcherKey};
+use crate::watch::{WatchHub, WatchSpec, WatcherKey};
 
 /// Why a request could not be served. `api::status` maps each to etcd's gRPC status.
 #[derive(Debug, thiserror::Error)]
@@ -859,15 +859,15 @@ impl Node {
     }
 
     /// Register a watcher that starts at `start_revision` (0: the next revision). Returns whether it
-    /// was added (false: the id is taken on its stream) and the revision for the `created` header.
+    /// was added (or why not) and the revision for the `created` header.
     /// The store lock is held across reading the head and registering, so no revision slips by.
     pub fn add_watcher(
         &self,
         key: WatcherKey,
         spec: WatchSpec,
         start_revision: i64,
-        tx: tokio::sync::mpsc::Sender<HubMessage>,
-    ) -> (bool, i64) {
+        tx: crate::watch::StreamSender,
+    ) -> (Result<(), crate::watch::AddError>, i64) {
         let store = self.state.read();
         let head = store.current_revision();
         // As etcd: 0 means "from the next revision"; a negative start below the compaction
@@ -937,7 +937,6 @@ impl Node {
     }
 }
 
-/// Feeds watchers that are behind from storage until they reach the head. Sleeps while none is.
 /// Run blocking engine work off the async workers; its I/O error fails the request.
 async fn blocking_io<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -949,19 +948,26 @@ async fn blocking_io<T: Send + 'static>(
         .map_err(failed)
 }
 
+/// Feeds watchers that are behind from storage until they reach the head. Sleeps while none is.
 async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
     loop {
         watch.wait_behind(limits::WATCH_CATCHUP_INTERVAL).await;
         loop {
-            let again = {
-                let store = state.read();
-                watch.catch_up(&store)
-            };
+            // A round takes the store's read lock only briefly, before and after its storage
+            // read; the read itself is blocking work, kept off the async workers that serve
+            // requests and apply.
+            let (hub, shared) = (watch.clone(), state.clone());
+            let started = rt::now();
+            let again = rt::spawn_blocking(move || hub.catch_up(|| shared.read()))
+                .await
+                .unwrap_or(false);
             if !again {
                 break;
             }
-            // Let apply and readers in between rounds.
-            rt::yield_now().await;
+            // Be fair to apply and requests, as etcd's sync loop is: before the next round, wait
+            // as long as this one took, so catch-up takes at most about half of a core however
+            // many watchers are behind.
+            rt::sleep(started.elapsed()).await;
         }
     }
 }

@@ -1,12 +1,17 @@
-//! The watch hub: every watcher of every stream, the synced/unsynced split, and catch-up.
+//! The watch hub: every watcher of every stream, the synced/unsynced split, fan-out by key, and
+//! catch-up from storage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::{Bound, Deref};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use prost::Message;
 use tokio::sync::{mpsc, Notify};
 
+use super::index::WatcherIndex;
 use crate::limits;
-use crate::mvcc::{MvccError, MvccStore, RangeEnd};
+use crate::mvcc::{read_events, EventBudget, MvccStore, RangeEnd};
 use crate::pb::mvccpb::{event::EventType, Event};
 
 /// Identifies a watcher: the stream it belongs to and its id within that stream.
@@ -85,26 +90,234 @@ pub enum HubMessage {
     },
 }
 
+impl HubMessage {
+    /// What the message holds in memory while it waits in a stream's buffer, roughly: its events'
+    /// encoded size plus a fixed cost.
+    fn queued_bytes(&self) -> usize {
+        const FIXED_BYTES: usize = 64;
+        match self {
+            HubMessage::Events { events, .. } => {
+                FIXED_BYTES + events.iter().map(|e| e.encoded_len()).sum::<usize>()
+            }
+            HubMessage::Created {
+                reason: Some(reason),
+                ..
+            } => FIXED_BYTES + reason.len(),
+            _ => FIXED_BYTES,
+        }
+    }
+}
+
+/// The hub's side of one stream's buffer: bounded in messages ([`limits::WATCH_STREAM_BUFFER`])
+/// and in bytes ([`limits::WATCH_STREAM_BUFFER_BYTES`]). The hub never waits on it: a watcher
+/// whose stream is full falls behind and is caught up from storage once the reader drains it.
+#[derive(Clone)]
+pub struct StreamSender {
+    tx: mpsc::Sender<HubMessage>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// The reading side of a stream's buffer (see [`stream_channel`]).
+pub struct StreamReceiver {
+    rx: mpsc::Receiver<HubMessage>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// A slot reserved in a stream's buffer (see [`StreamSender::reserve`]).
+pub struct StreamPermit<'a> {
+    permit: mpsc::Permit<'a, HubMessage>,
+    queued_bytes: &'a AtomicUsize,
+}
+
+/// A new stream buffer.
+pub fn stream_channel() -> (StreamSender, StreamReceiver) {
+    stream_channel_with_capacity(limits::WATCH_STREAM_BUFFER)
+}
+
+/// A stream buffer of `messages` messages (tests and fuzzing use small ones to make watchers
+/// fall behind).
+pub fn stream_channel_with_capacity(messages: usize) -> (StreamSender, StreamReceiver) {
+    let (tx, rx) = mpsc::channel(messages);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    (
+        StreamSender {
+            tx,
+            queued_bytes: queued_bytes.clone(),
+        },
+        StreamReceiver { rx, queued_bytes },
+    )
+}
+
+/// The reader is gone.
+#[derive(Debug)]
+pub struct StreamClosed;
+
+impl StreamSender {
+    /// Whether a watcher of this stream is worth reading storage for: a message slot is free and
+    /// at most half of the byte budget is taken (so a catch-up batch fits).
+    fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+            && self.queued_bytes.load(Ordering::Acquire) <= limits::WATCH_STREAM_BUFFER_BYTES / 2
+    }
+
+    /// Queue `msg` if the buffer has room for it in messages and bytes. A message larger than the
+    /// whole byte budget still goes into an empty buffer, so any revision can be delivered.
+    fn try_send(&self, msg: HubMessage) -> Sent {
+        let size = msg.queued_bytes();
+        let queued = self.queued_bytes.load(Ordering::Acquire);
+        if queued > 0 && queued + size > limits::WATCH_STREAM_BUFFER_BYTES {
+            return Sent::Full;
+        }
+        self.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        match self.tx.try_send(msg) {
+            Ok(()) => Sent::Ok,
+            Err(e) => {
+                self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Sent::Full,
+                    mpsc::error::TrySendError::Closed(_) => Sent::Closed,
+                }
+            }
+        }
+    }
+
+    /// Queue a reply of the stream itself (created, canceled, progress), waiting for a message
+    /// slot. These are small and one per client request, so only the message bound holds them.
+    pub async fn send(&self, msg: HubMessage) -> Result<(), StreamClosed> {
+        self.reserve().await?.send(msg);
+        Ok(())
+    }
+
+    /// Reserve a message slot, so that what is sent through it precedes anything the hub queues
+    /// after.
+    pub async fn reserve(&self) -> Result<StreamPermit<'_>, StreamClosed> {
+        let permit = self.tx.reserve().await.map_err(|_| StreamClosed)?;
+        Ok(StreamPermit {
+            permit,
+            queued_bytes: &self.queued_bytes,
+        })
+    }
+
+    /// Resolves when the reader is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+impl StreamPermit<'_> {
+    /// Queue `msg` in the reserved slot.
+    pub fn send(self, msg: HubMessage) {
+        self.queued_bytes
+            .fetch_add(msg.queued_bytes(), Ordering::AcqRel);
+        self.permit.send(msg);
+    }
+}
+
+impl StreamReceiver {
+    /// The next message if one is queued.
+    pub fn try_recv(&mut self) -> Result<HubMessage, mpsc::error::TryRecvError> {
+        let msg = self.rx.try_recv()?;
+        self.queued_bytes
+            .fetch_sub(msg.queued_bytes(), Ordering::AcqRel);
+        Ok(msg)
+    }
+
+    /// The next message; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<HubMessage> {
+        let msg = self.rx.recv().await?;
+        self.queued_bytes
+            .fetch_sub(msg.queued_bytes(), Ordering::AcqRel);
+        Some(msg)
+    }
+}
+
+/// Why a watcher was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddError {
+    /// The stream already has a watcher with this id.
+    IdTaken,
+    /// The stream has [`limits::WATCH_STREAM_WATCHERS_MAX`] watchers.
+    StreamFull,
+}
+
 struct Watcher {
     spec: WatchSpec,
-    /// The next revision this watcher has not yet been sent.
+    /// The next revision this watcher has not yet been sent. Exact while it is unsynced; a synced
+    /// watcher has been sent (or did not want) every revision up to the hub's `head`.
     next_rev: i64,
     synced: bool,
     /// Whether anything was sent since the last progress tick.
     sent_since_tick: bool,
-    tx: mpsc::Sender<HubMessage>,
+    tx: StreamSender,
+    /// Set by the hub when it is added.
+    serial: u64,
 }
 
 #[derive(Default)]
 struct HubState {
     watchers: BTreeMap<WatcherKey, Watcher>,
+    /// The watchers by key or range, for fan-out.
+    index: WatcherIndex,
+    /// The keys of the watchers that are not synced.
+    unsynced: BTreeSet<WatcherKey>,
+    /// Watchers per stream.
+    per_stream: BTreeMap<u64, usize>,
     next_stream: u64,
+    /// Every revision up to here has gone through `notify` (or was in the store before any
+    /// watcher came): a watcher caught up to it is synced.
+    head: i64,
+    /// Serial number of the next watcher added (never reused, unlike watcher keys).
+    next_serial: u64,
+}
+
+impl HubState {
+    fn insert(&mut self, key: WatcherKey, mut w: Watcher) {
+        w.serial = self.next_serial;
+        self.next_serial += 1;
+        self.index.insert(key, &w.spec.key, &w.spec.end);
+        if !w.synced {
+            self.unsynced.insert(key);
+        }
+        *self.per_stream.entry(key.stream).or_default() += 1;
+        self.watchers.insert(key, w);
+    }
+
+    fn remove(&mut self, key: WatcherKey) -> bool {
+        let Some(w) = self.watchers.remove(&key) else {
+            return false;
+        };
+        self.index.remove(key, &w.spec.key, &w.spec.end);
+        self.unsynced.remove(&key);
+        if let Some(n) = self.per_stream.get_mut(&key.stream) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_stream.remove(&key.stream);
+            }
+        }
+        true
+    }
+
+    fn stream_keys(&self, stream: u64) -> impl Iterator<Item = (&WatcherKey, &Watcher)> {
+        let first = WatcherKey {
+            stream,
+            watch_id: i64::MIN,
+        };
+        let last = WatcherKey {
+            stream,
+            watch_id: i64::MAX,
+        };
+        self.watchers.range(first..=last)
+    }
 }
 
 /// All watchers of a member.
 #[derive(Default)]
 pub struct WatchHub {
     state: Mutex<HubState>,
+    /// Changes when the store under the watchers is replaced (always under the store's write
+    /// lock, so a reader of the store reads it with the head it goes with): a catch-up read of the
+    /// old store is dropped rather than handed out.
+    epoch: AtomicU64,
     /// Wakes the catch-up task when a watcher falls behind or joins behind.
     behind: Notify,
 }
@@ -113,14 +326,6 @@ enum Sent {
     Ok,
     Full,
     Closed,
-}
-
-fn try_send(tx: &mpsc::Sender<HubMessage>, msg: HubMessage) -> Sent {
-    match tx.try_send(msg) {
-        Ok(()) => Sent::Ok,
-        Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
-        Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
-    }
 }
 
 impl WatchHub {
@@ -152,21 +357,28 @@ impl WatchHub {
 
     /// Register a watcher that must next receive revision `start_rev`. `current_rev` is the store
     /// revision the caller read under the store lock it still holds, so no revision can slip between
-    /// them. Returns false if the key is taken.
+    /// them.
     pub fn add(
         &self,
         key: WatcherKey,
         spec: WatchSpec,
         start_rev: i64,
         current_rev: i64,
-        tx: mpsc::Sender<HubMessage>,
-    ) -> bool {
+        tx: StreamSender,
+    ) -> Result<(), AddError> {
         let mut state = self.lock();
+        // Under the store lock every revision up to `current_rev` has been through `notify`.
+        state.head = state.head.max(current_rev);
         if state.watchers.contains_key(&key) {
-            return false;
+            return Err(AddError::IdTaken);
+        }
+        if state.per_stream.get(&key.stream).copied().unwrap_or(0)
+            >= limits::WATCH_STREAM_WATCHERS_MAX
+        {
+            return Err(AddError::StreamFull);
         }
         let synced = start_rev > current_rev;
-        state.watchers.insert(
+        state.insert(
             key,
             Watcher {
                 spec,
@@ -174,95 +386,98 @@ impl WatchHub {
                 synced,
                 sent_since_tick: false,
                 tx,
+                serial: 0,
             },
         );
         drop(state);
         if !synced {
             self.behind.notify_one();
         }
-        true
+        Ok(())
     }
 
     /// Remove one watcher; false if it did not exist.
     pub fn remove(&self, key: WatcherKey) -> bool {
-        self.lock().watchers.remove(&key).is_some()
+        self.lock().remove(key)
     }
 
     /// Remove every watcher of `stream`; returns how many there were.
     pub fn remove_stream(&self, stream: u64) -> usize {
         let mut state = self.lock();
-        let before = state.watchers.len();
-        state.watchers.retain(|k, _| k.stream != stream);
-        before - state.watchers.len()
+        let keys: Vec<WatcherKey> = state.stream_keys(stream).map(|(k, _)| *k).collect();
+        for key in &keys {
+            state.remove(*key);
+        }
+        keys.len()
     }
 
     /// Whether every watcher of `stream` is at the head (for progress notifications).
     pub fn stream_synced(&self, stream: u64) -> bool {
-        self.lock()
-            .watchers
-            .iter()
-            .filter(|(k, _)| k.stream == stream)
-            .all(|(_, w)| w.synced)
+        self.lock().stream_keys(stream).all(|(_, w)| w.synced)
     }
 
     /// Hand the events of newly applied revisions to synced watchers. Called by the state machine
     /// while it still holds the store's write lock, right after the revisions became readable.
-    /// `events` are in revision order; each response carries its own revision in the header.
+    /// `events` are in revision order; each response carries its own revision in the header. Only
+    /// the watchers whose key or range holds a changed key are visited.
     pub fn notify(&self, events: &[Event]) {
         if events.is_empty() {
             return;
         }
         let mut fell_behind = false;
-        let mut state = self.lock();
-        let mut closed = Vec::new();
-        for (key, w) in state.watchers.iter_mut() {
-            if !w.synced {
-                continue;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut rev_start = 0;
+        while rev_start < events.len() {
+            let rev = revision_of(&events[rev_start]);
+            let mut rev_end = rev_start;
+            while rev_end < events.len() && revision_of(&events[rev_end]) == rev {
+                rev_end += 1;
             }
-            let mut rev_start = 0;
-            while rev_start < events.len() {
-                let rev = revision_of(&events[rev_start]);
-                let mut rev_end = rev_start;
-                while rev_end < events.len() && revision_of(&events[rev_end]) == rev {
-                    rev_end += 1;
-                }
-                if rev >= w.next_rev {
-                    let mine: Vec<Event> = events[rev_start..rev_end]
-                        .iter()
-                        .filter(|e| w.spec.wants(e))
-                        .cloned()
-                        .collect();
-                    if !mine.is_empty() {
-                        let msg = HubMessage::Events {
-                            watch_id: key.watch_id,
-                            events: mine,
-                            revision: rev,
-                            prev_kv: w.spec.prev_kv,
-                            fragment: w.spec.fragment,
-                        };
-                        match try_send(&w.tx, msg) {
-                            Sent::Ok => w.sent_since_tick = true,
-                            Sent::Full => {
-                                // Never block apply: fall back to catching up from storage.
-                                w.synced = false;
-                                fell_behind = true;
-                                break;
-                            }
-                            Sent::Closed => {
-                                closed.push(*key);
-                                break;
-                            }
+            // Each interested watcher's part of this revision, in event order.
+            let mut mine: BTreeMap<WatcherKey, Vec<Event>> = BTreeMap::new();
+            for ev in &events[rev_start..rev_end] {
+                let Some(kv) = &ev.kv else { continue };
+                state.index.matching(&kv.key, |key| {
+                    if let Some(w) = state.watchers.get(&key) {
+                        if w.synced && rev >= w.next_rev && w.spec.wants(ev) {
+                            mine.entry(key).or_default().push(ev.clone());
                         }
                     }
-                    w.next_rev = rev + 1;
-                }
-                rev_start = rev_end;
+                });
             }
+            for (key, events) in mine {
+                let Some(w) = state.watchers.get_mut(&key) else {
+                    continue;
+                };
+                let msg = HubMessage::Events {
+                    watch_id: key.watch_id,
+                    events,
+                    revision: rev,
+                    prev_kv: w.spec.prev_kv,
+                    fragment: w.spec.fragment,
+                };
+                match w.tx.try_send(msg) {
+                    Sent::Ok => {
+                        w.sent_since_tick = true;
+                        w.next_rev = rev + 1;
+                    }
+                    Sent::Full => {
+                        // Never block apply: fall back to catching up from storage, from here.
+                        w.synced = false;
+                        w.next_rev = rev;
+                        state.unsynced.insert(key);
+                        fell_behind = true;
+                    }
+                    Sent::Closed => {
+                        state.remove(key);
+                    }
+                }
+            }
+            state.head = state.head.max(rev);
+            rev_start = rev_end;
         }
-        for key in closed {
-            state.watchers.remove(&key);
-        }
-        drop(state);
+        drop(guard);
         if fell_behind {
             self.behind.notify_one();
         }
@@ -272,84 +487,216 @@ impl WatchHub {
     /// installed), so the revisions in between reach them from storage, in order, or — if the new
     /// store has compacted them — as a compaction cancel.
     pub fn all_behind(&self) {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let head = state.head;
         let mut any = false;
-        for w in state.watchers.values_mut() {
-            any |= std::mem::replace(&mut w.synced, false);
+        for (key, w) in state.watchers.iter_mut() {
+            if std::mem::replace(&mut w.synced, false) {
+                // A synced watcher has had every revision up to the head.
+                w.next_rev = w.next_rev.max(head + 1);
+                state.unsynced.insert(*key);
+                any = true;
+            }
         }
-        drop(state);
+        drop(guard);
         if any {
             self.behind.notify_one();
         }
     }
 
-    /// One catch-up round: for each unsynced watcher, send its next batch from storage (or cancel
-    /// it if its revisions were compacted). Runs under the store's read lock so apply cannot move
-    /// the head meanwhile; a watcher that reaches the head joins the synced group atomically.
-    /// Returns whether some watcher is still behind although its stream had room (so another round
-    /// right away makes progress).
-    pub fn catch_up(&self, store: &MvccStore) -> bool {
-        let head = store.current_revision();
-        let mut state = self.lock();
-        let mut done = Vec::new();
-        let mut still_behind = false;
-        for (key, w) in state.watchers.iter_mut() {
-            if w.synced {
-                continue;
+    /// One catch-up round, as etcd's `syncWatchers`: one storage read, from the lowest next
+    /// revision of the unsynced watchers whose streams have room, serves all of them. The read is
+    /// bounded ([`limits::WATCH_CATCHUP_REVISIONS`], [`limits::WATCH_CATCHUP_BYTES`]) and runs
+    /// with neither the store lock (`read` takes it briefly before and after) nor the hub lock
+    /// held, and the hub lock is taken for at most [`limits::WATCH_CATCHUP_LOCK_BATCH`] watchers
+    /// or events at a time, so apply goes on meanwhile however many watchers there are. What the
+    /// read found is handed out only if the store was neither replaced nor compacted past its
+    /// start in the meantime. A watcher whose catch-up reaches the hub's head joins the synced
+    /// group atomically with respect to `notify`. Returns whether another round right away would
+    /// make progress.
+    pub fn catch_up<G: Deref<Target = MvccStore>>(&self, read: impl Fn() -> G) -> bool {
+        let (store_head, compact, epoch, engine) = {
+            let store = read();
+            // Under the store lock: no snapshot install is under way, so this epoch goes with
+            // this head.
+            (
+                store.current_revision(),
+                store.compact_revision(),
+                self.epoch.load(Ordering::Acquire),
+                store.engine().clone(),
+            )
+        };
+        // Plan: who is behind, from where.
+        let mut from: Option<i64> = None;
+        let mut cursor = Bound::Unbounded;
+        loop {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return true; // the store was replaced: plan again on the new one
             }
-            if w.next_rev > head {
-                w.synced = true;
-                continue;
-            }
-            if w.tx.capacity() == 0 {
-                continue; // its reader is slow: do not re-read storage for nothing
-            }
-            match store.events_since(w.next_rev, limits::WATCH_CATCHUP_EVENTS) {
-                Err(MvccError::Compacted) => {
+            // Every revision up to the store's head has been through `notify`.
+            state.head = state.head.max(store_head);
+            let head = state.head;
+            let keys: Vec<WatcherKey> = state
+                .unsynced
+                .range((cursor, Bound::Unbounded))
+                .take(limits::WATCH_CATCHUP_LOCK_BATCH)
+                .copied()
+                .collect();
+            for key in &keys {
+                let Some(w) = state.watchers.get_mut(key) else {
+                    continue;
+                };
+                if w.next_rev > head {
+                    w.synced = true;
+                    state.unsynced.remove(key);
+                    continue;
+                }
+                if !w.tx.has_room() {
+                    continue; // its reader is slow: it does not hold the others back
+                }
+                if w.next_rev < compact {
                     let msg = HubMessage::Compacted {
                         watch_id: key.watch_id,
-                        compact_revision: store.compact_revision(),
+                        compact_revision: compact,
                         revision: head,
                     };
-                    match try_send(&w.tx, msg) {
+                    match w.tx.try_send(msg) {
                         Sent::Full => {}
-                        Sent::Ok | Sent::Closed => done.push(*key),
-                    }
-                }
-                Err(e) => {
-                    tracing::error!("watch catch-up cannot read the store: {e}");
-                }
-                Ok((events, covered)) => {
-                    let mine: Vec<Event> = events.into_iter().filter(|e| w.spec.wants(e)).collect();
-                    let sent = if mine.is_empty() {
-                        Sent::Ok
-                    } else {
-                        try_send(
-                            &w.tx,
-                            HubMessage::Events {
-                                watch_id: key.watch_id,
-                                events: mine,
-                                revision: head,
-                                prev_kv: w.spec.prev_kv,
-                                fragment: w.spec.fragment,
-                            },
-                        )
-                    };
-                    match sent {
-                        Sent::Ok => {
-                            w.sent_since_tick = true;
-                            w.next_rev = covered + 1;
-                            w.synced = w.next_rev > head;
-                            still_behind |= !w.synced;
+                        Sent::Ok | Sent::Closed => {
+                            state.remove(*key);
                         }
-                        Sent::Full => {}
-                        Sent::Closed => done.push(*key),
+                    }
+                    continue;
+                }
+                from = Some(from.map_or(w.next_rev, |f| f.min(w.next_rev)));
+            }
+            match keys.last() {
+                Some(last) if keys.len() == limits::WATCH_CATCHUP_LOCK_BATCH => {
+                    cursor = Bound::Excluded(*last)
+                }
+                _ => break,
+            }
+        }
+        let Some(from) = from else { return false };
+
+        // The read: no lock held.
+        let budget = EventBudget {
+            events: usize::MAX,
+            revisions: limits::WATCH_CATCHUP_REVISIONS,
+            bytes: limits::WATCH_CATCHUP_BYTES,
+        };
+        let batch = match read_events(engine.as_ref(), from, store_head, budget) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!("watch catch-up cannot read the store: {e}");
+                return false;
+            }
+        };
+        // Records are only ever removed by compaction: if it did not pass `from`, the read is whole.
+        if read().compact_revision() > from {
+            return true; // the next plan cancels the watchers it passed
+        }
+        let covered = batch.covered;
+
+        // Which watcher wants which event, as positions in the batch. Only watchers that exist
+        // when this starts take part: one added later may have missed an earlier part of it.
+        let mut mine: BTreeMap<WatcherKey, Vec<usize>> = BTreeMap::new();
+        let mut serial_limit = None;
+        for (chunk, events) in batch
+            .events
+            .chunks(limits::WATCH_CATCHUP_LOCK_BATCH)
+            .enumerate()
+        {
+            let guard = self.lock();
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return true;
+            }
+            let limit = *serial_limit.get_or_insert(guard.next_serial);
+            for (i, ev) in events.iter().enumerate() {
+                let Some(kv) = &ev.kv else { continue };
+                guard.index.matching(&kv.key, |key| {
+                    if let Some(w) = guard.watchers.get(&key) {
+                        if w.serial < limit && w.spec.wants(ev) {
+                            let position = chunk * limits::WATCH_CATCHUP_LOCK_BATCH + i;
+                            mine.entry(key).or_default().push(position);
+                        }
+                    }
+                });
+            }
+        }
+        let serial_limit = serial_limit.unwrap_or(u64::MAX);
+
+        // Hand out: every unsynced watcher whose next revision the read covered gets its part.
+        let mut still_behind = false;
+        let mut cursor = Bound::Unbounded;
+        loop {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return true;
+            }
+            let head = state.head;
+            let keys: Vec<WatcherKey> = state
+                .unsynced
+                .range((cursor, Bound::Unbounded))
+                .take(limits::WATCH_CATCHUP_LOCK_BATCH)
+                .copied()
+                .collect();
+            for key in &keys {
+                let Some(w) = state.watchers.get_mut(key) else {
+                    continue;
+                };
+                if w.serial >= serial_limit || w.next_rev < from || w.next_rev > covered {
+                    continue;
+                }
+                let events: Vec<Event> = mine
+                    .remove(key)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| &batch.events[i])
+                    .filter(|ev| revision_of(ev) >= w.next_rev)
+                    .cloned()
+                    .collect();
+                let sent = if events.is_empty() {
+                    Sent::Ok
+                } else {
+                    let msg = HubMessage::Events {
+                        watch_id: key.watch_id,
+                        events,
+                        revision: head,
+                        prev_kv: w.spec.prev_kv,
+                        fragment: w.spec.fragment,
+                    };
+                    let sent = w.tx.try_send(msg);
+                    w.sent_since_tick |= matches!(sent, Sent::Ok);
+                    sent
+                };
+                match sent {
+                    Sent::Ok => {
+                        w.next_rev = covered + 1;
+                        if w.next_rev > head {
+                            w.synced = true;
+                            state.unsynced.remove(key);
+                        } else {
+                            still_behind = true;
+                        }
+                    }
+                    Sent::Full => {}
+                    Sent::Closed => {
+                        state.remove(*key);
                     }
                 }
             }
-        }
-        for key in done {
-            state.watchers.remove(&key);
+            match keys.last() {
+                Some(last) if keys.len() == limits::WATCH_CATCHUP_LOCK_BATCH => {
+                    cursor = Bound::Excluded(*last)
+                }
+                _ => break,
+            }
         }
         still_behind
     }
@@ -370,7 +717,7 @@ impl WatchHub {
                     fragment: false,
                 };
                 // A full stream has events queued: the client is not idle, skip this tick.
-                let _ = try_send(&w.tx, msg);
+                let _ = w.tx.try_send(msg);
             }
         }
     }
@@ -417,18 +764,25 @@ mod tests {
     fn synced_watchers_get_matching_events_and_slow_ones_catch_up() {
         let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
         let hub = WatchHub::new();
-        let (fast_tx, mut fast) = mpsc::channel(16);
-        let (slow_tx, mut slow) = mpsc::channel(1);
+        let (fast_tx, mut fast) = stream_channel_with_capacity(16);
+        let (slow_tx, mut slow) = stream_channel_with_capacity(1);
         let k = |id| WatcherKey {
             stream: 1,
             watch_id: id,
         };
-        assert!(hub.add(k(1), spec("a", RangeEnd::Unbounded), 2, 1, fast_tx.clone()));
-        assert!(
-            !hub.add(k(1), spec("a", RangeEnd::Single), 2, 1, fast_tx),
+        assert_eq!(
+            hub.add(k(1), spec("a", RangeEnd::Unbounded), 2, 1, fast_tx.clone()),
+            Ok(())
+        );
+        assert_eq!(
+            hub.add(k(1), spec("a", RangeEnd::Single), 2, 1, fast_tx),
+            Err(AddError::IdTaken),
             "duplicate id"
         );
-        assert!(hub.add(k(2), spec("b", RangeEnd::Single), 2, 1, slow_tx));
+        assert_eq!(
+            hub.add(k(2), spec("b", RangeEnd::Single), 2, 1, slow_tx),
+            Ok(())
+        );
         for i in 0..3u8 {
             commit(&mut s, &hub, |t| {
                 t.put(b"a", vec![i], 0).unwrap();
@@ -445,7 +799,7 @@ mod tests {
         // The slow watcher's channel held one message; it fell behind instead of blocking.
         assert_eq!(revs(&slow.try_recv().unwrap()), vec![2]);
         assert!(slow.try_recv().is_err());
-        assert!(!hub.catch_up(&s), "one round reaches the head");
+        assert!(!hub.catch_up(|| &s), "one round reaches the head");
         assert_eq!(
             revs(&slow.try_recv().unwrap()),
             vec![3, 4],
@@ -468,12 +822,12 @@ mod tests {
     fn after_a_store_is_replaced_watchers_catch_up_from_it() {
         let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
         let hub = WatchHub::new();
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = stream_channel_with_capacity(16);
         let key = WatcherKey {
             stream: 3,
             watch_id: 0,
         };
-        assert!(hub.add(key, spec("k", RangeEnd::Single), 2, 1, tx));
+        assert!(hub.add(key, spec("k", RangeEnd::Single), 2, 1, tx).is_ok());
         for i in 0..3u8 {
             commit(&mut s, &hub, |t| {
                 t.put(b"k", vec![i], 0).unwrap();
@@ -492,7 +846,7 @@ mod tests {
             });
         }
         hub.all_behind();
-        assert!(!hub.catch_up(&installed));
+        assert!(!hub.catch_up(|| &installed));
         assert_eq!(
             revs(&rx.try_recv().unwrap()),
             vec![5, 6, 7],
@@ -515,32 +869,36 @@ mod tests {
         let mut batch = crate::storage::WriteBatch::new();
         s.compact(4, &mut batch).unwrap();
         s.engine().write(batch, Durability::Sync).unwrap();
-        let (tx, mut rx) = mpsc::channel(8);
-        assert!(hub.add(
-            WatcherKey {
-                stream: 7,
-                watch_id: 0
-            },
-            spec("k", RangeEnd::Single),
-            2,
-            6,
-            tx.clone()
-        ));
+        let (tx, mut rx) = stream_channel_with_capacity(8);
+        assert!(hub
+            .add(
+                WatcherKey {
+                    stream: 7,
+                    watch_id: 0
+                },
+                spec("k", RangeEnd::Single),
+                2,
+                6,
+                tx.clone()
+            )
+            .is_ok());
         let no_put = WatchSpec {
             no_put: true,
             ..spec("k", RangeEnd::Single)
         };
-        assert!(hub.add(
-            WatcherKey {
-                stream: 7,
-                watch_id: 1
-            },
-            no_put,
-            4,
-            6,
-            tx
-        ));
-        hub.catch_up(&s);
+        assert!(hub
+            .add(
+                WatcherKey {
+                    stream: 7,
+                    watch_id: 1
+                },
+                no_put,
+                4,
+                6,
+                tx
+            )
+            .is_ok());
+        hub.catch_up(|| &s);
         let mut got = [rx.try_recv().unwrap(), rx.try_recv().unwrap()];
         got.sort_by_key(|m| match m {
             HubMessage::Events { watch_id, .. } | HubMessage::Compacted { watch_id, .. } => {

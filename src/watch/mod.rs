@@ -1,12 +1,18 @@
 //! Watch: fan-out of applied changes to watchers, and catch-up from storage for watchers behind.
 //!
 //! As in etcd, a watcher is either *synced* (at the head: the state machine hands it each new
-//! revision's events as they are applied) or *unsynced* (behind: a catch-up task reads its missing
-//! revisions from storage in bounded batches until it reaches the head, then it joins the synced
-//! group). Every stream has one bounded channel; when it is full, a synced watcher drops back to
-//! unsynced instead of blocking apply, so a slow reader never stalls writes or other watchers and
-//! never grows memory beyond its channel. A revision's events always travel in one message.
+//! revision's events as they are applied) or *unsynced* (behind: a catch-up task reads the missing
+//! revisions from storage, one bounded read per round for all the watchers behind, until each
+//! reaches the head and joins the synced group). Watchers are found by key (`index.rs`), not by
+//! visiting them all. Every stream has one buffer, bounded in messages and bytes; when it is full,
+//! a synced watcher drops back to unsynced instead of blocking apply, so a slow reader never stalls
+//! writes or other watchers and never grows memory beyond its buffer. A revision's events always
+//! travel in one message.
 
 mod hub;
+mod index;
 
-pub use hub::{HubMessage, WatchHub, WatchSpec, WatcherKey};
+pub use hub::{
+    stream_channel, stream_channel_with_capacity, AddError, HubMessage, StreamClosed, StreamPermit,
+    StreamReceiver, StreamSender, WatchHub, WatchSpec, WatcherKey,
+};

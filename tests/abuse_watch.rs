@@ -1,0 +1,342 @@
+//! Hostile watchers against the real binary (issue 15): many watchers far behind, a stream
+//! holding as many watchers as it may, and clients that stop reading. Each attack asserts that the
+//! member stays up, its RSS stays within budget, a well-behaved client keeps its latency, and what
+//! the attacker started is gone within a second of it leaving.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::abuse::{
+    assert_p99_within, assert_survived, back_to_baseline, p99, probe_latencies, rss_kib,
+    settled_footprint, CLEANUP_DEADLINE,
+};
+use common::Server;
+use etcd_client::{Client, EventType, WatchOptions};
+use metastore::limits::WATCH_STREAM_WATCHERS_MAX;
+
+/// Revisions in the store the watchers catch up over (`METASTORE_ABUSE_WATCH_REVISIONS`
+/// overrides it, e.g. to measure a larger store on a release build).
+const REVISIONS: usize = 100_000;
+const STREAMS: usize = 20;
+const WATCHERS_PER_STREAM: usize = 1000;
+/// Every `RANGE_EVERY`th watcher watches a one-key range instead of the key itself, so both ways
+/// of finding a watcher by key are exercised.
+const RANGE_EVERY: usize = 10;
+
+fn bulk_key(i: usize) -> String {
+    format!("bulk/{i:07}")
+}
+
+/// Puts `n` keys with `writers` concurrent clients; returns each key's revision.
+async fn fill(client: &Client, n: usize, writers: usize) -> Vec<i64> {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revs = Vec::new();
+            let mut i = w;
+            while i < n {
+                let resp = c.put(bulk_key(i), "v", None).await.expect("put");
+                revs.push((i, resp.header().expect("header").revision()));
+                i += writers;
+            }
+            revs
+        }));
+    }
+    let mut out = vec![0; n];
+    for t in tasks {
+        for (i, rev) in t.await.expect("writer") {
+            out[i] = rev;
+        }
+    }
+    out
+}
+
+/// Latencies of `n` puts, one after another.
+async fn put_latencies(client: &mut Client, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        client
+            .put("abuse/writer", "v", None)
+            .await
+            .expect("the writer's put");
+        out.push(start.elapsed());
+    }
+    out
+}
+
+/// 20,000 watchers all starting at revision 1 over a store of 100,000 revisions: catch-up reads
+/// storage once per round for all of them, so a writer's puts keep their quiet latency, memory
+/// stays within budget, each watcher gets exactly its key's event, and closing the streams leaves
+/// nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_watchers_from_revision_one_leave_puts_at_their_latency() {
+    let revisions: usize = std::env::var("METASTORE_ABUSE_WATCH_REVISIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REVISIONS);
+    let watchers = STREAMS * WATCHERS_PER_STREAM;
+    assert!(revisions >= watchers);
+    let mut server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let key_revs = fill(&client, revisions, 64).await;
+    eprintln!("{revisions} revisions written in {:?}", started.elapsed());
+    let mut quiet = put_latencies(&mut client, 200).await;
+    let quiet = p99(&mut quiet);
+    let baseline = settled_footprint(&server.endpoint).await;
+    let rss_before = rss_kib(server.pid());
+
+    // The writer runs through the whole attack.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (mut c, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut all = Vec::new();
+            let t0 = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let l = put_latencies(&mut c, 10).await;
+                let mut w = l.clone();
+                if std::env::var("DEBUG_WINDOWS").is_ok() {
+                    eprintln!("t={:?} max {:?}", t0.elapsed(), p99(&mut w));
+                }
+                all.extend(l);
+            }
+            all
+        })
+    };
+    let started = Instant::now();
+    let stride = revisions / watchers;
+    let mut clients = Vec::new();
+    let mut readers = Vec::new();
+    let mut senders = Vec::new();
+    for s in 0..STREAMS {
+        // A few connections, as many streams as a real client fleet would multiplex.
+        if s % 5 == 0 {
+            clients.push(server.client().await);
+        }
+        let c = clients.last_mut().expect("a client");
+        let key_of = move |w: usize| (s * WATCHERS_PER_STREAM + w) * stride;
+        let opts = |w: usize| {
+            let o = WatchOptions::new()
+                .with_start_revision(1)
+                .with_watch_id(w as i64 + 1);
+            if w % RANGE_EVERY == 0 {
+                o.with_range(bulk_key(key_of(w) + 1))
+            } else {
+                o
+            }
+        };
+        let stream = c
+            .watch(bulk_key(key_of(0)), Some(opts(0)))
+            .await
+            .expect("watch");
+        let (mut tx, mut rx) = stream.split();
+        let expected: Vec<(String, i64)> = (0..WATCHERS_PER_STREAM)
+            .map(|w| (bulk_key(key_of(w)), key_revs[key_of(w)]))
+            .collect();
+        readers.push(tokio::spawn(async move {
+            let (mut created, mut got) = (0, vec![0usize; WATCHERS_PER_STREAM]);
+            let mut events = 0;
+            while events < WATCHERS_PER_STREAM {
+                let resp = rx.message().await.expect("watch ok").expect("stream open");
+                assert!(!resp.canceled(), "{}", resp.cancel_reason());
+                if resp.created() {
+                    created += 1;
+                }
+                let w = (resp.watch_id() - 1) as usize;
+                for ev in resp.events() {
+                    let kv = ev.kv().expect("kv");
+                    assert_eq!(ev.event_type(), EventType::Put);
+                    assert_eq!(
+                        (kv.key_str().expect("utf8"), kv.mod_revision()),
+                        (expected[w].0.as_str(), expected[w].1),
+                        "watcher {w} of stream {s}"
+                    );
+                    got[w] += 1;
+                    events += 1;
+                }
+            }
+            assert_eq!(created, WATCHERS_PER_STREAM);
+            assert!(got.iter().all(|n| *n == 1), "each watcher its one event");
+            rx
+        }));
+        for w in 1..WATCHERS_PER_STREAM {
+            tx.watch(bulk_key(key_of(w)), Some(opts(w)))
+                .await
+                .expect("create");
+        }
+        senders.push(tx);
+    }
+    eprintln!("all creates sent after {:?}", started.elapsed());
+    let mut streams = Vec::new();
+    for r in readers {
+        let rx = tokio::time::timeout(Duration::from_secs(300), r)
+            .await
+            .expect("every watcher caught up within 300 s")
+            .expect("reader");
+        streams.push(rx);
+    }
+    let caught_up = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut attacked = writer.await.expect("writer");
+    eprintln!(
+        "{watchers} watchers caught up over {revisions} revisions in {caught_up:?}; \
+         put p99 quiet {quiet:?}, during catch-up {:?} ({} puts)",
+        p99(&mut attacked),
+        attacked.len()
+    );
+    assert_p99_within(quiet, p99(&mut attacked));
+    assert_survived(&mut server, rss_before);
+    drop((streams, senders, clients));
+    // The writer's and probe's own connection may hold a task or two of its own.
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}
+
+/// A stream holding as many watchers as a stream may gets a clear refusal for one more (created
+/// and canceled at once, with the reason, as etcd refuses a create it cannot serve); its other
+/// watchers keep working, a slot freed by a cancel can be used again, and other streams are not
+/// limited by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_refuses_one_more_watcher_clearly() {
+    let mut server = Server::start("memory");
+    let mut client = server.client().await;
+    let baseline = settled_footprint(&server.endpoint).await;
+    let stream = client.watch("limit/0", None).await.expect("watch");
+    let (mut tx, mut rx) = stream.split();
+    let reader = tokio::spawn(async move {
+        for i in 0..WATCH_STREAM_WATCHERS_MAX {
+            let resp = rx.message().await.expect("ok").expect("open");
+            assert!(resp.created() && !resp.canceled(), "create {i}: {resp:?}");
+        }
+        rx
+    });
+    for i in 1..WATCH_STREAM_WATCHERS_MAX {
+        tx.watch(format!("limit/{i}"), None).await.expect("create");
+    }
+    let mut rx = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("all created within 60 s")
+        .expect("reader");
+    assert_eq!(
+        common::abuse::metric(&server.endpoint, "etcd_debugging_mvcc_watcher_total").await,
+        WATCH_STREAM_WATCHERS_MAX as i64
+    );
+
+    tx.watch("limit/one-too-many", None).await.expect("send");
+    let refused = rx.message().await.expect("ok").expect("open");
+    assert!(
+        refused.created() && refused.canceled(),
+        "refused as a create etcd cannot serve: {refused:?}"
+    );
+    assert_eq!(refused.watch_id(), -1);
+    assert!(
+        refused.cancel_reason().contains("too many watchers")
+            && refused
+                .cancel_reason()
+                .contains(&WATCH_STREAM_WATCHERS_MAX.to_string()),
+        "a reason that says what happened: {:?}",
+        refused.cancel_reason()
+    );
+
+    // The stream's watchers still work.
+    client.put("limit/7", "v", None).await.expect("put");
+    let ev = rx.message().await.expect("ok").expect("open");
+    assert_eq!(ev.watch_id(), 7);
+    assert_eq!(ev.events()[0].kv().expect("kv").key(), b"limit/7");
+
+    // A cancel frees a slot.
+    tx.cancel(3).await.expect("cancel");
+    let canceled = rx.message().await.expect("ok").expect("open");
+    assert!(canceled.canceled() && canceled.watch_id() == 3);
+    tx.watch("limit/again", None).await.expect("send");
+    let again = rx.message().await.expect("ok").expect("open");
+    assert!(again.created() && !again.canceled(), "{again:?}");
+
+    // The limit is per stream.
+    let mut other = client.watch("limit/other", None).await.expect("watch");
+    let created = other.message().await.expect("ok").expect("open");
+    assert!(created.created() && !created.canceled());
+
+    drop((tx, rx, other));
+    assert!(server.is_running());
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}
+
+/// Clients that watch a store of large values from revision 1 and never read: their watchers wait
+/// in storage instead of in memory (each stream buffers at most its byte budget), the member's RSS
+/// stays within budget, a well-behaved client keeps its latency, and a slow reader that finally
+/// reads gets every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_stop_reading_cost_bounded_memory() {
+    const VALUES: usize = 96;
+    const LATE_VALUES: usize = 8;
+    const SLOW_STREAMS: usize = 4;
+    const VALUE_BYTES: usize = 1024 * 1024;
+    let mut server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    client.put("abuse/probe", "v", None).await.expect("put");
+    for i in 0..VALUES {
+        client
+            .put(format!("big/{i:04}"), vec![b'x'; VALUE_BYTES], None)
+            .await
+            .expect("put");
+    }
+    let mut quiet = probe_latencies(&mut client, 200).await;
+    let quiet = p99(&mut quiet);
+    let baseline = settled_footprint(&server.endpoint).await;
+    let rss_before = rss_kib(server.pid());
+
+    // Each on its own connection, so their full windows do not hold up the probe's.
+    let mut slow = Vec::new();
+    for _ in 0..SLOW_STREAMS {
+        let mut c = server.client().await;
+        let opts = WatchOptions::new().with_prefix().with_start_revision(1);
+        let s = c.watch("big/", Some(opts)).await.expect("watch");
+        slow.push((c, s));
+    }
+    // Live revisions too, while the streams are full.
+    for i in VALUES..VALUES + LATE_VALUES {
+        client
+            .put(format!("big/{i:04}"), vec![b'y'; VALUE_BYTES], None)
+            .await
+            .expect("put");
+    }
+    // Let catch-up run against the full streams for a while.
+    let mut attacked = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        attacked.extend(probe_latencies(&mut client, 20).await);
+    }
+    let rss_during = rss_kib(server.pid());
+    eprintln!(
+        "{SLOW_STREAMS} streams not reading {} MiB of values: RSS {rss_before} -> {rss_during} KiB; \
+         probe p99 {quiet:?} -> {:?}",
+        ((VALUES + LATE_VALUES) * VALUE_BYTES) >> 20,
+        p99(&mut attacked)
+    );
+    assert_p99_within(quiet, p99(&mut attacked));
+    assert_survived(&mut server, rss_before);
+
+    // A slow reader that starts reading gets every revision, in order, none twice.
+    let (_c, mut s) = slow.pop().expect("a slow stream");
+    let mut next = 0;
+    while next < VALUES + LATE_VALUES {
+        let resp = tokio::time::timeout(Duration::from_secs(60), s.message())
+            .await
+            .expect("events keep coming")
+            .expect("ok")
+            .expect("open");
+        for ev in resp.events() {
+            assert_eq!(
+                ev.kv().expect("kv").key_str().expect("utf8"),
+                format!("big/{next:04}")
+            );
+            next += 1;
+        }
+    }
+    drop((s, slow));
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}
