@@ -110,6 +110,12 @@ pub struct ServerConfig {
     pub lease_checkpoint_interval: Duration,
     /// Applied entries between raft snapshots (`--snapshot-count`).
     pub snapshot_count: u64,
+    /// Records (and key index entries) one step of a compaction's physical half handles
+    /// (`--experimental-compaction-batch-limit`).
+    pub compaction_batch_limit: usize,
+    /// Pause after each batch of records a compaction deletes
+    /// (`--experimental-compaction-sleep-interval`).
+    pub compaction_sleep_interval: Duration,
     /// Refuse membership changes that would leave fewer started voters than a quorum
     /// (`--strict-reconfig-check`, etcd's default: on).
     pub strict_reconfig_check: bool,
@@ -181,6 +187,8 @@ impl Default for ServerConfig {
             grpc_keepalive_timeout: limits::GRPC_KEEPALIVE_TIMEOUT_DEFAULT,
             lease_checkpoint_interval: limits::LEASE_CHECKPOINT_INTERVAL_DEFAULT,
             snapshot_count: limits::SNAPSHOT_COUNT_DEFAULT,
+            compaction_batch_limit: limits::COMPACTION_BATCH_LIMIT_DEFAULT,
+            compaction_sleep_interval: limits::COMPACTION_SLEEP_INTERVAL_DEFAULT,
             strict_reconfig_check: true,
             auth_token: AuthTokenSpec::Simple,
             auth_token_ttl: Duration::from_secs(limits::AUTH_TOKEN_TTL_SECS_DEFAULT),
@@ -253,6 +261,12 @@ impl ServerConfig {
             limits::QUOTA_BACKEND_BYTES_MAX,
         )?;
         range("snapshot-count", self.snapshot_count, 1, u64::MAX)?;
+        range(
+            "experimental-compaction-batch-limit",
+            self.compaction_batch_limit as u64,
+            1,
+            i32::MAX as u64,
+        )?;
         range(
             "auth-token-ttl",
             self.auth_token_ttl.as_secs(),

@@ -129,6 +129,20 @@ pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// only a little behind (a follower further behind receives the snapshot).
 pub const SNAPSHOT_COUNT_DEFAULT: u64 = 100_000;
 
+/// Default `--experimental-compaction-batch-limit` (etcd's): records one step of a compaction's
+/// physical half looks at (and keys of the key index it compacts) while it holds the store's write
+/// lock. As in etcd, 0 on the command line means this default.
+pub const COMPACTION_BATCH_LIMIT_DEFAULT: usize = 1000;
+
+/// Default `--experimental-compaction-sleep-interval`: the pause after each batch of records a
+/// compaction deletes (etcd 3.5.1 pauses a fixed 10 ms; the flag, with this default, came in a
+/// later 3.5 release). 0 on the command line means this default, as in etcd.
+pub const COMPACTION_SLEEP_INTERVAL_DEFAULT: Duration = Duration::from_millis(10);
+
+/// How long a `Compact` with `physical` waits for the next step of the compaction (on top of the
+/// sleep interval) before it gives up with a timeout; the compaction itself stays applied.
+pub const COMPACTION_PHYSICAL_STALL_MAX: Duration = Duration::from_secs(10);
+
 /// Most entries kept below the last snapshot (never more than half of `--snapshot-count`).
 pub const RAFT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 

@@ -23,6 +23,11 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Add `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The count so far.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -165,6 +170,8 @@ pub struct Metrics {
     pub mvcc_range: Counter,
     /// Transactions applied.
     pub mvcc_txn: Counter,
+    /// Records deleted by compactions' physical halves.
+    pub db_compaction_keys: Counter,
     /// Requests served by the HTTP JSON gateway.
     pub gateway_requests: Counter,
     /// Round trips of replication requests, by peer id.
@@ -183,6 +190,7 @@ impl Default for Metrics {
             mvcc_delete: Counter::default(),
             mvcc_range: Counter::default(),
             mvcc_txn: Counter::default(),
+            db_compaction_keys: Counter::default(),
             gateway_requests: Counter::default(),
             peer_rtt: Mutex::new(BTreeMap::new()),
         }
@@ -251,6 +259,12 @@ impl Metrics {
             "etcd_debugging_mvcc_current_revision",
             "The current revision of store.",
             s.revision,
+        );
+        counter(
+            &mut out,
+            "etcd_debugging_mvcc_db_compaction_keys_total",
+            "Total number of db keys compacted.",
+            self.db_compaction_keys.get(),
         );
         gauge(
             &mut out,

@@ -133,11 +133,16 @@ impl Kv for KvService {
         let requester = self
             .access
             .authenticated(request.metadata(), cert_user(request.extensions()))?;
+        let (revision, physical) = (request.get_ref().revision, request.get_ref().physical);
         match self
             .propose(Op::Compaction(request.into_inner()), requester)
             .await?
         {
             Applied::Compaction(mut resp) => {
+                if physical {
+                    // As etcd: answered once the superseded records are gone from this member.
+                    self.node.wait_compacted(revision).await?;
+                }
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
             }

@@ -120,6 +120,12 @@ pub struct ServeArgs {
     /// Number of committed transactions to trigger a snapshot to disk (and purge the log before it).
     #[arg(long, default_value_t = limits::SNAPSHOT_COUNT_DEFAULT)]
     pub snapshot_count: u64,
+    /// Sets the maximum revisions deleted in each compaction batch (0: the default).
+    #[arg(long, default_value_t = limits::COMPACTION_BATCH_LIMIT_DEFAULT)]
+    pub experimental_compaction_batch_limit: usize,
+    /// Sets the sleep interval between each compaction batch (e.g. 10ms; 0ms: the default).
+    #[arg(long, default_value = "10ms", value_parser = config::parse_duration)]
+    pub experimental_compaction_sleep_interval: std::time::Duration,
     /// Reject membership changes that would leave fewer started voting members than a quorum
     /// (`--strict-reconfig-check=false` to allow them).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -202,6 +208,15 @@ impl ServeArgs {
             grpc_keepalive_timeout: self.grpc_keepalive_timeout,
             lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
             snapshot_count: self.snapshot_count,
+            // As etcd's store: 0 means the default.
+            compaction_batch_limit: match self.experimental_compaction_batch_limit {
+                0 => limits::COMPACTION_BATCH_LIMIT_DEFAULT,
+                n => n,
+            },
+            compaction_sleep_interval: match self.experimental_compaction_sleep_interval {
+                d if d.is_zero() => limits::COMPACTION_SLEEP_INTERVAL_DEFAULT,
+                d => d,
+            },
             strict_reconfig_check: self.strict_reconfig_check,
             auth_token: config::parse_auth_token(&self.auth_token)?,
             auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),

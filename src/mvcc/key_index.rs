@@ -271,6 +271,41 @@ impl KeyIndexTree {
         }
     }
 
+    /// Compact at most `limit` keys (at least one), in key order from `from` (inclusive), at
+    /// `at`: one bounded step of a compaction that runs in the background. Returns the key to
+    /// continue from, or `None` once the last key was compacted. Reads at `at` or later see the
+    /// same before and after, so a compaction half done is invisible to them.
+    pub fn compact_batch(&mut self, from: &[u8], at: i64, limit: usize) -> Option<Vec<u8>> {
+        let mut batch: Vec<Vec<u8>> = self
+            .keys
+            .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
+            .take(limit.max(1).saturating_add(1))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let next = if batch.len() > limit.max(1) {
+            batch.pop()
+        } else {
+            None
+        };
+        let mut scratch = BTreeSet::new();
+        for key in batch {
+            let Some(ki) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            let was_live = ki.is_live();
+            if ki.compact(at, &mut scratch) {
+                self.keys.remove(&key);
+            }
+            debug_assert_eq!(
+                was_live,
+                self.keys.get(&key).is_some_and(|ki| ki.is_live()),
+                "compaction changed whether {key:?} exists at the head"
+            );
+            scratch.clear();
+        }
+        next
+    }
+
     /// Compact every key at `at`; returns the revisions at or below `at` that must be kept.
     pub fn compact(&mut self, at: i64) -> BTreeSet<Revision> {
         let mut keep = BTreeSet::new();
@@ -472,6 +507,31 @@ mod tests {
         let keep = t.compact(5);
         assert_eq!(keep.len(), 2, "a@2 and c@4 stay; b's generation ended at 5");
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn compaction_in_batches_ends_like_compaction_at_once() {
+        let mut whole = KeyIndexTree::default();
+        for (i, key) in [b"a", b"b", b"c", b"d", b"e"].iter().enumerate() {
+            let base = 2 + 10 * i as i64;
+            whole.put(*key, r(base));
+            whole.put(*key, r(base + 1));
+            if i % 2 == 0 {
+                assert!(whole.tombstone(*key, r(base + 2)));
+            }
+        }
+        let mut batched = whole.clone();
+        whole.compact(40);
+        let mut from = Vec::new();
+        let mut steps = 0;
+        while let Some(next) = batched.compact_batch(&from, 40, 2) {
+            assert!(next > from, "the cursor moves forward");
+            from = next;
+            steps += 1;
+        }
+        assert_eq!(steps, 2, "five keys, two per batch: three batches");
+        assert_eq!(batched, whole);
+        assert_eq!(batched.len(), 3, "a and c ended before 40, e after it");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! * [`revision`]: the `(main, sub)` revision and its sortable encoding.
 //! * [`key_index`]: the in-memory index from key to its generations of revisions.
 //! * [`store`]: [`MvccStore`], the index plus records in the engine's `Kv` keyspace; reads at any
-//!   retained revision, write transactions, compaction, restart recovery.
+//!   retained revision, write transactions, compaction (the point moved by apply, the superseded
+//!   history dropped later in bounded steps), restart recovery.
 
 pub mod key_index;
 pub mod revision;
@@ -13,8 +14,8 @@ mod store;
 pub use key_index::{KeyAt, RangeEnd};
 pub use revision::Revision;
 pub use store::{
-    read_events, EventBatch, EventBudget, MvccFingerprint, MvccStore, RangeResult, WriteTxn,
-    FIRST_REVISION,
+    drop_compacted_tombstones, read_events, CompactStep, EventBatch, EventBudget, MvccFingerprint,
+    MvccStore, RangeResult, WriteTxn, FIRST_REVISION,
 };
 
 use crate::storage::StorageError;

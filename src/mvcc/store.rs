@@ -3,8 +3,18 @@
 //! Layout in the engine:
 //! * `Kv` keyspace: `revision(16 bytes)[+'t']` → protobuf `mvccpb.KeyValue` (a tombstone stores only
 //!   the key).
-//! * `Meta` keyspace: [`META_CURRENT_REV`] and [`META_COMPACT_REV`] as big-endian `i64`, written in the
-//!   same batch as the change they describe.
+//! * `Meta` keyspace: [`META_CURRENT_REV`], [`META_SCHEDULED_COMPACT_REV`] and [`META_COMPACT_REV`]
+//!   as big-endian `i64`, written in the same batch as the change they describe.
+//!
+//! Compaction comes in two halves, as in etcd. Applying a compaction only moves the compaction
+//! point (reads below it are refused from then on) and records it as scheduled, in the apply's own
+//! batch. The physical half, dropping the superseded history from the key index and the engine,
+//! runs later in bounded steps ([`MvccStore::compact_step`]) that a background task calls with
+//! pauses in between; the last step records the compaction as finished. A restart (or a snapshot
+//! installed) with a scheduled compaction not yet finished starts it again from the beginning.
+//! Nothing a client can read depends on how far the physical half got: reads at or above the
+//! compaction point never need a superseded record, and `HashKV` and the watch catch-up skip the
+//! superseded records a step has not reached yet.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -16,7 +26,7 @@ use super::revision::Revision;
 use super::{MvccError, Result};
 use crate::lease::{self, LeaseTable};
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
-use crate::storage::{Keyspace, SharedEngine, StorageError, WriteBatch};
+use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
 
 /// A fresh store is at revision 1, so its first write makes revision 2 (as in etcd).
 pub const FIRST_REVISION: i64 = 1;
@@ -25,6 +35,47 @@ pub const FIRST_REVISION: i64 = 1;
 pub const META_CURRENT_REV: &[u8] = b"mvcc/current_rev";
 /// Meta key of the last finished compaction revision.
 pub const META_COMPACT_REV: &[u8] = b"mvcc/compact_rev";
+/// Meta key of the last applied compaction revision, whose physical half may still be running
+/// (etcd's `scheduledCompactRev`).
+pub const META_SCHEDULED_COMPACT_REV: &[u8] = b"mvcc/scheduled_compact_rev";
+
+/// Only the key of a stored `mvccpb.KeyValue`: lets a compaction step or a hash tell which key a
+/// record belongs to without copying its value (prost skips the other fields).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RecordKey {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+}
+
+/// What one [`MvccStore::compact_step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactStep {
+    /// No compaction is waiting for its physical half.
+    Idle,
+    /// A batch of keys of the key index was compacted (memory only, cheap); more steps follow.
+    IndexBatch,
+    /// A batch of records was looked at and the superseded ones (how many) deleted from the
+    /// engine; more steps follow. etcd pauses after each such batch.
+    RecordBatch(usize),
+    /// The compaction at `revision` is physically done (and recorded so); the last batch deleted
+    /// `deleted` records.
+    Finished { revision: i64, deleted: usize },
+}
+
+/// The physical half of a compaction in progress: which revision, and where the next step starts.
+#[derive(Debug, Clone, PartialEq)]
+struct CompactJob {
+    target: i64,
+    phase: CompactPhase,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum CompactPhase {
+    /// Dropping old generations from the key index, from this key on.
+    Index(Vec<u8>),
+    /// Deleting superseded records from the engine, from this record key on.
+    Records(Vec<u8>),
+}
 
 /// The outcome of a range read.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,8 +95,9 @@ pub struct MvccFingerprint {
     index: KeyIndexTree,
     current_rev: i64,
     compact_rev: i64,
+    finished_compact_rev: i64,
+    compaction: Option<CompactJob>,
     unflushed: BTreeMap<Revision, KeyValue>,
-    unflushed_tombstones: Vec<Revision>,
     events: Vec<Event>,
     leases: LeaseTable,
 }
@@ -55,12 +107,15 @@ pub struct MvccStore {
     engine: SharedEngine,
     index: KeyIndexTree,
     current_rev: i64,
+    /// The compaction point: reads below it are refused. Moves when a compaction is applied.
     compact_rev: i64,
+    /// The last compaction whose physical half is done (-1: none).
+    finished_compact_rev: i64,
+    /// The physical half of the compaction in progress, if a step started it.
+    compaction: Option<CompactJob>,
     /// Records written by transactions whose batches the caller has not yet written to the engine.
     /// Lets the state machine apply many entries and write them in one engine batch.
     unflushed: BTreeMap<Revision, KeyValue>,
-    /// Tombstones in batches not yet written (compaction must delete them too).
-    unflushed_tombstones: Vec<Revision>,
     /// Changes made by write transactions since the last [`MvccStore::take_events`], in revision
     /// order: what the watch hub fans out.
     events: Vec<Event>,
@@ -93,7 +148,12 @@ impl MvccStore {
     pub fn open(engine: SharedEngine) -> Result<Self> {
         let current_rev = read_i64(&engine, META_CURRENT_REV)?.unwrap_or(FIRST_REVISION);
         // As in etcd, "no compaction yet" is -1, so compacting at revision 0 is allowed (a no-op).
-        let compact_rev = read_i64(&engine, META_COMPACT_REV)?.unwrap_or(-1);
+        let finished_compact_rev = read_i64(&engine, META_COMPACT_REV)?.unwrap_or(-1);
+        // A compaction applied before the restart whose physical half did not finish: refused
+        // below it at once, and carried out again by the steps.
+        let compact_rev = read_i64(&engine, META_SCHEDULED_COMPACT_REV)?
+            .unwrap_or(-1)
+            .max(finished_compact_rev);
         let mut index = KeyIndexTree::default();
         let mut failure = None;
         engine.scan(Keyspace::Kv, &[], None, &mut |k, v| {
@@ -117,8 +177,9 @@ impl MvccStore {
             index,
             current_rev,
             compact_rev,
+            finished_compact_rev,
+            compaction: None,
             unflushed: BTreeMap::new(),
-            unflushed_tombstones: Vec::new(),
             events: Vec::new(),
             leases: LeaseTable::default(),
         };
@@ -176,8 +237,9 @@ impl MvccStore {
             index: self.index.clone(),
             current_rev: self.current_rev,
             compact_rev: self.compact_rev,
+            finished_compact_rev: self.finished_compact_rev,
+            compaction: self.compaction.clone(),
             unflushed: self.unflushed.clone(),
-            unflushed_tombstones: self.unflushed_tombstones.clone(),
             events: self.events.clone(),
             leases: self.leases.clone(),
         }
@@ -225,14 +287,46 @@ impl MvccStore {
         self.current_rev
     }
 
-    /// The revision of the last compaction (-1 if none).
+    /// The revision of the last compaction (-1 if none): reads below it are refused, though its
+    /// physical half may still be running.
     pub fn compact_revision(&self) -> i64 {
         self.compact_rev
     }
 
-    /// A hash of every stored record (key, value, revision) up to `rev` (0: the newest), for
+    /// The revision of the last compaction whose physical half is done (-1 if none).
+    pub fn finished_compact_revision(&self) -> i64 {
+        self.finished_compact_rev
+    }
+
+    /// Whether a compaction still waits for (the rest of) its physical half.
+    pub fn compaction_pending(&self) -> bool {
+        self.compact_rev > self.finished_compact_rev
+    }
+
+    /// Whether the record `rev` (a tombstone or not; `value` is its stored bytes) is the one that
+    /// holds its key's value as of revision `at`. A record at or below the compaction point that
+    /// is not is superseded: a compaction step deletes it, and until then nothing reads it.
+    fn holds_value_at(
+        &self,
+        rev: Revision,
+        tombstone: bool,
+        value: &[u8],
+        at: i64,
+    ) -> Result<bool> {
+        if tombstone {
+            return Ok(false);
+        }
+        let key = RecordKey::decode(value)
+            .map_err(|e| corrupt(format!("record {rev:?}: {e}")))?
+            .key;
+        Ok(self.index.get(&key, at).is_some_and(|k| k.modified == rev))
+    }
+
+    /// A hash of the stored records (key, value, revision) up to `rev` (0: the newest), for
     /// `HashKV`: members that applied the same log and compactions agree on it. `rev` must be
-    /// above the compaction revision.
+    /// above the compaction revision. As etcd's `HashByRev`, a record at or below the compaction
+    /// point counts only if it still holds its key's value at `rev`, so the hash is the same
+    /// before, during and after the compaction's physical half.
     pub fn hash_kv(&self, rev: i64) -> Result<u32> {
         // As etcd: a revision at or below the compaction is gone (the hash would no longer cover
         // what that revision's history held), one past the head is in the future.
@@ -251,12 +345,30 @@ impl MvccStore {
                 hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
             }
         };
+        let mut failure: Option<MvccError> = None;
         self.engine
             .scan(Keyspace::Kv, &[], Some(&end), &mut |k, v| {
+                let Some((r, tombstone)) = Revision::from_record_key(k) else {
+                    failure = Some(corrupt(format!("undecodable record key {k:?}")).into());
+                    return false;
+                };
+                if r.main <= self.compact_rev {
+                    match self.holds_value_at(r, tombstone, v, rev) {
+                        Ok(true) => {}
+                        Ok(false) => return true,
+                        Err(e) => {
+                            failure = Some(e);
+                            return false;
+                        }
+                    }
+                }
                 feed(k);
                 feed(v);
                 true
             })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
         Ok((hash ^ (hash >> 32)) as u32)
     }
 
@@ -290,7 +402,6 @@ impl MvccStore {
     /// back before they reached the engine.
     pub fn mark_flushed(&mut self) {
         self.unflushed.clear();
-        self.unflushed_tombstones.clear();
     }
 
     /// The changes made since the last call, in revision order.
@@ -305,7 +416,7 @@ impl MvccStore {
         if from < self.compact_rev {
             return Err(MvccError::Compacted);
         }
-        let batch = read_events(
+        let mut batch = read_events(
             self.engine.as_ref(),
             from,
             self.current_rev,
@@ -315,6 +426,7 @@ impl MvccStore {
                 bytes: usize::MAX,
             },
         )?;
+        drop_compacted_tombstones(&mut batch, self.compact_rev);
         Ok((batch.events, batch.covered))
     }
 
@@ -385,8 +497,9 @@ impl MvccStore {
         }
     }
 
-    /// Compact history at or below `rev` into `batch`: afterwards reads below `rev` fail with
-    /// [`MvccError::Compacted`] and superseded records are gone from the engine.
+    /// Compact history at or below `rev`: from now on reads below `rev` fail with
+    /// [`MvccError::Compacted`]. Only the compaction point goes into `batch` (as scheduled); the
+    /// superseded records stay until [`MvccStore::compact_step`] deletes them.
     pub fn compact(&mut self, rev: i64, batch: &mut WriteBatch) -> Result<()> {
         if rev <= self.compact_rev {
             return Err(MvccError::Compacted);
@@ -394,35 +507,106 @@ impl MvccStore {
         if rev > self.current_rev {
             return Err(MvccError::FutureRevision);
         }
-        let keep = self.index.compact(rev);
-        // Records still waiting for their batch: their puts sit earlier in the caller's batch order,
-        // so a delete queued here removes them as well.
-        let superseded: Vec<Revision> = self
-            .unflushed
-            .range(..Revision::new(rev + 1, 0))
-            .map(|(r, _)| *r)
-            .filter(|r| !keep.contains(r))
-            .collect();
-        for r in superseded {
-            self.unflushed.remove(&r);
-            batch.delete(Keyspace::Kv, r.record_key(false));
-        }
-        for r in self.unflushed_tombstones.iter().filter(|r| r.main <= rev) {
-            batch.delete(Keyspace::Kv, r.record_key(true));
-        }
-        self.unflushed_tombstones.retain(|r| r.main > rev);
-        let upper = Revision::new(rev + 1, 0).to_bytes();
-        self.engine
-            .scan(Keyspace::Kv, &[], Some(&upper), &mut |k, _| {
-                if let Some((r, _)) = Revision::from_record_key(k) {
-                    if !keep.contains(&r) {
-                        batch.delete(Keyspace::Kv, k.to_vec());
-                    }
-                }
-                true
-            })?;
         self.compact_rev = rev;
-        batch.put(Keyspace::Meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
+        batch.put(
+            Keyspace::Meta,
+            META_SCHEDULED_COMPACT_REV,
+            rev.to_be_bytes().to_vec(),
+        );
+        Ok(())
+    }
+
+    /// One bounded step of the physical half of the pending compaction, written to the engine
+    /// before it returns: at most `limit` keys of the key index compacted, or `limit` records
+    /// below the compaction point looked at (those superseded deleted), as etcd's
+    /// `--experimental-compaction-batch-limit`. The step that finds nothing left records the
+    /// compaction as finished. A compaction applied while another is in progress starts when that
+    /// one finishes. Must not run while batches of applied transactions are unwritten.
+    pub fn compact_step(&mut self, limit: usize) -> Result<CompactStep> {
+        if !self.unflushed.is_empty() {
+            return Err(MvccError::Invariant(
+                "a compaction step while applied records are not yet written".into(),
+            ));
+        }
+        let limit = limit.max(1);
+        let job = match self.compaction.take() {
+            Some(job) => job,
+            None if self.compaction_pending() => CompactJob {
+                target: self.compact_rev,
+                phase: CompactPhase::Index(Vec::new()),
+            },
+            None => return Ok(CompactStep::Idle),
+        };
+        let target = job.target;
+        match job.phase {
+            CompactPhase::Index(from) => {
+                let phase = match self.index.compact_batch(&from, target, limit) {
+                    Some(next) => CompactPhase::Index(next),
+                    None => CompactPhase::Records(Vec::new()),
+                };
+                self.compaction = Some(CompactJob { target, phase });
+                Ok(CompactStep::IndexBatch)
+            }
+            CompactPhase::Records(from) => {
+                let end = Revision::new(target + 1, 0).to_bytes();
+                let mut batch = WriteBatch::new();
+                let mut seen = 0usize;
+                let mut deleted = 0usize;
+                let mut last: Option<Vec<u8>> = None;
+                let mut failure: Option<MvccError> = None;
+                self.engine
+                    .scan(Keyspace::Kv, &from, Some(&end), &mut |k, v| {
+                        let Some((rev, tombstone)) = Revision::from_record_key(k) else {
+                            failure = Some(corrupt(format!("undecodable record key {k:?}")).into());
+                            return false;
+                        };
+                        match self.holds_value_at(rev, tombstone, v, target) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                batch.delete(Keyspace::Kv, k.to_vec());
+                                deleted += 1;
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                return false;
+                            }
+                        }
+                        seen += 1;
+                        last = Some(k.to_vec());
+                        seen < limit
+                    })?;
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                if seen < limit {
+                    batch.put(
+                        Keyspace::Meta,
+                        META_COMPACT_REV,
+                        target.to_be_bytes().to_vec(),
+                    );
+                    self.engine.write(batch, Durability::Buffered)?;
+                    self.finished_compact_rev = target;
+                    return Ok(CompactStep::Finished {
+                        revision: target,
+                        deleted,
+                    });
+                }
+                self.engine.write(batch, Durability::Buffered)?;
+                // The smallest key after the last one looked at.
+                let mut next = last.unwrap_or_default();
+                next.push(0);
+                self.compaction = Some(CompactJob {
+                    target,
+                    phase: CompactPhase::Records(next),
+                });
+                Ok(CompactStep::RecordBatch(deleted))
+            }
+        }
+    }
+
+    /// Run the physical half of every pending compaction to its end at once (tests, tools).
+    pub fn finish_compaction(&mut self) -> Result<()> {
+        while self.compact_step(usize::MAX)? != CompactStep::Idle {}
         Ok(())
     }
 }
@@ -439,8 +623,6 @@ struct Staged {
     index_ops: Vec<IndexOp>,
     /// The records written, by revision (read back by later reads of the same transaction).
     records: BTreeMap<Revision, KeyValue>,
-    /// The tombstones written.
-    tombstones: Vec<Revision>,
     /// Lease table changes, in order.
     lease_ops: Vec<LeaseOp>,
     /// The watch events, in order.
@@ -676,7 +858,6 @@ impl WriteTxn<'_> {
             staged
                 .index_ops
                 .push(IndexOp::Tombstone(kv.key.clone(), rev));
-            staged.tombstones.push(rev);
             staged.lease_ops.push(LeaseOp::Detach(kv.key.clone()));
             staged.events.push(Event {
                 r#type: EventType::Delete as i32,
@@ -763,7 +944,6 @@ impl WriteTxn<'_> {
             }
         }
         store.unflushed.extend(staged.records);
-        store.unflushed_tombstones.extend(staged.tombstones);
         store.events.extend(staged.events);
         if sub > 0 && bump {
             store.current_rev = begin_rev + 1;
@@ -813,6 +993,21 @@ pub struct EventBatch {
     pub events: Vec<Event>,
     /// The last revision read whole (`from - 1` if none was).
     pub covered: i64,
+}
+
+/// Drop the deletions at or below `compact_rev` from `batch`. A read from the compaction point
+/// itself may still find the tombstones compaction removes there (the background deletion may
+/// not have reached them yet); they are compacted history, whether or not they are gone yet.
+/// Everything else at the compaction point is each key's value there, which compaction keeps.
+pub fn drop_compacted_tombstones(batch: &mut EventBatch, compact_rev: i64) {
+    batch.events.retain(|ev| {
+        let compacted_delete = ev.r#type == EventType::Delete as i32
+            && ev
+                .kv
+                .as_ref()
+                .is_some_and(|kv| kv.mod_revision <= compact_rev);
+        !compacted_delete
+    });
 }
 
 /// Events of revisions `from..=to` read straight from `engine`, without the store (and so without
@@ -1012,8 +1207,19 @@ mod tests {
         assert!(matches!(s.events_since(2, 10), Err(MvccError::Compacted)));
     }
 
+    fn records(engine: &SharedEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        engine
+            .scan(Keyspace::Kv, &[], None, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        out
+    }
+
     #[test]
-    fn unflushed_overlay_serves_reads_and_compaction_until_written() {
+    fn unflushed_overlay_serves_reads_until_written_and_compaction_waits_for_it() {
         let engine: SharedEngine = Arc::new(MemoryEngine::new());
         let mut s = MvccStore::open(engine.clone()).unwrap();
         // Three transactions applied back to back; their batches are written only at the end.
@@ -1037,25 +1243,166 @@ mod tests {
             b"2"
         );
         s.compact(4, &mut all).unwrap();
+        assert!(
+            matches!(s.compact_step(10), Err(MvccError::Invariant(_))),
+            "a step must not run before the records it would judge are written"
+        );
         engine.write(all, Durability::Sync).unwrap();
         s.mark_flushed();
-        let mut records = 0;
-        engine
-            .scan(Keyspace::Kv, &[], None, &mut |_, _| {
-                records += 1;
-                true
-            })
-            .unwrap();
         assert_eq!(
-            records, 0,
-            "superseded puts and the tombstone were compacted before reaching disk"
+            records(&engine).len(),
+            3,
+            "the physical half has not run yet"
+        );
+        s.finish_compaction().unwrap();
+        assert!(
+            records(&engine).is_empty(),
+            "superseded puts and the tombstone are compacted"
         );
         let reopened = MvccStore::open(engine).unwrap();
         assert_eq!(
-            (reopened.current_revision(), reopened.compact_revision()),
-            (4, 4)
+            (
+                reopened.current_revision(),
+                reopened.compact_revision(),
+                reopened.finished_compact_revision()
+            ),
+            (4, 4, 4)
         );
         assert_eq!(reopened.indexed_keys(), 0);
+    }
+
+    /// Keys `k0..k9` written `rounds` times each (one transaction per write), every third key
+    /// deleted after each round but the last.
+    fn history(s: &mut MvccStore, rounds: u8) {
+        for round in 0..rounds {
+            for k in 0..10u8 {
+                commit(s, |t| {
+                    drop(t.put(&[b'k', b'0' + k], vec![round], 0).unwrap())
+                });
+            }
+            if round + 1 < rounds {
+                for k in (0..10u8).step_by(3) {
+                    commit(s, |t| {
+                        drop(
+                            t.delete_range(&[b'k', b'0' + k], &RangeEnd::Single)
+                                .unwrap(),
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    fn compact_at(s: &mut MvccStore, rev: i64) {
+        let mut batch = WriteBatch::new();
+        s.compact(rev, &mut batch).unwrap();
+        s.engine().write(batch, Durability::Sync).unwrap();
+    }
+
+    #[test]
+    fn nothing_readable_depends_on_how_far_the_physical_half_got() {
+        let engine: SharedEngine = Arc::new(MemoryEngine::new());
+        let mut s = MvccStore::open(engine.clone()).unwrap();
+        history(&mut s, 5);
+        let head = s.current_revision();
+        let at = head - 12;
+        let readable = |s: &MvccStore| {
+            let mut seen = Vec::new();
+            for rev in at..=head {
+                let r = s.range(b"k", &RangeEnd::Unbounded, rev, 0, false).unwrap();
+                seen.push((r.kvs, s.hash_kv(rev.max(at + 1)).unwrap()));
+            }
+            (seen, s.events_since(at, usize::MAX).unwrap())
+        };
+        compact_at(&mut s, at);
+        assert!(matches!(
+            s.range(b"k", &RangeEnd::Unbounded, at - 1, 0, false),
+            Err(MvccError::Compacted)
+        ));
+        assert!(matches!(s.hash_kv(at), Err(MvccError::Compacted)));
+        // (The hash above the point does change with the point itself, as etcd's does: it
+        // covers only what a read at or above the point can see. It must not change with the
+        // progress of the physical half, checked below.)
+        let want = readable(&s);
+        let mut steps = 0;
+        loop {
+            match s.compact_step(3).unwrap() {
+                CompactStep::Finished { revision, .. } => {
+                    assert_eq!(revision, at);
+                    break;
+                }
+                CompactStep::IndexBatch | CompactStep::RecordBatch(_) => steps += 1,
+                CompactStep::Idle => panic!("a pending compaction went idle"),
+            }
+            assert_eq!(readable(&s), want, "after step {steps}");
+            if steps % 4 == 0 {
+                // A restart half-way: the compaction point holds, the work starts again.
+                let reopened = MvccStore::open(engine.clone()).unwrap();
+                assert_eq!(reopened.compact_revision(), at);
+                assert!(reopened.compaction_pending());
+                assert_eq!(readable(&reopened), want, "reopened after step {steps}");
+            }
+        }
+        assert!(steps > 10, "three keys or records a step: {steps} steps");
+        assert_eq!(s.compact_step(3).unwrap(), CompactStep::Idle);
+        assert_eq!(readable(&s), want);
+        // Only the records that hold a value at the compaction point or later are left.
+        let mut full = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
+        history(&mut full, 5);
+        compact_at(&mut full, at);
+        full.finish_compaction().unwrap();
+        assert_eq!(records(&engine), records(full.engine()));
+        assert_eq!(s.fingerprint().index, full.fingerprint().index);
+    }
+
+    #[test]
+    fn a_restart_mid_compaction_resumes_it_and_a_later_compaction_waits_its_turn() {
+        let engine: SharedEngine = Arc::new(MemoryEngine::new());
+        let mut s = MvccStore::open(engine.clone()).unwrap();
+        history(&mut s, 4);
+        let first = s.current_revision() - 20;
+        compact_at(&mut s, first);
+        for _ in 0..6 {
+            assert_ne!(s.compact_step(2).unwrap(), CompactStep::Idle);
+        }
+        drop(s);
+        let mut s = MvccStore::open(engine.clone()).unwrap();
+        assert_eq!(
+            (s.compact_revision(), s.finished_compact_revision()),
+            (first, -1)
+        );
+        history(&mut s, 1);
+        assert_eq!(s.compact_step(2).unwrap(), CompactStep::IndexBatch);
+        let second = s.current_revision() - 5;
+        compact_at(&mut s, second);
+        assert!(matches!(
+            s.range(b"k", &RangeEnd::Unbounded, second - 1, 0, false),
+            Err(MvccError::Compacted)
+        ));
+        let mut finished = Vec::new();
+        loop {
+            match s.compact_step(2).unwrap() {
+                CompactStep::Finished { revision, .. } => finished.push(revision),
+                CompactStep::IndexBatch | CompactStep::RecordBatch(_) => {}
+                CompactStep::Idle => break,
+            }
+        }
+        assert_eq!(finished, vec![first, second], "one after the other");
+        let reopened = MvccStore::open(engine.clone()).unwrap();
+        assert_eq!(
+            (
+                reopened.compact_revision(),
+                reopened.finished_compact_revision()
+            ),
+            (second, second)
+        );
+        assert!(!reopened.compaction_pending());
+        assert!(records(&engine)
+            .iter()
+            .all(
+                |(k, _)| Revision::from_record_key(k).unwrap().0.main > second
+                    || !k.ends_with(b"t")
+            ));
     }
 
     #[test]
@@ -1077,6 +1424,7 @@ mod tests {
         let mut batch = WriteBatch::new();
         s.compact(6, &mut batch).unwrap();
         engine.write(batch, Durability::Sync).unwrap();
+        s.finish_compaction().unwrap();
         let mut records = 0;
         engine
             .scan(Keyspace::Kv, &[], None, &mut |_, _| {

@@ -1,9 +1,11 @@
 //! One member: works out its identity (`bootstrap`), wires raft, the state machine and the engine
 //! together; routes proposals, read indexes and lease liveness to the leader with a deadline
 //! (`routing`), changes membership (`members`), serves reads (serializable or linearizable), builds
-//! response headers, runs the lease clock (on the leader) and the watch catch-up, shuts down.
+//! response headers, runs the lease clock (on the leader), the watch catch-up and the background
+//! compaction (`compaction`), shuts down.
 
 mod bootstrap;
+mod compaction;
 pub mod leases;
 mod members;
 mod routing;
@@ -103,6 +105,8 @@ pub struct Node {
     watch: Arc<WatchHub>,
     catch_up: rt::JoinHandle<()>,
     progress: rt::JoinHandle<()>,
+    /// Deletes what compactions superseded, in the background.
+    compactor: rt::JoinHandle<()>,
     lease_clock: Arc<leases::LeaseClock>,
     /// Background tasks that hold the node weakly (lease expiry, publishing attributes).
     background: std::sync::Mutex<Vec<rt::JoinHandle<()>>>,
@@ -221,8 +225,14 @@ impl Node {
             state.clone(),
             config.watch_progress_interval,
         ));
+        let compactor = rt::spawn(compaction::run_compactor(
+            state.clone(),
+            config.compaction_batch_limit,
+            config.compaction_sleep_interval,
+        ));
         let node = Arc::new_cyclic(|this| Node {
             this: this.clone(),
+            compactor,
             snapshot_receive: tokio::sync::Mutex::new(()),
             disk_failure,
             raft,
@@ -518,6 +528,17 @@ impl Node {
             revision
         };
         Ok((hash, rev, store.compact_revision()))
+    }
+
+    /// Wait until the physical half of the compaction at `revision` (applied on this member) is
+    /// done, as etcd's `Compact` with `physical` does; a timeout if the compaction makes no step
+    /// for a while.
+    pub async fn wait_compacted(&self, revision: i64) -> Result<(), NodeError> {
+        let stall = limits::COMPACTION_PHYSICAL_STALL_MAX + self.config.compaction_sleep_interval;
+        self.state
+            .wait_compacted(revision, stall)
+            .await
+            .map_err(|_| NodeError::Timeout)
     }
 
     /// The newest applied store revision.
@@ -928,6 +949,7 @@ impl Node {
     pub async fn shutdown(&self) {
         self.catch_up.abort();
         self.progress.abort();
+        self.compactor.abort();
         for task in self.background_lock().drain(..) {
             task.abort();
         }
@@ -1063,6 +1085,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.catch_up.abort();
         self.progress.abort();
+        self.compactor.abort();
         for task in self.background_lock().drain(..) {
             task.abort();
         }

@@ -213,6 +213,57 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_taken_mid_compaction_restores_a_store_that_finishes_it() {
+        use crate::mvcc::{CompactStep, MvccStore};
+        use crate::storage::SharedEngine;
+
+        let dump = |engine: &SharedEngine| {
+            let mut out = Vec::new();
+            engine
+                .scan(Keyspace::Kv, &[], None, &mut |k, v| {
+                    out.push((k.to_vec(), v.to_vec()));
+                    true
+                })
+                .unwrap();
+            out
+        };
+        let engine: SharedEngine = Arc::new(MemoryEngine::new());
+        let mut s = MvccStore::open(engine.clone()).unwrap();
+        for i in 0..200u32 {
+            let mut txn = s.write_txn();
+            let key = format!("k{}", i % 10);
+            txn.put(key.as_bytes(), i.to_be_bytes().to_vec(), 0)
+                .unwrap();
+            engine.write(txn.finish().0, Durability::Sync).unwrap();
+            s.mark_flushed();
+        }
+        let at = s.current_revision() - 5;
+        let mut batch = WriteBatch::new();
+        s.compact(at, &mut batch).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
+        // The key index (three steps of four keys) and the first records.
+        for _ in 0..5 {
+            assert_ne!(s.compact_step(4).unwrap(), CompactStep::Idle);
+        }
+        let backup = backup_of(engine.as_ref());
+        s.finish_compaction().unwrap();
+
+        let to: SharedEngine = Arc::new(MemoryEngine::new());
+        restore(to.as_ref(), io::Cursor::new(&backup)).unwrap();
+        let mut restored = MvccStore::open(to.clone()).unwrap();
+        assert_eq!(restored.compact_revision(), at);
+        assert!(
+            restored.compaction_pending(),
+            "the backup caught it half-way"
+        );
+        for rev in at + 1..=s.current_revision() {
+            assert_eq!(restored.hash_kv(rev).unwrap(), s.hash_kv(rev).unwrap());
+        }
+        restored.finish_compaction().unwrap();
+        assert_eq!(dump(&to), dump(&engine));
+    }
+
+    #[test]
     fn damaged_backups_are_refused() {
         let engine = MemoryEngine::new();
         assert!(restore(&engine, io::Cursor::new(b"nonsense")).is_err());

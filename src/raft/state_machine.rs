@@ -6,6 +6,12 @@
 //!
 //! A snapshot is not a copy: it is a frozen engine view taken at a point between two applied
 //! batches, read chunk by chunk as it is sent (see [`super::snapshot`]).
+//!
+//! Applying a compaction only moves the compaction point; its physical half runs in steps a
+//! background task takes through [`Shared::compaction_step`], each under the store's write lock
+//! alone, so apply waits for at most one step. A view taken between two steps is consistent: it
+//! holds the scheduled compaction, and whoever opens it (a member installing the snapshot, a
+//! restored backup) finishes the work.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -22,7 +28,7 @@ use super::{decode, encode, snapshot, CommandResponse, LogId, StoredMembership, 
 use crate::apply::{self, Applied, ApplyError};
 use crate::auth::tokens::TokenInfo;
 use crate::auth::{AuthStore, TokenProvider};
-use crate::mvcc::MvccStore;
+use crate::mvcc::{CompactStep, MvccStore};
 use crate::pb::metastore::Command;
 use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, WriteBatch};
 use crate::watch::WatchHub;
@@ -63,6 +69,12 @@ pub struct Shared {
     waiters: Mutex<BTreeMap<u64, oneshot::Sender<Outcome>>>,
     /// Where apply counts commits and mvcc operations.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Raised when a compaction is applied or a store with one pending is opened: wakes the
+    /// background compactor (a permit is kept if it is busy, so no wake-up is lost).
+    compaction_wanted: tokio::sync::Notify,
+    /// Raised after every step of a compaction's physical half: what a `Compact` with
+    /// `physical` waits on.
+    compaction_progress: tokio::sync::Notify,
 }
 
 /// A registered wait for the local apply of a forwarded command; unregisters itself when dropped.
@@ -106,6 +118,50 @@ impl Shared {
     /// The engine under the store.
     pub fn engine(&self) -> &SharedEngine {
         &self.engine
+    }
+
+    /// One step of the physical half of a pending compaction ([`MvccStore::compact_step`]),
+    /// holding the store's write lock for that step only.
+    pub fn compaction_step(&self, limit: usize) -> io::Result<CompactStep> {
+        let step = {
+            let mut mvcc = self.mvcc.write().unwrap_or_else(|e| e.into_inner());
+            mvcc.compact_step(limit).map_err(io::Error::other)?
+        };
+        match step {
+            CompactStep::Idle => return Ok(step),
+            CompactStep::IndexBatch => {}
+            CompactStep::RecordBatch(deleted) | CompactStep::Finished { deleted, .. } => {
+                self.metrics.db_compaction_keys.add(deleted as u64)
+            }
+        }
+        self.compaction_progress.notify_waiters();
+        Ok(step)
+    }
+
+    /// Wait until a compaction is applied (or was pending when the state machine opened, or a
+    /// snapshot installed brought one).
+    pub async fn compaction_wanted(&self) {
+        self.compaction_wanted.notified().await
+    }
+
+    /// Wait until the physical half of the compaction at `rev` (or a later one) is done, as
+    /// etcd's `Compact` with `physical` does. Gives up when no step is taken for `stall`: the
+    /// compaction is still applied, only its end was not seen.
+    pub async fn wait_compacted(
+        &self,
+        rev: i64,
+        stall: std::time::Duration,
+    ) -> Result<(), crate::rt::Elapsed> {
+        loop {
+            let progress = self.compaction_progress.notified();
+            tokio::pin!(progress);
+            // Registered before the check, so a step between the check and the wait is seen.
+            progress.as_mut().enable();
+            if self.read().finished_compact_revision() >= rev {
+                return Ok(());
+            }
+            crate::rt::timeout(stall, progress).await?;
+        }
     }
 
     fn waiters_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<Outcome>>> {
@@ -162,6 +218,15 @@ impl StateMachine {
         }
         let mvcc = MvccStore::open(engine.clone()).map_err(io::Error::other)?;
         let auth = AuthStore::load(engine.as_ref()).map_err(io::Error::other)?;
+        let compaction_wanted = tokio::sync::Notify::new();
+        if mvcc.compaction_pending() {
+            // Interrupted by the restart: the compactor takes it up again as soon as it runs.
+            tracing::info!(
+                revision = mvcc.compact_revision(),
+                "resuming a compaction a restart interrupted"
+            );
+            compaction_wanted.notify_one();
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
@@ -172,6 +237,8 @@ impl StateMachine {
                 member_id,
                 waiters: Mutex::new(BTreeMap::new()),
                 metrics,
+                compaction_wanted,
+                compaction_progress: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -392,6 +459,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Still under the write lock: watchers see each revision right as it becomes readable,
             // and the catch-up task (which reads under the read lock) cannot interleave.
             self.shared.watch.notify(&mvcc.take_events());
+            if mvcc.compaction_pending() {
+                self.shared.compaction_wanted.notify_one();
+            }
         }
         for (responder, response) in responses {
             if let Some(responder) = responder {
@@ -425,6 +495,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let records = snapshot::install_staged(self.shared.engine.as_ref(), last)?;
         tracing::info!(records, last_log_id = ?meta.last_log_id, "installed a snapshot");
         *mvcc = MvccStore::open(self.shared.engine.clone()).map_err(io::Error::other)?;
+        if mvcc.compaction_pending() {
+            // The leader's state was frozen mid-compaction: finish it here.
+            self.shared.compaction_wanted.notify_one();
+        }
         *self.shared.auth.write().unwrap_or_else(|e| e.into_inner()) =
             AuthStore::load(self.shared.engine.as_ref()).map_err(io::Error::other)?;
         // Watchers were fed revision by revision; the ones the snapshot skipped come from storage.

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::index::WatcherIndex;
 use crate::limits;
-use crate::mvcc::{read_events, EventBudget, MvccStore, RangeEnd};
+use crate::mvcc::{drop_compacted_tombstones, read_events, EventBudget, MvccStore, RangeEnd};
 use crate::pb::mvccpb::{event::EventType, Event};
 
 /// Identifies a watcher: the stream it belongs to and its id within that stream.
@@ -589,17 +589,21 @@ impl WatchHub {
             revisions: limits::WATCH_CATCHUP_REVISIONS,
             bytes: limits::WATCH_CATCHUP_BYTES,
         };
-        let batch = match read_events(engine.as_ref(), from, store_head, budget) {
+        let mut batch = match read_events(engine.as_ref(), from, store_head, budget) {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!("watch catch-up cannot read the store: {e}");
                 return false;
             }
         };
-        // Records are only ever removed by compaction: if it did not pass `from`, the read is whole.
-        if read().compact_revision() > from {
+        // Records are only ever removed by compaction: if it did not pass `from`, the read is whole
+        // but for the deletions at the compaction point itself, which its background deletion may
+        // or may not have reached: they are compacted history either way.
+        let compact_now = read().compact_revision();
+        if compact_now > from {
             return true; // the next plan cancels the watchers it passed
         }
+        drop_compacted_tombstones(&mut batch, compact_now);
         let covered = batch.covered;
 
         // Which watcher wants which event, as positions in the batch. Only watchers that exist
