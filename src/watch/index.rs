@@ -247,7 +247,7 @@ mod tests {
                 index.remove(id(gone), &start, &end);
             }
         }
-        for c in b'a'..b'z' {
+        for c in b'a'..=b'z' {
             for key in [vec![c], vec![c, 0], vec![c, b'x']] {
                 let mut want: Vec<i64> = all
                     .iter()
