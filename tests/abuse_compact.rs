@@ -151,6 +151,7 @@ async fn put_latencies(client: &mut Client, n: usize) -> Vec<Duration> {
 /// one key after another: no put takes more than [`SLOWDOWN_MAX`] longer than its quiet p99.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_compaction_keeps_a_writer_at_its_usual_latency() {
+    let _alone = common::abuse::one_at_a_time().await;
     let records = env_usize("METASTORE_COMPACT_RECORDS", RECORDS_DEFAULT);
     let txn_ops = env_usize("METASTORE_COMPACT_TXN_OPS", TXN_OPS);
     let mut server = Server::start("rocksdb");
@@ -231,6 +232,7 @@ async fn a_big_compaction_keeps_a_writer_at_its_usual_latency() {
 /// the deletion by itself, and has lost nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_below_are_refused_at_once_and_a_restart_resumes_the_compaction() {
+    let _alone = common::abuse::one_at_a_time().await;
     let mut server = Server::start("rocksdb");
     let mut client = server.client().await;
     let (written, last) = fill(&client, RECORDS_SMALL, TXN_OPS).await;

@@ -73,6 +73,7 @@ async fn put_latencies(client: &mut Client, n: usize) -> Vec<Duration> {
 /// nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_watchers_from_revision_one_leave_puts_at_their_latency() {
+    let _alone = common::abuse::one_at_a_time().await;
     let revisions: usize = std::env::var("METASTORE_ABUSE_WATCH_REVISIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -194,6 +195,7 @@ async fn twenty_thousand_watchers_from_revision_one_leave_puts_at_their_latency(
 /// limited by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_stream_refuses_one_more_watcher_clearly() {
+    let _alone = common::abuse::one_at_a_time().await;
     let mut server = Server::start("memory");
     let mut client = server.client().await;
     let baseline = settled_footprint(&server.endpoint).await;
@@ -264,6 +266,7 @@ async fn a_full_stream_refuses_one_more_watcher_clearly() {
 /// reads gets every event, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_stop_reading_cost_bounded_memory() {
+    let _alone = common::abuse::one_at_a_time().await;
     const VALUES: usize = 96;
     const LATE_VALUES: usize = 8;
     const SLOW_STREAMS: usize = 4;
