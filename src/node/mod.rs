@@ -277,24 +277,44 @@ impl Node {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
-    /// A new leader resumes each lease from its last checkpointed remaining TTL (its full TTL if
-    /// never checkpointed), never below the minimum, plus one election timeout of grace, as etcd's
-    /// lessor does on promotion. Call it only once this leader has applied its term's first entry
-    /// ([`Node::leader_caught_up`]): every lease granted in an earlier term is in the table then,
-    /// and every later grant goes through this leader (`write_as_leader` starts its clock).
-    fn resume_leases(&self) {
-        let store = self.state.read();
-        self.lease_clock.clear();
-        for (id, ttl) in store.leases().list() {
-            let left = store
-                .leases()
-                .checkpointed_secs(id)
-                .unwrap_or(ttl)
-                .max(limits::LEASE_MIN_TTL_SECS);
-            let grace = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS);
-            self.lease_clock
-                .refresh_for(id, std::time::Duration::from_secs(left as u64) + grace);
+    /// A new leader takes up each lease of the applied state, once per term: from its last
+    /// checkpointed remaining TTL (its full TTL if never checkpointed), never below the minimum,
+    /// plus one election timeout of grace, as etcd's lessor does on promotion. Only once this
+    /// leader has applied its term's first entry (the caller has seen [`Node::leader_caught_up`]
+    /// in `term`): every lease granted in an earlier term is in the table then, and every later
+    /// grant goes through this leader (`write_as_leader` starts its clock). Before that a grant the
+    /// previous leader committed may be missing from the table, and a lease left out here would
+    /// never expire.
+    fn take_up_leases(&self, term: u64) {
+        if self.lease_clock.taken_up_in() == Some(term) {
+            return;
         }
+        let leases = {
+            let store = self.state.read();
+            let grace = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS);
+            store
+                .leases()
+                .list()
+                .into_iter()
+                .map(|(id, ttl)| {
+                    let left = store
+                        .leases()
+                        .checkpointed_secs(id)
+                        .unwrap_or(ttl)
+                        .max(limits::LEASE_MIN_TTL_SECS);
+                    (id, std::time::Duration::from_secs(left as u64) + grace)
+                })
+                .collect()
+        };
+        // Leadership moved on meanwhile: the next leader takes them up.
+        if self.is_leader() && self.current_term() == term {
+            self.lease_clock.take_up(term, leases);
+        }
+    }
+
+    /// Raft's current term.
+    fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
     }
 
     /// Whether member `id` may send raft messages and forwarded requests to this member: it is in
@@ -811,9 +831,12 @@ impl Node {
     /// remaining TTL was checkpointed, a checkpoint of the full TTL follows, so a restart or a new
     /// leader cannot expire the renewed lease early.
     pub(crate) async fn keep_alive_as_leader(self: &Arc<Self>, id: i64) -> Option<i64> {
+        let term = self.current_term();
         if !self.is_leader() || !self.leader_caught_up().await {
             return None;
         }
+        // Taken up first, so the take-up cannot later overwrite this renewal.
+        self.take_up_leases(term);
         let (ttl, checkpointed) = {
             let store = self.state.read();
             (
@@ -822,7 +845,7 @@ impl Node {
             )
         };
         let Some(ttl) = ttl else { return Some(0) };
-        self.lease_clock.refresh(id, ttl);
+        self.lease_clock.refresh(id, ttl, term);
         if checkpointed.is_some_and(|c| c < ttl) {
             let node = self.clone();
             rt::spawn(async move {
@@ -871,9 +894,12 @@ impl Node {
 
     /// The leader's side of a time-to-live query; `Err(())` if this member does not lead.
     pub(crate) async fn time_to_live_as_leader(&self, id: i64) -> Result<Option<LeaseStatus>, ()> {
+        let term = self.current_term();
         if !self.is_leader() || !self.leader_caught_up().await {
             return Err(());
         }
+        // The remaining TTL is the clock's: taken up for this term first.
+        self.take_up_leases(term);
         let store = self.state.read();
         let Some(granted) = store.leases().ttl_secs(id) else {
             return Ok(None);
@@ -1011,38 +1037,34 @@ async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
 }
 
 /// On the leader: revokes expired leases through raft and checkpoints remaining TTLs. A member
-/// that becomes leader resumes every lease from its checkpoint once it has applied its own term's
-/// first entry (before that, a grant the previous leader committed may not be in its table yet,
-/// and a lease left out here would never expire); one that stops leading forgets its clock.
-/// Holds the node weakly so it never keeps it alive.
+/// that leads takes up every lease once it has applied its own term's first entry (see
+/// [`Node::take_up_leases`]); one that stops leading forgets its clock. Holds the node weakly so
+/// it never keeps it alive.
 async fn run_lease_expiry(node: std::sync::Weak<Node>, checkpoint_every: std::time::Duration) {
-    // The term this member's clock was resumed in; `None` while it does not lead. Leadership
-    // lost and won back between two checks is a new term, and another leader may have granted
-    // leases meanwhile.
-    let mut leading: Option<u64> = None;
     let mut last_checkpoint = rt::now();
     loop {
         rt::sleep(limits::LEASE_EXPIRY_CHECK_INTERVAL).await;
         let Some(node) = node.upgrade() else { return };
-        let now_leading = node
-            .is_leader()
-            .then(|| node.raft.metrics().borrow_watched().current_term);
-        if now_leading != leading {
-            if now_leading.is_some() {
-                // Not caught up within the request timeout (or no longer leading): try again at
-                // the next check, still counted as not leading.
-                if !node.leader_caught_up().await {
-                    continue;
-                }
-                node.resume_leases();
-                last_checkpoint = rt::now();
-            } else {
+        if !node.is_leader() {
+            if node.lease_clock.taken_up_in().is_some() {
                 node.lease_clock.clear();
             }
-            leading = now_leading;
-        }
-        if leading.is_none() {
             continue;
+        }
+        // A new term (leadership won, or lost and won back between two checks: another leader
+        // may have granted leases meanwhile) is taken up once caught up; until then, or if this
+        // member cannot catch up within the request timeout, nothing expires and the next check
+        // tries again.
+        let term = node.current_term();
+        if node.lease_clock.taken_up_in() != Some(term) {
+            if !node.leader_caught_up().await {
+                continue;
+            }
+            node.take_up_leases(term);
+            if node.lease_clock.taken_up_in() != Some(term) {
+                continue;
+            }
+            last_checkpoint = rt::now();
         }
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = rt::now();
