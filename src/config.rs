@@ -128,6 +128,9 @@ pub struct ServerConfig {
     /// Peer TLS (`--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
     /// `--peer-client-cert-auth`): serves `https://` listen peer URLs and dials `https://` peers.
     pub peer_tls: TlsFlags,
+    /// `--peer-cert-allowed-cn`: when set, only peers whose verified client certificate has this
+    /// common name are served (etcd's check; a peer without a certificate is refused).
+    pub peer_cert_allowed_cn: Option<String>,
 }
 
 /// A configuration value that cannot be used.
@@ -194,6 +197,7 @@ impl Default for ServerConfig {
             auth_token_ttl: Duration::from_secs(limits::AUTH_TOKEN_TTL_SECS_DEFAULT),
             bcrypt_cost: limits::BCRYPT_COST_DEFAULT,
             peer_tls: TlsFlags::default(),
+            peer_cert_allowed_cn: None,
         }
     }
 }

@@ -78,6 +78,10 @@ pub const LEASE_MIN_TTL_SECS: i64 = ((3 * ELECTION_TIMEOUT_MS / 2) as i64 + 999)
 /// Longest lease TTL accepted (etcd's `MaxLeaseTTL`).
 pub const LEASE_MAX_TTL_SECS: i64 = 9_000_000_000;
 
+/// TTL of the lease a Lock or Election.Campaign with lease 0 is given (etcd's server opens a
+/// concurrency session for it, whose default TTL this is, and never keeps it alive).
+pub const LOCK_SESSION_TTL_SECS: i64 = 60;
+
 /// How often the leader looks for expired leases.
 pub const LEASE_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -121,8 +125,19 @@ pub const PEER_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// a member holds of a snapshot in memory at a time.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// Least time a whole snapshot transfer may take.
-pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Least time a whole snapshot transfer may take; see [`SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC`].
+pub const SNAPSHOT_TRANSFER_TIMEOUT_MIN: Duration = Duration::from_secs(60);
+
+/// The slowest a snapshot transfer may progress: its deadline is
+/// [`SNAPSHOT_TRANSFER_TIMEOUT_MIN`] plus one second per this many bytes sent so far (the
+/// receiver's install of them included), so a large store gets the time its size needs and a
+/// stalled transfer still ends.
+pub const SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC: u64 = 4 * 1024 * 1024;
+
+/// How long a member receiving a snapshot waits for the next chunk before it drops the transfer
+/// (a sender that went away without closing the stream must not hold the receive forever). Also
+/// how long a new transfer waits for the one before it to give up its place.
+pub const SNAPSHOT_CHUNK_RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default `--snapshot-count` (etcd's): applied entries between two snapshots. The log before a snapshot
 /// is purged, less up to [`RAFT_LOGS_KEPT_AFTER_SNAPSHOT`] entries kept for followers that are
@@ -315,4 +330,10 @@ const _: () = assert!(AUTH_TOKEN_TTL_SECS_DEFAULT <= AUTH_TOKEN_TTL_SECS_MAX);
 const _: () = assert!(
     AUTH_JWT_TTL_MIN.as_secs() <= AUTH_JWT_TTL_DEFAULT.as_secs()
         && AUTH_JWT_TTL_DEFAULT.as_secs() <= AUTH_JWT_TTL_MAX.as_secs()
+);
+
+// A chunk arrives well within its deadline at the slowest rate a transfer may go.
+const _: () = assert!(
+    (SNAPSHOT_CHUNK_BYTES as u64) / SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC
+        < SNAPSHOT_CHUNK_RECEIVE_TIMEOUT.as_secs()
 );

@@ -377,3 +377,37 @@ fn bad_peer_tls_flags_stop_the_server_with_a_clear_error() {
         &format!("cannot read {cert}"),
     );
 }
+
+/// `--peer-cert-allowed-cn`: members whose certificates carry that common name replicate as
+/// usual; a caller with a certificate from the same CA under another name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_cert_allowed_cn_admits_only_that_common_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(tmp.path(), "cluster");
+    let mut flags = peer_flags(&ca.issue("member", &["127.0.0.1", "localhost"]), &ca);
+    flags.extend(["--peer-cert-allowed-cn".to_string(), "member".to_string()]);
+    let own: Vec<(usize, Vec<String>)> = (0..3).map(|i| (i, flags.clone())).collect();
+    let cluster = https_cluster(3, "memory", &ca, &own);
+    cluster.leader().await;
+    let mut client = cluster.members[0].client().await;
+    client.put("allowed-cn", "v", None).await.expect("put");
+    wait_serializable(&cluster, 2, "allowed-cn", "v").await;
+
+    let url = cluster.members[0].peer_url();
+    let flags = |identity: &Identity| TlsFlags {
+        cert_file: Some(identity.cert.clone()),
+        key_file: Some(identity.key.clone()),
+        trusted_ca_file: Some(ca.cert.clone()),
+        client_cert_auth: false,
+    };
+    call_peer(&url, &flags(&ca.issue("member", &["127.0.0.1"])))
+        .await
+        .expect("the allowed common name is answered");
+    let other = call_peer(&url, &flags(&ca.issue("intruder", &["127.0.0.1"]))).await;
+    assert!(
+        other
+            .as_ref()
+            .is_err_and(|e| e.contains("client certificate authentication failed")),
+        "another common name from the same CA: {other:?}"
+    );
+}

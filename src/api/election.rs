@@ -5,6 +5,10 @@
 //! older candidate is gone, as `Lock` does. `Proclaim` and `Resign` act only while the key still is
 //! the one the leader was given (same create revision). `Observe` streams the leader's value each time
 //! it changes.
+//!
+//! As with `Lock`, lease 0 campaigns with a fresh lease of [`crate::limits::LOCK_SESSION_TTL_SECS`]
+//! (etcd's server-side session), reported back in the leader key; a campaign whose wait ends
+//! without leadership withdraws its key (etcd resigns); every write is proposed as the caller.
 
 use super::access::cert_user;
 use std::pin::Pin;
@@ -14,18 +18,17 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::access::Access;
-use super::lock::{acquire_key, prefix_end, wait_for_older};
-use crate::apply::Applied;
+use super::access::{Access, Caller};
+use super::lock::{
+    acquire_key, delete_op, if_created_at, prefix_end, queue_key, session_lease, wait_for_older,
+    Withdraw,
+};
 use crate::auth::{Need, PermKind};
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
-use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
-use crate::pb::etcdserverpb::{
-    request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
-use crate::pb::metastore::command::Op;
+use crate::pb::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp};
+use crate::pb::metastore::Requester;
 use crate::pb::mvccpb::KeyValue;
 use crate::pb::v3electionpb::election_server::Election;
 use crate::pb::v3electionpb::{
@@ -46,11 +49,18 @@ impl ElectionService {
         Self { node, access }
     }
 
-    /// The caller must have what the keys under `name/` need (etcd runs elections as the caller).
-    fn permit<T>(&self, request: &Request<T>, needs: &[Need]) -> Result<(), Status> {
-        self.access
-            .permit(request.metadata(), cert_user(request.extensions()), needs)?;
-        Ok(())
+    /// The caller of `request`, who must have what the keys under `name/` need (etcd runs
+    /// elections as the caller), and the requester to propose its writes as.
+    fn permit<T>(
+        &self,
+        request: &Request<T>,
+        needs: &[Need],
+    ) -> Result<(Caller, Requester), Status> {
+        let caller = self
+            .access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
+        let requester = self.access.check(&caller, needs)?;
+        Ok((caller, requester))
     }
 }
 
@@ -91,26 +101,19 @@ async fn leader_kv(node: &Node, name: &[u8]) -> Result<(Option<KeyValue>, i64), 
     Ok((resp.kvs.into_iter().next(), rev))
 }
 
-/// Run `op` only if `leader.key` still has the create revision the leader was given.
-async fn if_still_leader(node: &Node, leader: &LeaderKey, op: RequestOp) -> Result<i64, Status> {
-    let txn = TxnRequest {
-        compare: vec![Compare {
-            key: leader.key.clone(),
-            target: CompareTarget::Create as i32,
-            result: CompareResult::Equal as i32,
-            target_union: Some(TargetUnion::CreateRevision(leader.rev)),
-            range_end: vec![],
-        }],
-        success: vec![op],
-        failure: vec![],
-    };
-    match node.propose(Op::Txn(txn)).await? {
-        Applied::Txn(t) if t.succeeded => Ok(t.header.map(|h| h.revision).unwrap_or(0)),
-        Applied::Txn(_) => Err(not_leader()),
-        _ => Err(Status::internal(
-            "etcdserver: unexpected apply result for election",
-        )),
+/// Run `op` as `requester` only if `leader.key` still has the create revision the leader was
+/// given.
+async fn if_still_leader(
+    node: &Node,
+    leader: &LeaderKey,
+    op: RequestOp,
+    requester: &Requester,
+) -> Result<i64, Status> {
+    let t = if_created_at(node, &leader.key, leader.rev, op, requester).await?;
+    if !t.succeeded {
+        return Err(not_leader());
     }
+    Ok(t.header.map(|h| h.revision).unwrap_or(0))
 }
 
 fn put_op(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
@@ -134,30 +137,34 @@ impl Election for ElectionService {
     ) -> Result<Response<CampaignResponse>, Status> {
         let mut needs = Access::prefix_needs(&[request.get_ref().name.as_slice(), b"/"].concat());
         needs.extend(self.access.lease_needs(request.get_ref().lease));
-        self.permit(&request, &needs)?;
+        let (caller, requester) = self.permit(&request, &needs)?;
         let req = request.into_inner();
         if req.name.is_empty() {
             return Err(super::validate::ValidationError::EmptyKey.into());
         }
         let prefix = [req.name.as_slice(), b"/"].concat();
-        let key = [prefix.as_slice(), format!("{:x}", req.lease).as_bytes()].concat();
-        let (rev, value) = acquire_key(&self.node, &key, &req.value, req.lease).await?;
+        let lease = session_lease(&self.node, req.lease).await?;
+        let key = queue_key(&prefix, lease);
+        let (rev, value) = acquire_key(&self.node, &key, &req.value, lease, &requester).await?;
+        let withdraw = Withdraw::new(&self.node, &self.access, &caller, &key, rev);
         let leader = LeaderKey {
             name: req.name.clone(),
             key,
             rev,
-            lease: req.lease,
+            lease,
         };
         if value != req.value {
             // Re-campaigning with the same lease: the key exists, proclaim the new value.
             if_still_leader(
                 &self.node,
                 &leader,
-                put_op(&leader.key, &req.value, req.lease),
+                put_op(&leader.key, &req.value, lease),
+                &requester,
             )
             .await?;
         }
         wait_for_older(&self.node, &prefix, rev).await?;
+        withdraw.disarm();
         let header = Some(self.node.header(self.node.current_revision()));
         Ok(Response::new(CampaignResponse {
             header,
@@ -169,7 +176,7 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        self.permit(
+        let (_, requester) = self.permit(
             &request,
             &leader_key_needs(request.get_ref().leader.as_ref()),
         )?;
@@ -179,6 +186,7 @@ impl Election for ElectionService {
             &self.node,
             &leader,
             put_op(&leader.key, &req.value, leader.lease),
+            &requester,
         )
         .await?;
         Ok(Response::new(ProclaimResponse {
@@ -270,20 +278,12 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        self.permit(
+        let (_, requester) = self.permit(
             &request,
             &leader_key_needs(request.get_ref().leader.as_ref()),
         )?;
         let leader = request.into_inner().leader.ok_or_else(not_leader)?;
-        let del = RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(
-                DeleteRangeRequest {
-                    key: leader.key.clone(),
-                    ..Default::default()
-                },
-            )),
-        };
-        let rev = if_still_leader(&self.node, &leader, del).await?;
+        let rev = if_still_leader(&self.node, &leader, delete_op(&leader.key), &requester).await?;
         Ok(Response::new(ResignResponse {
             header: Some(self.node.header(rev)),
         }))

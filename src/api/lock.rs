@@ -3,15 +3,26 @@
 //! `Lock(name, lease)` puts `name/<lease in hex>` attached to the lease (or finds it, if this lease
 //! already queued), then waits until every key of `name/` created before it is gone: the holder is
 //! always the oldest key. Waiting is a watch on the next-older key's deletion, so a waiter costs one
-//! watcher, and a client that goes away drops its wait (the watcher goes with it). `Unlock(key)`
-//! deletes the key. The lease bounds everything: when it expires its key goes, and so does the lock.
+//! watcher. A wait that ends without the lock (the client went away, a read failed) takes its key
+//! back out of the queue, as etcd's `Mutex.Lock` does, so an abandoned waiter never blocks the
+//! ones behind it. `Unlock(key)` deletes the key. The lease bounds everything: when it expires its
+//! key goes, and so does the lock.
+//!
+//! Lease 0 means "no lease of the caller's own": as etcd's server (which opens a concurrency
+//! session with lease 0, so the session grants one and is then left without keep-alives), a fresh
+//! lease of [`limits::LOCK_SESSION_TTL_SECS`] is granted and the key is attached to it, so two
+//! lease-0 lockers queue on two keys and the lock frees itself when that lease runs out.
+//!
+//! Every write here is proposed as the caller (the [`Requester`] its permission check returned),
+//! so apply refuses it if auth changed before it committed, as it does a KV write.
 
-use super::access::cert_user;
+use super::access::{cert_user, Access, Caller};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::apply::Applied;
+use crate::limits;
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -21,6 +32,7 @@ use crate::pb::etcdserverpb::{
     TxnRequest,
 };
 use crate::pb::metastore::command::Op;
+use crate::pb::metastore::Requester;
 use crate::pb::mvccpb::event::EventType;
 use crate::pb::v3lockpb::lock_server::Lock;
 use crate::pb::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
@@ -29,12 +41,12 @@ use crate::watch::{HubMessage, WatchSpec, WatcherKey};
 /// Serves Lock and Unlock.
 pub struct LockService {
     node: Arc<Node>,
-    access: Arc<super::access::Access>,
+    access: Arc<Access>,
 }
 
 impl LockService {
     /// A lock service over `node`, checking callers with `access`.
-    pub fn new(node: Arc<Node>, access: Arc<super::access::Access>) -> Self {
+    pub fn new(node: Arc<Node>, access: Arc<Access>) -> Self {
         Self { node, access }
     }
 }
@@ -63,13 +75,28 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Create `key` with `value` and `lease` unless it exists; returns its create revision and its
-/// current value.
+/// The lease a lock or campaign attaches its key to: the caller's, or for lease 0 a fresh one of
+/// [`limits::LOCK_SESSION_TTL_SECS`] that nobody keeps alive (etcd's server-side session).
+pub(super) async fn session_lease(node: &Node, lease: i64) -> Result<i64, Status> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    Ok(node.lease_grant(0, limits::LOCK_SESSION_TTL_SECS).await?.id)
+}
+
+/// The key of `lease` in the queue of `prefix`: `prefix` and the lease id in hex (etcd's layout).
+pub(super) fn queue_key(prefix: &[u8], lease: i64) -> Vec<u8> {
+    [prefix, format!("{lease:x}").as_bytes()].concat()
+}
+
+/// Create `key` with `value` and `lease` unless it exists, as `requester`; returns its create
+/// revision and its current value.
 pub(super) async fn acquire_key(
     node: &Node,
     key: &[u8],
     value: &[u8],
     lease: i64,
+    requester: &Requester,
 ) -> Result<(i64, Vec<u8>), Status> {
     let get = RequestOp {
         request: Some(request_op::Request::RequestRange(RangeRequest {
@@ -96,7 +123,10 @@ pub(super) async fn acquire_key(
         success: vec![put, get.clone()],
         failure: vec![get],
     };
-    let Applied::Txn(resp) = node.propose(Op::Txn(txn)).await? else {
+    let Applied::Txn(resp) = node
+        .propose_as(Op::Txn(txn), Some(requester.clone()))
+        .await?
+    else {
         return Err(Status::internal(
             "etcdserver: unexpected apply result for lock",
         ));
@@ -109,6 +139,111 @@ pub(super) async fn acquire_key(
         _ => None,
     });
     created.ok_or_else(|| Status::internal("etcdserver: lock key vanished"))
+}
+
+/// Run `op` as `requester` only if `key` still has create revision `rev` (the incarnation the
+/// caller queued or was given); the txn's outcome.
+pub(super) async fn if_created_at(
+    node: &Node,
+    key: &[u8],
+    rev: i64,
+    op: RequestOp,
+    requester: &Requester,
+) -> Result<crate::pb::etcdserverpb::TxnResponse, Status> {
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            key: key.to_vec(),
+            target: CompareTarget::Create as i32,
+            result: CompareResult::Equal as i32,
+            target_union: Some(TargetUnion::CreateRevision(rev)),
+            range_end: vec![],
+        }],
+        success: vec![op],
+        failure: vec![],
+    };
+    match node
+        .propose_as(Op::Txn(txn), Some(requester.clone()))
+        .await?
+    {
+        Applied::Txn(t) => Ok(t),
+        _ => Err(Status::internal(
+            "etcdserver: unexpected apply result for a conditional write",
+        )),
+    }
+}
+
+/// A delete of exactly `key`.
+pub(super) fn delete_op(key: &[u8]) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// Takes a queued key back out when the wait for it ends without success (the request was
+/// dropped because its client went away, or the wait failed): what etcd's `Mutex.Lock` and
+/// `Election.Campaign` do on a failed wait, so an abandoned waiter does not hold up everyone
+/// queued behind it until its lease runs out. The delete runs in the background (its own proposal
+/// deadline bounds it), as the caller with the caller's permissions as they are then (etcd's
+/// client unlocks with its token), and only removes the incarnation this request queued.
+pub(super) struct Withdraw {
+    node: Arc<Node>,
+    access: Arc<Access>,
+    caller: Caller,
+    key: Vec<u8>,
+    rev: i64,
+    armed: bool,
+}
+
+impl Withdraw {
+    pub(super) fn new(
+        node: &Arc<Node>,
+        access: &Arc<Access>,
+        caller: &Caller,
+        key: &[u8],
+        rev: i64,
+    ) -> Self {
+        Self {
+            node: node.clone(),
+            access: access.clone(),
+            caller: caller.clone(),
+            key: key.to_vec(),
+            rev,
+            armed: true,
+        }
+    }
+
+    /// The wait succeeded: the key stays.
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (node, access) = (self.node.clone(), self.access.clone());
+        let caller = self.caller.clone();
+        let key = std::mem::take(&mut self.key);
+        let rev = self.rev;
+        crate::rt::spawn(async move {
+            let withdrawn = match access.check(&caller, &Access::key_rw_needs(&key)) {
+                Ok(requester) => if_created_at(&node, &key, rev, delete_op(&key), &requester)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(Status::from(e)),
+            };
+            if let Err(e) = withdrawn {
+                tracing::debug!("cannot withdraw an abandoned lock or campaign key: {e}");
+            }
+        });
+    }
 }
 
 /// Wait until no key under `prefix` created before `my_rev` is left (each wait is a watch on the
@@ -179,18 +314,22 @@ impl Lock for LockService {
         // etcd runs the lock as the caller: it reads and writes keys under `name/` and attaches
         // the lease.
         let prefix = [request.get_ref().name.as_slice(), b"/"].concat();
-        let mut needs = super::access::Access::prefix_needs(&prefix);
+        let mut needs = Access::prefix_needs(&prefix);
         needs.extend(self.access.lease_needs(request.get_ref().lease));
-        self.access
-            .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
+        let caller = self
+            .access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
+        let requester = self.access.check(&caller, &needs)?;
         let req = request.into_inner();
         if req.name.is_empty() {
             return Err(super::validate::ValidationError::EmptyKey.into());
         }
-        let prefix = [req.name.as_slice(), b"/"].concat();
-        let key = [prefix.as_slice(), format!("{:x}", req.lease).as_bytes()].concat();
-        let (my_rev, _) = acquire_key(&self.node, &key, &[], req.lease).await?;
+        let lease = session_lease(&self.node, req.lease).await?;
+        let key = queue_key(&prefix, lease);
+        let (my_rev, _) = acquire_key(&self.node, &key, &[], lease, &requester).await?;
+        let withdraw = Withdraw::new(&self.node, &self.access, &caller, &key, my_rev);
         wait_for_older(&self.node, &prefix, my_rev).await?;
+        withdraw.disarm();
         let header = Some(self.node.header(self.node.current_revision()));
         Ok(Response::new(LockResponse { header, key }))
     }
@@ -204,15 +343,20 @@ impl Lock for LockService {
             &request.get_ref().key,
             &[],
         )];
-        self.access
-            .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
+        let requester =
+            self.access
+                .permit(request.metadata(), cert_user(request.extensions()), &needs)?;
         let key = request.into_inner().key;
         let del = DeleteRangeRequest {
             key,
             ..Default::default()
         };
         super::validate::delete_range(&del)?;
-        let Applied::DeleteRange(resp) = self.node.propose(Op::DeleteRange(del)).await? else {
+        let Applied::DeleteRange(resp) = self
+            .node
+            .propose_as(Op::DeleteRange(del), Some(requester))
+            .await?
+        else {
             return Err(Status::internal(
                 "etcdserver: unexpected apply result for unlock",
             ));

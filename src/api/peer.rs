@@ -1,5 +1,14 @@
 //! The `metastore.Peer` service: raft messages from other members, and the requests followers
 //! forward to the leader. Raft payloads are postcard-encoded openraft types (see `raft::network`).
+//!
+//! Only members are served: every request must name, in its metadata, this member's cluster id and
+//! the id of a current member of the cluster (as etcd's rafthttp checks `X-Etcd-Cluster-ID` and
+//! `X-Server-From`), before anything of it is decoded; a forwarded command must come from the
+//! member it names as its proposer. With `--peer-cert-allowed-cn` the verified client certificate
+//! of the connection must also carry that common name. Without peer TLS the ids are only a claim,
+//! as in etcd: they keep out strangers and other clusters, not a forger (that needs peer TLS with
+//! `--peer-client-cert-auth`). The one exception is `Members`, which a joining member asks before
+//! it knows its own id (etcd serves its member list on the peer port to anyone too).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +24,7 @@ use crate::pb::metastore::{
     PeerStatus, ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
     SnapshotChunk,
 };
-use crate::raft::network::SnapshotHeader;
+use crate::raft::network::{SnapshotHeader, CLUSTER_ID_KEY, FROM_MEMBER_KEY};
 use crate::raft::state_machine::SnapshotData;
 use crate::raft::{decode, encode, TypeConfig};
 
@@ -27,6 +36,46 @@ pub struct PeerService {
 impl PeerService {
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
+    }
+
+    /// With `--peer-cert-allowed-cn`, the connection's verified client certificate must carry that
+    /// common name.
+    fn check_cert<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(allowed) = &self.node.config().peer_cert_allowed_cn else {
+            return Ok(());
+        };
+        match super::access::cert_user(request.extensions()) {
+            Some(cn) if cn == allowed => Ok(()),
+            // etcd's text for a certificate its AllowedCN check refuses.
+            _ => Err(Status::permission_denied(
+                "client certificate authentication failed",
+            )),
+        }
+    }
+
+    /// The member that sent `request`: refused unless the request names this member's cluster
+    /// and a current member of it (see the module doc), with etcd's rafthttp error texts.
+    fn admit<T>(&self, request: &Request<T>) -> Result<u64, Status> {
+        self.check_cert(request)?;
+        let id = |key: &str| {
+            request
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        if id(CLUSTER_ID_KEY) != Some(self.node.cluster_id()) {
+            return Err(Status::permission_denied("cluster ID mismatch"));
+        }
+        let Some(from) = id(FROM_MEMBER_KEY) else {
+            return Err(Status::permission_denied("member not found"));
+        };
+        if !self.node.admits_peer(from) {
+            return Err(Status::permission_denied(format!(
+                "member {from:x} not found in the cluster"
+            )));
+        }
+        Ok(from)
     }
 }
 
@@ -61,6 +110,7 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<AppendStream>, Status> {
+        self.admit(&request)?;
         // Requests are taken until the stream ends or breaks, or one cannot be decoded: a
         // response is owed for every request in order, so nothing may be skipped.
         let requests = request
@@ -92,12 +142,14 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&request)?;
         let rpc = decode(&request.get_ref().data).map_err(bad_payload)?;
         let result = self.node.raft().append_entries(rpc).await;
         reply(result.map_err(|e| e.to_string()))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&request)?;
         let rpc = decode(&request.get_ref().data).map_err(bad_payload)?;
         let result = self.node.raft().vote(rpc).await;
         reply(result.map_err(|e| e.to_string()))
@@ -107,18 +159,40 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&request)?;
         let mut chunks = request.into_inner();
-        let Some(_receiving) = self.node.begin_snapshot_receive().await? else {
+        let Some((_receiving, number)) = self.node.begin_snapshot_receive().await? else {
             return Err(Status::unavailable(
                 "a snapshot transfer to this member is already in progress",
             ));
         };
         // Each chunk goes to the staging area as it arrives; nothing is installed unless the
-        // stream ends with the chunk marked last.
+        // stream ends with the chunk marked last. Each chunk has a deadline, and a newer transfer
+        // ends this one while it waits, so a sender that vanished never holds the receive.
         let mut header: Option<SnapshotHeader> = None;
         let mut complete = false;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.node.snapshot_superseded(number) => {
+                    return Err(Status::aborted(
+                        "snapshot transfer superseded by a newer one",
+                    ));
+                }
+                next = crate::rt::timeout(
+                    crate::limits::SNAPSHOT_CHUNK_RECEIVE_TIMEOUT,
+                    chunks.next(),
+                ) => next,
+            };
+            let chunk = match next {
+                Err(crate::rt::Elapsed) => {
+                    return Err(Status::deadline_exceeded(
+                        "no snapshot chunk within the chunk deadline",
+                    ))
+                }
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk?,
+            };
             if complete {
                 return Err(Status::invalid_argument(
                     "snapshot chunk after the last one",
@@ -155,9 +229,18 @@ impl Peer for PeerService {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
+        let from = self.admit(&request)?;
         use prost::Message;
         let cmd = Command::decode(request.get_ref().command.as_slice())
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        // The outcome goes to the waiter (proposer, sequence number) names: only the proposer
+        // itself may name it.
+        if cmd.proposer_id != from {
+            return Err(Status::permission_denied(format!(
+                "member {from:x} forwards a command of member {:x}",
+                cmd.proposer_id
+            )));
+        }
         let written = crate::rt::timeout(
             self.node.config().request_timeout,
             self.node.write_as_leader(&cmd),
@@ -180,8 +263,9 @@ impl Peer for PeerService {
 
     async fn read_index(
         &self,
-        _request: Request<ReadIndexRequest>,
+        request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
+        self.admit(&request)?;
         let resp = match crate::rt::timeout(
             self.node.config().request_timeout,
             self.node.read_index_as_leader(),
@@ -209,6 +293,7 @@ impl Peer for PeerService {
         &self,
         request: Request<LeaseRequest>,
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        self.admit(&request)?;
         let resp = match self.node.keep_alive_as_leader(request.get_ref().id).await {
             Some(ttl) => LeaseKeepAliveResponse {
                 status: PeerStatus::Ok as i32,
@@ -226,6 +311,7 @@ impl Peer for PeerService {
         &self,
         request: Request<LeaseRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.admit(&request)?;
         let resp = match self.node.time_to_live_as_leader(request.get_ref().id).await {
             Ok(Some(status)) => LeaseTimeToLiveResponse {
                 status: PeerStatus::Ok as i32,
@@ -247,6 +333,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&request)?;
         let change = decode(&request.get_ref().data).map_err(bad_payload)?;
         let result = crate::rt::timeout(
             self.node.config().request_timeout,
@@ -261,6 +348,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&request)?;
         let req = decode(&request.get_ref().data).map_err(bad_payload)?;
         let result = self.node.raft().handle_transfer_leader(req).await;
         reply(result.map_err(|e| e.to_string()))
@@ -268,8 +356,9 @@ impl Peer for PeerService {
 
     async fn members(
         &self,
-        _request: Request<MembersRequest>,
+        request: Request<MembersRequest>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_cert(&request)?;
         let data = self.node.members_payload().map_err(Status::internal)?;
         Ok(Response::new(RaftPayload { data }))
     }

@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// certificate signed by a CA of --peer-trusted-ca-file.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub peer_client_cert_auth: bool,
+    /// Allowed common name for inter-peer authentication: members whose client certificate
+    /// names another (or that present none) are refused.
+    #[arg(long)]
+    pub peer_cert_allowed_cn: Option<String>,
     /// Comma-separated URLs to listen on for peer traffic.
     #[arg(long, default_value = "http://localhost:2380")]
     pub listen_peer_urls: String,
@@ -222,6 +226,10 @@ impl ServeArgs {
             auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
             peer_tls: self.peer_tls(),
+            peer_cert_allowed_cn: self
+                .peer_cert_allowed_cn
+                .clone()
+                .filter(|cn| !cn.is_empty()),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -9,34 +9,65 @@ use std::time::Duration;
 
 use crate::rt::{self, Instant};
 
-/// Lease id → the instant it expires.
+/// Lease id → the instant it expires (and the raft term in which that was set), and the term the
+/// clock was taken up in.
 #[derive(Default)]
 pub struct LeaseClock {
-    expiry: Mutex<BTreeMap<i64, Instant>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    expiry: BTreeMap<i64, (Instant, u64)>,
+    /// The term in which this leader filled the clock from the applied lease table; `None` while
+    /// it does not lead (or has not yet).
+    term: Option<u64>,
 }
 
 impl LeaseClock {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Instant>> {
-        self.expiry.lock().unwrap_or_else(|e| e.into_inner())
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lease `id` lives `ttl_secs` from now.
-    pub fn refresh(&self, id: i64, ttl_secs: i64) {
+    /// The term the clock was taken up in, if any.
+    pub fn taken_up_in(&self) -> Option<u64> {
+        self.inner().term
+    }
+
+    /// Take up `leases` (id, time left) as the whole clock for `term`, unless the clock was
+    /// already taken up in that term; whether it was done now. A lease this leader already set in
+    /// `term` (granted or renewed before the take-up) keeps its time: it is the newer news.
+    pub fn take_up(&self, term: u64, leases: Vec<(i64, Duration)>) -> bool {
+        let now = rt::now();
+        let mut inner = self.inner();
+        if inner.term == Some(term) {
+            return false;
+        }
+        let expiry = leases
+            .into_iter()
+            .map(|(id, left)| match inner.expiry.get(&id) {
+                Some(&(at, set_in)) if set_in == term => (id, (at, set_in)),
+                _ => (id, (now + left, term)),
+            })
+            .collect();
+        inner.expiry = expiry;
+        inner.term = Some(term);
+        true
+    }
+
+    /// Lease `id` lives `ttl_secs` from now (a grant or a renewal by the leader of `term`).
+    pub fn refresh(&self, id: i64, ttl_secs: i64, term: u64) {
         let ttl = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0));
-        self.lock().insert(id, rt::now() + ttl);
-    }
-
-    /// Lease `id` lives `left` from now.
-    pub fn refresh_for(&self, id: i64, left: Duration) {
-        self.lock().insert(id, rt::now() + left);
+        self.inner().expiry.insert(id, (rt::now() + ttl, term));
     }
 
     /// Every lease the clock knows, with the whole seconds it has left (rounded up).
     pub fn remaining_all(&self) -> Vec<(i64, i64)> {
         let now = rt::now();
-        self.lock()
+        self.inner()
+            .expiry
             .iter()
-            .map(|(id, at)| {
+            .map(|(id, (at, _))| {
                 (
                     *id,
                     at.saturating_duration_since(now).as_millis().div_ceil(1000) as i64,
@@ -47,17 +78,19 @@ impl LeaseClock {
 
     /// Forget every lease (this member no longer leads).
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut inner = self.inner();
+        inner.expiry.clear();
+        inner.term = None;
     }
 
     /// Forget lease `id`.
     pub fn remove(&self, id: i64) {
-        self.lock().remove(&id);
+        self.inner().expiry.remove(&id);
     }
 
     /// Whole seconds left for lease `id`, rounded up (etcd's `remaining TTL`); `None` if unknown.
     pub fn remaining_secs(&self, id: i64) -> Option<i64> {
-        let at = *self.lock().get(&id)?;
+        let (at, _) = *self.inner().expiry.get(&id)?;
         let left = at.saturating_duration_since(rt::now());
         Some(left.as_millis().div_ceil(1000) as i64)
     }
@@ -65,9 +98,10 @@ impl LeaseClock {
     /// Leases whose time is up, at most `limit` of them.
     pub fn expired(&self, limit: usize) -> Vec<i64> {
         let now = rt::now();
-        self.lock()
+        self.inner()
+            .expiry
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(_, (at, _))| *at <= now)
             .map(|(id, _)| *id)
             .take(limit)
             .collect()
@@ -81,13 +115,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn expiry_follows_refreshes() {
         let clock = LeaseClock::default();
-        clock.refresh(1, 2);
-        clock.refresh(2, 10);
+        clock.refresh(1, 2, 1);
+        clock.refresh(2, 10, 1);
         assert_eq!(clock.remaining_secs(1), Some(2));
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert_eq!(clock.remaining_secs(1), Some(1), "rounded up");
         assert!(clock.expired(10).is_empty());
-        clock.refresh(1, 2); // keep-alive
+        clock.refresh(1, 2, 1); // keep-alive
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert!(
             clock.expired(10).is_empty(),
@@ -97,5 +131,35 @@ mod tests {
         assert_eq!(clock.expired(10), vec![1]);
         clock.remove(1);
         assert_eq!(clock.remaining_secs(1), None);
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod take_up_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_take_up_keeps_what_this_term_set_and_replaces_the_rest() {
+        let clock = LeaseClock::default();
+        clock.refresh(1, 60, 4); // set in an earlier term: stale
+        clock.refresh(2, 60, 5); // granted in this term before the take-up
+        let left = Duration::from_secs(11);
+        assert!(clock.take_up(5, vec![(1, left), (2, left), (3, left)]));
+        assert_eq!(clock.remaining_secs(1), Some(11));
+        assert_eq!(
+            clock.remaining_secs(2),
+            Some(60),
+            "this term's grant is newer news"
+        );
+        assert_eq!(
+            clock.remaining_secs(3),
+            Some(11),
+            "a lease the clock did not know"
+        );
+        assert!(!clock.take_up(5, vec![]), "once per term");
+        assert_eq!(clock.taken_up_in(), Some(5));
+        clock.clear();
+        assert_eq!(clock.taken_up_in(), None);
+        assert_eq!(clock.remaining_secs(3), None);
     }
 }

@@ -119,6 +119,10 @@ pub struct Node {
     next_seq: std::sync::atomic::AtomicU64,
     /// Held while a snapshot from the leader is being staged: one transfer at a time.
     snapshot_receive: tokio::sync::Mutex<()>,
+    /// Transfers begun so far: a transfer whose number is no longer the newest stops waiting for
+    /// chunks and makes way (woken through `snapshot_superseded`).
+    snapshot_receives: std::sync::atomic::AtomicU64,
+    snapshot_superseded: tokio::sync::Notify,
     /// Raised when the engine fails an fsync: the member must stop.
     disk_failure: crate::storage::DiskFailure,
     /// This member's counters (the `/metrics` endpoint renders them).
@@ -148,6 +152,7 @@ impl Node {
         let (engine, disk_failure) = crate::storage::FailStop::wrap(engine);
         let identity = bootstrap::identify(&config, &engine, &channels).await?;
         let member_id = identity.member_id;
+        channels.set_identity(member_id, identity.cluster_id);
 
         let raft_config = Config {
             cluster_name: "metastore".into(),
@@ -234,6 +239,8 @@ impl Node {
             this: this.clone(),
             compactor,
             snapshot_receive: tokio::sync::Mutex::new(()),
+            snapshot_receives: std::sync::atomic::AtomicU64::new(0),
+            snapshot_superseded: tokio::sync::Notify::new(),
             disk_failure,
             raft,
             state,
@@ -259,14 +266,11 @@ impl Node {
             next_seq: std::sync::atomic::AtomicU64::new((rt::random_u64() >> 1) | 1),
             metrics: metrics.clone(),
         });
-        let leading = node.is_leader();
-        if leading {
-            node.resume_leases();
-        }
+        // The expiry task takes up the leases itself once this member leads and has applied its
+        // term's first entry (see `run_lease_expiry`).
         let expiry = rt::spawn(run_lease_expiry(
             Arc::downgrade(&node),
             node.config.lease_checkpoint_interval,
-            leading,
         ));
         let publish = rt::spawn(members::run_publish(Arc::downgrade(&node)));
         let leaders = rt::spawn(count_leader_changes(node.raft.clone(), metrics));
@@ -283,22 +287,55 @@ impl Node {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
-    /// A new leader resumes each lease from its last checkpointed remaining TTL (its full TTL if
-    /// never checkpointed), never below the minimum, plus one election timeout of grace, as etcd's
-    /// lessor does on promotion.
-    fn resume_leases(&self) {
-        let store = self.state.read();
-        self.lease_clock.clear();
-        for (id, ttl) in store.leases().list() {
-            let left = store
-                .leases()
-                .checkpointed_secs(id)
-                .unwrap_or(ttl)
-                .max(limits::LEASE_MIN_TTL_SECS);
-            let grace = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS);
-            self.lease_clock
-                .refresh_for(id, std::time::Duration::from_secs(left as u64) + grace);
+    /// A new leader takes up each lease of the applied state, once per term: from its last
+    /// checkpointed remaining TTL (its full TTL if never checkpointed), never below the minimum,
+    /// plus one election timeout of grace, as etcd's lessor does on promotion. Only once this
+    /// leader has applied its term's first entry (the caller has seen [`Node::leader_caught_up`]
+    /// in `term`): every lease granted in an earlier term is in the table then, and every later
+    /// grant goes through this leader (`write_as_leader` starts its clock). Before that a grant the
+    /// previous leader committed may be missing from the table, and a lease left out here would
+    /// never expire.
+    fn take_up_leases(&self, term: u64) {
+        if self.lease_clock.taken_up_in() == Some(term) {
+            return;
         }
+        let leases = {
+            let store = self.state.read();
+            let grace = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS);
+            store
+                .leases()
+                .list()
+                .into_iter()
+                .map(|(id, ttl)| {
+                    let left = store
+                        .leases()
+                        .checkpointed_secs(id)
+                        .unwrap_or(ttl)
+                        .max(limits::LEASE_MIN_TTL_SECS);
+                    (id, std::time::Duration::from_secs(left as u64) + grace)
+                })
+                .collect()
+        };
+        // Leadership moved on meanwhile: the next leader takes them up.
+        if self.is_leader() && self.current_term() == term {
+            self.lease_clock.take_up(term, leases);
+        }
+    }
+
+    /// Raft's current term.
+    fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// Whether member `id` may send raft messages and forwarded requests to this member: it is in
+    /// the membership raft knows (voter or learner, in either half of a joint change), or raft
+    /// knows none yet (a member that joined and awaits its first entries from the leader, which
+    /// its cluster id already vouches for). A member removed from the cluster is refused.
+    pub(crate) fn admits_peer(&self, id: u64) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let members = &m.membership_config;
+        members.get_node(&id).is_some() || members.nodes().next().is_none()
     }
 
     /// The raft handle (for the peer service).
@@ -473,17 +510,44 @@ impl Node {
         Ok((total, pieces))
     }
 
-    /// Start receiving a snapshot from the leader: `None` while another transfer is in progress.
-    /// Whatever an earlier, unfinished transfer staged is dropped.
+    /// Start receiving a snapshot from the leader. A transfer still waiting for chunks is told to
+    /// make way (its sender may have gone away without closing the stream, or a newer leader
+    /// sends); one that is installing is waited for, at most
+    /// [`limits::SNAPSHOT_CHUNK_RECEIVE_TIMEOUT`]: `None` if it is still in progress then. Whatever
+    /// an earlier, unfinished transfer staged is dropped. The number returned is this transfer's,
+    /// for [`Node::snapshot_superseded`].
     pub async fn begin_snapshot_receive(
         &self,
-    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, NodeError> {
-        let Ok(guard) = self.snapshot_receive.try_lock() else {
+    ) -> Result<Option<(tokio::sync::MutexGuard<'_, ()>, u64)>, NodeError> {
+        use std::sync::atomic::Ordering;
+        let number = self.snapshot_receives.fetch_add(1, Ordering::SeqCst) + 1;
+        self.snapshot_superseded.notify_waiters();
+        let Ok(guard) = rt::timeout(
+            limits::SNAPSHOT_CHUNK_RECEIVE_TIMEOUT,
+            self.snapshot_receive.lock(),
+        )
+        .await
+        else {
             return Ok(None);
         };
         let engine = self.state.engine().clone();
         blocking_io(move || crate::raft::snapshot::clear_staging(engine.as_ref())).await?;
-        Ok(Some(guard))
+        Ok(Some((guard, number)))
+    }
+
+    /// Resolves once a transfer begun after transfer `number` wants its place.
+    pub async fn snapshot_superseded(&self, number: u64) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let notified = self.snapshot_superseded.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a newer transfer cannot slip in between unnoticed.
+            notified.as_mut().enable();
+            if self.snapshot_receives.load(Ordering::SeqCst) != number {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Stage one chunk of the snapshot being received (hold the guard from
@@ -788,9 +852,12 @@ impl Node {
     /// remaining TTL was checkpointed, a checkpoint of the full TTL follows, so a restart or a new
     /// leader cannot expire the renewed lease early.
     pub(crate) async fn keep_alive_as_leader(self: &Arc<Self>, id: i64) -> Option<i64> {
+        let term = self.current_term();
         if !self.is_leader() || !self.leader_caught_up().await {
             return None;
         }
+        // Taken up first, so the take-up cannot later overwrite this renewal.
+        self.take_up_leases(term);
         let (ttl, checkpointed) = {
             let store = self.state.read();
             (
@@ -799,7 +866,7 @@ impl Node {
             )
         };
         let Some(ttl) = ttl else { return Some(0) };
-        self.lease_clock.refresh(id, ttl);
+        self.lease_clock.refresh(id, ttl, term);
         if checkpointed.is_some_and(|c| c < ttl) {
             let node = self.clone();
             rt::spawn(async move {
@@ -848,9 +915,12 @@ impl Node {
 
     /// The leader's side of a time-to-live query; `Err(())` if this member does not lead.
     pub(crate) async fn time_to_live_as_leader(&self, id: i64) -> Result<Option<LeaseStatus>, ()> {
+        let term = self.current_term();
         if !self.is_leader() || !self.leader_caught_up().await {
             return Err(());
         }
+        // The remaining TTL is the clock's: taken up for this term first.
+        self.take_up_leases(term);
         let store = self.state.read();
         let Some(granted) = store.leases().ttl_secs(id) else {
             return Ok(None);
@@ -995,29 +1065,34 @@ async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
 }
 
 /// On the leader: revokes expired leases through raft and checkpoints remaining TTLs. A member
-/// that becomes leader resumes every lease from its checkpoint; one that stops leading forgets its
-/// clock. Holds the node weakly so it never keeps it alive.
-async fn run_lease_expiry(
-    node: std::sync::Weak<Node>,
-    checkpoint_every: std::time::Duration,
-    mut leading: bool,
-) {
+/// that leads takes up every lease once it has applied its own term's first entry (see
+/// [`Node::take_up_leases`]); one that stops leading forgets its clock. Holds the node weakly so
+/// it never keeps it alive.
+async fn run_lease_expiry(node: std::sync::Weak<Node>, checkpoint_every: std::time::Duration) {
     let mut last_checkpoint = rt::now();
     loop {
         rt::sleep(limits::LEASE_EXPIRY_CHECK_INTERVAL).await;
         let Some(node) = node.upgrade() else { return };
-        let now_leading = node.is_leader();
-        if now_leading != leading {
-            leading = now_leading;
-            if leading {
-                node.resume_leases();
-                last_checkpoint = rt::now();
-            } else {
+        if !node.is_leader() {
+            if node.lease_clock.taken_up_in().is_some() {
                 node.lease_clock.clear();
             }
-        }
-        if !leading {
             continue;
+        }
+        // A new term (leadership won, or lost and won back between two checks: another leader
+        // may have granted leases meanwhile) is taken up once caught up; until then, or if this
+        // member cannot catch up within the request timeout, nothing expires and the next check
+        // tries again.
+        let term = node.current_term();
+        if node.lease_clock.taken_up_in() != Some(term) {
+            if !node.leader_caught_up().await {
+                continue;
+            }
+            node.take_up_leases(term);
+            if node.lease_clock.taken_up_in() != Some(term) {
+                continue;
+            }
+            last_checkpoint = rt::now();
         }
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = rt::now();

@@ -96,7 +96,7 @@ impl Node {
                 let outcome = resp.data.outcome;
                 match (&cmd.op, &outcome) {
                     (Some(command::Op::LeaseGrant(_)), Some(Ok(Applied::LeaseGrant(g)))) => {
-                        self.lease_clock.refresh(g.id, g.ttl)
+                        self.lease_clock.refresh(g.id, g.ttl, self.current_term())
                     }
                     (Some(command::Op::LeaseRevoke(r)), Some(Ok(_))) => {
                         self.lease_clock.remove(r.id)

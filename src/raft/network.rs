@@ -3,10 +3,16 @@
 //! protobuf frame. Replication runs over one bidirectional stream per session
 //! ([`PeerConnection::stream_append`]); snapshots go in chunks of [`limits::SNAPSHOT_CHUNK_BYTES`]
 //! read from a frozen view as they are sent.
+//!
+//! Every request names its sender: once this member knows its ids, each call carries its member id
+//! and cluster id in the metadata keys [`FROM_MEMBER_KEY`] and [`CLUSTER_ID_KEY`] (etcd's
+//! `X-Server-From` and `X-Etcd-Cluster-ID`), and the receiver serves only members of its own
+//! cluster (`api::peer`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -37,11 +43,50 @@ pub struct SnapshotHeader {
     pub meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
 }
 
+/// The gRPC metadata key naming the sending member (its id in hex), as etcd's `X-Server-From`.
+pub const FROM_MEMBER_KEY: &str = "x-server-from";
+/// The gRPC metadata key naming the sender's cluster (its id in hex), as etcd's
+/// `X-Etcd-Cluster-ID`.
+pub const CLUSTER_ID_KEY: &str = "x-etcd-cluster-id";
+
+/// Adds this member's ids to every peer request, once they are known (a member that is joining
+/// asks the cluster for them first, with `Members`, the one request served to anyone).
+#[derive(Clone, Default)]
+pub struct Identify(Arc<OnceLock<(u64, u64)>>);
+
+impl tonic::service::Interceptor for Identify {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some((member, cluster)) = self.0.get() {
+            let metadata = request.metadata_mut();
+            // Hex digits are always a valid metadata value.
+            if let Ok(v) = format!("{member:x}").parse() {
+                metadata.insert(FROM_MEMBER_KEY, v);
+            }
+            if let Ok(v) = format!("{cluster:x}").parse() {
+                metadata.insert(CLUSTER_ID_KEY, v);
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// A client of another member's peer service, naming this member on every request.
+#[cfg(not(madsim))]
+pub type PeerRpc = PeerClient<tonic::service::interceptor::InterceptedService<Channel, Identify>>;
+/// A client of another member's peer service, naming this member on every request.
+#[cfg(madsim)]
+pub type PeerRpc = PeerClient<Channel, Identify>;
+
 /// Lazily connected gRPC channels to peers, one per URL, shared by raft, request forwarding and
 /// the join at startup: every dial to another member goes through [`PeerChannels::client`].
 #[derive(Clone, Default)]
 pub struct PeerChannels {
-    channels: Arc<Mutex<BTreeMap<String, PeerClient<Channel>>>>,
+    channels: Arc<Mutex<BTreeMap<String, PeerRpc>>>,
+    /// This member's `(member id, cluster id)` once known: sent with every request.
+    identity: Identify,
     /// How `https://` peers are dialed (`--peer-trusted-ca-file`, and `--peer-cert-file` as this
     /// member's client certificate); `None` without peer TLS: an https peer is then unreachable,
     /// with that reason.
@@ -68,15 +113,20 @@ impl PeerChannels {
         }
     }
 
+    /// Name this member on every request from now on (its ids are fixed for good once known).
+    pub fn set_identity(&self, member_id: u64, cluster_id: u64) {
+        let _ = self.identity.0.set((member_id, cluster_id));
+    }
+
     /// A client for the peer at `url` (connected on first use). The URL stays as written
     /// (`https://` included) in membership; only the channel sees the dialed form.
-    pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, String> {
+    pub fn client(&self, url: &str) -> Result<PeerRpc, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = channels.get(url) {
             return Ok(client.clone());
         }
         let channel = self.channel(url)?;
-        let client = PeerClient::new(channel)
+        let client = PeerClient::with_interceptor(channel, self.identity.clone())
             .max_decoding_message_size(limits::PEER_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(limits::PEER_MAX_MESSAGE_BYTES);
         channels.insert(url.to_string(), client.clone());
@@ -114,7 +164,7 @@ impl PeerChannels {
     }
 
     /// A client for the first reachable-looking URL of `node`.
-    pub fn client_for(&self, node: &PeerNode) -> Result<PeerClient<Channel>, String> {
+    pub fn client_for(&self, node: &PeerNode) -> Result<PeerRpc, String> {
         let url = node
             .peer_urls
             .first()
@@ -140,7 +190,7 @@ impl Network {
 /// openraft's connection to one peer.
 pub struct PeerConnection {
     target: u64,
-    client: Result<PeerClient<Channel>, String>,
+    client: Result<PeerRpc, String>,
     /// Round trips of replication requests to `target`.
     rtt: Arc<crate::metrics::Histogram>,
 }
@@ -167,12 +217,35 @@ fn timed_out(target: u64, action: RPCTypes, ttl: Duration) -> Timeout<TypeConfig
     }
 }
 
+/// How long a snapshot transfer that started at `started` may run with `sent` bytes sent:
+/// `floor` plus one second per [`limits::SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC`].
+pub fn transfer_allowance(floor: Duration, sent: u64) -> Duration {
+    floor
+        + Duration::from_millis(
+            sent.saturating_mul(1000) / limits::SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC,
+        )
+}
+
+/// Resolves (with the time allowed) once a snapshot transfer has run past its allowance for the
+/// bytes it has sent so far (see [`transfer_allowance`]).
+async fn transfer_deadline(started: rt::Instant, floor: Duration, sent: &AtomicU64) -> Duration {
+    loop {
+        let allowed = transfer_allowance(floor, sent.load(Ordering::Relaxed));
+        let deadline = started + allowed;
+        let now = rt::now();
+        if now >= deadline {
+            return allowed;
+        }
+        rt::sleep(deadline.saturating_duration_since(now)).await;
+    }
+}
+
 fn unreachable(msg: impl ToString) -> Unreachable<TypeConfig> {
     Unreachable::from_string(msg)
 }
 
 impl PeerConnection {
-    fn client(&self) -> Result<PeerClient<Channel>, Unreachable<TypeConfig>> {
+    fn client(&self) -> Result<PeerRpc, Unreachable<TypeConfig>> {
         self.client.clone().map_err(unreachable)
     }
 
@@ -190,7 +263,7 @@ impl PeerConnection {
     where
         Req: Serialize,
         Resp: for<'a> Deserialize<'a>,
-        F: FnOnce(PeerClient<Channel>, RaftPayload) -> Fut,
+        F: FnOnce(PeerRpc, RaftPayload) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
         let client = self.client()?;
@@ -415,21 +488,28 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let reader = ChunkReader::new(view);
         let failure = Arc::new(Mutex::new(None::<std::io::Error>));
         let failed = failure.clone();
+        // Bytes handed to the transport so far: the transfer's deadline grows with them.
+        let sent = Arc::new(AtomicU64::new(0));
+        let counted = sent.clone();
         let chunks = futures::stream::unfold(Some((reader, true)), move |state| {
             let failed = failed.clone();
+            let counted = counted.clone();
             let header = header.clone();
             async move {
                 let (mut reader, first) = state?;
                 let header = if first { header } else { Vec::new() };
                 match reader.next_chunk() {
-                    Ok(Some(data)) => Some((
-                        SnapshotChunk {
-                            header,
-                            data,
-                            last: false,
-                        },
-                        Some((reader, false)),
-                    )),
+                    Ok(Some(data)) => {
+                        counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        Some((
+                            SnapshotChunk {
+                                header,
+                                data,
+                                last: false,
+                            },
+                            Some((reader, false)),
+                        ))
+                    }
                     Ok(None) => Some((
                         SnapshotChunk {
                             header,
@@ -445,22 +525,23 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 }
             }
         });
-        let ttl = option.soft_ttl().max(limits::SNAPSHOT_SEND_TIMEOUT);
-        let send = rt::timeout(ttl, client.install_snapshot(chunks));
+        let floor = option.soft_ttl().max(limits::SNAPSHOT_TRANSFER_TIMEOUT_MIN);
+        let started = rt::now();
+        let send = client.install_snapshot(chunks);
         let reply = tokio::select! {
             biased;
             closed = cancel => return Err(StreamingError::Closed(closed)),
-            reply = send => reply,
-        };
-        let reply = match reply {
-            Err(rt::Elapsed) => {
+            allowed = transfer_deadline(started, floor, &sent) => {
                 return Err(StreamingError::Timeout(timed_out(
                     self.target,
                     RPCTypes::InstallSnapshot,
-                    ttl,
+                    allowed,
                 )))
             }
-            Ok(Err(status)) => {
+            reply = send => reply,
+        };
+        let reply = match reply {
+            Err(status) => {
                 let local = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let why = match local {
                     Some(e) => format!("reading the snapshot failed: {e}"),
@@ -468,10 +549,32 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 };
                 return Err(StreamingError::Unreachable(unreachable(why)));
             }
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(reply) => reply.into_inner(),
         };
         let result: Result<SnapshotResponse<TypeConfig>, String> =
             decode(&reply.data).map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
         result.map_err(|msg| StreamingError::Unreachable(unreachable(msg)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_gets_time_in_proportion_to_what_it_sent() {
+        let floor = limits::SNAPSHOT_TRANSFER_TIMEOUT_MIN;
+        assert_eq!(transfer_allowance(floor, 0), floor);
+        // A store of 800 MiB: 200 s more at the slowest rate allowed.
+        let big = 800 * 1024 * 1024;
+        assert_eq!(
+            transfer_allowance(floor, big),
+            floor + Duration::from_secs(big / limits::SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC)
+        );
+        assert_eq!(
+            transfer_allowance(floor, u64::MAX),
+            floor + Duration::from_millis(u64::MAX / limits::SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC),
+            "no overflow"
+        );
     }
 }
