@@ -108,8 +108,13 @@ fuzz_target!(|data: &[u8]| {
     // The input and output copies, the frame buffers, one decoded header list and the HPACK
     // table: a few times the input plus fixed amounts, never the block's expansion.
     let used = PEAK.load(Ordering::Relaxed).saturating_sub(before);
-    let bound = 8 * input.len() + 4 * metastore::limits::MAX_HEADER_LIST_BYTES as usize + 256 * 1024;
-    assert!(used <= bound, "{used} heap bytes for {} input bytes", input.len());
+    let bound =
+        8 * input.len() + 4 * metastore::limits::MAX_HEADER_LIST_BYTES as usize + 256 * 1024;
+    assert!(
+        used <= bound,
+        "{used} heap bytes for {} input bytes",
+        input.len()
+    );
     assert!(
         output.len() <= 2 * input.len() + 64 * 1024,
         "{} bytes in, {} out",
