@@ -12,7 +12,10 @@ mod store;
 
 pub use key_index::{KeyAt, RangeEnd};
 pub use revision::Revision;
-pub use store::{MvccFingerprint, MvccStore, RangeResult, WriteTxn, FIRST_REVISION};
+pub use store::{
+    MvccFingerprint, MvccStore, RangeResult, WriteTxn, FIRST_REVISION, META_COMPACT_REV,
+    META_CURRENT_REV,
+};
 
 use crate::storage::StorageError;
 
