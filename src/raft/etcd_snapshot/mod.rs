@@ -233,9 +233,19 @@ pub fn restore<S: Source + ?Sized>(
         bytes: 0,
     };
 
+    // Each revision holds one change: a put and a tombstone at one revision (bbolt sorts them next
+    // to each other) would give a key two histories.
+    let mut last = None;
     each(&bolt, &key_bucket, "key", &mut |k, v| {
         let (rev, tombstone) =
             revision_of(k).ok_or_else(|| bad("key", format!("bad revision key {k:?}")))?;
+        if last.is_some_and(|l| rev <= l) {
+            return Err(bad(
+                "key",
+                format!("revision {rev:?} repeated or out of order"),
+            ));
+        }
+        last = Some(rev);
         let kv = KeyValue::decode(v).map_err(|e| bad("key", format!("at {rev:?}: {e}")))?;
         if kv.key.is_empty() {
             return Err(bad("key", format!("record at {rev:?} has no key")));

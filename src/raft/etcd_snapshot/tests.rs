@@ -142,3 +142,15 @@ fn a_database_without_a_key_bucket_is_not_an_etcd_snapshot() {
     assert!(err.to_string().contains("no `key` bucket"), "{err}");
     assert_eq!(kv_count(&engine), 0);
 }
+
+/// Found by the `etcd_snapshot` fuzz target: a put and a tombstone at one revision reached the key
+/// index, whose invariant (each change newer than the last) then stopped the restore with a panic.
+#[test]
+fn regression_a_put_and_a_tombstone_at_one_revision_are_refused() {
+    let file: &[u8] = include_bytes!("testdata/fuzz-put-and-tombstone-at-one-revision.db");
+    let err = restore_bytes(file, true).unwrap_err();
+    assert!(
+        err.to_string().contains("repeated or out of order"),
+        "{err}"
+    );
+}
