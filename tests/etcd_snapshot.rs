@@ -2,7 +2,8 @@
 //! gets keys over several revisions, a delete, a compaction, a lease with a key, a user and a role
 //! with auth enabled; `etcdctl snapshot save` writes its file; `metastore snapshot restore` builds
 //! a data dir from it; the MetaStore member started there must serve the same keys at the same
-//! revisions, the lease, the user (by its password) and the same watch history. A damaged or
+//! revisions, the lease, the user (by its password) and the same watch history. The data fills
+//! branch and overflow pages of etcd's bbolt file. A damaged or
 //! truncated file is refused with a clear error and no data dir.
 
 mod common;
@@ -175,6 +176,16 @@ async fn an_etcd_snapshot_restores_into_metastore_with_its_history_leases_and_us
     c.put("k2", "gone", None).await.expect("put");
     c.delete("k2", None).await.expect("delete");
     c.put("k3", "three", None).await.expect("put");
+    // Enough keys for branch pages in etcd's `key` bucket, and a value spilling over several
+    // overflow pages.
+    for i in 0..1500 {
+        c.put(format!("bulk/{i:05}"), format!("value-{i}"), None)
+            .await
+            .expect("bulk put");
+    }
+    c.put("big", "x".repeat(300 * 1024), None)
+        .await
+        .expect("big put");
     let lease = c.lease_grant(600, None).await.expect("grant").id();
     c.put("leased", "v", Some(PutOptions::new().with_lease(lease)))
         .await
@@ -188,6 +199,7 @@ async fn an_etcd_snapshot_restores_into_metastore_with_its_history_leases_and_us
         .revision();
     c.compact(compact_at, None).await.expect("compact");
     c.put("k1", "v3", None).await.expect("put");
+    c.delete("k3", None).await.expect("delete");
     c.put("k5", "five", None).await.expect("put");
     c.user_add("root", ROOT_PASSWORD, None).await.expect("root");
     c.user_grant_role("root", "root").await.ok(); // etcd 3.5 makes the role on first grant
@@ -202,7 +214,10 @@ async fn an_etcd_snapshot_restores_into_metastore_with_its_history_leases_and_us
     let mut root = connect_retry(&etcd.endpoint, Some(("root", ROOT_PASSWORD))).await;
     let (head, expected) = all_keys(&mut root).await;
     let expected_history = history(&mut root, compact_at, head).await;
-    assert!(expected_history.iter().any(|e| !e.0) || compact_at > 4);
+    assert!(
+        expected_history.iter().any(|e| !e.0) && expected_history.len() >= 4,
+        "the retained history has puts and a delete: {expected_history:?}"
+    );
     let file = tmp.path().join("etcd.db");
     let out = Command::new(etcd_bin.join("etcdctl"))
         .arg(format!("--endpoints={}", etcd.endpoint))
