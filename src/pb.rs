@@ -13,6 +13,11 @@ pub mod authpb {
     include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
+/// etcd's `leasepb` package: the lease record of etcd's snapshot files.
+pub mod leasepb {
+    tonic::include_proto!("leasepb");
+}
+
 /// etcd's `etcdserverpb` package: the v3 client API.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

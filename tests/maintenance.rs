@@ -134,6 +134,10 @@ async fn snapshot_save_and_restore_into_a_new_cluster() {
         .expect("run restore");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+    assert!(
+        !tmp.path().join("never").exists() && !tmp.path().join("never.restoring").exists(),
+        "a refused restore leaves no data dir"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_metastore"))
         .args(["snapshot", "restore"])
         .arg(&file)

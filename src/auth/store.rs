@@ -55,6 +55,24 @@ fn corrupt(reason: String) -> StorageError {
     }
 }
 
+/// The `Meta` record of the enabled flag and auth revision, for a state brought in from elsewhere
+/// (an etcd snapshot restored by `raft::etcd_snapshot`): the same bytes [`AuthStore`] writes.
+pub fn state_record(enabled: bool, revision: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut state = vec![u8::from(enabled)];
+    state.extend_from_slice(&revision.to_be_bytes());
+    (STATE_KEY.to_vec(), state)
+}
+
+/// The `Meta` key of user `name` (its value: the `authpb.User`).
+pub fn user_record_key(name: &str) -> Vec<u8> {
+    key(USER_PREFIX, name)
+}
+
+/// The `Meta` key of role `name` (its value: the `authpb.Role`).
+pub fn role_record_key(name: &str) -> Vec<u8> {
+    key(ROLE_PREFIX, name)
+}
+
 impl AuthStore {
     /// Read the auth state from `engine` (empty on a new member).
     pub fn load(engine: &dyn Engine) -> Result<Self, StorageError> {
@@ -196,9 +214,8 @@ impl AuthStore {
 
     fn commit(&mut self, batch: &mut WriteBatch) {
         self.revision += 1;
-        let mut state = vec![u8::from(self.enabled)];
-        state.extend_from_slice(&self.revision.to_be_bytes());
-        batch.put(Keyspace::Meta, STATE_KEY, state);
+        let (key, state) = state_record(self.enabled, self.revision);
+        batch.put(Keyspace::Meta, key, state);
     }
 
     fn save_user(&mut self, name: &str, user: User, batch: &mut WriteBatch) {

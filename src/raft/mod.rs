@@ -1,5 +1,6 @@
 //! openraft glue: the type configuration, the log store and state machine over [`Engine`]
-//! (snapshots included), backups, and the peer network.
+//! (snapshots included), backups (ours, and etcd's snapshot files read by [`etcd_snapshot`]), and
+//! the peer network.
 //!
 //! | openraft trait | implemented by |
 //! |---|---|
@@ -14,6 +15,7 @@
 pub mod backup;
 #[cfg(not(madsim))]
 pub mod dial;
+pub mod etcd_snapshot;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;

@@ -348,6 +348,8 @@ impl TestCluster {
                     .args(["snapshot", "restore"])
                     .arg(backup)
                     .args(["--name", &m.name])
+                    .args(["--initial-cluster", &m.initial_cluster])
+                    .args(["--initial-advertise-peer-urls", &m.peer_url()])
                     .arg("--data-dir")
                     .arg(&m.data_dir)
                     .output()
