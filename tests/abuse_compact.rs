@@ -31,8 +31,12 @@ const KEYS: usize = 1000;
 /// Clients writing the history at once. Each key is only ever written by one of them (see
 /// [`fill`]), so the value a key ends with is known.
 const FILLERS: usize = 10;
-/// How much longer than its usual (quiet p99) latency a write may take while a compaction runs.
+/// How much longer than its usual latency a write may take while a compaction runs.
 const SLOWDOWN_MAX: Duration = Duration::from_millis(100);
+/// Puts measured without a compaction first: about as many as the writer makes during one, so
+/// the quiet phase's slowest put says what "usual" includes on this machine (an fsync that stalls
+/// now and then, compaction or not) and the two slowest puts are compared on equal terms.
+const QUIET_PUTS: usize = 2000;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -148,7 +152,8 @@ async fn put_latencies(client: &mut Client, n: usize) -> Vec<Duration> {
 }
 
 /// A big compaction (physical: the call returns once the records are gone) while a writer puts
-/// one key after another: no put takes more than [`SLOWDOWN_MAX`] longer than its quiet p99.
+/// one key after another: no put takes more than [`SLOWDOWN_MAX`] longer than the slowest of as
+/// many puts without a compaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_compaction_keeps_a_writer_at_its_usual_latency() {
     let _alone = common::abuse::one_at_a_time().await;
@@ -160,8 +165,9 @@ async fn a_big_compaction_keeps_a_writer_at_its_usual_latency() {
     let (written, last) = fill(&client, records, txn_ops).await;
     let fill_time = filled.elapsed();
     let at = head(&mut client).await;
-    let mut quiet = put_latencies(&mut client, 300).await;
+    let mut quiet = put_latencies(&mut client, QUIET_PUTS).await;
     let quiet_p99 = p99(&mut quiet);
+    let quiet_max = quiet.iter().max().copied().unwrap_or_default();
     let rss_before = rss_kib(server.pid());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -202,7 +208,7 @@ async fn a_big_compaction_keeps_a_writer_at_its_usual_latency() {
     let deleted = compacted_records(&server).await;
     println!(
         "{written} records ({} per txn, {} revisions) written in {fill_time:?}; compaction at \
-         {at} took {compaction_time:?}, deleted {deleted} records; puts quiet p99 {quiet_p99:?}, \
+         {at} took {compaction_time:?}, deleted {deleted} records; puts quiet p99 {quiet_p99:?} max {quiet_max:?}, \
          during: {} puts, p99 {during_p99:?}, max {worst:?}",
         txn_ops.clamp(1, KEYS),
         at - 1,
@@ -214,8 +220,9 @@ async fn a_big_compaction_keeps_a_writer_at_its_usual_latency() {
         "the physical compaction returned with {deleted} of {superseded} records deleted"
     );
     assert!(
-        worst <= quiet_p99 + SLOWDOWN_MAX,
-        "a put took {worst:?} during the compaction; quiet p99 {quiet_p99:?}"
+        worst <= quiet_max + SLOWDOWN_MAX,
+        "a put took {worst:?} during the compaction; the slowest of {QUIET_PUTS} quiet puts took \
+         {quiet_max:?} (p99 {quiet_p99:?})"
     );
     assert_survived(&mut server, rss_before);
     assert_history_intact(&mut client, &last).await;

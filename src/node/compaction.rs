@@ -20,7 +20,13 @@ use crate::rt;
 pub(super) async fn run_compactor(state: Arc<Shared>, batch_limit: usize, pause: Duration) {
     loop {
         loop {
-            match state.compaction_step(batch_limit) {
+            // A step reads and writes the engine under the store's write lock: off the async
+            // workers, so requests and raft keep both of them while it runs.
+            let stepper = state.clone();
+            let step = rt::spawn_blocking(move || stepper.compaction_step(batch_limit))
+                .await
+                .and_then(|step| step);
+            match step {
                 Ok(CompactStep::Idle) => break,
                 Ok(CompactStep::IndexBatch) => rt::yield_now().await,
                 Ok(CompactStep::RecordBatch(_)) => rt::sleep(pause).await,
