@@ -64,6 +64,13 @@ async fn abandoned_observe_calls_leave_nothing_behind() {
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
 }
 
+/// What an HTTP/2 client sends first: the connection preface and an empty SETTINGS frame.
+fn h2_hello() -> Vec<u8> {
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    hello
+}
+
 /// An HPACK integer with a `prefix`-bit prefix (RFC 7541 §5.1).
 fn hpack_int(mut v: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
     let max = (1usize << prefix) - 1;
@@ -138,8 +145,7 @@ async fn expanding_header_blocks_are_refused_within_budget() {
             let mut conn = tokio::net::TcpStream::connect(&host)
                 .await
                 .expect("connect");
-            let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-            out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // empty SETTINGS
+            let mut out = h2_hello();
             if c % 2 == 1 {
                 // A first request whose authority is a URL: the fix-up rewrites from here on.
                 let mut first = vec![0x00];
@@ -194,9 +200,7 @@ async fn ping_floods_lose_their_connection() {
         let mut conn = tokio::net::TcpStream::connect(server.host_port())
             .await
             .expect("connect");
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // empty SETTINGS
-        conn.write_all(&hello).await.expect("preface");
+        conn.write_all(&h2_hello()).await.expect("preface");
         conn
     };
     /// Read until the server closes the connection (true) or `wait` passes (false).

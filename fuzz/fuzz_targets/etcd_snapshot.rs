@@ -9,41 +9,16 @@
 
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use metastore::mvcc::MvccStore;
 use metastore::raft::etcd_snapshot::{check_hash, restore};
 use metastore::storage::{MemoryEngine, SharedEngine};
-
-/// Counts live heap bytes and their peak, to check what hostile lengths and counts cost.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counters are only
-// bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
+use metastore_fuzz::heap;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: heap::Counting = heap::Counting;
 
 fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
@@ -51,8 +26,7 @@ fuzz_target!(|data: &[u8]| {
     // checked on its own and the restore skips it (reaching the structure checks).
     let _ = check_hash(data, len, false);
 
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = heap::start();
     let engine: SharedEngine = Arc::new(MemoryEngine::new());
     let restored = restore(&engine, data, len, true);
     if let Ok(r) = &restored {
@@ -62,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(r.revision >= r.compact_revision);
     }
     drop(restored);
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+    let peak = heap::peak_since(before);
     // The engine's copy of the records, the key index, one page per tree level and the hash
     // buffer: a few times the input at most.
     let bound = 16 * data.len() + (1 << 20);

@@ -9,45 +9,20 @@
 
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use metastore::limits::{GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES_DEFAULT};
 use metastore::pb::etcdserverpb::PutRequest;
+use metastore_fuzz::heap;
 use prost::Message;
 use tonic::codec::{Codec, Streaming};
 
-/// Counts live heap bytes and their peak, to check what a hostile length prefix costs.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counters are only
-// bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: heap::Counting = heap::Counting;
 
 /// An HTTP body that hands out its bytes in the given pieces.
 struct Pieces(VecDeque<Bytes>);
@@ -80,8 +55,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // The body's pieces are the input, not the decoder's: count from after they exist.
     let input = Pieces(pieces(body, choice >> 1));
-    let start_live = LIVE.load(Ordering::Relaxed);
-    PEAK.store(start_live, Ordering::Relaxed);
+    let start_live = heap::start();
 
     let mut codec = tonic_prost::ProstCodec::<PutRequest, PutRequest>::default();
     let mut stream = Streaming::new_request(codec.decoder(), input, None, Some(limit));
@@ -130,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(start_live);
+    let peak = heap::peak_since(start_live);
     assert!(
         peak <= 2 * limit + 8 * data.len() + 64 * 1024,
         "decoding {} input bytes with a {limit}-byte limit peaked at {peak} bytes",

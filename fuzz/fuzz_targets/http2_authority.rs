@@ -11,43 +11,18 @@
 
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use libfuzzer_sys::fuzz_target;
 use metastore::api::authority::AuthorityFix;
+use metastore_fuzz::heap;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Counts live heap bytes and their peak, to check what an expanding header block costs.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counters are only
-// bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: heap::Counting = heap::Counting;
 
 /// A connection that delivers its bytes `step` at a time, then end of stream.
 struct Conn {
@@ -96,8 +71,7 @@ fuzz_target!(|data: &[u8]| {
         at: 0,
         step: 1 + step as usize,
     };
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = heap::start();
     let mut filtered = AuthorityFix::new(conn);
     let mut output = Vec::new();
     // The one error the filter may raise: a block it cannot rewrite after it began rewriting.
@@ -107,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
     drop(filtered);
     // The input and output copies, the frame buffers, one decoded header list and the HPACK
     // table: a few times the input plus fixed amounts, never the block's expansion.
-    let used = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+    let used = heap::peak_since(before);
     let bound =
         8 * input.len() + 4 * metastore::limits::MAX_HEADER_LIST_BYTES as usize + 256 * 1024;
     assert!(

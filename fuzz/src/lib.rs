@@ -203,3 +203,46 @@ pub fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out
 }
+
+/// A heap that counts its live bytes and their peak, for targets that bound what an input costs.
+/// A target installs it with `#[global_allocator] static ALLOC: heap::Counting = heap::Counting;`.
+pub mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The system allocator, counted.
+    pub struct Counting;
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    // SAFETY: every call is forwarded to the system allocator unchanged; the counters are only
+    // bookkeeping.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = System.alloc(layout);
+            if !p.is_null() {
+                let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+                PEAK.fetch_max(live, Ordering::Relaxed);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            System.dealloc(ptr, layout)
+        }
+    }
+
+    /// Start measuring: the peak restarts from the bytes live now, which are returned.
+    pub fn start() -> usize {
+        let live = LIVE.load(Ordering::Relaxed);
+        PEAK.store(live, Ordering::Relaxed);
+        live
+    }
+
+    /// The most bytes live at once since [`start`] returned `before`, beyond `before`.
+    pub fn peak_since(before: usize) -> usize {
+        PEAK.load(Ordering::Relaxed).saturating_sub(before)
+    }
+}

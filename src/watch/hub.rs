@@ -271,6 +271,15 @@ struct HubState {
 }
 
 impl HubState {
+    /// The next unsynced watchers after `cursor`: as many as one hold of the hub lock may visit.
+    fn unsynced_batch(&self, cursor: Bound<WatcherKey>) -> Vec<WatcherKey> {
+        self.unsynced
+            .range((cursor, Bound::Unbounded))
+            .take(limits::WATCH_CATCHUP_LOCK_BATCH)
+            .copied()
+            .collect()
+    }
+
     fn insert(&mut self, key: WatcherKey, mut w: Watcher) {
         w.serial = self.next_serial;
         self.next_serial += 1;
@@ -540,12 +549,7 @@ impl WatchHub {
             // Every revision up to the store's head has been through `notify`.
             state.head = state.head.max(store_head);
             let head = state.head;
-            let keys: Vec<WatcherKey> = state
-                .unsynced
-                .range((cursor, Bound::Unbounded))
-                .take(limits::WATCH_CATCHUP_LOCK_BATCH)
-                .copied()
-                .collect();
+            let keys = state.unsynced_batch(cursor);
             for key in &keys {
                 let Some(w) = state.watchers.get_mut(key) else {
                     continue;
@@ -644,12 +648,7 @@ impl WatchHub {
                 return true;
             }
             let head = state.head;
-            let keys: Vec<WatcherKey> = state
-                .unsynced
-                .range((cursor, Bound::Unbounded))
-                .take(limits::WATCH_CATCHUP_LOCK_BATCH)
-                .copied()
-                .collect();
+            let keys = state.unsynced_batch(cursor);
             for key in &keys {
                 let Some(w) = state.watchers.get_mut(key) else {
                     continue;
