@@ -170,6 +170,17 @@ pub const JOIN_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// Pause before a request whose leader just changed is routed again.
 pub const FORWARD_RETRY_INTERVAL: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
 
+/// How long a follower hears nothing from its leader before it checks whether the leader's process
+/// is still there (three missed heartbeats: one late heartbeat on a busy machine is no news).
+pub const LEADER_SILENCE: Duration = Duration::from_millis(3 * HEARTBEAT_INTERVAL_MS);
+
+/// Deadline of that check: it only asks whether the leader's peer port still accepts connections.
+pub const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(2 * HEARTBEAT_INTERVAL_MS);
+
+/// How much later than the previous survivor (in member-id order) each survivor of a dead leader
+/// starts its election, so that two of them do not split the vote.
+pub const FAILOVER_STAGGER: Duration = Duration::from_millis(2 * HEARTBEAT_INTERVAL_MS);
+
 /// How long a request waits for a leader to be known before failing with "no leader".
 pub const LEADER_WAIT: Duration = Duration::from_millis(3 * ELECTION_TIMEOUT_MS);
 

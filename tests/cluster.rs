@@ -342,6 +342,42 @@ async fn leader_kill_loses_nothing_acknowledged() {
     }
 }
 
+/// A write sent to a follower while its leader is dead waits for the next leader within the
+/// request deadline and succeeds, as a write to etcd does, instead of failing at once with "request
+/// timed out, possibly due to previous leader failure". Every write here is sent after the kill,
+/// one at a time through each survivor in turn, each allowed 10 s (the server's own deadline is
+/// 7 s): none may fail, and their revisions follow one another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_sent_while_the_leader_is_dead_wait_for_the_next() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.leader().await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut clients: Vec<etcd_client::Client> = Vec::new();
+    for &i in &survivors {
+        let mut c = cluster.members[i].client().await;
+        // Each survivor forwards a write to the leader first, so that it holds a connection to it
+        // when the leader dies, as a member of a busy cluster does.
+        c.put(format!("warm-{i}"), "x", None)
+            .await
+            .expect("put before the kill");
+        clients.push(c);
+    }
+    cluster.members[leader].kill9();
+    let mut last = 0;
+    for n in 0..10 {
+        let c = &mut clients[n % 2];
+        let resp = c
+            .put(format!("after-kill-{n}"), "v", None)
+            .await
+            .unwrap_or_else(|e| panic!("write {n} sent after the leader's death failed: {e:?}"));
+        let rev = resp.header().expect("header").revision();
+        assert!(rev > last, "write {n} at revision {rev}, after {last}");
+        last = rev;
+    }
+    let new_leader = cluster.leader().await;
+    assert!(survivors.contains(&new_leader), "member {new_leader} leads");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_joins_is_promoted_and_members_are_removed() {
     // Snapshots every 50 entries: by the time the learner joins, the log it would need is purged,

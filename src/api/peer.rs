@@ -113,10 +113,12 @@ impl Peer for PeerService {
         self.admit(&request)?;
         // Requests are taken until the stream ends or breaks, or one cannot be decoded: a
         // response is owed for every request in order, so nothing may be skipped.
+        let node = self.node.clone();
         let requests = request
             .into_inner()
-            .map(|payload| {
+            .map(move |payload| {
                 let payload = payload.ok()?;
+                node.leader_contacted();
                 decode::<AppendEntriesRequest<TypeConfig>>(&payload.data).ok()
             })
             .take_while(|request| futures::future::ready(request.is_some()))
@@ -143,6 +145,7 @@ impl Peer for PeerService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.admit(&request)?;
+        self.node.leader_contacted();
         let rpc = decode(&request.get_ref().data).map_err(bad_payload)?;
         let result = self.node.raft().append_entries(rpc).await;
         reply(result.map_err(|e| e.to_string()))

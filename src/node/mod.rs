@@ -6,6 +6,7 @@
 
 mod bootstrap;
 mod compaction;
+mod failover;
 pub mod leases;
 mod members;
 mod routing;
@@ -108,6 +109,8 @@ pub struct Node {
     /// Deletes what compactions superseded, in the background.
     compactor: rt::JoinHandle<()>,
     lease_clock: Arc<leases::LeaseClock>,
+    /// When a leader's append or heartbeat last arrived (what the failover watch looks at).
+    leader_contact: failover::LeaderContact,
     /// Background tasks that hold the node weakly (lease expiry, publishing attributes).
     background: std::sync::Mutex<Vec<rt::JoinHandle<()>>>,
     member_id: u64,
@@ -248,6 +251,7 @@ impl Node {
             catch_up,
             progress,
             lease_clock: Arc::new(leases::LeaseClock::default()),
+            leader_contact: failover::LeaderContact::new(),
             background: std::sync::Mutex::new(Vec::new()),
             member_id,
             cluster_id: identity.cluster_id,
@@ -273,13 +277,20 @@ impl Node {
             node.config.lease_checkpoint_interval,
         ));
         let publish = rt::spawn(members::run_publish(Arc::downgrade(&node)));
+        let failover = rt::spawn(failover::run_failover_watch(Arc::downgrade(&node)));
         let leaders = rt::spawn(count_leader_changes(node.raft.clone(), metrics));
-        node.background_lock().extend([expiry, publish, leaders]);
+        node.background_lock()
+            .extend([expiry, publish, leaders, failover]);
         Ok(node)
     }
 
     fn background_lock(&self) -> std::sync::MutexGuard<'_, Vec<rt::JoinHandle<()>>> {
         self.background.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A leader's append or heartbeat arrived over the peer service.
+    pub(crate) fn leader_contacted(&self) {
+        self.leader_contact.touch();
     }
 
     /// Whether this member currently leads.
@@ -653,8 +664,9 @@ impl Node {
         // up), failed when raft did not deliver one in time; a refusal above, or by apply, is not
         // a failed proposal.
         let pending = PendingProposal::new(&self.metrics);
-        let result = match rt::timeout(self.config.request_timeout, self.route_proposal(cmd)).await
-        {
+        let deadline = rt::now() + self.config.request_timeout;
+        let routed = self.route_proposal(cmd, deadline);
+        let result = match rt::timeout(self.config.request_timeout, routed).await {
             Err(rt::Elapsed) => Err(NodeError::Timeout),
             Ok(result) => result,
         };

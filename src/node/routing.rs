@@ -18,7 +18,7 @@ use crate::limits;
 use crate::pb::metastore::{
     command, Command, LeaseRequest, PeerStatus, ProposeRequest, ReadIndexRequest,
 };
-use crate::raft::{PeerNode, RaftCommand};
+use crate::raft::{network, PeerNode, RaftCommand};
 use crate::rt;
 
 /// Why the leader could not take a command (the forwarded form is [`PeerStatus`]).
@@ -116,8 +116,18 @@ impl Node {
         }
     }
 
-    /// Route a command to the leader and return this member's outcome of applying it.
-    pub(super) async fn route_proposal(&self, mut cmd: Command) -> Result<Applied, NodeError> {
+    /// Route a command to the leader and return this member's outcome of applying it, by
+    /// `deadline` (the caller's own timeout ends the wait then too).
+    ///
+    /// While the leader is being replaced, a forwarded command waits for the next one instead of
+    /// failing at once, as a write to etcd does: a command that never reached the dead leader (no
+    /// connection: [`network::never_sent`]) goes to whoever leads next; one that may have reached
+    /// it is never sent twice, and its outcome comes if the new leader commits it.
+    pub(super) async fn route_proposal(
+        &self,
+        mut cmd: Command,
+        deadline: rt::Instant,
+    ) -> Result<Applied, NodeError> {
         loop {
             // The common case first, without waiting on (and cloning) raft's metrics.
             let local = self.is_leader();
@@ -159,10 +169,25 @@ impl Node {
                 .await;
             let reply = match reply {
                 Ok(reply) => reply.into_inner(),
-                // The leader may or may not have received it: never send it twice.
+                // The leader is gone (or unreachable) and never saw it: route it again once
+                // another member leads (`leader` waits for one, the failover watch hurries it).
+                Err(status) if network::never_sent(&status) => {
+                    tracing::debug!("leader {leader_id:x} unreachable, routing again: {status}");
+                    drop(waiter);
+                    rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+                    continue;
+                }
+                // The leader may or may not have received it: never send it twice. If it was
+                // appended, the next leader commits it and this member's apply hands the outcome
+                // over; if not, etcd's answer for a proposal lost with its leader, at the deadline.
                 Err(status) => {
                     tracing::debug!("forwarding to leader {leader_id:x} failed: {status}");
-                    return Err(NodeError::LeaderFailed);
+                    let left = deadline.saturating_duration_since(rt::now());
+                    return match rt::timeout(left, waiter.outcome()).await {
+                        Ok(Some(Ok(applied))) => Ok(applied),
+                        Ok(Some(Err(e))) => Err(NodeError::Apply(e)),
+                        Ok(None) | Err(rt::Elapsed) => Err(NodeError::LeaderFailed),
+                    };
                 }
             };
             match PeerStatus::try_from(reply.status) {

@@ -173,6 +173,32 @@ impl PeerChannels {
     }
 }
 
+/// Whether a peer request failed before anything of it left this member: the connection to the
+/// peer could not be made (refused, or the TLS handshake failed). Only then is it certain that the
+/// peer never saw the request, so that sending it again (to the same or another member) cannot
+/// make it count twice. A request that failed on a connection that was open may have arrived.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    #[cfg(not(madsim))]
+    {
+        // tonic wraps whatever the connector returns in a `ConnectError` and keeps it as the
+        // status's source.
+        let mut source = std::error::Error::source(status);
+        while let Some(err) = source {
+            if err.downcast_ref::<tonic::ConnectError>().is_some() {
+                return true;
+            }
+            source = err.source();
+        }
+        false
+    }
+    // The simulated transport keeps no source: a request that could not connect fails with the
+    // refusal's own text (madsim's `connect1`), anything after that with another.
+    #[cfg(madsim)]
+    {
+        status.code() == tonic::Code::Unavailable && status.message() == "connection refused"
+    }
+}
+
 /// The network factory handed to openraft.
 #[derive(Clone, Default)]
 pub struct Network {
