@@ -33,6 +33,7 @@ use crate::limits;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -73,38 +74,50 @@ pub struct AuthorityFix<S> {
     frames: FrameWalker,
 }
 
-/// Follows the frame headers of a client's byte stream (whatever the mode) to see its PINGs.
+/// Follows the frame headers of both directions of a connection (whatever the mode): the client's
+/// PINGs, and whether the server has answered anything since the last one.
 struct FrameWalker {
+    client: FrameHeaders,
+    server: FrameHeaders,
+    pings: PingPolicy,
+}
+
+/// Frame boundaries in one direction of an HTTP/2 byte stream.
+struct FrameHeaders {
     header: [u8; FRAME_HEADER_LEN],
     have: usize,
     /// Bytes of the current frame's payload (or of the preface) still to pass.
     skip: usize,
-    pings: PingPolicy,
 }
 
-/// etcd's keepalive enforcement: PINGs closer together than `min_interval` are strikes.
+/// etcd's keepalive enforcement (grpc-go's server policy): a PING sooner than `min_interval` after
+/// the previous one is a strike, unless the server sent response headers or data since then (a
+/// busy connection's clients ping to measure bandwidth after each response: grpc-go's BDP
+/// estimator does); more than [`limits::MAX_PING_STRIKES`] strikes close the connection.
 struct PingPolicy {
     min_interval: std::time::Duration,
     last: Option<crate::rt::Instant>,
     strikes: u32,
+    /// The server sent HEADERS or DATA since the last PING.
+    answered: bool,
 }
 
-impl FrameWalker {
-    fn new(min_interval: std::time::Duration) -> Self {
+impl FrameHeaders {
+    fn new(skip: usize) -> Self {
         Self {
             header: [0; FRAME_HEADER_LEN],
             have: 0,
-            skip: PREFACE_LEN,
-            pings: PingPolicy {
-                min_interval,
-                last: None,
-                strikes: 0,
-            },
+            skip,
         }
     }
 
-    /// Walk `bytes`, the next bytes the client sent; an error once it pinged too often.
-    fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+    /// Walk `bytes`, the next bytes of this direction, calling `frame(type, flags)` at each frame
+    /// header.
+    fn walk(
+        &mut self,
+        mut bytes: &[u8],
+        mut frame: impl FnMut(u8, u8) -> io::Result<()>,
+    ) -> io::Result<()> {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
@@ -121,19 +134,57 @@ impl FrameWalker {
                 self.skip =
                     (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
                 self.have = 0;
-                if h[3] == PING && h[4] & ACK == 0 {
-                    self.pings.ping()?;
-                }
+                frame(h[3], h[4])?;
             }
         }
         Ok(())
     }
 }
 
+impl FrameWalker {
+    fn new(min_interval: std::time::Duration) -> Self {
+        Self {
+            client: FrameHeaders::new(PREFACE_LEN),
+            server: FrameHeaders::new(0),
+            pings: PingPolicy {
+                min_interval,
+                last: None,
+                strikes: 0,
+                answered: false,
+            },
+        }
+    }
+
+    /// Walk `bytes`, the next bytes the client sent; an error once it pinged too often.
+    fn observe(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let pings = &mut self.pings;
+        self.client.walk(bytes, |kind, flags| {
+            if kind == PING && flags & ACK == 0 {
+                pings.ping()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Walk `bytes`, the next bytes the server wrote.
+    fn observe_sent(&mut self, bytes: &[u8]) {
+        let pings = &mut self.pings;
+        // The closure never fails.
+        let _ = self.server.walk(bytes, |kind, _| {
+            if kind == DATA || kind == HEADERS {
+                pings.answered = true;
+            }
+            Ok(())
+        });
+    }
+}
+
 impl PingPolicy {
     fn ping(&mut self) -> io::Result<()> {
         let now = crate::rt::now();
-        if self
+        if std::mem::take(&mut self.answered) {
+            self.strikes = 0;
+        } else if self
             .last
             .is_some_and(|last| now.saturating_duration_since(last) < self.min_interval)
         {
@@ -525,7 +576,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.frames.observe_sent(&buf[..n]);
+        }
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -541,7 +597,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = written {
+            for buf in bufs {
+                let part = n.min(buf.len());
+                this.frames.observe_sent(&buf[..part]);
+                n -= part;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -714,6 +782,39 @@ mod tests {
             }
         }
         let err = walker.observe(&ping).unwrap_err();
+        assert!(err.to_string().contains("too_many_pings"), "{err}");
+    }
+
+    /// grpc-go's clients ping after each response they receive (the BDP estimator), and grpc-go's
+    /// server forgives a PING that follows response HEADERS or DATA: a busy Go client (etcdctl
+    /// make-mirror, kube-apiserver) must keep its connection; pings with no answer between them
+    /// still strike.
+    #[test]
+    fn a_ping_after_a_response_is_no_strike() {
+        let mut walker = FrameWalker::new(std::time::Duration::from_secs(3600));
+        walker.observe(PREFACE).unwrap();
+        let mut settings = Vec::new();
+        push_frame(&mut settings, 0x4, 0, 0, &[]);
+        walker.observe_sent(&settings);
+        let mut response = Vec::new();
+        push_frame(&mut response, HEADERS, END_HEADERS, 1, &[0x88]);
+        // The payload looks like a frame header: it must be skipped as payload.
+        push_frame(&mut response, DATA, 0, 1, &ping_frame(false));
+        for _ in 0..100 {
+            // The response, split at every byte, then the client's ping.
+            for b in &response {
+                walker.observe_sent(std::slice::from_ref(b));
+            }
+            walker.observe(&ping_frame(false)).unwrap();
+            // The server's PING ACK is no answer of a request.
+            walker.observe_sent(&ping_frame(true));
+        }
+        // Two strikes are allowed, the third closes.
+        for _ in 0..2 {
+            walker.observe(&ping_frame(false)).unwrap();
+            walker.observe_sent(&ping_frame(true));
+        }
+        let err = walker.observe(&ping_frame(false)).unwrap_err();
         assert!(err.to_string().contains("too_many_pings"), "{err}");
     }
 
