@@ -131,6 +131,10 @@ pub struct ServerConfig {
     /// `--peer-cert-allowed-cn`: when set, only peers whose verified client certificate has this
     /// common name are served (etcd's check; a peer without a certificate is refused).
     pub peer_cert_allowed_cn: Option<String>,
+    /// `--peer-cert-allowed-hostname`: when set, only peers whose verified client certificate is
+    /// valid for this host name or address (its subject alternative names, `*.` wildcards
+    /// included) are served.
+    pub peer_cert_allowed_hostname: Option<String>,
 }
 
 /// A configuration value that cannot be used.
@@ -163,6 +167,8 @@ pub enum ConfigError {
     AuthToken { text: String, reason: String },
     #[error("--engine memory keeps no raft votes or log across a restart, which a member of a {0}-member cluster needs (a restarted member could vote twice or forget acknowledged writes); use --engine rocksdb")]
     MemoryEngineInCluster(usize),
+    #[error("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive (cn={cn:?}, hostname={hostname:?})")]
+    AllowedCnAndHostname { cn: String, hostname: String },
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterConfigError),
 }
@@ -198,6 +204,7 @@ impl Default for ServerConfig {
             bcrypt_cost: limits::BCRYPT_COST_DEFAULT,
             peer_tls: TlsFlags::default(),
             peer_cert_allowed_cn: None,
+            peer_cert_allowed_hostname: None,
         }
     }
 }
@@ -224,6 +231,15 @@ impl ServerConfig {
         }
         if self.peer_tls.client_cert_auth && self.peer_tls.trusted_ca_file.is_none() {
             return Err(ConfigError::NoTrustedCa(TlsPort::Peer));
+        }
+        // etcd refuses both at once too: which one would decide is not obvious.
+        if let (Some(cn), Some(hostname)) =
+            (&self.peer_cert_allowed_cn, &self.peer_cert_allowed_hostname)
+        {
+            return Err(ConfigError::AllowedCnAndHostname {
+                cn: cn.clone(),
+                hostname: hostname.clone(),
+            });
         }
         // A member dials every other member of --initial-cluster, and the others dial it at its
         // advertised URLs: an https one must be verifiable against a CA we were given.
@@ -683,6 +699,27 @@ mod tests {
             cluster.validate(),
             Err(ConfigError::MemoryEngineInCluster(2))
         );
+    }
+
+    #[test]
+    fn allowed_cn_and_hostname_exclude_each_other() {
+        let both = ServerConfig {
+            peer_cert_allowed_cn: Some("member".into()),
+            peer_cert_allowed_hostname: Some("member.example".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            both.validate(),
+            Err(ConfigError::AllowedCnAndHostname {
+                cn: "member".into(),
+                hostname: "member.example".into()
+            })
+        );
+        let one = ServerConfig {
+            peer_cert_allowed_hostname: Some("member.example".into()),
+            ..Default::default()
+        };
+        assert_eq!(one.validate(), Ok(()));
     }
 
     #[test]

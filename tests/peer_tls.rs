@@ -379,6 +379,49 @@ fn bad_peer_tls_flags_stop_the_server_with_a_clear_error() {
     );
 }
 
+/// `--peer-cert-allowed-hostname`: members whose certificates are valid for that host name
+/// replicate as usual; a caller with a certificate from the same CA for other names is refused,
+/// whatever its common name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_cert_allowed_hostname_admits_only_that_host() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(tmp.path(), "cluster");
+    let member = ca.issue("m", &["127.0.0.1", "localhost", "member.cluster.test"]);
+    let mut flags = peer_flags(&member, &ca);
+    flags.extend([
+        "--peer-cert-allowed-hostname".to_string(),
+        "member.cluster.test".to_string(),
+    ]);
+    let own: Vec<(usize, Vec<String>)> = (0..3).map(|i| (i, flags.clone())).collect();
+    let cluster = https_cluster(3, "rocksdb", &ca, &own);
+    cluster.leader().await;
+    let mut client = cluster.members[0].client().await;
+    client.put("allowed-host", "v", None).await.expect("put");
+    wait_serializable(&cluster, 2, "allowed-host", "v").await;
+
+    let url = cluster.members[0].peer_url();
+    let flags = |identity: &Identity| TlsFlags {
+        cert_file: Some(identity.cert.clone()),
+        key_file: Some(identity.key.clone()),
+        trusted_ca_file: Some(ca.cert.clone()),
+        client_cert_auth: false,
+    };
+    call_peer(&url, &flags(&ca.issue("anyone", &["member.cluster.test"])))
+        .await
+        .expect("a certificate for the allowed host is answered");
+    let other = call_peer(
+        &url,
+        &flags(&ca.issue("m", &["127.0.0.1", "intruder.test"])),
+    )
+    .await;
+    assert!(
+        other
+            .as_ref()
+            .is_err_and(|e| e.contains("client certificate authentication failed")),
+        "a certificate for other hosts from the same CA: {other:?}"
+    );
+}
+
 /// `--peer-cert-allowed-cn`: members whose certificates carry that common name replicate as
 /// usual; a caller with a certificate from the same CA under another name is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,22 @@ pub fn cert_user(extensions: &tonic::Extensions) -> Option<&str> {
     }
 }
 
+/// The names and addresses the verified client certificate of the request's connection is valid
+/// for (none without one).
+pub fn cert_hosts(extensions: &tonic::Extensions) -> &[super::tls::CertHost] {
+    #[cfg(not(madsim))]
+    {
+        extensions
+            .get::<super::tls::ClientConnInfo>()
+            .map_or(&[], |info| info.hosts.as_slice())
+    }
+    #[cfg(madsim)]
+    {
+        let _ = extensions;
+        &[]
+    }
+}
+
 /// The caller of one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {

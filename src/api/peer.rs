@@ -5,7 +5,8 @@
 //! the id of a current member of the cluster (as etcd's rafthttp checks `X-Etcd-Cluster-ID` and
 //! `X-Server-From`), before anything of it is decoded; a forwarded command must come from the
 //! member it names as its proposer. With `--peer-cert-allowed-cn` the verified client certificate
-//! of the connection must also carry that common name. Without peer TLS the ids are only a claim,
+//! of the connection must also carry that common name; with `--peer-cert-allowed-hostname`, be
+//! valid for that host. Without peer TLS the ids are only a claim,
 //! as in etcd: they keep out strangers and other clusters, not a forger (that needs peer TLS with
 //! `--peer-client-cert-auth`). The one exception is `Members`, which a joining member asks before
 //! it knows its own id (etcd serves its member list on the peer port to anyone too).
@@ -39,17 +40,27 @@ impl PeerService {
     }
 
     /// With `--peer-cert-allowed-cn`, the connection's verified client certificate must carry that
-    /// common name.
+    /// common name; with `--peer-cert-allowed-hostname`, it must be valid for that host.
     fn check_cert<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(allowed) = &self.node.config().peer_cert_allowed_cn else {
-            return Ok(());
+        let config = self.node.config();
+        let extensions = request.extensions();
+        let admitted = match (
+            &config.peer_cert_allowed_cn,
+            &config.peer_cert_allowed_hostname,
+        ) {
+            (None, None) => true,
+            (Some(cn), _) => super::access::cert_user(extensions) == Some(cn.as_str()),
+            (None, Some(host)) => super::access::cert_hosts(extensions)
+                .iter()
+                .any(|name| name.matches(host)),
         };
-        match super::access::cert_user(request.extensions()) {
-            Some(cn) if cn == allowed => Ok(()),
-            // etcd's text for a certificate its AllowedCN check refuses.
-            _ => Err(Status::permission_denied(
+        if admitted {
+            Ok(())
+        } else {
+            // etcd's text for a certificate its AllowedCN / AllowedHostname check refuses.
+            Err(Status::permission_denied(
                 "client certificate authentication failed",
-            )),
+            ))
         }
     }
 

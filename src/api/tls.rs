@@ -264,31 +264,118 @@ pub struct ClientConnInfo {
     /// The common name of the client certificate, on a TLS connection whose client presented one
     /// (only asked for, and then verified, with `--client-cert-auth`).
     pub common_name: Option<String>,
+    /// The names and addresses that certificate is valid for (its subject alternative names).
+    pub hosts: Vec<CertHost>,
+}
+
+/// One subject alternative name of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertHost {
+    Dns(String),
+    Ip(std::net::IpAddr),
+}
+
+impl CertHost {
+    /// Whether a certificate with this name is valid for `host` (a DNS name or an IP address),
+    /// by the rules of Go's `VerifyHostname` that etcd applies: an address matches an address
+    /// SAN; a name matches a DNS SAN without regard to case or a trailing dot, and `*.` stands
+    /// for exactly one leftmost label.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return *self == CertHost::Ip(ip);
+        }
+        let CertHost::Dns(name) = self else {
+            return false;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        match name.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => host == name,
+        }
+    }
 }
 
 impl tonic::transport::server::Connected for ServerStream {
     type ConnectInfo = ClientConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        let common_name = match self {
+        let leaf = match self {
             ServerStream::Plain(_) => None,
             ServerStream::Tls(tls) => tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .and_then(|cert| common_name(cert.as_ref())),
+                .and_then(|cert| x509_parser::parse_x509_certificate(cert.as_ref()).ok()),
+        };
+        let (common_name, hosts) = match leaf {
+            Some((_, cert)) => (common_name(&cert), cert_hosts(&cert)),
+            None => (None, Vec::new()),
         };
         ClientConnInfo {
             tcp: self.tcp().connect_info(),
             common_name,
+            hosts,
         }
     }
 }
 
-/// The subject common name of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+/// The subject common name of a certificate.
+fn common_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
+}
+
+/// The DNS names and IP addresses a certificate's subject alternative names carry.
+fn cert_hosts(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<CertHost> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(CertHost::Dns(dns.to_string())),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| CertHost::Ip(b.into())),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| CertHost::Ip(b.into())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CertHost;
+
+    #[test]
+    fn host_names_match_as_go_verify_hostname_does() {
+        let dns = |n: &str| CertHost::Dns(n.into());
+        assert!(dns("member.example").matches("member.example"));
+        assert!(dns("Member.Example.").matches("member.EXAMPLE"));
+        assert!(!dns("member.example").matches("other.example"));
+        assert!(dns("*.example").matches("a.example"));
+        assert!(!dns("*.example").matches("a.b.example"), "one label only");
+        assert!(!dns("*.example").matches("example"));
+        assert!(!dns("*.example").matches(".example"));
+        let ip = CertHost::Ip("127.0.0.1".parse().unwrap());
+        assert!(ip.matches("127.0.0.1"));
+        assert!(!ip.matches("127.0.0.2"));
+        assert!(
+            !dns("127.0.0.1").matches("127.0.0.1"),
+            "an address needs an address SAN"
+        );
+        assert!(CertHost::Ip("::1".parse().unwrap()).matches("[::1]"));
+    }
 }

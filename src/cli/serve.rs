@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// names another (or that present none) are refused.
     #[arg(long)]
     pub peer_cert_allowed_cn: Option<String>,
+    /// Allowed TLS host name for inter-peer authentication: members whose client certificate is
+    /// not valid for it (or that present none) are refused.
+    #[arg(long)]
+    pub peer_cert_allowed_hostname: Option<String>,
     /// Comma-separated URLs to listen on for peer traffic.
     #[arg(long, default_value = "http://localhost:2380")]
     pub listen_peer_urls: String,
@@ -230,6 +234,10 @@ impl ServeArgs {
                 .peer_cert_allowed_cn
                 .clone()
                 .filter(|cn| !cn.is_empty()),
+            peer_cert_allowed_hostname: self
+                .peer_cert_allowed_hostname
+                .clone()
+                .filter(|host| !host.is_empty()),
         };
         cfg.validate()?;
         Ok(cfg)
