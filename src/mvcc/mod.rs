@@ -15,7 +15,8 @@ pub use key_index::{KeyAt, RangeEnd};
 pub use revision::Revision;
 pub use store::{
     drop_compacted_tombstones, read_events, CompactStep, EventBatch, EventBudget, MvccFingerprint,
-    MvccStore, RangeResult, WriteTxn, FIRST_REVISION, META_COMPACT_REV, META_CURRENT_REV,
+    MvccStore, RangeChunk, RangeResult, WriteTxn, FIRST_REVISION, META_COMPACT_REV,
+    META_CURRENT_REV,
 };
 
 use crate::storage::StorageError;
