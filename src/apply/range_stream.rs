@@ -164,7 +164,222 @@ fn adjust_chunk_keys(keys: usize, bytes: usize, target_bytes: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::pb::etcdserverpb::ResponseHeader;
+    use crate::storage::{Durability, MemoryEngine, WriteBatch};
+
+    fn put(s: &mut MvccStore, key: &[u8], value: Vec<u8>) {
+        let mut txn = s.write_txn();
+        txn.put(key, value, 0).expect("put");
+        let (batch, _) = txn.finish();
+        s.engine().write(batch, Durability::Sync).expect("write");
+        s.mark_flushed();
+    }
+
+    fn delete(s: &mut MvccStore, key: &[u8]) {
+        let mut txn = s.write_txn();
+        txn.delete_range(key, &RangeEnd::Single).expect("delete");
+        let (batch, _) = txn.finish();
+        s.engine().write(batch, Durability::Sync).expect("write");
+        s.mark_flushed();
+    }
+
+    fn compact(s: &mut MvccStore, rev: i64) {
+        let mut batch = WriteBatch::new();
+        s.compact(rev, &mut batch).expect("compact");
+        s.engine().write(batch, Durability::Sync).expect("write");
+    }
+
+    /// A few hundred keys, some rewritten, some deleted, values of varied sizes.
+    fn store() -> MvccStore {
+        let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).expect("open");
+        let mut x = 7u64;
+        for i in 0..300u32 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = format!("k/{:03}", (x >> 33) % 400);
+            put(&mut s, key.as_bytes(), vec![b'v'; (i as usize * 37) % 700]);
+            if i % 7 == 0 {
+                delete(&mut s, format!("k/{:03}", i).as_bytes());
+            }
+        }
+        s
+    }
+
+    /// Every chunk of `req`'s stream, read to its end (or its first error).
+    fn chunks(
+        s: &MvccStore,
+        req: &RangeRequest,
+        target: usize,
+    ) -> Result<Vec<RangeResponse>, ApplyError> {
+        let mut stream = RangeStream::new(req.clone(), target);
+        let mut out = Vec::new();
+        while !stream.is_done() {
+            out.push(stream.next_chunk(s)?);
+        }
+        Ok(out)
+    }
+
+    /// The chunks merged as `proto.Merge` would, checking that only the last carries the
+    /// header, `more` and `count`.
+    fn merged(chunks: &[RangeResponse]) -> RangeResponse {
+        let (last, rest) = chunks.split_last().expect("at least one chunk");
+        let mut all = RangeResponse::default();
+        for c in rest {
+            assert!(c.header.is_none() && !c.more && c.count == 0, "{c:?}");
+            assert!(!c.kvs.is_empty(), "an intermediate chunk without keys");
+            all.kvs.extend(c.kvs.iter().cloned());
+        }
+        all.kvs.extend(last.kvs.iter().cloned());
+        all.header = last.header.clone();
+        all.more = last.more;
+        all.count = last.count;
+        all
+    }
+
+    #[test]
+    fn the_chunks_add_up_to_the_range() {
+        let s = store();
+        let head = s.current_revision();
+        let mut x = 11u64;
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut multi = 0;
+        for _ in 0..400 {
+            let from = format!("k/{:03}", next(420));
+            let range_end = match next(4) {
+                0 => Vec::new(),
+                1 => vec![0],
+                2 => b"k0".to_vec(),
+                _ => format!("k/{:03}", next(420)).into_bytes(),
+            };
+            let req = RangeRequest {
+                key: if next(8) == 0 {
+                    b"k/".to_vec()
+                } else {
+                    from.into_bytes()
+                },
+                range_end,
+                limit: [0, 0, 1, 5, 10, 11, 50, 1000, -3][next(9) as usize],
+                revision: [0, 0, head, head - 100, 150][next(5) as usize],
+                keys_only: next(4) == 0,
+                count_only: next(6) == 0,
+                serializable: next(2) == 0,
+                ..RangeRequest::default()
+            };
+            let target = [200, 1000, 4096, 1 << 20][next(4) as usize];
+            let want = super::super::range(&s, &req).expect("range");
+            let got = chunks(&s, &req, target).expect("stream");
+            multi += usize::from(got.len() > 1);
+            assert_eq!(merged(&got), want, "{req:?} target {target}");
+        }
+        assert!(
+            multi > 100,
+            "only {multi} requests took more than one chunk"
+        );
+    }
+
+    #[test]
+    fn a_chunk_stays_within_twice_the_target_unless_one_record_is_larger() {
+        let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).expect("open");
+        for i in 0..100 {
+            let size = if i % 10 == 0 { 5000 } else { 300 };
+            put(&mut s, format!("k{i:02}").as_bytes(), vec![b'x'; size]);
+        }
+        let req = rr(b"k", b"l");
+        let got = chunks(&s, &req, 1000).expect("stream");
+        for c in &got {
+            let bytes: usize = c
+                .kvs
+                .iter()
+                .map(|kv| prost::encoding::message::encoded_len(2, kv))
+                .sum();
+            assert!(
+                bytes <= 2000 || c.kvs.len() == 1,
+                "{} keys, {bytes} bytes",
+                c.kvs.len()
+            );
+        }
+        assert_eq!(merged(&got).kvs.len(), 100);
+    }
+
+    fn rr(key: &[u8], end: &[u8]) -> RangeRequest {
+        RangeRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            ..RangeRequest::default()
+        }
+    }
+
+    #[test]
+    fn the_revision_is_pinned_by_the_first_chunk() {
+        let mut s = store();
+        let head = s.current_revision();
+        let want = super::super::range(&s, &rr(b"k/", b"k0")).expect("range");
+        let mut stream = RangeStream::new(rr(b"k/", b"k0"), 200);
+        let mut got = vec![stream.next_chunk(&s).expect("first")];
+        assert_eq!(stream.revision(), head);
+        put(&mut s, b"k/000", b"new".to_vec());
+        put(&mut s, b"k/999", b"new".to_vec());
+        delete(&mut s, want.kvs.last().expect("keys").key.as_slice());
+        while !stream.is_done() {
+            got.push(stream.next_chunk(&s).expect("chunk"));
+        }
+        assert!(got.len() > 2);
+        let got = merged(&got);
+        assert_eq!(got, want);
+        assert_eq!(
+            got.header,
+            Some(ResponseHeader {
+                revision: head,
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn a_compaction_past_the_pinned_revision_ends_the_stream() {
+        let mut s = store();
+        let mut stream = RangeStream::new(rr(b"k/", b"k0"), 200);
+        stream.next_chunk(&s).expect("first");
+        // A compaction at the pinned revision itself leaves it readable, as in etcd.
+        compact(&mut s, stream.revision());
+        stream.next_chunk(&s).expect("at the compaction point");
+        put(&mut s, b"k/000", b"new".to_vec());
+        let head = s.current_revision();
+        compact(&mut s, head);
+        assert!(matches!(stream.next_chunk(&s), Err(ApplyError::Compacted)));
+    }
+
+    #[test]
+    fn count_only_is_one_chunk_with_the_header_and_the_count() {
+        let s = store();
+        let req = RangeRequest {
+            count_only: true,
+            limit: 3,
+            ..rr(b"k/", b"k0")
+        };
+        let got = chunks(&s, &req, 100).expect("stream");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].kvs.is_empty() && !got[0].more && got[0].count > 3);
+        assert_eq!(got[0], super::super::range(&s, &req).expect("range"));
+    }
+
+    #[test]
+    fn an_empty_range_is_one_final_chunk() {
+        let s = store();
+        let got = chunks(&s, &rr(b"x", b"y"), 100).expect("stream");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].count, 0);
+        assert!(got[0].header.is_some());
+    }
 
     #[test]
     fn chunk_keys_double_below_half_and_halve_above_twice_the_target() {
