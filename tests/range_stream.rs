@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::abuse::{back_to_baseline, settled_footprint};
 use common::{grpc, Server, ENGINES};
 use etcd_client::{ConnectOptions, GetOptions, Permission};
+use metastore::mvcc::kvs_encoded_len;
 use metastore::pb::etcdserverpb::kv_client::KvClient;
 use metastore::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use metastore::pb::etcdserverpb::{
@@ -67,7 +68,7 @@ fn merged(chunks: &[RangeResponse]) -> RangeResponse {
     }
     assert!(last.header.is_some(), "the final chunk carries the header");
     all.kvs.extend(last.kvs.iter().cloned());
-    all.header = last.header.clone();
+    all.header = last.header;
     all.more = last.more;
     all.count = last.count;
     all
@@ -267,11 +268,7 @@ async fn chunks_add_up_to_range_for_random_requests() {
             match (want, got) {
                 (Ok(want), Ok(got)) => {
                     for c in &got {
-                        let bytes: usize = c
-                            .kvs
-                            .iter()
-                            .map(|kv| prost::encoding::message::encoded_len(2, kv))
-                            .sum();
+                        let bytes = kvs_encoded_len(&c.kvs);
                         assert!(
                             c.kvs.len() == 1 || bytes <= 2 * MAX_REQUEST_BYTES,
                             "[{engine}] a chunk of {} keys, {bytes} bytes",
@@ -314,64 +311,43 @@ async fn sorts_and_revision_filters_are_refused_as_etcd_3_7_does() {
     })
     .await
     .unwrap();
-    let refused = |f: fn(&mut RangeRequest)| {
-        let mut req = rr("a", "z");
-        f(&mut req);
-        req
-    };
     let sort = "RangeStream does not support custom sort orders";
     let filters = "RangeStream does not support revision filters";
-    let cases: Vec<(RangeRequest, Code, &str)> = vec![
+    type Change = fn(&mut RangeRequest);
+    let cases: [(Change, Code, &str); 9] = [
         (
-            refused(|r| r.sort_order = SortOrder::Descend as i32),
+            |r| r.sort_order = SortOrder::Descend as i32,
             Code::Unimplemented,
             sort,
         ),
         (
-            refused(|r| {
-                r.sort_order = SortOrder::Ascend as i32;
-                r.sort_target = SortTarget::Mod as i32;
-            }),
+            |r| r.sort_target = SortTarget::Create as i32,
             Code::Unimplemented,
             sort,
         ),
         (
-            refused(|r| r.sort_target = SortTarget::Create as i32),
+            |r| (r.sort_order, r.sort_target) = (SortOrder::Ascend as i32, SortTarget::Mod as i32),
             Code::Unimplemented,
             sort,
         ),
+        (|r| r.min_mod_revision = 1, Code::Unimplemented, filters),
+        (|r| r.max_mod_revision = 9, Code::Unimplemented, filters),
+        (|r| r.min_create_revision = 1, Code::Unimplemented, filters),
+        (|r| r.max_create_revision = 9, Code::Unimplemented, filters),
         (
-            refused(|r| r.min_mod_revision = 1),
-            Code::Unimplemented,
-            filters,
-        ),
-        (
-            refused(|r| r.max_mod_revision = 9),
-            Code::Unimplemented,
-            filters,
-        ),
-        (
-            refused(|r| r.min_create_revision = 1),
-            Code::Unimplemented,
-            filters,
-        ),
-        (
-            refused(|r| r.max_create_revision = 9),
-            Code::Unimplemented,
-            filters,
-        ),
-        (
-            refused(|r| r.sort_order = 7),
+            |r| r.sort_order = 7,
             Code::InvalidArgument,
             "etcdserver: invalid sort option",
         ),
         (
-            refused(|r| r.key.clear()),
+            |r| r.key.clear(),
             Code::InvalidArgument,
             "etcdserver: key is not provided",
         ),
     ];
-    for (req, code, message) in cases {
+    for (change, code, message) in cases {
+        let mut req = rr("a", "z");
+        change(&mut req);
         let err = chunks(&mut kv, req.clone()).await.unwrap_err();
         assert_eq!((err.code(), err.message()), (code, message), "{req:?}");
     }

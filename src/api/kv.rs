@@ -8,10 +8,10 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::access::Access;
+use super::access::{Access, Caller};
 use super::validate;
 use crate::apply::Applied;
-use crate::auth::perms;
+use crate::auth::{perms, Need};
 use crate::limits;
 use crate::node::{Node, RangeStreamRead};
 use crate::pb::etcdserverpb::kv_server::Kv;
@@ -42,6 +42,23 @@ impl KvService {
     /// The full header for a response whose revision apply or the read path set.
     fn header(&self, partial: Option<ResponseHeader>) -> Option<ResponseHeader> {
         self.node.complete_header(partial)
+    }
+
+    /// A read's preamble: who asks (first: a client with a bad token gets no work proportional
+    /// to its request), whether `check` passes the request, and what the node asks of the auth
+    /// state the read is served at.
+    fn read(
+        &self,
+        request: Request<RangeRequest>,
+        check: fn(&RangeRequest) -> Result<(), validate::ValidationError>,
+    ) -> Result<(RangeRequest, Caller, Vec<Need>), Status> {
+        let caller = self
+            .access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
+        let req = request.into_inner();
+        check(&req)?;
+        let needs = perms::range_needs(&req);
+        Ok((req, caller, needs))
     }
 
     async fn propose(&self, op: Op, requester: Requester) -> Result<Applied, Status> {
@@ -98,12 +115,7 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let caller = self
-            .access
-            .caller(request.metadata(), cert_user(request.extensions()))?;
-        let req = request.into_inner();
-        validate::range(&req)?;
-        let needs = perms::range_needs(&req);
+        let (req, caller, needs) = self.read(request, validate::range)?;
         let mut resp = self
             .node
             .range_checked(&req, |auth| caller.check_in(auth, &needs))
@@ -118,12 +130,7 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeChunkStream>, Status> {
-        let caller = self
-            .access
-            .caller(request.metadata(), cert_user(request.extensions()))?;
-        let req = request.into_inner();
-        validate::range_stream(&req)?;
-        let needs = perms::range_needs(&req);
+        let (req, caller, needs) = self.read(request, validate::range_stream)?;
         // The read barrier, the permission check and the first chunk come before the stream
         // opens: a failure there is the call's answer, as etcd's before its first send.
         let (read, first) = self

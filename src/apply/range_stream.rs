@@ -167,6 +167,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::mvcc::kvs_encoded_len;
     use crate::pb::etcdserverpb::ResponseHeader;
     use crate::storage::{Durability, MemoryEngine, WriteBatch};
 
@@ -234,7 +235,7 @@ mod tests {
             all.kvs.extend(c.kvs.iter().cloned());
         }
         all.kvs.extend(last.kvs.iter().cloned());
-        all.header = last.header.clone();
+        all.header = last.header;
         all.more = last.more;
         all.count = last.count;
         all
@@ -296,11 +297,7 @@ mod tests {
         let req = rr(b"k", b"l");
         let got = chunks(&s, &req, 1000).expect("stream");
         for c in &got {
-            let bytes: usize = c
-                .kvs
-                .iter()
-                .map(|kv| prost::encoding::message::encoded_len(2, kv))
-                .sum();
+            let bytes = kvs_encoded_len(&c.kvs);
             assert!(
                 bytes <= 2000 || c.kvs.len() == 1,
                 "{} keys, {bytes} bytes",

@@ -101,6 +101,14 @@ pub struct RangeChunk {
     pub rev: i64,
 }
 
+/// The size of `kvs` as the `kvs` field of a `RangeResponse` (tags and lengths included): what a
+/// [`RangeChunk`] is measured by.
+pub fn kvs_encoded_len(kvs: &[KeyValue]) -> usize {
+    kvs.iter()
+        .map(|kv| prost::encoding::message::encoded_len(2, kv))
+        .sum()
+}
+
 /// A copy of every piece of [`MvccStore`]'s in-memory state, to compare two moments (a refused
 /// command must leave it equal). Costs a clone of the whole index: for tests and fuzzing.
 #[derive(Debug, Clone, PartialEq)]
@@ -525,7 +533,7 @@ impl MvccStore {
             if keys_only {
                 kv.value.clear();
             }
-            let bytes = prost::encoding::message::encoded_len(2, &kv);
+            let bytes = kvs_encoded_len(std::slice::from_ref(&kv));
             if !chunk.kvs.is_empty() && chunk.bytes + bytes > bytes_max {
                 chunk.more = true;
                 return false;
