@@ -46,6 +46,17 @@ impl Kv for Recorder {
         self.record("kv_requests", 0, r.get_ref());
         Ok(Response::new(RangeResponse::default()))
     }
+    type RangeStreamStream = BoxStream<RangeStreamResponse>;
+    async fn range_stream(
+        &self,
+        r: Request<RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        self.record("kv_requests", 0, r.get_ref());
+        let last = RangeStreamResponse {
+            range_response: Some(RangeResponse::default()),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(last)]))))
+    }
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.record("kv_requests", 1, r.get_ref());
         let tag = if r.get_ref().lease != 0 { 3 } else { 1 };

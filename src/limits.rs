@@ -48,6 +48,18 @@ pub const WATCH_STREAM_BUFFER: usize = 128;
 /// bounds what a client that stops reading costs: its watchers fall behind and wait in storage.
 pub const WATCH_STREAM_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
+/// Key limit of a `KV.RangeStream`'s first chunk (etcd's `initialStreamChunkLimit`); later
+/// chunks double or halve it to land near `--max-request-bytes` (`apply::RangeStream`).
+pub const RANGE_STREAM_FIRST_CHUNK_KEYS: usize = 10;
+
+/// A `KV.RangeStream` chunk is cut before its records pass this many times `--max-request-bytes`
+/// (one larger record goes alone): with [`RANGE_STREAM_BUFFER`] it bounds what a stream holds.
+pub const RANGE_STREAM_CHUNK_BYTES_FACTOR: usize = 2;
+
+/// Chunks of a `KV.RangeStream` read ahead of the client, at most: a client that stops reading
+/// stops the reading (beyond what HTTP/2 flow control lets through).
+pub const RANGE_STREAM_BUFFER: usize = 2;
+
 /// Watchers one watch stream may hold; a create beyond it is refused (etcd has no such limit).
 pub const WATCH_STREAM_WATCHERS_MAX: usize = 10_000;
 
@@ -342,6 +354,9 @@ const _: () = assert!(
     AUTH_JWT_TTL_MIN.as_secs() <= AUTH_JWT_TTL_DEFAULT.as_secs()
         && AUTH_JWT_TTL_DEFAULT.as_secs() <= AUTH_JWT_TTL_MAX.as_secs()
 );
+
+// A range stream's first chunk goes into its buffer before the stream opens.
+const _: () = assert!(RANGE_STREAM_BUFFER >= 1 && RANGE_STREAM_FIRST_CHUNK_KEYS >= 1);
 
 // A chunk arrives well within its deadline at the slowest rate a transfer may go.
 const _: () = assert!(

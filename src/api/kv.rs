@@ -1,24 +1,33 @@
 //! The `etcdserverpb.KV` service.
 
 use super::access::cert_user;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::access::Access;
+use super::access::{Access, Caller};
 use super::validate;
 use crate::apply::Applied;
-use crate::auth::perms;
-use crate::node::Node;
+use crate::auth::{perms, Need};
+use crate::limits;
+use crate::node::{Node, RangeStreamRead};
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest,
+    TxnResponse,
 };
 use crate::pb::metastore::command::Op;
 use crate::pb::metastore::Requester;
 
-/// Serves Range, Put, DeleteRange, Txn and Compact.
+/// The chunks of a `RangeStream`, as the client reads them.
+pub type RangeChunkStream =
+    Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send + 'static>>;
+
+/// Serves Range, RangeStream, Put, DeleteRange, Txn and Compact.
 pub struct KvService {
     node: Arc<Node>,
     access: Arc<Access>,
@@ -35,8 +44,64 @@ impl KvService {
         self.node.complete_header(partial)
     }
 
+    /// A read's preamble: who asks (first: a client with a bad token gets no work proportional
+    /// to its request), whether `check` passes the request, and what the node asks of the auth
+    /// state the read is served at.
+    fn read(
+        &self,
+        request: Request<RangeRequest>,
+        check: fn(&RangeRequest) -> Result<(), validate::ValidationError>,
+    ) -> Result<(RangeRequest, Caller, Vec<Need>), Status> {
+        let caller = self
+            .access
+            .caller(request.metadata(), cert_user(request.extensions()))?;
+        let req = request.into_inner();
+        check(&req)?;
+        let needs = perms::range_needs(&req);
+        Ok((req, caller, needs))
+    }
+
     async fn propose(&self, op: Op, requester: Requester) -> Result<Applied, Status> {
         Ok(self.node.propose_as(op, Some(requester)).await?)
+    }
+}
+
+/// A chunk as sent: the final one's header completed (the member's ids and raft term; the
+/// revision stays the pinned one).
+fn stream_chunk(node: &Node, mut chunk: RangeResponse) -> RangeStreamResponse {
+    if chunk.header.is_some() {
+        chunk.header = node.complete_header(chunk.header);
+    }
+    RangeStreamResponse {
+        range_response: Some(chunk),
+    }
+}
+
+/// Read the chunks after the first into `tx`, one at a time, each only once the buffer has room:
+/// a client that stops reading stops the reads, and one that goes away ends the task at once.
+async fn send_rest(
+    node: Arc<Node>,
+    mut read: RangeStreamRead,
+    tx: mpsc::Sender<Result<RangeStreamResponse, Status>>,
+) {
+    while !read.is_done() {
+        let permit = tokio::select! {
+            biased;
+            _ = tx.closed() => return,
+            permit = tx.reserve() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        match node.range_stream_next(&mut read) {
+            Ok(chunk) => permit.send(Ok(stream_chunk(&node, chunk))),
+            Err(e) => {
+                // As etcd: the stream ends with the error (`ErrCompacted` when a compaction
+                // passed the pinned revision).
+                permit.send(Err(e.into()));
+                return;
+            }
+        }
     }
 }
 
@@ -50,18 +115,40 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let caller = self
-            .access
-            .caller(request.metadata(), cert_user(request.extensions()))?;
-        let req = request.into_inner();
-        validate::range(&req)?;
-        let needs = perms::range_needs(&req);
+        let (req, caller, needs) = self.read(request, validate::range)?;
         let mut resp = self
             .node
             .range_checked(&req, |auth| caller.check_in(auth, &needs))
             .await?;
         resp.header = self.header(resp.header);
         Ok(Response::new(resp))
+    }
+
+    type RangeStreamStream = RangeChunkStream;
+
+    async fn range_stream(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeChunkStream>, Status> {
+        let (req, caller, needs) = self.read(request, validate::range_stream)?;
+        // The read barrier, the permission check and the first chunk come before the stream
+        // opens: a failure there is the call's answer, as etcd's before its first send.
+        let (read, first) = self
+            .node
+            .range_stream(req, |auth| caller.check_in(auth, &needs))
+            .await?;
+        let (tx, rx) = mpsc::channel(limits::RANGE_STREAM_BUFFER);
+        let sent = tx.try_send(Ok(stream_chunk(&self.node, first)));
+        debug_assert!(
+            sent.is_ok(),
+            "a new stream's buffer has room for its first chunk"
+        );
+        if !read.is_done() {
+            crate::rt::spawn(send_rest(self.node.clone(), read, tx));
+        }
+        let chunks =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

@@ -43,6 +43,15 @@ impl From<ValidationError> for Status {
             ValidationError::LeaseTtlTooLarge => {
                 status(Code::OutOfRange, "etcdserver: too large lease TTL")
             }
+            // etcd 3.7 builds these two in its KV service, without the `etcdserver: ` prefix.
+            ValidationError::StreamSortUnsupported => status(
+                Code::Unimplemented,
+                "RangeStream does not support custom sort orders",
+            ),
+            ValidationError::StreamRevisionFiltersUnsupported => status(
+                Code::Unimplemented,
+                "RangeStream does not support revision filters",
+            ),
         }
     }
 }

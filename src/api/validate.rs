@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::limits::{LEASE_MAX_TTL_SECS, MAX_TXN_NESTING_DEPTH};
-use crate::pb::etcdserverpb::range_request::SortTarget;
+use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
     request_op, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
@@ -29,6 +29,10 @@ pub enum ValidationError {
     EmptyRequestOp,
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("RangeStream does not support custom sort orders")]
+    StreamSortUnsupported,
+    #[error("RangeStream does not support revision filters")]
+    StreamRevisionFiltersUnsupported,
 }
 
 type Result = std::result::Result<(), ValidationError>;
@@ -42,6 +46,30 @@ pub fn range(r: &RangeRequest) -> Result {
     // sorter for an unknown target (its apply crashes on one): refused here, as etcd 3.6 does.
     if SortTarget::try_from(r.sort_target).is_err() {
         return Err(ValidationError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+/// Check a `RangeStream` request, as etcd 3.7 does: a range's checks, an unknown sort order
+/// refused too, then what a stream cannot serve (it sends keys in key order as it reads them):
+/// any order but the key's ascending one, and revision filters. etcd 3.7 lets a target other than
+/// the key with no order through and sorts each chunk apart, so the chunks add up to `Range`'s
+/// answer only when it fits one; here that is refused as the sort it is.
+pub fn range_stream(r: &RangeRequest) -> Result {
+    range(r)?;
+    let order =
+        SortOrder::try_from(r.sort_order).map_err(|_| ValidationError::InvalidSortOption)?;
+    let key_order = r.sort_target == SortTarget::Key as i32
+        && matches!(order, SortOrder::None | SortOrder::Ascend);
+    if !key_order {
+        return Err(ValidationError::StreamSortUnsupported);
+    }
+    if r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0
+    {
+        return Err(ValidationError::StreamRevisionFiltersUnsupported);
     }
     Ok(())
 }
@@ -487,5 +515,53 @@ mod tests {
             delete_range(&DeleteRangeRequest::default()),
             Err(ValidationError::EmptyKey)
         );
+    }
+
+    #[test]
+    fn range_stream_serves_key_order_without_filters_only() {
+        let r = |f: fn(&mut RangeRequest)| {
+            let mut r = RangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            };
+            f(&mut r);
+            range_stream(&r)
+        };
+        assert_eq!(r(|_| {}), Ok(()));
+        assert_eq!(
+            r(|r| r.sort_order = SortOrder::Ascend as i32),
+            Ok(()),
+            "ascending by key is the default order"
+        );
+        assert_eq!(
+            r(|r| r.key.clear()),
+            Err(ValidationError::EmptyKey),
+            "a range's checks come first"
+        );
+        assert_eq!(
+            r(|r| r.sort_order = 9),
+            Err(ValidationError::InvalidSortOption)
+        );
+        assert_eq!(
+            r(|r| r.sort_target = 9),
+            Err(ValidationError::InvalidSortOption)
+        );
+        assert_eq!(
+            r(|r| r.sort_order = SortOrder::Descend as i32),
+            Err(ValidationError::StreamSortUnsupported)
+        );
+        assert_eq!(
+            r(|r| r.sort_target = SortTarget::Mod as i32),
+            Err(ValidationError::StreamSortUnsupported),
+            "a target with no order sorts ascending by it in Range"
+        );
+        for f in [
+            (|r: &mut RangeRequest| r.min_mod_revision = 1) as fn(&mut RangeRequest),
+            |r| r.max_mod_revision = 1,
+            |r| r.min_create_revision = 1,
+            |r| r.max_create_revision = 1,
+        ] {
+            assert_eq!(r(f), Err(ValidationError::StreamRevisionFiltersUnsupported));
+        }
     }
 }

@@ -10,9 +10,11 @@
 //! be used by a request that was already on its way.
 
 mod range;
+mod range_stream;
 mod txn;
 
 pub use range::execute_range;
+pub use range_stream::RangeStream;
 
 use crate::auth::{AuthError, AuthStore};
 use crate::mvcc::{MvccError, MvccStore, RangeEnd};

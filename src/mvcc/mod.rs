@@ -14,8 +14,9 @@ mod store;
 pub use key_index::{KeyAt, RangeEnd};
 pub use revision::Revision;
 pub use store::{
-    drop_compacted_tombstones, read_events, CompactStep, EventBatch, EventBudget, MvccFingerprint,
-    MvccStore, RangeResult, WriteTxn, FIRST_REVISION, META_COMPACT_REV, META_CURRENT_REV,
+    drop_compacted_tombstones, kvs_encoded_len, read_events, CompactStep, EventBatch, EventBudget,
+    MvccFingerprint, MvccStore, RangeChunk, RangeResult, WriteTxn, FIRST_REVISION,
+    META_COMPACT_REV, META_CURRENT_REV,
 };
 
 use crate::storage::StorageError;

@@ -88,6 +88,27 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// One bounded piece of a range read ([`MvccStore::range_chunk`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeChunk {
+    /// Records in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Their size as the `kvs` field of a `RangeResponse` (tags and lengths included).
+    pub bytes: usize,
+    /// Whether the range holds more keys after the last of `kvs` (at the revision read).
+    pub more: bool,
+    /// The store's current revision when read.
+    pub rev: i64,
+}
+
+/// The size of `kvs` as the `kvs` field of a `RangeResponse` (tags and lengths included): what a
+/// [`RangeChunk`] is measured by.
+pub fn kvs_encoded_len(kvs: &[KeyValue]) -> usize {
+    kvs.iter()
+        .map(|kv| prost::encoding::message::encoded_len(2, kv))
+        .sum()
+}
+
 /// A copy of every piece of [`MvccStore`]'s in-memory state, to compare two moments (a refused
 /// command must leave it equal). Costs a clone of the whole index: for tests and fuzzing.
 #[derive(Debug, Clone, PartialEq)]
@@ -474,6 +495,57 @@ impl MvccStore {
             count,
             rev: self.current_rev,
         })
+    }
+
+    /// The first records of `[key, end)` as of revision `rev` (`<= 0`: newest), in key order:
+    /// at most `limit` (at least 1), and none once their encoded size would pass `bytes_max`
+    /// (the first always comes, whatever its size). `keys_only` reads the records without their
+    /// values. Memory and time are bounded by the chunk, not by the range: keys after the chunk
+    /// are not visited beyond the one that tells whether there are `more`.
+    pub fn range_chunk(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        limit: usize,
+        bytes_max: usize,
+        keys_only: bool,
+    ) -> Result<RangeChunk> {
+        let at = self.check_read_revision(rev)?;
+        let limit = limit.max(1);
+        let mut chunk = RangeChunk {
+            rev: self.current_rev,
+            ..RangeChunk::default()
+        };
+        let mut failed = None;
+        self.index.visit(key, end, at, |_, k| {
+            if chunk.kvs.len() >= limit {
+                chunk.more = true;
+                return false;
+            }
+            let mut kv = match self.load(k.modified) {
+                Ok(kv) => kv,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
+            if keys_only {
+                kv.value.clear();
+            }
+            let bytes = kvs_encoded_len(std::slice::from_ref(&kv));
+            if !chunk.kvs.is_empty() && chunk.bytes + bytes > bytes_max {
+                chunk.more = true;
+                return false;
+            }
+            chunk.bytes += bytes;
+            chunk.kvs.push(kv);
+            true
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(chunk),
+        }
     }
 
     /// The live record of `key` at the newest revision.

@@ -9,7 +9,10 @@ mod compaction;
 mod failover;
 pub mod leases;
 mod members;
+mod range_stream;
 mod routing;
+
+pub use range_stream::RangeStreamRead;
 
 pub(crate) use members::membership_reply;
 pub(crate) use routing::LeaderWriteError;
@@ -690,28 +693,42 @@ impl Node {
         req: &RangeRequest,
         permitted: impl FnOnce(&AuthStore) -> Result<(), AuthError>,
     ) -> Result<RangeResponse, NodeError> {
-        if !req.serializable {
-            match rt::timeout(self.config.request_timeout, self.read_barrier()).await {
-                Err(rt::Elapsed) => return Err(NodeError::Timeout),
-                Ok(result) => result?,
-            }
-        }
-        let checked_at = {
-            let auth = self.auth();
-            permitted(&auth).map_err(ApplyError::Auth)?;
-            auth.enabled().then(|| auth.revision())
-        };
+        let checked_at = self.read_gate(req.serializable, permitted).await?;
         let resp = {
             let store = self.state.read();
             self.metrics.mvcc_range.inc();
             apply::range(&store, req)?
         };
-        // Auth changed while the read ran: its permissions may no longer hold (etcd's check after
-        // a serialized read).
+        self.auth_unchanged(checked_at)?;
+        Ok(resp)
+    }
+
+    /// What every read passes before it reads: a linearizable one the read barrier, then
+    /// `permitted` with the auth state it is served at. Returns the auth revision checked (`None`
+    /// with auth off) for [`Node::auth_unchanged`].
+    async fn read_gate(
+        &self,
+        serializable: bool,
+        permitted: impl FnOnce(&AuthStore) -> Result<(), AuthError>,
+    ) -> Result<Option<u64>, NodeError> {
+        if !serializable {
+            match rt::timeout(self.config.request_timeout, self.read_barrier()).await {
+                Err(rt::Elapsed) => return Err(NodeError::Timeout),
+                Ok(result) => result?,
+            }
+        }
+        let auth = self.auth();
+        permitted(&auth).map_err(ApplyError::Auth)?;
+        Ok(auth.enabled().then(|| auth.revision()))
+    }
+
+    /// Refuse a read whose permissions were checked at auth revision `checked_at` when auth has
+    /// changed since: they may no longer hold (etcd's check after a serialized read).
+    fn auth_unchanged(&self, checked_at: Option<u64>) -> Result<(), NodeError> {
         if checked_at.is_some_and(|rev| rev != self.auth().revision()) {
             return Err(ApplyError::Auth(AuthError::AuthOldRevision).into());
         }
-        Ok(resp)
+        Ok(())
     }
 
     /// Wait (at most the request timeout) until this member has applied everything committed

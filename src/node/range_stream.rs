@@ -1,0 +1,57 @@
+//! The member's side of `KV.RangeStream`: the read gate once, then one short store read per chunk.
+
+use super::{Node, NodeError};
+use crate::apply::RangeStream;
+use crate::auth::{AuthError, AuthStore};
+use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+
+/// A range stream in progress on this member, between its chunks.
+#[derive(Debug)]
+pub struct RangeStreamRead {
+    cursor: RangeStream,
+    /// The auth revision the permissions were checked at (`None`: auth off).
+    checked_at: Option<u64>,
+}
+
+impl RangeStreamRead {
+    /// Whether the final chunk was read.
+    pub fn is_done(&self) -> bool {
+        self.cursor.is_done()
+    }
+}
+
+impl Node {
+    /// Start streaming the answer to a validated `req`: as [`Node::range_checked`], a
+    /// linearizable request passes the read barrier and `permitted` is asked about the auth state
+    /// it is served at, once. Returns the stream and its first chunk (an error here, before any
+    /// chunk, is the call's answer).
+    pub async fn range_stream(
+        &self,
+        req: RangeRequest,
+        permitted: impl FnOnce(&AuthStore) -> Result<(), AuthError>,
+    ) -> Result<(RangeStreamRead, RangeResponse), NodeError> {
+        let checked_at = self.read_gate(req.serializable, permitted).await?;
+        self.metrics.mvcc_range.inc();
+        let mut read = RangeStreamRead {
+            cursor: RangeStream::new(req, self.config.max_request_bytes),
+            checked_at,
+        };
+        let first = self.range_stream_next(&mut read)?;
+        Ok((read, first))
+    }
+
+    /// The next chunk of `read`, read at its pinned revision under the store's read lock, which
+    /// is held for this chunk only. Fails with `Compacted` once a compaction passed the pinned
+    /// revision, and, as a range, when auth changed since the permissions were checked.
+    pub fn range_stream_next(
+        &self,
+        read: &mut RangeStreamRead,
+    ) -> Result<RangeResponse, NodeError> {
+        let chunk = {
+            let store = self.state.read();
+            read.cursor.next_chunk(&store)?
+        };
+        self.auth_unchanged(read.checked_at)?;
+        Ok(chunk)
+    }
+}
