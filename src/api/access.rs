@@ -41,19 +41,19 @@ pub fn cert_user(extensions: &tonic::Extensions) -> Option<&str> {
     }
 }
 
-/// The names and addresses the verified client certificate of the request's connection is valid
-/// for (none without one).
-pub fn cert_hosts(extensions: &tonic::Extensions) -> &[super::tls::CertHost] {
+/// Whether the verified client certificate of the request's connection is valid for `host` (false
+/// without one).
+pub fn cert_valid_for(extensions: &tonic::Extensions, host: &str) -> bool {
     #[cfg(not(madsim))]
     {
         extensions
             .get::<super::tls::ClientConnInfo>()
-            .map_or(&[], |info| info.hosts.as_slice())
+            .is_some_and(|info| info.hosts.iter().any(|name| name.matches(host)))
     }
     #[cfg(madsim)]
     {
-        let _ = extensions;
-        &[]
+        let _ = (extensions, host);
+        false
     }
 }
 

@@ -50,9 +50,7 @@ impl PeerService {
         ) {
             (None, None) => true,
             (Some(cn), _) => super::access::cert_user(extensions) == Some(cn.as_str()),
-            (None, Some(host)) => super::access::cert_hosts(extensions)
-                .iter()
-                .any(|name| name.matches(host)),
+            (None, Some(host)) => super::access::cert_valid_for(extensions, host),
         };
         if admitted {
             Ok(())
