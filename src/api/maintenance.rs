@@ -19,7 +19,7 @@ use crate::pb::etcdserverpb::{
 };
 
 /// The etcd API version MetaStore speaks; clients compare it to enable features.
-pub const API_VERSION: &str = "3.5.0";
+pub const API_VERSION: &str = crate::cluster::CLUSTER_VERSION;
 
 /// Serves the maintenance calls.
 pub struct MaintenanceService {

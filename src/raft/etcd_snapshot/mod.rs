@@ -21,6 +21,8 @@
 //! it, so a restore that succeeds gives a data dir that starts.
 
 pub mod bbolt;
+pub mod bbolt_write;
+pub mod writer;
 
 use std::io;
 
@@ -155,6 +157,18 @@ fn revision_of(key: &[u8]) -> Option<(Revision, bool)> {
     let main = i64::try_from(u64::from_be_bytes(key[..8].try_into().ok()?)).ok()?;
     let sub = i64::try_from(u64::from_be_bytes(key[9..17].try_into().ok()?)).ok()?;
     Some((Revision::new(main, sub), tombstone))
+}
+
+/// etcd's key for the record at `rev`: the inverse of [`revision_of`].
+pub(crate) fn etcd_revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {
+    let mut key = Vec::with_capacity(18);
+    key.extend_from_slice(&(rev.main as u64).to_be_bytes());
+    key.push(b'_');
+    key.extend_from_slice(&(rev.sub as u64).to_be_bytes());
+    if tombstone {
+        key.push(b't');
+    }
+    key
 }
 
 /// Queues writes and hands them to the engine about a snapshot chunk at a time.
