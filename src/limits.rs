@@ -126,9 +126,8 @@ pub const PEER_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Page size of the etcd snapshot files (bbolt databases) `Maintenance.Snapshot` streams: etcd's
-/// own on x86-64 and arm64 Linux. Every page of the file, and every value larger than a page,
-/// passes through memory one page group at a time, so this is also the unit of what the writer
-/// holds besides one record.
+/// own on x86-64 and arm64 Linux. Besides the piece being sent (about [`SNAPSHOT_CHUNK_BYTES`]),
+/// the writer holds one open page per level of the tree it writes, and one record.
 pub const ETCD_SNAPSHOT_PAGE_BYTES: usize = 4096;
 
 /// Least time a whole snapshot transfer may take; see [`SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC`].
@@ -325,9 +324,8 @@ pub const BCRYPT_COST_MAX: u32 = 31;
 
 const _: () = assert!(HEARTBEAT_INTERVAL_MS * 5 <= ELECTION_TIMEOUT_MS);
 // bbolt page sizes are powers of two; etcdctl wants whole 512-byte sectors before the hash.
-const _: () = assert!(
-    ETCD_SNAPSHOT_PAGE_BYTES.is_power_of_two() && ETCD_SNAPSHOT_PAGE_BYTES.is_multiple_of(512)
-);
+const _: () =
+    assert!(ETCD_SNAPSHOT_PAGE_BYTES.is_power_of_two() && ETCD_SNAPSHOT_PAGE_BYTES % 512 == 0);
 const _: () = assert!(LEASE_MIN_TTL_SECS * 1000 >= (3 * ELECTION_TIMEOUT_MS / 2) as i64);
 const _: () = assert!(MAX_TXN_OPS_DEFAULT <= MAX_TXN_OPS_LIMIT);
 // A catch-up batch fits in a stream that is worth reading storage for (at most half full).

@@ -157,6 +157,16 @@ fn check_status(etcd_bin: &Path, file: &Path, head: i64) {
     }
 }
 
+/// etcd's tools read `file` ([`check_status`]), and a real etcd restored from it serves what
+/// `expected` says.
+async fn check_in_etcd(etcd_bin: &Path, file: &Path, data: &Path, expected: &Expected) {
+    check_status(etcd_bin, file, expected.head);
+    let etcd = restore_into_etcd(etcd_bin, file, data);
+    expected
+        .check_served(&etcd.endpoint, "etcd restored from MetaStore's snapshot")
+        .await;
+}
+
 /// `etcdutl snapshot restore` into a new data dir, and a real etcd 3.5.1 started on it.
 fn restore_into_etcd(etcd_bin: &Path, file: &Path, data: &Path) -> Etcd {
     let peer = common::free_port();
@@ -469,11 +479,7 @@ async fn an_etcd_snapshot_goes_through_metastore_and_back_into_etcd() {
     drop(cluster);
 
     // → etcd again.
-    check_status(&etcd_bin, &ours, expected.head);
-    let etcd = restore_into_etcd(&etcd_bin, &ours, &tmp.path().join("etcd-again"));
-    expected
-        .check_served(&etcd.endpoint, "etcd restored from MetaStore's snapshot")
-        .await;
+    check_in_etcd(&etcd_bin, &ours, &tmp.path().join("etcd-again"), &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,12 +508,7 @@ async fn a_metastore_snapshot_is_an_etcd_snapshot() {
     drop(c);
     drop(server);
 
-    check_status(&etcd_bin, &file, expected.head);
-    let etcd = restore_into_etcd(&etcd_bin, &file, &tmp.path().join("etcd"));
-    expected
-        .check_served(&etcd.endpoint, "etcd restored from MetaStore's snapshot")
-        .await;
-    drop(etcd);
+    check_in_etcd(&etcd_bin, &file, &tmp.path().join("etcd"), &expected).await;
 
     // MetaStore reads its own snapshot back.
     let cluster = common::TestCluster::start_restored(1, &file);

@@ -1,8 +1,12 @@
 //! etcd's snapshot files: the bbolt database `etcdctl snapshot save` writes (etcd 3.4 and 3.5),
-//! followed by the SHA-256 of it. [`restore`] turns one into MetaStore's own records in an empty
-//! engine, so `metastore snapshot restore` takes an etcd snapshot as it takes our own backups
-//! ([`super::backup`]); the member started on it founds a new cluster with etcd's keys, history,
-//! leases and users.
+//! followed by the SHA-256 of it. Both directions:
+//! * [`restore`] turns one into MetaStore's own records in an empty engine, so `metastore snapshot
+//!   restore` takes an etcd snapshot (as it takes our older backups, [`super::backup`]); the
+//!   member started on it founds a new cluster with etcd's keys, history, leases and users. The
+//!   file is read by [`bbolt`].
+//! * [`writer`] makes one of a frozen view of MetaStore's state: what `Maintenance.Snapshot`
+//!   streams, so `etcdctl snapshot save` against MetaStore writes a file etcd restores. The pages
+//!   are written by [`bbolt_write`]; its module docs give the mapping, the mirror of the one below.
 //!
 //! etcd's buckets and what becomes of them:
 //! * `key`: `main(8 BE) '_' sub(8 BE) ['t']` → `mvccpb.KeyValue` (a tombstone holds only the key):

@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use super::bbolt_write::tests::{read_back, Records};
 use super::*;
 use crate::mvcc::RangeEnd;
 use crate::storage::MemoryEngine;
@@ -156,14 +159,7 @@ fn regression_a_put_and_a_tombstone_at_one_revision_are_refused() {
 }
 
 fn dump(engine: &SharedEngine, ks: Keyspace) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    engine
-        .scan(ks, &[], None, &mut |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            true
-        })
-        .unwrap();
-    out
+    crate::raft::snapshot::tests::dump(engine.as_ref(), ks)
 }
 
 /// The etcd snapshot file MetaStore streams for `engine`, checking that no piece is much larger
@@ -188,30 +184,9 @@ fn snapshot_of(engine: &SharedEngine) -> Vec<u8> {
     file
 }
 
-/// Every bucket of an etcd file: name → records in key order.
-type Buckets = std::collections::BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>;
-
-fn buckets_of(file: &[u8]) -> Buckets {
-    let data = &file[..file.len() - HASH_BYTES as usize];
-    let bolt = Bolt::open(data, data.len() as u64).unwrap();
-    let mut names = Vec::new();
-    bolt.walk(&bolt.root(), &mut |e: Entry<'_>| {
-        names.push(e.key.to_vec());
-        Ok::<_, BoltError>(true)
-    })
-    .unwrap();
-    let mut out = Buckets::new();
-    for name in names {
-        let bucket = bolt.bucket(&bolt.root(), &name).unwrap().unwrap();
-        let mut records = Vec::new();
-        bolt.walk(&bucket, &mut |e: Entry<'_>| {
-            records.push((e.key.to_vec(), e.value.to_vec()));
-            Ok::<_, BoltError>(true)
-        })
-        .unwrap();
-        out.insert(name, records);
-    }
-    out
+/// Every bucket of an etcd snapshot file: name → records.
+fn buckets_of(file: &[u8]) -> BTreeMap<Vec<u8>, Records> {
+    read_back(&file[..file.len() - HASH_BYTES as usize])
 }
 
 #[test]
@@ -228,11 +203,11 @@ fn an_etcd_snapshot_restored_and_written_again_holds_what_etcd_wrote() {
         ours.keys().collect::<Vec<_>>(),
         etcds.keys().collect::<Vec<_>>()
     );
-    etcds.insert(b"members".to_vec(), Vec::new());
+    etcds.insert(b"members".to_vec(), Records::new());
     etcds
-        .get_mut(&b"meta".to_vec())
+        .get_mut(b"meta".as_slice())
         .unwrap()
-        .retain(|(k, _)| k.ends_with(b"CompactRev"));
+        .retain(|k, _| k.ends_with(b"CompactRev"));
     assert_eq!(ours, etcds);
 
     // And it restores to the same state.
@@ -298,30 +273,11 @@ fn a_large_store_streams_in_bounded_pieces_and_reads_back() {
 
 #[test]
 fn a_snapshot_taken_mid_compaction_has_etcd_finish_it() {
-    let source = engine();
-    let mut store = MvccStore::open(source.clone()).unwrap();
-    for i in 0..200u32 {
-        let mut txn = store.write_txn();
-        txn.put(
-            format!("k{}", i % 10).as_bytes(),
-            i.to_be_bytes().to_vec(),
-            0,
-        )
-        .unwrap();
-        source.write(txn.finish().0, Durability::Sync).unwrap();
-        store.mark_flushed();
-    }
-    let at = store.current_revision() - 5;
-    let mut batch = WriteBatch::new();
-    store.compact(at, &mut batch).unwrap();
-    source.write(batch, Durability::Sync).unwrap();
-    for _ in 0..5 {
-        store.compact_step(4).unwrap();
-    }
+    let (source, mut store, at) = crate::raft::backup::tests::half_compacted_store();
     let file = snapshot_of(&source);
-    let meta = &buckets_of(&file)[&b"meta".to_vec()];
+    let meta = &buckets_of(&file)[b"meta".as_slice()];
     assert_eq!(
-        meta.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(),
+        meta.keys().map(|k| k.as_slice()).collect::<Vec<_>>(),
         vec![&b"scheduledCompactRev"[..]],
         "scheduled, not finished: etcd finishes it on open"
     );

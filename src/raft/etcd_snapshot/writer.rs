@@ -359,16 +359,3 @@ impl SnapshotWriter {
         }
     }
 }
-
-/// Write the whole snapshot file of `view` into `out` (for tests and tools; the server streams
-/// [`SnapshotWriter::next_piece`]).
-pub fn write_to(view: Arc<dyn EngineView>, out: &mut impl io::Write) -> io::Result<u64> {
-    let mut writer = SnapshotWriter::new(view)?;
-    let mut written = 0u64;
-    while let Some(piece) = writer.next_piece()? {
-        out.write_all(&piece)?;
-        written += piece.len() as u64;
-    }
-    debug_assert_eq!(written, writer.total_bytes());
-    Ok(written)
-}
