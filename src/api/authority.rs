@@ -19,7 +19,9 @@
 //!
 //! The same pass also polices client PINGs (etcd's `--grpc-keepalive-min-time`, which gRPC servers
 //! enforce): a client that pings more often than that more than [`limits::MAX_PING_STRIKES`] times
-//! loses its connection, as grpc-go closes it (h2 itself answers every PING, however many).
+//! loses its connection, as grpc-go closes it (h2 itself answers every PING, however many); as in
+//! grpc-go, the count starts over whenever the server has sent HEADERS or DATA since the last
+//! PING, so a client's flow-control pings during a long download are no strikes.
 
 use std::io;
 use std::pin::Pin;
@@ -33,6 +35,7 @@ use crate::limits;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -73,38 +76,30 @@ pub struct AuthorityFix<S> {
     frames: FrameWalker,
 }
 
-/// Follows the frame headers of a client's byte stream (whatever the mode) to see its PINGs.
-struct FrameWalker {
+/// Finds the frame headers in one direction of a connection's byte stream, however the bytes are
+/// split into reads and writes.
+struct FrameHeaders {
     header: [u8; FRAME_HEADER_LEN],
     have: usize,
     /// Bytes of the current frame's payload (or of the preface) still to pass.
     skip: usize,
-    pings: PingPolicy,
 }
 
-/// etcd's keepalive enforcement: PINGs closer together than `min_interval` are strikes.
-struct PingPolicy {
-    min_interval: std::time::Duration,
-    last: Option<crate::rt::Instant>,
-    strikes: u32,
-}
-
-impl FrameWalker {
-    fn new(min_interval: std::time::Duration) -> Self {
+impl FrameHeaders {
+    fn new(preface: usize) -> Self {
         Self {
             header: [0; FRAME_HEADER_LEN],
             have: 0,
-            skip: PREFACE_LEN,
-            pings: PingPolicy {
-                min_interval,
-                last: None,
-                strikes: 0,
-            },
+            skip: preface,
         }
     }
 
-    /// Walk `bytes`, the next bytes the client sent; an error once it pinged too often.
-    fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+    /// Walk `bytes`, calling `on_header` with each complete frame header.
+    fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        on_header: &mut dyn FnMut(&[u8; FRAME_HEADER_LEN]) -> io::Result<()>,
+    ) -> io::Result<()> {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
@@ -117,26 +112,83 @@ impl FrameWalker {
             self.have += n;
             bytes = &bytes[n..];
             if self.have == FRAME_HEADER_LEN {
-                let h = &self.header;
+                let h = self.header;
                 self.skip =
                     (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
                 self.have = 0;
-                if h[3] == PING && h[4] & ACK == 0 {
-                    self.pings.ping()?;
-                }
+                on_header(&h)?;
             }
         }
         Ok(())
     }
 }
 
+/// Follows the frames of both directions (whatever the mode) to police the client's PINGs.
+struct FrameWalker {
+    client: FrameHeaders,
+    server: FrameHeaders,
+    pings: PingPolicy,
+}
+
+/// etcd's keepalive enforcement: PINGs closer together than `min_interval` are strikes, unless
+/// the server sent HEADERS or DATA since the last one. That is grpc-go's rule: a client that
+/// downloads (a snapshot, a large range) pings to size its flow-control window
+/// (bandwidth-delay-product pings, several a second on a fast link), and those must not cost it
+/// its connection.
+struct PingPolicy {
+    min_interval: std::time::Duration,
+    last: Option<crate::rt::Instant>,
+    strikes: u32,
+    /// The server sent HEADERS or DATA since the last PING.
+    server_sent: bool,
+}
+
+impl FrameWalker {
+    fn new(min_interval: std::time::Duration) -> Self {
+        Self {
+            client: FrameHeaders::new(PREFACE_LEN),
+            server: FrameHeaders::new(0),
+            pings: PingPolicy {
+                min_interval,
+                last: None,
+                strikes: 0,
+                server_sent: false,
+            },
+        }
+    }
+
+    /// Walk `bytes`, the next bytes the client sent; an error once it pinged too often.
+    fn observe(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let pings = &mut self.pings;
+        self.client.feed(bytes, &mut |h| {
+            if h[3] == PING && h[4] & ACK == 0 {
+                pings.ping()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Walk `bytes`, the next bytes the server sent to the client.
+    fn observe_sent(&mut self, bytes: &[u8]) {
+        let pings = &mut self.pings;
+        let _ = self.server.feed(bytes, &mut |h| {
+            if h[3] == DATA || h[3] == HEADERS {
+                pings.server_sent = true;
+            }
+            Ok(())
+        });
+    }
+}
+
 impl PingPolicy {
     fn ping(&mut self) -> io::Result<()> {
         let now = crate::rt::now();
-        if self
-            .last
-            .is_some_and(|last| now.saturating_duration_since(last) < self.min_interval)
-        {
+        let last = self.last.replace(now);
+        if std::mem::take(&mut self.server_sent) {
+            self.strikes = 0;
+            return Ok(());
+        }
+        if last.is_some_and(|last| now.saturating_duration_since(last) < self.min_interval) {
             self.strikes += 1;
             if self.strikes > limits::MAX_PING_STRIKES {
                 return Err(io::Error::new(
@@ -145,7 +197,6 @@ impl PingPolicy {
                 ));
             }
         }
-        self.last = Some(now);
         Ok(())
     }
 }
@@ -525,7 +576,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.frames.observe_sent(&buf[..n]);
+        }
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -541,7 +597,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = written {
+            for buf in bufs {
+                let part = n.min(buf.len());
+                this.frames.observe_sent(&buf[..part]);
+                n -= part;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -714,6 +782,34 @@ mod tests {
             }
         }
         let err = walker.observe(&ping).unwrap_err();
+        assert!(err.to_string().contains("too_many_pings"), "{err}");
+    }
+
+    /// A client receiving a large response (etcdctl saving a snapshot) pings to size its window:
+    /// DATA from the server between two pings makes the second no strike, as in grpc-go.
+    #[test]
+    fn pings_after_server_data_are_no_strikes() {
+        let mut walker = FrameWalker::new(std::time::Duration::from_secs(3600));
+        walker.observe(PREFACE).unwrap();
+        let mut sent = Vec::new();
+        push_frame(&mut sent, 0x4, 0, 0, &[]); // SETTINGS first, as a server starts
+        push_frame(&mut sent, 0x0, 0, 1, &[1; 300]);
+        for _ in 0..20 {
+            // The server's frames in odd slices: headers split across writes.
+            for part in sent.chunks(7) {
+                walker.observe_sent(part);
+            }
+            walker.observe(&ping_frame(false)).unwrap();
+        }
+        // Without data in between (PING ACKs do not count), the third quick ping is too many.
+        let mut acks_only = Vec::new();
+        push_frame(&mut acks_only, PING, ACK, 0, &[7; 8]);
+        for _ in 0..2 {
+            walker.observe_sent(&acks_only);
+            walker.observe(&ping_frame(false)).unwrap();
+        }
+        walker.observe_sent(&acks_only);
+        let err = walker.observe(&ping_frame(false)).unwrap_err();
         assert!(err.to_string().contains("too_many_pings"), "{err}");
     }
 
