@@ -516,3 +516,39 @@ async fn a_metastore_snapshot_is_an_etcd_snapshot() {
         .check_served(&cluster.members[0].endpoint(), "MetaStore restored")
         .await;
 }
+
+/// A snapshot of tens of MB: etcdctl pings while it downloads (to size its flow-control window),
+/// which must not cost it its connection (it did, and its retries never finished), and the file
+/// is whole: values of a MiB each span overflow pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_downloads_whole() {
+    let etcd_bin = etcd_dir();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = common::Server::start("rocksdb");
+    let mut c = server.client().await;
+    let mut head = 0;
+    for i in 0..64 {
+        let value = vec![b'a' + (i % 26) as u8; 1024 * 1024];
+        let r = c
+            .put(format!("big/{i:02}"), value, None)
+            .await
+            .expect("put");
+        head = r.header().unwrap().revision();
+    }
+    let file = tmp.path().join("large.db");
+    // Bounded: a refused download makes etcdctl retry forever.
+    let out = run_ok(
+        Command::new("timeout")
+            .arg("120")
+            .arg(etcd_bin.join("etcdctl"))
+            .arg(format!("--endpoints={}", server.host_port()))
+            .args(["snapshot", "save"])
+            .arg(&file),
+    );
+    assert!(out.contains("Snapshot saved at"), "{out}");
+    let len = std::fs::metadata(&file).expect("saved").len();
+    assert!(len > 64 * 1024 * 1024, "{len} bytes");
+    let (revision, keys) = snapshot_status(&mut Command::new(etcd_bin.join("etcdutl")), &file);
+    assert_eq!(revision, head);
+    assert_eq!(keys, records_in(&file));
+}
