@@ -1,10 +1,16 @@
-//! etcd → MetaStore through etcd's snapshot file: a real etcd 3.5.1 (scripts/etcd-reference.sh)
-//! gets keys over several revisions, a delete, a compaction, a lease with a key, a user and a role
-//! with auth enabled; `etcdctl snapshot save` writes its file; `metastore snapshot restore` builds
-//! a data dir from it; the MetaStore member started there must serve the same keys at the same
-//! revisions, the lease, the user (by its password) and the same watch history. The data fills
-//! branch and overflow pages of etcd's bbolt file. A damaged or
-//! truncated file is refused with a clear error and no data dir.
+//! etcd's snapshot file in both directions, with the real etcd 3.5.1 (scripts/etcd-reference.sh)
+//! and Debian's etcdctl 3.4.23:
+//! * etcd → MetaStore → etcd: etcd gets keys over several revisions, a delete, a compaction, a
+//!   lease with a key, a user and a role with auth enabled; `etcdctl snapshot save` writes its
+//!   file; `metastore snapshot restore` builds a data dir from it; the MetaStore member started
+//!   there must serve the same keys at the same revisions, the lease, the user (by its password)
+//!   and the same watch history. Then `etcdctl snapshot save` against that member writes etcd's
+//!   format again, which `etcdutl snapshot restore` and a real etcd started on it must serve
+//!   alike. The data fills branch and overflow pages of the bbolt files. A damaged or truncated
+//!   file is refused with a clear error and no data dir.
+//! * MetaStore → etcd: the same history written to MetaStore; its snapshot passes `etcdctl
+//!   snapshot status` (3.5.1 and 3.4.23) and `etcdutl snapshot status` with the right revision and
+//!   key count, restores into an etcd that serves the same, and restores into MetaStore too.
 
 mod common;
 
@@ -49,8 +55,10 @@ impl Drop for Etcd {
     }
 }
 
-fn spawn_etcd(dir: &Path, data: &Path) -> Etcd {
-    let (client, peer) = (common::free_port(), common::free_port());
+/// Start etcd member `e` on `data` with its peer URL on `peer` (a restored data dir must be
+/// started with the peer URL it was restored for).
+fn spawn_etcd(dir: &Path, data: &Path, peer: u16) -> Etcd {
+    let client = common::free_port();
     let endpoint = format!("127.0.0.1:{client}");
     let log = std::fs::File::create(data.with_extension("log")).expect("etcd log");
     let child = Command::new(dir.join("etcd"))
@@ -68,6 +76,111 @@ fn spawn_etcd(dir: &Path, data: &Path) -> Etcd {
         .spawn()
         .expect("start etcd");
     Etcd { child, endpoint }
+}
+
+/// Run a tool and return its stdout, failing the test with its stderr if it fails.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `etcdctl snapshot save` with etcd 3.5.1's etcdctl, as root.
+fn snapshot_save(etcd_bin: &Path, endpoint: &str, file: &Path) {
+    let out = run_ok(
+        Command::new(etcd_bin.join("etcdctl"))
+            .arg(format!("--endpoints={endpoint}"))
+            .arg(format!("--user=root:{ROOT_PASSWORD}"))
+            .args(["snapshot", "save"])
+            .arg(file),
+    );
+    assert!(out.contains("Snapshot saved at"), "{out}");
+}
+
+/// `(revision, totalKey)` of `snapshot status -w json` by `tool` (etcdctl 3.4 or 3.5, etcdutl).
+fn snapshot_status(tool: &mut Command, file: &Path) -> (i64, u64) {
+    let out = run_ok(
+        tool.env("ETCDCTL_API", "3")
+            .args(["snapshot", "status"])
+            .arg(file)
+            .args(["-w", "json"]),
+    );
+    let status: serde_json::Value = serde_json::from_str(out.trim()).expect("status json");
+    (
+        status["revision"].as_i64().expect("revision"),
+        status["totalKey"].as_u64().expect("totalKey"),
+    )
+}
+
+/// Every record of every bucket of an etcd snapshot file, counted by our own bbolt reader.
+fn records_in(file: &Path) -> u64 {
+    use metastore::raft::etcd_snapshot::bbolt::{Bolt, BoltError, Entry};
+    let bytes = std::fs::read(file).expect("read snapshot");
+    let data = &bytes[..bytes.len() - 32];
+    let bolt = Bolt::open(data, data.len() as u64).expect("a bbolt file");
+    let mut names = Vec::new();
+    bolt.walk(&bolt.root(), &mut |e: Entry<'_>| {
+        names.push(e.key.to_vec());
+        Ok::<_, BoltError>(true)
+    })
+    .expect("root bucket");
+    let mut n = 0;
+    for name in names {
+        let bucket = bolt.bucket(&bolt.root(), &name).unwrap().unwrap();
+        bolt.walk(&bucket, &mut |_: Entry<'_>| {
+            n += 1;
+            Ok::<_, BoltError>(true)
+        })
+        .expect("bucket");
+    }
+    n
+}
+
+/// etcd's tools read the file: etcdctl 3.5.1 and 3.4.23 and etcdutl 3.5.1 all report the store
+/// revision and every record.
+fn check_status(etcd_bin: &Path, file: &Path, head: i64) {
+    let records = records_in(file);
+    for mut tool in [
+        Command::new(etcd_bin.join("etcdctl")),
+        Command::new(etcd_bin.join("etcdutl")),
+        Command::new("/usr/bin/etcdctl"),
+    ] {
+        let name = format!("{tool:?}");
+        let (revision, keys) = snapshot_status(&mut tool, file);
+        assert_eq!(revision, head, "{name}: the store revision");
+        assert_eq!(keys, records, "{name}: every record");
+    }
+}
+
+/// etcd's tools read `file` ([`check_status`]), and a real etcd restored from it serves what
+/// `expected` says.
+async fn check_in_etcd(etcd_bin: &Path, file: &Path, data: &Path, expected: &Expected) {
+    check_status(etcd_bin, file, expected.head);
+    let etcd = restore_into_etcd(etcd_bin, file, data);
+    expected
+        .check_served(&etcd.endpoint, "etcd restored from MetaStore's snapshot")
+        .await;
+}
+
+/// `etcdutl snapshot restore` into a new data dir, and a real etcd 3.5.1 started on it.
+fn restore_into_etcd(etcd_bin: &Path, file: &Path, data: &Path) -> Etcd {
+    let peer = common::free_port();
+    let url = format!("http://127.0.0.1:{peer}");
+    run_ok(
+        Command::new(etcd_bin.join("etcdutl"))
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .args(["--name", "e"])
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--initial-cluster=e={url}"))
+            .arg(format!("--initial-advertise-peer-urls={url}")),
+    );
+    spawn_etcd(etcd_bin, data, peer)
 }
 
 async fn connect(endpoint: &str, user: Option<(&str, &str)>) -> Result<Client, etcd_client::Error> {
@@ -164,20 +277,16 @@ fn restore(file: &Path, data_dir: &Path, extra: &[&str]) -> std::process::Output
         .expect("metastore snapshot restore")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_etcd_snapshot_restores_into_metastore_with_its_history_leases_and_users() {
-    let etcd_bin = etcd_dir();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let etcd = spawn_etcd(&etcd_bin, &tmp.path().join("etcd-data"));
-    let mut c = connect_retry(&etcd.endpoint, None).await;
-
+/// Write the same history to etcd or MetaStore (no auth yet): keys over several revisions, a
+/// delete, enough keys for branch pages in the `key` bucket, a value spilling over several
+/// overflow pages, a lease with a key, a compaction, writes after it, users and a role with a
+/// permission, then auth enabled. Returns the lease and the compaction revision.
+async fn fill(c: &mut Client) -> (i64, i64) {
     c.put("k1", "v1", None).await.expect("put");
     c.put("k1", "v2", None).await.expect("put");
     c.put("k2", "gone", None).await.expect("put");
     c.delete("k2", None).await.expect("delete");
     c.put("k3", "three", None).await.expect("put");
-    // Enough keys for branch pages in etcd's `key` bucket, and a value spilling over several
-    // overflow pages.
     for i in 0..1500 {
         c.put(format!("bulk/{i:05}"), format!("value-{i}"), None)
             .await
@@ -210,28 +319,113 @@ async fn an_etcd_snapshot_restores_into_metastore_with_its_history_leases_and_us
     c.user_add(USER, USER_PASSWORD, None).await.expect("user");
     c.user_grant_role(USER, "r1").await.expect("grant");
     c.auth_enable().await.expect("auth enable");
+    (lease, compact_at)
+}
 
-    let mut root = connect_retry(&etcd.endpoint, Some(("root", ROOT_PASSWORD))).await;
-    let (head, expected) = all_keys(&mut root).await;
-    let expected_history = history(&mut root, compact_at, head).await;
-    assert!(
-        expected_history.iter().any(|e| !e.0) && expected_history.len() >= 4,
-        "the retained history has puts and a delete: {expected_history:?}"
+/// What a store holding [`fill`]'s history serves.
+#[derive(Debug)]
+struct Expected {
+    head: i64,
+    keys: Vec<Row>,
+    history: Vec<(bool, String, String, i64)>,
+    compact_at: i64,
+    lease: i64,
+}
+
+impl Expected {
+    /// Read it from the store that was filled.
+    async fn of(endpoint: &str, lease: i64, compact_at: i64) -> Expected {
+        let mut root = connect_retry(endpoint, Some(("root", ROOT_PASSWORD))).await;
+        let (head, keys) = all_keys(&mut root).await;
+        let history = history(&mut root, compact_at, head).await;
+        assert!(
+            history.iter().any(|e| !e.0) && history.len() >= 4,
+            "the retained history has puts and a delete: {history:?}"
+        );
+        Expected {
+            head,
+            keys,
+            history,
+            compact_at,
+            lease,
+        }
+    }
+
+    /// Check that the store at `endpoint`, restored from a snapshot, serves it all: the same
+    /// keys at the same revisions, the compaction, the lease, the users by their passwords and
+    /// their permissions; then that it takes a write at the next revision.
+    async fn check_served(&self, endpoint: &str, what: &str) {
+        let mut root = connect_retry(endpoint, Some(("root", ROOT_PASSWORD))).await;
+        let (head, keys) = all_keys(&mut root).await;
+        assert_eq!(head, self.head, "{what}: the same store revision");
+        assert_eq!(
+            keys, self.keys,
+            "{what}: the same keys, values, revisions, versions and leases"
+        );
+        assert_eq!(
+            history(&mut root, self.compact_at, self.head).await,
+            self.history,
+            "{what}: watch --rev {} replays the same events",
+            self.compact_at
+        );
+        let err = root
+            .get(
+                "k1",
+                Some(GetOptions::new().with_revision(self.compact_at - 1)),
+            )
+            .await
+            .expect_err("compacted");
+        assert!(err.to_string().contains("compacted"), "{what}: {err}");
+        let ttl = root
+            .lease_time_to_live(self.lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+            .expect("lease ttl");
+        assert_eq!(ttl.granted_ttl(), 600, "{what}");
+        // A new leader renews every lease it takes over (etcd adds an election timeout).
+        assert!(ttl.ttl() > 590 && ttl.ttl() <= 602, "{what}: {}", ttl.ttl());
+        assert_eq!(ttl.keys(), [b"leased".to_vec()], "{what}");
+
+        let mut alice = connect(endpoint, Some((USER, USER_PASSWORD)))
+            .await
+            .expect("alice authenticates with her password");
+        let r = alice.get("k1", None).await.expect("alice reads k1");
+        assert_eq!(r.kvs()[0].value_str().unwrap(), "v3", "{what}");
+        assert!(
+            alice.get("leased", None).await.is_err(),
+            "{what}: r1 grants only keys under k"
+        );
+        assert!(
+            connect(endpoint, Some((USER, "wrong"))).await.is_err(),
+            "{what}: a wrong password is refused"
+        );
+        let anonymous = connect(endpoint, None).await;
+        let refused = match anonymous {
+            Ok(mut c) => c.get("k1", None).await.is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "{what}: auth is enabled");
+        let next = alice
+            .put("k6", "after", None)
+            .await
+            .expect("write after restore");
+        assert_eq!(next.header().unwrap().revision(), self.head + 1, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_snapshot_goes_through_metastore_and_back_into_etcd() {
+    let etcd_bin = etcd_dir();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let etcd = spawn_etcd(
+        &etcd_bin,
+        &tmp.path().join("etcd-data"),
+        common::free_port(),
     );
+    let mut c = connect_retry(&etcd.endpoint, None).await;
+    let (lease, compact_at) = fill(&mut c).await;
+    let expected = Expected::of(&etcd.endpoint, lease, compact_at).await;
     let file = tmp.path().join("etcd.db");
-    let out = Command::new(etcd_bin.join("etcdctl"))
-        .arg(format!("--endpoints={}", etcd.endpoint))
-        .arg(format!("--user=root:{ROOT_PASSWORD}"))
-        .args(["snapshot", "save"])
-        .arg(&file)
-        .output()
-        .expect("etcdctl snapshot save");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    drop(root);
+    snapshot_save(&etcd_bin, &etcd.endpoint, &file);
     drop(c);
     drop(etcd);
 
@@ -273,50 +467,88 @@ async fn an_etcd_snapshot_restores_into_metastore_with_its_history_leases_and_us
     );
     assert!(!dir.exists());
 
-    // The restored member: same keys at the same revisions, lease, user and history.
+    // etcd → MetaStore. Its own snapshot is taken before the checks write to it.
     let cluster = common::TestCluster::start_restored(1, &file);
-    let member = &cluster.members[0];
-    let mut root = connect_retry(&member.endpoint(), Some(("root", ROOT_PASSWORD))).await;
-    let (got_head, got) = all_keys(&mut root).await;
-    assert_eq!(got_head, head, "the same store revision");
-    assert_eq!(
-        got, expected,
-        "the same keys, values, revisions, versions and leases"
-    );
-    assert_eq!(
-        history(&mut root, compact_at, head).await,
-        expected_history,
-        "watch --rev {compact_at} replays the same events"
-    );
-    let err = root
-        .get("k1", Some(GetOptions::new().with_revision(compact_at - 1)))
-        .await
-        .expect_err("compacted");
-    assert!(err.to_string().contains("compacted"), "{err}");
-    let ttl = root
-        .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
-        .await
-        .expect("lease ttl");
-    assert_eq!(ttl.granted_ttl(), 600);
-    // A new leader renews every lease it takes over (etcd adds an election timeout on promotion).
-    assert!(ttl.ttl() > 590 && ttl.ttl() <= 602, "{}", ttl.ttl());
-    assert_eq!(ttl.keys(), [b"leased".to_vec()]);
+    let member = cluster.members[0].endpoint();
+    connect_retry(&member, Some(("root", ROOT_PASSWORD))).await;
+    let ours = tmp.path().join("metastore.db");
+    snapshot_save(&etcd_bin, member.trim_start_matches("http://"), &ours);
+    expected
+        .check_served(&member, "MetaStore restored from etcd")
+        .await;
+    drop(cluster);
 
-    let mut alice = connect(&member.endpoint(), Some((USER, USER_PASSWORD)))
-        .await
-        .expect("alice authenticates with her etcd password");
-    let r = alice.get("k1", None).await.expect("alice reads k1");
-    assert_eq!(r.kvs()[0].value_str().unwrap(), "v3");
-    assert!(
-        alice.get("leased", None).await.is_err(),
-        "r1 grants only keys under k"
+    // → etcd again.
+    check_in_etcd(&etcd_bin, &ours, &tmp.path().join("etcd-again"), &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metastore_snapshot_is_an_etcd_snapshot() {
+    let etcd_bin = etcd_dir();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = common::Server::start_with("rocksdb", &["--bcrypt-cost", "4"]);
+    let mut c = server.client().await;
+    let (lease, compact_at) = fill(&mut c).await;
+    let expected = Expected::of(&server.endpoint, lease, compact_at).await;
+    let file = tmp.path().join("metastore.db");
+    snapshot_save(&etcd_bin, server.host_port(), &file);
+    // Debian's etcdctl 3.4 saves it too, to the same bytes.
+    let file_34 = tmp.path().join("metastore-34.db");
+    run_ok(
+        Command::new("/usr/bin/etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", server.host_port()))
+            .arg(format!("--user=root:{ROOT_PASSWORD}"))
+            .args(["snapshot", "save"])
+            .arg(&file_34),
     );
-    assert!(connect(&member.endpoint(), Some((USER, "wrong")))
-        .await
-        .is_err());
-    let next = alice
-        .put("k6", "after", None)
-        .await
-        .expect("write after restore");
-    assert_eq!(next.header().unwrap().revision(), head + 1);
+    let bytes = std::fs::read(&file).expect("read snapshot");
+    assert_eq!(bytes, std::fs::read(&file_34).expect("read snapshot"));
+    assert_eq!(bytes.len() % 512, 32, "whole sectors and the hash");
+    drop(c);
+    drop(server);
+
+    check_in_etcd(&etcd_bin, &file, &tmp.path().join("etcd"), &expected).await;
+
+    // MetaStore reads its own snapshot back.
+    let cluster = common::TestCluster::start_restored(1, &file);
+    expected
+        .check_served(&cluster.members[0].endpoint(), "MetaStore restored")
+        .await;
+}
+
+/// A snapshot of tens of MB: etcdctl pings while it downloads (to size its flow-control window),
+/// which must not cost it its connection (it did, and its retries never finished), and the file
+/// is whole: values of a MiB each span overflow pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_downloads_whole() {
+    let etcd_bin = etcd_dir();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = common::Server::start("rocksdb");
+    let mut c = server.client().await;
+    let mut head = 0;
+    for i in 0..64 {
+        let value = vec![b'a' + (i % 26) as u8; 1024 * 1024];
+        let r = c
+            .put(format!("big/{i:02}"), value, None)
+            .await
+            .expect("put");
+        head = r.header().unwrap().revision();
+    }
+    let file = tmp.path().join("large.db");
+    // Bounded: a refused download makes etcdctl retry forever.
+    let out = run_ok(
+        Command::new("timeout")
+            .arg("120")
+            .arg(etcd_bin.join("etcdctl"))
+            .arg(format!("--endpoints={}", server.host_port()))
+            .args(["snapshot", "save"])
+            .arg(&file),
+    );
+    assert!(out.contains("Snapshot saved at"), "{out}");
+    let len = std::fs::metadata(&file).expect("saved").len();
+    assert!(len > 64 * 1024 * 1024, "{len} bytes");
+    let (revision, keys) = snapshot_status(&mut Command::new(etcd_bin.join("etcdutl")), &file);
+    assert_eq!(revision, head);
+    assert_eq!(keys, records_in(&file));
 }

@@ -19,7 +19,9 @@
 //!
 //! The same pass also polices client PINGs (etcd's `--grpc-keepalive-min-time`, which gRPC servers
 //! enforce): a client that pings more often than that more than [`limits::MAX_PING_STRIKES`] times
-//! loses its connection, as grpc-go closes it (h2 itself answers every PING, however many).
+//! loses its connection, as grpc-go closes it (h2 itself answers every PING, however many); as in
+//! grpc-go, a PING that follows response HEADERS or DATA from the server is no strike, so a busy
+//! Go client's flow-control (BDP) pings keep their connection.
 
 use std::io;
 use std::pin::Pin;

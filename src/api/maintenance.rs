@@ -1,6 +1,6 @@
 //! The `etcdserverpb.Maintenance` service: Status, Hash (of all replicated state), HashKV, Alarm,
-//! Defragment, MoveLeader and Snapshot (a MetaStore backup, see `raft::backup`). Downgrade is not
-//! offered (etcd 3.5+ only).
+//! Defragment, MoveLeader and Snapshot (etcd's snapshot file, see `raft::etcd_snapshot::writer`).
+//! Downgrade is not offered (etcd 3.5+ only).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::pb::etcdserverpb::{
 };
 
 /// The etcd API version MetaStore speaks; clients compare it to enable features.
-pub const API_VERSION: &str = "3.5.0";
+pub const API_VERSION: &str = crate::cluster::CLUSTER_VERSION;
 
 /// Serves the maintenance calls.
 pub struct MaintenanceService {

@@ -20,9 +20,12 @@ use crate::storage::{Engine, Keyspace, StorageError, WriteBatch};
 /// The name of the root user and of the root role (which bypasses every permission check).
 pub const ROOT: &str = "root";
 
-const STATE_KEY: &[u8] = b"auth/state";
-const USER_PREFIX: &[u8] = b"auth/user/";
-const ROLE_PREFIX: &[u8] = b"auth/role/";
+/// The `Meta` key of the enabled flag and auth revision ([`state_record`]).
+pub const STATE_KEY: &[u8] = b"auth/state";
+/// Prefix of the `Meta` keys of users ([`user_record_key`]).
+pub const USER_PREFIX: &[u8] = b"auth/user/";
+/// Prefix of the `Meta` keys of roles ([`role_record_key`]).
+pub const ROLE_PREFIX: &[u8] = b"auth/role/";
 
 /// Users, roles, the enabled flag and the auth revision.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,6 +66,14 @@ pub fn state_record(enabled: bool, revision: u64) -> (Vec<u8>, Vec<u8>) {
     (STATE_KEY.to_vec(), state)
 }
 
+/// The enabled flag and auth revision of a [`state_record`] value; `None` if it is malformed.
+pub fn decode_state_record(value: &[u8]) -> Option<(bool, u64)> {
+    let [flag, rev @ ..] = value else {
+        return None;
+    };
+    Some((*flag == 1, u64::from_be_bytes(rev.try_into().ok()?)))
+}
+
 /// The `Meta` key of user `name` (its value: the `authpb.User`).
 pub fn user_record_key(name: &str) -> Vec<u8> {
     key(USER_PREFIX, name)
@@ -78,14 +89,10 @@ impl AuthStore {
     pub fn load(engine: &dyn Engine) -> Result<Self, StorageError> {
         let mut store = AuthStore::default();
         if let Some(state) = engine.get(Keyspace::Meta, STATE_KEY)? {
-            let [flag, rev @ ..] = state.as_slice() else {
-                return Err(corrupt("empty auth state".into()));
-            };
-            let rev: [u8; 8] = rev
-                .try_into()
-                .map_err(|_| corrupt("auth state of the wrong size".into()))?;
-            store.enabled = *flag == 1;
-            store.revision = u64::from_be_bytes(rev);
+            let (enabled, revision) = decode_state_record(&state)
+                .ok_or_else(|| corrupt("auth state of the wrong size".into()))?;
+            store.enabled = enabled;
+            store.revision = revision;
             store.enabled_at = store.revision;
         }
         let mut failed = None;

@@ -1,7 +1,8 @@
 //! `metastore snapshot restore`: turn a backup into a new data dir. Two formats are read, told
-//! apart by their first bytes: MetaStore's own backup (what `etcdctl snapshot save` writes against
-//! MetaStore, [`crate::raft::backup`]) and etcd's snapshot file (what it writes against etcd 3.4 or
-//! 3.5, [`crate::raft::etcd_snapshot`]). Start a member on the data dir with the usual flags: it
+//! apart by their first bytes: etcd's snapshot file (what `etcdctl snapshot save` writes against
+//! etcd 3.4 or 3.5, and against MetaStore, [`crate::raft::etcd_snapshot`]) and MetaStore's older
+//! backup format (what it wrote against MetaStore before, [`crate::raft::backup`]). Start a member
+//! on the data dir with the usual flags: it
 //! founds a new cluster (`--initial-cluster`, state `new`) holding the backup's keys, history,
 //! leases and users. Restore one data dir per member, as with etcdutl.
 //!
@@ -26,7 +27,8 @@ pub enum SnapshotCommand {
 /// Flags of `snapshot restore` (etcdutl's names).
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
-    /// The backup file (written by `etcdctl snapshot save` against MetaStore or etcd).
+    /// The backup file (written by `etcdctl snapshot save` against MetaStore or etcd, or an older
+    /// MetaStore backup).
     pub file: PathBuf,
     /// Human-readable name of the member that will use the data dir.
     #[arg(long, default_value = "default")]

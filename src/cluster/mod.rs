@@ -11,6 +11,10 @@ use crate::pb::metastore::MemberAttributes;
 use crate::raft::PeerNode;
 use crate::storage::{Engine, Keyspace, StorageError, WriteBatch};
 
+/// The etcd version the cluster speaks: what `Status` reports and what an etcd snapshot file written
+/// by MetaStore records as its cluster version.
+pub const CLUSTER_VERSION: &str = "3.5.0";
+
 /// Prefix of published attributes in the `Meta` keyspace (part of snapshots, like all replicated state).
 const ATTRIBUTES_PREFIX: &[u8] = b"member/";
 

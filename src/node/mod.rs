@@ -496,25 +496,33 @@ impl Node {
         }
     }
 
-    /// A consistent backup of this member's replicated state, produced piece by piece as the
-    /// stream is read (see `raft::backup`); with its total size in bytes.
+    /// A consistent backup of this member's replicated state as etcd's snapshot file, produced
+    /// piece by piece as the stream is read (see `raft::etcd_snapshot::writer`); with its total
+    /// size in bytes.
     pub async fn backup(
         &self,
     ) -> Result<(u64, impl futures::Stream<Item = Result<Vec<u8>, NodeError>>), NodeError> {
+        use crate::raft::etcd_snapshot::writer::SnapshotWriter;
         let failed = |e: std::io::Error| NodeError::Raft(e.to_string());
         let (_, view) = self.state.frozen().map_err(failed)?;
-        let sized = view.clone();
-        let total = blocking_io(move || crate::raft::backup::size(sized)).await?;
-        let writer = Some(crate::raft::backup::BackupWriter::new(view));
+        // The first pass over the view lays the file out: off the async workers.
+        let writer = blocking_io(move || SnapshotWriter::new(view)).await?;
+        let total = writer.total_bytes();
+        let writer = Some(writer);
         let pieces = futures::stream::unfold(writer, move |writer| async move {
             let mut writer = writer?;
-            // Each piece reads up to a chunk from the engine: off the async workers.
-            let (writer, piece) = rt::spawn_blocking(move || {
+            // Each piece reads up to a chunk from the engine: off the async workers. A writer
+            // that died ends the stream with an error, never quietly (the client would keep a
+            // truncated file).
+            let joined = rt::spawn_blocking(move || {
                 let piece = writer.next_piece();
                 (writer, piece)
             })
-            .await
-            .ok()?;
+            .await;
+            let (writer, piece) = match joined {
+                Ok(done) => done,
+                Err(e) => return Some((Err(failed(e)), None)),
+            };
             match piece {
                 Ok(Some(piece)) => Some((Ok(piece), Some(writer))),
                 Ok(None) => None,

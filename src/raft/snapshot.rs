@@ -236,7 +236,7 @@ fn copy_staged(engine: &dyn Engine, last: Vec<(Vec<u8>, Vec<u8>)>) -> io::Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::storage::MemoryEngine;
 
@@ -246,7 +246,8 @@ mod tests {
         engine.write(b, Durability::Sync).unwrap();
     }
 
-    fn dump(engine: &dyn Engine, ks: Keyspace) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Every record of `ks`, in key order.
+    pub(crate) fn dump(engine: &dyn Engine, ks: Keyspace) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
         engine
             .scan(ks, &[], None, &mut |k, v| {

@@ -26,17 +26,17 @@ pub const MAGIC: u32 = 0xED0C_DAED;
 /// The only bbolt file format version.
 pub const VERSION: u32 = 2;
 
-const PAGE_HEADER_BYTES: usize = 16;
-const ELEMENT_BYTES: usize = 16;
-const META_BYTES: usize = 64;
+pub(super) const PAGE_HEADER_BYTES: usize = 16;
+pub(super) const ELEMENT_BYTES: usize = 16;
+pub(super) const META_BYTES: usize = 64;
 /// Offset of the checksum inside the meta (what the checksum covers).
-const META_CHECKSUM_AT: usize = 56;
-const BUCKET_HEADER_BYTES: usize = 16;
+pub(super) const META_CHECKSUM_AT: usize = 56;
+pub(super) const BUCKET_HEADER_BYTES: usize = 16;
 
-const BRANCH_PAGE: u16 = 0x01;
-const LEAF_PAGE: u16 = 0x02;
-const META_PAGE: u16 = 0x04;
-const BUCKET_LEAF_FLAG: u32 = 0x01;
+pub(super) const BRANCH_PAGE: u16 = 0x01;
+pub(super) const LEAF_PAGE: u16 = 0x02;
+pub(super) const META_PAGE: u16 = 0x04;
+pub(super) const BUCKET_LEAF_FLAG: u32 = 0x01;
 
 /// Page sizes a file may declare (bbolt takes the OS page size: 4 KiB, 16 KiB or 64 KiB in practice).
 const PAGE_SIZE_MIN: u64 = 512;
@@ -137,7 +137,7 @@ fn read_u64(b: &[u8], at: usize) -> Option<u64> {
 }
 
 /// FNV-1a, 64 bits (bbolt's meta checksum).
-fn fnv64a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv64a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         hash ^= u64::from(*b);

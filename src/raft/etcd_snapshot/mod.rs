@@ -1,8 +1,12 @@
 //! etcd's snapshot files: the bbolt database `etcdctl snapshot save` writes (etcd 3.4 and 3.5),
-//! followed by the SHA-256 of it. [`restore`] turns one into MetaStore's own records in an empty
-//! engine, so `metastore snapshot restore` takes an etcd snapshot as it takes our own backups
-//! ([`super::backup`]); the member started on it founds a new cluster with etcd's keys, history,
-//! leases and users.
+//! followed by the SHA-256 of it. Both directions:
+//! * [`restore`] turns one into MetaStore's own records in an empty engine, so `metastore snapshot
+//!   restore` takes an etcd snapshot (as it takes our older backups, [`super::backup`]); the
+//!   member started on it founds a new cluster with etcd's keys, history, leases and users. The
+//!   file is read by [`bbolt`].
+//! * [`writer`] makes one of a frozen view of MetaStore's state: what `Maintenance.Snapshot`
+//!   streams, so `etcdctl snapshot save` against MetaStore writes a file etcd restores. The pages
+//!   are written by [`bbolt_write`]; its module docs give the mapping, the mirror of the one below.
 //!
 //! etcd's buckets and what becomes of them:
 //! * `key`: `main(8 BE) '_' sub(8 BE) ['t']` → `mvccpb.KeyValue` (a tombstone holds only the key):
@@ -21,6 +25,8 @@
 //! it, so a restore that succeeds gives a data dir that starts.
 
 pub mod bbolt;
+pub mod bbolt_write;
+pub mod writer;
 
 use std::io;
 
@@ -155,6 +161,18 @@ fn revision_of(key: &[u8]) -> Option<(Revision, bool)> {
     let main = i64::try_from(u64::from_be_bytes(key[..8].try_into().ok()?)).ok()?;
     let sub = i64::try_from(u64::from_be_bytes(key[9..17].try_into().ok()?)).ok()?;
     Some((Revision::new(main, sub), tombstone))
+}
+
+/// etcd's key for the record at `rev`: the inverse of [`revision_of`].
+pub(crate) fn etcd_revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {
+    let mut key = Vec::with_capacity(18);
+    key.extend_from_slice(&(rev.main as u64).to_be_bytes());
+    key.push(b'_');
+    key.extend_from_slice(&(rev.sub as u64).to_be_bytes());
+    if tombstone {
+        key.push(b't');
+    }
+    key
 }
 
 /// Queues writes and hands them to the engine about a snapshot chunk at a time.

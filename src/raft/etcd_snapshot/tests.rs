@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use super::bbolt_write::tests::{read_back, Records};
 use super::*;
 use crate::mvcc::RangeEnd;
 use crate::storage::MemoryEngine;
@@ -153,4 +156,136 @@ fn regression_a_put_and_a_tombstone_at_one_revision_are_refused() {
         err.to_string().contains("repeated or out of order"),
         "{err}"
     );
+}
+
+fn dump(engine: &SharedEngine, ks: Keyspace) -> Vec<(Vec<u8>, Vec<u8>)> {
+    crate::raft::snapshot::tests::dump(engine.as_ref(), ks)
+}
+
+/// The etcd snapshot file MetaStore streams for `engine`, checking that no piece is much larger
+/// than a chunk (the largest value here is below one).
+fn snapshot_of(engine: &SharedEngine) -> Vec<u8> {
+    let mut w = writer::SnapshotWriter::new(engine.view().unwrap()).unwrap();
+    let total = w.total_bytes();
+    let mut file = Vec::new();
+    let mut pieces = 0;
+    while let Some(piece) = w.next_piece().unwrap() {
+        assert!(
+            piece.len() <= limits::SNAPSHOT_CHUNK_BYTES + 256 * 1024,
+            "a piece of {} bytes",
+            piece.len()
+        );
+        file.extend_from_slice(&piece);
+        pieces += 1;
+    }
+    assert!(pieces >= 2, "pages, then the hash");
+    assert_eq!(file.len() as u64, total, "the size announced up front");
+    assert_eq!(file.len() as u64 % HASH_ALIGN, HASH_BYTES, "etcdctl's test");
+    file
+}
+
+/// Every bucket of an etcd snapshot file: name → records.
+fn buckets_of(file: &[u8]) -> BTreeMap<Vec<u8>, Records> {
+    read_back(&file[..file.len() - HASH_BYTES as usize])
+}
+
+#[test]
+fn an_etcd_snapshot_restored_and_written_again_holds_what_etcd_wrote() {
+    let first = engine();
+    let restored = restore(&first, SNAPSHOT, SNAPSHOT.len() as u64, false).unwrap();
+    let file = snapshot_of(&first);
+
+    // etcd's buckets, with etcd's very records, but for what belongs to the old cluster's raft:
+    // its members and its raft positions (consistent index, term, conf state).
+    let ours = buckets_of(&file);
+    let mut etcds = buckets_of(SNAPSHOT);
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        etcds.keys().collect::<Vec<_>>()
+    );
+    etcds.insert(b"members".to_vec(), Records::new());
+    etcds
+        .get_mut(b"meta".as_slice())
+        .unwrap()
+        .retain(|k, _| k.ends_with(b"CompactRev"));
+    assert_eq!(ours, etcds);
+
+    // And it restores to the same state.
+    let second = engine();
+    assert_eq!(
+        restore(&second, &file[..], file.len() as u64, false).unwrap(),
+        restored
+    );
+    assert_eq!(dump(&second, Keyspace::Kv), dump(&first, Keyspace::Kv));
+    assert_eq!(dump(&second, Keyspace::Meta), dump(&first, Keyspace::Meta));
+}
+
+#[test]
+fn a_large_store_streams_in_bounded_pieces_and_reads_back() {
+    let source = engine();
+    let lease = 0x1234;
+    let mut batch = WriteBatch::new();
+    batch.put(
+        Keyspace::Meta,
+        lease::record_key(lease),
+        lease::encode_record(60, Some(42)),
+    );
+    source.write(batch, Durability::Sync).unwrap();
+    let mut store = MvccStore::open(source.clone()).unwrap();
+    for i in 0..6000u32 {
+        let mut txn = store.write_txn();
+        let key = format!("key/{:05}", i % 4000);
+        // Every 500th value spans overflow pages; the rest fill branch pages of the `key` bucket.
+        let value = vec![i as u8; if i % 500 == 7 { 200 * 1024 } else { 300 }];
+        let lease_id = if i == 1 { lease } else { 0 };
+        txn.put(key.as_bytes(), value, lease_id).unwrap();
+        source.write(txn.finish().0, Durability::Buffered).unwrap();
+        store.mark_flushed();
+        if i % 1000 == 999 {
+            let mut txn = store.write_txn();
+            txn.delete_range(key.as_bytes(), &RangeEnd::Single).unwrap();
+            source.write(txn.finish().0, Durability::Buffered).unwrap();
+            store.mark_flushed();
+        }
+    }
+    let mut batch = WriteBatch::new();
+    store.compact(1000, &mut batch).unwrap();
+    source.write(batch, Durability::Sync).unwrap();
+    store.finish_compaction().unwrap();
+
+    let file = snapshot_of(&source);
+    assert!(
+        file.len() > 3 * limits::SNAPSHOT_CHUNK_BYTES,
+        "{} bytes",
+        file.len()
+    );
+    let target = engine();
+    let got = restore(&target, &file[..], file.len() as u64, false).unwrap();
+    assert_eq!(got.revision, store.current_revision());
+    assert_eq!(got.compact_revision, 1000);
+    assert_eq!(got.leases, 1);
+    assert_eq!(dump(&target, Keyspace::Kv), dump(&source, Keyspace::Kv));
+    let restored = MvccStore::open(target.clone()).unwrap();
+    assert_eq!(restored.leases().ttl_secs(lease), Some(60));
+    let rev = store.current_revision();
+    assert_eq!(restored.hash_kv(rev).unwrap(), store.hash_kv(rev).unwrap());
+}
+
+#[test]
+fn a_snapshot_taken_mid_compaction_has_etcd_finish_it() {
+    let (source, mut store, at) = crate::raft::backup::tests::half_compacted_store();
+    let file = snapshot_of(&source);
+    let meta = &buckets_of(&file)[b"meta".as_slice()];
+    assert_eq!(
+        meta.keys().map(|k| k.as_slice()).collect::<Vec<_>>(),
+        vec![&b"scheduledCompactRev"[..]],
+        "scheduled, not finished: etcd finishes it on open"
+    );
+    store.finish_compaction().unwrap();
+    let target = engine();
+    let got = restore(&target, &file[..], file.len() as u64, false).unwrap();
+    assert_eq!(got.compact_revision, at);
+    let mut restored = MvccStore::open(target.clone()).unwrap();
+    restored.finish_compaction().unwrap();
+    assert_eq!(dump(&target, Keyspace::Kv), dump(&source, Keyspace::Kv));
 }
