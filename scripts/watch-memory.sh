@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Server-side memory per idle watcher, MetaStore vs Debian's etcd on this machine: each server's
+# Server-side memory per idle watcher, MetaStore vs etcd 3.5.1 (scripts/etcd-reference.sh) on this machine: each server's
 # RSS (from /proc, the server process only) before and while `metastore bench watch` holds
 # STREAMS × PER_STREAM watchers that see one event per second. Prints KiB per watcher.
 #
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/metastore/target}"
 BIN="${BIN:-$CARGO_TARGET_DIR/release/metastore}"
 [ -x "$BIN" ] || cargo build --release --bin metastore >&2
-ETCD="${ETCD:-$(command -v etcd || echo /usr/bin/etcd)}"
+ETCD="${ETCD:-$(./scripts/etcd-reference.sh)}"
 STREAMS="${STREAMS:-10000}"; PER_STREAM="${PER_STREAM:-1}"; SETTLE="${SETTLE:-25}"
 ETCD_PORT=23793; ETCD_PEER=23803; MS_PORT=23794; MS_PEER=23804
 

@@ -552,3 +552,74 @@ async fn a_large_snapshot_downloads_whole() {
     assert_eq!(revision, head);
     assert_eq!(keys, records_in(&file));
 }
+
+/// Debian's etcd 3.4.23 and its etcdctl (`METASTORE_ETCD34_BIN`'s directory, else where
+/// scripts/etcd-3.4.sh unpacks them).
+fn etcd_3_4_dir() -> PathBuf {
+    let bin = match std::env::var("METASTORE_ETCD34_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(std::env::var("HOME").expect("HOME"))
+            .join(".cache/metastore/etcd-3.4/usr/bin/etcd"),
+    };
+    let version = Command::new(&bin).arg("--version").output();
+    assert!(
+        version.is_ok_and(|v| String::from_utf8_lossy(&v.stdout).contains("etcd Version: 3.4.")),
+        "etcd 3.4 is not at {}: run scripts/etcd-3.4.sh",
+        bin.display()
+    );
+    bin.parent().unwrap().to_path_buf()
+}
+
+/// The same round trip with etcd 3.4.23 at both ends: its snapshot (written by its own etcdctl)
+/// restores into MetaStore, which serves the same history, users and lease; MetaStore's snapshot
+/// restores with etcd 3.4's own `etcdctl snapshot restore` into an etcd 3.4.23 that serves them
+/// alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_3_4_snapshot_goes_through_metastore_and_back_into_etcd_3_4() {
+    let etcd34 = etcd_3_4_dir();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let etcd = spawn_etcd(
+        &etcd34,
+        &tmp.path().join("etcd34-data"),
+        common::free_port(),
+    );
+    let mut c = connect_retry(&etcd.endpoint, None).await;
+    let (lease, compact_at) = fill(&mut c).await;
+    let expected = Expected::of(&etcd.endpoint, lease, compact_at).await;
+    let file = tmp.path().join("etcd34.db");
+    snapshot_save(&etcd34, &etcd.endpoint, &file);
+    drop(c);
+    drop(etcd);
+
+    let cluster = common::TestCluster::start_restored(1, &file);
+    let member = cluster.members[0].endpoint();
+    connect_retry(&member, Some(("root", ROOT_PASSWORD))).await;
+    let ours = tmp.path().join("metastore.db");
+    snapshot_save(&etcd34, member.trim_start_matches("http://"), &ours);
+    expected
+        .check_served(&member, "MetaStore restored from etcd 3.4.23")
+        .await;
+    drop(cluster);
+
+    check_status(&etcd_dir(), &ours, expected.head);
+    let data = tmp.path().join("etcd34-again");
+    let peer = common::free_port();
+    let url = format!("http://127.0.0.1:{peer}");
+    run_ok(
+        Command::new(etcd34.join("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(&ours)
+            .args(["--name", "e"])
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--initial-cluster=e={url}"))
+            .arg(format!("--initial-advertise-peer-urls={url}")),
+    );
+    let etcd = spawn_etcd(&etcd34, &data, peer);
+    expected
+        .check_served(
+            &etcd.endpoint,
+            "etcd 3.4.23 restored from MetaStore's snapshot",
+        )
+        .await;
+}
