@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs MetaStore's whole test suite: unit and engine-conformance tests, integration tests against the
 # real binary (etcd-client crate and etcdctl, both engines, kill -9 recovery; the differential test
-# against a real etcd 3.5.1 installed by scripts/etcd-reference.sh), then the seeded
+# against a real etcd 3.5.1 installed by scripts/etcd-reference.sh; snapshot round trips with etcd
+# 3.5.1 and Debian's 3.4.23 unpacked by scripts/etcd-3.4.sh), then the seeded
 # simulation tests built with --cfg madsim, then a short run of every fuzz target (scripts/fuzz.sh).
 # Ends with one "N passed, N failed" line over the tests.
 set -euo pipefail
