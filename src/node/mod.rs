@@ -885,12 +885,25 @@ impl Node {
             .is_ok()
     }
 
+    /// Whether this member leads in `term` and has caught up in it. The first lease request of a
+    /// term waits for [`Node::leader_caught_up`] (a round trip to raft's core and a wait on the
+    /// applied index); once the lease clock is taken up in `term` (which only happens after that
+    /// wait succeeded in `term`), everything an earlier leader committed is applied here, and the
+    /// check is local, as etcd's leader answers lease requests from its own applied state.
+    async fn leads_caught_up(&self, term: u64) -> bool {
+        // Leadership lost and won back since `term` was read: this term's first request again.
+        if !self.is_leader() || self.current_term() != term {
+            return false;
+        }
+        self.lease_clock.taken_up_in() == Some(term) || self.leader_caught_up().await
+    }
+
     /// The leader's side of a keep-alive; `None` if this member does not lead. If a lower
     /// remaining TTL was checkpointed, a checkpoint of the full TTL follows, so a restart or a new
     /// leader cannot expire the renewed lease early.
     pub(crate) async fn keep_alive_as_leader(self: &Arc<Self>, id: i64) -> Option<i64> {
         let term = self.current_term();
-        if !self.is_leader() || !self.leader_caught_up().await {
+        if !self.leads_caught_up(term).await {
             return None;
         }
         // Taken up first, so the take-up cannot later overwrite this renewal.
@@ -953,7 +966,7 @@ impl Node {
     /// The leader's side of a time-to-live query; `Err(())` if this member does not lead.
     pub(crate) async fn time_to_live_as_leader(&self, id: i64) -> Result<Option<LeaseStatus>, ()> {
         let term = self.current_term();
-        if !self.is_leader() || !self.leader_caught_up().await {
+        if !self.leads_caught_up(term).await {
             return Err(());
         }
         // The remaining TTL is the clock's: taken up for this term first.
