@@ -1059,7 +1059,10 @@ impl Node {
                 }
             }
         };
+        // `biased;`: a random branch order would draw from tokio's own RNG, outside the
+        // simulator's seed.
         tokio::select! {
+            biased;
             fatal = raft_fatal => fatal,
             _ = self.disk_failure.wait() => "an fsync failed".to_string(),
         }

@@ -353,7 +353,9 @@ async fn next_stream_response(
         match oldest {
             // Nothing owed yet: wait for a request to go out (or the stream to end).
             None => {
+                // `biased;` keeps the simulated run deterministic (no random branch order).
                 tokio::select! {
+                    biased;
                     received = responses.recv() => break received,
                     _ = outstanding.more.notified() => continue,
                 }
