@@ -344,12 +344,31 @@ async fn leases_granted_during_a_leader_change_expire_on_time() {
         let grantor = (leader + 2) % 3;
         let mut to_target = cluster.members[target].client().await;
         let (target_id, _) = ids(&mut to_target).await;
-        let mut at_leader = cluster.members[leader].client().await;
+        let mut members = Vec::new();
+        for m in &cluster.members {
+            members.push(m.client().await);
+        }
         let mover = tokio::spawn(async move {
             // Grants go out while this runs.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            at_leader.move_leader(target_id).await.expect("move leader");
-            Instant::now()
+            // MoveLeader must reach the leader. Leadership may already have moved since it was
+            // asked (a member of a fresh cluster that starts its first election late can
+            // unseat the first leader): ask whoever leads now, until one takes it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                for c in &mut members {
+                    match c.move_leader(target_id).await {
+                        Ok(_) => return Instant::now(),
+                        Err(e) if e.to_string().contains("etcdserver: not leader") => {}
+                        Err(e) => panic!("move leader: {e:?}"),
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no leader took MoveLeader in 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         });
         // Grants through a follower and through the old leader, before, during and after the
         // change; the clients never keep them alive.

@@ -54,7 +54,9 @@ fn spawn(engine: &str, data_dir: &Path, extra: &[String]) -> (Child, String) {
 
 /// Run a prepared `metastore` command and wait for its client listening line.
 fn start_process(mut cmd: Command) -> (Child, String) {
-    cmd.env("RUST_LOG", "warn")
+    // METASTORE_TEST_LOG=info (any RUST_LOG filter) shows more of the servers' logs.
+    let log = std::env::var("METASTORE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    cmd.env("RUST_LOG", log)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn metastore");
