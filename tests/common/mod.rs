@@ -3,6 +3,7 @@
 
 pub mod abuse;
 pub mod certs;
+pub mod etcd;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

