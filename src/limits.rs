@@ -36,6 +36,13 @@ pub const READ_INDEX_TIMEOUT: Duration = REQUEST_TIMEOUT;
 /// How long startup waits for the single member to become leader.
 pub const STARTUP_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long each founding member waits after the one before it (in member-id order) before it
+/// initializes raft, unless a leader reaches it first (see `node::bootstrap::initialize_in_turn`):
+/// enough for a leader's heartbeats to find a member whose peer service just started.
+pub const FOUNDER_STAGGER: Duration = Duration::from_millis(5 * HEARTBEAT_INTERVAL_MS);
+/// How often a founder waiting its turn checks whether a leader's entries have reached it.
+pub const FOUNDER_POLL_INTERVAL: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS / 2);
+
 /// How long a stopping member waits for clients to finish, and for raft to stop, before exiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -255,6 +262,32 @@ pub const HTTP_MAX_CONNECTIONS: usize = 1024;
 /// How long an HTTP/1.1 connection must have waited for a request before a newcomer may take its
 /// slot when all are taken.
 pub const HTTP_EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Memory all of RocksDB's memtables may take together (its write buffer manager): past it the
+/// largest is flushed. Bounds what the engine holds for writes not yet in table files, whatever
+/// the store's size or write rate.
+pub const ENGINE_MEMTABLE_BYTES: usize = 64 * 1024 * 1024;
+
+/// File descriptors kept out of the connection pools (`api::conn_limit`): RocksDB's files (it
+/// keeps every table file open and opens new ones as it flushes and compacts), the log, and the
+/// connections this member dials to its peers. Running out of them would stop the member.
+pub const FILES_RESERVED: u64 = 1024;
+
+/// Connections the peer listeners hold at once (together): members dial each other over a few
+/// channels each, so even a large cluster needs a few dozen.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
+
+/// The open-file limit assumed when the process's own cannot be read.
+pub const OPEN_FILES_ASSUMED: u64 = 1024;
+
+/// Connections the client-facing listeners (client and metrics URLs) hold at once, together, for
+/// a process allowed `open_files` descriptors: what is left after [`FILES_RESERVED`] and the peer
+/// pool, but never less than a quarter of the limit. Each idle HTTP/2 connection costs about
+/// 33 KiB of memory, so this also bounds what a flood of connections can take.
+pub fn client_connections_max(open_files: u64) -> usize {
+    let left = open_files.saturating_sub(FILES_RESERVED + PEER_CONNECTIONS_MAX as u64);
+    usize::try_from(left.max(open_files / 4).max(1)).unwrap_or(usize::MAX)
+}
 
 /// Pending connections each listening socket queues for `accept` (the kernel caps it at
 /// `net.core.somaxconn`, which Go, and so etcd, uses as its backlog).

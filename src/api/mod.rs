@@ -6,6 +6,8 @@ pub mod auth;
 #[cfg(not(madsim))]
 pub mod authority;
 pub mod cluster;
+#[cfg(not(madsim))]
+pub mod conn_limit;
 pub mod election;
 pub mod gateway;
 #[cfg(not(madsim))]

@@ -14,6 +14,8 @@ use tokio::sync::Notify;
 use super::access::Access;
 use super::auth::AuthService;
 use super::cluster::ClusterService;
+#[cfg(not(madsim))]
+use super::conn_limit::{Admitted, ConnectionLimit};
 use super::election::ElectionService;
 use super::kv::KvService;
 use super::lease::LeaseService;
@@ -188,7 +190,11 @@ pub async fn serve_metrics(
         let stop = shutdown.clone();
         tasks.push(crate::rt::spawn(async move {
             while let Some(stream) = accept_next(&listener, &stop).await {
-                crate::rt::spawn(http.clone().serve_connection(stream, stop.clone()));
+                let Some(slot) = ConnectionLimit::clients().admit() else {
+                    continue;
+                };
+                let conn = Admitted::new(stream, slot);
+                crate::rt::spawn(http.clone().serve_connection(conn, stop.clone()));
             }
             Ok(())
         }));
@@ -260,21 +266,26 @@ async fn serve_client_listener(
     use super::tls::ServerStream;
     use futures::SinkExt;
 
-    type GrpcConn = AuthorityFix<Prefixed<ServerStream>>;
+    type GrpcConn = AuthorityFix<Prefixed<Admitted<ServerStream>>>;
     let (grpc_tx, grpc_rx) =
         futures::channel::mpsc::channel::<std::io::Result<GrpcConn>>(limits::CLIENT_ACCEPT_QUEUE);
     let stop = shutdown.clone();
     let acceptor = crate::rt::spawn(async move {
         while let Some(stream) = accept_next(&listener, &stop).await {
+            // Dropped (closed) at once when every slot is taken.
+            let Some(slot) = ConnectionLimit::clients().admit() else {
+                continue;
+            };
             let mut grpc_tx = grpc_tx.clone();
             let http = http.clone();
             let stop = stop.clone();
             let tls = tls.clone();
             // The handshake and sniffing wait for the client: never in the accept loop.
             crate::rt::spawn(async move {
-                let Some(mut stream) = handshake(stream, tls.as_ref()).await else {
+                let Some(stream) = handshake(stream, tls.as_ref()).await else {
                     return;
                 };
+                let mut stream = Admitted::new(stream, slot);
                 let sniffed =
                     crate::rt::timeout(limits::CLIENT_SNIFF_TIMEOUT, sniff(&mut stream)).await;
                 match sniffed {
@@ -387,11 +398,14 @@ async fn serve_peer_listener(
     use futures::SinkExt;
 
     let (conn_tx, conn_rx) = futures::channel::mpsc::channel::<
-        std::io::Result<AuthorityFix<ServerStream>>,
+        std::io::Result<AuthorityFix<Admitted<ServerStream>>>,
     >(limits::PEER_ACCEPT_QUEUE);
     let stop = shutdown.clone();
     let acceptor = crate::rt::spawn(async move {
         while let Some(stream) = accept_next(&listener, &stop).await {
+            let Some(slot) = ConnectionLimit::peers().admit() else {
+                continue;
+            };
             let mut conn_tx = conn_tx.clone();
             let tls = tls.clone();
             // A handshake waits for the peer: never in the accept loop.
@@ -399,6 +413,7 @@ async fn serve_peer_listener(
                 if let Some(stream) = handshake(stream, tls.as_ref()).await {
                     // Every connection goes through the `:authority` fix-up; one whose first
                     // request is well-formed (peers always are) is passed through untouched.
+                    let stream = Admitted::new(stream, slot);
                     let _ = conn_tx.send(Ok(AuthorityFix::new(stream))).await;
                 }
             });

@@ -1,6 +1,10 @@
 //! Who this member is: its member and cluster ids, kept in the engine once known. A founding
 //! member derives every id from `--initial-cluster`; a member joining a running cluster
 //! (`--initial-cluster-state existing`, after `member add`) asks the cluster which id it was given.
+//!
+//! Founding members initialize raft one after another, in member-id order
+//! ([`initialize_in_turn`]), so a founder that starts late joins the leader already elected instead
+//! of unseating it.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +13,7 @@ use crate::config::{ClusterState, ServerConfig};
 use crate::limits;
 use crate::pb::metastore::MembersRequest;
 use crate::raft::network::PeerChannels;
-use crate::raft::{decode, PeerNode};
+use crate::raft::{decode, PeerNode, Raft};
 use crate::rt;
 use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
 
@@ -157,4 +161,38 @@ async fn ask_cluster(
     Err(NodeError::Raft(format!(
         "cannot reach the cluster to join it: {last_error}"
     )))
+}
+
+/// Initialize raft with the founding membership, unless a leader's entries reach this member
+/// first. Founders take turns by member id: the lowest initializes at once, the next
+/// [`limits::FOUNDER_STAGGER`] later, and so on.
+///
+/// Why not all at once: initializing starts an election in term 1, and openraft orders votes of
+/// one term by node id. A founder that starts a moment after the others elected a leader would
+/// run its own term-1 election with a higher id than that leader's, and the leader would step
+/// down on its next append (nobody leads for an election timeout). Waiting its turn, a late
+/// founder is found by the leader's heartbeats first. A founder with a lower id than the leader's
+/// cannot unseat it, so the lowest goes first; if the early ones are down, the others still
+/// initialize, only later.
+pub async fn initialize_in_turn(raft: Raft, member_id: u64, founding: BTreeMap<u64, PeerNode>) {
+    let rank = founding.keys().take_while(|id| **id < member_id).count() as u32;
+    let turn = rt::now() + limits::FOUNDER_STAGGER * rank;
+    loop {
+        match raft.is_initialized().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            // Raft has stopped: the member is stopping too.
+            Err(_) => return,
+        }
+        let now = rt::now();
+        if now >= turn {
+            break;
+        }
+        rt::sleep((turn - now).min(limits::FOUNDER_POLL_INTERVAL)).await;
+    }
+    // A leader's first append may land between the check and this call: openraft then refuses to
+    // initialize ("not allowed"), which is what we want.
+    if let Err(e) = raft.initialize(founding).await {
+        tracing::debug!("founding initialize skipped: {e}");
+    }
 }

@@ -212,15 +212,27 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        // A member of a larger founding set initializes in the background, in its turn (see
+        // `bootstrap::initialize_in_turn`): its peers must be able to reach it meanwhile, and the
+        // peer service starts only once this returns.
+        let mut founding_turn = None;
         if let Some(founding) = identity.founding {
             if !raft
                 .is_initialized()
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?
             {
-                raft.initialize(founding)
-                    .await
-                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                if alone {
+                    raft.initialize(founding)
+                        .await
+                        .map_err(|e| NodeError::Raft(e.to_string()))?;
+                } else {
+                    founding_turn = Some(rt::spawn(bootstrap::initialize_in_turn(
+                        raft.clone(),
+                        member_id,
+                        founding,
+                    )));
+                }
             }
         }
         if alone {
@@ -284,6 +296,7 @@ impl Node {
         let leaders = rt::spawn(count_leader_changes(node.raft.clone(), metrics));
         node.background_lock()
             .extend([expiry, publish, leaders, failover]);
+        node.background_lock().extend(founding_turn);
         Ok(node)
     }
 

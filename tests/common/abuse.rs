@@ -124,11 +124,16 @@ pub fn p99(samples: &mut [Duration]) -> Duration {
     samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
 }
 
-/// The well-behaved client's p99 under attack may be at most this many times its quiet p99 (with a
-/// floor, so a sub-millisecond quiet figure does not turn scheduler noise into a failure).
+/// The least bound [`assert_p99_within`] sets: on two shared cores one scheduler hiccup of a few
+/// milliseconds lands in a 200-sample p99 whether or not an attack runs (quiet p99s measured
+/// here are 0.6 to 5.5 ms; attacked ones stayed within 3x of them).
+pub const P99_FLOOR: Duration = Duration::from_millis(10);
+
+/// The well-behaved client's p99 under attack may be at most three times its quiet p99 (or
+/// [`P99_FLOOR`], so a sub-millisecond quiet figure does not turn scheduler noise into a failure).
 pub fn assert_p99_within(quiet: Duration, attacked: Duration) {
     eprintln!("abuse: probe p99 quiet {quiet:?}, under attack {attacked:?}");
-    let bound = (quiet * 3).max(Duration::from_millis(30));
+    let bound = (quiet * 3).max(P99_FLOOR);
     assert!(
         attacked <= bound,
         "the well-behaved client's p99 went from {quiet:?} to {attacked:?} (bound {bound:?})"

@@ -35,7 +35,11 @@ pub struct Server {
 }
 
 fn spawn(engine: &str, data_dir: &Path, extra: &[String]) -> (Child, String) {
-    let mut cmd = Command::new(metastore_bin());
+    spawn_in(Command::new(metastore_bin()), engine, data_dir, extra)
+}
+
+/// [`spawn`] through `cmd`: the server's binary, or a wrapper that runs it.
+fn spawn_in(mut cmd: Command, engine: &str, data_dir: &Path, extra: &[String]) -> (Child, String) {
     cmd.args([
         "--name",
         "test",
@@ -89,6 +93,26 @@ impl Server {
     /// Start a fresh server with its own temporary data dir.
     pub fn start(engine: &str) -> Server {
         Self::start_with(engine, &[])
+    }
+
+    /// Start a fresh server allowed only `open_files` file descriptors (through util-linux's
+    /// `prlimit`, which runs the server in its own process).
+    pub fn start_with_open_files(engine: &str, open_files: u64) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={open_files}:{open_files}"))
+            .arg("--")
+            .arg(metastore_bin());
+        let (child, endpoint) = spawn_in(cmd, engine, &data_dir, &[]);
+        Server {
+            child: Some(child),
+            endpoint,
+            data_dir,
+            engine: engine.into(),
+            extra: Vec::new(),
+            _tmp: Some(tmp),
+        }
     }
 
     /// Start a fresh server with extra flags.
@@ -240,6 +264,11 @@ impl ClusterMember {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The member's process id (it must be running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the member runs").id()
     }
 
     /// A connected etcd-client for this member only.

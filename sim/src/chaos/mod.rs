@@ -259,10 +259,10 @@ async fn nemesis(c: &Cluster, mix: &Mix, rec: &Recorder) -> BTreeMap<String, u64
                     .record(format!("nemesis: partition {group:?} | rest for {hold:?}"));
                 Some(Active::Links(links))
             }
-            Fault::IsolateLeader => match c.leader().await {
-                Some(l) => Some(isolate(c, l, hold, "isolate leader")),
-                None => None,
-            },
+            Fault::IsolateLeader => c
+                .leader()
+                .await
+                .map(|l| isolate(c, l, hold, "isolate leader")),
             Fault::OneWayLink => {
                 let a = random(n as u64) as usize;
                 let b = (a + 1 + random(n as u64 - 1) as usize) % n;

@@ -1,0 +1,334 @@
+//! Leadership changes a client cannot see coming, replayed exactly by seed:
+//!
+//! - **A founder that starts late** (its peers have already elected a leader) joins that leader
+//!   instead of unseating it: the leader and the raft term stay as they were.
+//! - **Leases granted while leadership moves** (a leader transfer, or the leader killed and
+//!   restarted later), whose clients never keep them alive, are revoked within their TTL plus
+//!   the grace a new leader adds plus a stated bound, counted from the later of the grant and the
+//!   end of the change.
+//!
+//! The real-binary version of the lease scenario is `tests/abuse_peer.rs`; this one is
+//! deterministic: a failing seed replays with `METASTORE_SIM_SEEDS=<seed>`.
+#![cfg(madsim)]
+
+use std::time::Duration;
+
+use madsim::runtime::{Handle, Runtime};
+use madsim::time::Instant;
+use metastore::pb::etcdserverpb::lease_client::LeaseClient;
+use metastore::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use metastore::pb::etcdserverpb::{
+    LeaseGrantRequest, MoveLeaderRequest, PutRequest, RangeRequest, StatusRequest,
+};
+use metastore_sim::cluster::{connect, initial_cluster, SimMember};
+use metastore_sim::trace::Trace;
+
+/// Seeds each run covers; override with `METASTORE_SIM_SEEDS=a,b,c`.
+fn seeds() -> Vec<u64> {
+    metastore_sim::trace::seeds(1..=30)
+}
+
+const MEMBERS: [(&str, &str); 3] = [("m1", "10.0.2.1"), ("m2", "10.0.2.2"), ("m3", "10.0.2.3")];
+
+/// TTL of the leases granted during the change.
+const TTL_SECS: i64 = 3;
+
+/// What a key may outlive its lease by, beyond the TTL and the new leader's grace: the expiry
+/// check's period and the revoke's commit (the real-binary test states the same bound).
+const EXPIRY_SLACK: Duration = Duration::from_millis(1500);
+
+fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `(member id, leader id, raft term)` as member `url` reports them, if it answers.
+async fn status(url: &str) -> Option<(u64, u64, u64)> {
+    let mut m = MaintenanceClient::connect(url.to_string()).await.ok()?;
+    let s = madsim::time::timeout(Duration::from_secs(2), m.status(StatusRequest {}))
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
+    Some((s.header?.member_id, s.leader, s.raft_term))
+}
+
+/// The index in `urls` of the member that leads (it says so itself), with its id and term
+/// (bounded wait).
+async fn leader(urls: &[String]) -> (usize, u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        for (i, url) in urls.iter().enumerate() {
+            if let Some((me, leader, term)) = status(url).await {
+                if leader != 0 && leader == me {
+                    return (i, me, term);
+                }
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no leader within 30 s of simulated time");
+}
+
+/// Two founders start; once they have a leader the third starts. For a while after, every member
+/// must report that same leader in that same term.
+async fn late_founder(seed: u64, trace: Trace) {
+    let handle = Handle::current();
+    let cluster = initial_cluster(&MEMBERS);
+    let late = (seed % 3) as usize;
+    let mut members: Vec<Option<SimMember>> = MEMBERS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ip))| {
+            (i != late).then(|| SimMember::start_in(&handle, name, ip, &cluster))
+        })
+        .collect();
+    let urls: Vec<String> = MEMBERS
+        .iter()
+        .map(|(_, ip)| format!("http://{ip}:{}", metastore_sim::cluster::CLIENT_PORT))
+        .collect();
+    let client = handle
+        .create_node()
+        .name("client")
+        .ip("10.0.2.100".parse().unwrap())
+        .build();
+    let early: Vec<String> = (0..3)
+        .filter(|i| *i != late)
+        .map(|i| urls[i].clone())
+        .collect();
+    let (_, leader_id, term) = client
+        .spawn(async move { leader(&early).await })
+        .await
+        .expect("leader");
+    trace.record(format!(
+        "m{} starts late; leader {leader_id:x} in term {term}",
+        late + 1
+    ));
+    // A moment later than the election, as a slow process start would be.
+    let pause = Duration::from_millis(mix64(seed) % 300);
+    madsim::time::sleep(pause).await;
+    let (name, ip) = MEMBERS[late];
+    members[late] = Some(SimMember::start_in(&handle, name, ip, &cluster));
+    let t = trace.clone();
+    client
+        .spawn(async move {
+            // Three election timeouts: long enough for a late election to have unseated the
+            // leader and for the cluster to have settled again.
+            let until =
+                Instant::now() + Duration::from_millis(3 * metastore::limits::ELECTION_TIMEOUT_MS);
+            let mut late_followed = false;
+            while Instant::now() < until {
+                for (i, url) in urls.iter().enumerate() {
+                    let Some((me, leader, now_term)) = status(url).await else {
+                        continue;
+                    };
+                    if leader == 0 {
+                        continue;
+                    }
+                    assert_eq!(
+                        (leader, now_term),
+                        (leader_id, term),
+                        "seed {seed}: m{} (id {me:x}) reports leader {leader:x} in term \
+                         {now_term}; the leader before the late start was {leader_id:x} in term \
+                         {term}",
+                        i + 1
+                    );
+                    late_followed |= i == late;
+                }
+                madsim::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                late_followed,
+                "seed {seed}: the late founder never found the leader"
+            );
+            t.record("leader and term unchanged");
+        })
+        .await
+        .expect("checks");
+    drop(members);
+}
+
+/// Grant leases through every member while leadership moves (a transfer, or a kill of the
+/// leader with a restart later, by seed); the clients never keep them alive. Every leased key
+/// must be gone within the bound.
+async fn leases_across_a_change(seed: u64, trace: Trace) {
+    let handle = Handle::current();
+    let cluster = initial_cluster(&MEMBERS);
+    let members: Vec<SimMember> = MEMBERS
+        .iter()
+        .map(|(name, ip)| SimMember::start_in(&handle, name, ip, &cluster))
+        .collect();
+    let urls: Vec<String> = members.iter().map(SimMember::url).collect();
+    let client = handle
+        .create_node()
+        .name("client")
+        .ip("10.0.2.100".parse().unwrap())
+        .build();
+    let u = urls.clone();
+    let (old, old_id, term) = client
+        .spawn(async move { leader(&u).await })
+        .await
+        .expect("leader");
+    let kill = seed % 2 == 0;
+    trace.record(format!(
+        "leader m{} ({old_id:x}) in term {term}; the change: {}",
+        old + 1,
+        if kill { "kill" } else { "transfer" }
+    ));
+    let change_at = Duration::from_millis(100 + mix64(seed) % 400);
+    let target = (old + 1 + (mix64(seed ^ 1) % 2) as usize) % 3;
+
+    // The granter: a lease and a key every 60 ms through the members in turn.
+    let u = urls.clone();
+    let granter = client.spawn(async move {
+        let mut granted = Vec::new();
+        for i in 0..20u64 {
+            let url = &u[(mix64(seed ^ (i << 8)) % 3) as usize];
+            let attempt = async {
+                let mut lease = LeaseClient::connect(url.clone()).await.ok()?;
+                let id = lease
+                    .lease_grant(LeaseGrantRequest {
+                        ttl: TTL_SECS,
+                        id: 0,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .id;
+                let key = format!("lease/{seed}/{i}");
+                let mut kv = connect(url).await;
+                kv.put(PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: b"v".to_vec(),
+                    lease: id,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+                Some(key)
+            };
+            // A grant or put refused (no leader) or unanswered leaves nothing to expire, or
+            // a lease whose key was never attached.
+            if let Ok(Some(key)) = madsim::time::timeout(Duration::from_secs(2), attempt).await {
+                granted.push((key, Instant::now()));
+            }
+            madsim::time::sleep(Duration::from_millis(60)).await;
+        }
+        granted
+    });
+
+    // The change.
+    madsim::time::sleep(change_at).await;
+    if kill {
+        members[old].crash(&handle);
+        trace.record(format!("killed m{}", old + 1));
+    } else {
+        let old_url = urls[old].clone();
+        let target_id = client
+            .spawn({
+                let url = urls[target].clone();
+                async move { status(&url).await.expect("target status").0 }
+            })
+            .await
+            .expect("target id");
+        client
+            .spawn(async move {
+                let mut m = MaintenanceClient::connect(old_url).await.expect("connect");
+                m.move_leader(MoveLeaderRequest { target_id })
+                    .await
+                    .expect("move leader");
+            })
+            .await
+            .expect("mover");
+        trace.record(format!("moved leadership to m{}", target + 1));
+    }
+    let survivors: Vec<String> = (0..3)
+        .filter(|i| !kill || *i != old)
+        .map(|i| urls[i].clone())
+        .collect();
+    let s = survivors.clone();
+    let (_, new_id, new_term) = client
+        .spawn(async move { leader(&s).await })
+        .await
+        .expect("new leader");
+    let changed = Instant::now();
+    trace.record(format!("leader {new_id:x} in term {new_term}"));
+    if kill {
+        // The old leader comes back later, a follower with leases in its state.
+        madsim::time::sleep(Duration::from_millis(500 + mix64(seed ^ 2) % 1500)).await;
+        members[old].restart(&handle);
+        trace.record(format!("restarted m{}", old + 1));
+    }
+    let granted = granter.await.expect("granter");
+    assert!(
+        granted.len() >= 8,
+        "seed {seed}: most grants went through: {granted:?}"
+    );
+    trace.record(format!("{} leases granted", granted.len()));
+
+    let grace = Duration::from_millis(metastore::limits::ELECTION_TIMEOUT_MS);
+    let reader = survivors[0].clone();
+    let t = trace.clone();
+    client
+        .spawn(async move {
+            let mut kv = connect(&reader).await;
+            for (key, at) in granted {
+                let due =
+                    at.max(changed) + Duration::from_secs(TTL_SECS as u64) + grace + EXPIRY_SLACK;
+                loop {
+                    let read = kv.range(RangeRequest {
+                        key: key.clone().into_bytes(),
+                        ..Default::default()
+                    });
+                    if let Ok(Ok(r)) = madsim::time::timeout(Duration::from_secs(2), read).await {
+                        if r.into_inner().count == 0 {
+                            break;
+                        }
+                    }
+                    assert!(
+                        Instant::now() < due,
+                        "seed {seed}: {key} outlived its lease: TTL {TTL_SECS} s + {grace:?} + \
+                         {EXPIRY_SLACK:?} after the later of its grant and the leader change"
+                    );
+                    madsim::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            t.record("every leased key gone in time");
+        })
+        .await
+        .expect("checks");
+}
+
+fn run_late_founder(seed: u64) -> (u64, Vec<String>) {
+    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.block_on(async move {
+        let trace = Trace::new();
+        late_founder(seed, trace.clone()).await;
+        (trace.digest(), trace.lines())
+    })
+}
+
+fn run_leases(seed: u64) -> (u64, Vec<String>) {
+    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.block_on(async move {
+        let trace = Trace::new();
+        leases_across_a_change(seed, trace.clone()).await;
+        (trace.digest(), trace.lines())
+    })
+}
+
+#[test]
+fn a_late_founder_joins_the_leader_instead_of_unseating_it() {
+    for seed in seeds() {
+        metastore_sim::trace::run_twice(seed, run_late_founder);
+    }
+}
+
+#[test]
+fn leases_granted_while_leadership_moves_expire_on_time() {
+    for seed in seeds() {
+        metastore_sim::trace::run_twice(seed, run_leases);
+    }
+}
