@@ -37,7 +37,7 @@ fn chaos_histories_are_linearizable_and_complete() {
 /// Seeds that found bugs (each fixed in the server), kept as regression cases whatever
 /// `METASTORE_SIM_SEEDS` says. The histories they produce shift as the code changes, so they guard
 /// the class of bug more than the exact schedule; the broader batch above does the rest.
-const REGRESSION_SEEDS: [(u64, &str); 6] = [
+const REGRESSION_SEEDS: [(u64, &str); 7] = [
     (
         10,
         "members carried on after a failed fsync; a member diverged (stale linearizable read)",
@@ -62,6 +62,10 @@ const REGRESSION_SEEDS: [(u64, &str); 6] = [
         30,
         "a restarted leader resumed its term and reused log indexes; forwarded proposals' \
          sequence numbers restarted at 1 and acknowledged writes that were never made",
+    ),
+    (
+        51,
+        "a leader cut off from the others answered a keep-alive from its own applied state after          a new leader had granted the lease: 'no such lease', then the lease's key still there",
     ),
 ];
 

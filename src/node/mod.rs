@@ -164,6 +164,7 @@ impl Node {
             cluster_name: "metastore".into(),
             heartbeat_interval: limits::HEARTBEAT_INTERVAL_MS,
             election_timeout_min: limits::ELECTION_TIMEOUT_MS,
+            // `Node::leader_lease_valid` assumes openraft's leader lease is this.
             election_timeout_max: limits::ELECTION_TIMEOUT_MS * 2,
             max_payload_entries: limits::RAFT_MAX_PAYLOAD_ENTRIES,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
@@ -908,7 +909,29 @@ impl Node {
         if !self.is_leader() || self.current_term() != term {
             return false;
         }
-        self.lease_clock.taken_up_in() == Some(term) || self.leader_caught_up().await
+        (self.lease_clock.taken_up_in() == Some(term) && self.leader_lease_valid())
+            || self.leader_caught_up().await
+    }
+
+    /// Whether no other member can have been elected since this leader last heard from a
+    /// quorum: it did within its leader lease (openraft's, the election timeout's upper bound),
+    /// or it is the only voter. Read from raft's metrics, with no round trip to its core; metrics
+    /// that lag only make this `false` sooner. Without it a leader cut off from the others kept
+    /// answering keep-alives from its own applied state after a new leader was elected: "no
+    /// such lease" for a lease the new leader had granted (the simulator found this: a client
+    /// told its lease was gone, then its key still there).
+    fn leader_lease_valid(&self) -> bool {
+        use openraft::Instant as _;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mut voters = m.membership_config.membership().voter_ids();
+        if voters.next() == Some(self.member_id) && voters.next().is_none() {
+            return true;
+        }
+        let lease = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS * 2);
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|acked| rt::SeamInstant::now() < **acked + lease)
     }
 
     /// The leader's side of a keep-alive; `None` if this member does not lead. If a lower
