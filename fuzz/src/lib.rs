@@ -55,7 +55,8 @@ impl Store {
     /// Apply a command as the state machine does: on success write its batch, mark the store
     /// flushed and collect its events; on failure write nothing.
     pub fn apply(&mut self, cmd: Command) -> Result<Applied, ApplyError> {
-        let (applied, batch) = apply::apply(&mut self.mvcc, &mut self.auth, &mut self.versions, cmd)?;
+        let (applied, batch) =
+            apply::apply(&mut self.mvcc, &mut self.auth, &mut self.versions, cmd)?;
         self.engine
             .write(batch, Durability::Buffered)
             .expect("memory engine write");
