@@ -161,6 +161,29 @@ fn http_cluster_version(endpoint: &str) -> String {
     v["etcdcluster"].as_str().expect("etcdcluster").to_string()
 }
 
+/// Whether `/metrics` names `version` as the cluster version (and 3.7.0 as the server's).
+fn metrics_cluster_version(endpoint: &str, version: &str) -> bool {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20"])
+        .arg(format!("{endpoint}/metrics"))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "etcd_server_version{{server_version=\"{SERVER}\"}} 1\n"
+        )),
+        "{text}"
+    );
+    text.lines()
+        .filter(|l| l.starts_with("etcd_cluster_version{"))
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+        == [format!(
+            "etcd_cluster_version{{cluster_version=\"{version}\"}} 1"
+        )]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_hashkv_and_snapshot_carry_the_3_6_fields() {
     let server = Server::start_with("rocksdb", &["--quota-backend-bytes", "123456789"]);
@@ -170,6 +193,7 @@ async fn status_hashkv_and_snapshot_carry_the_3_6_fields() {
     assert_eq!(s.db_size_quota, 123_456_789);
     assert_eq!(s.downgrade_info, disabled());
     assert_eq!(http_cluster_version(&server.endpoint), SERVER);
+    assert!(metrics_cluster_version(&server.endpoint, CLUSTER));
 
     // Without the flag: etcd's default quota, 2 GiB, as etcd 3.6 reports it.
     let default = Server::start("memory");
@@ -277,6 +301,7 @@ async fn downgrade_on_one_member() {
     assert_eq!(downgrade(&e, Enable, "3.6.2").await, ok(CLUSTER));
     assert_eq!(versions(&e).await, downgraded());
     assert_eq!(http_cluster_version(&e), format!("{TARGET}.0"));
+    assert!(metrics_cluster_version(&e, TARGET));
     // Now the only next step would be 3.5, which the downgrade in progress holds back.
     assert_eq!(downgrade(&e, Validate, TARGET).await, invalid_target());
     assert_eq!(downgrade(&e, Enable, TARGET).await, invalid_target());

@@ -507,6 +507,41 @@ mod tests {
     }
 
     #[test]
+    fn downgrade_requests_are_checked_action_first() {
+        let req = |action: i32, version: &str| DowngradeRequest {
+            action,
+            version: version.into(),
+        };
+        let v36 = Version { major: 3, minor: 6 };
+        let (validate, enable, cancel) = (
+            DowngradeAction::Validate as i32,
+            DowngradeAction::Enable as i32,
+            DowngradeAction::Cancel as i32,
+        );
+        assert_eq!(
+            downgrade(&req(validate, "3.6")),
+            Ok(Downgrade::Validate(v36))
+        );
+        assert_eq!(downgrade(&req(enable, "3.6.4")), Ok(Downgrade::Enable(v36)));
+        assert_eq!(downgrade(&req(cancel, "junk")), Ok(Downgrade::Cancel));
+        for action in [validate, enable] {
+            assert_eq!(
+                downgrade(&req(action, "v3.6")),
+                Err(ValidationError::WrongDowngradeVersionFormat)
+            );
+        }
+        // An unknown action is refused before its version is read.
+        assert_eq!(
+            downgrade(&req(3, "junk")),
+            Err(ValidationError::UnknownMethod)
+        );
+        assert_eq!(
+            downgrade(&req(-1, "3.6")),
+            Err(ValidationError::UnknownMethod)
+        );
+    }
+
+    #[test]
     fn single_request_rules() {
         assert_eq!(
             range(&RangeRequest::default()),

@@ -817,6 +817,7 @@ impl Node {
             db_size_bytes: self.db_size_bytes(),
             db_size_in_use_bytes: self.db_size_in_use_bytes(),
             quota_bytes: self.config.quota_bytes(),
+            cluster_version: self.versions().cluster_version().short(),
             keys,
             watchers: self.watch.watcher_count() as u64,
             revision,
