@@ -1,7 +1,7 @@
 //! The etcd 3.6 / 3.7 API points: `StatusResponse.storageVersion`, `dbSizeQuota` and
 //! `downgradeInfo`, `HashKVResponse.hash_revision`, `SnapshotResponse.version`, the `Downgrade`
-//! RPC (every action and error, on one member and on a 3-member cluster, across restarts, over
-//! gRPC and the JSON gateway) and `AuthStatus` without a token (3.7). etcd 3.5.1 is the oracle
+//! RPC (every action and error, on one member and on a 3-member cluster, across restarts and raft
+//! snapshots, over gRPC and the JSON gateway) and `AuthStatus` without a token (3.7). etcd 3.5.1 is the oracle
 //! where it already answers the same way (how a downgrade target is read, the auth checks around
 //! `AuthStatus`); where MetaStore follows 3.6 or 3.7 instead, the test says what 3.5.1 answers.
 
@@ -650,4 +650,50 @@ async fn auth_status_needs_no_token() {
     }
     // The same auth changes, the same auth revision.
     assert_eq!(revisions[0], revisions[1]);
+}
+
+/// A member that joins after the downgrade was enabled, once the log holding the enable is purged
+/// (snapshots every 20 entries), learns it from the snapshot it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_later_gets_the_downgrade_in_its_snapshot() {
+    let mut cluster = TestCluster::start_with(3, &["--snapshot-count", "20"]);
+    let leader = cluster.leader().await;
+    let via = cluster.members[leader].endpoint();
+    assert_eq!(downgrade(&via, Enable, TARGET).await, ok(CLUSTER));
+    let mut c = cluster.members[leader].client().await;
+    for i in 0..100 {
+        c.put(format!("k{i}"), "v", None).await.expect("put");
+    }
+    let peer_port = common::free_port();
+    let (added, text) = common::etcdctl(
+        &cluster.etcdctl_endpoints(),
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls=http://127.0.0.1:{peer_port}"),
+        ],
+    );
+    assert!(added, "member add: {text}");
+    let joined = cluster.start_joining("m3", peer_port);
+    let learner = cluster.members[joined].endpoint();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut l = cluster.members[joined].client().await;
+        let caught_up = l
+            .get(
+                "k99",
+                Some(etcd_client::GetOptions::new().with_serializable()),
+            )
+            .await
+            .is_ok_and(|g| g.kvs().len() == 1);
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(versions(&learner).await, downgraded());
+    assert_eq!(downgrade(&learner, Validate, "3.5").await, in_progress());
 }
