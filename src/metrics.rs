@@ -216,7 +216,11 @@ pub struct Scrape {
     pub compact_revision: i64,
     pub leases: u64,
     pub alive_tasks: u64,
+    /// The server version (`etcd_server_version`).
     pub version: &'static str,
+    /// The cluster version as major.minor (`etcd_cluster_version`): the downgrade target while a
+    /// downgrade is enabled.
+    pub cluster_version: String,
 }
 
 impl Metrics {
@@ -239,13 +243,12 @@ impl Metrics {
     /// writes them.
     pub fn render(&self, s: &Scrape) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let major_minor = s.version.rsplit_once('.').map_or(s.version, |(mm, _)| mm);
         let b = u64::from;
         gauge_labeled(
             &mut out,
             "etcd_cluster_version",
             "Which version is running. 1 for 'cluster_version' label with current cluster version",
-            &format!("cluster_version=\"{major_minor}\""),
+            &format!("cluster_version=\"{}\"", s.cluster_version),
             1,
         );
         gauge(
@@ -509,6 +512,7 @@ mod tests {
             member_id: 0x8e9e05c52164694d,
             has_leader: true,
             version: "3.5.0",
+            cluster_version: "3.5".into(),
             ..Scrape::default()
         });
         assert!(text.contains("# TYPE etcd_mvcc_put_total counter\netcd_mvcc_put_total 1\n"));

@@ -102,7 +102,7 @@ fn health_version_and_probes_answer_as_etcd() {
     assert_eq!(version.code, 200);
     assert_eq!(
         version.body,
-        r#"{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}"#
+        r#"{"etcdserver":"3.7.0","etcdcluster":"3.7.0"}"#
     );
     assert!(version.headers.contains("Content-Type: application/json"));
 
@@ -276,7 +276,7 @@ fn the_json_gateway_serves_kv_txn_and_leases_as_etcds_does() {
         );
 
         let status = json(&post(&server, "/v3/maintenance/status", "{}").body);
-        assert_eq!(status["version"], "3.5.0");
+        assert_eq!(status["version"], "3.7.0");
         assert!(status["dbSize"].is_string() && status["raftIndex"].is_string());
         let members = json(&post(&server, "/v3/cluster/member/list", "{}").body);
         assert_eq!(members["members"][0]["name"], "test");
@@ -705,6 +705,10 @@ fn with_auth_on_http_serves_only_health_version_metrics_and_authenticate_anonymo
         assert_eq!(answer.code, 400, "{path}: {}", answer.body);
         assert_eq!(answer.body, empty, "{path}");
     }
+    // AuthStatus answers anyone, as in etcd 3.7.
+    let status = post(&server, "/v3/auth/status", "{}");
+    assert_eq!(status.code, 200, "{}", status.body);
+    assert_eq!(json(&status.body)["enabled"], true, "{}", status.body);
     let login = post(
         &server,
         "/v3/auth/authenticate",
@@ -721,7 +725,7 @@ fn with_auth_on_http_serves_only_health_version_metrics_and_authenticate_anonymo
         Some("{}"),
     );
     assert_eq!(authorized.code, 200, "{}", authorized.body);
-    assert_eq!(json(&authorized.body)["version"], "3.5.0");
+    assert_eq!(json(&authorized.body)["version"], "3.7.0");
     let root = |path: &str, body: &str| {
         curl_with(
             &format!("{}{path}", server.endpoint),

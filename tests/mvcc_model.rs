@@ -376,7 +376,12 @@ fn real_step_recorded(s: &mut MvccStore, op: &Op, transcript: &mut Vec<Vec<u8>>)
             };
         }
     };
-    let result = apply::apply(s, &mut metastore::auth::AuthStore::default(), cmd(command));
+    let result = apply::apply(
+        s,
+        &mut metastore::auth::AuthStore::default(),
+        &mut Default::default(),
+        cmd(command),
+    );
     transcript.push(match &result {
         Ok((Applied::Put(r), _)) => r.encode_to_vec(),
         Ok((Applied::DeleteRange(r), _)) => r.encode_to_vec(),

@@ -17,6 +17,8 @@ pub struct Store {
     pub mvcc: MvccStore,
     /// Auth state (the targets send no auth changes; apply still consults it).
     pub auth: metastore::auth::AuthStore,
+    /// The cluster's downgrade setting (the targets send no downgrades; apply still takes it).
+    pub versions: metastore::cluster::version::VersionState,
     /// Every event applied so far, in order (what a watcher from revision 1 must see).
     pub history: Vec<Event>,
 }
@@ -45,6 +47,7 @@ impl Store {
             engine,
             mvcc,
             auth: metastore::auth::AuthStore::default(),
+            versions: Default::default(),
             history: Vec::new(),
         }
     }
@@ -52,7 +55,8 @@ impl Store {
     /// Apply a command as the state machine does: on success write its batch, mark the store
     /// flushed and collect its events; on failure write nothing.
     pub fn apply(&mut self, cmd: Command) -> Result<Applied, ApplyError> {
-        let (applied, batch) = apply::apply(&mut self.mvcc, &mut self.auth, cmd)?;
+        let (applied, batch) =
+            apply::apply(&mut self.mvcc, &mut self.auth, &mut self.versions, cmd)?;
         self.engine
             .write(batch, Durability::Buffered)
             .expect("memory engine write");

@@ -152,9 +152,9 @@ impl Access {
     }
 
     /// The caller of `metadata`, who must be a user that exists while auth is enabled: what every
-    /// RPC etcd 3.4 leaves unchecked (Status, Alarm, MemberList, Compact, the lease RPCs,
-    /// AuthStatus) asks for here, so an unauthenticated client reaches nothing but
-    /// `Authenticate` and the HTTP health, version and metrics endpoints.
+    /// RPC etcd 3.4 leaves unchecked (Status, Alarm, MemberList, Compact, the lease RPCs) asks for
+    /// here, so an unauthenticated client reaches nothing but `Authenticate`, `AuthStatus` (as in
+    /// etcd 3.7) and the HTTP health, version and metrics endpoints.
     pub fn authenticated(
         &self,
         metadata: &MetadataMap,

@@ -8,7 +8,8 @@
 //! it (as etcd 3.4 does), while a JWT is signed here and handed out at once: it carries its own
 //! claims (see `auth::provider`).
 //! Everything but `Authenticate` and `AuthStatus` needs the root role while auth is enabled; a user
-//! may also read its own record and the roles it holds, as etcd 3.4 allows.
+//! may also read its own record and the roles it holds, as etcd 3.4 allows. `AuthStatus` answers
+//! anyone, as etcd 3.7 does (a client that signs its own JWTs needs the auth revision to sign with).
 
 use super::access::cert_user;
 use std::sync::Arc;
@@ -128,9 +129,10 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        // etcd 3.4 answers anyone; here only a user, so nothing but Authenticate is anonymous.
+        // etcd 3.7 answers without a token (3.5 and 3.6 want root). A token that is sent must
+        // still be valid: etcd resolves it before proposing the request.
         self.access
-            .authenticated(request.metadata(), cert_user(request.extensions()))?;
+            .caller(request.metadata(), cert_user(request.extensions()))?;
         self.node.linearize().await?;
         let (enabled, auth_revision) = {
             let auth = self.node.auth();

@@ -351,11 +351,9 @@ impl HttpApi {
         if method != Method::GET {
             return not_get();
         }
-        // The cluster version is the servers' major.minor with patch 0, as etcd reports it.
-        let cluster = match API_VERSION.rsplit_once('.') {
-            Some((major_minor, _)) => format!("{major_minor}.0"),
-            None => API_VERSION.to_string(),
-        };
+        // The cluster version with patch 0, as etcd reports it: the downgrade target while a
+        // downgrade is enabled.
+        let cluster = self.node.versions().cluster_version();
         let body = format!(r#"{{"etcdserver":"{API_VERSION}","etcdcluster":"{cluster}"}}"#);
         respond(StatusCode::OK, Some("application/json"), Bytes::from(body))
     }

@@ -1,6 +1,6 @@
 //! The `etcdserverpb.Maintenance` service: Status, Hash (of all replicated state), HashKV, Alarm,
-//! Defragment, MoveLeader and Snapshot (etcd's snapshot file, see `raft::etcd_snapshot::writer`).
-//! Downgrade is not offered (etcd 3.5+ only).
+//! Defragment, MoveLeader, Snapshot (etcd's snapshot file, see `raft::etcd_snapshot::writer`) and
+//! Downgrade (etcd 3.6's, over the replicated setting of `cluster::version`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +8,10 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::node::Node;
+use super::validate::Downgrade;
+use crate::apply::ApplyError;
+use crate::cluster::version::DowngradeError;
+use crate::node::{Node, NodeError};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
@@ -18,8 +21,8 @@ use crate::pb::etcdserverpb::{
     StatusResponse,
 };
 
-/// The etcd API version MetaStore speaks; clients compare it to enable features.
-pub const API_VERSION: &str = crate::cluster::CLUSTER_VERSION;
+/// The etcd API version MetaStore speaks (`Status.version`); clients compare it to enable features.
+pub const API_VERSION: &str = crate::cluster::SERVER_VERSION;
 
 /// Serves the maintenance calls.
 pub struct MaintenanceService {
@@ -118,6 +121,7 @@ impl Maintenance for MaintenanceService {
         self.authenticated(&request)?;
         let s = self.node.raft_status();
         let db_size = self.node.db_size_bytes() as i64;
+        let versions = self.node.versions();
         Ok(Response::new(StatusResponse {
             header: Some(self.node.header(self.node.current_revision())),
             version: API_VERSION.to_string(),
@@ -129,9 +133,11 @@ impl Maintenance for MaintenanceService {
             errors: status_errors(s.leader, &self.node.alarms()),
             db_size_in_use: self.node.db_size_in_use_bytes() as i64,
             is_learner: self.node.is_learner(self.node.member_id()),
-            storage_version: String::new(),
+            // etcd 3.6 keeps its storage version at the cluster version (patch 0).
+            storage_version: versions.cluster_version().to_string(),
             db_size_quota: self.node.config().quota_bytes() as i64,
-            downgrade_info: None,
+            // etcd 3.6 always sets it, disabled with an empty target when no downgrade runs.
+            downgrade_info: Some(versions.info()),
         }))
     }
 
@@ -186,7 +192,8 @@ impl Maintenance for MaintenanceService {
                 header,
                 remaining_bytes: total.saturating_sub(sent),
                 blob,
-                version: API_VERSION.to_string(),
+                // The etcd schema of the file sent, which is etcd's storage version of it.
+                version: crate::cluster::SNAPSHOT_FILE_VERSION.to_string(),
             })
         });
         Ok(Response::new(Box::pin(chunks)))
@@ -202,10 +209,47 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
+    /// etcd 3.6's `Downgrade` for a cluster whose members all run one version: root only; the
+    /// target checked at the edge, then against the state after a read barrier (as etcd reads it
+    /// after a linearizable read), and an enable or a cancel replicated through raft, where apply
+    /// checks it again against the state it meets. The answer carries the cluster version before
+    /// the change, as etcd's.
     async fn downgrade(
         &self,
-        _request: Request<DowngradeRequest>,
+        request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented("downgrade is not supported"))
+        self.access
+            .permit_admin(
+                request.metadata(),
+                super::access::cert_user(request.extensions()),
+            )
+            .map_err(Status::from)?;
+        let action = super::validate::downgrade(request.get_ref())?;
+        self.node.linearize().await?;
+        let versions = self.node.versions();
+        let version = match action {
+            Downgrade::Validate(target) => {
+                versions.check_enable(target)?;
+                versions.cluster_version()
+            }
+            Downgrade::Enable(target) => {
+                versions.check_enable(target)?;
+                self.node.change_downgrade(Some(target)).await?
+            }
+            // etcd 3.6 answers a cancel with nothing to cancel as a successful one (it only logs
+            // "no inflight downgrade job"), also when another cancel got there first.
+            Downgrade::Cancel if !versions.downgrading() => versions.cluster_version(),
+            Downgrade::Cancel => match self.node.change_downgrade(None).await {
+                Ok(before) => before,
+                Err(NodeError::Apply(ApplyError::Downgrade(DowngradeError::NoInflight))) => {
+                    self.node.versions().cluster_version()
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok(Response::new(DowngradeResponse {
+            header: Some(self.node.header(self.node.current_revision())),
+            version: version.short(),
+        }))
     }
 }

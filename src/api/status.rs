@@ -7,6 +7,7 @@ use super::gateway::GatewayError;
 use super::validate::ValidationError;
 use crate::apply::ApplyError;
 use crate::auth::AuthError;
+use crate::cluster::version::DowngradeError;
 use crate::cluster::MembershipError;
 use crate::node::NodeError;
 
@@ -52,6 +53,9 @@ impl From<ValidationError> for Status {
                 Code::Unimplemented,
                 "RangeStream does not support revision filters",
             ),
+            // etcd's ErrUnknownMethod is not in rpctypes: code Unknown.
+            ValidationError::UnknownMethod => status(Code::Unknown, "etcdserver: unknown method"),
+            ValidationError::WrongDowngradeVersionFormat => DowngradeError::WrongFormat.into(),
         }
     }
 }
@@ -81,7 +85,18 @@ impl From<ApplyError> for Status {
             // The member stops on this; a client waiting for the entry learns only that.
             ApplyError::Invariant(_) => status(Code::Unavailable, "etcdserver: server stopped"),
             ApplyError::Auth(e) => e.into(),
+            ApplyError::Downgrade(e) => e.into(),
         }
+    }
+}
+
+impl From<DowngradeError> for Status {
+    fn from(e: DowngradeError) -> Self {
+        let code = match e {
+            DowngradeError::WrongFormat | DowngradeError::InvalidTarget => Code::InvalidArgument,
+            DowngradeError::InProcess | DowngradeError::NoInflight => Code::FailedPrecondition,
+        };
+        status(code, &format!("etcdserver: {e}"))
     }
 }
 
@@ -373,5 +388,44 @@ mod tests {
                 "etcdserver: duplicate key given in txn request".into()
             )
         );
+    }
+
+    #[test]
+    fn downgrade_codes_and_texts_are_etcd_3_6s() {
+        let cases: [(Status, Code, &str); 6] = [
+            (
+                ValidationError::UnknownMethod.into(),
+                Code::Unknown,
+                "etcdserver: unknown method",
+            ),
+            (
+                ValidationError::WrongDowngradeVersionFormat.into(),
+                Code::InvalidArgument,
+                "etcdserver: wrong downgrade target version format",
+            ),
+            (
+                DowngradeError::InvalidTarget.into(),
+                Code::InvalidArgument,
+                "etcdserver: invalid downgrade target version",
+            ),
+            (
+                DowngradeError::InProcess.into(),
+                Code::FailedPrecondition,
+                "etcdserver: cluster has a downgrade job in progress",
+            ),
+            (
+                DowngradeError::NoInflight.into(),
+                Code::FailedPrecondition,
+                "etcdserver: no inflight downgrade job",
+            ),
+            (
+                NodeError::Apply(ApplyError::Downgrade(DowngradeError::InProcess)).into(),
+                Code::FailedPrecondition,
+                "etcdserver: cluster has a downgrade job in progress",
+            ),
+        ];
+        for (status, code, text) in cases {
+            assert_eq!(pair(status), (code, text.to_string()));
+        }
     }
 }

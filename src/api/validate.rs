@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::cluster::version::{parse_downgrade_target, Version};
 use crate::limits::{LEASE_MAX_TTL_SECS, MAX_TXN_NESTING_DEPTH};
+use crate::pb::etcdserverpb::downgrade_request::DowngradeAction;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
-    request_op, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    request_op, DeleteRangeRequest, DowngradeRequest, LeaseGrantRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
 };
 
 /// A request that breaks one of etcd's rules.
@@ -33,6 +35,10 @@ pub enum ValidationError {
     StreamSortUnsupported,
     #[error("RangeStream does not support revision filters")]
     StreamRevisionFiltersUnsupported,
+    #[error("unknown method")]
+    UnknownMethod,
+    #[error("wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
 }
 
 type Result = std::result::Result<(), ValidationError>;
@@ -72,6 +78,31 @@ pub fn range_stream(r: &RangeRequest) -> Result {
         return Err(ValidationError::StreamRevisionFiltersUnsupported);
     }
     Ok(())
+}
+
+/// What a checked `Downgrade` request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downgrade {
+    /// Whether a downgrade to this cluster version could be enabled now.
+    Validate(Version),
+    /// Enable a downgrade to this cluster version.
+    Enable(Version),
+    /// Cancel the downgrade in progress.
+    Cancel,
+}
+
+/// Check a `Downgrade` request as etcd 3.6 does before it looks at the cluster: an action it knows
+/// ("unknown method"), and for validate and enable a target it can read (a semantic version or
+/// major.minor; its patch, pre-release and metadata are dropped).
+pub fn downgrade(r: &DowngradeRequest) -> std::result::Result<Downgrade, ValidationError> {
+    let target =
+        || parse_downgrade_target(&r.version).ok_or(ValidationError::WrongDowngradeVersionFormat);
+    match DowngradeAction::try_from(r.action).map_err(|_| ValidationError::UnknownMethod)? {
+        DowngradeAction::Validate => Ok(Downgrade::Validate(target()?)),
+        DowngradeAction::Enable => Ok(Downgrade::Enable(target()?)),
+        // A cancel's version is not read.
+        DowngradeAction::Cancel => Ok(Downgrade::Cancel),
+    }
 }
 
 /// Check a put request.
@@ -473,6 +504,41 @@ mod tests {
             }]);
         }
         assert_eq!(txn(&deep, 8), Err(ValidationError::TooManyOps));
+    }
+
+    #[test]
+    fn downgrade_requests_are_checked_action_first() {
+        let req = |action: i32, version: &str| DowngradeRequest {
+            action,
+            version: version.into(),
+        };
+        let v36 = Version { major: 3, minor: 6 };
+        let (validate, enable, cancel) = (
+            DowngradeAction::Validate as i32,
+            DowngradeAction::Enable as i32,
+            DowngradeAction::Cancel as i32,
+        );
+        assert_eq!(
+            downgrade(&req(validate, "3.6")),
+            Ok(Downgrade::Validate(v36))
+        );
+        assert_eq!(downgrade(&req(enable, "3.6.4")), Ok(Downgrade::Enable(v36)));
+        assert_eq!(downgrade(&req(cancel, "junk")), Ok(Downgrade::Cancel));
+        for action in [validate, enable] {
+            assert_eq!(
+                downgrade(&req(action, "v3.6")),
+                Err(ValidationError::WrongDowngradeVersionFormat)
+            );
+        }
+        // An unknown action is refused before its version is read.
+        assert_eq!(
+            downgrade(&req(3, "junk")),
+            Err(ValidationError::UnknownMethod)
+        );
+        assert_eq!(
+            downgrade(&req(-1, "3.6")),
+            Err(ValidationError::UnknownMethod)
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub use range::execute_range;
 pub use range_stream::RangeStream;
 
 use crate::auth::{AuthError, AuthStore};
+use crate::cluster::version::{DowngradeError, Version, VersionState};
 use crate::mvcc::{MvccError, MvccStore, RangeEnd};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseCheckpointResponse};
@@ -45,6 +46,8 @@ pub enum ApplyError {
     EmptyCommand,
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Downgrade(#[from] DowngradeError),
     /// The store's own invariants do not hold: the member must stop.
     #[error("mvcc invariant broken: {0}")]
     Invariant(String),
@@ -87,6 +90,12 @@ pub enum Applied {
     Alarm(AlarmResponse),
     /// An auth change was applied; the store revision for the response header.
     Auth(i64),
+    /// A downgrade was enabled or cancelled: the store revision for the response header and the
+    /// cluster version before the change (what etcd's `Downgrade` answers with).
+    Downgrade {
+        revision: i64,
+        before: Version,
+    },
     /// A login was accepted: every member records `token` for `user` (issued at auth revision
     /// `auth_revision`); the store revision for the response header.
     TokenIssued {
@@ -123,15 +132,16 @@ fn check_requester(auth: &AuthStore, cmd: &Command) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Execute `cmd` against `store` and `auth`: whole, or not at all. On success the returned batch
-/// holds every engine change; the caller adds its own bookkeeping (applied index) and writes it
-/// atomically. The in-memory state (key index, leases, auth) is already updated then, so the caller
-/// must write the batch or stop the member. On an error nothing has changed: MVCC writes are staged
-/// in a [`crate::mvcc::WriteTxn`] that is dropped unfinished, and every other command checks
-/// before it changes anything.
+/// Execute `cmd` against `store`, `auth` and the cluster's `versions`: whole, or not at all. On
+/// success the returned batch holds every engine change; the caller adds its own bookkeeping
+/// (applied index) and writes it atomically. The in-memory state (key index, leases, auth,
+/// versions) is already updated then, so the caller must write the batch or stop the member. On an
+/// error nothing has changed: MVCC writes are staged in a [`crate::mvcc::WriteTxn`] that is
+/// dropped unfinished, and every other command checks before it changes anything.
 pub fn apply(
     store: &mut MvccStore,
     auth: &mut AuthStore,
+    versions: &mut VersionState,
     cmd: Command,
 ) -> Result<(Applied, WriteBatch), ApplyError> {
     check_requester(auth, &cmd)?;
@@ -276,6 +286,12 @@ pub fn apply(
                 }),
                 batch,
             ))
+        }
+        command::Op::Downgrade(change) => {
+            let mut batch = WriteBatch::new();
+            let before = versions.apply(&change, &mut batch)?;
+            let revision = store.current_revision();
+            Ok((Applied::Downgrade { revision, before }, batch))
         }
         command::Op::Publish(attrs) => {
             let mut batch = WriteBatch::new();

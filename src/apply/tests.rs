@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::cluster::version::VersionState;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
@@ -18,6 +19,7 @@ fn run(s: &mut MvccStore, op: command::Op) -> Result<Applied, ApplyError> {
     let (applied, batch) = apply(
         s,
         &mut AuthStore::default(),
+        &mut VersionState::default(),
         Command {
             op: Some(op),
             ..Default::default()
@@ -504,7 +506,7 @@ fn a_write_checked_against_an_older_auth_revision_is_refused() {
             requester,
             ..Default::default()
         };
-        let (applied, batch) = apply(s, auth, cmd)?;
+        let (applied, batch) = apply(s, auth, &mut VersionState::default(), cmd)?;
         s.engine().write(batch, Durability::Sync).expect("write");
         s.mark_flushed();
         Ok::<_, ApplyError>(applied)
@@ -588,6 +590,7 @@ fn refused(s: &mut MvccStore, cmd: command::Op, want: fn(&ApplyError) -> bool) {
     let outcome = apply(
         s,
         &mut auth,
+        &mut VersionState::default(),
         Command {
             op: Some(cmd),
             ..Default::default()
@@ -861,4 +864,71 @@ fn txn_checks_every_put_before_any_range_and_a_key_before_a_lease() {
         }
     )
     .is_ok());
+}
+
+/// A downgrade change through apply: checked against the state it meets (a second enable, or a
+/// cancel with nothing enabled, is refused and changes nothing), recorded in the batch, and the
+/// store's revision untouched.
+#[test]
+fn downgrade_changes_apply_whole_or_not_at_all() {
+    use crate::cluster::version::{DowngradeError, Version};
+    use crate::pb::etcdserverpb::DowngradeInfo;
+    let mut s = store();
+    let mut auth = AuthStore::default();
+    let mut versions = VersionState::default();
+    let serving = Version::serving();
+    let target = serving.downgrade_target().expect("a minor above 0");
+    let mut run = |versions: &mut VersionState, enabled: bool, target: Option<Version>| {
+        let change = DowngradeInfo {
+            enabled,
+            target_version: target.map(|v| v.to_string()).unwrap_or_default(),
+        };
+        let cmd = Command {
+            op: Some(command::Op::Downgrade(change)),
+            ..Default::default()
+        };
+        apply(&mut s, &mut auth, versions, cmd)
+    };
+    let refusal = |r: Result<(Applied, WriteBatch), ApplyError>| match r {
+        Err(ApplyError::Downgrade(e)) => e,
+        other => panic!("expected a refused downgrade, got {other:?}"),
+    };
+
+    assert_eq!(
+        refusal(run(&mut versions, false, None)),
+        DowngradeError::NoInflight
+    );
+    assert_eq!(
+        refusal(run(&mut versions, true, Some(serving))),
+        DowngradeError::InvalidTarget
+    );
+    assert_eq!(versions, VersionState::default());
+
+    let (applied, batch) = run(&mut versions, true, Some(target)).expect("enable");
+    assert_eq!(
+        applied,
+        Applied::Downgrade {
+            revision: 1,
+            before: serving
+        }
+    );
+    assert!(!batch.is_empty(), "the setting is written with the entry");
+    assert_eq!(versions.cluster_version(), target);
+
+    let enabled = versions;
+    assert_eq!(
+        refusal(run(&mut versions, true, target.downgrade_target())),
+        DowngradeError::InProcess
+    );
+    assert_eq!(versions, enabled, "a refused enable changes nothing");
+
+    let (applied, _) = run(&mut versions, false, None).expect("cancel");
+    assert_eq!(
+        applied,
+        Applied::Downgrade {
+            revision: 1,
+            before: target
+        }
+    );
+    assert_eq!(versions, VersionState::default());
 }

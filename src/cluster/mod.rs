@@ -11,9 +11,9 @@ use crate::pb::metastore::MemberAttributes;
 use crate::raft::PeerNode;
 use crate::storage::{Engine, Keyspace, StorageError, WriteBatch};
 
-/// The etcd version the cluster speaks: what `Status` reports and what an etcd snapshot file written
-/// by MetaStore records as its cluster version.
-pub const CLUSTER_VERSION: &str = "3.5.0";
+pub mod version;
+
+pub use version::{SERVER_VERSION, SNAPSHOT_FILE_VERSION};
 
 /// Prefix of published attributes in the `Meta` keyspace (part of snapshots, like all replicated state).
 const ATTRIBUTES_PREFIX: &[u8] = b"member/";

@@ -498,6 +498,29 @@ impl Node {
         crate::cluster::read_alarms(self.state.engine().as_ref()).unwrap_or_default()
     }
 
+    /// The cluster's version state (its downgrade setting), as this member last applied it.
+    pub fn versions(&self) -> crate::cluster::version::VersionState {
+        self.state.versions()
+    }
+
+    /// Enable a downgrade to `target` (`Some`) or cancel the one enabled (`None`) through raft;
+    /// apply checks it against the state it meets. Returns the cluster version before the change.
+    pub async fn change_downgrade(
+        &self,
+        target: Option<crate::cluster::version::Version>,
+    ) -> Result<crate::cluster::version::Version, NodeError> {
+        let change = crate::pb::etcdserverpb::DowngradeInfo {
+            enabled: target.is_some(),
+            target_version: target.map(|v| v.to_string()).unwrap_or_default(),
+        };
+        match self.propose(command::Op::Downgrade(change)).await? {
+            Applied::Downgrade { before, .. } => Ok(before),
+            other => Err(NodeError::Raft(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
     /// Raise or clear an alarm through raft.
     pub async fn change_alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, NodeError> {
         let applied = self.propose(command::Op::Alarm(req)).await;
@@ -808,6 +831,7 @@ impl Node {
             db_size_bytes: self.db_size_bytes(),
             db_size_in_use_bytes: self.db_size_in_use_bytes(),
             quota_bytes: self.config.quota_bytes(),
+            cluster_version: self.versions().cluster_version().short(),
             keys,
             watchers: self.watch.watcher_count() as u64,
             revision,

@@ -28,6 +28,7 @@ use super::{decode, encode, snapshot, CommandResponse, LogId, StoredMembership, 
 use crate::apply::{self, Applied, ApplyError};
 use crate::auth::tokens::TokenInfo;
 use crate::auth::{AuthStore, TokenProvider};
+use crate::cluster::version::{VersionState, DOWNGRADE_KEY};
 use crate::mvcc::{CompactStep, MvccStore};
 use crate::pb::metastore::Command;
 use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, WriteBatch};
@@ -58,6 +59,9 @@ pub struct Shared {
     /// Users, roles and permissions. Apply takes this lock after the MVCC write lock; a reader
     /// holding it never waits for the MVCC lock.
     auth: RwLock<AuthStore>,
+    /// The cluster's downgrade setting. Apply takes this lock after the auth lock; readers hold it
+    /// only to copy the state.
+    versions: RwLock<VersionState>,
     /// How auth tokens are issued and checked; simple tokens issued through the log are recorded
     /// here (in memory only, as etcd's).
     tokens: TokenProvider,
@@ -108,6 +112,11 @@ impl Shared {
     /// Read access to the auth state, as of the last applied entry.
     pub fn auth(&self) -> RwLockReadGuard<'_, AuthStore> {
         self.auth.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cluster's version state, as of the last applied entry.
+    pub fn versions(&self) -> VersionState {
+        *self.versions.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The auth tokens this member issues and accepts.
@@ -218,6 +227,7 @@ impl StateMachine {
         }
         let mvcc = MvccStore::open(engine.clone()).map_err(io::Error::other)?;
         let auth = AuthStore::load(engine.as_ref()).map_err(io::Error::other)?;
+        let versions = VersionState::load(engine.as_ref()).map_err(io::Error::other)?;
         let compaction_wanted = tokio::sync::Notify::new();
         if mvcc.compaction_pending() {
             // Interrupted by the restart: the compactor takes it up again as soon as it runs.
@@ -232,6 +242,7 @@ impl StateMachine {
                 engine,
                 mvcc: RwLock::new(mvcc),
                 auth: RwLock::new(auth),
+                versions: RwLock::new(versions),
                 tokens,
                 watch,
                 member_id,
@@ -257,9 +268,14 @@ impl StateMachine {
 }
 
 /// Keys of the `Meta` keyspace that belong to one cluster's raft state, not to the data a backup
-/// carries into a new cluster.
-pub(crate) const CLUSTER_BOUND_META: [&[u8]; 4] =
-    [APPLIED_KEY, MEMBERSHIP_KEY, b"member/", b"alarm/"];
+/// carries into a new cluster (a restored cluster starts without a downgrade, as a new one).
+pub(crate) const CLUSTER_BOUND_META: [&[u8]; 5] = [
+    APPLIED_KEY,
+    MEMBERSHIP_KEY,
+    b"member/",
+    b"alarm/",
+    DOWNGRADE_KEY,
+];
 
 impl Shared {
     /// The replicated state frozen now, with the snapshot meta it is at (read from the same view,
@@ -291,10 +307,11 @@ impl Shared {
 fn apply_guarded(
     mvcc: &mut MvccStore,
     auth: &mut AuthStore,
+    versions: &mut VersionState,
     cmd: Command,
     log_id: &LogId,
 ) -> io::Result<Result<(Applied, WriteBatch), ApplyError>> {
-    let run = std::panic::AssertUnwindSafe(|| apply::apply(mvcc, auth, cmd));
+    let run = std::panic::AssertUnwindSafe(|| apply::apply(mvcc, auth, versions, cmd));
     std::panic::catch_unwind(run).map_err(|panic| {
         let what = panic
             .downcast_ref::<&str>()
@@ -313,6 +330,7 @@ fn apply_one(
     shared: &Shared,
     mvcc: &mut MvccStore,
     auth: &mut AuthStore,
+    versions: &mut VersionState,
     payload: EntryPayload<super::RaftCommand, u64, super::PeerNode>,
     log_id: &LogId,
     batch: &mut WriteBatch,
@@ -322,7 +340,11 @@ fn apply_one(
             let (outcome, proposer, seq) = match Command::decode(cmd.bytes.as_slice()) {
                 Ok(cmd) => {
                     let (proposer, seq) = (cmd.proposer_id, cmd.request_seq);
-                    (apply_guarded(mvcc, auth, cmd, log_id)?, proposer, seq)
+                    (
+                        apply_guarded(mvcc, auth, versions, cmd, log_id)?,
+                        proposer,
+                        seq,
+                    )
                 }
                 Err(_) => (Err(ApplyError::EmptyCommand), 0, 0),
             };
@@ -430,6 +452,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut mvcc = self.shared.mvcc.write().unwrap_or_else(|e| e.into_inner());
             let mut auth = self.shared.auth.write().unwrap_or_else(|e| e.into_inner());
+            let mut versions = self
+                .shared
+                .versions
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             // One engine batch for all entries; later entries read earlier ones through the
             // store's unflushed overlay until it is written.
             let mut batch = WriteBatch::new();
@@ -439,6 +466,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     &self.shared,
                     &mut mvcc,
                     &mut auth,
+                    &mut versions,
                     entry.payload,
                     &entry.log_id,
                     &mut batch,
@@ -501,6 +529,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         *self.shared.auth.write().unwrap_or_else(|e| e.into_inner()) =
             AuthStore::load(self.shared.engine.as_ref()).map_err(io::Error::other)?;
+        *self
+            .shared
+            .versions
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) =
+            VersionState::load(self.shared.engine.as_ref()).map_err(io::Error::other)?;
         // Watchers were fed revision by revision; the ones the snapshot skipped come from storage.
         self.shared.watch.all_behind();
         // Forwarded writes waiting for entries the snapshot covers will never see them applied one

@@ -14,7 +14,8 @@
 //! * `alarm`: empty. Alarms name the old cluster's members; the reader leaves them out too.
 //! * `auth`: `authEnabled` (one byte, 0 or 1) and `authRevision` (8 bytes BE) from `auth/state`.
 //! * `authRoles`, `authUsers`: name → `authpb.Role` / `authpb.User` (bcrypt hashes, as etcd's).
-//! * `cluster`: `clusterVersion` → [`crate::cluster::CLUSTER_VERSION`].
+//! * `cluster`: `clusterVersion` → [`crate::cluster::SNAPSHOT_FILE_VERSION`] (etcd 3.5's schema,
+//!   which etcd 3.5 and later restore), not the cluster's own version or downgrade setting.
 //! * `key`: every record of the `Kv` keyspace, the value as stored (`mvccpb.KeyValue`), the key in
 //!   etcd's revision encoding `main(8 BE) '_' sub(8 BE) ['t']`.
 //! * `lease`: `id(8 BE)` → `leasepb.Lease{ID, TTL, RemainingTTL}`.
@@ -106,7 +107,7 @@ fn auth_records(view: &dyn EngineView) -> io::Result<Vec<Record>> {
 fn cluster_records(_: &dyn EngineView) -> io::Result<Vec<Record>> {
     Ok(vec![(
         b"clusterVersion".to_vec(),
-        crate::cluster::CLUSTER_VERSION.as_bytes().to_vec(),
+        crate::cluster::SNAPSHOT_FILE_VERSION.as_bytes().to_vec(),
     )])
 }
 
