@@ -561,9 +561,10 @@ async fn auth_status(
     endpoint: &str,
     token: Option<&str>,
 ) -> Result<AuthStatusResponse, (Code, String)> {
+    // A refused connect is an error too: the caller polls etcd with this while it starts.
     AuthClient::connect(endpoint.to_string())
         .await
-        .expect("connect")
+        .map_err(|e| (Code::Unavailable, e.to_string()))?
         .auth_status(with_token(AuthStatusRequest {}, token))
         .await
         .map(|r| r.into_inner())
