@@ -263,11 +263,6 @@ pub const HTTP_MAX_CONNECTIONS: usize = 1024;
 /// slot when all are taken.
 pub const HTTP_EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// Memory all of RocksDB's memtables may take together (its write buffer manager): past it the
-/// largest is flushed. Bounds what the engine holds for writes not yet in table files, whatever
-/// the store's size or write rate.
-pub const ENGINE_MEMTABLE_BYTES: usize = 64 * 1024 * 1024;
-
 /// File descriptors kept out of the connection pools (`api::conn_limit`): RocksDB's files (it
 /// keeps every table file open and opens new ones as it flushes and compacts), the log, and the
 /// connections this member dials to its peers. Running out of them would stop the member.

@@ -13,7 +13,6 @@ use super::{
     BatchOp, Durability, Engine, EngineView, Keyspace, Order, Result, StorageError, Visitor,
     WriteBatch,
 };
-use crate::limits;
 
 /// A RocksDB-backed [`Engine`].
 pub struct RocksEngine {
@@ -89,10 +88,6 @@ impl RocksEngine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        // One memtable budget for all keyspaces: RocksDB's default is 64 MiB per keyspace, twice
-        // over while one is flushed, so a member written hard (or sent a big snapshot) held
-        // hundreds of MB in memtables.
-        opts.set_db_write_buffer_size(limits::ENGINE_MEMTABLE_BYTES);
         let cfs = Keyspace::ALL
             .iter()
             .map(|ks| ColumnFamilyDescriptor::new(ks.name(), Options::default()));
