@@ -210,9 +210,10 @@ impl KeyIndexTree {
         }
     }
 
-    /// Rebuild one stored record (see [`KeyIndex::restore`]).
-    pub fn restore(&mut self, key: &[u8], rev: Revision, created: i64, version: i64) {
-        let ki = self.keys.entry(key.to_vec()).or_default();
+    /// Rebuild one stored record (see [`KeyIndex::restore`]). Takes the key owned: the caller
+    /// decoded it into a buffer of its own, which becomes the index's copy if the key is new.
+    pub fn restore(&mut self, key: Vec<u8>, rev: Revision, created: i64, version: i64) {
+        let ki = self.keys.entry(key).or_default();
         if !ki.is_live() {
             self.live += 1;
         }
@@ -554,11 +555,11 @@ mod tests {
 
         // Rebuilt from records in revision order, as on start.
         let mut restored = KeyIndexTree::default();
-        restored.restore(b"a", r(2), 2, 1);
-        restored.restore(b"a", r(3), 2, 2);
-        restored.restore(b"b", r(4), 4, 1);
+        restored.restore(b"a".to_vec(), r(2), 2, 1);
+        restored.restore(b"a".to_vec(), r(3), 2, 2);
+        restored.restore(b"b".to_vec(), r(4), 4, 1);
         assert!(restored.tombstone(b"a", r(5)));
-        restored.restore(b"a", r(7), 7, 1);
+        restored.restore(b"a".to_vec(), r(7), 7, 1);
         assert_eq!(restored.live(), 2);
     }
 }

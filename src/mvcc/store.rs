@@ -47,6 +47,20 @@ struct RecordKey {
     key: Vec<u8>,
 }
 
+/// What rebuilding the key index needs of a stored `mvccpb.KeyValue`: its key, creation revision
+/// and version, decoded without copying the value (prost skips the fields it does not name).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RecordHead {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(int64, tag = "6")]
+    lease: i64,
+}
+
 /// What one [`MvccStore::compact_step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompactStep {
@@ -176,17 +190,27 @@ impl MvccStore {
             .unwrap_or(-1)
             .max(finished_compact_rev);
         let mut index = KeyIndexTree::default();
+        // The lease each key's newest record names (records come in revision order, so the last
+        // one seen for a key wins): attachments are rebuilt from this one pass.
+        let mut attached: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         let mut failure = None;
         engine.scan(Keyspace::Kv, &[], None, &mut |k, v| {
-            let decoded = Revision::from_record_key(k).zip(KeyValue::decode(v).ok());
-            let Some(((rev, tombstone), kv)) = decoded else {
+            let decoded = Revision::from_record_key(k).zip(RecordHead::decode(v).ok());
+            let Some(((rev, tombstone), head)) = decoded else {
                 failure = Some(corrupt(format!("undecodable record {k:?}")));
                 return false;
             };
-            if tombstone {
-                index.tombstone(&kv.key, rev);
+            if tombstone || head.lease == 0 {
+                if !attached.is_empty() {
+                    attached.remove(&head.key);
+                }
             } else {
-                index.restore(&kv.key, rev, kv.create_revision, kv.version);
+                attached.insert(head.key.clone(), head.lease);
+            }
+            if tombstone {
+                index.tombstone(&head.key, rev);
+            } else {
+                index.restore(head.key, rev, head.create_revision, head.version);
             }
             true
         })?;
@@ -204,11 +228,13 @@ impl MvccStore {
             events: Vec::new(),
             leases: LeaseTable::default(),
         };
-        store.restore_leases()?;
+        store.restore_leases(attached)?;
         Ok(store)
     }
 
-    fn restore_leases(&mut self) -> Result<()> {
+    /// Rebuild the lease table from its records, and attach each key in `attached` (key → the
+    /// lease its newest record names) to its lease.
+    fn restore_leases(&mut self, attached: BTreeMap<Vec<u8>, i64>) -> Result<()> {
         let mut granted = Vec::new();
         let mut failure = None;
         self.engine.scan(
@@ -235,19 +261,8 @@ impl MvccStore {
                 self.leases.checkpoint(id, r);
             }
         }
-        // One live record at a time: loading them all at once would cost as much memory as the
-        // data (a restart, or a snapshot install, of a large store).
-        let mut live = Vec::new();
-        self.index
-            .visit(&[0], &RangeEnd::Unbounded, self.current_rev, |_, k| {
-                live.push(k.modified);
-                true
-            });
-        for rev in live {
-            let kv = self.load(rev)?;
-            if kv.lease != 0 {
-                self.leases.attach(kv.lease, &kv.key);
-            }
+        for (key, lease) in attached {
+            self.leases.attach(lease, &key);
         }
         Ok(())
     }
