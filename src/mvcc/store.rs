@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use prost::Message;
 
@@ -26,7 +27,7 @@ use super::revision::Revision;
 use super::{MvccError, Result};
 use crate::lease::{self, LeaseTable};
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
-use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
+use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, StorageError, WriteBatch};
 
 /// A fresh store is at revision 1, so its first write makes revision 2 (as in etcd).
 pub const FIRST_REVISION: i64 = 1;
@@ -88,6 +89,106 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// A range read done in pieces ([`MvccStore::range_step`]), each under the caller's lock on the
+/// store, and finished ([`RangeRead::finish`]) without it: what lets a read of any size leave the
+/// store to writers for all but one short piece at a time.
+///
+/// Why it reads exactly the state at its revision `at` although the store moves on between the
+/// pieces: writes only add revisions above `at`, and every piece first checks that no compaction
+/// passed `at` (`ErrCompacted` if one did), so the key index, which compaction trims only of
+/// revisions no read at or above the compaction point needs, still answers for `at` as in the
+/// first piece. The records are read through an engine view taken under the lock after such a
+/// check: a record that holds a value at `at` is deleted only by a compaction past `at`, so the
+/// view has every record the read needs, and nothing deleted after it was taken is lost to it.
+pub struct RangeRead {
+    /// Where the next piece starts (`None`: the walk is done).
+    next: Option<Vec<u8>>,
+    end: RangeEnd,
+    rev: i64,
+    /// The revision read (0 before the first piece).
+    at: i64,
+    /// The store's head revision at the first piece.
+    header_rev: i64,
+    limit: usize,
+    count_only: bool,
+    keys_only: bool,
+    pieces: usize,
+    count: usize,
+    kvs: Vec<KeyValue>,
+    /// Positions in `kvs` still to be read from `view`, and their records.
+    loads: Vec<(usize, Revision)>,
+    view: Option<Arc<dyn EngineView>>,
+}
+
+impl RangeRead {
+    /// A read of `[key, end)` as of revision `rev` (`<= 0`: the head at the first piece): at
+    /// most `limit` records (`0`: no limit), `count` over the whole range; `count_only` reads no
+    /// record, `keys_only` returns records without their values.
+    pub fn new(
+        key: &[u8],
+        end: RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+        keys_only: bool,
+    ) -> Self {
+        Self {
+            next: Some(key.to_vec()),
+            end,
+            rev,
+            at: 0,
+            header_rev: 0,
+            limit,
+            count_only,
+            keys_only,
+            pieces: 0,
+            count: 0,
+            kvs: Vec::new(),
+            loads: Vec::new(),
+            view: None,
+        }
+    }
+
+    /// Whether every piece is done (then [`RangeRead::finish`]).
+    pub fn walked(&self) -> bool {
+        self.next.is_none()
+    }
+
+    /// Read the records the pieces left to the engine view, outside any lock on the store.
+    pub fn finish(self) -> Result<RangeResult> {
+        let RangeRead {
+            mut kvs,
+            loads,
+            view,
+            keys_only,
+            count,
+            header_rev,
+            ..
+        } = self;
+        if !loads.is_empty() {
+            let view = view.ok_or_else(|| {
+                MvccError::Invariant("a range left records to read but took no view".into())
+            })?;
+            for (i, rev) in loads {
+                let raw = view
+                    .get(Keyspace::Kv, &rev.record_key(false))?
+                    .ok_or_else(|| corrupt(format!("index points at missing record {rev:?}")))?;
+                let mut kv = KeyValue::decode(raw.as_slice())
+                    .map_err(|e| corrupt(format!("record {rev:?}: {e}")))?;
+                if keys_only {
+                    kv.value = Vec::new();
+                }
+                kvs[i] = kv;
+            }
+        }
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: header_rev,
+        })
+    }
+}
+
 /// One bounded piece of a range read ([`MvccStore::range_chunk`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RangeChunk {
@@ -142,6 +243,10 @@ pub struct MvccStore {
     events: Vec<Event>,
     /// Leases and their keys: a put attaches, a delete detaches (as etcd's store calls its lessor).
     leases: LeaseTable,
+    /// Some live record names a lease the table does not hold (a store restored from an etcd
+    /// snapshot can have them): then a key's attachment does not tell its record's lease, and a
+    /// keys-only read must read the records.
+    unattached_leases: bool,
 }
 
 fn corrupt(reason: impl Into<String>) -> StorageError {
@@ -203,6 +308,7 @@ impl MvccStore {
             unflushed: BTreeMap::new(),
             events: Vec::new(),
             leases: LeaseTable::default(),
+            unattached_leases: false,
         };
         store.restore_leases()?;
         Ok(store)
@@ -246,6 +352,9 @@ impl MvccStore {
         for rev in live {
             let kv = self.load(rev)?;
             if kv.lease != 0 {
+                if !self.leases.contains(kv.lease) {
+                    self.unattached_leases = true;
+                }
                 self.leases.attach(kv.lease, &kv.key);
             }
         }
@@ -482,19 +591,86 @@ impl MvccStore {
         limit: usize,
         count_only: bool,
     ) -> Result<RangeResult> {
-        let mut found: Vec<Revision> = Vec::new();
-        let count = collect(&mut found, limit, count_only, |f| {
-            self.index.visit(key, end, at, f)
-        });
-        let mut kvs = Vec::with_capacity(found.len());
-        for rev in found {
-            kvs.push(self.load(rev)?);
+        let mut read = RangeRead::new(key, end.clone(), at, limit, count_only, false);
+        // One piece for the whole range: everything is read under the caller's borrow.
+        self.range_step(&mut read, usize::MAX)?;
+        read.finish()
+    }
+
+    /// One piece of `read` ([`RangeRead`]): at most `max_keys` keys of the key index looked at,
+    /// the matching ones counted and kept. A keys-only read takes each key's newest record from
+    /// the index and the lease table, without reading it. A range done in its first piece reads
+    /// its records here at once; otherwise they are left to [`RangeRead::finish`], through an
+    /// engine view taken here. Returns whether the walk is done. Fails with
+    /// [`MvccError::Compacted`] once a compaction passed the revision read.
+    pub fn range_step(&self, read: &mut RangeRead, max_keys: usize) -> Result<bool> {
+        let Some(start) = read.next.take() else {
+            return Ok(true);
+        };
+        if read.pieces == 0 {
+            read.at = self.check_read_revision(read.rev)?;
+            read.header_rev = self.current_rev;
+        } else if read.at < self.compact_rev {
+            return Err(MvccError::Compacted);
         }
-        Ok(RangeResult {
-            kvs,
-            count,
-            rev: self.current_rev,
-        })
+        read.pieces += 1;
+        let from_index = read.keys_only && !self.unattached_leases;
+        let mut attached = self.leases.attached_from(&start).peekable();
+        let first = read.pieces == 1;
+        let (limit, count_only, keys_only) = (read.limit, read.count_only, read.keys_only);
+        let (count, kvs, loads) = (&mut read.count, &mut read.kvs, &mut read.loads);
+        read.next = self
+            .index
+            .visit_piece(&start, &read.end, read.at, max_keys, |key, k, head| {
+                *count += 1;
+                if count_only || (limit > 0 && kvs.len() >= limit) {
+                    return;
+                }
+                if from_index && head {
+                    while attached.next_if(|(a, _)| *a < key).is_some() {}
+                    let lease = match attached.peek() {
+                        Some((a, id)) if *a == key => *id,
+                        _ => 0,
+                    };
+                    kvs.push(KeyValue {
+                        key: key.to_vec(),
+                        create_revision: k.created,
+                        mod_revision: k.modified.main,
+                        version: k.version,
+                        value: Vec::new(),
+                        lease,
+                    });
+                    return;
+                }
+                match self.unflushed.get(&k.modified) {
+                    Some(kv) => {
+                        let mut kv = kv.clone();
+                        if keys_only {
+                            kv.value = Vec::new();
+                        }
+                        kvs.push(kv);
+                    }
+                    None => {
+                        loads.push((kvs.len(), k.modified));
+                        kvs.push(KeyValue::default());
+                    }
+                }
+            });
+        if read.loads.is_empty() {
+            return Ok(read.next.is_none());
+        }
+        if first && read.next.is_none() {
+            for (i, rev) in std::mem::take(&mut read.loads) {
+                let mut kv = self.load(rev)?;
+                if keys_only {
+                    kv.value = Vec::new();
+                }
+                read.kvs[i] = kv;
+            }
+        } else if read.view.is_none() {
+            read.view = Some(self.engine.view()?);
+        }
+        Ok(read.next.is_none())
     }
 
     /// The first records of `[key, end)` as of revision `rev` (`<= 0`: newest), in key order:
