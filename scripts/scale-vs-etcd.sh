@@ -8,8 +8,10 @@
 #   data dir             du of the data dir after the load
 #   keys-only range      `etcdctl get "" --prefix --keys-only` (output discarded): seconds, and the
 #                        server's peak RSS while serving it (VmHWM, reset just before the request
-#                        through /proc/PID/clear_refs)
-#   full range           the same with values (--full-range=0 skips it: at N=1M the answer is 280 MB)
+#                        through /proc/PID/clear_refs); meanwhile one client puts, one put at a
+#                        time (`bench put --clients 1`, 1000 puts): its longest put shows whether
+#                        writes wait for the range
+#   full range           the same with values (FULL_RANGE=0 skips it: at N=1M the answer is 280 MB)
 #   count-only range     `etcdctl get "" --prefix --count-only`: seconds
 #   kill -9 → healthy    from SIGKILL to the first successful linearizable read of the restarted
 #                        server (restarted at once, same flags and data dir)
@@ -73,12 +75,20 @@ wait_healthy() { # -> returns once a linearizable read succeeds (10 minutes at m
   done
 }
 
-peak_during() { # command... -> runs it, prints "seconds peak-RSS-MB" of the server meanwhile
-  local t0
+peak_during() { # command... -> runs it, prints "seconds peak-RSS-MB longest-put-ms" of the
+  # server meanwhile, while a single client puts (its longest put, until the range is answered)
+  local t0 secs peak writer
+  "$BIN" bench put --endpoints "$CLIENT" --clients 1 --total 1000 --key-size "$KEY_SIZE" \
+    --val-size "$VAL_SIZE" --key-space-size 100 >"$work/writer.out" &
+  writer=$!
+  sleep 0.3
   echo 5 >"/proc/$pid/clear_refs"
   t0=$(now)
   "$@" >/dev/null
-  echo "$(since "$t0") $(mb "$(status_kb "$pid" VmHWM)")"
+  secs=$(since "$t0")
+  peak=$(mb "$(status_kb "$pid" VmHWM)")
+  wait "$writer"
+  echo "$secs $peak $(awk '/Latency ms/ {print $10}' "$work/writer.out")"
 }
 
 declare -A row
@@ -99,7 +109,7 @@ for name in $SERVERS; do
   echo "== $name: ranges" >&2
   row[$name/keys]=$(peak_during ctl get "" --prefix --keys-only)
   if [ "$FULL_RANGE" = 1 ]; then row[$name/full]=$(peak_during ctl get "" --prefix); fi
-  t0=$(now); ctl get "" --prefix --count-only >/dev/null; row[$name/count]=$(since "$t0")
+  t0=$(now); ctl get "" --prefix --count-only -w fields >/dev/null; row[$name/count]=$(since "$t0")
 
   echo "== $name: kill -9 and restart" >&2
   t0=$(now)
@@ -118,6 +128,7 @@ done
 
 get() { echo "${row[$1]:--}"; }
 pair() { local v; v=$(get "$1"); [ "$v" = - ] && echo - || echo "$v" | awk '{print $1 " / " $2}'; }
+third() { local v; v=$(get "$1"); [ "$v" = - ] && echo - || echo "$v" | awk '{print $3}'; }
 names=($SERVERS)
 header="| N = $N keys × $VAL_SIZE B |"; rule="|---|"
 for name in "${names[@]}"; do header+=" $name |"; rule+="---:|"; done
@@ -125,7 +136,11 @@ printf '\n%s\n%s\n' "$header" "$rule"
 line() { # label key [pair]
   local r="| $1 |" name
   for name in "${names[@]}"; do
-    if [ "${3:-}" = pair ]; then r+=" $(pair "$name/$2") |"; else r+=" $(get "$name/$2") |"; fi
+    case ${3:-} in
+      pair) r+=" $(pair "$name/$2") |" ;;
+      third) r+=" $(third "$name/$2") |" ;;
+      *) r+=" $(get "$name/$2") |" ;;
+    esac
   done
   echo "$r"
 }
@@ -133,7 +148,11 @@ line "load, 64 clients (puts/s)" load
 line "RSS after load (MB)" rss
 line "data dir (MB)" du
 line "whole-prefix keys-only range (s) / peak RSS (MB)" keys pair
-[ "$FULL_RANGE" = 1 ] && line "whole-prefix range with values (s) / peak RSS (MB)" full pair
+line "longest put meanwhile (ms)" keys third
+if [ "$FULL_RANGE" = 1 ]; then
+  line "whole-prefix range with values (s) / peak RSS (MB)" full pair
+  line "longest put meanwhile (ms)" full third
+fi
 line "count-only range (s)" count
 line "kill -9 → healthy again (s)" restart
 line "RSS after restart (MB)" rss2
