@@ -29,6 +29,10 @@ use crate::lease::{self, LeaseTable};
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, StorageError, WriteBatch};
 
+/// A range's records are read by one scan over the revisions they span, rather than one lookup
+/// each, when they are at least one in this many of those revisions.
+const RANGE_SCAN_DENSITY: u64 = 4;
+
 /// A fresh store is at revision 1, so its first write makes revision 2 (as in etcd).
 pub const FIRST_REVISION: i64 = 1;
 
@@ -169,16 +173,11 @@ impl RangeRead {
             let view = view.ok_or_else(|| {
                 MvccError::Invariant("a range left records to read but took no view".into())
             })?;
-            for (i, rev) in loads {
-                let raw = view
-                    .get(Keyspace::Kv, &rev.record_key(false))?
-                    .ok_or_else(|| corrupt(format!("index points at missing record {rev:?}")))?;
-                let mut kv = KeyValue::decode(raw.as_slice())
-                    .map_err(|e| corrupt(format!("record {rev:?}: {e}")))?;
-                if keys_only {
+            read_records(view.as_ref(), loads, &mut kvs)?;
+            if keys_only {
+                for kv in &mut kvs {
                     kv.value = Vec::new();
                 }
-                kvs[i] = kv;
             }
         }
         Ok(RangeResult {
@@ -186,6 +185,69 @@ impl RangeRead {
             count,
             rev: header_rev,
         })
+    }
+}
+
+/// Read the records `loads` names from `view` into their places in `kvs`. When they are many for
+/// the span of revisions they cover (a list of most of the keyspace), one scan over that span in
+/// revision order, which reads each engine block once, replaces a lookup per record.
+fn read_records(
+    view: &dyn EngineView,
+    mut loads: Vec<(usize, Revision)>,
+    kvs: &mut [KeyValue],
+) -> Result<()> {
+    let decode = |rev: Revision, raw: &[u8]| {
+        KeyValue::decode(raw).map_err(|e| MvccError::from(corrupt(format!("record {rev:?}: {e}"))))
+    };
+    let missing = |rev: Revision| corrupt(format!("index points at missing record {rev:?}"));
+    loads.sort_unstable_by_key(|(_, rev)| *rev);
+    let (Some(&(_, first)), Some(&(_, last))) = (loads.first(), loads.last()) else {
+        return Ok(());
+    };
+    let span = u64::try_from(last.main - first.main).unwrap_or(u64::MAX);
+    if span / RANGE_SCAN_DENSITY > loads.len() as u64 {
+        for (i, rev) in loads {
+            let raw = view
+                .get(Keyspace::Kv, &rev.record_key(false))?
+                .ok_or_else(|| missing(rev))?;
+            kvs[i] = decode(rev, &raw)?;
+        }
+        return Ok(());
+    }
+    let end = Revision::new(last.main + 1, 0).to_bytes();
+    let mut wanted = loads.into_iter().peekable();
+    let mut failure = None;
+    view.scan(Keyspace::Kv, &first.to_bytes(), Some(&end), &mut |k, v| {
+        let Some(&(i, rev)) = wanted.peek() else {
+            return false;
+        };
+        // A record key is the revision's bytes (a tombstone's has one more byte).
+        match rev.to_bytes().as_slice().cmp(k) {
+            // Superseded records, tombstones and other keys' records in the span.
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => match decode(rev, v) {
+                Ok(kv) => {
+                    kvs[i] = kv;
+                    wanted.next();
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            },
+            std::cmp::Ordering::Less => {
+                failure = Some(missing(rev).into());
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    match wanted.next() {
+        Some((_, rev)) => Err(missing(rev).into()),
+        None => Ok(()),
     }
 }
 
