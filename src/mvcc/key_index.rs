@@ -298,12 +298,11 @@ impl KeyIndexTree {
             RangeEnd::Before(e) => Bound::Excluded(e.as_slice()),
             _ => Bound::Unbounded,
         };
-        let mut looked = 0usize;
-        for (key, ki) in self.keys.range::<[u8], _>((Bound::Included(start), upper)) {
+        let keys = self.keys.range::<[u8], _>((Bound::Included(start), upper));
+        for (looked, (key, ki)) in keys.enumerate() {
             if looked >= max_keys.max(1) {
                 return Some(key.clone());
             }
-            looked += 1;
             if let Some(k) = ki.get(at) {
                 visit(key, k, head(ki, &k));
             }

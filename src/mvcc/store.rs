@@ -188,6 +188,29 @@ impl RangeRead {
     }
 }
 
+/// What a keys-only read returns for `key`, whose newest record is `k`, built from the key index:
+/// the lease comes from `attached`, a cursor over the lease table's attachments in key order
+/// (see [`LeaseTable::attached_from`]) that this moves up to `key`.
+fn keys_only_record<'a>(
+    key: &[u8],
+    k: KeyAt,
+    attached: &mut std::iter::Peekable<impl Iterator<Item = (&'a [u8], i64)>>,
+) -> KeyValue {
+    while attached.next_if(|(a, _)| *a < key).is_some() {}
+    let lease = match attached.peek() {
+        Some((a, id)) if *a == key => *id,
+        _ => 0,
+    };
+    KeyValue {
+        key: key.to_vec(),
+        create_revision: k.created,
+        mod_revision: k.modified.main,
+        version: k.version,
+        value: Vec::new(),
+        lease,
+    }
+}
+
 /// Read the records `loads` names from `view` into their places in `kvs`. When they are many for
 /// the span of revisions they cover (a list of most of the keyspace), one scan over that span in
 /// revision order, which reads each engine block once, replaces a lookup per record.
@@ -689,19 +712,7 @@ impl MvccStore {
                     return;
                 }
                 if from_index && head {
-                    while attached.next_if(|(a, _)| *a < key).is_some() {}
-                    let lease = match attached.peek() {
-                        Some((a, id)) if *a == key => *id,
-                        _ => 0,
-                    };
-                    kvs.push(KeyValue {
-                        key: key.to_vec(),
-                        create_revision: k.created,
-                        mod_revision: k.modified.main,
-                        version: k.version,
-                        value: Vec::new(),
-                        lease,
-                    });
+                    kvs.push(keys_only_record(key, k, &mut attached));
                     return;
                 }
                 match self.unflushed.get(&k.modified) {
@@ -756,12 +767,26 @@ impl MvccStore {
             ..RangeChunk::default()
         };
         let mut failed = None;
-        self.index.visit(key, end, at, |_, k| {
+        let mut attached = self.leases.attached_from(key).peekable();
+        self.index.visit(key, end, at, |key, k| {
             if chunk.kvs.len() >= limit {
                 chunk.more = true;
                 return false;
             }
-            let mut kv = match self.load(k.modified) {
+            // As a keys-only range (`range_step`): a key's newest record comes from the index and
+            // the lease table, without reading it.
+            let head = keys_only
+                && !self.unattached_leases
+                && self
+                    .index
+                    .get(key, self.current_rev)
+                    .is_some_and(|h| h.modified == k.modified);
+            let kv = if head {
+                Ok(keys_only_record(key, k, &mut attached))
+            } else {
+                self.load(k.modified)
+            };
+            let mut kv = match kv {
                 Ok(kv) => kv,
                 Err(e) => {
                     failed = Some(e);
