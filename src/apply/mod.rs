@@ -381,12 +381,24 @@ where
         keys_only: bool,
     ) -> Result<crate::mvcc::RangeResult, MvccError> {
         let mut read = RangeRead::new(key, end.clone(), rev, limit, count_only, keys_only);
-        while !read.walked() {
-            // The guard goes at the end of each turn: writers get their turn between pieces.
+        let mut piece = || -> Result<(), MvccError> {
+            // The guard goes at the end of each piece: writers get their turn between pieces.
             let store = (self.0)();
-            store.range_step(&mut read, self.1)?;
+            store.range_step(&mut read, self.1).map(drop)
+        };
+        piece()?;
+        if read.walked() && !read.has_view() {
+            return read.finish();
         }
-        read.finish()
+        // A large range: the rest of it keeps this thread busy for a while, so the tasks queued
+        // behind it (raft, apply, other requests) move to another thread meanwhile.
+        crate::rt::block_in_place(|| {
+            while !read.walked() {
+                let store = (self.0)();
+                store.range_step(&mut read, self.1)?;
+            }
+            read.finish()
+        })
     }
 }
 

@@ -158,6 +158,11 @@ impl RangeRead {
         self.next.is_none()
     }
 
+    /// Whether the pieces left records to read from an engine view (a range larger than one piece).
+    pub fn has_view(&self) -> bool {
+        self.view.is_some()
+    }
+
     /// Read the records the pieces left to the engine view, outside any lock on the store.
     pub fn finish(self) -> Result<RangeResult> {
         let RangeRead {
