@@ -63,6 +63,11 @@ pub const RANGE_STREAM_FIRST_CHUNK_KEYS: usize = 10;
 /// (one larger record goes alone): with [`RANGE_STREAM_BUFFER`] it bounds what a stream holds.
 pub const RANGE_STREAM_CHUNK_BYTES_FACTOR: usize = 2;
 
+/// Keys of the key index a `Range` looks at per hold of the store's lock (`apply::
+/// range_in_pieces`): what a write waits for at most behind a range of any size (about a
+/// millisecond), while the lock is taken only once per this many keys.
+pub const RANGE_PIECE_KEYS: usize = 4096;
+
 /// Chunks of a `KV.RangeStream` read ahead of the client, at most: a client that stops reading
 /// stops the reading (beyond what HTTP/2 flow control lets through).
 pub const RANGE_STREAM_BUFFER: usize = 2;

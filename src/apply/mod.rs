@@ -16,9 +16,12 @@ mod txn;
 pub use range::execute_range;
 pub use range_stream::RangeStream;
 
+use std::ops::Deref;
+
 use crate::auth::{AuthError, AuthStore};
 use crate::cluster::version::{DowngradeError, Version, VersionState};
-use crate::mvcc::{MvccError, MvccStore, RangeEnd};
+use crate::limits::RANGE_PIECE_KEYS;
+use crate::mvcc::{MvccError, MvccStore, RangeEnd, RangeRead};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseCheckpointResponse};
 use crate::pb::etcdserverpb::{
@@ -317,9 +320,37 @@ pub fn range(store: &MvccStore, req: &RangeRequest) -> Result<RangeResponse, App
     execute_range(&StoreView(store), req)
 }
 
+/// [`range`] on a store behind a lock that `lock` takes: the range is read in pieces of at most
+/// [`RANGE_PIECE_KEYS`] keys of the key index, each under its own short hold of the lock, and its
+/// records are read from an engine view after the last one, without it (see
+/// [`crate::mvcc::RangeRead`]). Writers wait for one piece at most, whatever the size of the
+/// range; the answer is still exactly the state at the revision read.
+pub fn range_in_pieces<G>(
+    lock: impl Fn() -> G,
+    req: &RangeRequest,
+) -> Result<RangeResponse, ApplyError>
+where
+    G: Deref<Target = MvccStore>,
+{
+    range_in_pieces_of(lock, req, RANGE_PIECE_KEYS)
+}
+
+/// [`range_in_pieces`] with pieces of `piece_keys` keys (tests use small ones).
+pub(crate) fn range_in_pieces_of<G>(
+    lock: impl Fn() -> G,
+    req: &RangeRequest,
+    piece_keys: usize,
+) -> Result<RangeResponse, ApplyError>
+where
+    G: Deref<Target = MvccStore>,
+{
+    execute_range(&PiecewiseView(lock, piece_keys), req)
+}
+
 /// Something a range can be served from: the committed store, or a transaction in progress.
 pub trait ReadView {
-    /// See [`MvccStore::range`].
+    /// See [`MvccStore::range`]; `keys_only` lets the view leave the values out (the caller drops
+    /// them in any case).
     fn range(
         &self,
         key: &[u8],
@@ -327,6 +358,7 @@ pub trait ReadView {
         rev: i64,
         limit: usize,
         count_only: bool,
+        keys_only: bool,
     ) -> Result<crate::mvcc::RangeResult, MvccError>;
 }
 
@@ -340,8 +372,49 @@ impl ReadView for StoreView<'_> {
         rev: i64,
         limit: usize,
         count_only: bool,
+        keys_only: bool,
     ) -> Result<crate::mvcc::RangeResult, MvccError> {
-        self.0.range(key, end, rev, limit, count_only)
+        let mut read = RangeRead::new(key, end.clone(), rev, limit, count_only, keys_only);
+        self.0.range_step(&mut read, usize::MAX)?;
+        read.finish()
+    }
+}
+
+struct PiecewiseView<F>(F, usize);
+
+impl<F, G> ReadView for PiecewiseView<F>
+where
+    F: Fn() -> G,
+    G: Deref<Target = MvccStore>,
+{
+    fn range(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+        keys_only: bool,
+    ) -> Result<crate::mvcc::RangeResult, MvccError> {
+        let mut read = RangeRead::new(key, end.clone(), rev, limit, count_only, keys_only);
+        let mut piece = || -> Result<(), MvccError> {
+            // The guard goes at the end of each piece: writers get their turn between pieces.
+            let store = (self.0)();
+            store.range_step(&mut read, self.1).map(drop)
+        };
+        piece()?;
+        if read.walked() && !read.has_view() {
+            return read.finish();
+        }
+        // A large range: the rest of it keeps this thread busy for a while, so the tasks queued
+        // behind it (raft, apply, other requests) move to another thread meanwhile.
+        crate::rt::block_in_place(|| {
+            while !read.walked() {
+                let store = (self.0)();
+                store.range_step(&mut read, self.1)?;
+            }
+            read.finish()
+        })
     }
 }
 
@@ -353,10 +426,13 @@ impl ReadView for crate::mvcc::WriteTxn<'_> {
         rev: i64,
         limit: usize,
         count_only: bool,
+        _keys_only: bool,
     ) -> Result<crate::mvcc::RangeResult, MvccError> {
         crate::mvcc::WriteTxn::range(self, key, end, rev, limit, count_only)
     }
 }
 
+#[cfg(test)]
+mod range_tests;
 #[cfg(test)]
 mod tests;

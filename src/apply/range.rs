@@ -33,11 +33,6 @@ pub fn execute_range(view: &dyn ReadView, req: &RangeRequest) -> Result<RangeRes
     } else {
         0
     };
-    let end = RangeEnd::from_etcd(&req.range_end);
-    let result = view.range(&req.key, &end, req.revision, load_limit, req.count_only)?;
-    let mut kvs = result.kvs;
-    kvs.retain(|kv| keep(req, kv));
-
     // Records come in ascending key order: sorting by key ascending is a no-op. A target other
     // than the key with no order sorts ascending; an order etcd does not know sorts nothing (etcd
     // 3.5 leaves such a range in key order).
@@ -48,6 +43,21 @@ pub fn execute_range(view: &dyn ReadView, req: &RangeRequest) -> Result<RangeRes
         Ok(order) => order,
         Err(_) => SortOrder::None,
     };
+    // A keys-only range sorted by value still sorts by the values (as etcd's, which drops them
+    // only from the answer), so only then does it read them.
+    let keys_only = req.keys_only && !(order != SortOrder::None && target == SortTarget::Value);
+    let end = RangeEnd::from_etcd(&req.range_end);
+    let result = view.range(
+        &req.key,
+        &end,
+        req.revision,
+        load_limit,
+        req.count_only,
+        keys_only,
+    )?;
+    let mut kvs = result.kvs;
+    kvs.retain(|kv| keep(req, kv));
+
     if order != SortOrder::None {
         let by: fn(&KeyValue, &KeyValue) -> Ordering = match target {
             SortTarget::Key => |a, b| a.key.cmp(&b.key),

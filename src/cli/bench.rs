@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Number of distinct keys written by put/txn.
     #[arg(long, default_value_t = 1)]
     pub key_space_size: u64,
+    /// put/txn: the n-th request writes key n (modulo the key space) instead of a random key,
+    /// so `--total N --key-space-size N` loads exactly N distinct keys (the scale benchmark).
+    #[arg(long)]
+    pub sequential_keys: bool,
     /// Range read consistency: l (linearizable) or s (serializable).
     #[arg(long, value_enum, default_value = "l")]
     pub consistency: Consistency,
@@ -179,8 +183,16 @@ async fn one_request(
     client: &mut KvClient<tonic::transport::Channel>,
     args: &BenchArgs,
     value: &[u8],
+    seq: u64,
 ) -> bool {
-    let pick = || key(rt::random_u64() % args.key_space_size.max(1), args.key_size);
+    let pick = || {
+        let n = if args.sequential_keys {
+            seq
+        } else {
+            rt::random_u64()
+        };
+        key(n % args.key_space_size.max(1), args.key_size)
+    };
     match args.workload {
         Workload::Put => {
             let req = PutRequest {
@@ -264,12 +276,11 @@ pub async fn measure(args: &BenchArgs) -> Result<Summary, String> {
         );
         tasks.push(rt::spawn(async move {
             let mut lat_us = Vec::new();
-            while remaining
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+            while let Ok(left) =
+                remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             {
                 let t0 = rt::now();
-                if one_request(&mut client, &args, &value).await {
+                if one_request(&mut client, &args, &value, args.total - left).await {
                     lat_us.push(t0.elapsed().as_micros() as u64);
                 } else {
                     errors.fetch_add(1, Ordering::SeqCst);

@@ -124,6 +124,14 @@ impl LeaseTable {
         }
     }
 
+    /// The attached keys from `start` on, in key order, with their leases: lets a walk over a
+    /// key range learn each key's lease in one pass instead of a lookup per key.
+    pub fn attached_from<'a>(&'a self, start: &[u8]) -> impl Iterator<Item = (&'a [u8], i64)> + 'a {
+        self.key_lease
+            .range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .map(|(k, id)| (k.as_slice(), *id))
+    }
+
     /// The granted TTL of lease `id`.
     pub fn ttl_secs(&self, id: i64) -> Option<i64> {
         self.leases.get(&id).map(|l| l.ttl_secs)

@@ -272,6 +272,45 @@ impl KeyIndexTree {
         }
     }
 
+    /// One bounded piece of a range walk: visit the keys of `[start, end)` that exist at `at`, in
+    /// key order, looking at no more than `max_keys` (at least one) keys of the index, live at
+    /// `at` or not. `visit` also learns whether the revision it gets is the key's newest and the
+    /// key exists at the head (then the key's current lease attachment is that record's lease).
+    /// Returns the key the next piece starts at, or `None` once the range is done.
+    pub fn visit_piece(
+        &self,
+        start: &[u8],
+        end: &RangeEnd,
+        at: i64,
+        max_keys: usize,
+        mut visit: impl FnMut(&[u8], KeyAt, bool),
+    ) -> Option<Vec<u8>> {
+        let head = |ki: &KeyIndex, k: &KeyAt| ki.is_live() && ki.newest() == Some(k.modified);
+        if let RangeEnd::Single = end {
+            if let Some(ki) = self.keys.get(start) {
+                if let Some(k) = ki.get(at) {
+                    visit(start, k, head(ki, &k));
+                }
+            }
+            return None;
+        }
+        let upper = match end {
+            RangeEnd::Before(e) if e.as_slice() <= start => return None,
+            RangeEnd::Before(e) => Bound::Excluded(e.as_slice()),
+            _ => Bound::Unbounded,
+        };
+        let keys = self.keys.range::<[u8], _>((Bound::Included(start), upper));
+        for (looked, (key, ki)) in keys.enumerate() {
+            if looked >= max_keys.max(1) {
+                return Some(key.clone());
+            }
+            if let Some(k) = ki.get(at) {
+                visit(key, k, head(ki, &k));
+            }
+        }
+        None
+    }
+
     /// Compact at most `limit` keys (at least one), in key order from `from` (inclusive), at
     /// `at`: one bounded step of a compaction that runs in the background. Returns the key to
     /// continue from, or `None` once the last key was compacted. Reads at `at` or later see the

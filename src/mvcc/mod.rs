@@ -15,7 +15,7 @@ pub use key_index::{KeyAt, RangeEnd};
 pub use revision::Revision;
 pub use store::{
     drop_compacted_tombstones, kvs_encoded_len, read_events, CompactStep, EventBatch, EventBudget,
-    MvccFingerprint, MvccStore, RangeChunk, RangeResult, WriteTxn, FIRST_REVISION,
+    MvccFingerprint, MvccStore, RangeChunk, RangeRead, RangeResult, WriteTxn, FIRST_REVISION,
     META_COMPACT_REV, META_CURRENT_REV, META_SCHEDULED_COMPACT_REV,
 };
 

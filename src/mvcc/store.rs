@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use prost::Message;
 
@@ -26,7 +27,11 @@ use super::revision::Revision;
 use super::{MvccError, Result};
 use crate::lease::{self, LeaseTable};
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
-use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
+use crate::storage::{Durability, EngineView, Keyspace, SharedEngine, StorageError, WriteBatch};
+
+/// A range's records are read by one scan over the revisions they span, rather than one lookup
+/// each, when they are at least one in this many of those revisions.
+const RANGE_SCAN_DENSITY: u64 = 4;
 
 /// A fresh store is at revision 1, so its first write makes revision 2 (as in etcd).
 pub const FIRST_REVISION: i64 = 1;
@@ -102,6 +107,192 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// A range read done in pieces ([`MvccStore::range_step`]), each under the caller's lock on the
+/// store, and finished ([`RangeRead::finish`]) without it: what lets a read of any size leave the
+/// store to writers for all but one short piece at a time.
+///
+/// Why it reads exactly the state at its revision `at` although the store moves on between the
+/// pieces: writes only add revisions above `at`, and every piece first checks that no compaction
+/// passed `at` (`ErrCompacted` if one did), so the key index, which compaction trims only of
+/// revisions no read at or above the compaction point needs, still answers for `at` as in the
+/// first piece. The records are read through an engine view taken under the lock after such a
+/// check: a record that holds a value at `at` is deleted only by a compaction past `at`, so the
+/// view has every record the read needs, and nothing deleted after it was taken is lost to it.
+pub struct RangeRead {
+    /// Where the next piece starts (`None`: the walk is done).
+    next: Option<Vec<u8>>,
+    end: RangeEnd,
+    rev: i64,
+    /// The revision read (0 before the first piece).
+    at: i64,
+    /// The store's head revision at the first piece.
+    header_rev: i64,
+    limit: usize,
+    count_only: bool,
+    keys_only: bool,
+    pieces: usize,
+    count: usize,
+    kvs: Vec<KeyValue>,
+    /// Positions in `kvs` still to be read from `view`, and their records.
+    loads: Vec<(usize, Revision)>,
+    view: Option<Arc<dyn EngineView>>,
+}
+
+impl RangeRead {
+    /// A read of `[key, end)` as of revision `rev` (`<= 0`: the head at the first piece): at
+    /// most `limit` records (`0`: no limit), `count` over the whole range; `count_only` reads no
+    /// record, `keys_only` returns records without their values.
+    pub fn new(
+        key: &[u8],
+        end: RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+        keys_only: bool,
+    ) -> Self {
+        Self {
+            next: Some(key.to_vec()),
+            end,
+            rev,
+            at: 0,
+            header_rev: 0,
+            limit,
+            count_only,
+            keys_only,
+            pieces: 0,
+            count: 0,
+            kvs: Vec::new(),
+            loads: Vec::new(),
+            view: None,
+        }
+    }
+
+    /// Whether every piece is done (then [`RangeRead::finish`]).
+    pub fn walked(&self) -> bool {
+        self.next.is_none()
+    }
+
+    /// Whether the pieces left records to read from an engine view (a range larger than one piece).
+    pub fn has_view(&self) -> bool {
+        self.view.is_some()
+    }
+
+    /// Read the records the pieces left to the engine view, outside any lock on the store.
+    pub fn finish(self) -> Result<RangeResult> {
+        let RangeRead {
+            mut kvs,
+            loads,
+            view,
+            keys_only,
+            count,
+            header_rev,
+            ..
+        } = self;
+        if !loads.is_empty() {
+            let view = view.ok_or_else(|| {
+                MvccError::Invariant("a range left records to read but took no view".into())
+            })?;
+            read_records(view.as_ref(), loads, &mut kvs)?;
+            if keys_only {
+                for kv in &mut kvs {
+                    kv.value = Vec::new();
+                }
+            }
+        }
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: header_rev,
+        })
+    }
+}
+
+/// What a keys-only read returns for `key`, whose newest record is `k`, built from the key index:
+/// the lease comes from `attached`, a cursor over the lease table's attachments in key order
+/// (see [`LeaseTable::attached_from`]) that this moves up to `key`.
+fn keys_only_record<'a>(
+    key: &[u8],
+    k: KeyAt,
+    attached: &mut std::iter::Peekable<impl Iterator<Item = (&'a [u8], i64)>>,
+) -> KeyValue {
+    while attached.next_if(|(a, _)| *a < key).is_some() {}
+    let lease = match attached.peek() {
+        Some((a, id)) if *a == key => *id,
+        _ => 0,
+    };
+    KeyValue {
+        key: key.to_vec(),
+        create_revision: k.created,
+        mod_revision: k.modified.main,
+        version: k.version,
+        value: Vec::new(),
+        lease,
+    }
+}
+
+/// Read the records `loads` names from `view` into their places in `kvs`. When they are many for
+/// the span of revisions they cover (a list of most of the keyspace), one scan over that span in
+/// revision order, which reads each engine block once, replaces a lookup per record.
+fn read_records(
+    view: &dyn EngineView,
+    mut loads: Vec<(usize, Revision)>,
+    kvs: &mut [KeyValue],
+) -> Result<()> {
+    let decode = |rev: Revision, raw: &[u8]| {
+        KeyValue::decode(raw).map_err(|e| MvccError::from(corrupt(format!("record {rev:?}: {e}"))))
+    };
+    let missing = |rev: Revision| corrupt(format!("index points at missing record {rev:?}"));
+    loads.sort_unstable_by_key(|(_, rev)| *rev);
+    let (Some(&(_, first)), Some(&(_, last))) = (loads.first(), loads.last()) else {
+        return Ok(());
+    };
+    let span = u64::try_from(last.main - first.main).unwrap_or(u64::MAX);
+    if span / RANGE_SCAN_DENSITY > loads.len() as u64 {
+        for (i, rev) in loads {
+            let raw = view
+                .get(Keyspace::Kv, &rev.record_key(false))?
+                .ok_or_else(|| missing(rev))?;
+            kvs[i] = decode(rev, &raw)?;
+        }
+        return Ok(());
+    }
+    let end = Revision::new(last.main + 1, 0).to_bytes();
+    let mut wanted = loads.into_iter().peekable();
+    let mut failure = None;
+    view.scan(Keyspace::Kv, &first.to_bytes(), Some(&end), &mut |k, v| {
+        let Some(&(i, rev)) = wanted.peek() else {
+            return false;
+        };
+        // A record key is the revision's bytes (a tombstone's has one more byte).
+        match rev.to_bytes().as_slice().cmp(k) {
+            // Superseded records, tombstones and other keys' records in the span.
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => match decode(rev, v) {
+                Ok(kv) => {
+                    kvs[i] = kv;
+                    wanted.next();
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            },
+            std::cmp::Ordering::Less => {
+                failure = Some(missing(rev).into());
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    match wanted.next() {
+        Some((_, rev)) => Err(missing(rev).into()),
+        None => Ok(()),
+    }
+}
+
 /// One bounded piece of a range read ([`MvccStore::range_chunk`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RangeChunk {
@@ -156,6 +347,10 @@ pub struct MvccStore {
     events: Vec<Event>,
     /// Leases and their keys: a put attaches, a delete detaches (as etcd's store calls its lessor).
     leases: LeaseTable,
+    /// Some live record names a lease the table does not hold (a store restored from an etcd
+    /// snapshot can have them): then a key's attachment does not tell its record's lease, and a
+    /// keys-only read must read the records.
+    unattached_leases: bool,
 }
 
 fn corrupt(reason: impl Into<String>) -> StorageError {
@@ -227,6 +422,7 @@ impl MvccStore {
             unflushed: BTreeMap::new(),
             events: Vec::new(),
             leases: LeaseTable::default(),
+            unattached_leases: false,
         };
         store.restore_leases(attached)?;
         Ok(store)
@@ -262,6 +458,11 @@ impl MvccStore {
             }
         }
         for (key, lease) in attached {
+            // A record naming a lease the table lacks (an etcd snapshot restored with it): the
+            // key index cannot stand in for such records in keys-only reads.
+            if !self.leases.contains(lease) {
+                self.unattached_leases = true;
+            }
             self.leases.attach(lease, &key);
         }
         Ok(())
@@ -497,19 +698,74 @@ impl MvccStore {
         limit: usize,
         count_only: bool,
     ) -> Result<RangeResult> {
-        let mut found: Vec<Revision> = Vec::new();
-        let count = collect(&mut found, limit, count_only, |f| {
-            self.index.visit(key, end, at, f)
-        });
-        let mut kvs = Vec::with_capacity(found.len());
-        for rev in found {
-            kvs.push(self.load(rev)?);
+        let mut read = RangeRead::new(key, end.clone(), at, limit, count_only, false);
+        // One piece for the whole range: everything is read under the caller's borrow.
+        self.range_step(&mut read, usize::MAX)?;
+        read.finish()
+    }
+
+    /// One piece of `read` ([`RangeRead`]): at most `max_keys` keys of the key index looked at,
+    /// the matching ones counted and kept. A keys-only read takes each key's newest record from
+    /// the index and the lease table, without reading it. A range done in its first piece reads
+    /// its records here at once; otherwise they are left to [`RangeRead::finish`], through an
+    /// engine view taken here. Returns whether the walk is done. Fails with
+    /// [`MvccError::Compacted`] once a compaction passed the revision read.
+    pub fn range_step(&self, read: &mut RangeRead, max_keys: usize) -> Result<bool> {
+        let Some(start) = read.next.take() else {
+            return Ok(true);
+        };
+        if read.pieces == 0 {
+            read.at = self.check_read_revision(read.rev)?;
+            read.header_rev = self.current_rev;
+        } else if read.at < self.compact_rev {
+            return Err(MvccError::Compacted);
         }
-        Ok(RangeResult {
-            kvs,
-            count,
-            rev: self.current_rev,
-        })
+        read.pieces += 1;
+        let from_index = read.keys_only && !self.unattached_leases;
+        let mut attached = self.leases.attached_from(&start).peekable();
+        let first = read.pieces == 1;
+        let (limit, count_only, keys_only) = (read.limit, read.count_only, read.keys_only);
+        let (count, kvs, loads) = (&mut read.count, &mut read.kvs, &mut read.loads);
+        read.next = self
+            .index
+            .visit_piece(&start, &read.end, read.at, max_keys, |key, k, head| {
+                *count += 1;
+                if count_only || (limit > 0 && kvs.len() >= limit) {
+                    return;
+                }
+                if from_index && head {
+                    kvs.push(keys_only_record(key, k, &mut attached));
+                    return;
+                }
+                match self.unflushed.get(&k.modified) {
+                    Some(kv) => {
+                        let mut kv = kv.clone();
+                        if keys_only {
+                            kv.value = Vec::new();
+                        }
+                        kvs.push(kv);
+                    }
+                    None => {
+                        loads.push((kvs.len(), k.modified));
+                        kvs.push(KeyValue::default());
+                    }
+                }
+            });
+        if read.loads.is_empty() {
+            return Ok(read.next.is_none());
+        }
+        if first && read.next.is_none() {
+            for (i, rev) in std::mem::take(&mut read.loads) {
+                let mut kv = self.load(rev)?;
+                if keys_only {
+                    kv.value = Vec::new();
+                }
+                read.kvs[i] = kv;
+            }
+        } else if read.view.is_none() {
+            read.view = Some(self.engine.view()?);
+        }
+        Ok(read.next.is_none())
     }
 
     /// The first records of `[key, end)` as of revision `rev` (`<= 0`: newest), in key order:
@@ -533,12 +789,26 @@ impl MvccStore {
             ..RangeChunk::default()
         };
         let mut failed = None;
-        self.index.visit(key, end, at, |_, k| {
+        let mut attached = self.leases.attached_from(key).peekable();
+        self.index.visit(key, end, at, |key, k| {
             if chunk.kvs.len() >= limit {
                 chunk.more = true;
                 return false;
             }
-            let mut kv = match self.load(k.modified) {
+            // As a keys-only range (`range_step`): a key's newest record comes from the index and
+            // the lease table, without reading it.
+            let head = keys_only
+                && !self.unattached_leases
+                && self
+                    .index
+                    .get(key, self.current_rev)
+                    .is_some_and(|h| h.modified == k.modified);
+            let kv = if head {
+                Ok(keys_only_record(key, k, &mut attached))
+            } else {
+                self.load(k.modified)
+            };
+            let mut kv = match kv {
                 Ok(kv) => kv,
                 Err(e) => {
                     failed = Some(e);

@@ -739,11 +739,10 @@ impl Node {
         permitted: impl FnOnce(&AuthStore) -> Result<(), AuthError>,
     ) -> Result<RangeResponse, NodeError> {
         let checked_at = self.read_gate(req.serializable, permitted).await?;
-        let resp = {
-            let store = self.state.read();
-            self.metrics.mvcc_range.inc();
-            apply::range(&store, req)?
-        };
+        self.metrics.mvcc_range.inc();
+        // In pieces, each under a short hold of the store's lock: writes go on while a large
+        // range is read.
+        let resp = apply::range_in_pieces(|| self.state.read(), req)?;
         self.auth_unchanged(checked_at)?;
         Ok(resp)
     }

@@ -15,6 +15,7 @@ pub fn run_all(make: &Factory<'_>) {
     batch_is_atomic_and_ordered(&*make());
     scan_is_point_in_time(&*make());
     view_is_frozen(&*make());
+    views_stay_frozen_under_concurrent_writes(&*make());
     size_grows_with_data(&*make());
 }
 
@@ -200,6 +201,70 @@ fn view_is_frozen(e: &dyn Engine) {
     })
     .expect("empty range");
     assert!(first.is_empty());
+}
+
+/// What a range read relies on: a view taken at one point keeps answering for that point, record by
+/// record, while another thread goes on writing, overwriting and deleting (and other views come
+/// and go); each of several views answers for its own point.
+fn views_stay_frozen_under_concurrent_writes(e: &dyn Engine) {
+    let key = |i: u32| i.to_be_bytes();
+    let round = |r: u8, e: &dyn Engine| {
+        let mut b = WriteBatch::new();
+        for i in 0..300u32 {
+            if (i + u32::from(r)) % 5 == 0 {
+                b.delete(Keyspace::Kv, key(i));
+            } else {
+                b.put(Keyspace::Kv, key(i), vec![r; 64]);
+            }
+        }
+        e.write(b, Durability::Buffered).expect("write");
+    };
+    let expected = |r: u8, i: u32| ((i + u32::from(r)) % 5 != 0).then(|| vec![r; 64]);
+    round(1, e);
+    let first = e.view().expect("view");
+    round(2, e);
+    let second = e.view().expect("view");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for r in 3..20 {
+                round(r, e);
+                drop(e.view().expect("a passing view"));
+            }
+            let mut b = WriteBatch::new();
+            b.delete_range(Keyspace::Kv, Vec::new(), vec![0xff; 5]);
+            e.write(b, Durability::Sync).expect("write");
+        });
+        for pass in 0..3 {
+            for i in 0..300u32 {
+                let ctx = format!("pass {pass} key {i}");
+                assert_eq!(
+                    first.get(Keyspace::Kv, &key(i)).expect("get"),
+                    expected(1, i),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    second.get(Keyspace::Kv, &key(i)).expect("get"),
+                    expected(2, i),
+                    "{ctx}"
+                );
+            }
+        }
+    });
+    drop(first);
+    let mut n = 0;
+    second
+        .scan(Keyspace::Kv, b"", None, &mut |k, v| {
+            let i = u32::from_be_bytes(k.try_into().expect("4-byte key"));
+            assert_eq!(Some(v.to_vec()), expected(2, i));
+            n += 1;
+            true
+        })
+        .expect("scan");
+    assert_eq!(
+        n, 240,
+        "the second view outlives the first and every later write"
+    );
+    assert!(collect(e, Keyspace::Kv, b"", None, false).is_empty());
 }
 
 fn size_grows_with_data(e: &dyn Engine) {
