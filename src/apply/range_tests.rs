@@ -38,6 +38,7 @@ fn run(s: &mut MvccStore, op: command::Op) -> Result<Applied, ApplyError> {
     let (applied, batch) = apply(
         s,
         &mut AuthStore::default(),
+        &mut crate::cluster::version::VersionState::default(),
         Command {
             op: Some(op),
             ..Default::default()
