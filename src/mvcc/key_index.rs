@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+use smallvec::SmallVec;
+
 use super::revision::Revision;
 
 /// One creation-to-deletion span of a key.
@@ -18,7 +20,9 @@ struct Generation {
     /// Version of the newest revision in `revs`.
     ver: i64,
     /// Every modification still kept, oldest first. In a closed generation the last is the tombstone.
-    revs: Vec<Revision>,
+    /// Inline while there is one (most keys between compactions, every key after one): a key
+    /// costs no allocation of its own beyond its name.
+    revs: SmallVec<[Revision; 1]>,
 }
 
 /// What the index knows of a key at some revision.
@@ -35,7 +39,8 @@ pub struct KeyAt {
 /// The generations of one key.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyIndex {
-    generations: Vec<Generation>,
+    /// Inline while there is one (a key never deleted): see [`Generation::revs`].
+    generations: SmallVec<[Generation; 1]>,
 }
 
 impl KeyIndex {
