@@ -301,20 +301,15 @@ async fn leases_across_a_change(seed: u64, trace: Trace) {
         .expect("checks");
 }
 
-fn run_late_founder(seed: u64) -> (u64, Vec<String>) {
+/// Run `scenario` for `seed` in a fresh simulation; its trace's digest and lines.
+fn simulate<F: std::future::Future<Output = ()>>(
+    seed: u64,
+    scenario: impl FnOnce(u64, Trace) -> F,
+) -> (u64, Vec<String>) {
     let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
     rt.block_on(async move {
         let trace = Trace::new();
-        late_founder(seed, trace.clone()).await;
-        (trace.digest(), trace.lines())
-    })
-}
-
-fn run_leases(seed: u64) -> (u64, Vec<String>) {
-    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.block_on(async move {
-        let trace = Trace::new();
-        leases_across_a_change(seed, trace.clone()).await;
+        scenario(seed, trace.clone()).await;
         (trace.digest(), trace.lines())
     })
 }
@@ -322,13 +317,13 @@ fn run_leases(seed: u64) -> (u64, Vec<String>) {
 #[test]
 fn a_late_founder_joins_the_leader_instead_of_unseating_it() {
     for seed in seeds() {
-        metastore_sim::trace::run_twice(seed, run_late_founder);
+        metastore_sim::trace::run_twice(seed, |s| simulate(s, late_founder));
     }
 }
 
 #[test]
 fn leases_granted_while_leadership_moves_expire_on_time() {
     for seed in seeds() {
-        metastore_sim::trace::run_twice(seed, run_leases);
+        metastore_sim::trace::run_twice(seed, |s| simulate(s, leases_across_a_change));
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::tests::run;
 use super::*;
 use crate::mvcc::RangeRead;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -32,21 +33,6 @@ fn clear(engine: &SharedEngine) {
         batch.delete_range(ks, Vec::new(), vec![0xff; 20]);
     }
     engine.write(batch, Durability::Sync).expect("clear");
-}
-
-fn run(s: &mut MvccStore, op: command::Op) -> Result<Applied, ApplyError> {
-    let (applied, batch) = apply(
-        s,
-        &mut AuthStore::default(),
-        &mut crate::cluster::version::VersionState::default(),
-        Command {
-            op: Some(op),
-            ..Default::default()
-        },
-    )?;
-    s.engine().write(batch, Durability::Sync).expect("write");
-    s.mark_flushed();
-    Ok(applied)
 }
 
 fn put(s: &mut MvccStore, key: &[u8], value: &[u8], lease: i64) {

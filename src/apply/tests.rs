@@ -15,7 +15,8 @@ fn store() -> MvccStore {
     MvccStore::open(Arc::new(MemoryEngine::new())).expect("open")
 }
 
-fn run(s: &mut MvccStore, op: command::Op) -> Result<Applied, ApplyError> {
+/// Apply `op` to `s` and write its batch, as the state machine does (shared with `range_tests`).
+pub(super) fn run(s: &mut MvccStore, op: command::Op) -> Result<Applied, ApplyError> {
     let (applied, batch) = apply(
         s,
         &mut AuthStore::default(),
