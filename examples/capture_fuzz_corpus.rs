@@ -300,6 +300,7 @@ fn peer_seeds(dir: &Path, commands: &[Vec<u8>]) {
                 proposer_id: 1,
                 request_seq: i as u64 + 1,
                 requester: None,
+                forwarded_to: None,
             };
             metastore::raft::Entry {
                 log_id: metastore::raft::LogId::new(committed, i as u64 + 1),

@@ -59,6 +59,7 @@ fn put_command(key: &str, proposer_id: u64) -> Vec<u8> {
         proposer_id,
         request_seq: 1,
         requester: None,
+        forwarded_to: None,
     }
     .encode_to_vec()
 }

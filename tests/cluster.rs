@@ -285,9 +285,10 @@ async fn leader_kill_loses_nothing_acknowledged() {
     };
     let count_at_election = newest_acked();
     // A write sent now is acknowledged at once, through the new leader and through the other
-    // survivor. (A writer whose put was on its way to the dead leader waits for that put until
-    // the request deadline, as etcd's followers make it wait: it may have arrived and may still
-    // be committed, so it is never sent twice. Those writers are not the measure here.)
+    // survivor. (A writer whose put was on its way to the dead leader waits until its member
+    // has applied the new leader's first entry: the put may have arrived and be committed by the
+    // new leader, and is sent again only once it cannot be. Those writers are not the measure
+    // here; `sim/tests/leadership.rs` bounds their wait.)
     let other = (0..3)
         .find(|i| *i != leader && *i != new_leader)
         .expect("a survivor");

@@ -42,16 +42,19 @@ struct Divergence {
     /// The answers as received (unmasked).
     etcd: Out,
     ours: Out,
+    /// etcd's process state and log tail when it diverged.
+    etcd_state: String,
 }
 
 impl Divergence {
     fn render(&self) -> String {
         format!(
-            "request #{}: {}\n  etcd 3.5.1: {}\n  metastore:  {}",
+            "request #{}: {}\n  etcd 3.5.1: {}\n  metastore:  {}\n  {}",
             self.index,
             pretty(&format!("{:?}", self.req)),
             pretty(&format!("{:?}", self.etcd)),
             pretty(&format!("{:?}", self.ours)),
+            self.etcd_state,
         )
     }
 }
@@ -121,6 +124,7 @@ async fn run(
                     req,
                     etcd,
                     ours,
+                    etcd_state: pair.etcd.state(),
                 }),
             );
         }

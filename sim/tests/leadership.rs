@@ -6,6 +6,10 @@
 //!   restarted later), whose clients never keep them alive, are revoked within their TTL plus
 //!   the grace a new leader adds plus a stated bound, counted from the later of the grant and the
 //!   end of the change.
+//! - **Writes through the followers while the leader is killed** are each acknowledged, once,
+//!   well within the request deadline: a put that was on its way to the dead leader is sent
+//!   again as soon as the follower has applied the new leader's first entry without it (the
+//!   leader fence of `metastore::raft::forwards`), instead of waiting out the deadline.
 //!
 //! The real-binary version of the lease scenario is `tests/abuse_peer.rs`; this one is
 //! deterministic: a failing seed replays with `METASTORE_SIM_SEEDS=<seed>`.
@@ -70,6 +74,42 @@ async fn leader(urls: &[String]) -> (usize, u64, u64) {
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no leader within 30 s of simulated time");
+}
+
+/// Three founders started together, a client node, and the leader they elected.
+struct Three {
+    members: Vec<SimMember>,
+    urls: Vec<String>,
+    client: madsim::runtime::NodeHandle,
+    /// Index in `members`, member id, raft term.
+    leader: (usize, u64, u64),
+}
+
+impl Three {
+    async fn start(handle: &Handle) -> Three {
+        let cluster = initial_cluster(&MEMBERS);
+        let members: Vec<SimMember> = MEMBERS
+            .iter()
+            .map(|(name, ip)| SimMember::start_in(handle, name, ip, &cluster))
+            .collect();
+        let urls: Vec<String> = members.iter().map(SimMember::url).collect();
+        let client = handle
+            .create_node()
+            .name("client")
+            .ip("10.0.2.100".parse().unwrap())
+            .build();
+        let u = urls.clone();
+        let leader = client
+            .spawn(async move { leader(&u).await })
+            .await
+            .expect("leader");
+        Three {
+            members,
+            urls,
+            client,
+            leader,
+        }
+    }
 }
 
 /// Two founders start; once they have a leader the third starts. For a while after, every member
@@ -155,22 +195,12 @@ async fn late_founder(seed: u64, trace: Trace) {
 /// must be gone within the bound.
 async fn leases_across_a_change(seed: u64, trace: Trace) {
     let handle = Handle::current();
-    let cluster = initial_cluster(&MEMBERS);
-    let members: Vec<SimMember> = MEMBERS
-        .iter()
-        .map(|(name, ip)| SimMember::start_in(&handle, name, ip, &cluster))
-        .collect();
-    let urls: Vec<String> = members.iter().map(SimMember::url).collect();
-    let client = handle
-        .create_node()
-        .name("client")
-        .ip("10.0.2.100".parse().unwrap())
-        .build();
-    let u = urls.clone();
-    let (old, old_id, term) = client
-        .spawn(async move { leader(&u).await })
-        .await
-        .expect("leader");
+    let Three {
+        members,
+        urls,
+        client,
+        leader: (old, old_id, term),
+    } = Three::start(&handle).await;
     let kill = seed % 2 == 0;
     trace.record(format!(
         "leader m{} ({old_id:x}) in term {term}; the change: {}",
@@ -301,6 +331,105 @@ async fn leases_across_a_change(seed: u64, trace: Trace) {
         .expect("checks");
 }
 
+/// How long a put through a follower may take across a leader kill: the election when the
+/// failover probe does not fire (raft's election timeout, at most 2 s, after the leader lease,
+/// 2 s), then half a second for the resend. Under the request deadline (7 s), which a lost
+/// forward used to wait out.
+const FORWARD_BOUND: Duration =
+    Duration::from_millis(4 * metastore::limits::ELECTION_TIMEOUT_MS + 500);
+
+/// Two writers put fresh keys back to back, each through one follower, while the leader is
+/// killed (and not restarted). Every put must be acknowledged within [`FORWARD_BOUND`], and every
+/// key must have been written exactly once (version 1).
+async fn writes_through_followers_across_a_kill(seed: u64, trace: Trace) {
+    let handle = Handle::current();
+    let Three {
+        members,
+        urls,
+        client,
+        leader: (old, old_id, term),
+    } = Three::start(&handle).await;
+    trace.record(format!("leader m{} ({old_id:x}) in term {term}", old + 1));
+    let followers: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let writers: Vec<_> = followers
+        .iter()
+        .map(|&f| {
+            let url = urls[f].clone();
+            client.spawn(async move {
+                let mut kv = connect(&url).await;
+                let mut done = Vec::new();
+                let mut slowest = Duration::ZERO;
+                let until = Instant::now() + Duration::from_secs(3);
+                let mut i = 0u64;
+                while Instant::now() < until {
+                    let key = format!("w/{seed}/m{}/{i}", f + 1);
+                    let sent = Instant::now();
+                    let put = kv.put(PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    });
+                    let answer = madsim::time::timeout(Duration::from_secs(20), put).await;
+                    let took = sent.elapsed();
+                    assert!(
+                        matches!(answer, Ok(Ok(_))),
+                        "seed {seed}: put {key} through m{} failed after {took:?}: {answer:?}",
+                        f + 1
+                    );
+                    assert!(
+                        took <= FORWARD_BOUND,
+                        "seed {seed}: put {key} through m{} took {took:?} (bound {FORWARD_BOUND:?})",
+                        f + 1
+                    );
+                    done.push(key);
+                    slowest = slowest.max(took);
+                    i += 1;
+                }
+                (done, slowest)
+            })
+        })
+        .collect();
+    madsim::time::sleep(Duration::from_millis(200 + mix64(seed) % 600)).await;
+    members[old].crash(&handle);
+    trace.record(format!("killed m{}", old + 1));
+    let (mut keys, mut slowest) = (Vec::new(), Duration::ZERO);
+    for w in writers {
+        let (done, slowest_here) = w.await.expect("writer");
+        keys.extend(done);
+        slowest = slowest.max(slowest_here);
+    }
+    trace.record(format!(
+        "{} puts acknowledged, the slowest in {} ms",
+        keys.len(),
+        slowest.as_millis()
+    ));
+    let reader = urls[followers[0]].clone();
+    let t = trace.clone();
+    client
+        .spawn(async move {
+            let mut kv = connect(&reader).await;
+            for key in keys {
+                let r = kv
+                    .range(RangeRequest {
+                        key: key.clone().into_bytes(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("read")
+                    .into_inner();
+                let versions: Vec<i64> = r.kvs.iter().map(|kv| kv.version).collect();
+                assert_eq!(
+                    versions,
+                    vec![1],
+                    "seed {seed}: {key} must have been written exactly once"
+                );
+            }
+            t.record("every put applied exactly once");
+        })
+        .await
+        .expect("checks");
+}
+
 /// Run `scenario` for `seed` in a fresh simulation; its trace's digest and lines.
 fn simulate<F: std::future::Future<Output = ()>>(
     seed: u64,
@@ -325,5 +454,14 @@ fn a_late_founder_joins_the_leader_instead_of_unseating_it() {
 fn leases_granted_while_leadership_moves_expire_on_time() {
     for seed in seeds() {
         metastore_sim::trace::run_twice(seed, |s| simulate(s, leases_across_a_change));
+    }
+}
+
+#[test]
+fn writes_through_followers_survive_a_leader_kill_once_and_in_time() {
+    for seed in seeds() {
+        metastore_sim::trace::run_twice(seed, |s| {
+            simulate(s, writes_through_followers_across_a_kill)
+        });
     }
 }

@@ -693,6 +693,7 @@ impl Node {
             proposer_id: 0,
             request_seq: 0,
             requester,
+            forwarded_to: None,
         };
         let size = cmd.encoded_len();
         if size > self.config.max_request_bytes {

@@ -18,6 +18,7 @@ use crate::limits;
 use crate::pb::metastore::{
     command, Command, LeaseRequest, PeerStatus, ProposeRequest, ReadIndexRequest,
 };
+use crate::raft::forwards::{self, Forwarded, LeaderKey, Waiter};
 use crate::raft::{network, PeerNode, RaftCommand};
 use crate::rt;
 
@@ -50,6 +51,13 @@ impl Node {
 
     /// The current leader and its peer URLs, waiting (bounded) while there is none.
     pub(crate) async fn leader(&self) -> Result<(u64, PeerNode), NodeError> {
+        let ((_, id), node) = self.leader_key().await?;
+        Ok((id, node))
+    }
+
+    /// The current leader's id as raft orders leaders (term, member id) and its peer URLs,
+    /// waiting (bounded) while there is none.
+    async fn leader_key(&self) -> Result<(LeaderKey, PeerNode), NodeError> {
         let metrics = self
             .raft
             .wait(Some(limits::LEADER_WAIT))
@@ -68,7 +76,7 @@ impl Node {
             .get_node(&id)
             .cloned()
             .ok_or(NodeError::NoLeader)?;
-        Ok((id, node))
+        Ok(((metrics.current_term, id), node))
     }
 
     /// Where to send a request: this member when it leads (checked without cloning raft's
@@ -89,6 +97,12 @@ impl Node {
     ) -> Result<Option<Result<Applied, crate::apply::ApplyError>>, LeaderWriteError> {
         if !self.is_leader() {
             return Err(LeaderWriteError::NotLeader);
+        }
+        if let Some(to) = &cmd.forwarded_to {
+            // Forwarded to this member as the leader of another term: apply would fence it out.
+            if (to.term, to.leader_id) != (self.current_term(), self.member_id) {
+                return Err(LeaderWriteError::NotLeader);
+            }
         }
         let bytes = cmd.encode_to_vec();
         match self.raft.client_write(RaftCommand { bytes }).await {
@@ -121,21 +135,25 @@ impl Node {
     ///
     /// While the leader is being replaced, a forwarded command waits for the next one instead of
     /// failing at once, as a write to etcd does: a command that never reached the dead leader (no
-    /// connection: [`network::never_sent`]) goes to whoever leads next; one that may have reached
-    /// it is never sent twice, and its outcome comes if the new leader commits it.
+    /// connection: [`network::never_sent`]) goes to whoever leads next. One that may have reached
+    /// it is fenced to that leader ([`forwards`]): its outcome comes if the new leader commits it,
+    /// and it is sent again once this member applies an entry of a later leader without it.
     pub(super) async fn route_proposal(
         &self,
         mut cmd: Command,
         deadline: rt::Instant,
     ) -> Result<Applied, NodeError> {
+        // The leader a forward was last lost with: if raft still names it, wait before resending.
+        let mut lost_with = None;
         loop {
             // The common case first, without waiting on (and cloning) raft's metrics.
             let local = self.is_leader();
-            let (leader_id, leader) = if local {
-                (self.member_id, PeerNode::default())
+            let (leader_key, leader) = if local {
+                ((0, self.member_id), PeerNode::default())
             } else {
-                self.leader().await?
+                self.leader_key().await?
             };
+            let leader_id = leader_key.1;
             if leader_id == self.member_id {
                 if !local {
                     // Raft names us leader but we are not (yet) serving as one.
@@ -144,6 +162,7 @@ impl Node {
                 }
                 cmd.proposer_id = 0;
                 cmd.request_seq = 0;
+                cmd.forwarded_to = None;
                 match self.write_as_leader(&cmd).await {
                     Ok(Some(Ok(applied))) => return Ok(applied),
                     Ok(Some(Err(e))) => return Err(NodeError::Apply(e)),
@@ -158,9 +177,15 @@ impl Node {
                     Err(e) => return Err(e.into()),
                 }
             }
+            if lost_with == Some(leader_key) {
+                rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+                lost_with = None;
+                continue;
+            }
             cmd.proposer_id = self.member_id;
             cmd.request_seq = self.next_seq();
-            let mut waiter = self.state.register(cmd.request_seq);
+            cmd.forwarded_to = Some(forwards::fence(leader_key));
+            let mut waiter = self.state.register(cmd.request_seq, leader_key);
             let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
             let reply = client
                 .propose(ProposeRequest {
@@ -177,24 +202,28 @@ impl Node {
                     rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
                     continue;
                 }
-                // The leader may or may not have received it: never send it twice. If it was
-                // appended, the next leader commits it and this member's apply hands the outcome
-                // over; if not, etcd's answer for a proposal lost with its leader, at the deadline.
+                // The leader may or may not have received it: this member's apply tells.
                 Err(status) => {
                     tracing::debug!("forwarding to leader {leader_id:x} failed: {status}");
-                    let left = deadline.saturating_duration_since(rt::now());
-                    return match rt::timeout(left, waiter.outcome()).await {
-                        Ok(Some(Ok(applied))) => Ok(applied),
-                        Ok(Some(Err(e))) => Err(NodeError::Apply(e)),
-                        Ok(None) | Err(rt::Elapsed) => Err(NodeError::LeaderFailed),
-                    };
+                    match settled(&mut waiter, deadline).await? {
+                        Some(applied) => return Ok(applied),
+                        None => {
+                            lost_with = Some(leader_key);
+                            continue;
+                        }
+                    }
                 }
             };
             match PeerStatus::try_from(reply.status) {
                 Ok(PeerStatus::Ok) => {
                     return match waiter.outcome().await {
-                        Some(Ok(applied)) => Ok(applied),
-                        Some(Err(e)) => Err(NodeError::Apply(e)),
+                        Some(Forwarded::Applied(Ok(applied))) => Ok(applied),
+                        Some(Forwarded::Applied(Err(e))) => Err(NodeError::Apply(e)),
+                        // Fenced out (the leader had moved on to a later term when it proposed it).
+                        Some(Forwarded::Lost) => {
+                            lost_with = Some(leader_key);
+                            continue;
+                        }
                         // Committed, but this member took it in through a snapshot (or is stopping):
                         // the outcome is unknown here, which etcd reports as a timeout.
                         None => Err(NodeError::Timeout),
@@ -203,7 +232,11 @@ impl Node {
                 Ok(PeerStatus::NotLeader) => {
                     rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
                 }
-                Ok(PeerStatus::LeaderChanged) => return Err(NodeError::LeaderChanged),
+                // Appended, then the leader lost its place: it commits or is lost with it.
+                Ok(PeerStatus::LeaderChanged) => match settled(&mut waiter, deadline).await? {
+                    Some(applied) => return Ok(applied),
+                    None => lost_with = Some(leader_key),
+                },
                 Ok(PeerStatus::Timeout) => return Err(NodeError::Timeout),
                 Ok(PeerStatus::NoSpace) => return Err(NodeError::NoSpace),
                 Ok(PeerStatus::Stopped) => return Err(NodeError::LeaderFailed),
@@ -313,5 +346,18 @@ impl Node {
             }
             rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
         }
+    }
+}
+
+/// What became of a forward the leader may or may not have appended, by `deadline`: its outcome,
+/// or `None` once it can never apply (send it again). Past the deadline (or when this member
+/// cannot tell), etcd's answer for a proposal lost with its leader.
+async fn settled(waiter: &mut Waiter, deadline: rt::Instant) -> Result<Option<Applied>, NodeError> {
+    let left = deadline.saturating_duration_since(rt::now());
+    match rt::timeout(left, waiter.outcome()).await {
+        Ok(Some(Forwarded::Applied(Ok(applied)))) => Ok(Some(applied)),
+        Ok(Some(Forwarded::Applied(Err(e)))) => Err(NodeError::Apply(e)),
+        Ok(Some(Forwarded::Lost)) => Ok(None),
+        Ok(None) | Err(rt::Elapsed) => Err(NodeError::LeaderFailed),
     }
 }

@@ -1,6 +1,6 @@
 //! openraft glue: the type configuration, the log store and state machine over [`Engine`]
-//! (snapshots included), backups (ours, and etcd's snapshot files read by [`etcd_snapshot`]), and
-//! the peer network.
+//! (snapshots included), backups (ours, and etcd's snapshot files read by [`etcd_snapshot`]), the
+//! peer network, and the commands this member forwarded to the leader ([`forwards`]).
 //!
 //! | openraft trait | implemented by |
 //! |---|---|
@@ -16,6 +16,7 @@ pub mod backup;
 #[cfg(not(madsim))]
 pub mod dial;
 pub mod etcd_snapshot;
+pub mod forwards;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;

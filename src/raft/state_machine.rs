@@ -13,17 +13,16 @@
 //! holds the scheduled compaction, and whoever opens it (a member installing the snapshot, a
 //! restored backup) finishes the work.
 
-use std::collections::BTreeMap;
 use std::io;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 use serde::Deserialize;
-use tokio::sync::oneshot;
 
+use super::forwards::{self, Forwarded, Forwards, Waiter};
 use super::{decode, encode, snapshot, CommandResponse, LogId, StoredMembership, TypeConfig};
 use crate::apply::{self, Applied, ApplyError};
 use crate::auth::tokens::TokenInfo;
@@ -49,8 +48,7 @@ pub enum SnapshotData {
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 
-/// The outcome of one applied command, as handed to the request waiting for it.
-pub type Outcome = Result<Applied, ApplyError>;
+pub use super::forwards::Outcome;
 
 /// State shared between the state machine (owned by openraft) and the read path.
 pub struct Shared {
@@ -68,9 +66,8 @@ pub struct Shared {
     watch: Arc<WatchHub>,
     /// This member's id: commands it proposed through the leader carry it.
     member_id: u64,
-    /// Requests of this member forwarded to the leader, waiting for their local apply, by sequence
-    /// number.
-    waiters: Mutex<BTreeMap<u64, oneshot::Sender<Outcome>>>,
+    /// Requests of this member forwarded to the leader, waiting for their local apply.
+    forwards: Arc<Forwards>,
     /// Where apply counts commits and mvcc operations.
     metrics: Arc<crate::metrics::Metrics>,
     /// Raised when a compaction is applied or a store with one pending is opened: wakes the
@@ -79,27 +76,6 @@ pub struct Shared {
     /// Raised after every step of a compaction's physical half: what a `Compact` with
     /// `physical` waits on.
     compaction_progress: tokio::sync::Notify,
-}
-
-/// A registered wait for the local apply of a forwarded command; unregisters itself when dropped.
-pub struct Waiter {
-    shared: Arc<Shared>,
-    seq: u64,
-    rx: oneshot::Receiver<Outcome>,
-}
-
-impl Waiter {
-    /// The outcome, once this member has applied the command. `None` if the state machine went
-    /// away first.
-    pub async fn outcome(&mut self) -> Option<Outcome> {
-        (&mut self.rx).await.ok()
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        self.shared.waiters_lock().remove(&self.seq);
-    }
 }
 
 impl Shared {
@@ -173,35 +149,24 @@ impl Shared {
         }
     }
 
-    fn waiters_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<Outcome>>> {
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    /// Wait for the local apply of the command this member forwards with sequence number `seq` to
+    /// `leader` (see [`forwards`]). Register before sending the command, so the apply cannot slip
+    /// by unseen.
+    pub fn register(&self, seq: u64, leader: forwards::LeaderKey) -> Waiter {
+        self.forwards.register(seq, leader)
     }
 
-    /// Wait for the local apply of the command this member proposes with sequence number `seq`.
-    /// Register before sending the command, so the apply cannot slip by unseen.
-    pub fn register(self: &Arc<Self>, seq: u64) -> Waiter {
-        let (tx, rx) = oneshot::channel();
-        let previous = self.waiters_lock().insert(seq, tx);
-        debug_assert!(previous.is_none(), "sequence number {seq} reused");
-        Waiter {
-            shared: self.clone(),
-            seq,
-            rx,
-        }
-    }
-
-    /// Hand `outcome` to this member's waiter of `cmd`, if it has one; otherwise give it back.
-    fn deliver(&self, proposer_id: u64, seq: u64, outcome: Outcome) -> Option<Outcome> {
-        if proposer_id != self.member_id || seq == 0 {
-            return Some(outcome);
-        }
-        match self.waiters_lock().remove(&seq) {
-            Some(tx) => {
-                // The request may have given up meanwhile; then nobody wants the outcome.
-                let _ = tx.send(outcome);
-                None
-            }
-            None => Some(outcome),
+    /// Hand what became of `cmd` to this member's waiter for it, if it has one; otherwise give
+    /// the outcome back.
+    fn deliver(&self, proposer_id: u64, seq: u64, what: Forwarded) -> Option<Outcome> {
+        let unclaimed = if proposer_id != self.member_id || seq == 0 {
+            Some(what)
+        } else {
+            self.forwards.deliver(seq, what)
+        };
+        match unclaimed {
+            Some(Forwarded::Applied(outcome)) => Some(outcome),
+            Some(Forwarded::Lost) | None => None,
         }
     }
 }
@@ -246,7 +211,7 @@ impl StateMachine {
                 tokens,
                 watch,
                 member_id,
-                waiters: Mutex::new(BTreeMap::new()),
+                forwards: Arc::default(),
                 metrics,
                 compaction_wanted,
                 compaction_progress: tokio::sync::Notify::new(),
@@ -335,9 +300,19 @@ fn apply_one(
     log_id: &LogId,
     batch: &mut WriteBatch,
 ) -> io::Result<CommandResponse> {
+    // First: forwards to earlier leaders can no longer apply (this entry's may, below).
+    shared.forwards.entry_applied(forwards::leader_of(log_id));
     let outcome = match payload {
         EntryPayload::Normal(cmd) => {
             let (outcome, proposer, seq) = match Command::decode(cmd.bytes.as_slice()) {
+                Ok(cmd) if forwards::fenced_out(&cmd, log_id) => {
+                    // Sent to another leader than the one that appended it (which proposed it in
+                    // a later term): it runs nowhere, and its proposer may send it again.
+                    tracing::debug!(index = log_id.index, "forwarded command fenced out");
+                    return Ok(CommandResponse {
+                        outcome: shared.deliver(cmd.proposer_id, cmd.request_seq, Forwarded::Lost),
+                    });
+                }
                 Ok(cmd) => {
                     let (proposer, seq) = (cmd.proposer_id, cmd.request_seq);
                     (
@@ -382,7 +357,7 @@ fn apply_one(
                 }
                 Err(e) => Err(e),
             };
-            shared.deliver(proposer, seq, outcome)
+            shared.deliver(proposer, seq, Forwarded::Applied(outcome))
         }
         EntryPayload::Membership(m) => {
             // Members that left take their published attributes with them.
@@ -539,7 +514,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared.watch.all_behind();
         // Forwarded writes waiting for entries the snapshot covers will never see them applied one
         // by one: end their waits now (their outcome is unknown to this member).
-        self.shared.waiters_lock().clear();
+        let covered = meta.last_log_id.as_ref().map(forwards::leader_of);
+        self.shared
+            .forwards
+            .snapshot_installed(covered.unwrap_or_default());
         Ok(())
     }
 

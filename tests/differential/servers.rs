@@ -78,6 +78,24 @@ impl Etcd {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// Whether etcd is still running and its log's last lines: attached to a divergence, since
+    /// an answer that etcd did not give (a transport error) may mean it died.
+    pub fn state(&mut self) -> String {
+        let exited = self.exited();
+        let text = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        // A Go panic's message comes before the goroutine dumps that end the log.
+        let log = match text.lines().position(|l| l.starts_with("panic:")) {
+            Some(at) => text
+                .lines()
+                .skip(at)
+                .take(16)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => self.log_tail(),
+        };
+        format!("etcd exited: {exited:?}; its log:\n{log}")
+    }
+
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
@@ -96,7 +114,7 @@ impl Drop for Etcd {
 
 /// Both servers of one run, connected.
 pub struct Pair {
-    pub _etcd: Etcd,
+    pub etcd: Etcd,
     pub _ours: Server,
     pub etcd_conn: Conn,
     pub ours_conn: Conn,
@@ -135,7 +153,7 @@ impl Pair {
             .await
             .unwrap_or_else(|e| panic!("metastore did not answer: {e}"));
         Pair {
-            _etcd: etcd,
+            etcd,
             _ours: ours,
             etcd_conn,
             ours_conn,
