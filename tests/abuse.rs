@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::abuse::{
-    assert_p99_within, assert_survived, back_to_baseline, one_at_a_time, p99, probe_latencies,
-    rss_kib, settled_footprint, CLEANUP_DEADLINE,
+    assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, one_at_a_time,
+    p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 
@@ -30,7 +30,8 @@ async fn abandoned_observe_calls_leave_nothing_behind() {
     }
     // The attacker has a connection of its own; the well-behaved client keeps `client`'s.
     let attacker = server.client().await;
-    let mut quiet = probe_latencies(&mut client, 200).await;
+    let probe = Probe::start(&server.endpoint);
+    let mut quiet = probe.latencies(200).await;
     let quiet = p99(&mut quiet);
     let baseline = settled_footprint(&server.endpoint).await;
     let rss_before = rss_kib(server.pid());
@@ -53,7 +54,7 @@ async fn abandoned_observe_calls_leave_nothing_behind() {
         for s in streams {
             opened.push(s.await.expect("join"));
         }
-        let mut attacked = probe_latencies(&mut client, 100).await;
+        let mut attacked = probe.latencies(100).await;
         assert_p99_within(quiet, p99(&mut attacked));
         drop(opened);
     }
@@ -133,7 +134,8 @@ async fn expanding_header_blocks_are_refused_within_budget() {
     let mut server = Server::start("memory");
     let mut client = server.client().await;
     client.put("abuse/probe", "v", None).await.expect("put");
-    let mut quiet = probe_latencies(&mut client, 200).await;
+    let probe = Probe::start(&server.endpoint);
+    let mut quiet = probe.latencies(200).await;
     let quiet = p99(&mut quiet);
     let baseline = settled_footprint(&server.endpoint).await;
     let rss_before = rss_kib(server.pid());
@@ -163,13 +165,13 @@ async fn expanding_header_blocks_are_refused_within_budget() {
             conn
         }));
     }
-    let mut attacked = probe_latencies(&mut client, 200).await;
+    let mut attacked = probe.latencies(200).await;
     let mut conns = Vec::new();
     for a in attackers {
         conns.push(a.await.expect("join"));
     }
     assert_survived(&mut server, rss_before);
-    assert_p99_within(quiet, p99(&mut attacked));
+    assert_p99_within_floor(quiet, p99(&mut attacked), P99_FLOOR_CPU_BOUND);
     drop(conns);
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
     client
@@ -244,7 +246,8 @@ async fn slow_http1_clients_cannot_starve_health() {
     let mut server = Server::start("memory");
     let mut client = server.client().await;
     client.put("abuse/probe", "v", None).await.expect("put");
-    let mut quiet = probe_latencies(&mut client, 200).await;
+    let probe = Probe::start(&server.endpoint);
+    let mut quiet = probe.latencies(200).await;
     let quiet = p99(&mut quiet);
     let baseline = settled_footprint(&server.endpoint).await;
     let rss_before = rss_kib(server.pid());
@@ -277,7 +280,7 @@ async fn slow_http1_clients_cannot_starve_health() {
         .expect("/health answered within 5 s");
         assert!(body.contains("\"health\":\"true\""), "{body:?}");
     }
-    let mut attacked = probe_latencies(&mut client, 200).await;
+    let mut attacked = probe.latencies(200).await;
     assert_p99_within(quiet, p99(&mut attacked));
     assert_survived(&mut server, rss_before);
     drop(slow);

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::abuse::{assert_p99_within, assert_survived, p99, probe_latencies, rss_kib};
+use common::abuse::{assert_p99_within, assert_survived, p99, rss_kib, Probe};
 use common::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,7 +38,8 @@ async fn a_connection_flood_leaves_the_member_its_descriptors_and_its_clients() 
     let pid = server.pid();
     let mut client = server.client().await;
     client.put("abuse/probe", "v", None).await.expect("put");
-    let mut quiet = probe_latencies(&mut client, 200).await;
+    let probe = Probe::start(&server.endpoint);
+    let mut quiet = probe.latencies(200).await;
     let quiet_p99 = p99(&mut quiet);
     let rss_before = rss_kib(pid);
     let fds_before = open_fds(pid);
@@ -86,7 +87,7 @@ async fn a_connection_flood_leaves_the_member_its_descriptors_and_its_clients() 
 
     // The client connected before the flood is served as before, writes included (new table
     // and log files need descriptors).
-    let mut attacked = probe_latencies(&mut client, 200).await;
+    let mut attacked = probe.latencies(200).await;
     assert_p99_within(quiet_p99, p99(&mut attacked));
     for i in 0..200 {
         client

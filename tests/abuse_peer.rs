@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::abuse::{
-    assert_p99_within, back_to_baseline, p99, probe_latencies, rss_kib, settled_footprint,
-    CLEANUP_DEADLINE, RSS_BUDGET_KIB,
+    assert_p99_within, back_to_baseline, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE,
+    RSS_BUDGET_KIB,
 };
 use common::TestCluster;
 use metastore::pb::etcdserverpb::PutRequest;
@@ -171,7 +171,8 @@ async fn strangers_on_the_peer_port_are_refused_and_nothing_is_applied() {
         .expect("Members is served to a member that does not know its id yet");
 
     // A flood of strangers' proposals while a client works.
-    let mut quiet = probe_latencies(&mut client, 200).await;
+    let probe = Probe::start(&member.endpoint());
+    let mut quiet = probe.latencies(200).await;
     let quiet = p99(&mut quiet);
     let baseline = settled_footprint(&member.endpoint()).await;
     let pid = member_pid(member);
@@ -191,7 +192,7 @@ async fn strangers_on_the_peer_port_are_refused_and_nothing_is_applied() {
             }
         }));
     }
-    let mut attacked = probe_latencies(&mut client, 100).await;
+    let mut attacked = probe.latencies(100).await;
     for f in flood {
         f.await.expect("flood");
     }

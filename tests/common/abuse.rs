@@ -103,16 +103,90 @@ pub async fn settled_footprint(endpoint: &str) -> (i64, i64) {
     last
 }
 
-/// Latencies of a well-behaved client: `n` serializable gets, one after another.
-pub async fn probe_latencies(client: &mut etcd_client::Client, n: usize) -> Vec<Duration> {
+/// A well-behaved client on a thread and runtime of its own: the attack a test drives runs as
+/// tasks of the test's runtime, and the probe's requests must not queue behind them there (that
+/// would measure the test, not the member). It still shares the machine's cores with both.
+pub struct Probe {
+    asks: Option<std::sync::mpsc::Sender<(usize, tokio::sync::oneshot::Sender<Vec<Duration>>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Probe {
+    /// A reader: serializable gets of `abuse/probe` (which must exist) on `endpoint`
+    /// (`http://host:port`).
+    pub fn start(endpoint: &str) -> Probe {
+        Probe::spawn(endpoint, false)
+    }
+
+    /// A writer: puts of `abuse/writer` on `endpoint`.
+    pub fn writer(endpoint: &str) -> Probe {
+        Probe::spawn(endpoint, true)
+    }
+
+    fn spawn(endpoint: &str, puts: bool) -> Probe {
+        let endpoint = endpoint.to_string();
+        let (asks, asked) =
+            std::sync::mpsc::channel::<(usize, tokio::sync::oneshot::Sender<Vec<Duration>>)>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("probe runtime");
+            let mut client = rt
+                .block_on(etcd_client::Client::connect([endpoint], None))
+                .expect("the probe connects");
+            let _ = ready_tx.send(());
+            while let Ok((n, reply)) = asked.recv() {
+                let _ = reply.send(rt.block_on(probe_latencies(&mut client, n, puts)));
+            }
+        });
+        ready_rx.recv().expect("the probe thread started");
+        Probe {
+            asks: Some(asks),
+            thread: Some(thread),
+        }
+    }
+
+    /// Latencies of `n` requests, one after another.
+    pub async fn latencies(&self, n: usize) -> Vec<Duration> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.asks
+            .as_ref()
+            .expect("running")
+            .send((n, tx))
+            .expect("the probe thread is running");
+        rx.await.expect("the probe answered")
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop.
+        self.asks.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Latencies of a well-behaved client: `n` serializable gets (or puts), one after another.
+async fn probe_latencies(client: &mut etcd_client::Client, n: usize, puts: bool) -> Vec<Duration> {
     let opts = etcd_client::GetOptions::new().with_serializable();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        client
-            .get("abuse/probe", Some(opts.clone()))
-            .await
-            .expect("the well-behaved client got an answer");
+        if puts {
+            client
+                .put("abuse/writer", "v", None)
+                .await
+                .expect("the well-behaved writer's put");
+        } else {
+            client
+                .get("abuse/probe", Some(opts.clone()))
+                .await
+                .expect("the well-behaved client got an answer");
+        }
         out.push(start.elapsed());
     }
     out
@@ -124,19 +198,31 @@ pub fn p99(samples: &mut [Duration]) -> Duration {
     samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
 }
 
-/// The least bound [`assert_p99_within`] sets. On two cores shared by the attacker, the member
-/// and the probe, an attack that makes the member work lands milliseconds in the probe's p99, and
-/// the 3x does not hold for all of them (measured, debug build: 0.5-0.6 ms quiet against
-/// 4.6-6.2 ms under the header-block and Observe floods; 1.5 ms against 12.8 ms while 20,000
-/// watchers catch up over 100,000 revisions; the others within 3x). A session that tried 10 ms
-/// saw the catch-up test fail in CI; the bound stays what it was until those paths are cheaper.
-pub const P99_FLOOR: Duration = Duration::from_millis(30);
+/// The least bound [`assert_p99_within`] sets: on two cores shared by the attacker, the member
+/// and the probe, a sub-millisecond quiet figure would otherwise turn scheduler noise into a
+/// failure. Measured with the probe on its own thread ([`Probe`]), debug build, three runs: 0.5-0.7
+/// ms quiet against 0.6-3.8 ms under the Observe flood (it was 4.6-6.2 ms while the probe shared
+/// the test's runtime with the attacker's tasks), 0.7 against 1.1-1.7 ms under the connection
+/// flood, 1.4 against 2.2 ms under strangers' proposals.
+pub const P99_FLOOR: Duration = Duration::from_millis(10);
+
+/// The least bound for attacks whose cost is the member's own CPU work, which a debug build makes
+/// several times dearer than a release build and which shares the probe's two cores: decoding
+/// oversized header blocks (0.5 ms quiet, 6.2 ms under attack) and 20,000 watchers catching up
+/// over 100,000 revisions (puts 3.2 ms quiet, 12.7 ms during catch-up; the test's own 20,000
+/// watch streams decode their events on the same cores).
+pub const P99_FLOOR_CPU_BOUND: Duration = Duration::from_millis(30);
 
 /// The well-behaved client's p99 under attack may be at most three times its quiet p99 (or
-/// [`P99_FLOOR`], so a sub-millisecond quiet figure does not turn scheduler noise into a failure).
+/// [`P99_FLOOR`]).
 pub fn assert_p99_within(quiet: Duration, attacked: Duration) {
+    assert_p99_within_floor(quiet, attacked, P99_FLOOR)
+}
+
+/// As [`assert_p99_within`], with the least bound `floor`.
+pub fn assert_p99_within_floor(quiet: Duration, attacked: Duration, floor: Duration) {
     eprintln!("abuse: probe p99 quiet {quiet:?}, under attack {attacked:?}");
-    let bound = (quiet * 3).max(P99_FLOOR);
+    let bound = (quiet * 3).max(floor);
     assert!(
         attacked <= bound,
         "the well-behaved client's p99 went from {quiet:?} to {attacked:?} (bound {bound:?})"

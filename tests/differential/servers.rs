@@ -84,7 +84,13 @@ impl Etcd {
         let exited = self.exited();
         let text = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
         // A Go panic's message comes before the goroutine dumps that end the log.
-        let log = match text.lines().position(|l| l.starts_with("panic:")) {
+        let fatal = |l: &&str| {
+            l.starts_with("panic:")
+                || l.starts_with("fatal error:")
+                || l.contains(r#""level":"panic""#)
+                || l.contains(r#""level":"fatal""#)
+        };
+        let log = match text.lines().position(|l| fatal(&l)) {
             Some(at) => text
                 .lines()
                 .skip(at)
@@ -93,7 +99,14 @@ impl Etcd {
                 .join("\n"),
             None => self.log_tail(),
         };
-        format!("etcd exited: {exited:?}; its log:\n{log}")
+        // Kept whole: the temporary directory goes with the server.
+        let kept =
+            std::env::temp_dir().join(format!("metastore-diff-etcd-{}.log", std::process::id()));
+        let kept = match std::fs::write(&kept, &text) {
+            Ok(()) => format!(" (whole log: {})", kept.display()),
+            Err(_) => String::new(),
+        };
+        format!("etcd exited: {exited:?}; its log{kept}:\n{log}")
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
