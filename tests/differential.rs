@@ -97,6 +97,8 @@ async fn run(
             exec(&mut pair.ours_conn, &req)
         );
         ctx.rev = ctx.rev.max(max_revision(&etcd));
+        // Answered or not, it may have happened.
+        ctx.defragmented |= matches!(req, Req::Defragment);
         if let (Req::Compact(c), Out::Compact(_)) = (&req, &etcd) {
             if c.revision > ctx.compacted {
                 ctx.compacted = c.revision;
