@@ -404,3 +404,8 @@ const _: () = assert!(
     (SNAPSHOT_CHUNK_BYTES as u64) / SNAPSHOT_TRANSFER_MIN_BYTES_PER_SEC
         < SNAPSHOT_CHUNK_RECEIVE_TIMEOUT.as_secs()
 );
+
+/// RocksDB's write-ahead log is cut back (the column families still holding its oldest file are
+/// flushed) once it passes this many bytes: it bounds the data dir's log files and what a
+/// restart replays.
+pub const ENGINE_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;

@@ -13,6 +13,7 @@ use super::{
     BatchOp, Durability, Engine, EngineView, Keyspace, Order, Result, StorageError, Visitor,
     WriteBatch,
 };
+use crate::limits;
 
 /// A RocksDB-backed [`Engine`].
 pub struct RocksEngine {
@@ -88,6 +89,10 @@ impl RocksEngine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // A log file lives until every column family with writes in it has flushed them. The
+        // small `meta` family fills its memtable slowly, so by default the log grew to hundreds
+        // of MB (620 MB of a 721 MB data dir after 1M puts), all replayed by a restart.
+        opts.set_max_total_wal_size(limits::ENGINE_LOG_BYTES_MAX);
         let cfs = Keyspace::ALL
             .iter()
             .map(|ks| ColumnFamilyDescriptor::new(ks.name(), Options::default()));
