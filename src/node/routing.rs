@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 use prost::Message;
@@ -292,6 +293,12 @@ impl Node {
             // The read index is old news by the time this member waits for it: writes that began
             // after it may commit meanwhile and must not be missed or half-seen.
             rt::buggify::delay("read-index-late", Duration::from_millis(200)).await;
+            // Usually applied already: seen without registering a wait (which clones raft's
+            // metrics on every change until it is satisfied).
+            let applied = self.raft.metrics().borrow_watched().last_applied;
+            if applied.is_some_and(|a| a.index >= index) {
+                return Ok(());
+            }
             self.raft
                 .wait(Some(self.config.request_timeout))
                 .applied_index_at_least(Some(index), "applied up to the read index")
