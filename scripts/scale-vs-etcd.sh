@@ -17,6 +17,12 @@
 #                        server (restarted at once, same flags and data dir)
 #   RSS after restart    VmRSS once healthy again
 #   compact everything   `etcdctl compact <head> --physical`: seconds until the physical half is done
+#   new member catch-up  then `etcdctl member add` a second member and start it on an empty data
+#                        dir, then a third the same way: seconds from its start until it serves
+#                        all N keys (serializable count-only reads of its own), the peak RSS of the
+#                        loaded member and of the new one meanwhile. Both servers send the new
+#                        member a snapshot (the log before it was compacted away long ago).
+#                        CATCH_UP=0 skips it.
 #
 #   scripts/scale-vs-etcd.sh                        # N=1000000, builds the release binary
 #   N=200000 BIN=path/to/metastore scripts/scale-vs-etcd.sh
@@ -39,13 +45,19 @@ N="${N:-1000000}"
 KEY_SIZE="${KEY_SIZE:-16}"
 VAL_SIZE="${VAL_SIZE:-256}"
 FULL_RANGE="${FULL_RANGE:-1}"
+CATCH_UP="${CATCH_UP:-1}"
 SERVERS="${SERVERS:-etcd-3.5.1 metastore}"
 CLIENT=127.0.0.1:24900
 PEER=127.0.0.1:24901
 
 work=$(mktemp -d)
 pid=""
-cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+joined=()
+cleanup() {
+  for p in "$pid" "${joined[@]}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 now() { date +%s.%N; }
@@ -54,15 +66,55 @@ mb() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
 status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 ctl() { "$ETCDCTL" --endpoints="http://$CLIENT" --command-timeout=600s "$@"; }
 
+exe_of() { # server name -> its binary and engine flags
+  if [ "$1" = metastore ]; then echo "$BIN --engine rocksdb"; else echo "$ETCD35"; fi
+}
+
 start() { # server name -> starts it on the fixed ports with data dir $work/$name; sets $pid
-  local name=$1 exe extra=()
-  if [ "$name" = metastore ]; then exe=$BIN; extra=(--engine rocksdb); else exe=$ETCD35; fi
-  "$exe" --name "$name" --data-dir "$work/$name" "${extra[@]}" \
+  local name=$1
+  # shellcheck disable=SC2046
+  $(exe_of "$name") --name "$name" --data-dir "$work/$name" \
     --listen-client-urls "http://$CLIENT" --advertise-client-urls "http://$CLIENT" \
     --listen-peer-urls "http://$PEER" --initial-advertise-peer-urls "http://$PEER" \
     --initial-cluster "$name=http://$PEER" --quota-backend-bytes 8589934592 \
     >>"$work/$name.log" 2>&1 &
   pid=$!
+}
+
+catch_up() { # server name, new member number (2, 3) -> sets $caught "seconds leader-MB new-MB"
+  # (not run in a subshell: the new member must stay this shell's child, in $joined)
+  local name=$1 n=$2 client="127.0.0.1:$((24900 + 10 * $2))" peer="127.0.0.1:$((24901 + 10 * $2))"
+  local cluster="" t0 newpid secs deadline count
+  # etcd adds a voter only once every voter has been connected for 5 s (else "unhealthy cluster").
+  deadline=$(($(date +%s) + 60))
+  until cluster=$(ctl member add "$name-$n" --peer-urls="http://$peer" 2>>"$work/member-add.err" |
+    awk -F'"' '/ETCD_INITIAL_CLUSTER=/ {print $2}') && [ -n "$cluster" ]; do
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      echo "$name: member add refused:" >&2; tail -3 "$work/member-add.err" >&2; exit 1
+    fi
+    sleep 1
+  done
+  echo 5 >"/proc/$pid/clear_refs"
+  t0=$(now)
+  # shellcheck disable=SC2046
+  $(exe_of "$name") --name "$name-$n" --data-dir "$work/$name-$n" \
+    --listen-client-urls "http://$client" --advertise-client-urls "http://$client" \
+    --listen-peer-urls "http://$peer" --initial-advertise-peer-urls "http://$peer" \
+    --initial-cluster "$cluster" --initial-cluster-state existing \
+    --quota-backend-bytes 8589934592 >>"$work/$name-$n.log" 2>&1 &
+  newpid=$!
+  joined+=("$newpid")
+  deadline=$(($(date +%s) + 600))
+  until count=$("$ETCDCTL" --endpoints="http://$client" --command-timeout=5s get "" --prefix \
+    --count-only --consistency=s -w fields 2>/dev/null |
+    awk -F' : ' '$1 == "\"Count\"" {print $2}') && [ -n "$count" ] && [ "$count" -ge "$N" ]; do
+    if [ "$(date +%s)" -gt "$deadline" ] || ! kill -0 "$newpid" 2>/dev/null; then
+      echo "$name-$n did not catch up; its log:" >&2; tail -30 "$work/$name-$n.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  secs=$(since "$t0")
+  caught="$secs $(mb "$(status_kb "$pid" VmHWM)") $(mb "$(status_kb "$newpid" VmHWM)")"
 }
 
 wait_healthy() { # -> returns once a linearizable read succeeds (10 minutes at most)
@@ -123,7 +175,17 @@ for name in $SERVERS; do
   echo "== $name: compact everything" >&2
   head=$(ctl get scale-ready -w fields | awk -F' : ' '$1 == "\"Revision\"" {print $2}')
   t0=$(now); ctl compact "$head" --physical >/dev/null; row[$name/compact]=$(since "$t0")
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+
+  if [ "$CATCH_UP" = 1 ]; then
+    echo "== $name: a second and a third member catch up" >&2
+    catch_up "$name" 2
+    row[$name/join2]=$caught
+    catch_up "$name" 3
+    row[$name/join3]=$caught
+  fi
+  for p in "${joined[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  joined=()
+  kill "$pid"; wait 2>/dev/null || true; pid=""
 done
 
 get() { echo "${row[$1]:--}"; }
@@ -139,6 +201,8 @@ line() { # label key [pair]
     case ${3:-} in
       pair) r+=" $(pair "$name/$2") |" ;;
       third) r+=" $(third "$name/$2") |" ;;
+      new) r+=" $(get "$name/$2" | awk '{print $1 " / " $3}') |" ;;
+      leader) r+=" $(get "$name/join2" | awk '{print $2}') / $(get "$name/join3" | awk '{print $2}') |" ;;
       *) r+=" $(get "$name/$2") |" ;;
     esac
   done
@@ -157,4 +221,9 @@ line "count-only range (s)" count
 line "kill -9 → healthy again (s)" restart
 line "RSS after restart (MB)" rss2
 line "compact everything (s)" compact
+if [ "$CATCH_UP" = 1 ]; then
+  line "2nd member catches up (s) / its peak RSS (MB)" join2 new
+  line "3rd member catches up (s) / its peak RSS (MB)" join3 new
+  line "loaded member's peak RSS meanwhile (MB): 2nd / 3rd" join leader
+fi
 echo "(single member each, one after the other, $(nproc) cores; metastore $BIN)"

@@ -398,6 +398,77 @@ async fn writes_sent_while_the_leader_is_dead_wait_for_the_next() {
     assert!(survivors.contains(&new_leader), "member {new_leader} leads");
 }
 
+/// etcd's way to grow a cluster: `member add` a voter, then start it with the member list the
+/// answer prints. The answer must come before the new member runs (raft cannot commit the change
+/// without it), within etcdctl's default command timeout; the member then catches up, and the
+/// cluster, now counting it in its quorum, takes writes. Done twice: one member to two to three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_added_before_they_run_are_answered_and_then_join() {
+    let mut cluster = TestCluster::start(1);
+    cluster.leader().await;
+    let mut c = cluster.members[0].client().await;
+    for i in 0..20 {
+        c.put(format!("pre-{i}"), "v", None).await.expect("put");
+    }
+    for name in ["m1", "m2"] {
+        let peer_port = common::free_port();
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        // etcd refuses a voter until the others have been connected for a while ("unhealthy
+        // cluster"), and so may we: retry that, nothing else.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let (ok, text) = common::etcdctl(
+                &cluster.etcdctl_endpoints(),
+                &[
+                    "--command-timeout=5s",
+                    "member",
+                    "add",
+                    name,
+                    &format!("--peer-urls={peer_url}"),
+                ],
+            );
+            if ok {
+                break text;
+            }
+            assert!(
+                text.contains("unhealthy cluster") && Instant::now() < deadline,
+                "member add {name}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(
+            text.contains(&format!("{name}={peer_url}")) && text.contains("ETCD_INITIAL_CLUSTER="),
+            "the answer names the new member in the cluster it starts from: {text}"
+        );
+        let joined = cluster.start_joining(name, peer_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut j = cluster.members[joined].client().await;
+            let got = j
+                .get(
+                    "pre-",
+                    Some(GetOptions::new().with_prefix().with_serializable()),
+                )
+                .await;
+            if got.is_ok_and(|g| g.kvs().len() == 20) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} did not catch up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.put(format!("after-{name}"), "v", None)
+            .await
+            .expect("the grown cluster takes writes");
+    }
+    let list = c.member_list().await.expect("member list");
+    assert_eq!(list.members().len(), 3);
+    assert!(
+        list.members().iter().all(|m| !m.is_learner()),
+        "{:?}",
+        list.members()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_joins_is_promoted_and_members_are_removed() {
     // Snapshots every 50 entries: by the time the learner joins, the log it would need is purged,

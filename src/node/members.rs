@@ -12,7 +12,7 @@ use super::{Node, NodeError};
 use crate::cluster::{self, MemberChange, MemberInfo, MembershipError};
 use crate::limits;
 use crate::pb::metastore::{command, MemberAttributes, RaftPayload};
-use crate::raft::{decode, encode, PeerNode};
+use crate::raft::{decode, encode, PeerNode, TypeConfig};
 use crate::rt;
 
 impl Node {
@@ -87,8 +87,31 @@ impl Node {
             Err(rt::Elapsed) => return Err(NodeError::Timeout),
             Ok(result) => result?,
         };
-        // The change is committed; wait until this member applied it so the list shows it.
-        let _ = self.read_barrier().await;
+        match change {
+            // In the log, not committed yet (see `add_voter`): no read index can be had until the
+            // new member runs, so wait for the change to reach this member's log instead.
+            MemberChange::Add {
+                id, learner: false, ..
+            } => {
+                let _ = self
+                    .raft
+                    .wait(Some(self.config.request_timeout))
+                    .metrics(
+                        |m| {
+                            m.membership_config
+                                .membership()
+                                .voter_ids()
+                                .any(|v| v == id)
+                        },
+                        "the new voter in this member's log",
+                    )
+                    .await;
+            }
+            // The change is committed; wait until this member applied it so the list shows it.
+            _ => {
+                let _ = self.read_barrier().await;
+            }
+        }
         Ok(self.members())
     }
 
@@ -114,14 +137,9 @@ impl Node {
                     return Err(MembershipError::PeerUrlExists);
                 }
                 if learner {
-                    self.raft.add_learner(id, node, false).await
+                    self.raft.add_learner(id, node, false).await.map(drop)
                 } else {
-                    self.raft
-                        .change_membership(
-                            ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
-                            false,
-                        )
-                        .await
+                    self.add_voter(id, node).await
                 }
             }
             MemberChange::Remove { id } => {
@@ -131,7 +149,7 @@ impl Node {
                 } else {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 };
-                self.raft.change_membership(change, false).await
+                self.raft.change_membership(change, false).await.map(drop)
             }
             MemberChange::Update { id, peer_urls } => {
                 let member = find(id).ok_or(MembershipError::MemberNotFound)?;
@@ -148,6 +166,7 @@ impl Node {
                 self.raft
                     .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])), false)
                     .await
+                    .map(drop)
             }
             MemberChange::Promote { id } => {
                 let member = find(id).ok_or(MembershipError::MemberNotFound)?;
@@ -160,15 +179,53 @@ impl Node {
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
+                    .map(drop)
             }
         };
         match result {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(MembershipError::NoLeader)
             }
             Err(RaftError::APIError(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
             Err(RaftError::Fatal(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
+        }
+    }
+
+    /// Add voter `id`, answering once the change is in this leader's log.
+    ///
+    /// etcd answers `member add` once the change is committed under the old configuration, and
+    /// the new member is started afterwards with the member list the answer carries (etcdctl
+    /// prints it as `ETCD_INITIAL_CLUSTER`). Raft's joint consensus commits the change only with
+    /// the new voter's acknowledgement, which it cannot give before it is started: waiting for
+    /// the commit would hold the answer until the request deadline and fail it. So the answer
+    /// comes once the change is appended (the new voter counts in the quorum from then on, as in
+    /// etcd), and raft commits it once the new member has started and caught up; dropping the
+    /// future does not withdraw the change from the log.
+    async fn add_voter(
+        &self,
+        id: u64,
+        node: PeerNode,
+    ) -> Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>> {
+        let change = self.raft.change_membership(
+            ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
+            false,
+        );
+        let wait = self.raft.wait(Some(self.config.request_timeout));
+        let appended = wait.metrics(
+            |m| {
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id)
+            },
+            "the new voter in the log",
+        );
+        tokio::select! {
+            biased;
+            done = change => done.map(drop),
+            // Past the deadline without it: the change's own outcome decides.
+            Ok(_) = appended => Ok(()),
         }
     }
 
