@@ -76,6 +76,11 @@ const VIOLATIONS_KEPT: usize = 10;
 /// Values are slices of this much random data (incompressible, like encoded objects).
 const VALUE_POOL_BYTES: usize = 256 * 1024;
 
+/// Weights per thousand: mostly updates (status writes), then events and gets; lists mostly of one
+/// namespace, a whole resource rarely (each is every object of it).
+const DEFAULT_MIX: &str =
+    "create=50,update=500,delete=50,get=150,list=40,list-all=1,count=50,event=159";
+
 /// Flags of the k8s workload (shown with every workload's; the others ignore them).
 #[derive(Debug, Clone, Args)]
 pub struct K8sArgs {
@@ -92,10 +97,7 @@ pub struct K8sArgs {
     #[arg(long, default_value_t = 1536)]
     pub object_size: usize,
     /// k8s: relative weights of the operations the clients pick from.
-    #[arg(
-        long,
-        default_value = "create=50,update=500,delete=50,get=150,list=40,list-all=1,count=50,event=159"
-    )]
+    #[arg(long, default_value = DEFAULT_MIX)]
     pub mix: String,
     /// k8s: keys per list page.
     #[arg(long, default_value_t = 500)]
@@ -550,8 +552,8 @@ fn revision(resp: &TxnResponse) -> i64 {
 }
 
 /// An optimistic write of `key` (kube's `OptimisticPut`/`OptimisticDelete` with `GetOnFailure`):
-/// applied if its mod revision is still `expected`. Returns whether it was, the revision it was
-/// applied at (0 if not), and the key's mod revision afterwards (0: absent).
+/// applied if its mod revision is still `expected`. Returns whether it was, the revision it wrote
+/// at (0 if it wrote nothing), and the key's mod revision afterwards (0: absent).
 async fn optimistic(
     kv: &mut KvClient<Channel>,
     timeout: Duration,
@@ -570,7 +572,17 @@ async fn optimistic(
     let resp = deadline(timeout, kv.txn(req)).await?;
     let rev = revision(&resp);
     if resp.succeeded {
-        Ok((true, rev, if deleting { 0 } else { rev }))
+        // Deleting a key that is absent (`expected` 0) writes nothing, and the header then holds
+        // some earlier revision: no event to expect.
+        let deleted = match resp.responses.first().and_then(|r| r.response.as_ref()) {
+            Some(response_op::Response::ResponseDeleteRange(d)) => d.deleted,
+            _ => 0,
+        };
+        match (deleting, deleted) {
+            (true, 0) => Ok((true, 0, 0)),
+            (true, _) => Ok((true, rev, 0)),
+            (false, _) => Ok((true, rev, rev)),
+        }
     } else {
         Ok((false, 0, current_rev(&resp)))
     }
@@ -712,11 +724,13 @@ async fn one_op(
                 Ok((applied, rev, now)) => {
                     objects.set(slot, now);
                     if applied {
-                        stats.acked.push(Ack {
-                            rev,
-                            prefix: objects.resource_of(slot),
-                            sent: t0,
-                        });
+                        if rev > 0 {
+                            stats.acked.push(Ack {
+                                rev,
+                                prefix: objects.resource_of(slot),
+                                sent: t0,
+                            });
+                        }
                         Outcome::Ok
                     } else {
                         Outcome::Conflict
@@ -1381,4 +1395,104 @@ fn print_report(
         return Err(format!("{} consistency violations", violations.count));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watcher_in_order_and_complete_passes() {
+        let t = rt::now();
+        let mut c = WatchCheck::new(10);
+        c.event(10, b"a", t);
+        c.event(11, b"a", t);
+        // Two keys of one revision (one Txn) are fine.
+        c.event(12, b"a", t);
+        c.event(12, b"b", t);
+        c.progress(15);
+        c.event(16, b"c", t);
+        assert_eq!(c.violations.count, 0, "{:?}", c.violations.first);
+        assert_eq!(c.through(), 16);
+        // Revisions before the watcher's start are not its to deliver.
+        assert!(c.missing([5, 10, 11, 12, 16]).is_empty());
+    }
+
+    #[test]
+    fn an_event_out_of_order_is_a_violation() {
+        let t = rt::now();
+        let mut c = WatchCheck::new(1);
+        c.event(5, b"a", t);
+        c.event(4, b"b", t);
+        assert_eq!(c.violations.count, 1);
+        assert!(c.violations.first[0].contains("after one at 5"));
+        assert_eq!(c.through(), 5);
+    }
+
+    #[test]
+    fn an_event_after_a_progress_notification_covering_it_is_a_violation() {
+        let t = rt::now();
+        let mut c = WatchCheck::new(1);
+        c.event(3, b"a", t);
+        c.progress(8);
+        c.event(7, b"b", t);
+        assert_eq!(c.violations.count, 1);
+        assert!(c.violations.first[0].contains("progress notification at 8"));
+    }
+
+    #[test]
+    fn a_duplicate_or_early_event_is_a_violation() {
+        let t = rt::now();
+        let mut c = WatchCheck::new(10);
+        c.event(9, b"a", t);
+        c.event(11, b"a", t);
+        c.event(11, b"a", t);
+        assert_eq!(c.violations.count, 2, "{:?}", c.violations.first);
+        assert!(c.violations.first[0].contains("before the start revision 10"));
+        assert!(c.violations.first[1].contains("delivered twice"));
+    }
+
+    #[test]
+    fn a_missing_acknowledged_write_is_reported() {
+        let t = rt::now();
+        let mut c = WatchCheck::new(3);
+        c.event(3, b"a", t);
+        c.event(5, b"b", t);
+        assert_eq!(c.missing([3, 4, 5, 6]), vec![4, 6]);
+    }
+
+    #[test]
+    fn violations_keep_the_first_few_and_count_all() {
+        let mut v = Violations::default();
+        for i in 0..(VIOLATIONS_KEPT + 5) {
+            v.add(format!("{i}"));
+        }
+        assert_eq!(v.count, (VIOLATIONS_KEPT + 5) as u64);
+        assert_eq!(v.first.len(), VIOLATIONS_KEPT);
+    }
+
+    #[test]
+    fn mix_weights() {
+        let m = Mix::parse("create=1,update=3,list=0").unwrap();
+        assert_eq!(m.pick(0), Op::Create);
+        assert_eq!(m.pick(1), Op::Update);
+        assert_eq!(m.pick(3), Op::Update);
+        assert_eq!(m.pick(4), Op::Create);
+        assert!(Mix::parse("compact=1").is_err());
+        assert!(Mix::parse("update").is_err());
+        assert!(Mix::parse("update=0").is_err());
+        assert!(Mix::parse(DEFAULT_MIX).is_ok());
+    }
+
+    #[test]
+    fn object_keys_name_their_slot() {
+        let o = Objects::new(vec!["pods".into(), "secrets".into()], 3, 10);
+        assert_eq!(o.key(5), b"/registry/secrets/ns-2/obj-5");
+        assert_eq!(o.resource_of(5), 1);
+        assert_eq!(o.slot_of(b"/registry/secrets/ns-2/obj-5"), Some(5));
+        assert_eq!(o.slot_of(b"/registry/pods/ns-2/obj-5"), None);
+        assert_eq!(o.slot_of(b"/registry/secrets/ns-2/obj-99999"), None);
+        assert_eq!(prefix_end(b"/registry/pods/"), b"/registry/pods0");
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b");
+    }
 }
