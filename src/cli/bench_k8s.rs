@@ -957,9 +957,9 @@ async fn watch_loop(
             .map_err(|e| e.message().to_string())?
             .into_inner();
         let mut ids = HashMap::new();
-        for i in 0..prefixes.len() {
+        for (i, prefix) in prefixes.iter().enumerate() {
             if i > 0 {
-                tx.send(create(&prefixes[i]))
+                tx.send(create(prefix))
                     .await
                     .map_err(|_| "watch stream closed".to_string())?;
             }
