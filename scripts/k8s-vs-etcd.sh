@@ -122,7 +122,11 @@ for n in $OBJECTS; do
       row+=" $(get "$n/$name/$op/ops") | $(get "$n/$name/$op/p99") |"
     done
     if [ ${#names[@]} -eq 2 ]; then
-      row+=" $(ratio "$(get "$n/${names[1]}/$op/ops")" "$(get "$n/${names[0]}/$op/ops")") |"
+      # Lease grants and compactions follow a schedule, not the load: no throughput ratio.
+      case $op in
+        lease-grant | compact) row+=" - |" ;;
+        *) row+=" $(ratio "$(get "$n/${names[1]}/$op/ops")" "$(get "$n/${names[0]}/$op/ops")") |" ;;
+      esac
       row+=" $(ratio "$(get "$n/${names[1]}/$op/p99")" "$(get "$n/${names[0]}/$op/p99")") |"
     fi
     echo "$row"

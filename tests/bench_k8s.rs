@@ -24,7 +24,7 @@ fn rows(stdout: &str) -> Vec<(String, u64, u64, u64)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn k8s_workload_runs_every_operation_and_its_checks_pass() {
     let server = common::Server::start("rocksdb");
-    let out = Command::new(env!("CARGO_BIN_EXE_metastore"))
+    let out = Command::new(common::metastore_bin())
         .args([
             "bench",
             "k8s",

@@ -4,8 +4,8 @@
 //! Objects live under `/registry/<resource>/ns-<n>/obj-<slot>`. Before timing starts, `--objects`
 //! of them exist (created if missing), and every resource is listed page by page, as a reflector
 //! does when it starts; one watch per resource prefix (and one on `/registry/events/`) then starts
-//! from the revision after that list, all on one gRPC stream as clientv3 multiplexes them, with a
-//! `WatchProgressRequest` every `--progress-interval-ms`. The timed phase runs `--clients` loops,
+//! from the revision after that list, each on its own gRPC stream as kube-apiserver opens them,
+//! with a `WatchProgressRequest` on each every `--progress-interval-ms`. The timed phase runs `--clients` loops,
 //! each picking operations by the weights of `--mix`:
 //!
 //! | op | requests |
@@ -906,26 +906,27 @@ async fn compactor(
     }
 }
 
-/// What the watch stream saw.
+/// What one watch stream saw.
 struct WatchReport {
-    checks: Vec<WatchCheck>,
+    check: WatchCheck,
     progress_requests: u64,
     progress_notifications: u64,
     stream: Violations,
 }
 
-/// One watch stream with a watcher per prefix (`(prefix, start revision)`): progress requests
-/// every `every`; once `drain` holds a revision, ask for progress often until every watcher is
-/// through it (or [`WATCH_DRAIN_DEADLINE`] passes).
+/// One watch stream with one watcher on `prefix` from `start` (kube-apiserver opens a stream per
+/// watch): progress requests every `every`; once `drain` holds a revision, ask for progress often
+/// until the watcher is through it (or [`WATCH_DRAIN_DEADLINE`] passes).
 async fn watch_loop(
     channel: Channel,
-    prefixes: Vec<(Vec<u8>, i64)>,
+    prefix: Vec<u8>,
+    start: i64,
     every: Duration,
     ready: oneshot::Sender<Result<(), String>>,
     mut drain: watch::Receiver<Option<i64>>,
 ) -> WatchReport {
     let mut report = WatchReport {
-        checks: prefixes.iter().map(|(_, s)| WatchCheck::new(*s)).collect(),
+        check: WatchCheck::new(start),
         progress_requests: 0,
         progress_notifications: 0,
         stream: Violations::default(),
@@ -933,21 +934,20 @@ async fn watch_loop(
     let (tx, rx) = mpsc::channel::<WatchRequest>(4);
     let requests =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    let create = |(prefix, start): &(Vec<u8>, i64)| WatchRequest {
+    let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key: prefix.clone(),
-            range_end: prefix_end(prefix),
-            start_revision: *start,
+            range_end: prefix_end(&prefix),
+            start_revision: start,
             ..Default::default()
         })),
     };
     let progress = || WatchRequest {
         request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
     };
-    // Watchers are created one at a time, so the n-th `created` answer is the n-th prefix's. The
-    // first create goes out with the call: a grpc-go server answers the call with its first message.
+    // The create goes out with the call: a grpc-go server answers the call with its first message.
     let started = async {
-        tx.send(create(&prefixes[0]))
+        tx.send(create)
             .await
             .map_err(|_| "watch stream closed".to_string())?;
         let mut client = WatchClient::new(channel).max_decoding_message_size(usize::MAX);
@@ -956,26 +956,17 @@ async fn watch_loop(
             .await
             .map_err(|e| e.message().to_string())?
             .into_inner();
-        let mut ids = HashMap::new();
-        for (i, prefix) in prefixes.iter().enumerate() {
-            if i > 0 {
-                tx.send(create(prefix))
-                    .await
-                    .map_err(|_| "watch stream closed".to_string())?;
-            }
-            let resp = responses
-                .message()
-                .await
-                .map_err(|e| e.message().to_string())?
-                .ok_or("watch stream ended")?;
-            if !resp.created || resp.canceled {
-                return Err(format!("watch not created: {}", resp.cancel_reason));
-            }
-            ids.insert(resp.watch_id, i);
+        let resp = responses
+            .message()
+            .await
+            .map_err(|e| e.message().to_string())?
+            .ok_or("watch stream ended")?;
+        if !resp.created || resp.canceled {
+            return Err(format!("watch not created: {}", resp.cancel_reason));
         }
-        Ok::<_, String>((responses, ids))
+        Ok::<_, String>((responses, resp.watch_id))
     };
-    let (mut responses, ids) = match rt::timeout(WATCH_START_DEADLINE, started).await {
+    let (mut responses, id) = match rt::timeout(WATCH_START_DEADLINE, started).await {
         Ok(Ok(r)) => {
             let _ = ready.send(Ok(()));
             r
@@ -985,7 +976,7 @@ async fn watch_loop(
             return report;
         }
         Err(_) => {
-            let _ = ready.send(Err("the watchers were not created in time".into()));
+            let _ = ready.send(Err("the watcher was not created in time".into()));
             return report;
         }
     };
@@ -994,10 +985,7 @@ async fn watch_loop(
     let mut next_progress = rt::now() + every;
     loop {
         if let Some(t) = target {
-            if report.checks.iter().all(|c| c.through() >= t) {
-                break;
-            }
-            if rt::now() >= drain_deadline {
+            if report.check.through() >= t || rt::now() >= drain_deadline {
                 break;
             }
         }
@@ -1006,7 +994,7 @@ async fn watch_loop(
             .saturating_duration_since(rt::now());
         tokio::select! {
             msg = responses.message() => match msg {
-                Ok(Some(resp)) => on_response(&mut report, &ids, resp),
+                Ok(Some(resp)) => on_response(&mut report, id, resp),
                 Ok(None) => {
                     report.stream.add("watch stream ended".into());
                     break;
@@ -1039,35 +1027,31 @@ async fn watch_loop(
     report
 }
 
-fn on_response(report: &mut WatchReport, ids: &HashMap<i64, usize>, resp: WatchResponse) {
+fn on_response(report: &mut WatchReport, id: i64, resp: WatchResponse) {
     let at = rt::now();
     let rev = resp.header.as_ref().map_or(0, |h| h.revision);
     if resp.canceled || resp.compact_revision > 0 {
         report.stream.add(format!(
-            "watcher {} canceled (compact revision {}): {}",
-            resp.watch_id, resp.compact_revision, resp.cancel_reason
+            "watcher canceled (compact revision {}): {}",
+            resp.compact_revision, resp.cancel_reason
         ));
         return;
     }
-    if resp.events.is_empty() {
-        // A progress notification: for every watcher of the stream (watch id -1) or for one.
-        report.progress_notifications += 1;
-        if resp.watch_id == -1 {
-            report.checks.iter_mut().for_each(|c| c.progress(rev));
-        } else if let Some(&i) = ids.get(&resp.watch_id) {
-            report.checks[i].progress(rev);
-        }
-        return;
-    }
-    let Some(&i) = ids.get(&resp.watch_id) else {
+    // -1: a requested progress notification, for every watcher of the stream.
+    if resp.watch_id != id && resp.watch_id != -1 {
         report
             .stream
-            .add(format!("events for unknown watcher {}", resp.watch_id));
+            .add(format!("a response for unknown watcher {}", resp.watch_id));
         return;
-    };
+    }
+    if resp.events.is_empty() {
+        report.progress_notifications += 1;
+        report.check.progress(rev);
+        return;
+    }
     for ev in &resp.events {
         if let Some(kv) = &ev.kv {
-            report.checks[i].event(kv.mod_revision, &kv.key, at);
+            report.check.event(kv.mod_revision, &kv.key, at);
         }
     }
 }
@@ -1217,18 +1201,22 @@ pub async fn run(args: &K8sArgs, load: Load, channels: &[Channel]) -> Result<(),
         .collect();
     prefixes.push((resource_prefix("events"), events_start));
     let (drain_tx, drain_rx) = watch::channel(None);
-    let (ready_tx, ready_rx) = oneshot::channel();
     let every = Duration::from_millis(args.progress_interval_ms.max(1));
-    let watcher = rt::spawn(watch_loop(
-        channels[0].clone(),
-        prefixes.clone(),
-        every,
-        ready_tx,
-        drain_rx,
-    ));
-    ready_rx
-        .await
-        .map_err(|_| "the watch task ended".to_string())??;
+    let mut watchers = Vec::new();
+    for (i, (prefix, start)) in prefixes.iter().enumerate() {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        watchers.push(rt::spawn(watch_loop(
+            channels[i % channels.len()].clone(),
+            prefix.clone(),
+            *start,
+            every,
+            ready_tx,
+            drain_rx.clone(),
+        )));
+        ready_rx
+            .await
+            .map_err(|_| "a watch task ended".to_string())??;
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let compactor = (args.compact_interval_secs > 0).then(|| {
@@ -1268,16 +1256,17 @@ pub async fn run(args: &K8sArgs, load: Load, channels: &[Channel]) -> Result<(),
     }
     let target = stats.acked.iter().map(|a| a.rev).max().unwrap_or(0);
     let _ = drain_tx.send(Some(target));
-    let watched = watcher
-        .await
-        .map_err(|e| format!("watch task failed: {e}"))?;
+    let mut watched = Vec::new();
+    for w in watchers {
+        watched.push(w.await.map_err(|e| format!("watch task failed: {e}"))?);
+    }
 
     print_report(&stats, &watched, &load, args, seconds)
 }
 
 fn print_report(
     stats: &Stats,
-    watched: &WatchReport,
+    watched: &[WatchReport],
     load: &Load,
     args: &K8sArgs,
     seconds: f64,
@@ -1327,7 +1316,7 @@ fn print_report(
     }
 
     // Watch delivery: from a write's send to its event's arrival.
-    let mut by_prefix: Vec<Vec<i64>> = vec![Vec::new(); watched.checks.len()];
+    let mut by_prefix: Vec<Vec<i64>> = vec![Vec::new(); watched.len()];
     let mut sent: HashMap<i64, rt::Instant> = HashMap::with_capacity(stats.acked.len());
     for a in &stats.acked {
         if let Some(v) = by_prefix.get_mut(a.prefix) {
@@ -1339,8 +1328,12 @@ fn print_report(
     let mut delivered = 0u64;
     let mut missing = Vec::new();
     let mut violations = Violations::default();
-    violations.merge(watched.stream.clone());
-    for (check, acked) in watched.checks.iter().zip(&by_prefix) {
+    let (mut requests, mut notifications) = (0, 0);
+    for (w, acked) in watched.iter().zip(&by_prefix) {
+        let check = &w.check;
+        violations.merge(w.stream.clone());
+        requests += w.progress_requests;
+        notifications += w.progress_notifications;
         delivered += check.received.len() as u64;
         delivery_us.extend(check.received.iter().filter_map(|(rev, at)| {
             sent.get(rev)
@@ -1361,11 +1354,11 @@ fn print_report(
     );
     println!(
         "  Watch:        {} watchers, {} events, {} acknowledged writes missing, {} progress requests, {} notifications",
-        watched.checks.len(),
+        watched.len(),
         delivered,
         missing.len(),
-        watched.progress_requests,
-        watched.progress_notifications
+        requests,
+        notifications
     );
     violations.merge(stats.list_violations.clone());
     missing.sort_unstable();
