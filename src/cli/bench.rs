@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::bench_k8s::{self, K8sArgs};
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::{
@@ -27,6 +28,9 @@ pub enum Workload {
     Watch,
     /// Lease keep-alive round trips on `--clients` streams.
     LeaseKeepalive,
+    /// A Kubernetes-shaped mix (optimistic writes, paginated lists, counts, watches with progress
+    /// requests, events with leases, compaction): see `bench_k8s`.
+    K8s,
 }
 
 /// Read consistency of `range`.
@@ -87,6 +91,8 @@ pub struct BenchArgs {
     /// Puts per second while watching (watch workload).
     #[arg(long, default_value_t = 100)]
     pub put_rate: u64,
+    #[command(flatten)]
+    pub k8s: K8sArgs,
 }
 
 fn endpoint_url(e: &str) -> String {
@@ -167,7 +173,10 @@ async fn connect(args: &BenchArgs) -> Result<Vec<tonic::transport::Channel>, Str
         let mut endpoint = endpoint.connect_timeout(Duration::from_secs(5));
         // A channel timeout bounds a whole call: right for unary requests, wrong for the
         // long-lived streams of the watch and keep-alive workloads (they bound their own waits).
-        if !matches!(args.workload, Workload::Watch | Workload::LeaseKeepalive) {
+        if !matches!(
+            args.workload,
+            Workload::Watch | Workload::LeaseKeepalive | Workload::K8s
+        ) {
             endpoint = endpoint.timeout(Duration::from_millis(args.timeout_ms));
         }
         let channel = endpoint
@@ -232,7 +241,7 @@ async fn one_request(
             client.txn(req).await.is_ok()
         }
         // Streaming workloads run in `bench_streams`, never request by request.
-        Workload::Watch | Workload::LeaseKeepalive => false,
+        Workload::Watch | Workload::LeaseKeepalive | Workload::K8s => false,
     }
 }
 
@@ -244,6 +253,7 @@ pub async fn measure(args: &BenchArgs) -> Result<Summary, String> {
         Workload::LeaseKeepalive => {
             return super::bench_streams::measure_lease_keepalive(args, &channels).await
         }
+        Workload::K8s => return Err("the k8s workload prints its own report".into()),
         _ => {}
     }
     if args.workload == Workload::Range {
@@ -303,6 +313,16 @@ pub async fn measure(args: &BenchArgs) -> Result<Summary, String> {
 
 /// `metastore bench`: run and print the summary.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.workload == Workload::K8s {
+        let channels = connect(&args).await?;
+        let load = bench_k8s::Load {
+            clients: args.clients,
+            conns: args.conns,
+            total: args.total,
+            timeout: Duration::from_millis(args.timeout_ms),
+        };
+        return bench_k8s::run(&args.k8s, load, &channels).await;
+    }
     let s = measure(&args).await?;
     println!(
         "Summary ({:?}, {} clients, {} conns, {} requests):",
