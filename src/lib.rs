@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod keys;
 pub mod lease;
 pub mod limits;
 pub mod metrics;

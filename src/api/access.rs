@@ -204,7 +204,7 @@ impl Access {
 
     /// What a prefix `name/…` lock or election needs: to read and write its keys.
     pub fn prefix_needs(prefix: &[u8]) -> Vec<Need> {
-        let end = super::lock::prefix_end(prefix);
+        let end = crate::keys::prefix_end(prefix);
         vec![
             Need::new(PermKind::Read, prefix, &end),
             Need::new(PermKind::Write, prefix, &end),

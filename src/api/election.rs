@@ -20,10 +20,10 @@ use tonic::{Request, Response, Status};
 
 use super::access::{Access, Caller};
 use super::lock::{
-    acquire_key, delete_op, if_created_at, prefix_end, queue_key, session_lease, wait_for_older,
-    Withdraw,
+    acquire_key, delete_op, if_created_at, queue_key, session_lease, wait_for_older, Withdraw,
 };
 use crate::auth::{Need, PermKind};
+use crate::keys::prefix_end;
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::apply::Applied;
+use crate::keys::prefix_end;
 use crate::limits;
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
@@ -61,18 +62,6 @@ impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.node.watch_hub().remove_stream(self.stream);
     }
-}
-
-/// The end of the prefix range of `prefix` (etcd's `GetPrefixRangeEnd`).
-pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// The lease a lock or campaign attaches its key to: the caller's, or for lease 0 a fresh one of
@@ -364,17 +353,5 @@ impl Lock for LockService {
         Ok(Response::new(UnlockResponse {
             header: self.node.complete_header(resp.header),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_end(b"lock/"), b"lock0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

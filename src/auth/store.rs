@@ -13,6 +13,7 @@ use prost::Message;
 
 use super::perms::{covers, Need};
 use super::AuthError;
+use crate::keys::prefix_end;
 use crate::pb::authpb::{Permission, Role, User, UserAddOptions};
 use crate::pb::metastore::{auth_command, AuthCommand};
 use crate::storage::{Engine, Keyspace, StorageError, WriteBatch};
@@ -43,12 +44,6 @@ fn key(prefix: &[u8], name: &str) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(name.as_bytes());
     k
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    end
 }
 
 fn corrupt(reason: String) -> StorageError {

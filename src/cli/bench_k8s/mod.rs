@@ -43,6 +43,7 @@ use clap::Args;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Channel;
 
+use crate::keys::prefix_end;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::lease_client::LeaseClient;
@@ -292,17 +293,6 @@ impl Objects {
         }
         slot
     }
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn resource_prefix(resource: &str) -> Vec<u8> {
@@ -640,7 +630,5 @@ mod tests {
         assert_eq!(o.slot_of(b"/registry/secrets/ns-2/obj-5"), Some(5));
         assert_eq!(o.slot_of(b"/registry/pods/ns-2/obj-5"), None);
         assert_eq!(o.slot_of(b"/registry/secrets/ns-2/obj-99999"), None);
-        assert_eq!(prefix_end(b"/registry/pods/"), b"/registry/pods0");
-        assert_eq!(prefix_end(&[b'a', 0xff]), b"b");
     }
 }
