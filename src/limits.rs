@@ -409,3 +409,7 @@ const _: () = assert!(
 /// flushed) once it passes this many bytes: it bounds the data dir's log files and what a
 /// restart replays.
 pub const ENGINE_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// RocksDB asks the kernel to write a table file back each time this many bytes were added to it
+/// (`bytes_per_sync`), so a log fsync never waits behind a large backlog of dirty pages.
+pub const ENGINE_WRITEBACK_BYTES: u64 = 1024 * 1024;
