@@ -413,3 +413,6 @@ pub const ENGINE_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// RocksDB asks the kernel to write a table file back each time this many bytes were added to it
 /// (`bytes_per_sync`), so a log fsync never waits behind a large backlog of dirty pages.
 pub const ENGINE_WRITEBACK_BYTES: u64 = 1024 * 1024;
+
+/// Size of one RocksDB memtable (`write_buffer_size`, per column family), resident until flushed.
+pub const ENGINE_MEMTABLE_BYTES: usize = 32 * 1024 * 1024;

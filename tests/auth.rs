@@ -1222,7 +1222,27 @@ async fn a_jwt_works_on_every_member_without_a_proposal() {
         common::TestCluster::start_with(3, &["--bcrypt-cost", "4", "--auth-token", &flag]);
     cluster.leader().await;
     let endpoints = cluster.endpoints();
-    set_up_reader(&cluster.members[0].client().await).await;
+    // Every member has published its name and client URLs (one proposal each, retried until it
+    // commits): a publish still to come would land in the log during the measurement below.
+    let mut first = cluster.members[0].client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = first.member_list().await.expect("member list");
+        if list
+            .members()
+            .iter()
+            .all(|m| !m.name().is_empty() && !m.client_urls().is_empty())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "members did not publish: {:?}",
+            list.members()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    set_up_reader(&first).await;
     // Every member has applied the auth setup before the login. Status needs a user once auth is
     // enabled; root's client logs in when it connects (a JWT login, which proposes nothing either).
     let raft_index = |endpoint: String| async move {

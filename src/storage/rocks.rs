@@ -98,9 +98,13 @@ impl RocksEngine {
         // piled up meanwhile (tens of MB after a flush), which showed as 70-150 ms puts while a big
         // compaction ran.
         opts.set_bytes_per_sync(limits::ENGINE_WRITEBACK_BYTES);
-        let cfs = Keyspace::ALL
-            .iter()
-            .map(|ks| ColumnFamilyDescriptor::new(ks.name(), Options::default()));
+        let cfs = Keyspace::ALL.iter().map(|ks| {
+            let mut cf = Options::default();
+            // A memtable is resident until flushed: half RocksDB's default keeps a burst of
+            // deletes (a compaction of a million records) within the abuse tests' 64 MiB.
+            cf.set_write_buffer_size(limits::ENGINE_MEMTABLE_BYTES);
+            ColumnFamilyDescriptor::new(ks.name(), cf)
+        });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(err)?;
         Ok(Self { db: Arc::new(db) })
     }
