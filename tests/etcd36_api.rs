@@ -509,8 +509,12 @@ async fn downgrade_targets_are_read_as_etcd_reads_them() {
             .await
             .map(|r| r.version)
     };
-    // etcd answers once it has a leader.
-    while validate(etcd_endpoint.clone(), "3.4").await != Ok("3.5.0".into()) {
+    // etcd answers once it listens (connecting earlier is refused) and has a leader.
+    while MaintenanceClient::connect(etcd_endpoint.clone())
+        .await
+        .is_err()
+        || validate(etcd_endpoint.clone(), "3.4").await != Ok("3.5.0".into())
+    {
         assert!(Instant::now() < deadline, "etcd 3.5.1 did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
