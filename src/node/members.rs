@@ -93,19 +93,7 @@ impl Node {
             MemberChange::Add {
                 id, learner: false, ..
             } => {
-                let _ = self
-                    .raft
-                    .wait(Some(self.config.request_timeout))
-                    .metrics(
-                        |m| {
-                            m.membership_config
-                                .membership()
-                                .voter_ids()
-                                .any(|v| v == id)
-                        },
-                        "the new voter in this member's log",
-                    )
-                    .await;
+                let _ = self.voter_in_log(id).await;
             }
             // The change is committed; wait until this member applied it so the list shows it.
             _ => {
@@ -211,22 +199,30 @@ impl Node {
             ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
             false,
         );
-        let wait = self.raft.wait(Some(self.config.request_timeout));
-        let appended = wait.metrics(
-            |m| {
-                m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == id)
-            },
-            "the new voter in the log",
-        );
         tokio::select! {
             biased;
             done = change => done.map(drop),
             // Past the deadline without it: the change's own outcome decides.
-            Ok(_) = appended => Ok(()),
+            true = self.voter_in_log(id) => Ok(()),
         }
+    }
+
+    /// Wait (within the request deadline) until this member's log has `id` as a voter, committed
+    /// or not; false if the deadline passed first.
+    async fn voter_in_log(&self, id: u64) -> bool {
+        self.raft
+            .wait(Some(self.config.request_timeout))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == id)
+                },
+                "voter in the log",
+            )
+            .await
+            .is_ok()
     }
 
     /// Hand leadership to voter `to` and wait (bounded) until it leads. Only the leader can.
