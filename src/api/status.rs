@@ -193,9 +193,10 @@ impl From<MembershipError> for Status {
             | MembershipError::NotLeader
             | MembershipError::BadLeaderTransferee => Code::FailedPrecondition,
             MembershipError::BadUrls => Code::InvalidArgument,
-            MembershipError::NoLeader | MembershipError::Timeout | MembershipError::Other(_) => {
-                Code::Unavailable
-            }
+            MembershipError::NoLeader
+            | MembershipError::Busy
+            | MembershipError::Timeout
+            | MembershipError::Other(_) => Code::Unavailable,
         };
         status(code, &e.to_string())
     }

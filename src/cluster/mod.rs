@@ -251,6 +251,10 @@ pub enum MembershipError {
     NotEnoughStarted,
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// Another membership change is not committed yet (or this leader has not committed an
+    /// entry of its own term): nothing was written; the change is tried again.
+    #[error("etcdserver: a previous membership change is not committed yet")]
+    Busy,
     #[error("etcdserver: not leader")]
     NotLeader,
     #[error("etcdserver: bad leader transferee")]

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
 
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ChangeMembershipError;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::ChangeMembers;
+use openraft::{ChangeMembers, EntryPayload, Membership, Precondition};
 
 use super::{Node, NodeError};
 use crate::cluster::{self, MemberChange, MemberInfo, MembershipError};
@@ -63,7 +64,7 @@ impl Node {
                 let (leader_id, leader) = self.leader().await?;
                 if leader_id == self.member_id {
                     match self.change_as_leader(change.clone()).await {
-                        Err(MembershipError::NoLeader) => {}
+                        Err(MembershipError::NoLeader | MembershipError::Busy) => {}
                         other => return other.map_err(NodeError::from),
                     }
                 } else {
@@ -76,7 +77,7 @@ impl Node {
                     let result: Result<(), MembershipError> = decode(&reply.get_ref().data)
                         .map_err(|e| NodeError::Raft(e.to_string()))?;
                     match result {
-                        Err(MembershipError::NoLeader) => {}
+                        Err(MembershipError::NoLeader | MembershipError::Busy) => {}
                         other => return other.map_err(NodeError::from),
                     }
                 }
@@ -127,7 +128,7 @@ impl Node {
                 if learner {
                     self.raft.add_learner(id, node, false).await.map(drop)
                 } else {
-                    self.add_voter(id, node).await
+                    return self.add_voter(id, node).await;
                 }
             }
             MemberChange::Remove { id } => {
@@ -170,38 +171,46 @@ impl Node {
                     .map(drop)
             }
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(MembershipError::NoLeader)
-            }
-            Err(RaftError::APIError(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
-            Err(RaftError::Fatal(e)) => Err(MembershipError::Other(format!("etcdserver: {e}"))),
-        }
+        result.map_err(change_failed)
     }
 
-    /// Add voter `id`, answering once the change is in this leader's log.
+    /// Add voter `id` in one step (a single-server change, as etcd makes it), answering once the
+    /// change is committed — or, when it cannot commit without the new voter, once it is in this
+    /// leader's log.
     ///
     /// etcd answers `member add` once the change is committed under the old configuration, and
     /// the new member is started afterwards with the member list the answer carries (etcdctl
-    /// prints it as `ETCD_INITIAL_CLUSTER`). Raft's joint consensus commits the change only with
-    /// the new voter's acknowledgement, which it cannot give before it is started: waiting for
-    /// the commit would hold the answer until the request deadline and fail it. So the answer
-    /// comes once the change is appended (the new voter counts in the quorum from then on, as in
-    /// etcd), and raft commits it once the new member has started and caught up; dropping the
-    /// future does not withdraw the change from the log.
-    async fn add_voter(
-        &self,
-        id: u64,
-        node: PeerNode,
-    ) -> Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>> {
-        let change = self.raft.change_membership(
-            ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
-            false,
+    /// prints it as `ETCD_INITIAL_CLUSTER`). Raft here counts a configuration from the moment it
+    /// is appended, so growing one voter to two needs the new voter's acknowledgement, which it
+    /// cannot give before it is started: waiting for the commit would hold the answer until the
+    /// request deadline and fail it. That change is answered once appended (the new voter counts
+    /// in the quorum from then on, as in etcd), and raft commits it once the new member has
+    /// started and caught up. Dropping the future does not withdraw the change from the log, and
+    /// being one entry (not joint consensus's two) it leaves no half-made configuration behind.
+    async fn add_voter(&self, id: u64, node: PeerNode) -> Result<(), MembershipError> {
+        let stored = self.stored_membership();
+        let current = stored.membership();
+        let old_voters = current.voter_ids().count();
+        let voters: BTreeSet<u64> = current.voter_ids().chain([id]).collect();
+        let mut nodes: BTreeMap<u64, PeerNode> =
+            current.nodes().map(|(i, n)| (*i, n.clone())).collect();
+        nodes.insert(id, node);
+        let proposed = Membership::new(vec![voters.clone()], nodes)
+            .map_err(|e| MembershipError::Other(format!("etcdserver: {e}")))?;
+        let append = self.raft.append_membership(
+            proposed,
+            EntryPayload::Blank,
+            [Precondition::LastMembershipLogId {
+                last_membership_log_id: *stored.log_id(),
+            }],
         );
+        let commits_without_it = old_voters > voters.len() / 2;
+        if commits_without_it {
+            return append.await.map(drop).map_err(change_failed);
+        }
         tokio::select! {
             biased;
-            done = change => done.map(drop),
+            done = append => done.map(drop).map_err(change_failed),
             // Past the deadline without it: the change's own outcome decides.
             true = self.voter_in_log(id) => Ok(()),
         }
@@ -297,6 +306,24 @@ pub(super) async fn run_publish(node: Weak<Node>) {
         }
         drop(node);
         rt::sleep(limits::PUBLISH_RETRY_INTERVAL).await;
+    }
+}
+
+/// Map raft's refusal or failure of a membership change to etcd's terms. Refusals that wrote
+/// nothing because another change is still on its way (or the membership moved since it was
+/// read) are `Busy`: the caller tries again within its deadline, as etcd's conf changes queue.
+fn change_failed(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> MembershipError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => MembershipError::NoLeader,
+        RaftError::APIError(
+            ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_)
+                | ChangeMembershipError::UncommittedLeaderLog(_),
+            )
+            | ClientWriteError::PreconditionFailed(_),
+        ) => MembershipError::Busy,
+        RaftError::APIError(e) => MembershipError::Other(format!("etcdserver: {e}")),
+        RaftError::Fatal(e) => MembershipError::Other(format!("etcdserver: {e}")),
     }
 }
 
