@@ -132,9 +132,15 @@ pub struct RangeRead {
     keys_only: bool,
     pieces: usize,
     count: usize,
-    kvs: Vec<KeyValue>,
-    /// Positions in `kvs` still to be read from `view`, and their records.
-    loads: Vec<(usize, Revision)>,
+    /// The records kept, one vector per piece: a piece never grows (and so copies) what the
+    /// pieces before it kept while it holds the store's lock. They are joined in
+    /// [`RangeRead::finish`], without the lock.
+    kvs: Vec<Vec<KeyValue>>,
+    /// How many records `kvs` holds in all.
+    kept: usize,
+    /// Positions (over all of `kvs`) still to be read from `view`, and their records; one
+    /// vector per piece, as `kvs`.
+    loads: Vec<Vec<(usize, Revision)>>,
     view: Option<Arc<dyn EngineView>>,
 }
 
@@ -162,8 +168,17 @@ impl RangeRead {
             pieces: 0,
             count: 0,
             kvs: Vec::new(),
+            kept: 0,
             loads: Vec::new(),
             view: None,
+        }
+    }
+
+    /// Keep one piece's records.
+    fn keep(&mut self, piece: Vec<KeyValue>) {
+        if !piece.is_empty() {
+            self.kept += piece.len();
+            self.kvs.push(piece);
         }
     }
 
@@ -180,7 +195,8 @@ impl RangeRead {
     /// Read the records the pieces left to the engine view, outside any lock on the store.
     pub fn finish(self) -> Result<RangeResult> {
         let RangeRead {
-            mut kvs,
+            kvs: mut pieces,
+            kept,
             loads,
             view,
             keys_only,
@@ -188,6 +204,14 @@ impl RangeRead {
             header_rev,
             ..
         } = self;
+        let mut kvs = if pieces.len() == 1 {
+            pieces.pop().unwrap_or_default()
+        } else {
+            let mut kvs = Vec::with_capacity(kept);
+            pieces.into_iter().for_each(|piece| kvs.extend(piece));
+            kvs
+        };
+        let loads: Vec<(usize, Revision)> = loads.into_iter().flatten().collect();
         if !loads.is_empty() {
             let view = view.ok_or_else(|| {
                 MvccError::Invariant("a range left records to read but took no view".into())
@@ -725,12 +749,14 @@ impl MvccStore {
         let mut attached = self.leases.attached_from(&start).peekable();
         let first = read.pieces == 1;
         let (limit, count_only, keys_only) = (read.limit, read.count_only, read.keys_only);
-        let (count, kvs, loads) = (&mut read.count, &mut read.kvs, &mut read.loads);
+        let kept_before = read.kept;
+        let count = &mut read.count;
+        let (mut kvs, mut loads) = (Vec::new(), Vec::new());
         read.next = self
             .index
             .visit_piece(&start, &read.end, read.at, max_keys, |key, k, head| {
                 *count += 1;
-                if count_only || (limit > 0 && kvs.len() >= limit) {
+                if count_only || (limit > 0 && kept_before + kvs.len() >= limit) {
                     return;
                 }
                 if from_index && head {
@@ -746,24 +772,31 @@ impl MvccStore {
                         kvs.push(kv);
                     }
                     None => {
-                        loads.push((kvs.len(), k.modified));
+                        loads.push((kept_before + kvs.len(), k.modified));
                         kvs.push(KeyValue::default());
                     }
                 }
             });
-        if read.loads.is_empty() {
+        if loads.is_empty() {
+            read.keep(kvs);
             return Ok(read.next.is_none());
         }
         if first && read.next.is_none() {
-            for (i, rev) in std::mem::take(&mut read.loads) {
+            // The whole range in one piece: its records are read here, under the caller's hold.
+            for (i, rev) in loads {
                 let mut kv = self.load(rev)?;
                 if keys_only {
                     kv.value = Vec::new();
                 }
-                read.kvs[i] = kv;
+                kvs[i] = kv;
             }
-        } else if read.view.is_none() {
-            read.view = Some(self.engine.view()?);
+            read.keep(kvs);
+        } else {
+            read.keep(kvs);
+            read.loads.push(loads);
+            if read.view.is_none() {
+                read.view = Some(self.engine.view()?);
+            }
         }
         Ok(read.next.is_none())
     }
