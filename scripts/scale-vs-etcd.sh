@@ -11,6 +11,10 @@
 #                        through /proc/PID/clear_refs); meanwhile one client puts, one put at a
 #                        time (`bench put --clients 1`, 1000 puts): its longest put shows whether
 #                        writes wait for the range
+#   range stream         MetaStore only (etcd 3.7's `KV.RangeStream`, which 3.5 lacks): the whole
+#                        prefix with values through `metastore bench list --stream`, which checks
+#                        that the chunks add up to the count; seconds and peak RSS as above. Run
+#                        first, before a whole range's answer has grown the server's heap
 #   full range           the same with values (FULL_RANGE=0 skips it: at N=1M the answer is 280 MB)
 #   count-only range     `etcdctl get "" --prefix --count-only`: seconds
 #   kill -9 → healthy    from SIGKILL to the first successful linearizable read of the restarted
@@ -159,6 +163,10 @@ for name in $SERVERS; do
   if [ "$count" -lt "$N" ]; then echo "$name holds $count keys, not $N" >&2; exit 1; fi
 
   echo "== $name: ranges" >&2
+  if [ "$name" = metastore ]; then
+    row[$name/stream]=$(peak_during "$BIN" bench list --endpoints "$CLIENT" --stream --total 1 \
+      --timeout-ms 600000)
+  fi
   row[$name/keys]=$(peak_during ctl get "" --prefix --keys-only)
   if [ "$FULL_RANGE" = 1 ]; then row[$name/full]=$(peak_during ctl get "" --prefix); fi
   t0=$(now); ctl get "" --prefix --count-only -w fields >/dev/null; row[$name/count]=$(since "$t0")
@@ -211,6 +219,8 @@ line() { # label key [pair]
 line "load, 64 clients (puts/s)" load
 line "RSS after load (MB)" rss
 line "data dir (MB)" du
+line "whole-prefix RangeStream with values (s) / peak RSS (MB)" stream pair
+line "longest put meanwhile (ms)" stream third
 line "whole-prefix keys-only range (s) / peak RSS (MB)" keys pair
 line "longest put meanwhile (ms)" keys third
 if [ "$FULL_RANGE" = 1 ]; then

@@ -88,6 +88,13 @@ fn bench_runs_every_workload_against_a_server() {
             ],
         ),
         ("lease-keepalive", vec![]),
+        // The keys the put workload wrote: whole, streamed, and keys-only under a prefix.
+        ("list", vec![]),
+        ("list", vec!["--stream"]),
+        (
+            "list",
+            vec!["--stream", "--keys-only", "--list-prefix", "0"],
+        ),
     ] {
         let mut args = vec![
             "bench",

@@ -31,6 +31,10 @@ pub enum Workload {
     /// A Kubernetes-shaped mix (optimistic writes, paginated lists, counts, watches with progress
     /// requests, events with leases, compaction): see `bench_k8s`.
     K8s,
+    /// Read every key under `--list-prefix` (all keys by default) in one request: one `Range`, or
+    /// with `--stream` one `KV.RangeStream` (etcd 3.7), whose chunks are checked to add up to the
+    /// final count.
+    List,
 }
 
 /// Read consistency of `range`.
@@ -91,6 +95,15 @@ pub struct BenchArgs {
     /// Puts per second while watching (watch workload).
     #[arg(long, default_value_t = 100)]
     pub put_rate: u64,
+    /// Prefix read by the list workload (empty: every key).
+    #[arg(long, default_value = "")]
+    pub list_prefix: String,
+    /// List workload: read with `KV.RangeStream` instead of one `Range`.
+    #[arg(long)]
+    pub stream: bool,
+    /// List workload: keys only, no values.
+    #[arg(long)]
+    pub keys_only: bool,
     #[command(flatten)]
     pub k8s: K8sArgs,
 }
@@ -240,8 +253,58 @@ async fn one_request(
             };
             client.txn(req).await.is_ok()
         }
+        Workload::List => match list(client, args).await {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("list failed: {e}");
+                false
+            }
+        },
         // Streaming workloads run in `bench_streams`, never request by request.
         Workload::Watch | Workload::LeaseKeepalive | Workload::K8s => false,
+    }
+}
+
+/// One list of `--list-prefix`: a `Range`, or with `--stream` a `RangeStream` whose chunks must
+/// hold as many keys as its final chunk counts.
+async fn list(
+    client: &mut KvClient<tonic::transport::Channel>,
+    args: &BenchArgs,
+) -> Result<(), String> {
+    // Every key is `[\0, \0)`, as etcdctl sends `get "" --prefix`.
+    let (key, range_end) = match args.list_prefix.as_bytes() {
+        [] => (vec![0], vec![0]),
+        prefix => (prefix.to_vec(), crate::keys::prefix_end(prefix)),
+    };
+    let req = RangeRequest {
+        key,
+        range_end,
+        keys_only: args.keys_only,
+        serializable: args.consistency == Consistency::S,
+        ..Default::default()
+    };
+    if !args.stream {
+        return client.range(req).await.map(drop).map_err(|e| e.to_string());
+    }
+    let mut stream = client
+        .range_stream(req)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let (mut received, mut count) = (0i64, None);
+    while let Some(chunk) = stream.message().await.map_err(|e| e.to_string())? {
+        let chunk = chunk.range_response.unwrap_or_default();
+        received += chunk.kvs.len() as i64;
+        if chunk.header.is_some() {
+            count = Some(chunk.count);
+        }
+    }
+    match count {
+        Some(count) if count == received => Ok(()),
+        Some(count) => Err(format!(
+            "the chunks held {received} keys, the stream counted {count}"
+        )),
+        None => Err("the stream ended without its final chunk".into()),
     }
 }
 
