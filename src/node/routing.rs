@@ -259,10 +259,36 @@ impl Node {
         }
     }
 
+    /// Whether this member is the cluster's only voter, leads it, and has applied an entry of its
+    /// own term: then what it has applied is a linearizable state with no round trip to raft's
+    /// core. No other member can commit anything (there is no quorum without this one), every
+    /// acknowledged write was applied here before its answer went out, and the entry of its own
+    /// term means every entry an earlier term committed is applied too (after a restart the
+    /// engine may hold less than the log did). A membership with a second voter (joint, or in the
+    /// log uncommitted) makes this false, and reads go through the read index again. Without
+    /// this, every linearizable read of a member alone queued in raft's core behind the fsync of
+    /// each log append (done in place there): `bench k8s` ran 7,800 operations/s instead of
+    /// 9,480, `bench range` (64 clients) 39-49k reads/s instead of 79k.
+    fn reads_alone(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mut voters = m.membership_config.membership().voter_ids();
+        let alone = voters.next() == Some(self.member_id) && voters.next().is_none();
+        alone
+            && m.state == openraft::ServerState::Leader
+            && m.current_leader == Some(self.member_id)
+            && m.last_applied
+                .as_ref()
+                .is_some_and(|applied| applied.leader_id.term == m.current_term)
+    }
+
     /// Wait until this member has applied everything committed before the call began.
     pub(super) async fn read_barrier(&self) -> Result<(), NodeError> {
         if cfg!(feature = "sim-bug-stale-read") {
             // Deliberately broken: whatever this member has applied is served as linearizable.
+            return Ok(());
+        }
+        if self.reads_alone() {
             return Ok(());
         }
         loop {

@@ -25,6 +25,8 @@ mod state {
         // madsim runs a whole simulation on the thread that called `block_on`, so per-thread
         // state is per-run state (test threads running other seeds never see it).
         pub static POINTS: RefCell<Option<BTreeMap<&'static str, bool>>> = const { RefCell::new(None) };
+        // Points a test made fire every time they are reached (see `force`).
+        pub static FORCED: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
     }
 }
 
@@ -32,9 +34,22 @@ mod state {
 /// on this thread. Does nothing in a normal build.
 pub fn enable(on: bool) {
     #[cfg(madsim)]
-    state::POINTS.with(|p| *p.borrow_mut() = on.then(Default::default));
+    {
+        state::POINTS.with(|p| *p.borrow_mut() = on.then(Default::default));
+        state::FORCED.with(|f| f.borrow_mut().clear());
+    }
     #[cfg(not(madsim))]
     let _ = on;
+}
+
+/// Make `point` fire every time it is reached in the simulation running on this thread, until
+/// [`enable`] is called again: for a test that needs one unlikely thing to happen for sure
+/// (an apply slow enough that a read can arrive during it). Does nothing in a normal build.
+pub fn force(point: &'static str) {
+    #[cfg(madsim)]
+    state::FORCED.with(|f| f.borrow_mut().push(point));
+    #[cfg(not(madsim))]
+    let _ = point;
 }
 
 /// Whether fault point `point` fires now. Always `false` in a normal build.
@@ -42,6 +57,9 @@ pub fn enable(on: bool) {
 pub fn buggify(point: &'static str) -> bool {
     #[cfg(madsim)]
     {
+        if state::FORCED.with(|f| f.borrow().contains(&point)) {
+            return true;
+        }
         state::POINTS.with(|p| {
             let mut points = p.borrow_mut();
             let Some(points) = points.as_mut() else {
