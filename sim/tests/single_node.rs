@@ -33,15 +33,20 @@ fn put(k: &str, v: &str) -> PutRequest {
     }
 }
 
+/// The simulated machine the test's clients run on.
+fn client_node(handle: &Handle) -> madsim::runtime::NodeHandle {
+    handle
+        .create_node()
+        .name("client")
+        .ip("10.0.0.100".parse().unwrap())
+        .build()
+}
+
 /// Writes, reads and a txn; then a power cut and a restart; then every acknowledged write is checked.
 async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
     let handle = Handle::current();
     let member = SimMember::start(&handle, "m1", "10.0.0.1");
-    let client_node = handle
-        .create_node()
-        .name("client")
-        .ip("10.0.0.100".parse().unwrap())
-        .build();
+    let client_node = client_node(&handle);
     let url = member.url();
     let t = trace.clone();
     let phase1 = client_node.spawn(async move {
@@ -331,11 +336,7 @@ fn reads_across_a_restart(seed: u64) -> (u64, Vec<String>) {
         metastore::rt::buggify::force("apply-slow");
         let handle = Handle::current();
         let member = SimMember::start(&handle, "m1", "10.0.0.1");
-        let client_node = handle
-            .create_node()
-            .name("client")
-            .ip("10.0.0.100".parse().unwrap())
-            .build();
+        let client_node = client_node(&handle);
         const PUTS: i64 = 30;
         let url = member.url();
         let last = client_node
