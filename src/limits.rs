@@ -196,6 +196,14 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between attempts to reach the cluster when joining.
 pub const JOIN_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Reads that may wait for the leader's next read-index round (`node::read_index`); more wait to
+/// join the queue, within their deadlines.
+pub const READ_INDEX_QUEUE: usize = 4096;
+
+/// How long one read-index round may take (every read queued behind it waits for it): a quorum's
+/// heartbeat answers, or a follower's call to the leader.
+pub const READ_INDEX_ROUND_TIMEOUT: Duration = Duration::from_millis(2 * ELECTION_TIMEOUT_MS);
+
 /// Pause before a request whose leader just changed is routed again.
 pub const FORWARD_RETRY_INTERVAL: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
 

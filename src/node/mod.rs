@@ -10,6 +10,7 @@ mod failover;
 pub mod leases;
 mod members;
 mod range_stream;
+mod read_index;
 mod routing;
 
 pub use range_stream::RangeStreamRead;
@@ -114,6 +115,11 @@ pub struct Node {
     lease_clock: Arc<leases::LeaseClock>,
     /// When a leader's append or heartbeat last arrived (what the failover watch looks at).
     leader_contact: failover::LeaderContact,
+    /// Linearizable reads waiting for this leader's next read-index round (reads here and
+    /// followers' `ReadIndex` calls).
+    leader_rounds: read_index::ReadIndexRounds,
+    /// Linearizable reads here waiting for this follower's next `ReadIndex` call to the leader.
+    follower_rounds: read_index::ReadIndexRounds,
     /// Background tasks that hold the node weakly (lease expiry, publishing attributes).
     background: std::sync::Mutex<Vec<rt::JoinHandle<()>>>,
     member_id: u64,
@@ -254,37 +260,57 @@ impl Node {
             config.compaction_batch_limit,
             config.compaction_sleep_interval,
         ));
-        let node = Arc::new_cyclic(|this| Node {
-            this: this.clone(),
-            compactor,
-            snapshot_receive: tokio::sync::Mutex::new(()),
-            snapshot_receives: std::sync::atomic::AtomicU64::new(0),
-            snapshot_superseded: tokio::sync::Notify::new(),
-            disk_failure,
-            raft,
-            state,
-            watch,
-            catch_up,
-            progress,
-            lease_clock: Arc::new(leases::LeaseClock::default()),
-            leader_contact: failover::LeaderContact::new(),
-            background: std::sync::Mutex::new(Vec::new()),
-            member_id,
-            cluster_id: identity.cluster_id,
-            config,
-            backend_size: SizeCache {
-                bytes: std::sync::atomic::AtomicU64::new(0),
-                nospace: std::sync::atomic::AtomicBool::new(false),
-                refreshed_at: std::sync::Mutex::new(None),
-            },
-            channels,
-            // A random start, not 1: entries this member proposed before a restart can still be
-            // applied after it (re-applied from the log, or committed late), and their outcome
-            // goes to whoever waits on (this member, seq); a counter restarting at 1 handed a new
-            // request the outcome (and revision) of an old one. The simulator found this: an
-            // acknowledged put that was never written. Half the range: no wrap to 0 ("no waiter").
-            next_seq: std::sync::atomic::AtomicU64::new((rt::random_u64() >> 1) | 1),
-            metrics: metrics.clone(),
+        let leader_raft = raft.clone();
+        let (leader_rounds, leader_rounds_task) = read_index::ReadIndexRounds::start(move || {
+            read_index::confirm_leadership(leader_raft.clone())
+        });
+        let mut follower_rounds_task = None;
+        let node = Arc::new_cyclic(|this: &std::sync::Weak<Node>| {
+            let this_node = this.clone();
+            let (follower_rounds, task) = read_index::ReadIndexRounds::start(move || {
+                let node = this_node.clone();
+                async move {
+                    match node.upgrade() {
+                        Some(node) => node.read_index_from_leader().await,
+                        None => Err(routing::LeaderWriteError::Stopped),
+                    }
+                }
+            });
+            follower_rounds_task = Some(task);
+            Node {
+                this: this.clone(),
+                leader_rounds,
+                follower_rounds,
+                compactor,
+                snapshot_receive: tokio::sync::Mutex::new(()),
+                snapshot_receives: std::sync::atomic::AtomicU64::new(0),
+                snapshot_superseded: tokio::sync::Notify::new(),
+                disk_failure,
+                raft,
+                state,
+                watch,
+                catch_up,
+                progress,
+                lease_clock: Arc::new(leases::LeaseClock::default()),
+                leader_contact: failover::LeaderContact::new(),
+                background: std::sync::Mutex::new(Vec::new()),
+                member_id,
+                cluster_id: identity.cluster_id,
+                config,
+                backend_size: SizeCache {
+                    bytes: std::sync::atomic::AtomicU64::new(0),
+                    nospace: std::sync::atomic::AtomicBool::new(false),
+                    refreshed_at: std::sync::Mutex::new(None),
+                },
+                channels,
+                // A random start, not 1: entries this member proposed before a restart can still be
+                // applied after it (re-applied from the log, or committed late), and their outcome
+                // goes to whoever waits on (this member, seq); a counter restarting at 1 handed a new
+                // request the outcome (and revision) of an old one. The simulator found this: an
+                // acknowledged put that was never written. Half the range: no wrap to 0 ("no waiter").
+                next_seq: std::sync::atomic::AtomicU64::new((rt::random_u64() >> 1) | 1),
+                metrics: metrics.clone(),
+            }
         });
         // The expiry task takes up the leases itself once this member leads and has applied its
         // term's first entry (see `run_lease_expiry`).
@@ -296,7 +322,8 @@ impl Node {
         let failover = rt::spawn(failover::run_failover_watch(Arc::downgrade(&node)));
         let leaders = rt::spawn(count_leader_changes(node.raft.clone(), metrics));
         node.background_lock()
-            .extend([expiry, publish, leaders, failover]);
+            .extend([expiry, publish, leaders, failover, leader_rounds_task]);
+        node.background_lock().extend(follower_rounds_task);
         node.background_lock().extend(founding_turn);
         Ok(node)
     }

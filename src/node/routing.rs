@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::raft::ReadPolicy;
+use openraft::errors::{ClientWriteError, RaftError};
 use prost::Message;
 
 use super::{LeaseStatus, Node, NodeError};
@@ -24,7 +23,7 @@ use crate::raft::{network, PeerNode, RaftCommand};
 use crate::rt;
 
 /// Why the leader could not take a command (the forwarded form is [`PeerStatus`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum LeaderWriteError {
     /// This member does not lead; nothing was appended.
     NotLeader,
@@ -247,15 +246,32 @@ impl Node {
     }
 
     /// The leader's side of a read index: confirm leadership with a quorum and return the log
-    /// index a linearizable read must wait for.
+    /// index a linearizable read must wait for. Concurrent reads share one confirmation
+    /// ([`super::read_index`]).
     pub(crate) async fn read_index_as_leader(&self) -> Result<u64, LeaderWriteError> {
-        match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
-            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
-                Err(LeaderWriteError::NotLeader)
+        self.leader_rounds.read_index().await
+    }
+
+    /// A follower's round ([`super::read_index`]): one `ReadIndex` call to the leader, within
+    /// the request deadline. `NotLeader` if this member leads now (its reader takes the leader's
+    /// rounds next) or the leader could not answer.
+    pub(super) async fn read_index_from_leader(&self) -> Result<u64, LeaderWriteError> {
+        let (leader_id, leader) = self
+            .route_target()
+            .await
+            .map_err(|_| LeaderWriteError::NotLeader)?;
+        if leader_id == self.member_id {
+            return Err(LeaderWriteError::NotLeader);
+        }
+        let mut client = self
+            .channels
+            .client_for(&leader)
+            .map_err(LeaderWriteError::Failed)?;
+        match client.read_index(ReadIndexRequest {}).await {
+            Ok(reply) if reply.get_ref().status == PeerStatus::Ok as i32 => {
+                Ok(reply.into_inner().index)
             }
-            Err(RaftError::APIError(e)) => Err(LeaderWriteError::Failed(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(LeaderWriteError::Stopped),
+            _ => Err(LeaderWriteError::NotLeader),
         }
     }
 
@@ -292,28 +308,20 @@ impl Node {
             return Ok(());
         }
         loop {
-            let (leader_id, leader) = self.route_target().await?;
-            let index = if leader_id == self.member_id {
-                match self.read_index_as_leader().await {
-                    Ok(index) => index,
-                    Err(LeaderWriteError::Stopped) => return Err(NodeError::Stopped),
-                    // Not (or no longer) leader, or no quorum answered in time: try again.
-                    Err(_) => {
-                        rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
-                        continue;
-                    }
-                }
+            let (leader_id, _) = self.route_target().await?;
+            let rounds = if leader_id == self.member_id {
+                &self.leader_rounds
             } else {
-                let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
-                match client.read_index(ReadIndexRequest {}).await {
-                    Ok(reply) if reply.get_ref().status == PeerStatus::Ok as i32 => {
-                        reply.into_inner().index
-                    }
-                    // Reads are safe to repeat.
-                    _ => {
-                        rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
-                        continue;
-                    }
+                &self.follower_rounds
+            };
+            let index = match rounds.read_index().await {
+                Ok(index) => index,
+                Err(LeaderWriteError::Stopped) => return Err(NodeError::Stopped),
+                // Not (or no longer) leader, no quorum answered in time, the leader could not
+                // be asked: reads are safe to repeat.
+                Err(_) => {
+                    rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
+                    continue;
                 }
             };
             // The read index is old news by the time this member waits for it: writes that began
