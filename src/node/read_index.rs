@@ -86,3 +86,77 @@ pub(super) async fn confirm_leadership(raft: Raft) -> Result<u64, LeaderWriteErr
         Err(RaftError::Fatal(_)) => Err(LeaderWriteError::Stopped),
     }
 }
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Every read gets the index of a round that began after it asked, and concurrent reads share
+    /// rounds. The fake round returns its own number (rounds are numbered from 1 as they begin)
+    /// and takes a while, as a quorum's answers do.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_read_is_served_by_a_round_begun_after_it_and_reads_share_rounds() {
+        let begun = Arc::new(AtomicU64::new(0));
+        let counter = begun.clone();
+        let (rounds, task) = ReadIndexRounds::start(move || {
+            let round = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(round)
+            }
+        });
+        let rounds = Arc::new(rounds);
+        let mut readers = Vec::new();
+        for _ in 0..50 {
+            let (rounds, begun) = (rounds.clone(), begun.clone());
+            readers.push(tokio::spawn(async move {
+                let before = begun.load(Ordering::SeqCst);
+                let index = rounds.read_index().await.expect("read index");
+                (before, index)
+            }));
+            if readers.len() % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(7)).await;
+            }
+        }
+        for reader in readers {
+            let (before, index) = reader.await.expect("reader");
+            assert!(
+                index > before,
+                "a read that asked when {before} rounds had begun was served by round {index}"
+            );
+        }
+        let total = begun.load(Ordering::SeqCst);
+        assert!(
+            (1..=10).contains(&total),
+            "{total} rounds for 50 reads arriving over ~35 ms with 20 ms rounds"
+        );
+        task.abort();
+    }
+
+    /// A round that fails fails every read in it, and the next round serves the reads after it.
+    #[tokio::test]
+    async fn a_failed_round_fails_its_reads_only() {
+        let begun = Arc::new(AtomicU64::new(0));
+        let counter = begun.clone();
+        let (rounds, task) = ReadIndexRounds::start(move || {
+            let round = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if round == 1 {
+                    Err(LeaderWriteError::NotLeader)
+                } else {
+                    Ok(round)
+                }
+            }
+        });
+        assert!(matches!(
+            rounds.read_index().await,
+            Err(LeaderWriteError::NotLeader)
+        ));
+        assert_eq!(rounds.read_index().await.expect("second round"), 2);
+        task.abort();
+    }
+}
