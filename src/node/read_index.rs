@@ -95,20 +95,29 @@ mod tests {
 
     use super::*;
 
-    /// Every read gets the index of a round that began after it asked, and concurrent reads share
-    /// rounds. The fake round returns its own number (rounds are numbered from 1 as they begin)
-    /// and takes a while, as a quorum's answers do.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_read_is_served_by_a_round_begun_after_it_and_reads_share_rounds() {
+    /// Rounds numbered from 1 as they begin, each answering `answer(its number)` after `pause`
+    /// (as a quorum's answers take a while), and the count of rounds begun.
+    fn numbered_rounds(
+        pause: Duration,
+        answer: fn(u64) -> Result<u64, LeaderWriteError>,
+    ) -> (ReadIndexRounds, rt::JoinHandle<()>, Arc<AtomicU64>) {
         let begun = Arc::new(AtomicU64::new(0));
         let counter = begun.clone();
         let (rounds, task) = ReadIndexRounds::start(move || {
             let round = counter.fetch_add(1, Ordering::SeqCst) + 1;
             async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok(round)
+                tokio::time::sleep(pause).await;
+                answer(round)
             }
         });
+        (rounds, task, begun)
+    }
+
+    /// Every read gets the index of a round that began after it asked (a round answers its own
+    /// number), and concurrent reads share rounds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_read_is_served_by_a_round_begun_after_it_and_reads_share_rounds() {
+        let (rounds, task, begun) = numbered_rounds(Duration::from_millis(20), Ok);
         let rounds = Arc::new(rounds);
         let mut readers = Vec::new();
         for _ in 0..50 {
@@ -140,16 +149,11 @@ mod tests {
     /// A round that fails fails every read in it, and the next round serves the reads after it.
     #[tokio::test]
     async fn a_failed_round_fails_its_reads_only() {
-        let begun = Arc::new(AtomicU64::new(0));
-        let counter = begun.clone();
-        let (rounds, task) = ReadIndexRounds::start(move || {
-            let round = counter.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                if round == 1 {
-                    Err(LeaderWriteError::NotLeader)
-                } else {
-                    Ok(round)
-                }
+        let (rounds, task, _) = numbered_rounds(Duration::ZERO, |round| {
+            if round == 1 {
+                Err(LeaderWriteError::NotLeader)
+            } else {
+                Ok(round)
             }
         });
         assert!(matches!(
