@@ -195,7 +195,9 @@ impl Node {
         let mut nodes: BTreeMap<u64, PeerNode> =
             current.nodes().map(|(i, n)| (*i, n.clone())).collect();
         nodes.insert(id, node);
-        let proposed = Membership::new(vec![voters.clone()], nodes)
+        // The current voters alone are a quorum of the new set: the change commits without it.
+        let commits_without_it = old_voters > voters.len() / 2;
+        let proposed = Membership::new(vec![voters], nodes)
             .map_err(|e| MembershipError::Other(format!("etcdserver: {e}")))?;
         let append = self.raft.append_membership(
             proposed,
@@ -204,7 +206,6 @@ impl Node {
                 last_membership_log_id: *stored.log_id(),
             }],
         );
-        let commits_without_it = old_voters > voters.len() / 2;
         if commits_without_it {
             return append.await.map(drop).map_err(change_failed);
         }

@@ -975,8 +975,7 @@ impl Node {
         use openraft::Instant as _;
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        let mut voters = m.membership_config.membership().voter_ids();
-        if voters.next() == Some(self.member_id) && voters.next().is_none() {
+        if only_voter(&m.membership_config, self.member_id) {
             return true;
         }
         let lease = std::time::Duration::from_millis(limits::ELECTION_TIMEOUT_MS * 2);
@@ -1294,6 +1293,12 @@ async fn run_progress_ticks(watch: Arc<WatchHub>, state: Arc<Shared>, every: std
         let store = state.read();
         watch.progress_tick(store.current_revision());
     }
+}
+
+/// Whether `membership` (either half of a joint one included) has `id` as its one voter.
+fn only_voter(membership: &crate::raft::StoredMembership, id: u64) -> bool {
+    let mut voters = membership.membership().voter_ids();
+    voters.next() == Some(id) && voters.next().is_none()
 }
 
 impl Drop for Node {

@@ -288,9 +288,7 @@ impl Node {
     fn reads_alone(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        let mut voters = m.membership_config.membership().voter_ids();
-        let alone = voters.next() == Some(self.member_id) && voters.next().is_none();
-        alone
+        super::only_voter(&m.membership_config, self.member_id)
             && m.state == openraft::ServerState::Leader
             && m.current_leader == Some(self.member_id)
             && m.last_applied

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use metastore::keys::prefix_end;
 use metastore::pb::etcdserverpb::{
     compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest,
     LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest,
@@ -619,17 +620,4 @@ pub fn kills_etcd(t: &TxnRequest) -> bool {
     let (mut deletes, mut puts) = (Vec::new(), Vec::new());
     walk(t, &mut deletes, &mut puts);
     deletes.iter().any(|d| puts.iter().any(|p| p >= d))
-}
-
-/// The end of the range of keys that start with `key` (etcd's `GetPrefixRangeEnd`): `\0` when every
-/// byte is 0xff (or the key is empty).
-pub fn prefix_end(key: &[u8]) -> Vec<u8> {
-    let mut end = key.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
