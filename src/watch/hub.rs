@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Bound, Deref};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use prost::Message;
 use tokio::sync::{mpsc, Notify};
@@ -344,7 +346,7 @@ impl WatchHub {
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// A fresh stream id.
@@ -578,10 +580,10 @@ impl WatchHub {
                 }
                 from = Some(from.map_or(w.next_rev, |f| f.min(w.next_rev)));
             }
+            let more = keys.len() == limits::WATCH_CATCHUP_LOCK_BATCH;
+            yield_to_apply(guard);
             match keys.last() {
-                Some(last) if keys.len() == limits::WATCH_CATCHUP_LOCK_BATCH => {
-                    cursor = Bound::Excluded(*last)
-                }
+                Some(last) if more => cursor = Bound::Excluded(*last),
                 _ => break,
             }
         }
@@ -635,6 +637,7 @@ impl WatchHub {
                     }
                 });
             }
+            yield_to_apply(guard);
         }
         let serial_limit = serial_limit.unwrap_or(u64::MAX);
 
@@ -694,10 +697,10 @@ impl WatchHub {
                     }
                 }
             }
+            let more = keys.len() == limits::WATCH_CATCHUP_LOCK_BATCH;
+            yield_to_apply(guard);
             match keys.last() {
-                Some(last) if keys.len() == limits::WATCH_CATCHUP_LOCK_BATCH => {
-                    cursor = Bound::Excluded(*last)
-                }
+                Some(last) if more => cursor = Bound::Excluded(*last),
                 _ => break,
             }
         }
@@ -729,6 +732,15 @@ impl WatchHub {
     pub async fn wait_behind(&self, max_wait: std::time::Duration) {
         let _ = crate::rt::timeout(max_wait, self.behind.notified()).await;
     }
+}
+
+/// Ends one of catch-up's holds of the hub lock, handing the lock straight to a thread waiting
+/// for it, if any. Apply's [`WatchHub::notify`] waits for it while holding the store's write lock;
+/// with a plain unlock the catch-up thread, still running, takes the lock back for its next batch
+/// before the woken waiter does, and apply waited up to 15 ms per commit behind a round over
+/// 20,000 watchers (put p99 2.8 ms quiet, 16 ms during the catch-up, debug build).
+fn yield_to_apply(guard: MutexGuard<'_, HubState>) {
+    MutexGuard::unlock_fair(guard);
 }
 
 fn revision_of(ev: &Event) -> i64 {

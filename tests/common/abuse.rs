@@ -209,8 +209,9 @@ pub const P99_FLOOR: Duration = Duration::from_millis(10);
 /// The least bound for attacks whose cost is the member's own CPU work, which a debug build makes
 /// several times dearer than a release build and which shares the probe's two cores: decoding
 /// oversized header blocks (0.5 ms quiet, 6.2 ms under attack) and 20,000 watchers catching up
-/// over 100,000 revisions (puts 3.2 ms quiet, 12.7 ms during catch-up; the test's own 20,000
-/// watch streams decode their events on the same cores).
+/// over 100,000 revisions (puts 2.2-2.9 ms quiet, 8.3-10.4 ms during catch-up in a debug build,
+/// 0.7-1.1 against 4.0-4.5 ms in a release build; the test's own 20,000 watch streams decode
+/// their events on the same cores).
 pub const P99_FLOOR_CPU_BOUND: Duration = Duration::from_millis(30);
 
 /// The well-behaved client's p99 under attack may be at most three times its quiet p99 (or
