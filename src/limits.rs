@@ -50,10 +50,25 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// back to catching up from storage, so this bounds a stream's memory, never apply's progress.
 pub const WATCH_STREAM_BUFFER: usize = 128;
 
-/// Bytes of events buffered per watch stream, at most (a message larger than this still goes
-/// alone into an empty buffer, so any revision can be delivered). With [`WATCH_STREAM_BUFFER`] it
-/// bounds what a client that stops reading costs: its watchers fall behind and wait in storage.
+/// Bytes of events buffered per watch stream, at most: the largest share of
+/// [`WATCH_BUFFERED_BYTES_TOTAL`] one stream gets (a message larger than its share still goes alone
+/// into an idle buffer, so any revision can be delivered). With [`WATCH_STREAM_BUFFER`] it bounds
+/// what a client that stops reading costs: its watchers fall behind and wait in storage.
 pub const WATCH_STREAM_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes of events queued or in flight in all watch streams of a member together (see
+/// `watch::WatchBudget`): without it, a client opening many streams that it never reads would hold
+/// every stream's buffer (256 streams on one connection: 140 -> 990 MB RSS). Past it, watchers
+/// wait in storage. Beyond it only one small message per idle stream
+/// ([`WATCH_STREAM_SMALL_MESSAGE_BYTES`]).
+pub const WATCH_BUFFERED_BYTES_TOTAL: usize = 16 * 1024 * 1024;
+
+/// The least share of [`WATCH_BUFFERED_BYTES_TOTAL`] a stream gets, however many are open.
+pub const WATCH_STREAM_SHARE_MIN: usize = 64 * 1024;
+
+/// A message this small always goes into an idle stream, even once the member's watch budget is
+/// spent: streams that hold the budget cannot keep small events from everyone else.
+pub const WATCH_STREAM_SMALL_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Key limit of a `KV.RangeStream`'s first chunk (etcd's `initialStreamChunkLimit`); later
 /// chunks double or halve it to land near `--max-request-bytes` (`apply::RangeStream`).
@@ -394,6 +409,8 @@ const _: () = assert!(LEASE_MIN_TTL_SECS * 1000 >= (3 * ELECTION_TIMEOUT_MS / 2)
 const _: () = assert!(MAX_TXN_OPS_DEFAULT <= MAX_TXN_OPS_LIMIT);
 // A catch-up batch fits in a stream that is worth reading storage for (at most half full).
 const _: () = assert!(WATCH_CATCHUP_BYTES <= WATCH_STREAM_BUFFER_BYTES / 2);
+const _: () = assert!(WATCH_CATCHUP_BYTES <= WATCH_BUFFERED_BYTES_TOTAL / 2);
+const _: () = assert!(WATCH_STREAM_SHARE_MIN <= WATCH_STREAM_BUFFER_BYTES);
 const _: () = assert!(MAX_REQUEST_BYTES_DEFAULT + GRPC_OVERHEAD_BYTES < MAX_RESPONSE_BYTES);
 const _: () = assert!(QUOTA_BACKEND_BYTES_DEFAULT <= QUOTA_BACKEND_BYTES_MAX);
 const _: () =

@@ -212,6 +212,8 @@ pub struct Scrape {
     pub quota_bytes: u64,
     pub keys: u64,
     pub watchers: u64,
+    /// Bytes of watch events queued or in flight in all streams (`watch::WatchBudget`).
+    pub watch_buffered_bytes: u64,
     pub revision: i64,
     pub compact_revision: i64,
     pub leases: u64,
@@ -439,6 +441,12 @@ impl Metrics {
             "metastore_runtime_alive_tasks",
             "Tasks alive on the member's async runtime.",
             s.alive_tasks,
+        );
+        gauge(
+            &mut out,
+            "metastore_watch_buffered_bytes",
+            "Bytes of watch events queued or in flight in all watch streams.",
+            s.watch_buffered_bytes,
         );
         out
     }

@@ -8,12 +8,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::abuse::{
-    assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, p99, rss_kib,
-    settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
+    assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, metric, p99,
+    rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 use etcd_client::{Client, EventType, WatchOptions};
-use metastore::limits::WATCH_STREAM_WATCHERS_MAX;
+use metastore::limits::{
+    WATCH_BUFFERED_BYTES_TOTAL, WATCH_STREAM_SMALL_MESSAGE_BYTES, WATCH_STREAM_WATCHERS_MAX,
+};
 
 /// Revisions in the store the watchers catch up over (`METASTORE_ABUSE_WATCH_REVISIONS`
 /// overrides it, e.g. to measure a larger store on a release build).
@@ -26,6 +28,35 @@ const RANGE_EVERY: usize = 10;
 
 fn bulk_key(i: usize) -> String {
     format!("bulk/{i:07}")
+}
+
+/// Puts `big/0000`... of `bytes` each, `n` of them.
+async fn put_big_values(client: &mut Client, n: usize, bytes: usize) {
+    for i in 0..n {
+        client
+            .put(format!("big/{i:04}"), vec![b'x'; bytes], None)
+            .await
+            .expect("put");
+    }
+}
+
+/// Reads `big/0000`... from `stream` until `n` of them came, each once and in order.
+async fn read_big_values_in_order(stream: &mut etcd_client::WatchStream, n: usize) {
+    let mut next = 0;
+    while next < n {
+        let resp = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .expect("events keep coming")
+            .expect("ok")
+            .expect("open");
+        for ev in resp.events() {
+            assert_eq!(
+                ev.kv().expect("kv").key_str().expect("utf8"),
+                format!("big/{next:04}")
+            );
+            next += 1;
+        }
+    }
 }
 
 /// Puts `n` keys with `writers` concurrent clients; returns each key's revision.
@@ -261,12 +292,7 @@ async fn readers_that_stop_reading_cost_bounded_memory() {
     let mut server = Server::start("rocksdb");
     let mut client = server.client().await;
     client.put("abuse/probe", "v", None).await.expect("put");
-    for i in 0..VALUES {
-        client
-            .put(format!("big/{i:04}"), vec![b'x'; VALUE_BYTES], None)
-            .await
-            .expect("put");
-    }
+    put_big_values(&mut client, VALUES, VALUE_BYTES).await;
     let probe = Probe::start(&server.endpoint);
     let mut quiet = probe.latencies(200).await;
     let quiet = p99(&mut quiet);
@@ -306,21 +332,118 @@ async fn readers_that_stop_reading_cost_bounded_memory() {
 
     // A slow reader that starts reading gets every revision, in order, none twice.
     let (_c, mut s) = slow.pop().expect("a slow stream");
-    let mut next = 0;
-    while next < VALUES + LATE_VALUES {
-        let resp = tokio::time::timeout(Duration::from_secs(60), s.message())
-            .await
-            .expect("events keep coming")
-            .expect("ok")
-            .expect("open");
-        for ev in resp.events() {
-            assert_eq!(
-                ev.kv().expect("kv").key_str().expect("utf8"),
-                format!("big/{next:04}")
-            );
-            next += 1;
-        }
-    }
+    read_big_values_in_order(&mut s, VALUES + LATE_VALUES).await;
     drop((s, slow));
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}
+
+/// Many streams on one connection (a quarter of what a connection may open) that watch a store of
+/// large values from revision 1 and never read: together they hold at most the member's watch
+/// budget, not each stream's buffer times the streams. Meanwhile a well-behaved watcher on another
+/// connection, catching up over 2,000 small revisions and then following new ones, gets every
+/// event (catch-up cuts its batches to what the budget has left); a slow stream that reads once
+/// the others are gone gets every revision, in order; and when the streams go, their bytes go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_streams_that_stop_reading_share_one_memory_budget() {
+    let _alone = common::abuse::one_at_a_time().await;
+    const VALUES: usize = 48;
+    const STREAMS: usize = 256;
+    const VALUE_BYTES: usize = 1024 * 1024;
+    const SMALL_HISTORY: usize = 2000;
+    const SMALL_LIVE: usize = 20;
+    let mut server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    client.put("abuse/probe", "v", None).await.expect("put");
+    let first_small = client
+        .put("small/h0000", "v", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    for i in 1..SMALL_HISTORY {
+        client
+            .put(format!("small/h{i:04}"), "v", None)
+            .await
+            .expect("put");
+    }
+    put_big_values(&mut client, VALUES, VALUE_BYTES).await;
+    let probe = Probe::start(&server.endpoint);
+    let mut quiet = probe.latencies(200).await;
+    let quiet = p99(&mut quiet);
+    let baseline = settled_footprint(&server.endpoint).await;
+    let rss_before = rss_kib(server.pid());
+
+    let attacker = server.client().await;
+    let mut slow = Vec::new();
+    for _ in 0..STREAMS {
+        let mut c = attacker.clone();
+        let opts = WatchOptions::new().with_prefix().with_start_revision(1);
+        slow.push(c.watch("big/", Some(opts)).await.expect("watch"));
+    }
+    // Let catch-up fill whatever the streams may hold.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let buffered = metric(&server.endpoint, "metastore_watch_buffered_bytes").await;
+
+    // The well-behaved watcher, on its own connection: history first, then new events.
+    let mut watcher = server.client().await;
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(first_small);
+    let mut small = watcher.watch("small/", Some(opts)).await.expect("watch");
+    let mut attacked = Vec::new();
+    let mut seen = 0;
+    for i in 0..SMALL_HISTORY + SMALL_LIVE {
+        if i >= SMALL_HISTORY {
+            let key = format!("small/l{:04}", i - SMALL_HISTORY);
+            client.put(key, "v", None).await.expect("put");
+        }
+        while seen <= i {
+            let resp = tokio::time::timeout(Duration::from_secs(5), small.message())
+                .await
+                .expect("small events keep coming while the budget is held")
+                .expect("ok")
+                .expect("open");
+            for ev in resp.events() {
+                let expected = if seen < SMALL_HISTORY {
+                    format!("small/h{seen:04}")
+                } else {
+                    format!("small/l{:04}", seen - SMALL_HISTORY)
+                };
+                assert_eq!(ev.kv().expect("kv").key_str().expect("utf8"), expected);
+                seen += 1;
+            }
+        }
+        if i % 100 == 0 || i >= SMALL_HISTORY {
+            attacked.extend(probe.latencies(10).await);
+        }
+    }
+    let rss_during = rss_kib(server.pid());
+    eprintln!(
+        "{STREAMS} streams not reading {VALUES} MiB of values: RSS {rss_before} -> {rss_during} KiB, \
+         {buffered} bytes buffered; probe p99 {quiet:?} -> {:?}",
+        p99(&mut attacked)
+    );
+    assert!(
+        buffered as usize
+            <= WATCH_BUFFERED_BYTES_TOTAL + STREAMS * WATCH_STREAM_SMALL_MESSAGE_BYTES,
+        "{buffered} bytes buffered"
+    );
+    assert_p99_within(quiet, p99(&mut attacked));
+    assert_survived(&mut server, rss_before);
+
+    // The other streams go; the last one reads: every revision, in order, none twice.
+    let mut s = slow.pop().expect("a slow stream");
+    drop(slow);
+    read_big_values_in_order(&mut s, VALUES).await;
+    drop((s, attacker, small, watcher));
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+    let until = Instant::now() + CLEANUP_DEADLINE;
+    while metric(&server.endpoint, "metastore_watch_buffered_bytes").await != 0 {
+        assert!(
+            Instant::now() < until,
+            "buffered watch bytes did not go back to 0"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

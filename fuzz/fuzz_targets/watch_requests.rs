@@ -20,9 +20,7 @@ use metastore::pb::etcdserverpb::{
 use metastore::pb::metastore::{command::Op, Command};
 use metastore::pb::mvccpb::event::EventType;
 use metastore::pb::mvccpb::Event;
-use metastore::watch::{
-    stream_channel_with_capacity, HubMessage, StreamReceiver, WatchHub, WatchSpec, WatcherKey,
-};
+use metastore::watch::{HubMessage, StreamReceiver, WatchHub, WatchSpec, WatcherKey};
 use metastore_fuzz::{Frames, Store};
 use prost::Message;
 
@@ -143,7 +141,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         create.start_revision
     };
-    let (tx, mut rx) = stream_channel_with_capacity(BUFFER);
+    let (tx, mut rx) = hub.stream_channel_with_capacity(BUFFER);
     let watcher = WatcherKey {
         stream: hub.new_stream(),
         watch_id: 1,

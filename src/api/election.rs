@@ -221,7 +221,7 @@ impl Election for ElectionService {
         let node = self.node.clone();
         crate::rt::spawn(async move {
             // Watch the whole election; after every change, report the leader if it changed.
-            let (tx, mut rx) = crate::watch::stream_channel();
+            let (tx, mut rx) = node.watch_hub().stream_channel();
             let stream = node.watch_hub().new_stream();
             let spec =
                 WatchSpec::all_changes(prefix.clone(), RangeEnd::Before(prefix_end(&prefix)));

@@ -264,7 +264,7 @@ pub(super) async fn wait_for_older(
 /// Wait until `key` is deleted at or after revision `from` (or the watch is cut off, after which the
 /// caller re-checks).
 pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
-    let (tx, mut rx) = crate::watch::stream_channel();
+    let (tx, mut rx) = node.watch_hub().stream_channel();
     let stream = node.watch_hub().new_stream();
     let _guard = WatchGuard {
         node: node.clone(),

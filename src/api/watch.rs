@@ -315,7 +315,7 @@ impl WatchService {
         let metadata = request.metadata().clone();
         let cert_user = super::access::cert_user(request.extensions()).map(str::to_string);
         let mut requests = request.into_inner();
-        let (tx, rx) = crate::watch::stream_channel();
+        let (tx, rx) = self.node.watch_hub().stream_channel();
         let stream = self.node.watch_hub().new_stream();
         let mut state = StreamState {
             node: self.node.clone(),

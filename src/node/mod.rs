@@ -861,6 +861,7 @@ impl Node {
             cluster_version: self.versions().cluster_version().short(),
             keys,
             watchers: self.watch.watcher_count() as u64,
+            watch_buffered_bytes: self.watch.buffered_bytes() as u64,
             revision,
             compact_revision,
             leases,

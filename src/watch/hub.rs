@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Bound, Deref};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -11,6 +11,7 @@ use parking_lot::{Mutex, MutexGuard};
 use prost::Message;
 use tokio::sync::{mpsc, Notify};
 
+use super::budget::{StreamBytes, WatchBudget};
 use super::index::WatcherIndex;
 use crate::limits;
 use crate::mvcc::{drop_compacted_tombstones, read_events, EventBudget, MvccStore, RangeEnd};
@@ -96,58 +97,45 @@ impl HubMessage {
     /// What the message holds in memory while it waits in a stream's buffer, roughly: its events'
     /// encoded size plus a fixed cost.
     fn queued_bytes(&self) -> usize {
-        const FIXED_BYTES: usize = 64;
         match self {
             HubMessage::Events { events, .. } => {
-                FIXED_BYTES + events.iter().map(|e| e.encoded_len()).sum::<usize>()
+                Self::FIXED_BYTES + events.iter().map(|e| e.encoded_len()).sum::<usize>()
             }
             HubMessage::Created {
                 reason: Some(reason),
                 ..
-            } => FIXED_BYTES + reason.len(),
-            _ => FIXED_BYTES,
+            } => Self::FIXED_BYTES + reason.len(),
+            _ => Self::FIXED_BYTES,
         }
     }
+
+    /// What any message counts for besides its events.
+    const FIXED_BYTES: usize = 64;
 }
 
 /// The hub's side of one stream's buffer: bounded in messages ([`limits::WATCH_STREAM_BUFFER`])
-/// and in bytes ([`limits::WATCH_STREAM_BUFFER_BYTES`]). The hub never waits on it: a watcher
-/// whose stream is full falls behind and is caught up from storage once the reader drains it.
+/// and in bytes, by the stream's share of the member's [`WatchBudget`]. The hub never waits on it:
+/// a watcher whose stream is full falls behind and is caught up from storage once the reader
+/// drains it.
 #[derive(Clone)]
 pub struct StreamSender {
     tx: mpsc::Sender<HubMessage>,
-    queued_bytes: Arc<AtomicUsize>,
+    bytes: Arc<StreamBytes>,
 }
 
-/// The reading side of a stream's buffer (see [`stream_channel`]).
+/// The reading side of a stream's buffer (see [`WatchHub::stream_channel`]). The message it
+/// returned last still counts in the budget until it is asked for the next one: until then the
+/// response is on its way to the client.
 pub struct StreamReceiver {
     rx: mpsc::Receiver<HubMessage>,
-    queued_bytes: Arc<AtomicUsize>,
+    bytes: Arc<StreamBytes>,
+    in_flight: usize,
 }
 
 /// A slot reserved in a stream's buffer (see [`StreamSender::reserve`]).
 pub struct StreamPermit<'a> {
     permit: mpsc::Permit<'a, HubMessage>,
-    queued_bytes: &'a AtomicUsize,
-}
-
-/// A new stream buffer.
-pub fn stream_channel() -> (StreamSender, StreamReceiver) {
-    stream_channel_with_capacity(limits::WATCH_STREAM_BUFFER)
-}
-
-/// A stream buffer of `messages` messages (tests and fuzzing use small ones to make watchers
-/// fall behind).
-pub fn stream_channel_with_capacity(messages: usize) -> (StreamSender, StreamReceiver) {
-    let (tx, rx) = mpsc::channel(messages);
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
-    (
-        StreamSender {
-            tx,
-            queued_bytes: queued_bytes.clone(),
-        },
-        StreamReceiver { rx, queued_bytes },
-    )
+    bytes: &'a StreamBytes,
 }
 
 /// The reader is gone.
@@ -156,25 +144,29 @@ pub struct StreamClosed;
 
 impl StreamSender {
     /// Whether a watcher of this stream is worth reading storage for: a message slot is free and
-    /// at most half of the byte budget is taken (so a catch-up batch fits).
+    /// the budget has room for a catch-up batch (see [`StreamBytes::has_room`]).
     fn has_room(&self) -> bool {
-        self.tx.capacity() > 0
-            && self.queued_bytes.load(Ordering::Acquire) <= limits::WATCH_STREAM_BUFFER_BYTES / 2
+        self.tx.capacity() > 0 && self.bytes.has_room()
     }
 
-    /// Queue `msg` if the buffer has room for it in messages and bytes. A message larger than the
-    /// whole byte budget still goes into an empty buffer, so any revision can be delivered.
+    /// The largest message the stream's buffer would take now (0 without a free message slot).
+    fn room(&self) -> usize {
+        if self.tx.capacity() == 0 {
+            return 0;
+        }
+        self.bytes.room()
+    }
+
+    /// Queue `msg` if the buffer has room for it in messages and bytes.
     fn try_send(&self, msg: HubMessage) -> Sent {
         let size = msg.queued_bytes();
-        let queued = self.queued_bytes.load(Ordering::Acquire);
-        if queued > 0 && queued + size > limits::WATCH_STREAM_BUFFER_BYTES {
+        if !self.bytes.try_take(size) {
             return Sent::Full;
         }
-        self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         match self.tx.try_send(msg) {
             Ok(()) => Sent::Ok,
             Err(e) => {
-                self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                self.bytes.give_back(size);
                 match e {
                     mpsc::error::TrySendError::Full(_) => Sent::Full,
                     mpsc::error::TrySendError::Closed(_) => Sent::Closed,
@@ -196,7 +188,7 @@ impl StreamSender {
         let permit = self.tx.reserve().await.map_err(|_| StreamClosed)?;
         Ok(StreamPermit {
             permit,
-            queued_bytes: &self.queued_bytes,
+            bytes: &self.bytes,
         })
     }
 
@@ -209,8 +201,7 @@ impl StreamSender {
 impl StreamPermit<'_> {
     /// Queue `msg` in the reserved slot.
     pub fn send(self, msg: HubMessage) {
-        self.queued_bytes
-            .fetch_add(msg.queued_bytes(), Ordering::AcqRel);
+        self.bytes.take(msg.queued_bytes());
         self.permit.send(msg);
     }
 }
@@ -218,18 +209,23 @@ impl StreamPermit<'_> {
 impl StreamReceiver {
     /// The next message if one is queued.
     pub fn try_recv(&mut self) -> Result<HubMessage, mpsc::error::TryRecvError> {
+        self.delivered();
         let msg = self.rx.try_recv()?;
-        self.queued_bytes
-            .fetch_sub(msg.queued_bytes(), Ordering::AcqRel);
+        self.in_flight = msg.queued_bytes();
         Ok(msg)
     }
 
     /// The next message; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<HubMessage> {
+        self.delivered();
         let msg = self.rx.recv().await?;
-        self.queued_bytes
-            .fetch_sub(msg.queued_bytes(), Ordering::AcqRel);
+        self.in_flight = msg.queued_bytes();
         Some(msg)
+    }
+
+    /// The message returned last has been taken by the transport: its bytes go back.
+    fn delivered(&mut self) {
+        self.bytes.give_back(std::mem::take(&mut self.in_flight));
     }
 }
 
@@ -250,6 +246,9 @@ struct Watcher {
     synced: bool,
     /// Whether anything was sent since the last progress tick.
     sent_since_tick: bool,
+    /// Bytes its next revision needs, once catch-up found its stream could not take them (0:
+    /// not known): until its stream has that much room, reading storage for it is no use.
+    blocked_on: usize,
     tx: StreamSender,
     /// Set by the hub when it is added.
     serial: u64,
@@ -322,9 +321,10 @@ impl HubState {
 }
 
 /// All watchers of a member.
-#[derive(Default)]
 pub struct WatchHub {
     state: Mutex<HubState>,
+    /// What all streams' buffers may hold together.
+    budget: Arc<WatchBudget>,
     /// Changes when the store under the watchers is replaced (always under the store's write
     /// lock, so a reader of the store reads it with the head it goes with): a catch-up read of the
     /// old store is dropped rather than handed out.
@@ -342,7 +342,45 @@ enum Sent {
 impl WatchHub {
     /// An empty hub.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::with_budget(limits::WATCH_BUFFERED_BYTES_TOTAL)
+    }
+
+    /// An empty hub whose streams may buffer `bytes` together.
+    pub fn with_budget(bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            budget: WatchBudget::new(bytes),
+            epoch: AtomicU64::new(0),
+            behind: Notify::new(),
+        })
+    }
+
+    /// Bytes queued or in flight in all streams (a gauge).
+    pub fn buffered_bytes(&self) -> usize {
+        self.budget.queued()
+    }
+
+    /// A new stream's buffer, drawing on this hub's budget.
+    pub fn stream_channel(&self) -> (StreamSender, StreamReceiver) {
+        self.stream_channel_with_capacity(limits::WATCH_STREAM_BUFFER)
+    }
+
+    /// A stream buffer of `messages` messages (tests and fuzzing use small ones to make watchers
+    /// fall behind).
+    pub fn stream_channel_with_capacity(&self, messages: usize) -> (StreamSender, StreamReceiver) {
+        let (tx, rx) = mpsc::channel(messages);
+        let bytes = Arc::new(self.budget.open_stream());
+        (
+            StreamSender {
+                tx,
+                bytes: bytes.clone(),
+            },
+            StreamReceiver {
+                rx,
+                bytes,
+                in_flight: 0,
+            },
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -398,6 +436,7 @@ impl WatchHub {
                 sent_since_tick: false,
                 tx,
                 serial: 0,
+                blocked_on: 0,
             },
         );
         drop(state);
@@ -561,7 +600,7 @@ impl WatchHub {
                     state.unsynced.remove(key);
                     continue;
                 }
-                if !w.tx.has_room() {
+                if !w.tx.has_room() || w.blocked_on > w.tx.room() {
                     continue; // its reader is slow: it does not hold the others back
                 }
                 if w.next_rev < compact {
@@ -659,15 +698,31 @@ impl WatchHub {
                 if w.serial >= serial_limit || w.next_rev < from || w.next_rev > covered {
                     continue;
                 }
-                let events: Vec<Event> = mine
+                let wanted: Vec<&Event> = mine
                     .remove(key)
                     .unwrap_or_default()
                     .into_iter()
                     .map(|i| &batch.events[i])
                     .filter(|ev| revision_of(ev) >= w.next_rev)
-                    .cloned()
                     .collect();
-                let sent = if events.is_empty() {
+                // What the stream may take now: whole revisions up to it, the rest next round.
+                // Only what goes is copied.
+                let cut = fit_revisions(&wanted, w.tx.room());
+                let reached = match wanted.get(cut) {
+                    Some(first_left) => revision_of(first_left) - 1,
+                    None => covered,
+                };
+                let needs = if cut == 0 {
+                    first_revision_bytes(&wanted)
+                } else {
+                    0
+                };
+                let events: Vec<Event> = wanted[..cut].iter().map(|ev| (*ev).clone()).collect();
+                let sent = if reached < w.next_rev {
+                    // Not even its next revision fits: wait for that much room.
+                    w.blocked_on = needs;
+                    Sent::Full
+                } else if events.is_empty() {
                     Sent::Ok
                 } else {
                     let msg = HubMessage::Events {
@@ -683,7 +738,8 @@ impl WatchHub {
                 };
                 match sent {
                     Sent::Ok => {
-                        w.next_rev = covered + 1;
+                        w.blocked_on = 0;
+                        w.next_rev = reached + 1;
                         if w.next_rev > head {
                             w.synced = true;
                             state.unsynced.remove(key);
@@ -734,6 +790,36 @@ impl WatchHub {
     }
 }
 
+/// How many of `events` (in revision order) a message of at most `room` bytes can carry, cut at
+/// a revision boundary: a revision's events travel together.
+fn fit_revisions(events: &[&Event], room: usize) -> usize {
+    let mut size = HubMessage::FIXED_BYTES;
+    let mut fits = 0;
+    for (i, ev) in events.iter().enumerate() {
+        if i > 0 && revision_of(ev) != revision_of(events[i - 1]) {
+            fits = i; // every event before this one is of a revision that fits whole
+        }
+        size += ev.encoded_len();
+        if size > room {
+            return fits;
+        }
+    }
+    events.len()
+}
+
+/// The bytes a message carrying just the first revision of `events` counts for.
+fn first_revision_bytes(events: &[&Event]) -> usize {
+    let Some(first) = events.first() else {
+        return 0;
+    };
+    HubMessage::FIXED_BYTES
+        + events
+            .iter()
+            .take_while(|ev| revision_of(ev) == revision_of(first))
+            .map(|ev| ev.encoded_len())
+            .sum::<usize>()
+}
+
 /// Ends one of catch-up's holds of the hub lock, handing the lock straight to a thread waiting
 /// for it, if any. Apply's [`WatchHub::notify`] waits for it while holding the store's write lock;
 /// with a plain unlock the catch-up thread, still running, takes the lock back for its next batch
@@ -779,8 +865,8 @@ mod tests {
     fn synced_watchers_get_matching_events_and_slow_ones_catch_up() {
         let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
         let hub = WatchHub::new();
-        let (fast_tx, mut fast) = stream_channel_with_capacity(16);
-        let (slow_tx, mut slow) = stream_channel_with_capacity(1);
+        let (fast_tx, mut fast) = hub.stream_channel_with_capacity(16);
+        let (slow_tx, mut slow) = hub.stream_channel_with_capacity(1);
         let k = |id| WatcherKey {
             stream: 1,
             watch_id: id,
@@ -837,7 +923,7 @@ mod tests {
     fn after_a_store_is_replaced_watchers_catch_up_from_it() {
         let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
         let hub = WatchHub::new();
-        let (tx, mut rx) = stream_channel_with_capacity(16);
+        let (tx, mut rx) = hub.stream_channel_with_capacity(16);
         let key = WatcherKey {
             stream: 3,
             watch_id: 0,
@@ -870,6 +956,29 @@ mod tests {
     }
 
     #[test]
+    fn catch_up_messages_are_cut_at_revision_boundaries() {
+        let ev = |rev: i64, bytes: usize| Event {
+            kv: Some(crate::pb::mvccpb::KeyValue {
+                key: b"k".to_vec(),
+                value: vec![b'x'; bytes],
+                mod_revision: rev,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let events = [ev(3, 100), ev(3, 100), ev(4, 100), ev(6, 1000)];
+        let refs: Vec<&Event> = events.iter().collect();
+        let all: usize =
+            HubMessage::FIXED_BYTES + events.iter().map(|e| e.encoded_len()).sum::<usize>();
+        assert_eq!(fit_revisions(&refs, all), 4, "everything fits");
+        assert_eq!(fit_revisions(&refs, all - 1), 3, "revision 6 waits");
+        let two = first_revision_bytes(&refs);
+        assert_eq!(fit_revisions(&refs, two), 2, "revision 3 goes whole");
+        assert_eq!(fit_revisions(&refs, two - 1), 0, "never half a revision");
+        assert_eq!(fit_revisions(&[], 0), 0);
+    }
+
+    #[test]
     fn compacted_start_is_cancelled_and_filters_apply() {
         let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
         let hub = WatchHub::new();
@@ -884,7 +993,7 @@ mod tests {
         let mut batch = crate::storage::WriteBatch::new();
         s.compact(4, &mut batch).unwrap();
         s.engine().write(batch, Durability::Sync).unwrap();
-        let (tx, mut rx) = stream_channel_with_capacity(8);
+        let (tx, mut rx) = hub.stream_channel_with_capacity(8);
         assert!(hub
             .add(
                 WatcherKey {

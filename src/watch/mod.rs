@@ -4,15 +4,17 @@
 //! revision's events as they are applied) or *unsynced* (behind: a catch-up task reads the missing
 //! revisions from storage, one bounded read per round for all the watchers behind, until each
 //! reaches the head and joins the synced group). Watchers are found by key (`index.rs`), not by
-//! visiting them all. Every stream has one buffer, bounded in messages and bytes; when it is full,
-//! a synced watcher drops back to unsynced instead of blocking apply, so a slow reader never stalls
-//! writes or other watchers and never grows memory beyond its buffer. A revision's events always
-//! travel in one message.
+//! visiting them all. Every stream has one buffer, bounded in messages and in bytes by its share of
+//! one budget for all streams (`budget.rs`); when it is full, a synced watcher drops back to
+//! unsynced instead of blocking apply, so a slow reader never stalls writes or other watchers and
+//! never grows memory beyond its share. A revision's events always travel in one message.
 
+mod budget;
 mod hub;
 mod index;
 
+pub use budget::WatchBudget;
 pub use hub::{
-    stream_channel, stream_channel_with_capacity, AddError, HubMessage, StreamClosed, StreamPermit,
-    StreamReceiver, StreamSender, WatchHub, WatchSpec, WatcherKey,
+    AddError, HubMessage, StreamClosed, StreamPermit, StreamReceiver, StreamSender, WatchHub,
+    WatchSpec, WatcherKey,
 };
