@@ -93,6 +93,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Most operations per transaction branch (`--max-txn-ops`).
     pub max_txn_ops: usize,
+    /// Most watchers clients may hold on this member (`--max-watchers`).
+    pub max_watchers: usize,
     /// Backend size above which writes are refused (`--quota-backend-bytes`; 0 = default 2 GiB).
     pub quota_backend_bytes: u64,
     /// How long a proposal or a linearizable read may wait (etcd derives it; no flag).
@@ -188,6 +190,7 @@ impl Default for ServerConfig {
             engine: EngineKind::RocksDb,
             max_request_bytes: limits::MAX_REQUEST_BYTES_DEFAULT,
             max_txn_ops: limits::MAX_TXN_OPS_DEFAULT,
+            max_watchers: limits::MAX_WATCHERS_DEFAULT,
             quota_backend_bytes: 0,
             request_timeout: limits::REQUEST_TIMEOUT,
             watch_progress_interval: limits::WATCH_PROGRESS_INTERVAL_DEFAULT,
@@ -274,6 +277,7 @@ impl ServerConfig {
             1,
             limits::MAX_TXN_OPS_LIMIT as u64,
         )?;
+        range("max-watchers", self.max_watchers as u64, 1, u64::MAX)?;
         range(
             "quota-backend-bytes",
             self.quota_backend_bytes,

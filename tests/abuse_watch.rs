@@ -447,3 +447,82 @@ async fn many_streams_that_stop_reading_share_one_memory_budget() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A member holds at most `--max-watchers` watchers from clients, all streams and connections
+/// together: one more is refused clearly (created and canceled, with the reason), the watchers
+/// it has keep working, a cancel frees a slot, and a Lock that must wait (which keeps a watcher of
+/// its own for the key ahead of it) is not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_member_refuses_one_more_watcher_clearly() {
+    let _alone = common::abuse::one_at_a_time().await;
+    const MAX: usize = 50;
+    let max = MAX.to_string();
+    let server = Server::start_with("memory", &["--max-watchers", max.as_str()]);
+    let mut client = server.client().await;
+    // Watchers spread over streams of two connections.
+    let mut streams = Vec::new();
+    for s in 0..5 {
+        let mut c = if s % 2 == 0 {
+            client.clone()
+        } else {
+            server.client().await
+        };
+        let (mut tx, mut rx) = c
+            .watch(format!("full/{s}/0"), None)
+            .await
+            .expect("watch")
+            .split();
+        assert!(rx.message().await.expect("ok").expect("open").created());
+        for w in 1..MAX / 5 {
+            tx.watch(format!("full/{s}/{w}"), None)
+                .await
+                .expect("create");
+            let created = rx.message().await.expect("ok").expect("open");
+            assert!(created.created() && !created.canceled(), "{created:?}");
+        }
+        streams.push((tx, rx));
+    }
+    let mut extra = client.watch("full/extra", None).await.expect("watch");
+    let refused = extra.message().await.expect("ok").expect("open");
+    assert!(refused.created() && refused.canceled(), "{refused:?}");
+    assert_eq!(refused.watch_id(), -1);
+    assert!(
+        refused
+            .cancel_reason()
+            .contains("too many watchers on this member")
+            && refused.cancel_reason().contains(&max),
+        "{:?}",
+        refused.cancel_reason()
+    );
+
+    // The watchers it holds still work.
+    client.put("full/3/4", "v", None).await.expect("put");
+    let ev = streams[3].1.message().await.expect("ok").expect("open");
+    assert_eq!(ev.events()[0].kv().expect("kv").key(), b"full/3/4");
+
+    // A Lock that waits for the one ahead of it is served.
+    let mut holder = server.client().await;
+    let first = holder.lock("full-lock", None).await.expect("lock");
+    let mut waiter = server.client().await;
+    let second = tokio::spawn(async move { waiter.lock("full-lock", None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second lock waits for the first");
+    holder.unlock(first.key()).await.expect("unlock");
+    tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second lock is granted once the first is released")
+        .expect("join")
+        .expect("lock");
+
+    // A cancel frees a slot (the first watcher of a stream gets id 0).
+    let (tx, rx) = &mut streams[0];
+    tx.cancel(0).await.expect("cancel");
+    let canceled = rx.message().await.expect("ok").expect("open");
+    assert!(
+        canceled.canceled() && canceled.watch_id() == 0,
+        "{canceled:?}"
+    );
+    let mut again = client.watch("full/again", None).await.expect("watch");
+    let created = again.message().await.expect("ok").expect("open");
+    assert!(created.created() && !created.canceled(), "{created:?}");
+}

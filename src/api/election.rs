@@ -234,6 +234,7 @@ impl Election for ElectionService {
                 spec,
                 0,
                 tx,
+                crate::watch::Admission::Request,
             );
             let follow = async {
                 let mut last: Option<(Vec<u8>, i64)> = None;

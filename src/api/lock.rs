@@ -283,6 +283,7 @@ pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
         spec,
         from,
         tx,
+        crate::watch::Admission::Request,
     );
     loop {
         match rx.recv().await {

@@ -148,6 +148,13 @@ pub fn watch_stream_full_reason() -> String {
     )
 }
 
+/// Why a watch create is refused when the member holds `max` watchers (`--max-watchers`).
+pub fn watch_member_full_reason(max: usize) -> String {
+    format!(
+        "metastore: too many watchers on this member (at most {max}, --max-watchers); try again later"
+    )
+}
+
 /// A watch create request refused for `e`: etcd cancels it with the error's full gRPC text as the
 /// reason.
 pub fn watch_cancel_reason(e: AuthError) -> String {

@@ -107,9 +107,13 @@ impl StreamState {
             stream: self.stream,
             watch_id,
         };
-        let (added, revision) =
-            self.node
-                .add_watcher(key, spec, req.start_revision, self.tx.clone());
+        let (added, revision) = self.node.add_watcher(
+            key,
+            spec,
+            req.start_revision,
+            self.tx.clone(),
+            crate::watch::Admission::Client,
+        );
         let reason = match added {
             Ok(()) => {
                 self.ids.insert(watch_id);
@@ -118,6 +122,9 @@ impl StreamState {
             // Answered as etcd answers a create it cannot serve, so clients end that watch with
             // the reason and keep the stream's others.
             Err(AddError::StreamFull) => Some(super::status::watch_stream_full_reason()),
+            Err(AddError::MemberFull) => Some(super::status::watch_member_full_reason(
+                self.node.config().max_watchers,
+            )),
             Err(AddError::IdTaken) => {
                 debug_assert!(false, "ids are unique per stream");
                 Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())

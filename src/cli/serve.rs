@@ -106,6 +106,9 @@ pub struct ServeArgs {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = limits::MAX_TXN_OPS_DEFAULT)]
     pub max_txn_ops: usize,
+    /// Maximum number of watchers clients may hold on this member, all streams together.
+    #[arg(long, default_value_t = limits::MAX_WATCHERS_DEFAULT)]
+    pub max_watchers: usize,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -208,6 +211,7 @@ impl ServeArgs {
             },
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            max_watchers: self.max_watchers,
             quota_backend_bytes: self.quota_backend_bytes,
             request_timeout: limits::REQUEST_TIMEOUT,
             watch_progress_interval: self.experimental_watch_progress_notify_interval,

@@ -189,7 +189,7 @@ impl Node {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let metrics = Metrics::new();
-        let watch = WatchHub::new();
+        let watch = WatchHub::with_limits(limits::WATCH_BUFFERED_BYTES_TOTAL, config.max_watchers);
         let state_machine = StateMachine::open(
             engine.clone(),
             watch.clone(),
@@ -1095,6 +1095,7 @@ impl Node {
         spec: WatchSpec,
         start_revision: i64,
         tx: crate::watch::StreamSender,
+        admission: crate::watch::Admission,
     ) -> (Result<(), crate::watch::AddError>, i64) {
         let store = self.state.read();
         let head = store.current_revision();
@@ -1109,7 +1110,10 @@ impl Node {
         } else {
             start_revision
         };
-        (self.watch.add(key, spec, start, head, tx), head)
+        (
+            self.watch.admit(key, spec, start, head, tx, admission),
+            head,
+        )
     }
 
     /// The revision a progress notification for `stream` may carry: `None` while some watcher of the

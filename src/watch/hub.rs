@@ -229,6 +229,17 @@ impl StreamReceiver {
     }
 }
 
+/// Whom a new watcher is for, which decides whether the member's watcher limit refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A client's watch create: held to `--max-watchers`.
+    Client,
+    /// A watcher the server keeps for one request in flight (a Lock waiting for the key ahead of
+    /// it, an Election.Observe): not refused, as those are bounded by the requests clients may have
+    /// in flight.
+    Request,
+}
+
 /// Why a watcher was not added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddError {
@@ -236,6 +247,8 @@ pub enum AddError {
     IdTaken,
     /// The stream has [`limits::WATCH_STREAM_WATCHERS_MAX`] watchers.
     StreamFull,
+    /// The member has as many watchers as it may (`--max-watchers`).
+    MemberFull,
 }
 
 struct Watcher {
@@ -325,6 +338,8 @@ pub struct WatchHub {
     state: Mutex<HubState>,
     /// What all streams' buffers may hold together.
     budget: Arc<WatchBudget>,
+    /// How many watchers clients may create on this member, all streams together.
+    max_watchers: usize,
     /// Changes when the store under the watchers is replaced (always under the store's write
     /// lock, so a reader of the store reads it with the head it goes with): a catch-up read of the
     /// old store is dropped rather than handed out.
@@ -342,14 +357,19 @@ enum Sent {
 impl WatchHub {
     /// An empty hub.
     pub fn new() -> Arc<Self> {
-        Self::with_budget(limits::WATCH_BUFFERED_BYTES_TOTAL)
+        Self::with_limits(
+            limits::WATCH_BUFFERED_BYTES_TOTAL,
+            limits::MAX_WATCHERS_DEFAULT,
+        )
     }
 
-    /// An empty hub whose streams may buffer `bytes` together.
-    pub fn with_budget(bytes: usize) -> Arc<Self> {
+    /// An empty hub whose streams may buffer `bytes` together, and which takes at most
+    /// `max_watchers` watchers from clients.
+    pub fn with_limits(bytes: usize, max_watchers: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
             budget: WatchBudget::new(bytes),
+            max_watchers,
             epoch: AtomicU64::new(0),
             behind: Notify::new(),
         })
@@ -415,6 +435,23 @@ impl WatchHub {
         current_rev: i64,
         tx: StreamSender,
     ) -> Result<(), AddError> {
+        self.admit(key, spec, start_rev, current_rev, tx, Admission::Client)
+    }
+
+    /// As [`Self::add`], held to the member's watcher limit as `admission` says.
+    pub fn admit(
+        &self,
+        key: WatcherKey,
+        spec: WatchSpec,
+        start_rev: i64,
+        current_rev: i64,
+        tx: StreamSender,
+        admission: Admission,
+    ) -> Result<(), AddError> {
+        let max_watchers = match admission {
+            Admission::Client => self.max_watchers,
+            Admission::Request => usize::MAX,
+        };
         let mut state = self.lock();
         // Under the store lock every revision up to `current_rev` has been through `notify`.
         state.head = state.head.max(current_rev);
@@ -425,6 +462,9 @@ impl WatchHub {
             >= limits::WATCH_STREAM_WATCHERS_MAX
         {
             return Err(AddError::StreamFull);
+        }
+        if state.watchers.len() >= max_watchers {
+            return Err(AddError::MemberFull);
         }
         let synced = start_rev > current_rev;
         state.insert(

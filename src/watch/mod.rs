@@ -15,6 +15,6 @@ mod index;
 
 pub use budget::WatchBudget;
 pub use hub::{
-    AddError, HubMessage, StreamClosed, StreamPermit, StreamReceiver, StreamSender, WatchHub,
-    WatchSpec, WatcherKey,
+    AddError, Admission, HubMessage, StreamClosed, StreamPermit, StreamReceiver, StreamSender,
+    WatchHub, WatchSpec, WatcherKey,
 };
