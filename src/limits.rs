@@ -59,8 +59,9 @@ pub const WATCH_STREAM_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes of events queued or in flight in all watch streams of a member together (see
 /// `watch::WatchBudget`): without it, a client opening many streams that it never reads would hold
 /// every stream's buffer (256 streams on one connection: 140 -> 990 MB RSS). Past it, watchers
-/// wait in storage. Beyond it only one small message per idle stream
-/// ([`WATCH_STREAM_SMALL_MESSAGE_BYTES`]).
+/// wait in storage. It is passed by at most one message (an idle stream takes one of any size
+/// while some budget is left: a revision may be larger than the budget) and one small message
+/// per idle stream ([`WATCH_STREAM_SMALL_MESSAGE_BYTES`]).
 pub const WATCH_BUFFERED_BYTES_TOTAL: usize = 16 * 1024 * 1024;
 
 /// The least share of [`WATCH_BUFFERED_BYTES_TOTAL`] a stream gets, however many are open.

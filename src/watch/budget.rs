@@ -5,10 +5,13 @@
 //! member from 140 MB to 990 MB. So every stream draws on one budget
 //! ([`limits::WATCH_BUFFERED_BYTES_TOTAL`]): a stream may hold its fair share of it (the budget
 //! divided among the open streams, within [`limits::WATCH_STREAM_SHARE_MIN`] and
-//! [`limits::WATCH_STREAM_BUFFER_BYTES`]), and nothing is queued past the budget, except one small
-//! message into an idle stream ([`limits::WATCH_STREAM_SMALL_MESSAGE_BYTES`]), so readers that hold
-//! the budget cannot stop small events reaching everyone else. What does not fit waits in
-//! storage: its watcher falls behind and is caught up once its reader drains.
+//! [`limits::WATCH_STREAM_BUFFER_BYTES`]), and nothing is queued past the budget, with two
+//! exceptions for an idle stream: while any of the budget is left it takes one message of any
+//! size (a revision can be larger than the whole budget: a delete of a big prefix), so the budget
+//! is passed by at most one message; and it always takes one small message
+//! ([`limits::WATCH_STREAM_SMALL_MESSAGE_BYTES`]), so readers that hold the budget cannot stop
+//! small events reaching everyone else. What does not fit waits in storage: its watcher falls
+//! behind and is caught up once its reader drains.
 //!
 //! A message counts from when it is queued until its stream asks for the next one. By then the
 //! transport has taken the previous response within the client's flow-control window, so the
@@ -84,13 +87,17 @@ impl StreamBytes {
     }
 
     /// The largest message this stream may take now: up to its share, within what is left of the
-    /// member's budget. An idle stream takes one message of any size within the budget, so a
-    /// revision larger than a share can be delivered, and a small one even past it.
+    /// member's budget. An idle stream takes one message of any size while any of the budget is
+    /// left, so every revision can be delivered however large, and a small one even past it.
     pub(super) fn room(&self) -> usize {
         let queued = self.queued();
         let left = self.budget.total.saturating_sub(self.budget.queued());
         if queued == 0 {
-            left.max(limits::WATCH_STREAM_SMALL_MESSAGE_BYTES)
+            if left > 0 {
+                usize::MAX
+            } else {
+                limits::WATCH_STREAM_SMALL_MESSAGE_BYTES
+            }
         } else {
             left.min(self.budget.share().saturating_sub(queued))
         }
@@ -158,7 +165,13 @@ mod tests {
         assert!(!streams[3].try_take(1));
         streams[1].give_back(MIB);
         assert!(streams[1].try_take(1));
-        drop(streams);
+        // Some of the budget is left: an idle stream takes one message larger than the whole
+        // budget (a revision can be), and then none may pass it again.
+        let fifth = budget.open_stream();
+        assert!(fifth.try_take(20 * MIB));
+        let sixth = budget.open_stream();
+        assert!(!sixth.try_take(MIB));
+        drop((streams, fifth, sixth));
         assert_eq!(budget.queued(), 0, "every stream gave back what it held");
         assert_eq!(budget.streams.load(Ordering::Acquire), 0);
     }

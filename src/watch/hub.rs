@@ -996,6 +996,64 @@ mod tests {
     }
 
     #[test]
+    fn a_tight_budget_cuts_catch_up_yet_every_revision_arrives_once_in_order() {
+        const BUDGET: usize = 256 * 1024;
+        let mut s = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
+        let hub = WatchHub::with_limits(BUDGET, 100);
+        // 40 revisions of 10 KiB, one of 1 MiB (more than the whole budget), 10 more of 10 KiB.
+        for i in 0..51usize {
+            let bytes = if i == 40 { 1024 * 1024 } else { 10 * 1024 };
+            commit(&mut s, &hub, |t| {
+                t.put(b"k", vec![b'x'; bytes], 0).unwrap();
+            });
+        }
+        let head = s.current_revision();
+        // A stream that never reads takes what it may of the budget.
+        let (hog_tx, hog) = hub.stream_channel();
+        let key = |stream| WatcherKey {
+            stream,
+            watch_id: 0,
+        };
+        hub.add(key(1), spec("k", RangeEnd::Single), 1, head, hog_tx)
+            .unwrap();
+        let (tx, mut rx) = hub.stream_channel();
+        hub.add(key(2), spec("k", RangeEnd::Single), 1, head, tx)
+            .unwrap();
+        let mut got = Vec::new();
+        let mut round = |got: &mut Vec<i64>| {
+            hub.catch_up(|| &s);
+            assert!(
+                hub.buffered_bytes()
+                    <= BUDGET + 2 * 1024 * 1024 + 2 * limits::WATCH_STREAM_SMALL_MESSAGE_BYTES,
+                "{} bytes buffered",
+                hub.buffered_bytes()
+            );
+            while let Ok(msg) = rx.try_recv() {
+                got.extend(revs(&msg));
+            }
+        };
+        for _ in 0..100 {
+            round(&mut got);
+        }
+        // The hog took more than the budget in one message (a stream's first may); the reader
+        // got the small revisions in batches cut to what an idle stream may still take, and
+        // waits for room for the 1 MiB one.
+        let big = 42;
+        assert_eq!(got, (2..big).collect::<Vec<i64>>(), "in order, none twice");
+        // The hog goes: its bytes come back, and the rest arrives.
+        assert_eq!(hub.remove_stream(1), 1);
+        drop(hog);
+        for _ in 0..100 {
+            round(&mut got);
+        }
+        assert_eq!(
+            got,
+            (2..=head).collect::<Vec<i64>>(),
+            "every revision once, in order"
+        );
+    }
+
+    #[test]
     fn catch_up_messages_are_cut_at_revision_boundaries() {
         let ev = |rev: i64, bytes: usize| Event {
             kv: Some(crate::pb::mvccpb::KeyValue {
