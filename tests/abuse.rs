@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::abuse::{
-    assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, one_at_a_time,
-    p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
+    assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, before_attack,
+    one_at_a_time, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 
@@ -31,10 +31,7 @@ async fn abandoned_observe_calls_leave_nothing_behind() {
     // The attacker has a connection of its own; the well-behaved client keeps `client`'s.
     let attacker = server.client().await;
     let probe = Probe::start(&server.endpoint);
-    let mut quiet = probe.latencies(200).await;
-    let quiet = p99(&mut quiet);
-    let baseline = settled_footprint(&server.endpoint).await;
-    let rss_before = rss_kib(server.pid());
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
     for round in 0..10 {
         let mut streams = Vec::new();
         for i in 0..1000 {
@@ -135,10 +132,7 @@ async fn expanding_header_blocks_are_refused_within_budget() {
     let mut client = server.client().await;
     client.put("abuse/probe", "v", None).await.expect("put");
     let probe = Probe::start(&server.endpoint);
-    let mut quiet = probe.latencies(200).await;
-    let quiet = p99(&mut quiet);
-    let baseline = settled_footprint(&server.endpoint).await;
-    let rss_before = rss_kib(server.pid());
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
     let host = server.host_port().to_string();
     let mut attackers = Vec::new();
     for c in 0..CONNECTIONS {
@@ -247,10 +241,7 @@ async fn slow_http1_clients_cannot_starve_health() {
     let mut client = server.client().await;
     client.put("abuse/probe", "v", None).await.expect("put");
     let probe = Probe::start(&server.endpoint);
-    let mut quiet = probe.latencies(200).await;
-    let quiet = p99(&mut quiet);
-    let baseline = settled_footprint(&server.endpoint).await;
-    let rss_before = rss_kib(server.pid());
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
     let mut slow = Vec::new();
     for _ in 0..SLOW {
         let mut conn = tokio::net::TcpStream::connect(server.host_port())

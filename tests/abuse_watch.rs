@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::abuse::{
-    assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, metric, p99,
-    rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
+    assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, before_attack,
+    metric, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 use etcd_client::{Client, EventType, WatchOptions};
@@ -104,10 +104,7 @@ async fn twenty_thousand_watchers_from_revision_one_leave_puts_at_their_latency(
     let key_revs = fill(&client, revisions, 64).await;
     eprintln!("{revisions} revisions written in {:?}", started.elapsed());
     let probe = std::sync::Arc::new(Probe::writer(&server.endpoint));
-    let mut quiet = probe.latencies(200).await;
-    let quiet = p99(&mut quiet);
-    let baseline = settled_footprint(&server.endpoint).await;
-    let rss_before = rss_kib(server.pid());
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
 
     // The writer runs through the whole attack.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -295,10 +292,7 @@ async fn readers_that_stop_reading_cost_bounded_memory() {
     client.put("abuse/probe", "v", None).await.expect("put");
     put_big_values(&mut client, VALUES, VALUE_BYTES).await;
     let probe = Probe::start(&server.endpoint);
-    let mut quiet = probe.latencies(200).await;
-    let quiet = p99(&mut quiet);
-    let baseline = settled_footprint(&server.endpoint).await;
-    let rss_before = rss_kib(server.pid());
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
 
     // Each on its own connection, so their full windows do not hold up the probe's.
     let mut slow = Vec::new();
@@ -370,10 +364,7 @@ async fn many_streams_that_stop_reading_share_one_memory_budget() {
     }
     put_big_values(&mut client, VALUES, VALUE_BYTES).await;
     let probe = Probe::start(&server.endpoint);
-    let mut quiet = probe.latencies(200).await;
-    let quiet = p99(&mut quiet);
-    let baseline = settled_footprint(&server.endpoint).await;
-    let rss_before = rss_kib(server.pid());
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
 
     let attacker = server.client().await;
     let mut slow = Vec::new();

@@ -103,6 +103,15 @@ pub async fn settled_footprint(endpoint: &str) -> (i64, i64) {
     last
 }
 
+/// What an attack is measured against, taken before it starts: the probe's quiet p99 over 200
+/// requests, the member's settled footprint (tasks, watchers) and its RSS in KiB.
+pub async fn before_attack(server: &Server, probe: &Probe) -> (Duration, (i64, i64), u64) {
+    let mut quiet = probe.latencies(200).await;
+    let quiet = p99(&mut quiet);
+    let baseline = settled_footprint(&server.endpoint).await;
+    (quiet, baseline, rss_kib(server.pid()))
+}
+
 /// A well-behaved client on a thread and runtime of its own: the attack a test drives runs as
 /// tasks of the test's runtime, and the probe's requests must not queue behind them there (that
 /// would measure the test, not the member). It still shares the machine's cores with both.
