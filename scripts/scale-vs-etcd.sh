@@ -31,6 +31,10 @@
 #   scripts/scale-vs-etcd.sh                        # N=1000000, builds the release binary
 #   N=200000 BIN=path/to/metastore scripts/scale-vs-etcd.sh
 #   SERVERS=metastore N=200000 BIN=... scripts/scale-vs-etcd.sh   # only one of the two
+#   N=10000000 QUOTA=17179869184 FULL_RANGE=0 scripts/scale-vs-etcd.sh   # 10M keys (~10 GiB)
+#
+# QUOTA is both servers' --quota-backend-bytes (default 8 GiB; etcd's bbolt file passes it near
+# 10M keys). WORK is the parent of the data dirs (default: mktemp's).
 #
 # Timings include etcdctl's own work (decoding the answer, printing keys to /dev/null), the same
 # for both servers. The machine is shared by server, client and loader: compare the columns of one
@@ -50,11 +54,12 @@ KEY_SIZE="${KEY_SIZE:-16}"
 VAL_SIZE="${VAL_SIZE:-256}"
 FULL_RANGE="${FULL_RANGE:-1}"
 CATCH_UP="${CATCH_UP:-1}"
+QUOTA="${QUOTA:-8589934592}"
 SERVERS="${SERVERS:-etcd-3.5.1 metastore}"
 CLIENT=127.0.0.1:24900
 PEER=127.0.0.1:24901
 
-work=$(mktemp -d)
+work=$(mktemp -d ${WORK:+-p "$WORK"})
 pid=""
 joined=()
 cleanup() {
@@ -80,7 +85,7 @@ start() { # server name -> starts it on the fixed ports with data dir $work/$nam
   $(exe_of "$name") --name "$name" --data-dir "$work/$name" \
     --listen-client-urls "http://$CLIENT" --advertise-client-urls "http://$CLIENT" \
     --listen-peer-urls "http://$PEER" --initial-advertise-peer-urls "http://$PEER" \
-    --initial-cluster "$name=http://$PEER" --quota-backend-bytes 8589934592 \
+    --initial-cluster "$name=http://$PEER" --quota-backend-bytes "$QUOTA" \
     >>"$work/$name.log" 2>&1 &
   pid=$!
 }
@@ -105,7 +110,7 @@ catch_up() { # server name, new member number (2, 3) -> sets $caught "seconds le
     --listen-client-urls "http://$client" --advertise-client-urls "http://$client" \
     --listen-peer-urls "http://$peer" --initial-advertise-peer-urls "http://$peer" \
     --initial-cluster "$cluster" --initial-cluster-state existing \
-    --quota-backend-bytes 8589934592 >>"$work/$name-$n.log" 2>&1 &
+    --quota-backend-bytes "$QUOTA" >>"$work/$name-$n.log" 2>&1 &
   newpid=$!
   joined+=("$newpid")
   deadline=$(($(date +%s) + 600))

@@ -409,6 +409,35 @@ async fn etcd_client_with_user() {
             grpc(app.txn(nested).await.unwrap_err()).0,
             Code::PermissionDenied
         );
+        // Permissions come before the request is examined in full: a txn that is both invalid
+        // (one key put twice) and not permitted is refused for its permissions (etcd would name
+        // the duplicate), the same invalid txn on permitted keys for what is wrong with it, and
+        // one with too many operations for its size, etcd's first check, which reads no key.
+        let twice = |key: &str| {
+            Txn::new().and_then([TxnOp::put(key, "1", None), TxnOp::put(key, "2", None)])
+        };
+        assert_eq!(
+            grpc(app.txn(twice("app/config")).await.unwrap_err()).0,
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            grpc(app.txn(twice("own/twice")).await.unwrap_err()),
+            (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request".into()
+            )
+        );
+        let puts: Vec<TxnOp> = (0..129)
+            .map(|i| TxnOp::put(format!("app/{i}"), "v", None))
+            .collect();
+        let oversized = Txn::new().and_then(puts);
+        assert_eq!(
+            grpc(app.txn(oversized).await.unwrap_err()),
+            (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request".into()
+            )
+        );
 
         // Lease revoke needs write access to every attached key.
         let lease = root.lease_grant(60, None).await.expect("grant").id();

@@ -191,14 +191,21 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        // Who is asking is settled first (a token lookup): a client with a bad token gets no
-        // work proportional to its request. Then etcd's order: validation, then permissions.
+        // Who is asking is settled first (a token lookup), then what they may touch, and only
+        // then is the request examined in full: a client with a bad token or without the
+        // permissions gets no work done for it beyond the permission walk itself. etcd validates
+        // before it checks permissions, so a txn both invalid and not permitted gets a different
+        // error from it (README, "Where MetaStore differs from etcd on purpose"). The operation
+        // count is checked first as etcd does (it reads three lengths), so an oversized txn gets
+        // etcd's answer and the walk below is bounded by the op limit at the top level.
         let caller = self
             .access
             .caller(request.metadata(), cert_user(request.extensions()))?;
-        validate::txn(request.get_ref(), self.node.config().max_txn_ops)?;
+        let max_txn_ops = self.node.config().max_txn_ops;
+        validate::txn_op_count(request.get_ref(), max_txn_ops)?;
         let needs = perms::txn_needs(request.get_ref());
         let requester = self.access.check(&caller, &needs)?;
+        validate::txn(request.get_ref(), max_txn_ops)?;
         match self
             .propose(Op::Txn(request.into_inner()), requester)
             .await?

@@ -135,6 +135,16 @@ pub fn delete_range(r: &DeleteRangeRequest) -> Result {
     Ok(())
 }
 
+/// etcd's first txn check alone: no branch and no compare list longer than `max_txn_ops` (at the
+/// top level; [`txn`] checks nested transactions too). It reads three lengths.
+pub fn txn_op_count(r: &TxnRequest, max_txn_ops: usize) -> Result {
+    let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if opc > max_txn_ops {
+        return Err(ValidationError::TooManyOps);
+    }
+    Ok(())
+}
+
 /// Check a transaction: operation counts and each operation (recursively), then that no branch
 /// writes one key twice or both puts and deletes it.
 pub fn txn(r: &TxnRequest, max_txn_ops: usize) -> Result {
@@ -152,10 +162,8 @@ fn txn_ops(r: &TxnRequest, max_txn_ops: usize, depth: usize) -> Result {
     if depth >= MAX_TXN_NESTING_DEPTH {
         return Err(ValidationError::TooManyOps);
     }
+    txn_op_count(r, max_txn_ops)?;
     let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
-    if opc > max_txn_ops {
-        return Err(ValidationError::TooManyOps);
-    }
     if r.compare.iter().any(|c| c.key.is_empty()) {
         return Err(ValidationError::EmptyKey);
     }
