@@ -358,9 +358,11 @@ pub const MAX_TXN_OPS_LIMIT: usize = 1 << 16;
 pub const MAX_TXN_NESTING_DEPTH: usize = 64;
 
 /// Async worker threads of the server: one core is left to fsync, RocksDB's background work and the
-/// kernel's network stack, and fewer workers mean fewer cross-thread wake-ups on the request path
-/// (measured on 2 cores: 1 worker serves single-client puts ~4% faster than 2). `TOKIO_WORKER_THREADS`
-/// overrides it.
+/// kernel's network stack, but never fewer than two workers. With one, a single long poll held
+/// every other client: tonic encodes a unary response whole on the worker, so a keys-only list of
+/// 1M keys held a concurrent put 59 ms and one of 10M keys 800 ms; with two, 2.1 ms at 1M keys
+/// (`scripts/scale-vs-etcd.sh`, 2 cores). Puts and serializable ranges showed no difference
+/// beyond noise between one and two workers on 2 cores. `TOKIO_WORKER_THREADS` overrides it.
 pub fn server_worker_threads() -> usize {
     if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
@@ -371,7 +373,7 @@ pub fn server_worker_threads() -> usize {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    cores.saturating_sub(1).max(1)
+    cores.saturating_sub(1).max(2)
 }
 
 /// Default lifetime of an auth token since its last use (etcd's `--auth-token-ttl`, seconds).
