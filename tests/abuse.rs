@@ -436,3 +436,90 @@ async fn half_open_clients_lose_their_watchers_to_keepalive() {
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
     drop(streams);
 }
+
+/// Snapshot calls whose clients stop reading after the first piece: at most
+/// `limits::SNAPSHOT_STREAMS_MAX` (2) are served at once and the rest wait for a place, so the
+/// member's memory stays within budget whatever their number (unbounded, 20 such calls took a
+/// member with 120 MB of data from 146 to 522 MB RSS); when the callers leave, everything they
+/// held goes, and the next backup is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_snapshot_calls_are_served_two_at_a_time() {
+    let _alone = one_at_a_time().await;
+    const CALLS: usize = 20;
+    const SERVED_AT_ONCE: usize = 2;
+    let mut server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    // About 40 MB of values, loaded by txns of 128 puts.
+    let value = "s".repeat(4096);
+    for t in 0..80 {
+        let puts: Vec<_> = (0..128)
+            .map(|i| etcd_client::TxnOp::put(format!("snap/{t:03}/{i:03}"), value.as_str(), None))
+            .collect();
+        client
+            .txn(etcd_client::Txn::new().and_then(puts))
+            .await
+            .expect("load");
+    }
+    client.put("abuse/probe", "v", None).await.expect("put");
+    // One whole backup first: the engine's block cache is warm before the baseline is taken, so
+    // the budget measures what the calls hold.
+    let total = whole_backup(&mut client).await;
+    assert!(
+        total > 40 * 1000 * 1000,
+        "the backup holds the data: {total} bytes"
+    );
+    let probe = Probe::start(&server.endpoint);
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
+
+    let mut callers = Vec::new();
+    let mut connection = None;
+    for i in 0..CALLS {
+        // Four connections, five calls on each.
+        if i % 5 == 0 {
+            connection = Some(server.client().await);
+        }
+        let mut c = connection.clone().expect("a connection");
+        callers.push(tokio::spawn(async move {
+            let mut stream = c.snapshot().await.expect("snapshot");
+            let first = stream.message().await.expect("a piece").expect("not empty");
+            assert!(!first.blob().is_empty());
+            // Then it stops reading, and holds the stream.
+            stream
+        }));
+    }
+    drop(connection);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut attacked = probe.latencies(200).await;
+    let served = callers.iter().filter(|t| t.is_finished()).count();
+    eprintln!("abuse: {served} of {CALLS} snapshot calls given their first piece");
+    assert_survived(&mut server, rss_before);
+    assert_eq!(served, SERVED_AT_ONCE, "calls given their first piece");
+    assert_p99_within(quiet, p99(&mut attacked));
+
+    // The callers leave, the waiting ones included.
+    for call in &callers {
+        call.abort();
+    }
+    drop(callers);
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+
+    // A backup taken now is whole, and the same size as before.
+    assert_eq!(whole_backup(&mut client).await, total);
+}
+
+/// Read a whole backup through `Maintenance.Snapshot`; its size in bytes, checked against what
+/// its first piece announced.
+async fn whole_backup(client: &mut etcd_client::Client) -> u64 {
+    let mut stream = client.snapshot().await.expect("snapshot");
+    let first = stream.message().await.expect("a piece").expect("not empty");
+    let total = first.blob().len() as u64 + first.remaining_bytes();
+    let mut got = first.blob().len() as u64;
+    while let Some(piece) = stream.message().await.expect("a piece") {
+        got += piece.blob().len() as u64;
+    }
+    assert_eq!(
+        got, total,
+        "the backup's bytes add up to what its first piece announced"
+    );
+    total
+}

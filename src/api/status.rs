@@ -224,6 +224,10 @@ impl From<NodeError> for Status {
             ),
             NodeError::Membership(e) => e.into(),
             NodeError::Stopped => status(Code::Unavailable, "etcdserver: server stopped"),
+            // etcd's text for a server that cannot take more work now.
+            NodeError::TooManyRequests => {
+                status(Code::ResourceExhausted, "etcdserver: too many requests")
+            }
             NodeError::NoSpace => status(
                 Code::ResourceExhausted,
                 "etcdserver: mvcc: database space exceeded",

@@ -64,6 +64,10 @@ pub enum NodeError {
     Stopped,
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// A call waited its whole time for a place among a bounded number (see
+    /// [`limits::SNAPSHOT_STREAMS_MAX`]).
+    #[error("too many requests")]
+    TooManyRequests,
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error("storage: {0}")]
@@ -131,6 +135,9 @@ pub struct Node {
     next_seq: std::sync::atomic::AtomicU64,
     /// Held while a snapshot from the leader is being staged: one transfer at a time.
     snapshot_receive: tokio::sync::Mutex<()>,
+    /// Places for `Maintenance.Snapshot` streams ([`limits::SNAPSHOT_STREAMS_MAX`]): a stream
+    /// holds one until it ends or its client goes away.
+    backups: Arc<tokio::sync::Semaphore>,
     /// Transfers begun so far: a transfer whose number is no longer the newest stops waiting for
     /// chunks and makes way (woken through `snapshot_superseded`).
     snapshot_receives: std::sync::atomic::AtomicU64,
@@ -283,6 +290,7 @@ impl Node {
                 follower_rounds,
                 compactor,
                 snapshot_receive: tokio::sync::Mutex::new(()),
+                backups: Arc::new(tokio::sync::Semaphore::new(limits::SNAPSHOT_STREAMS_MAX)),
                 snapshot_receives: std::sync::atomic::AtomicU64::new(0),
                 snapshot_superseded: tokio::sync::Notify::new(),
                 disk_failure,
@@ -562,19 +570,33 @@ impl Node {
 
     /// A consistent backup of this member's replicated state as etcd's snapshot file, produced
     /// piece by piece as the stream is read (see `raft::etcd_snapshot::writer`); with its total
-    /// size in bytes.
+    /// size in bytes. At most [`limits::SNAPSHOT_STREAMS_MAX`] run at once; a later call waits
+    /// for a place up to [`limits::SNAPSHOT_STREAM_WAIT`], then fails with
+    /// [`NodeError::TooManyRequests`].
     pub async fn backup(
         &self,
     ) -> Result<(u64, impl futures::Stream<Item = Result<Vec<u8>, NodeError>>), NodeError> {
         use crate::raft::etcd_snapshot::writer::SnapshotWriter;
         let failed = |e: std::io::Error| NodeError::Raft(e.to_string());
+        // A place first: a call waiting for one holds no view and has read nothing.
+        let place = match rt::timeout(
+            limits::SNAPSHOT_STREAM_WAIT,
+            self.backups.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(place)) => place,
+            Ok(Err(_closed)) => return Err(NodeError::Stopped),
+            Err(rt::Elapsed) => return Err(NodeError::TooManyRequests),
+        };
         let (_, view) = self.state.frozen().map_err(failed)?;
         // The first pass over the view lays the file out: off the async workers.
         let writer = blocking_io(move || SnapshotWriter::new(view)).await?;
         let total = writer.total_bytes();
-        let writer = Some(writer);
+        // The place goes with the writer: freed when the stream ends or is dropped.
+        let writer = Some((writer, place));
         let pieces = futures::stream::unfold(writer, move |writer| async move {
-            let mut writer = writer?;
+            let (mut writer, place) = writer?;
             // Each piece reads up to a chunk from the engine: off the async workers. A writer
             // that died ends the stream with an error, never quietly (the client would keep a
             // truncated file).
@@ -588,7 +610,7 @@ impl Node {
                 Err(e) => return Some((Err(failed(e)), None)),
             };
             match piece {
-                Ok(Some(piece)) => Some((Ok(piece), Some(writer))),
+                Ok(Some(piece)) => Some((Ok(piece), Some((writer, place)))),
                 Ok(None) => None,
                 Err(e) => Some((Err(failed(e)), None)),
             }
