@@ -84,6 +84,30 @@ pub const RANGE_STREAM_CHUNK_BYTES_FACTOR: usize = 2;
 /// millisecond), while the lock is taken only once per this many keys.
 pub const RANGE_PIECE_KEYS: usize = 4096;
 
+/// About how many bytes of chunks all `KV.RangeStream`s of a member hold together. A stream holds
+/// up to [`RANGE_STREAM_BUFFER`] chunks read ahead and one that HTTP/2 is sending, each up to
+/// [`RANGE_STREAM_CHUNK_BYTES_FACTOR`] times its target; the target (at most
+/// `--max-request-bytes`) shrinks as streams open so that all of them together stay near this,
+/// down to [`RANGE_STREAM_CHUNK_BYTES_MIN`]. Without it, 20 streams whose clients stopped reading
+/// took a member from 142 to 409 MB RSS (`--max-request-bytes` 1.5 MiB: 3 MiB chunks), and 32 of
+/// them in `tests/range_stream.rs` +130 MB; with it, +30 to +39 MB. Up to two streams keep
+/// chunks of `--max-request-bytes`, as etcd's.
+pub const RANGE_STREAM_BUFFERED_BYTES_TOTAL: usize = 16 * 1024 * 1024;
+
+/// The least chunk target of a `KV.RangeStream`, however many are open: below it the per-chunk
+/// costs (a store read, a message) would dominate.
+pub const RANGE_STREAM_CHUNK_BYTES_MIN: usize = 64 * 1024;
+
+/// The chunk target of each `KV.RangeStream` while `open` of them are open (see
+/// [`RANGE_STREAM_BUFFERED_BYTES_TOTAL`]), at most `max_request_bytes`.
+pub fn range_stream_chunk_target(open: usize, max_request_bytes: usize) -> usize {
+    let chunks_held = (RANGE_STREAM_BUFFER + 1) * RANGE_STREAM_CHUNK_BYTES_FACTOR;
+    let share = RANGE_STREAM_BUFFERED_BYTES_TOTAL / (open.max(1) * chunks_held);
+    share
+        .max(RANGE_STREAM_CHUNK_BYTES_MIN)
+        .min(max_request_bytes.max(1))
+}
+
 /// Chunks of a `KV.RangeStream` read ahead of the client, at most: a client that stops reading
 /// stops the reading (beyond what HTTP/2 flow control lets through).
 pub const RANGE_STREAM_BUFFER: usize = 2;
@@ -464,3 +488,35 @@ pub const ENGINE_WRITEBACK_BYTES: u64 = 1024 * 1024;
 
 /// Size of one RocksDB memtable (`write_buffer_size`, per column family), resident until flushed.
 pub const ENGINE_MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_stream_chunks_shrink_as_streams_open_between_the_floor_and_the_request_limit() {
+        let max = MAX_REQUEST_BYTES_DEFAULT;
+        // Few streams: the target is the request limit, as etcd's.
+        assert_eq!(range_stream_chunk_target(0, max), max);
+        assert_eq!(range_stream_chunk_target(1, max), max);
+        // Many: what they hold together stays near the total.
+        let held = |open: usize| {
+            open * range_stream_chunk_target(open, max)
+                * (RANGE_STREAM_BUFFER + 1)
+                * RANGE_STREAM_CHUNK_BYTES_FACTOR
+        };
+        for open in [4, 8, 20] {
+            assert!(range_stream_chunk_target(open, max) < max);
+            assert!(
+                held(open) <= RANGE_STREAM_BUFFERED_BYTES_TOTAL,
+                "{open} streams"
+            );
+        }
+        // Never below the floor, never above a smaller request limit.
+        assert_eq!(
+            range_stream_chunk_target(100_000, max),
+            RANGE_STREAM_CHUNK_BYTES_MIN
+        );
+        assert_eq!(range_stream_chunk_target(1, 1000), 1000);
+    }
+}

@@ -492,6 +492,7 @@ async fn the_revision_is_pinned_when_the_stream_starts_and_a_compaction_past_it_
 
 #[tokio::test]
 async fn a_client_that_stops_reading_or_leaves_costs_no_task() {
+    const STALLED: usize = 32;
     let server = Server::start("memory");
     let mut kv = kv_client(&server).await;
     load(&mut kv).await;
@@ -501,7 +502,7 @@ async fn a_client_that_stops_reading_or_leaves_costs_no_task() {
     // Streams whose client reads one chunk and then nothing: they wait, bounded. Each on its
     // own connection: the unread data of one fills its connection's HTTP/2 window.
     let mut stalled = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..STALLED {
         let mut kv = kv_client(&server).await;
         let mut stream = kv.range_stream(rr("s/", "s0")).await.unwrap().into_inner();
         stream.message().await.unwrap().unwrap();
@@ -509,9 +510,12 @@ async fn a_client_that_stops_reading_or_leaves_costs_no_task() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = common::abuse::rss_kib(server.pid());
-    eprintln!("range_stream: RSS {rss_before} KiB before, {rss} KiB with 8 stalled streams");
-    // Each holds at most its buffer and one chunk being read (about 1 MiB each here), not the
-    // 10 MiB answer.
+    eprintln!(
+        "range_stream: RSS {rss_before} KiB before, {rss} KiB with {STALLED} stalled streams"
+    );
+    // Each holds at most its buffer and one chunk being read, not the 10 MiB answer, and the
+    // chunks shrink as streams open (`limits::RANGE_STREAM_BUFFERED_BYTES_TOTAL`): with chunks
+    // of up to 3 MiB whatever their number, 32 stalled streams here held far more than this.
     assert!(
         rss < rss_before + 64 * 1024,
         "RSS grew from {rss_before} KiB to {rss} KiB"

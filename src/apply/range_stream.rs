@@ -63,6 +63,13 @@ impl RangeStream {
         self.done
     }
 
+    /// Aim the next chunks at `target_bytes` instead (the member shrinks it while many streams
+    /// are open). The next chunk is already cut at twice it; its key limit adapts as after any
+    /// chunk.
+    pub fn set_target_bytes(&mut self, target_bytes: usize) {
+        self.target_bytes = target_bytes.max(1);
+    }
+
     /// The revision the stream reads at (0 before its first chunk, if the request named none).
     pub fn revision(&self) -> i64 {
         self.req.revision

@@ -138,6 +138,8 @@ pub struct Node {
     /// Places for `Maintenance.Snapshot` streams ([`limits::SNAPSHOT_STREAMS_MAX`]): a stream
     /// holds one until it ends or its client goes away.
     backups: Arc<tokio::sync::Semaphore>,
+    /// `KV.RangeStream`s open now: their chunks shrink as more are open.
+    range_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Transfers begun so far: a transfer whose number is no longer the newest stops waiting for
     /// chunks and makes way (woken through `snapshot_superseded`).
     snapshot_receives: std::sync::atomic::AtomicU64,
@@ -291,6 +293,7 @@ impl Node {
                 compactor,
                 snapshot_receive: tokio::sync::Mutex::new(()),
                 backups: Arc::new(tokio::sync::Semaphore::new(limits::SNAPSHOT_STREAMS_MAX)),
+                range_streams: Arc::default(),
                 snapshot_receives: std::sync::atomic::AtomicU64::new(0),
                 snapshot_superseded: tokio::sync::Notify::new(),
                 disk_failure,

@@ -1,8 +1,12 @@
 //! The member's side of `KV.RangeStream`: the read gate once, then one short store read per chunk.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use super::{Node, NodeError};
 use crate::apply::RangeStream;
 use crate::auth::{AuthError, AuthStore};
+use crate::limits;
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
 
 /// A range stream in progress on this member, between its chunks.
@@ -11,6 +15,25 @@ pub struct RangeStreamRead {
     cursor: RangeStream,
     /// The auth revision the permissions were checked at (`None`: auth off).
     checked_at: Option<u64>,
+    /// Counts this stream among the member's open ones while it lives.
+    _open: OpenStream,
+}
+
+/// One open range stream in the member's count (`Node::range_streams`), until dropped.
+#[derive(Debug)]
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl RangeStreamRead {
@@ -35,18 +58,25 @@ impl Node {
         let mut read = RangeStreamRead {
             cursor: RangeStream::new(req, self.config.max_request_bytes),
             checked_at,
+            _open: OpenStream::new(&self.range_streams),
         };
         let first = self.range_stream_next(&mut read)?;
         Ok((read, first))
     }
 
     /// The next chunk of `read`, read at its pinned revision under the store's read lock, which
-    /// is held for this chunk only. Fails with `Compacted` once a compaction passed the pinned
-    /// revision, and, as a range, when auth changed since the permissions were checked.
+    /// is held for this chunk only, and sized for the streams open now
+    /// ([`limits::range_stream_chunk_target`]). Fails with `Compacted` once a compaction passed
+    /// the pinned revision, and, as a range, when auth changed since the permissions were checked.
     pub fn range_stream_next(
         &self,
         read: &mut RangeStreamRead,
     ) -> Result<RangeResponse, NodeError> {
+        read.cursor
+            .set_target_bytes(limits::range_stream_chunk_target(
+                self.range_streams.load(Ordering::SeqCst),
+                self.config.max_request_bytes,
+            ));
         let chunk = {
             let store = self.state.read();
             read.cursor.next_chunk(&store)?
