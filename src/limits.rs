@@ -443,6 +443,17 @@ pub const AUTH_TOKENS_MAX: usize = 100_000;
 /// Random letters in an auth token before its `.<index>` suffix (etcd's simple tokens have 16).
 pub const AUTH_TOKEN_RANDOM_CHARS: usize = 16;
 
+/// Password hashes and checks (bcrypt) a member runs at once: half its cores, at least one.
+/// Anyone may ask to authenticate as a user that exists (`root` always does once auth is on), and
+/// each check costs about 50 ms of CPU at the default cost; later checks wait their turn (up to
+/// the request timeout), so a flood of wrong passwords slows logins, not the member's other work.
+pub fn password_work_max() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (cores / 2).max(1)
+}
+
 /// bcrypt cost of stored password hashes (etcd's `--bcrypt-cost`): default and accepted bounds.
 pub const BCRYPT_COST_DEFAULT: u32 = 10;
 pub const BCRYPT_COST_MIN: u32 = 4;

@@ -523,3 +523,69 @@ async fn whole_backup(client: &mut etcd_client::Client) -> u64 {
     );
     total
 }
+
+/// Logins with a wrong password, which anyone may send for `root`: each costs a bcrypt check (tens
+/// of ms of CPU), and the member runs at most `limits::password_work_max` of them at once, so a
+/// flood of them slows logins, not a logged-in client's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_passwords_leaves_other_clients_at_their_latency() {
+    let _alone = one_at_a_time().await;
+    const ATTACKERS: usize = 16;
+    let mut server = Server::start("memory");
+    let client = server.client().await;
+    let mut auth = client.auth_client();
+    auth.user_add("root", "rootpw", None).await.expect("root");
+    auth.user_grant_role("root", "root").await.expect("grant");
+    auth.auth_enable().await.expect("enable");
+    let opts = etcd_client::ConnectOptions::new().with_user("root", "rootpw");
+    let mut root = etcd_client::Client::connect([server.endpoint.as_str()], Some(opts))
+        .await
+        .expect("root logs in");
+    root.put("abuse/probe", "v", None).await.expect("put");
+    let probe = Probe::start_as(&server.endpoint, "root", "rootpw");
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for a in 0..ATTACKERS {
+        let (endpoint, stop) = (server.endpoint.clone(), stop.clone());
+        attackers.push(tokio::spawn(async move {
+            let c = etcd_client::Client::connect([endpoint.as_str()], None)
+                .await
+                .expect("connect");
+            let mut refused = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let err = c
+                    .auth_client()
+                    .authenticate("root".into(), format!("wrong-{a}"))
+                    .await
+                    .expect_err("a wrong password");
+                assert!(
+                    err.to_string().contains("authentication failed")
+                        || err.to_string().contains("too many requests"),
+                    "{err}"
+                );
+                refused += 1;
+            }
+            refused
+        }));
+    }
+    // Let the flood build up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut attacked = probe.latencies(200).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut refused = 0;
+    for a in attackers {
+        refused += a.await.expect("attacker");
+    }
+    eprintln!("abuse: {refused} wrong passwords refused meanwhile");
+    assert!(refused >= ATTACKERS, "every attacker was answered");
+    assert_survived(&mut server, rss_before);
+    assert_p99_within(quiet, p99(&mut attacked));
+    // The right password still logs in.
+    let opts = etcd_client::ConnectOptions::new().with_user("root", "rootpw");
+    etcd_client::Client::connect([server.endpoint.as_str()], Some(opts))
+        .await
+        .expect("root logs in after the flood");
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}

@@ -17,8 +17,9 @@ use tonic::metadata::MetadataMap;
 
 use crate::auth::perms::{self, Need, PermKind};
 use crate::auth::{AuthError, AuthStore, TokenUser};
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use crate::pb::metastore::Requester;
+use crate::{limits, rt};
 
 /// gRPC metadata keys that carry the token.
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
@@ -86,13 +87,48 @@ impl Caller {
 /// Token resolution and permission checks for every client service of one member.
 pub struct Access {
     node: Arc<Node>,
+    /// Places for password work (bcrypt, slow on purpose) running at once, at most
+    /// [`limits::password_work_max`]: a flood of logins with a wrong password, which anyone can
+    /// send, cannot take every core from the member's other work.
+    password_work: Arc<tokio::sync::Semaphore>,
 }
 
 impl Access {
     /// Access control over `node` (its token provider is the node's: simple tokens come through
     /// the log).
     pub fn new(node: Arc<Node>) -> Arc<Self> {
-        Arc::new(Self { node })
+        Arc::new(Self {
+            node,
+            password_work: Arc::new(tokio::sync::Semaphore::new(limits::password_work_max())),
+        })
+    }
+
+    /// Run password `work` (a bcrypt hash or check) off the async workers once one of the
+    /// member's places for it is free. A request that waits the whole request timeout for one
+    /// is refused with etcd's "too many requests".
+    pub async fn password_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let place = match rt::timeout(
+            self.node.config().request_timeout,
+            self.password_work.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(place)) => place,
+            Ok(Err(_closed)) => return Err(NodeError::Stopped),
+            Err(rt::Elapsed) => return Err(NodeError::TooManyRequests),
+        };
+        // The place goes with the work: a caller that leaves cannot stop a check that started,
+        // so its place is given back only when the check ends.
+        rt::spawn_blocking(move || {
+            let out = work();
+            drop(place);
+            out
+        })
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
     /// The caller of a request with `metadata`, over a connection whose verified client

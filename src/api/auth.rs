@@ -72,16 +72,17 @@ impl AuthService {
         }
     }
 
-    /// A bcrypt hash of `password` at the configured cost, computed off the async workers.
+    /// A bcrypt hash of `password` at the configured cost, computed off the async workers in
+    /// one of the member's places for password work.
     async fn hash(&self, password: String) -> Result<String, Status> {
         let cost = self.node.config().bcrypt_cost;
         let mut salt = [0u8; 16];
         for chunk in salt.chunks_mut(8) {
             chunk.copy_from_slice(&rt::random_u64().to_le_bytes());
         }
-        rt::spawn_blocking(move || bcrypt::hash_with_salt(password.as_bytes(), cost, salt))
-            .await
-            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?
+        self.access
+            .password_work(move || bcrypt::hash_with_salt(password.as_bytes(), cost, salt))
+            .await?
             .map(|parts| parts.to_string())
             .map_err(|e| Status::internal(format!("etcdserver: cannot hash password: {e}")))
     }
@@ -166,9 +167,10 @@ impl Auth for AuthService {
         };
         let stored = String::from_utf8(hash.clone()).map_err(|_| AuthError::AuthFailed)?;
         let password = req.password;
-        let matches = rt::spawn_blocking(move || bcrypt::verify(password.as_bytes(), &stored))
-            .await
-            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?
+        let matches = self
+            .access
+            .password_work(move || bcrypt::verify(password.as_bytes(), &stored))
+            .await?
             .unwrap_or(false);
         if !matches {
             return Err(AuthError::AuthFailed.into());

@@ -593,10 +593,12 @@ impl Node {
             Err(rt::Elapsed) => return Err(NodeError::TooManyRequests),
         };
         let (_, view) = self.state.frozen().map_err(failed)?;
-        // The first pass over the view lays the file out: off the async workers.
-        let writer = blocking_io(move || SnapshotWriter::new(view)).await?;
+        // The first pass over the view lays the file out: off the async workers. The place goes
+        // with it (a caller that leaves cannot stop the pass once it runs), then with the writer:
+        // freed when the pass fails, or the stream ends or is dropped.
+        let (writer, place) =
+            blocking_io(move || SnapshotWriter::new(view).map(|writer| (writer, place))).await?;
         let total = writer.total_bytes();
-        // The place goes with the writer: freed when the stream ends or is dropped.
         let writer = Some((writer, place));
         let pieces = futures::stream::unfold(writer, move |writer| async move {
             let (mut writer, place) = writer?;

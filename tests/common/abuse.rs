@@ -124,15 +124,21 @@ impl Probe {
     /// A reader: serializable gets of `abuse/probe` (which must exist) on `endpoint`
     /// (`http://host:port`).
     pub fn start(endpoint: &str) -> Probe {
-        Probe::spawn(endpoint, false)
+        Probe::spawn(endpoint, false, None)
+    }
+
+    /// A reader, as [`Probe::start`], logged in as `user` with `password` (auth on).
+    pub fn start_as(endpoint: &str, user: &str, password: &str) -> Probe {
+        let opts = etcd_client::ConnectOptions::new().with_user(user, password);
+        Probe::spawn(endpoint, false, Some(opts))
     }
 
     /// A writer: puts of `abuse/writer` on `endpoint`.
     pub fn writer(endpoint: &str) -> Probe {
-        Probe::spawn(endpoint, true)
+        Probe::spawn(endpoint, true, None)
     }
 
-    fn spawn(endpoint: &str, puts: bool) -> Probe {
+    fn spawn(endpoint: &str, puts: bool, opts: Option<etcd_client::ConnectOptions>) -> Probe {
         let endpoint = endpoint.to_string();
         let (asks, asked) =
             std::sync::mpsc::channel::<(usize, tokio::sync::oneshot::Sender<Vec<Duration>>)>();
@@ -143,7 +149,7 @@ impl Probe {
                 .build()
                 .expect("probe runtime");
             let mut client = rt
-                .block_on(etcd_client::Client::connect([endpoint], None))
+                .block_on(etcd_client::Client::connect([endpoint], opts))
                 .expect("the probe connects");
             let _ = ready_tx.send(());
             while let Ok((n, reply)) = asked.recv() {
