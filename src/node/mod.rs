@@ -64,9 +64,8 @@ pub enum NodeError {
     Stopped,
     #[error("mvcc: database space exceeded")]
     NoSpace,
-    /// A call waited its whole time for a place among a bounded number (snapshot streams,
-    /// full scans, password work: [`limits::SNAPSHOT_STREAMS_MAX`],
-    /// [`limits::heavy_work_places`]).
+    /// A call waited its whole time for a place among a bounded number (see
+    /// [`limits::SNAPSHOT_STREAMS_MAX`]).
     #[error("too many requests")]
     TooManyRequests,
     #[error(transparent)]
