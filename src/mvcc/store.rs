@@ -17,7 +17,7 @@
 //! superseded records a step has not reached yet.
 
 use std::collections::BTreeMap;
-use std::ops::{Bound, Deref};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use prost::Message;
@@ -589,63 +589,16 @@ impl MvccStore {
     /// point counts only if it still holds its key's value at `rev`, so the hash is the same
     /// before, during and after the compaction's physical half.
     pub fn hash_kv(&self, rev: i64) -> Result<u32> {
-        Self::hash_kv_in_pieces(|| self, rev, usize::MAX, || {}).map(|(hash, _, _)| hash)
-    }
-
-    /// [`MvccStore::hash_kv`] read in pieces of about `piece_bytes` bytes of records (at least
-    /// one record), each under its own hold
-    /// of the store (`lock`), so writes go on while a large store is hashed; with the revision
-    /// hashed and the compaction revision it was hashed at. Records at or below `rev` only change
-    /// when compaction deletes them, and the deletions of the compaction the hash started with
-    /// are of records it leaves out anyway; if another compaction is applied meanwhile the hash
-    /// starts over (a few times at most, then `Compacted`, as if it had passed `rev`).
-    /// `between_pieces` runs after each piece, without the lock (the member paces the scan there).
-    pub fn hash_kv_in_pieces<G: Deref<Target = MvccStore>>(
-        lock: impl Fn() -> G,
-        rev: i64,
-        piece_bytes: usize,
-        mut between_pieces: impl FnMut(),
-    ) -> Result<(u32, i64, i64)> {
-        const ATTEMPTS: usize = 3;
-        for _ in 0..ATTEMPTS {
-            let (rev, compact_rev) = {
-                let store = lock();
-                // As etcd: a revision at or below the compaction is gone (the hash would no
-                // longer cover what that revision's history held), one past the head is in the
-                // future.
-                if rev > 0 && rev <= store.compact_rev {
-                    return Err(MvccError::Compacted);
-                }
-                if rev > store.current_rev {
-                    return Err(MvccError::FutureRevision);
-                }
-                let rev = if rev <= 0 { store.current_rev } else { rev };
-                (rev, store.compact_rev)
-            };
-            if let Some(hash) =
-                Self::hash_records(&lock, rev, compact_rev, piece_bytes, &mut between_pieces)?
-            {
-                return Ok((hash, rev, compact_rev));
-            }
+        // As etcd: a revision at or below the compaction is gone (the hash would no longer cover
+        // what that revision's history held), one past the head is in the future.
+        if rev > 0 && rev <= self.compact_rev {
+            return Err(MvccError::Compacted);
         }
-        Err(MvccError::Compacted)
-    }
-
-    /// One attempt of [`MvccStore::hash_kv_in_pieces`]: `None` if the compaction revision moved
-    /// from `compact_rev` while it ran. Each piece is read from the engine without the store's
-    /// lock (records at or below `rev` do not change but by compaction, checked after each piece),
-    /// then the lock is taken briefly to look up in the key index the records at or below the
-    /// compaction point. Holding the lock while reading each piece (about a millisecond, taken
-    /// again at once) made a concurrent put wait about 100 ms (release build).
-    fn hash_records<G: Deref<Target = MvccStore>>(
-        lock: &impl Fn() -> G,
-        rev: i64,
-        compact_rev: i64,
-        piece_bytes: usize,
-        between_pieces: &mut impl FnMut(),
-    ) -> Result<Option<u32>> {
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRevision);
+        }
+        let rev = if rev <= 0 { self.current_rev } else { rev };
         let end = Revision::new(rev + 1, 0).to_bytes();
-        let engine = lock().engine.clone();
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         let mut feed = |bytes: &[u8]| {
             for b in (bytes.len() as u64).to_be_bytes().iter().chain(bytes) {
@@ -653,43 +606,31 @@ impl MvccStore {
                 hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
             }
         };
-        let mut from: Vec<u8> = Vec::new();
-        let mut piece: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        loop {
-            piece.clear();
-            let mut bytes = 0usize;
-            let mut next: Option<Vec<u8>> = None;
-            engine.scan(Keyspace::Kv, &from, Some(&end), &mut |k, v| {
-                if bytes >= piece_bytes.max(1) {
-                    next = Some(k.to_vec());
+        let mut failure: Option<MvccError> = None;
+        self.engine
+            .scan(Keyspace::Kv, &[], Some(&end), &mut |k, v| {
+                let Some((r, tombstone)) = Revision::from_record_key(k) else {
+                    failure = Some(corrupt(format!("undecodable record key {k:?}")).into());
                     return false;
-                }
-                bytes += k.len() + v.len();
-                piece.push((k.to_vec(), v.to_vec()));
-                true
-            })?;
-            let store = lock();
-            if store.compact_rev != compact_rev {
-                return Ok(None);
-            }
-            for (k, v) in &piece {
-                let (r, tombstone) = Revision::from_record_key(k)
-                    .ok_or_else(|| corrupt(format!("undecodable record key {k:?}")))?;
-                if r.main <= compact_rev && !store.holds_value_at(r, tombstone, v, rev)? {
-                    continue;
+                };
+                if r.main <= self.compact_rev {
+                    match self.holds_value_at(r, tombstone, v, rev) {
+                        Ok(true) => {}
+                        Ok(false) => return true,
+                        Err(e) => {
+                            failure = Some(e);
+                            return false;
+                        }
+                    }
                 }
                 feed(k);
                 feed(v);
-            }
-            drop(store);
-            match next {
-                Some(key) => {
-                    from = key;
-                    between_pieces();
-                }
-                None => return Ok(Some((hash ^ (hash >> 32)) as u32)),
-            }
+                true
+            })?;
+        if let Some(e) = failure {
+            return Err(e);
         }
+        Ok((hash ^ (hash >> 32)) as u32)
     }
 
     /// The engine under the store.
@@ -1749,54 +1690,6 @@ mod tests {
     }
 
     #[test]
-    fn a_hash_in_pieces_starts_over_when_a_compaction_lands_meanwhile() {
-        // The same history twice; `later` was compacted further. The lock hands out `earlier`
-        // for the first two holds, then `later`, as if the compaction were applied between two
-        // pieces: the hash must be `later`'s, not a mix.
-        let mut earlier = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
-        let mut later = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
-        history(&mut earlier, 5);
-        history(&mut later, 5);
-        let head = earlier.current_revision();
-        compact_at(&mut earlier, head - 12);
-        compact_at(&mut later, head - 6);
-        later.finish_compaction().unwrap();
-        let holds = std::cell::Cell::new(0);
-        let lock = || {
-            holds.set(holds.get() + 1);
-            if holds.get() <= 2 {
-                &earlier
-            } else {
-                &later
-            }
-        };
-        let (hash, rev, compact) = MvccStore::hash_kv_in_pieces(lock, head, 2, || {}).unwrap();
-        assert_eq!(
-            (hash, rev, compact),
-            (later.hash_kv(head).unwrap(), head, head - 6)
-        );
-        assert_ne!(
-            hash,
-            earlier.hash_kv(head).unwrap(),
-            "the two states hash apart"
-        );
-        // A compaction that keeps landing: refused as compacted after a few attempts.
-        let flip = std::cell::Cell::new(false);
-        let flapping = || {
-            flip.set(!flip.get());
-            if flip.get() {
-                &earlier
-            } else {
-                &later
-            }
-        };
-        assert!(matches!(
-            MvccStore::hash_kv_in_pieces(flapping, head, 2, || {}),
-            Err(MvccError::Compacted)
-        ));
-    }
-
-    #[test]
     fn nothing_readable_depends_on_how_far_the_physical_half_got() {
         let engine: SharedEngine = Arc::new(MemoryEngine::new());
         let mut s = MvccStore::open(engine.clone()).unwrap();
@@ -1807,14 +1700,7 @@ mod tests {
             let mut seen = Vec::new();
             for rev in at..=head {
                 let r = s.range(b"k", &RangeEnd::Unbounded, rev, 0, false).unwrap();
-                let hash = s.hash_kv(rev.max(at + 1)).unwrap();
-                // Read in pieces, the hash is the same.
-                for piece in [1, 5] {
-                    let (pieces, _, _) =
-                        MvccStore::hash_kv_in_pieces(|| s, rev.max(at + 1), piece, || {}).unwrap();
-                    assert_eq!(pieces, hash, "pieces of {piece} at {rev}");
-                }
-                seen.push((r.kvs, hash));
+                seen.push((r.kvs, s.hash_kv(rev.max(at + 1)).unwrap()));
             }
             (seen, s.events_since(at, usize::MAX).unwrap())
         };

@@ -138,8 +138,6 @@ pub struct Node {
     /// Places for `Maintenance.Snapshot` streams ([`limits::SNAPSHOT_STREAMS_MAX`]): a stream
     /// holds one until it ends or its client goes away.
     backups: Arc<tokio::sync::Semaphore>,
-    /// Places for full scans of the store (`Hash`, `HashKV`): see [`limits::heavy_work_places`].
-    full_scans: Arc<tokio::sync::Semaphore>,
     /// `KV.RangeStream`s open now: their chunks shrink as more are open.
     range_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Transfers begun so far: a transfer whose number is no longer the newest stops waiting for
@@ -296,7 +294,6 @@ impl Node {
                 snapshot_receive: tokio::sync::Mutex::new(()),
                 backups: Arc::new(tokio::sync::Semaphore::new(limits::SNAPSHOT_STREAMS_MAX)),
                 range_streams: Arc::default(),
-                full_scans: Arc::new(tokio::sync::Semaphore::new(limits::heavy_work_places())),
                 snapshot_receives: std::sync::atomic::AtomicU64::new(0),
                 snapshot_superseded: tokio::sync::Notify::new(),
                 disk_failure,
@@ -515,33 +512,23 @@ impl Node {
     }
 
     /// A hash of all replicated state (every record of the `Meta` and `Kv` keyspaces), for
-    /// `Maintenance.Hash`: read from an engine view taken under the store's lock (so the two
-    /// keyspaces agree), off the async workers and in one of the places for full scans.
-    pub async fn hash_all(&self) -> Result<u32, NodeError> {
-        let place = self.full_scan_place().await?;
-        let view = {
-            let _store = self.state.read();
-            self.state.engine().view()?
-        };
-        let hashed = rt::spawn_blocking(move || {
-            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-            for ks in [Keyspace::Meta, Keyspace::Kv] {
-                view.scan(ks, &[], None, &mut |k, v| {
-                    for part in [k, v] {
-                        for b in (part.len() as u64).to_be_bytes().iter().chain(part) {
-                            hash ^= u64::from(*b);
-                            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-                        }
+    /// `Maintenance.Hash`.
+    pub fn hash_all(&self) -> Result<u32, NodeError> {
+        let _store = self.state.read();
+        let engine = self.state.engine();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for ks in [Keyspace::Meta, Keyspace::Kv] {
+            engine.scan(ks, &[], None, &mut |k, v| {
+                for part in [k, v] {
+                    for b in (part.len() as u64).to_be_bytes().iter().chain(part) {
+                        hash ^= u64::from(*b);
+                        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
                     }
-                    true
-                })?;
-            }
-            drop(place);
-            Ok::<_, NodeError>((hash ^ (hash >> 32)) as u32)
-        })
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-        hashed
+                }
+                true
+            })?;
+        }
+        Ok((hash ^ (hash >> 32)) as u32)
     }
 
     /// Every raised alarm as `(member id, alarm type)`.
@@ -706,46 +693,18 @@ impl Node {
     }
 
     /// `(hash, hash revision, compact revision)` of the key-value history up to `revision`.
-    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), NodeError> {
-        let place = self.full_scan_place().await?;
-        let state = self.state.clone();
-        // Off the async workers, in pieces: writes go on while a large store is hashed. After
-        // each piece it pauses as long as the piece took, as catch-up does, so a scan takes at
-        // most about half a core. The place goes with the work (a caller that leaves cannot stop
-        // the scan once it runs).
-        let hashed = rt::spawn_blocking(move || {
-            let mut piece_began = rt::now();
-            let pace = || {
-                rt::blocking_pause(piece_began.elapsed());
-                piece_began = rt::now();
-            };
-            let hashed = crate::mvcc::MvccStore::hash_kv_in_pieces(
-                || state.read(),
-                revision,
-                limits::HASH_PIECE_BYTES,
-                pace,
-            );
-            drop(place);
-            hashed
-        })
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-        hashed.map_err(|e| NodeError::Apply(e.into()))
-    }
-
-    /// One of the member's places for a full scan of the store ([`limits::heavy_work_places`]),
-    /// waited for up to the request timeout.
-    async fn full_scan_place(&self) -> Result<tokio::sync::OwnedSemaphorePermit, NodeError> {
-        match rt::timeout(
-            self.config.request_timeout,
-            self.full_scans.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(place)) => Ok(place),
-            Ok(Err(_closed)) => Err(NodeError::Stopped),
-            Err(rt::Elapsed) => Err(NodeError::TooManyRequests),
-        }
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), NodeError> {
+        let store = self.state.read();
+        // The store resolves 0 to the head itself: only an explicit revision can be compacted.
+        let hash = store
+            .hash_kv(revision)
+            .map_err(|e| NodeError::Apply(e.into()))?;
+        let rev = if revision <= 0 {
+            store.current_revision()
+        } else {
+            revision
+        };
+        Ok((hash, rev, store.compact_revision()))
     }
 
     /// Wait until the physical half of the compaction at `revision` (applied on this member) is

@@ -159,20 +159,6 @@ where
     }
 }
 
-/// Pause blocking work (on a blocking thread, never an async worker) for `duration`, so that it
-/// leaves the cores to others for a while. No-op in simulation, where blocking work runs inline
-/// on the simulated clock and pacing it would only stop the world.
-pub fn blocking_pause(duration: Duration) {
-    #[cfg(not(madsim))]
-    {
-        std::thread::sleep(duration);
-    }
-    #[cfg(madsim)]
-    {
-        let _ = duration;
-    }
-}
-
 /// Run blocking work off the async workers. In simulation there are no real threads: it runs inline,
 /// which keeps the schedule deterministic.
 pub async fn spawn_blocking<F, T>(f: F) -> std::io::Result<T>
