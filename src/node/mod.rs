@@ -64,8 +64,8 @@ pub enum NodeError {
     Stopped,
     #[error("mvcc: database space exceeded")]
     NoSpace,
-    /// A call waited its whole time for a place among a bounded number (see
-    /// [`limits::SNAPSHOT_STREAMS_MAX`]).
+    /// A call waited its whole time for a place among a bounded number (snapshot streams,
+    /// [`limits::SNAPSHOT_STREAMS_MAX`]; password work, [`limits::password_work_max`]).
     #[error("too many requests")]
     TooManyRequests,
     #[error(transparent)]
