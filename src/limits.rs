@@ -406,10 +406,14 @@ pub fn server_worker_threads() -> usize {
     {
         return n.max(1);
     }
-    let cores = std::thread::available_parallelism()
+    cores().saturating_sub(1).max(2)
+}
+
+/// The machine's cores as the OS reports them (1 if it cannot tell).
+fn cores() -> usize {
+    std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1);
-    cores.saturating_sub(1).max(2)
+        .unwrap_or(1)
 }
 
 /// Default lifetime of an auth token since its last use (etcd's `--auth-token-ttl`, seconds).
@@ -448,10 +452,7 @@ pub const AUTH_TOKEN_RANDOM_CHARS: usize = 16;
 /// each check costs about 50 ms of CPU at the default cost; later checks wait their turn (up to
 /// the request timeout), so a flood of wrong passwords slows logins, not the member's other work.
 pub fn password_work_max() -> usize {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    (cores / 2).max(1)
+    (cores() / 2).max(1)
 }
 
 /// bcrypt cost of stored password hashes (etcd's `--bcrypt-cost`): default and accepted bounds.

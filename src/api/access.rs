@@ -17,7 +17,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::auth::perms::{self, Need, PermKind};
 use crate::auth::{AuthError, AuthStore, TokenUser};
-use crate::node::{Node, NodeError};
+use crate::node::{wait_for_place, Node, NodeError};
 use crate::pb::metastore::Requester;
 use crate::{limits, rt};
 
@@ -110,16 +110,7 @@ impl Access {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NodeError> {
-        let place = match rt::timeout(
-            self.node.config().request_timeout,
-            self.password_work.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(place)) => place,
-            Ok(Err(_closed)) => return Err(NodeError::Stopped),
-            Err(rt::Elapsed) => return Err(NodeError::TooManyRequests),
-        };
+        let place = wait_for_place(&self.password_work, self.node.config().request_timeout).await?;
         // The place goes with the work: a caller that leaves cannot stop a check that started,
         // so its place is given back only when the check ends.
         rt::spawn_blocking(move || {

@@ -582,16 +582,7 @@ impl Node {
         use crate::raft::etcd_snapshot::writer::SnapshotWriter;
         let failed = |e: std::io::Error| NodeError::Raft(e.to_string());
         // A place first: a call waiting for one holds no view and has read nothing.
-        let place = match rt::timeout(
-            limits::SNAPSHOT_STREAM_WAIT,
-            self.backups.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(place)) => place,
-            Ok(Err(_closed)) => return Err(NodeError::Stopped),
-            Err(rt::Elapsed) => return Err(NodeError::TooManyRequests),
-        };
+        let place = wait_for_place(&self.backups, limits::SNAPSHOT_STREAM_WAIT).await?;
         let (_, view) = self.state.frozen().map_err(failed)?;
         // The first pass over the view lays the file out: off the async workers. The place goes
         // with it (a caller that leaves cannot stop the pass once it runs), then with the writer:
@@ -1197,6 +1188,20 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+    }
+}
+
+/// One of the bounded `places` for some kind of work, waited for up to `wait`; then the request
+/// is refused with [`NodeError::TooManyRequests`]. The place is held until the permit is dropped:
+/// move it into blocking work that a caller leaving cannot stop.
+pub(crate) async fn wait_for_place(
+    places: &Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit, NodeError> {
+    match rt::timeout(wait, places.clone().acquire_owned()).await {
+        Ok(Ok(place)) => Ok(place),
+        Ok(Err(_closed)) => Err(NodeError::Stopped),
+        Err(rt::Elapsed) => Err(NodeError::TooManyRequests),
     }
 }
 
