@@ -22,5 +22,8 @@ if [ ! -x "$bin" ] || [ ! -x "$dest/usr/bin/etcdctl" ]; then
   rm -rf "$dest"
   mv "$dest.partial" "$dest"
 fi
-"$bin" --version | grep -q 'etcd Version: 3.4' || { echo "$bin is not etcd 3.4" >&2; exit 1; }
+# Read the whole answer before matching: `grep -q` stops at the first line, and under pipefail the
+# SIGPIPE etcd then gets writing the rest failed this check now and then (a CI run of a325011).
+version="$("$bin" --version)"
+grep -q 'etcd Version: 3.4' <<<"$version" || { echo "$bin is not etcd 3.4" >&2; exit 1; }
 echo "$bin"

@@ -25,7 +25,7 @@ trap cleanup EXIT
   --initial-cluster "m=http://127.0.0.1:$ETCD_PEER" >"$work/etcd.log" 2>&1 &
 etcd_pid=$!; pids+=($etcd_pid)
 peer_flags=()
-if "$BIN" --help | grep -q -- --listen-peer-urls; then
+if grep -q -- --listen-peer-urls <<<"$("$BIN" --help)"; then
   peer_flags=(--listen-peer-urls "http://127.0.0.1:$MS_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$MS_PEER")
 fi
 "$BIN" --name m --data-dir "$work/metastore" \
