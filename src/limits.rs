@@ -447,13 +447,20 @@ pub const AUTH_TOKENS_MAX: usize = 100_000;
 /// Random letters in an auth token before its `.<index>` suffix (etcd's simple tokens have 16).
 pub const AUTH_TOKEN_RANDOM_CHARS: usize = 16;
 
-/// Password hashes and checks (bcrypt) a member runs at once: half its cores, at least one.
-/// Anyone may ask to authenticate as a user that exists (`root` always does once auth is on), and
-/// each check costs about 50 ms of CPU at the default cost; later checks wait their turn (up to
-/// the request timeout), so a flood of wrong passwords slows logins, not the member's other work.
-pub fn password_work_max() -> usize {
+/// CPU-heavy requests of one kind a member runs at once: half its cores, at least one. Password
+/// hashes and checks (bcrypt: anyone may ask to authenticate as a user that exists, `root` always
+/// does once auth is on, and each check costs about 50 ms of CPU at the default cost) get this
+/// many places, and full scans of the store (`Hash`, `HashKV`) as many again; later requests
+/// wait their turn (up to the request timeout), so a flood of them slows its own kind, not the
+/// member's other work.
+pub fn heavy_work_places() -> usize {
     (cores() / 2).max(1)
 }
+
+/// Bytes of records (keys and values) `HashKV` reads between two brief holds of the store's
+/// lock, about: a fraction of a millisecond's reading, so writes go on while a large store is
+/// hashed.
+pub const HASH_PIECE_BYTES: usize = 256 * 1024;
 
 /// bcrypt cost of stored password hashes (etcd's `--bcrypt-cost`): default and accepted bounds.
 pub const BCRYPT_COST_DEFAULT: u32 = 10;

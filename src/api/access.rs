@@ -88,7 +88,7 @@ impl Caller {
 pub struct Access {
     node: Arc<Node>,
     /// Places for password work (bcrypt, slow on purpose) running at once, at most
-    /// [`limits::password_work_max`]: a flood of logins with a wrong password, which anyone can
+    /// [`limits::heavy_work_places`]: a flood of logins with a wrong password, which anyone can
     /// send, cannot take every core from the member's other work.
     password_work: Arc<tokio::sync::Semaphore>,
 }
@@ -99,7 +99,7 @@ impl Access {
     pub fn new(node: Arc<Node>) -> Arc<Self> {
         Arc::new(Self {
             node,
-            password_work: Arc::new(tokio::sync::Semaphore::new(limits::password_work_max())),
+            password_work: Arc::new(tokio::sync::Semaphore::new(limits::heavy_work_places())),
         })
     }
 

@@ -153,7 +153,7 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.admin_only(&request)?;
-        let hash = self.node.hash_all()?;
+        let hash = self.node.hash_all().await?;
         Ok(Response::new(HashResponse {
             header: Some(self.node.header(self.node.current_revision())),
             hash,
@@ -166,7 +166,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<HashKvResponse>, Status> {
         self.admin_only(&request)?;
         let (hash, hash_revision, compact_revision) =
-            self.node.hash_kv(request.get_ref().revision)?;
+            self.node.hash_kv(request.get_ref().revision).await?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.node.header(self.node.current_revision())),
             hash,

@@ -2,15 +2,19 @@
 //! readable until compacted.
 //!
 //! * [`revision`]: the `(main, sub)` revision and its sortable encoding.
+//! * [`hash`]: hashes of stored records (`HashKV`, `Hash`); `HashKV` reads in pieces, never
+//!   holding the store's lock for its length.
 //! * [`key_index`]: the in-memory index from key to its generations of revisions.
 //! * [`store`]: [`MvccStore`], the index plus records in the engine's `Kv` keyspace; reads at any
 //!   retained revision, write transactions, compaction (the point moved by apply, the superseded
 //!   history dropped later in bounded steps), restart recovery.
 
+mod hash;
 pub mod key_index;
 pub mod revision;
 mod store;
 
+pub use hash::RecordHasher;
 pub use key_index::{KeyAt, RangeEnd};
 pub use revision::Revision;
 pub use store::{

@@ -567,7 +567,7 @@ impl MvccStore {
     /// Whether the record `rev` (a tombstone or not; `value` is its stored bytes) is the one that
     /// holds its key's value as of revision `at`. A record at or below the compaction point that
     /// is not is superseded: a compaction step deletes it, and until then nothing reads it.
-    fn holds_value_at(
+    pub(super) fn holds_value_at(
         &self,
         rev: Revision,
         tombstone: bool,
@@ -581,56 +581,6 @@ impl MvccStore {
             .map_err(|e| corrupt(format!("record {rev:?}: {e}")))?
             .key;
         Ok(self.index.get(&key, at).is_some_and(|k| k.modified == rev))
-    }
-
-    /// A hash of the stored records (key, value, revision) up to `rev` (0: the newest), for
-    /// `HashKV`: members that applied the same log and compactions agree on it. `rev` must be
-    /// above the compaction revision. As etcd's `HashByRev`, a record at or below the compaction
-    /// point counts only if it still holds its key's value at `rev`, so the hash is the same
-    /// before, during and after the compaction's physical half.
-    pub fn hash_kv(&self, rev: i64) -> Result<u32> {
-        // As etcd: a revision at or below the compaction is gone (the hash would no longer cover
-        // what that revision's history held), one past the head is in the future.
-        if rev > 0 && rev <= self.compact_rev {
-            return Err(MvccError::Compacted);
-        }
-        if rev > self.current_rev {
-            return Err(MvccError::FutureRevision);
-        }
-        let rev = if rev <= 0 { self.current_rev } else { rev };
-        let end = Revision::new(rev + 1, 0).to_bytes();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |bytes: &[u8]| {
-            for b in (bytes.len() as u64).to_be_bytes().iter().chain(bytes) {
-                hash ^= u64::from(*b);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        let mut failure: Option<MvccError> = None;
-        self.engine
-            .scan(Keyspace::Kv, &[], Some(&end), &mut |k, v| {
-                let Some((r, tombstone)) = Revision::from_record_key(k) else {
-                    failure = Some(corrupt(format!("undecodable record key {k:?}")).into());
-                    return false;
-                };
-                if r.main <= self.compact_rev {
-                    match self.holds_value_at(r, tombstone, v, rev) {
-                        Ok(true) => {}
-                        Ok(false) => return true,
-                        Err(e) => {
-                            failure = Some(e);
-                            return false;
-                        }
-                    }
-                }
-                feed(k);
-                feed(v);
-                true
-            })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        Ok((hash ^ (hash >> 32)) as u32)
     }
 
     /// The engine under the store.
@@ -1690,6 +1640,69 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_in_pieces_starts_over_when_a_compaction_lands_meanwhile() {
+        // The same history twice; `later` was compacted further. The lock hands out `earlier`
+        // for the first `k` holds, then `later`, as if the compaction were applied between two
+        // pieces: for every `k`, the hash is `later`'s unless the whole attempt saw `earlier`,
+        // never a mix.
+        let mut earlier = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
+        let mut later = MvccStore::open(Arc::new(MemoryEngine::new())).unwrap();
+        history(&mut earlier, 5);
+        history(&mut later, 5);
+        let head = earlier.current_revision();
+        compact_at(&mut earlier, head - 12);
+        compact_at(&mut later, head - 6);
+        later.finish_compaction().unwrap();
+        let (want_earlier, want_later) =
+            (earlier.hash_kv(head).unwrap(), later.hash_kv(head).unwrap());
+        assert_ne!(want_earlier, want_later, "the two states hash apart");
+        let holds = std::cell::Cell::new(0);
+        let counted = || {
+            holds.set(holds.get() + 1);
+            &earlier
+        };
+        MvccStore::hash_kv_in_pieces(counted, head, 2).unwrap();
+        let attempt = holds.get();
+        assert!(attempt > 10, "pieces of two records: {attempt} holds");
+        for k in 1..=attempt {
+            holds.set(0);
+            let lock = || {
+                holds.set(holds.get() + 1);
+                if holds.get() <= k {
+                    &earlier
+                } else {
+                    &later
+                }
+            };
+            let (hash, rev, compact) = MvccStore::hash_kv_in_pieces(lock, head, 2).unwrap();
+            let want = if k == attempt {
+                (want_earlier, head, head - 12)
+            } else {
+                (want_later, head, head - 6)
+            };
+            assert_eq!(
+                (hash, rev, compact),
+                want,
+                "switched after {k} of {attempt} holds"
+            );
+        }
+        // A compaction that keeps landing: refused as compacted after a few attempts.
+        let flip = std::cell::Cell::new(false);
+        let flapping = || {
+            flip.set(!flip.get());
+            if flip.get() {
+                &earlier
+            } else {
+                &later
+            }
+        };
+        assert!(matches!(
+            MvccStore::hash_kv_in_pieces(flapping, head, 2),
+            Err(MvccError::Compacted)
+        ));
+    }
+
+    #[test]
     fn nothing_readable_depends_on_how_far_the_physical_half_got() {
         let engine: SharedEngine = Arc::new(MemoryEngine::new());
         let mut s = MvccStore::open(engine.clone()).unwrap();
@@ -1700,7 +1713,14 @@ mod tests {
             let mut seen = Vec::new();
             for rev in at..=head {
                 let r = s.range(b"k", &RangeEnd::Unbounded, rev, 0, false).unwrap();
-                seen.push((r.kvs, s.hash_kv(rev.max(at + 1)).unwrap()));
+                let hash = s.hash_kv(rev.max(at + 1)).unwrap();
+                // Read in pieces, the hash is the same.
+                for piece in [1, 5, 300] {
+                    let (pieces, _, _) =
+                        MvccStore::hash_kv_in_pieces(|| s, rev.max(at + 1), piece).unwrap();
+                    assert_eq!(pieces, hash, "pieces of {piece} at {rev}");
+                }
+                seen.push((r.kvs, hash));
             }
             (seen, s.events_since(at, usize::MAX).unwrap())
         };

@@ -65,7 +65,8 @@ pub enum NodeError {
     #[error("mvcc: database space exceeded")]
     NoSpace,
     /// A call waited its whole time for a place among a bounded number (snapshot streams,
-    /// [`limits::SNAPSHOT_STREAMS_MAX`]; password work, [`limits::password_work_max`]).
+    /// [`limits::SNAPSHOT_STREAMS_MAX`]; password work and full scans of the store,
+    /// [`limits::heavy_work_places`]).
     #[error("too many requests")]
     TooManyRequests,
     #[error(transparent)]
@@ -138,6 +139,8 @@ pub struct Node {
     /// Places for `Maintenance.Snapshot` streams ([`limits::SNAPSHOT_STREAMS_MAX`]): a stream
     /// holds one until it ends or its client goes away.
     backups: Arc<tokio::sync::Semaphore>,
+    /// Places for full scans of the store (`Hash`, `HashKV`): [`limits::heavy_work_places`].
+    full_scans: Arc<tokio::sync::Semaphore>,
     /// `KV.RangeStream`s open now: their chunks shrink as more are open.
     range_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Transfers begun so far: a transfer whose number is no longer the newest stops waiting for
@@ -293,6 +296,7 @@ impl Node {
                 compactor,
                 snapshot_receive: tokio::sync::Mutex::new(()),
                 backups: Arc::new(tokio::sync::Semaphore::new(limits::SNAPSHOT_STREAMS_MAX)),
+                full_scans: Arc::new(tokio::sync::Semaphore::new(limits::heavy_work_places())),
                 range_streams: Arc::default(),
                 snapshot_receives: std::sync::atomic::AtomicU64::new(0),
                 snapshot_superseded: tokio::sync::Notify::new(),
@@ -512,23 +516,26 @@ impl Node {
     }
 
     /// A hash of all replicated state (every record of the `Meta` and `Kv` keyspaces), for
-    /// `Maintenance.Hash`.
-    pub fn hash_all(&self) -> Result<u32, NodeError> {
-        let _store = self.state.read();
-        let engine = self.state.engine();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for ks in [Keyspace::Meta, Keyspace::Kv] {
-            engine.scan(ks, &[], None, &mut |k, v| {
-                for part in [k, v] {
-                    for b in (part.len() as u64).to_be_bytes().iter().chain(part) {
-                        hash ^= u64::from(*b);
-                        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-                    }
-                }
-                true
-            })?;
-        }
-        Ok((hash ^ (hash >> 32)) as u32)
+    /// `Maintenance.Hash`: read from one engine view (apply writes both keyspaces in one batch, so
+    /// they agree), off the async workers, in one of the places for full scans.
+    pub async fn hash_all(&self) -> Result<u32, NodeError> {
+        let place = wait_for_place(&self.full_scans, self.config.request_timeout).await?;
+        let engine = self.state.engine().clone();
+        // The place goes with the work: a caller that leaves cannot stop the scan once it runs.
+        blocking_io(move || {
+            let view = engine.view()?;
+            let mut hasher = crate::mvcc::RecordHasher::default();
+            for ks in [Keyspace::Meta, Keyspace::Kv] {
+                view.scan(ks, &[], None, &mut |k, v| {
+                    hasher.feed(k);
+                    hasher.feed(v);
+                    true
+                })?;
+            }
+            drop(place);
+            Ok(hasher.finish())
+        })
+        .await
     }
 
     /// Every raised alarm as `(member id, alarm type)`.
@@ -683,19 +690,25 @@ impl Node {
         }
     }
 
-    /// `(hash, hash revision, compact revision)` of the key-value history up to `revision`.
-    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), NodeError> {
-        let store = self.state.read();
-        // The store resolves 0 to the head itself: only an explicit revision can be compacted.
-        let hash = store
-            .hash_kv(revision)
-            .map_err(|e| NodeError::Apply(e.into()))?;
-        let rev = if revision <= 0 {
-            store.current_revision()
-        } else {
-            revision
-        };
-        Ok((hash, rev, store.compact_revision()))
+    /// `(hash, hash revision, compact revision)` of the key-value history up to `revision`: off
+    /// the async workers, in one of the places for full scans, read in pieces without holding the
+    /// store's lock (see `mvcc::hash`), so writes go on while a large store is hashed.
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), NodeError> {
+        let place = wait_for_place(&self.full_scans, self.config.request_timeout).await?;
+        let state = self.state.clone();
+        // The place goes with the work: a caller that leaves cannot stop the scan once it runs.
+        let hashed = rt::spawn_blocking(move || {
+            let hashed = crate::mvcc::MvccStore::hash_kv_in_pieces(
+                || state.read(),
+                revision,
+                limits::HASH_PIECE_BYTES,
+            );
+            drop(place);
+            hashed
+        })
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        hashed.map_err(|e| NodeError::Apply(e.into()))
     }
 
     /// Wait until the physical half of the compaction at `revision` (applied on this member) is

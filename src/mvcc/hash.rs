@@ -1,0 +1,224 @@
+//! Hashes of stored records, for `Maintenance.HashKV` (the key-value history up to a revision)
+//! and `Maintenance.Hash` (everything replicated): members that applied the same log and
+//! compactions agree on them.
+//!
+//! `HashKV` reads the whole history, so it never holds the store's lock for its length: it reads
+//! pieces of about `piece_bytes` from the engine without the lock and takes the lock only briefly
+//! after each one. That is sound because records at or below the hashed revision change only when
+//! a compaction deletes them, and a compaction moves the compaction revision (under the lock)
+//! before its physical half deletes anything: a hash that sees the compaction revision unchanged
+//! after a piece read that piece as it was when the hash began. Holding the lock while reading
+//! each piece (about a millisecond, then taken again at once) made every put wait about 100 ms.
+
+use std::ops::Deref;
+
+use super::revision::Revision;
+use super::store::MvccStore;
+use super::{MvccError, Result};
+use crate::limits;
+use crate::storage::{Keyspace, SharedEngine, StorageError};
+
+/// FNV-1a (64 bits) over length-prefixed byte strings, folded to 32 bits: the length prefix keeps
+/// `("ab", "c")` and `("a", "bc")` apart.
+#[derive(Debug, Clone)]
+pub struct RecordHasher(u64);
+
+impl Default for RecordHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl RecordHasher {
+    /// Add one byte string.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for b in (bytes.len() as u64).to_be_bytes().iter().chain(bytes) {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// The hash of everything fed so far.
+    pub fn finish(&self) -> u32 {
+        (self.0 ^ (self.0 >> 32)) as u32
+    }
+}
+
+/// Times a hash starts over because a compaction landed while it ran, before it gives up as if
+/// the compaction had passed the hashed revision.
+const ATTEMPTS: usize = 3;
+
+impl MvccStore {
+    /// A hash of the stored records (key, value, revision) up to `rev` (0: the newest), for
+    /// `HashKV`: members that applied the same log and compactions agree on it. `rev` must be
+    /// above the compaction revision. As etcd's `HashByRev`, a record at or below the compaction
+    /// point counts only if it still holds its key's value at `rev`, so the hash is the same
+    /// before, during and after the compaction's physical half.
+    pub fn hash_kv(&self, rev: i64) -> Result<u32> {
+        Self::hash_kv_in_pieces(|| self, rev, limits::HASH_PIECE_BYTES).map(|(hash, _, _)| hash)
+    }
+
+    /// [`MvccStore::hash_kv`] read in pieces of about `piece_bytes` bytes of records (at least
+    /// one record), each followed by a brief hold of the store (`lock`), so writes go on while a
+    /// large store is hashed; with the revision hashed and the compaction revision it was hashed
+    /// at. If a compaction is applied meanwhile the hash starts over (a few times at most, then
+    /// `Compacted`, as if it had passed `rev`).
+    pub fn hash_kv_in_pieces<G: Deref<Target = MvccStore>>(
+        lock: impl Fn() -> G,
+        rev: i64,
+        piece_bytes: usize,
+    ) -> Result<(u32, i64, i64)> {
+        for _ in 0..ATTEMPTS {
+            let (rev, compact_rev, engine) = {
+                let store = lock();
+                let (current, compacted) = (store.current_revision(), store.compact_revision());
+                // As etcd: a revision at or below the compaction is gone (the hash would no
+                // longer cover what that revision's history held), one past the head is in the
+                // future. 0 is the head, even when the head is the compaction revision.
+                if rev > 0 && rev <= compacted {
+                    return Err(MvccError::Compacted);
+                }
+                if rev > current {
+                    return Err(MvccError::FutureRevision);
+                }
+                let rev = if rev <= 0 { current } else { rev };
+                (rev, compacted, store.engine().clone())
+            };
+            let attempt = HashAttempt {
+                engine,
+                rev,
+                compact_rev,
+                piece_bytes: piece_bytes.max(1),
+            };
+            if let Some(hash) = attempt.run(&lock)? {
+                return Ok((hash, rev, compact_rev));
+            }
+        }
+        Err(MvccError::Compacted)
+    }
+}
+
+/// One attempt at a `HashKV`, begun at compaction revision `compact_rev`.
+struct HashAttempt {
+    engine: SharedEngine,
+    rev: i64,
+    compact_rev: i64,
+    piece_bytes: usize,
+}
+
+impl HashAttempt {
+    /// The hash, or `None` if the compaction revision moved while it ran. Records come in
+    /// revision order (their engine keys are revisions): first those at or below the compaction
+    /// point, each of which counts only if the key index says it still holds its key's value at
+    /// `rev` (checked under one hold of the lock per piece); then the rest. Every piece is
+    /// followed by a look at the compaction revision: the last one is what makes the hash sound
+    /// (the revision only grows), the others start over early.
+    fn run<G: Deref<Target = MvccStore>>(&self, lock: &impl Fn() -> G) -> Result<Option<u32>> {
+        let compacted_end = Revision::new(self.compact_rev.min(self.rev) + 1, 0).to_bytes();
+        let end = Revision::new(self.rev + 1, 0).to_bytes();
+        let mut hasher = RecordHasher::default();
+        let mut piece = Piece::default();
+        let mut from = Vec::new();
+        loop {
+            let next = self.read_piece(&from, &compacted_end, &mut piece)?;
+            let store = lock();
+            if store.compact_revision() != self.compact_rev {
+                return Ok(None);
+            }
+            for (k, v) in piece.records() {
+                let (r, tombstone) = decode_record_key(k)?;
+                if store.holds_value_at(r, tombstone, v, self.rev)? {
+                    hasher.feed(k);
+                    hasher.feed(v);
+                }
+            }
+            drop(store);
+            match next {
+                Some(key) => from = key,
+                None => break,
+            }
+        }
+        from = compacted_end.to_vec();
+        loop {
+            let next = self.read_piece(&from, &end, &mut piece)?;
+            for (k, v) in piece.records() {
+                hasher.feed(k);
+                hasher.feed(v);
+            }
+            if lock().compact_revision() != self.compact_rev {
+                return Ok(None);
+            }
+            match next {
+                Some(key) => from = key,
+                None => return Ok(Some(hasher.finish())),
+            }
+        }
+    }
+
+    /// Copy the records in `[from, end)` into `piece`, up to about `piece_bytes` bytes (at least
+    /// one record); the engine key to go on from, if any are left. Copied, not hashed in place:
+    /// the engine may hold a lock while it visits (the memory engine does), and a copy is many
+    /// times quicker than the hash.
+    fn read_piece(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        piece: &mut Piece,
+    ) -> std::result::Result<Option<Vec<u8>>, StorageError> {
+        piece.clear();
+        let mut next = None;
+        self.engine
+            .scan(Keyspace::Kv, from, Some(end), &mut |k, v| {
+                if piece.bytes.len() >= self.piece_bytes {
+                    next = Some(k.to_vec());
+                    return false;
+                }
+                piece.push(k, v);
+                true
+            })?;
+        Ok(next)
+    }
+}
+
+/// Records copied out of the engine: their bytes one after another, and where each key and value
+/// ends. The buffers are reused from piece to piece.
+#[derive(Default)]
+struct Piece {
+    bytes: Vec<u8>,
+    /// `(key end, value end)` offsets into `bytes`, one pair per record.
+    ends: Vec<(usize, usize)>,
+}
+
+impl Piece {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.ends.push((key_end, self.bytes.len()));
+    }
+
+    /// `(key, value)` of each record, in the order pushed.
+    fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(key_end, value_end)| {
+            let record = (&self.bytes[start..key_end], &self.bytes[key_end..value_end]);
+            start = value_end;
+            record
+        })
+    }
+}
+
+fn decode_record_key(k: &[u8]) -> Result<(Revision, bool)> {
+    Revision::from_record_key(k).ok_or_else(|| {
+        StorageError::Corrupt {
+            ks: Keyspace::Kv,
+            reason: format!("undecodable record key {k:?}"),
+        }
+        .into()
+    })
+}
