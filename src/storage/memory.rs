@@ -1,15 +1,19 @@
-//! The memory engine: one `BTreeMap` per keyspace.
+//! The memory engine: one persistent B-tree (`imbl::OrdMap`) per keyspace.
 //!
 //! With [`MemoryEngine::with_crash_model`] it also plays a disk for the simulator: it remembers which
 //! writes were synced, and [`MemoryEngine::crash`] throws away everything that was not, the way a
 //! power cut would. The handle outlives a simulated node, so a restarted node finds its "disk".
 //!
-//! Keyspaces are shared copy-on-write: a [`EngineView`] holds the maps as they were, and the next
-//! write to a keyspace copies it while a view of it is alive.
+//! A [`EngineView`] shares the trees as they were: taking one costs a few reference counts, and a
+//! write while a view is alive copies only the tree nodes on its path (keys and values are
+//! `Bytes`, so copying a node copies no record). With a plain `BTreeMap` shared copy-on-write, the
+//! first write after a view copied the whole keyspace: 150 ms for 120 MB of records, paid by a put
+//! after every large range or hash.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
@@ -18,11 +22,11 @@ use super::{
     WriteBatch,
 };
 
-type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+type Map = imbl::OrdMap<Bytes, Bytes>;
 
 #[derive(Clone, Default)]
 struct Maps {
-    spaces: [Arc<Map>; Keyspace::ALL.len()],
+    spaces: [Map; Keyspace::ALL.len()],
     bytes: [u64; Keyspace::ALL.len()],
 }
 
@@ -31,34 +35,31 @@ impl Maps {
         for op in batch.ops() {
             match op {
                 BatchOp::Put { ks, key, value } => {
-                    let added = (key.len() + value.len()) as u64;
-                    let map = Arc::make_mut(&mut self.spaces[ks.index()]);
-                    if let Some(old) = map.insert(key.clone(), value.clone()) {
-                        self.bytes[ks.index()] -= (key.len() + old.len()) as u64;
+                    let (map, bytes) = (&mut self.spaces[ks.index()], &mut self.bytes[ks.index()]);
+                    let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+                    *bytes += (key.len() + value.len()) as u64;
+                    if let Some(old) = map.insert(key.clone(), value) {
+                        *bytes -= (key.len() + old.len()) as u64;
                     }
-                    self.bytes[ks.index()] += added;
                 }
                 BatchOp::Delete { ks, key } => {
-                    if !self.spaces[ks.index()].contains_key(key) {
-                        continue;
-                    }
-                    let map = Arc::make_mut(&mut self.spaces[ks.index()]);
-                    if let Some(old) = map.remove(key) {
-                        self.bytes[ks.index()] -= (key.len() + old.len()) as u64;
+                    let (map, bytes) = (&mut self.spaces[ks.index()], &mut self.bytes[ks.index()]);
+                    if let Some(old) = map.remove(key.as_slice()) {
+                        *bytes -= (key.len() + old.len()) as u64;
                     }
                 }
                 BatchOp::DeleteRange { ks, start, end } => {
                     if start >= end {
                         continue;
                     }
-                    let map = Arc::make_mut(&mut self.spaces[ks.index()]);
-                    let doomed: Vec<Vec<u8>> = map
-                        .range::<[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
+                    let (map, bytes) = (&mut self.spaces[ks.index()], &mut self.bytes[ks.index()]);
+                    let doomed: Vec<Bytes> = map
+                        .range::<_, [u8]>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
                         .map(|(k, _)| k.clone())
                         .collect();
                     for key in doomed {
-                        if let Some(old) = map.remove(&key) {
-                            self.bytes[ks.index()] -= (key.len() + old.len()) as u64;
+                        if let Some(old) = map.remove(&key[..]) {
+                            *bytes -= (key.len() + old.len()) as u64;
                         }
                     }
                 }
@@ -67,8 +68,6 @@ impl Maps {
     }
 }
 
-/// What survives a simulated crash: the synced state and the writes queued since, and the disk's
-/// injected faults.
 #[derive(Default)]
 struct CrashModel {
     durable: Maps,
@@ -157,7 +156,7 @@ impl MemoryEngine {
     }
 }
 
-/// A key range as `BTreeMap::range` takes it.
+/// A key range as `OrdMap::range` takes it.
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> Option<KeyBounds<'a>> {
@@ -172,7 +171,7 @@ fn scan_map(map: &Map, start: &[u8], end: Option<&[u8]>, order: Order, visit: &m
     let Some(range) = bounds(start, end) else {
         return;
     };
-    let items = map.range::<[u8], _>(range);
+    let items = map.range::<_, [u8]>(range);
     let items: Box<dyn Iterator<Item = _>> = match order {
         Order::Ascending => Box::new(items),
         Order::Descending => Box::new(items.rev()),
@@ -189,7 +188,7 @@ struct MemoryView(Maps);
 
 impl EngineView for MemoryView {
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.spaces[ks.index()].get(key).cloned())
+        Ok(self.0.spaces[ks.index()].get(key).map(|v| v.to_vec()))
     }
 
     fn scan(
@@ -212,7 +211,7 @@ impl EngineView for MemoryView {
 
 impl Engine for MemoryEngine {
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.read().spaces[ks.index()].get(key).cloned())
+        Ok(self.read().spaces[ks.index()].get(key).map(|v| v.to_vec()))
     }
 
     fn scan_ordered(
