@@ -59,6 +59,10 @@ impl Gauge {
 /// 1 ms to 8.192 s (`etcd_disk_wal_fsync_duration_seconds`, `etcd_disk_backend_commit_duration_seconds`).
 pub const DISK_BUCKETS_NS: [u64; 14] = exponential_ns(1_000_000);
 
+/// Upper bounds (in nanoseconds) of etcd's defragmentation buckets: `ExponentialBuckets(0.1, 2,
+/// 13)`, 100 ms to 409.6 s (`etcd_disk_backend_defrag_duration_seconds`).
+pub const DEFRAG_BUCKETS_NS: [u64; 13] = exponential_ns(100_000_000);
+
 /// Upper bounds (in nanoseconds) of etcd's peer round-trip buckets: `ExponentialBuckets(0.0001, 2,
 /// 16)`, 0.1 ms to 3.2768 s (`etcd_network_peer_round_trip_time_seconds`).
 pub const RTT_BUCKETS_NS: [u64; 16] = exponential_ns(100_000);
@@ -78,6 +82,7 @@ const fn exponential_ns<const N: usize>(start_ns: u64) -> [u64; N] {
 
 const _: () = assert!(DISK_BUCKETS_NS[13] == 8_192_000_000);
 const _: () = assert!(RTT_BUCKETS_NS[15] == 3_276_800_000);
+const _: () = assert!(DEFRAG_BUCKETS_NS[12] == 409_600_000_000);
 
 /// A latency histogram over fixed bucket bounds, in nanoseconds.
 #[derive(Debug)]
@@ -162,6 +167,8 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     /// Engine commits of applied entries.
     pub backend_commit: Histogram,
+    /// Defragmentations run (one may answer many concurrent `Defragment` calls).
+    pub backend_defrag: Histogram,
     /// Puts applied (inside transactions too), as etcd's mvcc counts them.
     pub mvcc_put: Counter,
     /// Delete-ranges applied (inside transactions too).
@@ -186,6 +193,7 @@ impl Default for Metrics {
             proposals_pending: Gauge::default(),
             wal_fsync: Histogram::new(&DISK_BUCKETS_NS),
             backend_commit: Histogram::new(&DISK_BUCKETS_NS),
+            backend_defrag: Histogram::new(&DEFRAG_BUCKETS_NS),
             mvcc_put: Counter::default(),
             mvcc_delete: Counter::default(),
             mvcc_range: Counter::default(),
@@ -288,6 +296,12 @@ impl Metrics {
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend.",
             &self.backend_commit,
+        );
+        histogram(
+            &mut out,
+            "etcd_disk_backend_defrag_duration_seconds",
+            "The latency distribution of backend defragmentation.",
+            &self.backend_defrag,
         );
         histogram(
             &mut out,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::abuse::{
     assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, before_attack,
-    one_at_a_time, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
+    metric, one_at_a_time, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE,
+    P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 
@@ -773,5 +774,62 @@ async fn a_flood_of_large_lists_leaves_writers_at_their_latency() {
     // A debug build's list of 5,000 keys is tens of ms of CPU on an async worker, which a put
     // may wait behind whatever the engine does: the floor of the CPU-bound attacks.
     assert_p99_within_floor(quiet, p99(&mut attacked), P99_FLOOR_CPU_BOUND);
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}
+
+/// `Defragment` calls in a burst (anyone may send them while auth is off): one defragmentation
+/// runs at a time, and the calls that arrive while it runs share the next one, so the burst costs
+/// at most two however many calls it has. Before, every call started its own on a blocking thread
+/// at once (RocksDB runs them side by side or queues them; a caller leaving stopped none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_defragment_calls_runs_at_most_two() {
+    let _alone = one_at_a_time().await;
+    const CALLS: usize = 32;
+    const RAN: &str = "etcd_disk_backend_defrag_duration_seconds_count";
+    let mut server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    // About 20 MB written twice, so each defragmentation has work to do.
+    let value = "d".repeat(2048);
+    for round in 0..2 {
+        for t in 0..40 {
+            let puts: Vec<_> = (0..128)
+                .map(|i| {
+                    let v = format!("{round}{value}");
+                    etcd_client::TxnOp::put(format!("defrag/{t:03}/{i:03}"), v, None)
+                })
+                .collect();
+            client
+                .txn(etcd_client::Txn::new().and_then(puts))
+                .await
+                .expect("load");
+        }
+    }
+    client.put("abuse/probe", "v", None).await.expect("put");
+    let mut callers = Vec::new();
+    for _ in 0..CALLS {
+        callers.push(server.client().await);
+    }
+    let probe = Probe::start(&server.endpoint);
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
+    let ran_before = metric(&server.endpoint, RAN).await;
+
+    // Every call is sent at once, each on its own connection.
+    let burst =
+        tokio::spawn(futures::future::join_all(callers.into_iter().map(
+            |mut c| async move { c.defragment().await.expect("defragment") },
+        )));
+    let mut attacked = probe.latencies(200).await;
+    burst.await.expect("burst");
+    let ran = metric(&server.endpoint, RAN).await - ran_before;
+    eprintln!("abuse: {ran} defragmentations for {CALLS} calls");
+    assert!(
+        (1..=2).contains(&ran),
+        "{ran} defragmentations ran for {CALLS} calls at once"
+    );
+    assert_survived(&mut server, rss_before);
+    assert_p99_within(quiet, p99(&mut attacked));
+    // Each later call still gets a defragmentation of its own.
+    client.defragment().await.expect("defragment");
+    assert_eq!(metric(&server.endpoint, RAN).await - ran_before, ran + 1);
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
 }

@@ -136,6 +136,7 @@ fn metrics_are_prometheus_text_with_etcds_names_and_move_with_writes() {
         ("etcd_server_proposals_failed_total", "counter"),
         ("etcd_disk_wal_fsync_duration_seconds", "histogram"),
         ("etcd_disk_backend_commit_duration_seconds", "histogram"),
+        ("etcd_disk_backend_defrag_duration_seconds", "histogram"),
         ("etcd_mvcc_db_total_size_in_bytes", "gauge"),
         ("etcd_debugging_mvcc_keys_total", "gauge"),
         ("etcd_mvcc_put_total", "counter"),
@@ -159,6 +160,10 @@ fn metrics_are_prometheus_text_with_etcds_names_and_move_with_writes() {
     assert!(before
         .body
         .contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"8.192\"}"));
+    // etcd's defragmentation buckets: 100 ms to 409.6 s.
+    assert!(before
+        .body
+        .contains("etcd_disk_backend_defrag_duration_seconds_bucket{le=\"409.6\"}"));
 
     for i in 0..3 {
         let put = post(

@@ -6,6 +6,7 @@
 
 mod bootstrap;
 mod compaction;
+mod defrag;
 mod failover;
 pub mod leases;
 mod members;
@@ -141,6 +142,8 @@ pub struct Node {
     backups: Arc<tokio::sync::Semaphore>,
     /// Places for full scans of the store (`Hash`, `HashKV`): [`limits::heavy_work_places`].
     full_scans: Arc<tokio::sync::Semaphore>,
+    /// Defragmentations: one at a time, shared by the calls that wait for it.
+    defrags: defrag::Defrags,
     /// `KV.RangeStream`s open now: their chunks shrink as more are open.
     range_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Transfers begun so far: a transfer whose number is no longer the newest stops waiting for
@@ -297,6 +300,7 @@ impl Node {
                 snapshot_receive: tokio::sync::Mutex::new(()),
                 backups: Arc::new(tokio::sync::Semaphore::new(limits::SNAPSHOT_STREAMS_MAX)),
                 full_scans: Arc::new(tokio::sync::Semaphore::new(limits::heavy_work_places())),
+                defrags: defrag::Defrags::default(),
                 range_streams: Arc::default(),
                 snapshot_receives: std::sync::atomic::AtomicU64::new(0),
                 snapshot_superseded: tokio::sync::Notify::new(),
@@ -668,12 +672,15 @@ impl Node {
         blocking_io(move || crate::raft::snapshot::stage(engine.as_ref(), &chunk)).await
     }
 
-    /// Give the engine's free space back (etcd's defragment) on this member.
+    /// Give the engine's free space back (etcd's defragment) on this member: by a
+    /// defragmentation that starts after this call, shared with the calls that wait for it (see
+    /// `defrag`).
     pub async fn defragment(&self) -> Result<(), NodeError> {
         let engine = self.state.engine().clone();
-        rt::spawn_blocking(move || engine.defragment())
+        self.defrags
+            .defragment(engine, self.metrics.clone())
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))??;
+            .map_err(NodeError::Raft)?;
         self.refresh_quota_state();
         Ok(())
     }
