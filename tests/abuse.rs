@@ -612,20 +612,21 @@ async fn a_flood_of_hash_kv_calls_leaves_writers_at_their_latency() {
     hash_kv_flood("memory", Probe::writer).await;
 }
 
-async fn hash_kv_flood(engine: &str, probe: fn(&str) -> Probe) {
-    let _alone = one_at_a_time().await;
-    const ATTACKERS: usize = 8;
-    let mut server = Server::start(engine);
-    let mut client = server.client().await;
-    // About 20 MB of values, loaded by txns of 128 puts, each key written twice; the first half
-    // of that history compacted, so a hash skips superseded records below the compaction point.
-    let value = "h".repeat(1024);
+/// Writes `txns` txns of 128 puts of about `value_bytes` under `prefix/`, then the same keys
+/// again with other values: a history with a superseded record for every key.
+async fn write_twice(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    txns: usize,
+    value_bytes: usize,
+) {
+    let value = "w".repeat(value_bytes);
     for round in 0..2 {
-        for t in 0..80 {
+        for t in 0..txns {
             let puts: Vec<_> = (0..128)
                 .map(|i| {
                     let v = format!("{round}{value}");
-                    etcd_client::TxnOp::put(format!("hash/{t:03}/{i:03}"), v, None)
+                    etcd_client::TxnOp::put(format!("{prefix}/{t:03}/{i:03}"), v, None)
                 })
                 .collect();
             client
@@ -634,6 +635,16 @@ async fn hash_kv_flood(engine: &str, probe: fn(&str) -> Probe) {
                 .expect("load");
         }
     }
+}
+
+async fn hash_kv_flood(engine: &str, probe: fn(&str) -> Probe) {
+    let _alone = one_at_a_time().await;
+    const ATTACKERS: usize = 8;
+    let mut server = Server::start(engine);
+    let mut client = server.client().await;
+    // About 20 MB of values, each key written twice; the first half of that history compacted,
+    // so a hash skips superseded records below the compaction point.
+    write_twice(&mut client, "hash", 80, 1024).await;
     let loaded = client.put("abuse/probe", "v", None).await.expect("put");
     let loaded = loaded.header().expect("header").revision();
     client.compact(loaded / 2, None).await.expect("compact");
@@ -789,21 +800,7 @@ async fn a_burst_of_defragment_calls_runs_at_most_two() {
     let mut server = Server::start("rocksdb");
     let mut client = server.client().await;
     // About 20 MB written twice, so each defragmentation has work to do.
-    let value = "d".repeat(2048);
-    for round in 0..2 {
-        for t in 0..40 {
-            let puts: Vec<_> = (0..128)
-                .map(|i| {
-                    let v = format!("{round}{value}");
-                    etcd_client::TxnOp::put(format!("defrag/{t:03}/{i:03}"), v, None)
-                })
-                .collect();
-            client
-                .txn(etcd_client::Txn::new().and_then(puts))
-                .await
-                .expect("load");
-        }
-    }
+    write_twice(&mut client, "defrag", 40, 2048).await;
     client.put("abuse/probe", "v", None).await.expect("put");
     let mut callers = Vec::new();
     for _ in 0..CALLS {
