@@ -223,6 +223,13 @@ pub const SNAPSHOT_STREAMS_MAX: usize = 2;
 /// before it is refused with etcd's "too many requests".
 pub const SNAPSHOT_STREAM_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a `Maintenance.Snapshot` stream may go without its client asking for the next piece:
+/// then the member ends it and gives back its place and its engine view. Without it, two clients
+/// that read a piece and stopped held both places for as long as their connections lived, and
+/// every other backup waited [`SNAPSHOT_STREAM_WAIT`] and failed. Half that wait, so a call
+/// queued behind a stalled stream is served.
+pub const SNAPSHOT_STREAM_STALL: Duration = Duration::from_secs(30);
+
 /// How long a member receiving a snapshot waits for the next chunk before it drops the transfer
 /// (a sender that went away without closing the stream must not hold the receive forever). Also
 /// how long a new transfer waits for the one before it to give up its place.
@@ -468,6 +475,7 @@ pub const BCRYPT_COST_MIN: u32 = 4;
 pub const BCRYPT_COST_MAX: u32 = 31;
 
 const _: () = assert!(HEARTBEAT_INTERVAL_MS * 5 <= ELECTION_TIMEOUT_MS);
+const _: () = assert!(SNAPSHOT_STREAM_STALL.as_secs() * 2 <= SNAPSHOT_STREAM_WAIT.as_secs());
 // bbolt page sizes are powers of two; etcdctl wants whole 512-byte sectors before the hash.
 const _: () =
     assert!(ETCD_SNAPSHOT_PAGE_BYTES.is_power_of_two() && ETCD_SNAPSHOT_PAGE_BYTES % 512 == 0);

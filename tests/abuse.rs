@@ -830,3 +830,54 @@ async fn a_burst_of_defragment_calls_runs_at_most_two() {
     assert_eq!(metric(&server.endpoint, RAN).await - ran_before, ran + 1);
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
 }
+
+/// Two clients that take a piece of a backup and stop reading (their connections open) lose their
+/// streams after `limits::SNAPSHOT_STREAM_STALL` (30 s): a backup queued behind them is then
+/// served whole, within its 60 s wait, and a stalled client that reads again gets an error, never
+/// a clean end of a truncated file. Before, the two held both places for as long as their
+/// connections lived, and every other backup waited 60 s and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_snapshot_readers_lose_their_places() {
+    let _alone = one_at_a_time().await;
+    let server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    write_twice(&mut client, "stall", 20, 2048).await;
+    let total = whole_backup(&mut client).await;
+    let (_, baseline, _) = before_attack(&server, &Probe::start(&server.endpoint)).await;
+
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = server.client().await;
+        let mut stream = c.snapshot().await.expect("snapshot");
+        let first = stream.message().await.expect("a piece").expect("not empty");
+        assert!(!first.blob().is_empty());
+        stalled.push((c, stream));
+    }
+    let queued = {
+        // A client that allows the call the member's whole wait for a place.
+        let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(90));
+        let mut c = etcd_client::Client::connect([server.endpoint.as_str()], Some(opts))
+            .await
+            .expect("connect");
+        tokio::spawn(async move { whole_backup(&mut c).await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !queued.is_finished(),
+        "both places are held by the stalled streams"
+    );
+    assert_eq!(queued.await.expect("queued backup"), total);
+
+    // The stalled clients read again: whatever was in flight, then the error.
+    for (_, mut stream) in stalled {
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("a stalled stream ended as if the file were whole"),
+                Err(e) => break e,
+            }
+        };
+        assert!(ended.to_string().contains("stalled"), "{ended}");
+    }
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}

@@ -228,6 +228,11 @@ impl From<NodeError> for Status {
             NodeError::TooManyRequests => {
                 status(Code::ResourceExhausted, "etcdserver: too many requests")
             }
+            // The client stopped taking pieces; it gets this if it ever reads again.
+            NodeError::SnapshotStalled => status(
+                Code::DeadlineExceeded,
+                &format!("etcdserver: {}", NodeError::SnapshotStalled),
+            ),
             NodeError::NoSpace => status(
                 Code::ResourceExhausted,
                 "etcdserver: mvcc: database space exceeded",

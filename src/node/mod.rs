@@ -4,6 +4,7 @@
 //! response headers, runs the lease clock (on the leader), the watch catch-up and the background
 //! compaction (`compaction`), shuts down.
 
+mod backup_stream;
 mod bootstrap;
 mod compaction;
 mod defrag;
@@ -70,6 +71,13 @@ pub enum NodeError {
     /// [`limits::heavy_work_places`]).
     #[error("too many requests")]
     TooManyRequests,
+    /// A `Maintenance.Snapshot` stream whose client took no piece for
+    /// [`limits::SNAPSHOT_STREAM_STALL`]: ended, its place and view given back.
+    #[error(
+        "snapshot stream stalled: no piece taken for {0:?}",
+        limits::SNAPSHOT_STREAM_STALL
+    )]
+    SnapshotStalled,
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error("storage: {0}")]
@@ -601,9 +609,13 @@ impl Node {
         let (writer, place) =
             blocking_io(move || SnapshotWriter::new(view).map(|writer| (writer, place))).await?;
         let total = writer.total_bytes();
-        let writer = Some((writer, place));
-        let pieces = futures::stream::unfold(writer, move |writer| async move {
-            let (mut writer, place) = writer?;
+        let backup = backup_stream::Backup::watched(writer, place);
+        let pieces = futures::stream::unfold(Some(backup), move |backup| async move {
+            let backup = backup?;
+            // Taken out while a piece is read: the watchdog finds nothing to drop meanwhile.
+            let Some((mut writer, place)) = backup.take() else {
+                return Some((Err(NodeError::SnapshotStalled), None));
+            };
             // Each piece reads up to a chunk from the engine: off the async workers. A writer
             // that died ends the stream with an error, never quietly (the client would keep a
             // truncated file).
@@ -617,7 +629,10 @@ impl Node {
                 Err(e) => return Some((Err(failed(e)), None)),
             };
             match piece {
-                Ok(Some(piece)) => Some((Ok(piece), Some((writer, place)))),
+                Ok(Some(piece)) => {
+                    backup.put_back(writer, place);
+                    Some((Ok(piece), Some(backup)))
+                }
                 Ok(None) => None,
                 Err(e) => Some((Err(failed(e)), None)),
             }
