@@ -40,7 +40,11 @@ impl Backup {
         rt::spawn(async move {
             loop {
                 let since = watched.lock().touched;
-                let due = limits::SNAPSHOT_STREAM_STALL.saturating_sub(since.elapsed());
+                // At least a fraction of the limit: a piece that takes longer than the limit to
+                // read (nothing held meanwhile) must not make this loop spin.
+                let due = limits::SNAPSHOT_STREAM_STALL
+                    .saturating_sub(since.elapsed())
+                    .max(limits::SNAPSHOT_STREAM_STALL / 8);
                 tokio::select! {
                     biased;
                     _ = &mut on_end => return,
