@@ -605,7 +605,8 @@ impl Node {
         let (_, view) = self.state.frozen().map_err(failed)?;
         // The first pass over the view lays the file out: off the async workers. The place goes
         // with it (a caller that leaves cannot stop the pass once it runs), then with the writer:
-        // freed when the pass fails, or the stream ends or is dropped.
+        // freed when the pass fails, the stream ends or is dropped, or its client stalls (see
+        // `backup_stream`).
         let (writer, place) =
             blocking_io(move || SnapshotWriter::new(view).map(|writer| (writer, place))).await?;
         let total = writer.total_bytes();
