@@ -75,9 +75,15 @@ fn start_process(mut cmd: Command) -> (Child, String) {
         }
     });
     let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let addr = rx
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        .expect("metastore did not report its listening address in time");
+    let addr = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(addr) => addr,
+        Err(e) => {
+            // Its own words are on the inherited stderr above; say how it ended.
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("metastore did not report its listening address ({e}); it ended: {status:?}");
+        }
+    };
     (child, format!("http://{addr}"))
 }
 
@@ -189,13 +195,22 @@ pub fn grpc(err: etcd_client::Error) -> (tonic::Code, String) {
     }
 }
 
-/// A free loopback port (bound, then released: good enough between tests of one run).
+/// A free loopback port: bound, then released, and never handed out twice in this process. The
+/// kernel may give a just-released port to the next bind, so without the record two members of
+/// one cluster could be told the same port (a member refuses such an `--initial-cluster`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if HANDED_OUT.lock().expect("port record").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One process of a [`TestCluster`].
