@@ -294,6 +294,32 @@ pub const LEARNER_PROMOTE_MAX_LAG: u64 = 1000;
 /// Pause between attempts to publish this member's attributes.
 pub const PUBLISH_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Answers larger than this are counted in the member's send budget (`api::send_budget`) until
+/// the client has taken them: the HTTP/2 initial window (RFC 9113 §6.9.2), which a client takes
+/// whole without opening its window, so a smaller answer never waits in the member for one.
+pub const SEND_HELD_MIN_BYTES: usize = 65_535;
+
+/// The bytes of large answers a member holds for clients that have not taken them yet, besides
+/// one answer of any size when nothing else is held (`api::send_budget`).
+pub const SEND_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+
+/// The slowest a client may take a large answer: one that has not taken all of it after
+/// [`SEND_DEADLINE_BASE`] plus its size at this rate loses the stream, and the member the bytes.
+pub const SEND_MIN_BYTES_PER_SEC: usize = 1024 * 1024;
+
+/// See [`SEND_MIN_BYTES_PER_SEC`].
+pub const SEND_DEADLINE_BASE: Duration = Duration::from_secs(30);
+
+/// How long a client may take to take an answer of `bytes` ([`SEND_MIN_BYTES_PER_SEC`]).
+pub fn send_deadline(bytes: usize) -> Duration {
+    SEND_DEADLINE_BASE + Duration::from_secs((bytes / SEND_MIN_BYTES_PER_SEC) as u64)
+}
+
+/// The pieces a large answer is handed to HTTP/2 in, each copied out of it: HTTP/2 asks for the
+/// next once the client's window has room, and keeps no piece that shares the whole answer's
+/// memory, so an answer cut at its deadline is freed at once.
+pub const SEND_PIECE_BYTES: usize = 64 * 1024;
+
 /// Concurrent gRPC streams per client connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
@@ -515,6 +541,9 @@ pub const ENGINE_WRITEBACK_BYTES: u64 = 1024 * 1024;
 
 /// Size of one RocksDB memtable (`write_buffer_size`, per column family), resident until flushed.
 pub const ENGINE_MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
+
+const _: () =
+    assert!(SEND_PIECE_BYTES <= SEND_BUDGET_BYTES && SEND_HELD_MIN_BYTES < SEND_BUDGET_BYTES);
 
 #[cfg(test)]
 mod tests {

@@ -222,6 +222,8 @@ pub struct Scrape {
     pub watchers: u64,
     /// Bytes of watch events queued or in flight in all streams (`watch::WatchBudget`).
     pub watch_buffered_bytes: u64,
+    /// Bytes of large answers not yet taken by their clients (`node::send_budget`).
+    pub send_held_bytes: u64,
     pub revision: i64,
     pub compact_revision: i64,
     pub leases: u64,
@@ -455,6 +457,12 @@ impl Metrics {
             "metastore_runtime_alive_tasks",
             "Tasks alive on the member's async runtime.",
             s.alive_tasks,
+        );
+        gauge(
+            &mut out,
+            "metastore_send_held_bytes",
+            "Bytes of large answers encoded and not yet taken by their clients.",
+            s.send_held_bytes,
         );
         gauge(
             &mut out,

@@ -12,6 +12,8 @@ use common::abuse::{
     P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
+use metastore::pb::etcdserverpb::kv_client::KvClient;
+use metastore::pb::etcdserverpb::RangeRequest;
 
 /// Election.Observe calls whose clients went away end with them: no watcher, no task left; while
 /// they are open a well-behaved client keeps its latency.
@@ -880,4 +882,128 @@ async fn stalled_snapshot_readers_lose_their_places() {
         assert!(ended.to_string().contains("stalled"), "{ended}");
     }
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A client connection that asks for a `Range` of `prefix` on stream 1 with a flow-control window
+/// of zero (SETTINGS_INITIAL_WINDOW_SIZE 0): the member may answer, but cannot send a byte of
+/// the answer's body until the client opens the window, which it never does.
+fn range_without_window(host: &str, prefix: &str) -> Vec<u8> {
+    use prost::Message;
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("a prefix") += 1;
+    let request = RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        range_end: end,
+        serializable: true,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut message = vec![0];
+    message.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    message.extend_from_slice(&request);
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/etcdserverpb.KV/Range"),
+        (":authority", host),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0x00);
+        hpack_str(name.as_bytes(), &mut block);
+        hpack_str(value.as_bytes(), &mut block);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[0, 0x4, 0, 0, 0, 0]));
+    out.extend(h2_frame(0x1, 0x4, 1, &block));
+    out.extend(h2_frame(0x0, 0x1, 1, &message));
+    out
+}
+
+/// Clients that ask for a large list and never open their flow-control window: the answers they
+/// have not taken share one budget (`limits::SEND_BUDGET_BYTES`, besides one answer of any size
+/// when nothing else is held), and what they held is given back when they leave. Before, each kept
+/// its whole encoded answer for as long as its connection lived: a 118 MB prefix, release build,
+/// 8 such connections took a member from 189 to 1,453 MB; the 21 MB list here cost +553 MB with
+/// the old binary (debug), +23 MB now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_clients_do_not_take_share_one_budget() {
+    let _alone = one_at_a_time().await;
+    use tokio::io::AsyncWriteExt;
+    const CONNECTIONS: usize = 8;
+    const HELD: &str = "metastore_send_held_bytes";
+    let mut server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    // 80 txns of 128 × 2 KiB: a list of "big/" answers about 21 MB.
+    write_twice(&mut client, "big", 80, 2048).await;
+    client.put("abuse/probe", "v", None).await.expect("put");
+    // A client that takes answers of this size (etcd-client's limit is 4 MiB).
+    let channel = tonic::transport::Channel::from_shared(server.endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut kv = KvClient::new(channel).max_decoding_message_size(64 << 20);
+    let whole = RangeRequest {
+        key: b"big/".to_vec(),
+        range_end: b"big0".to_vec(),
+        serializable: true,
+        ..Default::default()
+    };
+    // The member's first lists of this size cost it memory that later ones reuse: before the
+    // baseline, as in the list flood above.
+    let answer = kv.range(whole.clone()).await.expect("list").into_inner();
+    assert_eq!(answer.kvs.len(), 80 * 128);
+    let probe = Probe::start(&server.endpoint);
+    let (quiet, baseline, rss_before) = before_attack(&server, &probe).await;
+    assert_eq!(metric(&server.endpoint, HELD).await, 0);
+
+    let host = server.host_port().to_string();
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut conn = tokio::net::TcpStream::connect(&host)
+            .await
+            .expect("connect");
+        conn.write_all(&range_without_window(&host, "big/"))
+            .await
+            .expect("send");
+        conns.push(conn);
+    }
+    let mut attacked = probe.latencies(200).await;
+    // Every stalled list has been read by now (each takes well under a second), and those that
+    // found no room wait for it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_survived(&mut server, rss_before);
+    assert_p99_within(quiet, p99(&mut attacked));
+    let held = metric(&server.endpoint, HELD).await;
+    eprintln!("abuse: {held} bytes of answers held for clients that take none");
+    assert!(held > 0, "one answer is held for its client");
+    assert!(
+        held <= 24 << 20,
+        "one 21 MB answer held alone, not one per connection: {held}"
+    );
+
+    drop(conns);
+    let until = std::time::Instant::now() + CLEANUP_DEADLINE;
+    while metric(&server.endpoint, HELD).await != 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the answers of clients that left are still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+    // A client that takes its answer gets all of it, as before.
+    let again = kv.range(whole).await.expect("list after the attack");
+    assert_eq!(again.into_inner().kvs, answer.kvs);
 }

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -13,6 +14,7 @@ use super::validate;
 use crate::apply::Applied;
 use crate::auth::{perms, Need};
 use crate::limits;
+use crate::node::send_budget::{self, Held};
 use crate::node::{Node, RangeStreamRead};
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::{
@@ -105,6 +107,20 @@ async fn send_rest(
     }
 }
 
+/// `resp` as a response, counted as `held` until the client has taken it (`api::held_body`; the
+/// simulator's transport hands messages over whole, so there nothing stays counted).
+fn held_response<T>(resp: T, held: Option<Held>) -> Response<T> {
+    #[allow(unused_mut)]
+    let mut response = Response::new(resp);
+    #[cfg(not(madsim))]
+    if let Some(held) = held {
+        super::held_body::attach(&mut response, held);
+    }
+    #[cfg(madsim)]
+    drop(held);
+    response
+}
+
 fn unexpected(what: &str) -> Status {
     Status::internal(format!("etcdserver: unexpected apply result for {what}"))
 }
@@ -116,12 +132,32 @@ impl Kv for KvService {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let (req, caller, needs) = self.read(request, validate::range)?;
-        let mut resp = self
-            .node
-            .range_checked(&req, |auth| caller.check_in(auth, &needs))
-            .await?;
+        let read = || {
+            self.node
+                .range_checked(&req, |auth| caller.check_in(auth, &needs))
+        };
+        let mut resp = read().await?;
+        let size = resp.encoded_len();
+        let mut held = None;
+        if send_budget::counts(size) {
+            let budget = self.node.send_budget();
+            held = Some(match budget.try_hold(size) {
+                Some(held) => held,
+                None => {
+                    // No room beside the answers still on their way: this one is not kept while
+                    // it waits (waiting answers would be as unbounded as held ones), but read
+                    // again once there is room for its size.
+                    drop(resp);
+                    let wait = self.node.config().request_timeout;
+                    let mut held = budget.hold(size, wait).await?;
+                    resp = read().await?;
+                    held.resize(resp.encoded_len());
+                    held
+                }
+            });
+        }
         resp.header = self.header(resp.header);
-        Ok(Response::new(resp))
+        Ok(held_response(resp, held))
     }
 
     type RangeStreamStream = RangeChunkStream;
@@ -212,7 +248,11 @@ impl Kv for KvService {
         {
             Applied::Txn(mut resp) => {
                 resp.header = self.header(resp.header);
-                Ok(Response::new(resp))
+                // Applied already: it goes whatever else is held, but counts until it is taken.
+                let size = resp.encoded_len();
+                let held =
+                    send_budget::counts(size).then(|| self.node.send_budget().hold_anyway(size));
+                Ok(held_response(resp, held))
             }
             _ => Err(unexpected("txn")),
         }

@@ -11,6 +11,8 @@ pub mod conn_limit;
 pub mod election;
 pub mod gateway;
 #[cfg(not(madsim))]
+pub mod held_body;
+#[cfg(not(madsim))]
 pub mod http;
 #[cfg(not(madsim))]
 pub mod http_slots;

@@ -79,18 +79,33 @@ macro_rules! kv_server {
     };
 }
 
+/// The client-facing router: with the layer that counts large answers until they are taken.
+#[cfg(not(madsim))]
+type ClientRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<super::held_body::HoldLayer, tower::layer::util::Identity>,
+>;
+/// The simulator's transport hands messages over whole: no layer.
+#[cfg(madsim)]
+type ClientRouter = tonic::transport::server::Router;
+
 /// Every client-facing service over `node`, in one router; all share `access` (one token table
 /// per member, whichever address a client uses).
-fn client_router(node: &Arc<Node>, access: &Arc<Access>) -> tonic::transport::server::Router {
+fn client_router(node: &Arc<Node>, access: &Arc<Access>) -> ClientRouter {
     let a = access;
     let config = node.config();
-    tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
         // etcd's keepalive: a silent connection is pinged, and closed if the ping goes unanswered
         // (a half-open client's streams and watchers go with it).
         .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
-        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
+        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout));
+    // Large answers are counted until their client has taken them (`api::held_body`).
+    #[cfg(not(madsim))]
+    let mut builder = builder.layer(super::held_body::layer());
+    #[cfg(madsim)]
+    let mut builder = builder;
+    builder
         .add_service(kv_server!(node, a))
         .add_service(WatchServer::new(WatchService::new(node.clone(), a.clone())))
         .add_service(LeaseServer::new(LeaseService::new(node.clone(), a.clone())))
@@ -257,7 +272,7 @@ async fn serve_client_listener(
     listener: tokio::net::TcpListener,
     ping_min_interval: std::time::Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    router: tonic::transport::server::Router,
+    router: ClientRouter,
     http: Arc<super::http::HttpApi>,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {

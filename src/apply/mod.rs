@@ -325,17 +325,29 @@ pub fn range(store: &MvccStore, req: &RangeRequest) -> Result<RangeResponse, App
 /// records are read from an engine view after the last one, without it (see
 /// [`crate::mvcc::RangeRead`]). Writers wait for one piece at most, whatever the size of the
 /// range; the answer is still exactly the state at the revision read.
+///
+/// A range larger than its first piece goes on only if `may_grow` says so (the caller's bound on
+/// large reads at once); otherwise it stops there and this returns `None`, having kept nothing.
 pub fn range_in_pieces<G>(
     lock: impl Fn() -> G,
     req: &RangeRequest,
-) -> Result<RangeResponse, ApplyError>
+    may_grow: &dyn Fn() -> bool,
+) -> Result<Option<RangeResponse>, ApplyError>
 where
     G: Deref<Target = MvccStore>,
 {
-    range_in_pieces_of(lock, req, RANGE_PIECE_KEYS)
+    let view = PiecewiseView {
+        lock,
+        piece_keys: RANGE_PIECE_KEYS,
+        may_grow,
+        held_back: std::cell::Cell::new(false),
+    };
+    let resp = execute_range(&view, req)?;
+    Ok((!view.held_back.get()).then_some(resp))
 }
 
-/// [`range_in_pieces`] with pieces of `piece_keys` keys (tests use small ones).
+/// [`range_in_pieces`] with pieces of `piece_keys` keys (tests use small ones), never held back.
+#[cfg(test)]
 pub(crate) fn range_in_pieces_of<G>(
     lock: impl Fn() -> G,
     req: &RangeRequest,
@@ -344,7 +356,13 @@ pub(crate) fn range_in_pieces_of<G>(
 where
     G: Deref<Target = MvccStore>,
 {
-    execute_range(&PiecewiseView(lock, piece_keys), req)
+    let view = PiecewiseView {
+        lock,
+        piece_keys,
+        may_grow: &|| true,
+        held_back: std::cell::Cell::new(false),
+    };
+    execute_range(&view, req)
 }
 
 /// Something a range can be served from: the committed store, or a transaction in progress.
@@ -380,9 +398,15 @@ impl ReadView for StoreView<'_> {
     }
 }
 
-struct PiecewiseView<F>(F, usize);
+struct PiecewiseView<'a, F> {
+    lock: F,
+    piece_keys: usize,
+    may_grow: &'a dyn Fn() -> bool,
+    /// Set when the range stopped after its first piece (`may_grow` said no).
+    held_back: std::cell::Cell<bool>,
+}
 
-impl<F, G> ReadView for PiecewiseView<F>
+impl<F, G> ReadView for PiecewiseView<'_, F>
 where
     F: Fn() -> G,
     G: Deref<Target = MvccStore>,
@@ -399,19 +423,23 @@ where
         let mut read = RangeRead::new(key, end.clone(), rev, limit, count_only, keys_only);
         let mut piece = || -> Result<(), MvccError> {
             // The guard goes at the end of each piece: writers get their turn between pieces.
-            let store = (self.0)();
-            store.range_step(&mut read, self.1).map(drop)
+            let store = (self.lock)();
+            store.range_step(&mut read, self.piece_keys).map(drop)
         };
         piece()?;
         if read.walked() && !read.has_view() {
             return read.finish();
         }
+        if !(self.may_grow)() {
+            self.held_back.set(true);
+            return Ok(crate::mvcc::RangeResult::default());
+        }
         // A large range: the rest of it keeps this thread busy for a while, so the tasks queued
         // behind it (raft, apply, other requests) move to another thread meanwhile.
         crate::rt::block_in_place(|| {
             while !read.walked() {
-                let store = (self.0)();
-                store.range_step(&mut read, self.1)?;
+                let store = (self.lock)();
+                store.range_step(&mut read, self.piece_keys)?;
             }
             read.finish()
         })

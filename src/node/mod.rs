@@ -14,6 +14,7 @@ mod members;
 mod range_stream;
 mod read_index;
 mod routing;
+pub mod send_budget;
 
 pub use range_stream::RangeStreamRead;
 
@@ -150,6 +151,11 @@ pub struct Node {
     backups: Arc<tokio::sync::Semaphore>,
     /// Places for full scans of the store (`Hash`, `HashKV`): [`limits::heavy_work_places`].
     full_scans: Arc<tokio::sync::Semaphore>,
+    /// Places for ranges larger than one piece being read ([`limits::heavy_work_places`]): a read
+    /// keeps what it has read until it is answered, so reads at once bound the member's memory.
+    large_reads: Arc<tokio::sync::Semaphore>,
+    /// Large answers on their way to clients ([`send_budget`]).
+    send_budget: Arc<send_budget::SendBudget>,
     /// Defragmentations: one at a time, shared by the calls that wait for it.
     defrags: defrag::Defrags,
     /// `KV.RangeStream`s open now: their chunks shrink as more are open.
@@ -308,6 +314,8 @@ impl Node {
                 snapshot_receive: tokio::sync::Mutex::new(()),
                 backups: Arc::new(tokio::sync::Semaphore::new(limits::SNAPSHOT_STREAMS_MAX)),
                 full_scans: Arc::new(tokio::sync::Semaphore::new(limits::heavy_work_places())),
+                large_reads: Arc::new(tokio::sync::Semaphore::new(limits::heavy_work_places())),
+                send_budget: send_budget::SendBudget::new(limits::SEND_BUDGET_BYTES),
                 defrags: defrag::Defrags::default(),
                 range_streams: Arc::default(),
                 snapshot_receives: std::sync::atomic::AtomicU64::new(0),
@@ -438,6 +446,11 @@ impl Node {
     /// The configuration the member runs with.
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// The member's budget for large answers on their way to clients ([`send_budget`]).
+    pub fn send_budget(&self) -> &Arc<send_budget::SendBudget> {
+        &self.send_budget
     }
 
     /// A response header at `revision`.
@@ -823,8 +836,25 @@ impl Node {
         let checked_at = self.read_gate(req.serializable, permitted).await?;
         self.metrics.mvcc_range.inc();
         // In pieces, each under a short hold of the store's lock: writes go on while a large
-        // range is read.
-        let resp = apply::range_in_pieces(|| self.state.read(), req)?;
+        // range is read. One larger than its first piece goes on only in a place of
+        // `large_reads`; when none is free it stops there (keeping nothing), waits for one (at
+        // most the request timeout, then "too many requests") and starts over in it.
+        let place = parking_lot::Mutex::new(None);
+        let may_grow = || {
+            let mut place = place.lock();
+            if place.is_none() {
+                *place = self.large_reads.clone().try_acquire_owned().ok();
+            }
+            place.is_some()
+        };
+        let resp = loop {
+            if let Some(resp) = apply::range_in_pieces(|| self.state.read(), req, &may_grow)? {
+                break resp;
+            }
+            let waited = wait_for_place(&self.large_reads, self.config.request_timeout).await?;
+            *place.lock() = Some(waited);
+        };
+        drop(place);
         self.auth_unchanged(checked_at)?;
         Ok(resp)
     }
@@ -916,6 +946,7 @@ impl Node {
             keys,
             watchers: self.watch.watcher_count() as u64,
             watch_buffered_bytes: self.watch.buffered_bytes() as u64,
+            send_held_bytes: self.send_budget.held() as u64,
             revision,
             compact_revision,
             leases,
