@@ -301,7 +301,13 @@ pub const SEND_HELD_MIN_BYTES: usize = 65_535;
 
 /// The bytes of large answers a member holds for clients that have not taken them yet, besides
 /// one answer of any size when nothing else is held (`api::send_budget`).
-pub const SEND_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+pub const SEND_BUDGET_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a range waits for a place to read in (past its first piece), or for room in the send
+/// budget, before it is refused with etcd's "too many requests": a list queued behind others is
+/// served late rather than refused (kube-apiserver lists every resource at once when it starts,
+/// and a list of a million keys takes seconds).
+pub const LARGE_READ_WAIT: Duration = Duration::from_secs(60);
 
 /// The slowest a client may take a large answer: one that has not taken all of it after
 /// [`SEND_DEADLINE_BASE`] plus its size at this rate loses the stream, and the member the bytes.

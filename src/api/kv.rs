@@ -148,8 +148,7 @@ impl Kv for KvService {
                     // it waits (waiting answers would be as unbounded as held ones), but read
                     // again once there is room for its size.
                     drop(resp);
-                    let wait = self.node.config().request_timeout;
-                    let mut held = budget.hold(size, wait).await?;
+                    let mut held = budget.hold(size, limits::LARGE_READ_WAIT).await?;
                     resp = read().await?;
                     held.resize(resp.encoded_len());
                     held

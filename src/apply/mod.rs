@@ -326,8 +326,9 @@ pub fn range(store: &MvccStore, req: &RangeRequest) -> Result<RangeResponse, App
 /// [`crate::mvcc::RangeRead`]). Writers wait for one piece at most, whatever the size of the
 /// range; the answer is still exactly the state at the revision read.
 ///
-/// A range larger than its first piece goes on only if `may_grow` says so (the caller's bound on
-/// large reads at once); otherwise it stops there and this returns `None`, having kept nothing.
+/// A range that keeps records and is larger than its first piece goes on only if `may_grow` says
+/// so (the caller's bound on large reads at once); otherwise it stops there and this returns
+/// `None`, having kept nothing.
 pub fn range_in_pieces<G>(
     lock: impl Fn() -> G,
     req: &RangeRequest,
@@ -336,9 +337,22 @@ pub fn range_in_pieces<G>(
 where
     G: Deref<Target = MvccStore>,
 {
+    range_gated(lock, req, RANGE_PIECE_KEYS, may_grow)
+}
+
+/// [`range_in_pieces`] with pieces of `piece_keys` keys.
+fn range_gated<G>(
+    lock: impl Fn() -> G,
+    req: &RangeRequest,
+    piece_keys: usize,
+    may_grow: &dyn Fn() -> bool,
+) -> Result<Option<RangeResponse>, ApplyError>
+where
+    G: Deref<Target = MvccStore>,
+{
     let view = PiecewiseView {
         lock,
-        piece_keys: RANGE_PIECE_KEYS,
+        piece_keys,
         may_grow,
         held_back: std::cell::Cell::new(false),
     };
@@ -356,13 +370,8 @@ pub(crate) fn range_in_pieces_of<G>(
 where
     G: Deref<Target = MvccStore>,
 {
-    let view = PiecewiseView {
-        lock,
-        piece_keys,
-        may_grow: &|| true,
-        held_back: std::cell::Cell::new(false),
-    };
-    execute_range(&view, req)
+    let resp = range_gated(lock, req, piece_keys, &|| true)?;
+    resp.ok_or_else(|| ApplyError::Invariant("a range allowed to grow was held back".into()))
 }
 
 /// Something a range can be served from: the committed store, or a transaction in progress.
@@ -430,7 +439,8 @@ where
         if read.walked() && !read.has_view() {
             return read.finish();
         }
-        if !(self.may_grow)() {
+        // A count keeps nothing, however many keys it visits.
+        if !count_only && !(self.may_grow)() {
             self.held_back.set(true);
             return Ok(crate::mvcc::RangeResult::default());
         }

@@ -264,6 +264,38 @@ fn whole(revision: i64) -> RangeRequest {
 }
 
 #[test]
+fn a_range_past_its_first_piece_goes_on_only_if_it_may_grow() {
+    for (engine, _dir) in engines() {
+        let mut s = MvccStore::open(engine).expect("open");
+        eleven_keys(&mut s);
+        let asked = std::cell::Cell::new(0);
+        let never = || {
+            asked.set(asked.get() + 1);
+            false
+        };
+        let read = |req: &RangeRequest, may_grow: &dyn Fn() -> bool| {
+            range_gated(|| &s, req, 4, may_grow).expect("range")
+        };
+        assert!(read(&whole(0), &never).is_none(), "held back after a piece");
+        assert_eq!(asked.get(), 1);
+        let small = RangeRequest {
+            key: b"k00".to_vec(),
+            range_end: b"k03".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(read(&small, &never).expect("one piece").kvs.len(), 3);
+        let count = RangeRequest {
+            count_only: true,
+            ..whole(0)
+        };
+        assert_eq!(read(&count, &never).expect("counts keep nothing").count, 11);
+        assert_eq!(asked.get(), 1, "neither asked");
+        let grown = read(&whole(0), &|| true).expect("allowed");
+        assert_eq!(grown, range(&s, &whole(0)).expect("range"));
+    }
+}
+
+#[test]
 fn writes_go_on_between_the_pieces_of_a_range_and_it_still_reads_its_revision() {
     for (engine, _dir) in engines() {
         let mut s = MvccStore::open(engine).expect("open");

@@ -838,7 +838,7 @@ impl Node {
         // In pieces, each under a short hold of the store's lock: writes go on while a large
         // range is read. One larger than its first piece goes on only in a place of
         // `large_reads`; when none is free it stops there (keeping nothing), waits for one (at
-        // most the request timeout, then "too many requests") and starts over in it.
+        // most `LARGE_READ_WAIT`, then "too many requests") and starts over in it.
         let place = parking_lot::Mutex::new(None);
         let may_grow = || {
             let mut place = place.lock();
@@ -851,7 +851,7 @@ impl Node {
             if let Some(resp) = apply::range_in_pieces(|| self.state.read(), req, &may_grow)? {
                 break resp;
             }
-            let waited = wait_for_place(&self.large_reads, self.config.request_timeout).await?;
+            let waited = wait_for_place(&self.large_reads, limits::LARGE_READ_WAIT).await?;
             *place.lock() = Some(waited);
         };
         drop(place);

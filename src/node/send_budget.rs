@@ -8,8 +8,8 @@
 //! which a client takes without opening anything) is counted here from when it exists until the
 //! connection has taken all of it (`api::held_body`): the answers held at once stay within
 //! [`limits::SEND_BUDGET_BYTES`], except one of any size when nothing else is held (a list may be
-//! larger than the budget). A read whose answer does not fit drops it, waits for room (at most the
-//! request timeout, then `etcdserver: too many requests`) and reads again; an answer that cannot
+//! larger than the budget). A read whose answer does not fit drops it, waits for room (at most
+//! [`limits::LARGE_READ_WAIT`], then `etcdserver: too many requests`) and reads again; an answer that cannot
 //! be read again (a transaction's: its writes are applied) is counted whatever is held. And an
 //! answer is held at most [`limits::send_deadline`] for its size: a client that has not taken it
 //! by then loses the stream, and the member its bytes.
