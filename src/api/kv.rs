@@ -63,6 +63,32 @@ impl KvService {
         Ok((req, caller, needs))
     }
 
+    /// An answer from `read`, counted in the member's send budget when it is large
+    /// ([`send_budget`]). One that does not fit beside the answers still on their way is not
+    /// kept while it waits (waiting answers would be as unbounded as held ones): it is dropped,
+    /// and read again once there is room for its size.
+    async fn answer_within_budget<T, F, Fut>(&self, read: F) -> Result<(T, Option<Held>), Status>
+    where
+        T: Message,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::node::NodeError>>,
+    {
+        let resp = read().await?;
+        let size = resp.encoded_len();
+        if !send_budget::counts(size) {
+            return Ok((resp, None));
+        }
+        let budget = self.node.send_budget();
+        if let Some(held) = budget.try_hold(size) {
+            return Ok((resp, Some(held)));
+        }
+        drop(resp);
+        let mut held = budget.hold(size, limits::LARGE_READ_WAIT).await?;
+        let resp = read().await?;
+        held.resize(resp.encoded_len());
+        Ok((resp, Some(held)))
+    }
+
     async fn propose(&self, op: Op, requester: Requester) -> Result<Applied, Status> {
         Ok(self.node.propose_as(op, Some(requester)).await?)
     }
@@ -136,25 +162,7 @@ impl Kv for KvService {
             self.node
                 .range_checked(&req, |auth| caller.check_in(auth, &needs))
         };
-        let mut resp = read().await?;
-        let size = resp.encoded_len();
-        let mut held = None;
-        if send_budget::counts(size) {
-            let budget = self.node.send_budget();
-            held = Some(match budget.try_hold(size) {
-                Some(held) => held,
-                None => {
-                    // No room beside the answers still on their way: this one is not kept while
-                    // it waits (waiting answers would be as unbounded as held ones), but read
-                    // again once there is room for its size.
-                    drop(resp);
-                    let mut held = budget.hold(size, limits::LARGE_READ_WAIT).await?;
-                    resp = read().await?;
-                    held.resize(resp.encoded_len());
-                    held
-                }
-            });
-        }
+        let (mut resp, held) = self.answer_within_budget(read).await?;
         resp.header = self.header(resp.header);
         Ok(held_response(resp, held))
     }
@@ -241,6 +249,18 @@ impl Kv for KvService {
         let needs = perms::txn_needs(request.get_ref());
         let requester = self.access.check(&caller, &needs)?;
         validate::txn(request.get_ref(), max_txn_ops)?;
+        if crate::apply::is_read_only(request.get_ref()) {
+            // Served as a read, as etcd serves it (its permissions checked again at the auth
+            // state it is read at).
+            let req = request.into_inner();
+            let read = || {
+                self.node
+                    .read_only_txn_checked(&req, |auth| caller.check_in(auth, &needs))
+            };
+            let (mut resp, held) = self.answer_within_budget(read).await?;
+            resp.header = self.header(resp.header);
+            return Ok(held_response(resp, held));
+        }
         match self
             .propose(Op::Txn(request.into_inner()), requester)
             .await?

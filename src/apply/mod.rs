@@ -15,6 +15,7 @@ mod txn;
 
 pub use range::execute_range;
 pub use range_stream::RangeStream;
+pub use txn::{is_read_only, is_serializable};
 
 use std::ops::Deref;
 
@@ -25,8 +26,9 @@ use crate::mvcc::{MvccError, MvccStore, RangeEnd, RangeRead};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseCheckpointResponse};
 use crate::pb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::pb::metastore::{command, Command};
 use crate::storage::{StorageError, WriteBatch};
@@ -374,6 +376,118 @@ where
     resp.ok_or_else(|| ApplyError::Invariant("a range allowed to grow was held back".into()))
 }
 
+/// A read-only transaction ([`txn::is_read_only`]) served outside apply, as etcd serves one
+/// without raft: pinned at the head revision when it starts, its compares and ranges each read in
+/// pieces as [`range_in_pieces`] reads a range (a range at revision 0 reads the pinned one), so
+/// writers wait for one piece at most. `may_grow` is asked as there, and `None` returned when it
+/// said no.
+pub fn read_only_txn_in_pieces<G>(
+    lock: impl Fn() -> G,
+    req: &TxnRequest,
+    may_grow: &dyn Fn() -> bool,
+) -> Result<Option<TxnResponse>, ApplyError>
+where
+    G: Deref<Target = MvccStore>,
+{
+    read_only_txn_gated(lock, req, RANGE_PIECE_KEYS, may_grow)
+}
+
+/// [`read_only_txn_in_pieces`] with pieces of `piece_keys` keys.
+fn read_only_txn_gated<G>(
+    lock: impl Fn() -> G,
+    req: &TxnRequest,
+    piece_keys: usize,
+    may_grow: &dyn Fn() -> bool,
+) -> Result<Option<TxnResponse>, ApplyError>
+where
+    G: Deref<Target = MvccStore>,
+{
+    if !txn::is_read_only(req) {
+        return Err(ApplyError::Invariant(
+            "a transaction that writes was served as a read".into(),
+        ));
+    }
+    let (at, compacted) = {
+        let store = lock();
+        (store.current_revision(), store.compact_revision())
+    };
+    let mut view = PinnedView {
+        pieces: PiecewiseView {
+            lock,
+            piece_keys,
+            may_grow,
+            held_back: std::cell::Cell::new(false),
+        },
+        at,
+        compacted,
+    };
+    let resp = txn::execute_txn(&mut view, req)?;
+    if view.pieces.held_back.get() {
+        return Ok(None);
+    }
+    Ok(Some(TxnResponse {
+        header: header(at),
+        ..resp
+    }))
+}
+
+/// Ranges in pieces at revision `at` unless they name their own ([`read_only_txn_in_pieces`]).
+struct PinnedView<'a, F> {
+    pieces: PiecewiseView<'a, F>,
+    at: i64,
+    compacted: i64,
+}
+
+impl<F, G> ReadView for PinnedView<'_, F>
+where
+    F: Fn() -> G,
+    G: Deref<Target = MvccStore>,
+{
+    fn range(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+        keys_only: bool,
+    ) -> Result<crate::mvcc::RangeResult, MvccError> {
+        let rev = if rev > 0 { rev } else { self.at };
+        self.pieces
+            .range(key, end, rev, limit, count_only, keys_only)
+    }
+}
+
+impl<F, G> txn::TxnView for PinnedView<'_, F>
+where
+    F: Fn() -> G,
+    G: Deref<Target = MvccStore>,
+{
+    fn begin_rev(&self) -> i64 {
+        self.at
+    }
+
+    fn compact_rev(&self) -> i64 {
+        self.compacted
+    }
+
+    fn check_put(&self, _: &PutRequest) -> Result<(), ApplyError> {
+        Err(read_only_wrote())
+    }
+
+    fn put(&mut self, _: PutRequest) -> Result<PutResponse, ApplyError> {
+        Err(read_only_wrote())
+    }
+
+    fn delete_range(&mut self, _: DeleteRangeRequest) -> Result<DeleteRangeResponse, ApplyError> {
+        Err(read_only_wrote())
+    }
+}
+
+fn read_only_wrote() -> ApplyError {
+    ApplyError::Invariant("a read-only transaction came to a write".into())
+}
+
 /// Something a range can be served from: the committed store, or a transaction in progress.
 pub trait ReadView {
     /// See [`MvccStore::range`]; `keys_only` lets the view leave the values out (the caller drops
@@ -429,6 +543,10 @@ where
         count_only: bool,
         keys_only: bool,
     ) -> Result<crate::mvcc::RangeResult, MvccError> {
+        if self.held_back.get() {
+            // An earlier range of the same transaction was held back: its answer is dropped.
+            return Ok(crate::mvcc::RangeResult::default());
+        }
         let mut read = RangeRead::new(key, end.clone(), rev, limit, count_only, keys_only);
         let mut piece = || -> Result<(), MvccError> {
             // The guard goes at the end of each piece: writers get their turn between pieces.

@@ -263,6 +263,97 @@ fn whole(revision: i64) -> RangeRequest {
     }
 }
 
+/// A random read-only transaction: compares and ranges, perhaps a nested one.
+fn random_read_only_txn(g: &mut Gen, s: &MvccStore, depth: u32) -> TxnRequest {
+    use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use crate::pb::etcdserverpb::{request_op, Compare, RequestOp};
+    let compare = (0..g.below(3))
+        .map(|_| {
+            let (target, union) = match g.below(3) {
+                0 => (
+                    CompareTarget::Value,
+                    TargetUnion::Value(format!("v{}", g.below(150)).into_bytes()),
+                ),
+                1 => (
+                    CompareTarget::Mod,
+                    TargetUnion::ModRevision(g.below(s.current_revision() as u64 + 2) as i64),
+                ),
+                _ => (
+                    CompareTarget::Version,
+                    TargetUnion::Version(g.below(4) as i64),
+                ),
+            };
+            Compare {
+                result: [
+                    CompareResult::Equal,
+                    CompareResult::Greater,
+                    CompareResult::Less,
+                ][g.below(3) as usize] as i32,
+                target: target as i32,
+                key: g.key(),
+                range_end: if g.below(3) == 0 { vec![0] } else { Vec::new() },
+                target_union: Some(union),
+            }
+        })
+        .collect();
+    let ops = |g: &mut Gen| -> Vec<RequestOp> {
+        (0..g.below(4))
+            .map(|_| RequestOp {
+                request: Some(if depth < 2 && g.below(5) == 0 {
+                    request_op::Request::RequestTxn(random_read_only_txn(g, s, depth + 1))
+                } else {
+                    request_op::Request::RequestRange(random_request(g, s))
+                }),
+            })
+            .collect()
+    };
+    let success = ops(g);
+    let failure = ops(g);
+    TxnRequest {
+        compare,
+        success,
+        failure,
+    }
+}
+
+#[test]
+fn a_read_only_txn_read_in_pieces_answers_as_apply_does() {
+    for (engine, _dir) in engines() {
+        for seed in 0..8u64 {
+            let mut s = MvccStore::open(engine.clone()).expect("open");
+            let mut g = Gen(seed + 100);
+            history(&mut s, &mut g, 150);
+            for _ in 0..40 {
+                let req = random_read_only_txn(&mut g, &s, 0);
+                assert!(txn::is_read_only(&req));
+                let rev = s.current_revision();
+                let applied = {
+                    // Run as apply runs it, then dropped unfinished: it writes nothing.
+                    let mut w = s.write_txn();
+                    txn::execute_txn(&mut w, &req)
+                };
+                let piece = 1 + g.below(5) as usize;
+                let read = read_only_txn_gated(|| &s, &req, piece, &|| true)
+                    .map(|r| r.expect("never held back"));
+                match (applied, read) {
+                    (Ok(a), Ok(r)) => {
+                        assert_eq!(r.header, header(rev));
+                        let r = TxnResponse {
+                            header: a.header,
+                            ..r
+                        };
+                        assert_eq!(a, r, "seed {seed}: {req:?}");
+                    }
+                    (Err(a), Err(r)) => assert_eq!(a.to_string(), r.to_string()),
+                    (a, r) => panic!("seed {seed}: apply {a:?}, read {r:?} for {req:?}"),
+                }
+                assert_eq!(s.current_revision(), rev, "nothing written");
+            }
+            clear(&engine);
+        }
+    }
+}
+
 #[test]
 fn a_range_past_its_first_piece_goes_on_only_if_it_may_grow() {
     for (engine, _dir) in engines() {

@@ -4,8 +4,11 @@
 //! and range is checked before the first write, as etcd 3.5's apply does, and the
 //! MVCC write transaction stages every change until the caller finishes it, so an operation that
 //! still fails half-way leaves no trace.
+//!
+//! The same steps serve a read-only transaction (only ranges, nested ones too) outside apply, on
+//! a view pinned at one revision ([`TxnView`]), as etcd serves such transactions without raft.
 
-use super::{execute_range, header, ApplyError};
+use super::{execute_range, header, ApplyError, ReadView};
 use crate::mvcc::{RangeEnd, WriteTxn};
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::{
@@ -67,13 +70,75 @@ pub(super) fn delete_range(
     })
 }
 
+/// What a transaction runs on: a write transaction in apply, or a view pinned at one revision
+/// for a read-only transaction (whose writes are never called: [`is_read_only`]).
+pub(super) trait TxnView: ReadView {
+    /// The revision before the transaction: ranges at a later one are refused.
+    fn begin_rev(&self) -> i64;
+    /// The compaction revision: ranges below it are refused.
+    fn compact_rev(&self) -> i64;
+    /// See `check_txn_put`.
+    fn check_put(&self, req: &PutRequest) -> Result<(), ApplyError>;
+    fn put(&mut self, req: PutRequest) -> Result<PutResponse, ApplyError>;
+    fn delete_range(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ApplyError>;
+}
+
+impl TxnView for WriteTxn<'_> {
+    fn begin_rev(&self) -> i64 {
+        WriteTxn::begin_rev(self)
+    }
+
+    fn compact_rev(&self) -> i64 {
+        WriteTxn::compact_rev(self)
+    }
+
+    fn check_put(&self, req: &PutRequest) -> Result<(), ApplyError> {
+        check_txn_put(self, req)
+    }
+
+    fn put(&mut self, req: PutRequest) -> Result<PutResponse, ApplyError> {
+        put(self, req)
+    }
+
+    fn delete_range(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ApplyError> {
+        delete_range(self, req)
+    }
+}
+
+/// Whether `req` only reads, in both branches and every nested transaction (etcd's
+/// `isTxnReadonly`, which also sends a nested transaction that only reads through raft: the answer
+/// is the same, and here such a transaction cannot hold up writes either).
+pub fn is_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) => true,
+            Some(request_op::Request::RequestTxn(inner)) => is_read_only(inner),
+            _ => false,
+        })
+}
+
+/// Whether every operation of `req` is a serializable range (etcd's `isTxnSerializable`; a
+/// nested transaction is not, so one that only reads is still served linearizably, as etcd
+/// serves it through raft): then a read-only transaction needs no read barrier.
+pub fn is_serializable(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => r.serializable,
+            _ => false,
+        })
+}
+
 /// Which branch every (nested) transaction takes, decided before any write, as etcd does.
 struct Path {
     succeeded: bool,
     nested: Vec<Path>,
 }
 
-fn decide(txn: &WriteTxn<'_>, req: &TxnRequest) -> Result<Path, ApplyError> {
+fn decide<T: TxnView>(txn: &T, req: &TxnRequest) -> Result<Path, ApplyError> {
     let mut succeeded = true;
     for c in &req.compare {
         if !compare(txn, c)? {
@@ -106,7 +171,7 @@ fn branch<'r>(req: &'r TxnRequest, path: &Path) -> &'r [RequestOp] {
 /// A range's revision against the state before the transaction (etcd's `checkRequestRange`): a
 /// future revision, or one below the compaction (a negative one too: before any compaction the
 /// compaction revision is -1, so -2 and below are refused).
-fn check_range(txn: &WriteTxn<'_>, req: &RangeRequest) -> Result<(), ApplyError> {
+fn check_range<T: TxnView>(txn: &T, req: &RangeRequest) -> Result<(), ApplyError> {
     if req.revision == 0 {
         return Ok(());
     }
@@ -153,9 +218,9 @@ fn for_each_chosen(
 /// Check the chosen operations before anything is written, as etcd 3.5's apply does for every
 /// transaction: first every put (in order, nested ones in place), then every range; the first
 /// that cannot succeed refuses the transaction.
-fn check(txn: &WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<(), ApplyError> {
+fn check<T: TxnView>(txn: &T, req: &TxnRequest, path: &Path) -> Result<(), ApplyError> {
     for_each_chosen(req, path, &mut |op| match &op.request {
-        Some(request_op::Request::RequestPut(p)) => check_txn_put(txn, p),
+        Some(request_op::Request::RequestPut(p)) => txn.check_put(p),
         _ => Ok(()),
     })?;
     // The mutation build checks only puts up front, as the old apply did.
@@ -168,7 +233,7 @@ fn check(txn: &WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<(), ApplyE
     })
 }
 
-fn run(txn: &mut WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<TxnResponse, ApplyError> {
+fn run<T: TxnView>(txn: &mut T, req: &TxnRequest, path: &Path) -> Result<TxnResponse, ApplyError> {
     let mut nested = path.nested.iter();
     let mut responses = Vec::with_capacity(branch(req, path).len());
     for op in branch(req, path) {
@@ -177,10 +242,10 @@ fn run(txn: &mut WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<TxnRespo
                 response_op::Response::ResponseRange(execute_range(&*txn, r)?),
             ),
             Some(request_op::Request::RequestPut(p)) => {
-                Some(response_op::Response::ResponsePut(put(txn, p.clone())?))
+                Some(response_op::Response::ResponsePut(txn.put(p.clone())?))
             }
             Some(request_op::Request::RequestDeleteRange(d)) => Some(
-                response_op::Response::ResponseDeleteRange(delete_range(txn, d.clone())?),
+                response_op::Response::ResponseDeleteRange(txn.delete_range(d.clone())?),
             ),
             Some(request_op::Request::RequestTxn(inner)) => {
                 let p = nested.next().ok_or(ApplyError::EmptyCommand)?;
@@ -203,8 +268,8 @@ fn run(txn: &mut WriteTxn<'_>, req: &TxnRequest, path: &Path) -> Result<TxnRespo
 /// Execute a validated transaction: decide every branch on the state before the transaction, check
 /// the chosen operations, then run them. Any failure drops the
 /// caller's write transaction unfinished, so nothing of it remains.
-pub(super) fn execute_txn(
-    txn: &mut WriteTxn<'_>,
+pub(super) fn execute_txn<T: TxnView>(
+    txn: &mut T,
     req: &TxnRequest,
 ) -> Result<TxnResponse, ApplyError> {
     let path = decide(txn, req)?;
@@ -214,9 +279,9 @@ pub(super) fn execute_txn(
 
 /// Evaluate one comparison. Over a range, every key must satisfy it; a range with no keys compares
 /// as one absent key (all zero), except that a value comparison with no key always fails.
-fn compare(txn: &WriteTxn<'_>, c: &Compare) -> Result<bool, ApplyError> {
+fn compare<T: TxnView>(txn: &T, c: &Compare) -> Result<bool, ApplyError> {
     let end = RangeEnd::from_etcd(&c.range_end);
-    let kvs = txn.range(&c.key, &end, 0, 0, false)?.kvs;
+    let kvs = ReadView::range(txn, &c.key, &end, 0, 0, false, false)?.kvs;
     // An unknown target compares as equal, as in etcd.
     let target = CompareTarget::try_from(c.target).ok();
     if kvs.is_empty() {

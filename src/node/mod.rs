@@ -38,6 +38,7 @@ use crate::pb::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType};
 use crate::pb::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, RangeRequest, RangeResponse, ResponseHeader,
+    TxnRequest, TxnResponse,
 };
 use crate::pb::metastore::{command, Command, Requester};
 use crate::raft::log_store::LogStore;
@@ -835,10 +836,49 @@ impl Node {
     ) -> Result<RangeResponse, NodeError> {
         let checked_at = self.read_gate(req.serializable, permitted).await?;
         self.metrics.mvcc_range.inc();
-        // In pieces, each under a short hold of the store's lock: writes go on while a large
-        // range is read. One larger than its first piece goes on only in a place of
-        // `large_reads`; when none is free it stops there (keeping nothing), waits for one (at
-        // most `LARGE_READ_WAIT`, then "too many requests") and starts over in it.
+        let resp = self
+            .read_in_place(|may_grow| apply::range_in_pieces(|| self.state.read(), req, may_grow))
+            .await?;
+        self.auth_unchanged(checked_at)?;
+        Ok(resp)
+    }
+
+    /// Serve a read-only transaction ([`apply::is_read_only`]) as a read, without raft, as etcd
+    /// does: behind the read barrier unless every range in it is serializable, then pinned at
+    /// one revision and read in pieces (see [`apply::read_only_txn_in_pieces`]). Before, it went
+    /// through the log and apply read it whole under the store's write lock, so a flood of
+    /// large read-only transactions held up every write.
+    pub async fn read_only_txn_checked(
+        &self,
+        req: &TxnRequest,
+        permitted: impl FnOnce(&AuthStore) -> Result<(), AuthError>,
+    ) -> Result<TxnResponse, NodeError> {
+        let checked_at = self
+            .read_gate(apply::is_serializable(req), permitted)
+            .await?;
+        let resp = self
+            .read_in_place(|may_grow| {
+                apply::read_only_txn_in_pieces(|| self.state.read(), req, may_grow)
+            })
+            .await?;
+        self.auth_unchanged(checked_at)?;
+        // Counted as apply counts a transaction: once, and once more for its ranges.
+        self.metrics.mvcc_txn.inc();
+        if !resp.responses.is_empty() {
+            self.metrics.mvcc_range.inc();
+        }
+        Ok(resp)
+    }
+
+    /// Run `read`, a read in pieces that stops past its first piece (returning `None`) when the
+    /// `may_grow` it is given says no. A read larger than one piece goes on only in a place of
+    /// `large_reads`; when none is free it stops there (keeping nothing), waits for one (at most
+    /// `LARGE_READ_WAIT`, then "too many requests") and starts over in it. Writes go on between
+    /// the pieces whatever the read's size.
+    async fn read_in_place<T>(
+        &self,
+        read: impl Fn(&dyn Fn() -> bool) -> Result<Option<T>, ApplyError>,
+    ) -> Result<T, NodeError> {
         let place = parking_lot::Mutex::new(None);
         let may_grow = || {
             let mut place = place.lock();
@@ -847,16 +887,13 @@ impl Node {
             }
             place.is_some()
         };
-        let resp = loop {
-            if let Some(resp) = apply::range_in_pieces(|| self.state.read(), req, &may_grow)? {
-                break resp;
+        loop {
+            if let Some(done) = read(&may_grow)? {
+                return Ok(done);
             }
             let waited = wait_for_place(&self.large_reads, limits::LARGE_READ_WAIT).await?;
             *place.lock() = Some(waited);
-        };
-        drop(place);
-        self.auth_unchanged(checked_at)?;
-        Ok(resp)
+        }
     }
 
     /// What every read passes before it reads: a linearizable one the read barrier, then
