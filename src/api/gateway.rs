@@ -24,11 +24,12 @@ use super::access::Access;
 use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::election::ElectionService;
-use super::kv::KvService;
+use super::kv::{HeldAnswer, KvService};
 use super::lease::LeaseService;
 use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
+use crate::node::send_budget::Held;
 use crate::node::Node;
 use crate::pb::etcdserverpb::auth_server::Auth;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
@@ -541,6 +542,24 @@ impl GatewayRequest {
     }
 }
 
+/// `response` as JSON, still counted as its handler counted it (its count follows the JSON's
+/// size).
+fn held_json<T: Serialize>(mut response: tonic::Response<T>) -> Reply {
+    let held = response
+        .extensions_mut()
+        .remove::<HeldAnswer>()
+        .and_then(HeldAnswer::into_held);
+    let json = to_json(response.get_ref());
+    drop(response);
+    match held {
+        Some(mut held) => {
+            held.resize(json.len());
+            Reply::Held(json, held)
+        }
+        None => Reply::Unary(json),
+    }
+}
+
 /// A message as etcd's gateway writes it: proto3 JSON with Go's `encoding/json` escaping of
 /// `<`, `>`, `&`, U+2028 and U+2029 (jsonpb hands strings to it), which can only occur inside
 /// JSON strings, so a plain byte substitution is exact.
@@ -586,6 +605,9 @@ pub type JsonStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, Status>> + Send 
 pub enum Reply {
     /// A unary method's response message, as JSON.
     Unary(Vec<u8>),
+    /// A large one, with what the send budget counts for it (`node::send_budget`): held from
+    /// its read until the client has taken the JSON.
+    Held(Vec<u8>, Held),
     /// A streaming method's responses, each as JSON (unwrapped: `api::http` frames them).
     Stream(JsonStream),
 }
@@ -621,7 +643,7 @@ impl Services {
     pub async fn call(&self, req: GatewayRequest, token: Option<&str>) -> Result<Reply, Status> {
         use GatewayRequest as G;
         let json = match req {
-            G::Range(m) => to_json(&self.kv.range(with_token(m, token)).await?.into_inner()),
+            G::Range(m) => return Ok(held_json(self.kv.range(with_token(m, token)).await?)),
             G::Put(m) => to_json(&self.kv.put(with_token(m, token)).await?.into_inner()),
             G::DeleteRange(m) => to_json(
                 &self
@@ -630,7 +652,7 @@ impl Services {
                     .await?
                     .into_inner(),
             ),
-            G::Txn(m) => to_json(&self.kv.txn(with_token(m, token)).await?.into_inner()),
+            G::Txn(m) => return Ok(held_json(self.kv.txn(with_token(m, token)).await?)),
             G::Compaction(m) => to_json(&self.kv.compact(with_token(m, token)).await?.into_inner()),
             G::LeaseGrant(m) => to_json(
                 &self

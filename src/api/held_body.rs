@@ -1,13 +1,15 @@
 //! Large answers on their way out, counted until the client has taken them
 //! ([`crate::node::send_budget`]).
 //!
-//! A handler whose answer counts attaches its [`Held`] bytes to the response ([`attach`]); the
-//! client router's layer ([`layer`]) wraps such a response's body in a [`HeldBody`]. The body hands
-//! the encoded answer to HTTP/2 in pieces of [`limits::SEND_PIECE_BYTES`], each a copy, only as
-//! HTTP/2 asks for them (it asks once the client's window has room): so the whole answer's memory
-//! is referenced by nothing but this body, and is freed (and uncounted) as soon as the last piece
-//! is handed over, or when a watchdog cuts the answer at [`limits::send_deadline`] for its size.
-//! The client then loses the stream (HTTP/2 resets it when it next asks for a piece).
+//! A gRPC handler whose answer counts attaches its [`Held`] bytes to the response
+//! ([`HeldAnswer`]); the client router's layer ([`layer`]) wraps such a response's body in a
+//! [`HeldBody`]; the JSON gateway wraps its large answers itself ([`HeldBody::cut_short`]). The body hands the answer
+//! out in pieces of [`limits::SEND_PIECE_BYTES`], each a copy, only as the connection asks for
+//! them (HTTP/2 once the client's window has room, HTTP/1.1 once its write buffer has): so the
+//! whole answer's memory is referenced by nothing but this body, and is freed (and uncounted) as
+//! soon as the last piece is handed over, or when a watchdog cuts the answer at
+//! [`limits::send_deadline`] for its size. The client then loses the stream (HTTP/2 resets it
+//! when it next asks for a piece) or the connection (HTTP/1.1: the body ends short of its length).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,21 +20,10 @@ use hyper::body::{Body, Frame, SizeHint};
 use tonic::codegen::http;
 use tonic::Status;
 
+use super::kv::HeldAnswer;
 use crate::limits;
 use crate::node::send_budget::Held;
 use crate::rt;
-
-/// A response's [`Held`] bytes, carried in its extensions from the handler to [`layer`]
-/// (extensions must be `Clone`; the first to take it wins).
-#[derive(Clone)]
-struct HeldAnswer(Arc<parking_lot::Mutex<Option<Held>>>);
-
-/// Attach `held` to `response`: its body is counted until the client has taken it.
-pub fn attach<T>(response: &mut tonic::Response<T>, held: Held) {
-    response
-        .extensions_mut()
-        .insert(HeldAnswer(Arc::new(parking_lot::Mutex::new(Some(held)))));
-}
 
 type HttpResponse = http::Response<tonic::body::Body>;
 
@@ -49,9 +40,16 @@ fn hold_until_sent(mut response: HttpResponse) -> HttpResponse {
     let held = response
         .extensions_mut()
         .remove::<HeldAnswer>()
-        .and_then(|HeldAnswer(held)| held.lock().take());
+        .and_then(HeldAnswer::into_held);
     match held {
-        Some(held) => response.map(|body| tonic::body::Body::new(HeldBody::new(body, held))),
+        Some(held) => response.map(|body| {
+            let cut = || {
+                Some(Status::deadline_exceeded(
+                    "etcdserver: the client did not take its answer in time",
+                ))
+            };
+            tonic::body::Body::new(HeldBody::new(body, held, cut))
+        }),
         None => response,
     }
 }
@@ -67,16 +65,24 @@ struct Sending {
 }
 
 /// A response body handed out in copied pieces, counted until handed over (module docs).
-pub struct HeldBody {
-    inner: tonic::body::Body,
+pub struct HeldBody<B: Body> {
+    inner: B,
     sending: Arc<parking_lot::Mutex<Sending>>,
     /// Dropped when the body is done or dropped: the watchdog ends with it.
     ended: Option<tokio::sync::oneshot::Sender<()>>,
+    /// What a cut answer ends with: an error, or (`None`) its end, short of its length.
+    cut: fn() -> Option<B::Error>,
 }
 
-impl HeldBody {
+impl<B: Body> HeldBody<B> {
+    /// A body whose cut answer simply ends, short of its length (HTTP/1.1 then closes the
+    /// connection): for bodies that cannot fail.
+    pub fn cut_short(inner: B, held: Held) -> Self {
+        Self::new(inner, held, || None)
+    }
+
     /// `inner` counted as `held`, cut at [`limits::send_deadline`] for that size.
-    fn new(inner: tonic::body::Body, held: Held) -> Self {
+    fn new(inner: B, held: Held, cut: fn() -> Option<B::Error>) -> Self {
         let deadline = limits::send_deadline(held.bytes());
         let sending = Arc::new(parking_lot::Mutex::new(Sending {
             rest: None,
@@ -107,6 +113,7 @@ impl HeldBody {
             inner,
             sending,
             ended: Some(ended),
+            cut,
         }
     }
 
@@ -118,7 +125,7 @@ impl HeldBody {
     }
 }
 
-impl Drop for HeldBody {
+impl<B: Body> Drop for HeldBody<B> {
     fn drop(&mut self) {
         // At once, not when the watchdog next runs: a client that went away frees its answer now.
         let dropped = {
@@ -129,22 +136,23 @@ impl Drop for HeldBody {
     }
 }
 
-impl Body for HeldBody {
+impl<B> Body for HeldBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     type Data = Bytes;
-    type Error = Status;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         loop {
             {
                 let mut s = this.sending.lock();
                 if s.cut {
-                    return Poll::Ready(Some(Err(Status::deadline_exceeded(
-                        "etcdserver: the client did not take its answer in time",
-                    ))));
+                    return Poll::Ready((this.cut)().map(Err));
                 }
                 if let Some(rest) = s.rest.as_mut() {
                     if rest.has_remaining() {
@@ -208,6 +216,10 @@ mod tests {
     use crate::node::send_budget::SendBudget;
     use http_body_util::BodyExt;
 
+    fn grpc_cut() -> Option<Status> {
+        Some(Status::deadline_exceeded("cut"))
+    }
+
     fn answer(bytes: usize) -> tonic::body::Body {
         tonic::body::Body::new(http_body_util::Full::new(Bytes::from(vec![7u8; bytes])))
     }
@@ -216,7 +228,7 @@ mod tests {
     async fn an_answer_goes_out_in_pieces_and_is_uncounted_once_handed_over() {
         let budget = SendBudget::new(1 << 30);
         let size = 3 * limits::SEND_PIECE_BYTES + 5;
-        let mut body = HeldBody::new(answer(size), budget.hold_anyway(size));
+        let mut body = HeldBody::new(answer(size), budget.hold_anyway(size), grpc_cut);
         let mut pieces = Vec::new();
         while let Some(frame) = body.frame().await {
             let data = frame.expect("frame").into_data().expect("data");
@@ -233,7 +245,7 @@ mod tests {
     async fn an_answer_not_taken_in_time_is_cut_and_freed() {
         let budget = SendBudget::new(1 << 30);
         let size = 4 * limits::SEND_PIECE_BYTES;
-        let mut body = HeldBody::new(answer(size), budget.hold_anyway(size));
+        let mut body = HeldBody::new(answer(size), budget.hold_anyway(size), grpc_cut);
         let first = body.frame().await.expect("a piece").expect("frame");
         assert_eq!(
             first.into_data().expect("data").len(),
@@ -251,10 +263,27 @@ mod tests {
         assert_eq!(next.expect_err("cut").code(), tonic::Code::DeadlineExceeded);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_cannot_fail_ends_short_when_cut() {
+        let budget = SendBudget::new(1 << 30);
+        let size = 4 * limits::SEND_PIECE_BYTES;
+        let full = http_body_util::Full::new(Bytes::from(vec![1u8; size]));
+        let mut body = HeldBody::cut_short(full, budget.hold_anyway(size));
+        assert_eq!(body.size_hint().exact(), Some(size as u64));
+        let first = body.frame().await.expect("a piece").expect("frame");
+        assert_eq!(
+            first.into_data().expect("data").len(),
+            limits::SEND_PIECE_BYTES
+        );
+        tokio::time::sleep(limits::send_deadline(size) + std::time::Duration::from_secs(1)).await;
+        assert_eq!(budget.held(), 0);
+        assert!(body.frame().await.is_none(), "ends, short of its length");
+    }
+
     #[tokio::test]
     async fn a_dropped_body_gives_its_bytes_back() {
         let budget = SendBudget::new(1 << 30);
-        let body = HeldBody::new(answer(1 << 20), budget.hold_anyway(1 << 20));
+        let body = HeldBody::new(answer(1 << 20), budget.hold_anyway(1 << 20), grpc_cut);
         assert_eq!(budget.held(), 1 << 20);
         drop(body);
         assert_eq!(budget.held(), 0);

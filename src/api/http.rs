@@ -27,11 +27,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use serde::de::DeserializeOwned;
 
 use super::gateway::{self, GatewayError, Reply, Route, Services};
+use super::held_body::HeldBody;
 use super::http_slots::ServingMark;
 use super::maintenance::API_VERSION;
 use super::server::Shutdown;
 use super::status;
 use crate::limits;
+use crate::node::send_budget::Held;
 use crate::node::Node;
 use crate::pb::etcdserverpb::RangeRequest;
 
@@ -401,6 +403,7 @@ impl HttpApi {
         }
         match self.services.call(parsed, token.as_deref()).await {
             Ok(Reply::Unary(json)) => ok_json(Bytes::from(json)),
+            Ok(Reply::Held(json, held)) => ok_json_held(json, held),
             Ok(Reply::Stream(stream)) => ok_stream(stream, None),
             Err(status) => status_error(status),
         }
@@ -444,6 +447,7 @@ impl HttpApi {
         match reply {
             Ok(Reply::Stream(stream)) => ok_stream(stream, Some(gone_tx)),
             Ok(Reply::Unary(json)) => ok_json(Bytes::from(json)),
+            Ok(Reply::Held(json, held)) => ok_json_held(json, held),
             Err(status) => status_error(status),
         }
     }
@@ -644,6 +648,13 @@ fn gateway_ok(body: Body) -> Response<Body> {
         .header("Grpc-Metadata-Content-Type", "application/grpc")
         .body(body)
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+}
+
+/// A gateway answer counted as `held` in the member's send budget until its client has taken
+/// it, and cut short if it has not in time (`api::held_body`).
+fn ok_json_held(json: Vec<u8>, held: Held) -> Response<Body> {
+    let body = HeldBody::cut_short(Full::new(Bytes::from(json)), held);
+    gateway_ok(body.boxed_unsync())
 }
 
 fn ok_json(json: Bytes) -> Response<Body> {

@@ -133,17 +133,28 @@ async fn send_rest(
     }
 }
 
-/// `resp` as a response, counted as `held` until the client has taken it (`api::held_body`; the
-/// simulator's transport hands messages over whole, so there nothing stays counted).
-fn held_response<T>(resp: T, held: Option<Held>) -> Response<T> {
-    #[allow(unused_mut)]
-    let mut response = Response::new(resp);
-    #[cfg(not(madsim))]
-    if let Some(held) = held {
-        super::held_body::attach(&mut response, held);
+/// A response's [`Held`] bytes, carried in its extensions from the handler to what sends the
+/// answer: the client router's layer (`api::held_body`) or the JSON gateway (extensions must be
+/// `Clone`; the first to take them wins). Elsewhere (the simulator's transport hands messages
+/// over whole) they go with the response.
+#[derive(Clone)]
+pub struct HeldAnswer(Arc<parking_lot::Mutex<Option<Held>>>);
+
+impl HeldAnswer {
+    /// The bytes, unless taken already.
+    pub fn into_held(self) -> Option<Held> {
+        self.0.lock().take()
     }
-    #[cfg(madsim)]
-    drop(held);
+}
+
+/// `resp` as a response, counted as `held` until the client has taken it.
+fn held_response<T>(resp: T, held: Option<Held>) -> Response<T> {
+    let mut response = Response::new(resp);
+    if let Some(held) = held {
+        response
+            .extensions_mut()
+            .insert(HeldAnswer(Arc::new(parking_lot::Mutex::new(Some(held)))));
+    }
     response
 }
 
