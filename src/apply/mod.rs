@@ -582,9 +582,9 @@ impl ReadView for crate::mvcc::WriteTxn<'_> {
         rev: i64,
         limit: usize,
         count_only: bool,
-        _keys_only: bool,
+        keys_only: bool,
     ) -> Result<crate::mvcc::RangeResult, MvccError> {
-        crate::mvcc::WriteTxn::range(self, key, end, rev, limit, count_only)
+        crate::mvcc::WriteTxn::range(self, key, end, rev, limit, count_only, keys_only)
     }
 }
 

@@ -281,9 +281,12 @@ pub(super) fn execute_txn<T: TxnView>(
 /// as one absent key (all zero), except that a value comparison with no key always fails.
 fn compare<T: TxnView>(txn: &T, c: &Compare) -> Result<bool, ApplyError> {
     let end = RangeEnd::from_etcd(&c.range_end);
-    let kvs = ReadView::range(txn, &c.key, &end, 0, 0, false, false)?.kvs;
     // An unknown target compares as equal, as in etcd.
     let target = CompareTarget::try_from(c.target).ok();
+    // Only a value compare needs the values: the others read the key index (a compare over a
+    // large range would otherwise read every value in it inside apply).
+    let keys_only = target != Some(CompareTarget::Value);
+    let kvs = ReadView::range(txn, &c.key, &end, 0, 0, false, keys_only)?.kvs;
     if kvs.is_empty() {
         if target == Some(CompareTarget::Value) {
             return Ok(false);

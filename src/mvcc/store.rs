@@ -661,9 +661,10 @@ impl MvccStore {
         count_only: bool,
     ) -> Result<RangeResult> {
         let at = self.check_read_revision(rev)?;
-        self.range_at(key, end, at, limit, count_only)
+        self.range_at(key, end, at, limit, count_only, false)
     }
 
+    /// [`MvccStore::range`] at a checked revision; `keys_only` as in [`RangeRead::new`].
     fn range_at(
         &self,
         key: &[u8],
@@ -671,8 +672,9 @@ impl MvccStore {
         at: i64,
         limit: usize,
         count_only: bool,
+        keys_only: bool,
     ) -> Result<RangeResult> {
-        let mut read = RangeRead::new(key, end.clone(), at, limit, count_only, false);
+        let mut read = RangeRead::new(key, end.clone(), at, limit, count_only, keys_only);
         // One piece for the whole range: everything is read under the caller's borrow.
         self.range_step(&mut read, usize::MAX)?;
         read.finish()
@@ -1047,7 +1049,10 @@ impl WriteTxn<'_> {
         }
     }
 
-    /// Range read inside the transaction (`rev <= 0`: the transaction's own view).
+    /// Range read inside the transaction (`rev <= 0`: the transaction's own view). `keys_only`
+    /// lets it leave the values out where it can (the caller must not rely on them either way):
+    /// before the transaction has written anything, a keys-only read takes the records from the
+    /// key index without reading them (a compare on a version or revision over a large range).
     pub fn range(
         &self,
         key: &[u8],
@@ -1055,6 +1060,7 @@ impl WriteTxn<'_> {
         rev: i64,
         limit: usize,
         count_only: bool,
+        keys_only: bool,
     ) -> Result<RangeResult> {
         let at = if rev <= 0 { self.read_rev() } else { rev };
         if at > self.read_rev() {
@@ -1075,7 +1081,8 @@ impl WriteTxn<'_> {
             }
             RangeResult { kvs, count, rev: 0 }
         } else {
-            self.store.range_at(key, end, at, limit, count_only)?
+            self.store
+                .range_at(key, end, at, limit, count_only, keys_only)?
         };
         result.rev = self.read_rev();
         Ok(result)
@@ -1184,7 +1191,7 @@ impl WriteTxn<'_> {
 
     /// Delete every live key in `[key, end)`; returns the records deleted (their last values).
     pub fn delete_range(&mut self, key: &[u8], end: &RangeEnd) -> Result<Vec<KeyValue>> {
-        let doomed = self.range(key, end, 0, 0, false)?.kvs;
+        let doomed = self.range(key, end, 0, 0, false, false)?.kvs;
         for kv in &doomed {
             let rev = self.next_rev();
             let tomb = KeyValue {
@@ -1504,7 +1511,9 @@ mod tests {
         let mut s = store();
         commit(&mut s, |t| {
             t.put(b"k", b"v".to_vec(), 0).unwrap();
-            let r = t.range(b"k", &RangeEnd::Single, 0, 0, false).unwrap();
+            let r = t
+                .range(b"k", &RangeEnd::Single, 0, 0, false, false)
+                .unwrap();
             assert_eq!(r.kvs[0].value, b"v");
             assert_eq!(r.rev, 2);
             let deleted = t.delete_range(b"k", &RangeEnd::Single).unwrap();
@@ -1884,7 +1893,9 @@ mod tests {
             txn.put(b"a", b"2".to_vec(), 0).unwrap();
             txn.put(b"b", b"1".to_vec(), 0).unwrap();
             assert_eq!(txn.delete_range(b"a", &RangeEnd::Single).unwrap().len(), 1);
-            let seen = txn.range(b"a", &RangeEnd::Unbounded, 0, 0, false).unwrap();
+            let seen = txn
+                .range(b"a", &RangeEnd::Unbounded, 0, 0, false, false)
+                .unwrap();
             assert_eq!(seen.kvs.len(), 1, "the txn sees its own writes: only b");
             // Dropped here, unfinished.
         }
@@ -1908,7 +1919,9 @@ mod tests {
             txn.put(k.as_bytes(), b"new".to_vec(), 0).unwrap();
         }
         txn.delete_range(b"f", &RangeEnd::Single).unwrap();
-        let r = txn.range(b"a", &RangeEnd::Unbounded, 0, 0, false).unwrap();
+        let r = txn
+            .range(b"a", &RangeEnd::Unbounded, 0, 0, false, false)
+            .unwrap();
         let got: Vec<(&[u8], &[u8])> = r
             .kvs
             .iter()
@@ -1923,10 +1936,12 @@ mod tests {
         ];
         assert_eq!((got, r.count, r.rev), (want, 5, 3));
         let limited = txn
-            .range(b"b", &RangeEnd::Before(b"g".to_vec()), 0, 2, false)
+            .range(b"b", &RangeEnd::Before(b"g".to_vec()), 0, 2, false, false)
             .unwrap();
         assert_eq!((limited.kvs.len(), limited.count), (2, 3));
-        let past = txn.range(b"a", &RangeEnd::Unbounded, 2, 0, false).unwrap();
+        let past = txn
+            .range(b"a", &RangeEnd::Unbounded, 2, 0, false, false)
+            .unwrap();
         assert_eq!(
             past.kvs.len(),
             3,
