@@ -1019,7 +1019,7 @@ fn range_without_window(host: &str, prefix: &str) -> Vec<u8> {
 /// when nothing else is held), and what they held is given back when they leave. Before, each kept
 /// its whole encoded answer for as long as its connection lived: a 118 MB prefix, release build,
 /// 8 such connections took a member from 189 to 1,453 MB; the 12.7 MB list here cost +345 MB
-/// with the old binary (debug), +11 to +31 MB now.
+/// with the old binary (debug), +1 to +25 MB now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_answers_clients_do_not_take_share_one_budget() {
     large_answers_not_taken(false).await
