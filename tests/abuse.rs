@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::abuse::{
     assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, before_attack,
-    metric, one_at_a_time, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE,
-    P99_FLOOR_CPU_BOUND,
+    calls_without_window, metric, one_at_a_time, p99, rss_kib, settled_footprint, Probe,
+    CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 use metastore::pb::etcdserverpb::kv_client::KvClient;
@@ -968,15 +968,6 @@ async fn stalled_snapshot_readers_lose_their_places() {
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
 }
 
-/// One HTTP/2 frame.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 /// A client connection that asks for a `Range` of `prefix` on stream 1 with a flow-control window
 /// of zero (SETTINGS_INITIAL_WINDOW_SIZE 0): the member may answer, but cannot send a byte of
 /// the answer's body until the client opens the window, which it never does.
@@ -991,27 +982,7 @@ fn range_without_window(host: &str, prefix: &str) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec();
-    let mut message = vec![0];
-    message.extend_from_slice(&(request.len() as u32).to_be_bytes());
-    message.extend_from_slice(&request);
-    let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/etcdserverpb.KV/Range"),
-        (":authority", host),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ] {
-        block.push(0x00);
-        hpack_str(name.as_bytes(), &mut block);
-        hpack_str(value.as_bytes(), &mut block);
-    }
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(h2_frame(0x4, 0, 0, &[0, 0x4, 0, 0, 0, 0]));
-    out.extend(h2_frame(0x1, 0x4, 1, &block));
-    out.extend(h2_frame(0x0, 0x1, 1, &message));
-    out
+    calls_without_window(host, "/etcdserverpb.KV/Range", &request, 1, true)
 }
 
 /// Clients that ask for a large list and never open their flow-control window: the answers they

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::abuse::{
     assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, before_attack,
-    metric, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
+    calls_without_window, metric, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE,
+    P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 use etcd_client::{Client, EventType, WatchOptions};
@@ -529,4 +530,129 @@ async fn a_full_member_refuses_one_more_watcher_clearly() {
     let mut again = client.watch("full/again", None).await.expect("watch");
     let created = again.message().await.expect("ok").expect("open");
     assert!(created.created() && !created.canceled(), "{created:?}");
+}
+
+/// A raw HTTP/2 client connection that opens `streams` Watch calls on `key`, each asking for its
+/// events at once, and whose flow-control window is zero (SETTINGS_INITIAL_WINDOW_SIZE 0): the
+/// member may queue responses for it, but cannot send a byte of them.
+fn watches_without_window(host: &str, key: &[u8], streams: u32) -> Vec<u8> {
+    use metastore::pb::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
+    use prost::Message;
+    let request = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            },
+        )),
+    }
+    .encode_to_vec();
+    // No END_STREAM: a watch call's request side stays open.
+    calls_without_window(host, "/etcdserverpb.Watch/Watch", &request, streams, false)
+}
+
+/// Thousands of watch streams whose clients never open their HTTP/2 window, each on a key that
+/// then gets a few 30 KiB values: together they hold the member's watch budget, not a message
+/// each. Before, a stream's message stopped counting as soon as the gRPC encoder had it (it asks
+/// for the next one at once), so every such stream looked idle and took one message past the
+/// budget, and every full stream's watcher copied the value only to drop it: 10,000 streams
+/// (release build) went from 325 to 639 MB RSS on one put, with 308 MB counted as buffered
+/// (etcd 3.5.1: 289 to 938 MB). Meanwhile a well-behaved watcher on its own connection gets every
+/// small event, and when the attacker leaves its watchers and tasks go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_whose_window_stays_closed_share_one_memory_budget() {
+    use tokio::io::AsyncWriteExt;
+    let _alone = common::abuse::one_at_a_time().await;
+    const CONNECTIONS: usize = 4;
+    const STREAMS_PER_CONNECTION: u32 = 1000;
+    const STREAMS: usize = CONNECTIONS * STREAMS_PER_CONNECTION as usize;
+    const VALUE_BYTES: usize = 30 * 1024;
+    const PUTS: usize = 3;
+    const SMALL: usize = 20;
+    let mut server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    client.put("abuse/probe", "v", None).await.expect("put");
+    let mut watcher = server.client().await;
+    let mut small = watcher
+        .watch("small/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch");
+    let baseline = settled_footprint(&server.endpoint).await;
+
+    // The streams are opened first: what an open stream costs by itself is not this attack.
+    let host = server.endpoint.trim_start_matches("http://").to_string();
+    let mut attackers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut conn = tokio::net::TcpStream::connect(&host)
+            .await
+            .expect("connect");
+        conn.write_all(&watches_without_window(
+            &host,
+            b"abuse/key",
+            STREAMS_PER_CONNECTION,
+        ))
+        .await
+        .expect("send");
+        attackers.push(conn);
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    while metric(&server.endpoint, "etcd_debugging_mvcc_watcher_total").await
+        < baseline.1 + STREAMS as i64
+    {
+        assert!(
+            Instant::now() < until,
+            "the attacker's watchers were not all created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let probe = Probe::start(&server.endpoint);
+    let (quiet, _, rss_before) = before_attack(&server, &probe).await;
+
+    let value = vec![b'x'; VALUE_BYTES];
+    for _ in 0..PUTS {
+        client
+            .put("abuse/key", value.clone(), None)
+            .await
+            .expect("put");
+    }
+    let mut attacked = probe.latencies(100).await;
+    // The well-behaved watcher gets every small event while the budget is held.
+    for i in 0..SMALL {
+        client
+            .put(format!("small/{i:02}"), "v", None)
+            .await
+            .expect("put");
+        let resp = loop {
+            let resp = tokio::time::timeout(Duration::from_secs(5), small.message())
+                .await
+                .expect("small events keep coming while the budget is held")
+                .expect("ok")
+                .expect("open");
+            // The watcher's created reply may come first.
+            if !resp.events().is_empty() {
+                break resp;
+            }
+        };
+        assert_eq!(resp.events().len(), 1);
+        let key = resp.events()[0].kv().expect("kv").key_str().expect("utf8");
+        assert_eq!(key, format!("small/{i:02}"));
+    }
+    attacked.extend(probe.latencies(100).await);
+    let buffered = metric(&server.endpoint, "metastore_watch_buffered_bytes").await;
+    let rss_during = rss_kib(server.pid());
+    eprintln!(
+        "{STREAMS} streams with closed windows, {PUTS} puts of {VALUE_BYTES} bytes: RSS \
+         {rss_before} -> {rss_during} KiB, {buffered} bytes buffered"
+    );
+    // The budget, one message past it, and each stream's own small created reply.
+    assert!(
+        buffered as usize <= WATCH_BUFFERED_BYTES_TOTAL + 2 * VALUE_BYTES + STREAMS * 1024,
+        "{buffered} bytes buffered"
+    );
+    assert_p99_within(quiet, p99(&mut attacked));
+    assert_survived(&mut server, rss_before);
+
+    drop(attackers);
+    drop((small, watcher));
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
 }

@@ -157,6 +157,11 @@ impl StreamSender {
         self.bytes.room()
     }
 
+    /// Whether the reader is gone.
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Queue `msg` if the buffer has room for it in messages and bytes.
     fn try_send(&self, msg: HubMessage) -> Sent {
         let size = msg.queued_bytes();
@@ -524,30 +529,43 @@ impl WatchHub {
             while rev_end < events.len() && revision_of(&events[rev_end]) == rev {
                 rev_end += 1;
             }
-            // Each interested watcher's part of this revision, in event order.
-            let mut mine: BTreeMap<WatcherKey, Vec<Event>> = BTreeMap::new();
-            for ev in &events[rev_start..rev_end] {
+            // Each interested watcher's part of this revision, in event order (as positions in
+            // `events`: a watcher's copy is made only once its stream has room for it, or ten
+            // thousand full streams would each copy a large value just to drop it).
+            let mut mine: BTreeMap<WatcherKey, Vec<usize>> = BTreeMap::new();
+            for (at, ev) in events.iter().enumerate().take(rev_end).skip(rev_start) {
                 let Some(kv) = &ev.kv else { continue };
                 state.index.matching(&kv.key, |key| {
                     if let Some(w) = state.watchers.get(&key) {
                         if w.synced && rev >= w.next_rev && w.spec.wants(ev) {
-                            mine.entry(key).or_default().push(ev.clone());
+                            mine.entry(key).or_default().push(at);
                         }
                     }
                 });
             }
-            for (key, events) in mine {
+            for (key, positions) in mine {
                 let Some(w) = state.watchers.get_mut(&key) else {
                     continue;
                 };
-                let msg = HubMessage::Events {
-                    watch_id: key.watch_id,
-                    events,
-                    revision: rev,
-                    prev_kv: w.spec.prev_kv,
-                    fragment: w.spec.fragment,
+                let size = HubMessage::FIXED_BYTES
+                    + positions
+                        .iter()
+                        .map(|&at| events[at].encoded_len())
+                        .sum::<usize>();
+                let sent = if size <= w.tx.room() {
+                    w.tx.try_send(HubMessage::Events {
+                        watch_id: key.watch_id,
+                        events: positions.iter().map(|&at| events[at].clone()).collect(),
+                        revision: rev,
+                        prev_kv: w.spec.prev_kv,
+                        fragment: w.spec.fragment,
+                    })
+                } else if w.tx.is_closed() {
+                    Sent::Closed
+                } else {
+                    Sent::Full
                 };
-                match w.tx.try_send(msg) {
+                match sent {
                     Sent::Ok => {
                         w.sent_since_tick = true;
                         w.next_rev = rev + 1;

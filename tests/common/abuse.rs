@@ -255,3 +255,52 @@ pub fn assert_survived(server: &mut Server, rss_before: u64) {
         "RSS grew from {rss_before} KiB to {rss} KiB"
     );
 }
+
+/// One HTTP/2 frame.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A raw HTTP/2 client connection's first bytes: `calls` gRPC calls of `path`, each sending
+/// `request` (ending its side when `end_stream`), from a client whose flow-control window is zero
+/// (SETTINGS_INITIAL_WINDOW_SIZE 0): the member may answer, but cannot send a byte of any answer's
+/// body until the client opens the window, which it never does.
+pub fn calls_without_window(
+    host: &str,
+    path: &str,
+    request: &[u8],
+    calls: u32,
+    end_stream: bool,
+) -> Vec<u8> {
+    let mut message = vec![0];
+    message.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    message.extend_from_slice(request);
+    // Every header as a literal without indexing; all names and values here are short.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", host),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0x00);
+        for s in [name, value] {
+            block.push(u8::try_from(s.len()).expect("a short header"));
+            block.extend_from_slice(s.as_bytes());
+        }
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[0, 0x4, 0, 0, 0, 0]));
+    for i in 0..calls {
+        let stream = 1 + 2 * i;
+        out.extend(h2_frame(0x1, 0x4, stream, &block));
+        out.extend(h2_frame(0x0, u8::from(end_stream), stream, &message));
+    }
+    out
+}
