@@ -60,16 +60,23 @@ pub const WATCH_STREAM_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// `watch::WatchBudget`): without it, a client opening many streams that it never reads would hold
 /// every stream's buffer (256 streams on one connection: 140 -> 990 MB RSS). Past it, watchers
 /// wait in storage. It is passed by at most one message (an idle stream takes one of any size
-/// while some budget is left: a revision may be larger than the budget) and one small message
-/// per idle stream ([`WATCH_STREAM_SMALL_MESSAGE_BYTES`]).
+/// while some budget is left: a revision may be larger than the budget) and by small messages
+/// to idle streams, within [`WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES`].
 pub const WATCH_BUFFERED_BYTES_TOTAL: usize = 16 * 1024 * 1024;
 
 /// The least share of [`WATCH_BUFFERED_BYTES_TOTAL`] a stream gets, however many are open.
 pub const WATCH_STREAM_SHARE_MIN: usize = 64 * 1024;
 
-/// A message this small always goes into an idle stream, even once the member's watch budget is
-/// spent: streams that hold the budget cannot keep small events from everyone else.
+/// A message this small goes into an idle stream even once the member's watch budget is spent
+/// (within [`WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES`]): streams that hold the budget cannot keep
+/// small events from everyone else.
 pub const WATCH_STREAM_SMALL_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Bytes of small messages ([`WATCH_STREAM_SMALL_MESSAGE_BYTES`]) idle streams may take past
+/// [`WATCH_BUFFERED_BYTES_TOTAL`], all streams together. A reader takes its message at once and
+/// gives the bytes back; only streams whose clients stopped reading keep theirs, and past this
+/// bound those wait in storage like the rest.
+pub const WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Key limit of a `KV.RangeStream`'s first chunk (etcd's `initialStreamChunkLimit`); later
 /// chunks double or halve it to land near `--max-request-bytes` (`apply::RangeStream`).
@@ -362,6 +369,13 @@ pub const CLIENT_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause of a client listener after a failed accept (e.g. out of file descriptors), so it does not
 /// spin while the condition lasts.
 pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long a client connection's socket may take no bytes at all, while the member has some to
+/// send, before the connection is closed (`api::write_gate`). An HTTP/2 client reads its socket
+/// whatever its application does with the streams (flow control holds the rest back), so a socket
+/// that stays full this long belongs to a client that is gone or frozen; meanwhile its streams
+/// hold their share of the member's watch and send budgets.
+pub const CLIENT_WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// How long an HTTP/1.1 client may take to send a request's headers.
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::abuse::{
     assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, before_attack,
-    calls_without_window, metric, one_at_a_time, p99, rss_kib, settled_footprint, Probe,
+    metric, one_at_a_time, p99, raw_grpc_calls, rss_kib, settled_footprint, Probe,
     CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
@@ -982,7 +982,7 @@ fn range_without_window(host: &str, prefix: &str) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec();
-    calls_without_window(host, "/etcdserverpb.KV/Range", &request, 1, true)
+    raw_grpc_calls(host, "/etcdserverpb.KV/Range", &request, 1, true, 0)
 }
 
 /// Clients that ask for a large list and never open their flow-control window: the answers they

@@ -148,7 +148,8 @@ async fn compacted_start_cancels_and_future_start_waits() {
             .watch("k", Some(WatchOptions::new().with_start_revision(3)))
             .await
             .unwrap();
-        assert!(next(&mut s).await.created());
+        let first = next(&mut s).await;
+        assert!(first.created(), "[{engine}] {first:?}");
         let resp = next(&mut s).await;
         assert!(resp.canceled(), "[{engine}] {resp:?}");
         assert_eq!(resp.compact_revision(), 5);

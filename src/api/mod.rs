@@ -27,5 +27,7 @@ pub mod status;
 pub mod tls;
 pub mod validate;
 pub mod watch;
+#[cfg(not(madsim))]
+pub mod write_gate;
 
 pub use server::{serve, serve_peers, Shutdown};

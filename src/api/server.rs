@@ -82,7 +82,10 @@ macro_rules! kv_server {
 /// The client-facing router: with the layer that counts large answers until they are taken.
 #[cfg(not(madsim))]
 type ClientRouter = tonic::transport::server::Router<
-    tower::layer::util::Stack<super::held_body::HoldLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        super::held_body::HoldLayer,
+        tower::layer::util::Stack<super::write_gate::GateLayer, tower::layer::util::Identity>,
+    >,
 >;
 /// The simulator's transport hands messages over whole: no layer.
 #[cfg(madsim)]
@@ -100,9 +103,13 @@ fn client_router(node: &Arc<Node>, access: &Arc<Access>) -> ClientRouter {
         // (a half-open client's streams and watchers go with it).
         .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout));
-    // Large answers are counted until their client has taken them (`api::held_body`).
+    // Responses wait while their connection's socket is full (`api::write_gate`, outermost, so
+    // that a large answer is not asked for its next piece either); large answers are counted
+    // until their client has taken them (`api::held_body`).
     #[cfg(not(madsim))]
-    let mut builder = builder.layer(super::held_body::layer());
+    let mut builder = builder
+        .layer(super::write_gate::GateLayer)
+        .layer(super::held_body::layer());
     #[cfg(madsim)]
     let mut builder = builder;
     builder
@@ -281,7 +288,8 @@ async fn serve_client_listener(
     use super::tls::ServerStream;
     use futures::SinkExt;
 
-    type GrpcConn = AuthorityFix<Prefixed<Admitted<ServerStream>>>;
+    use super::write_gate::Gated;
+    type GrpcConn = Gated<AuthorityFix<Prefixed<Admitted<ServerStream>>>>;
     let (grpc_tx, grpc_rx) =
         futures::channel::mpsc::channel::<std::io::Result<GrpcConn>>(limits::CLIENT_ACCEPT_QUEUE);
     let stop = shutdown.clone();
@@ -307,10 +315,10 @@ async fn serve_client_listener(
                     Ok(Ok((Protocol::Grpc, seen))) => {
                         // Every gRPC connection goes through the `:authority` fix-up; one whose
                         // first request is well-formed is passed through untouched after it.
-                        let conn = AuthorityFix::with_ping_policy(
+                        let conn = Gated::new(AuthorityFix::with_ping_policy(
                             Prefixed::new(seen, stream),
                             ping_min_interval,
-                        );
+                        ));
                         let _ = grpc_tx.send(Ok(conn)).await;
                     }
                     Ok(Ok((Protocol::Http1, seen))) => {

@@ -266,6 +266,8 @@ pub struct ClientConnInfo {
     pub common_name: Option<String>,
     /// The names and addresses that certificate is valid for (its subject alternative names).
     pub hosts: Vec<CertHost>,
+    /// Whether the connection's socket takes bytes now (client gRPC connections only).
+    pub write_gate: Option<std::sync::Arc<super::write_gate::WriteGate>>,
 }
 
 /// One subject alternative name of a certificate.
@@ -320,6 +322,7 @@ impl tonic::transport::server::Connected for ServerStream {
             tcp: self.tcp().connect_info(),
             common_name,
             hosts,
+            write_gate: None,
         }
     }
 }

@@ -101,44 +101,49 @@ impl StreamState {
                 .refuse(head, "mvcc: duplicate watch ID provided on the WatchStream")
                 .await;
         }
-        // Reserve a slot for `created` first, so it is queued before any event of the watcher.
+        // A slot for `created` first: it is queued while the hub admits the watcher, before any
+        // of its events can be (the hub calls back under its lock).
         let permit = self.tx.reserve().await.map_err(|_| ResponsesGone)?;
         let key = WatcherKey {
             stream: self.stream,
             watch_id,
         };
-        let (added, revision) = self.node.add_watcher(
+        let max_watchers = self.node.config().max_watchers;
+        let answer = move |added: &Result<(), AddError>, revision: i64| {
+            let reason = match added {
+                Ok(()) => None,
+                // Answered as etcd answers a create it cannot serve, so clients end that watch
+                // with the reason and keep the stream's others.
+                Err(AddError::StreamFull) => Some(super::status::watch_stream_full_reason()),
+                Err(AddError::MemberFull) => {
+                    Some(super::status::watch_member_full_reason(max_watchers))
+                }
+                Err(AddError::IdTaken) => {
+                    debug_assert!(false, "ids are unique per stream");
+                    Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())
+                }
+            };
+            permit.send(HubMessage::Created {
+                watch_id: if reason.is_some() {
+                    INVALID_WATCH_ID
+                } else {
+                    watch_id
+                },
+                revision,
+                reason,
+            });
+        };
+        let (added, _) = self.node.add_watcher_then(
             key,
             spec,
             req.start_revision,
             self.tx.clone(),
             crate::watch::Admission::Client,
+            answer,
         );
-        let reason = match added {
-            Ok(()) => {
-                self.ids.insert(watch_id);
-                None
-            }
-            // Answered as etcd answers a create it cannot serve, so clients end that watch with
-            // the reason and keep the stream's others.
-            Err(AddError::StreamFull) => Some(super::status::watch_stream_full_reason()),
-            Err(AddError::MemberFull) => Some(super::status::watch_member_full_reason(
-                self.node.config().max_watchers,
-            )),
-            Err(AddError::IdTaken) => {
-                debug_assert!(false, "ids are unique per stream");
-                Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())
-            }
-        };
-        permit.send(HubMessage::Created {
-            watch_id: if reason.is_some() {
-                INVALID_WATCH_ID
-            } else {
-                watch_id
-            },
-            revision,
-            reason,
-        });
+        if added.is_ok() {
+            self.ids.insert(watch_id);
+        }
         Ok(())
     }
 

@@ -1219,6 +1219,20 @@ impl Node {
         tx: crate::watch::StreamSender,
         admission: crate::watch::Admission,
     ) -> (Result<(), crate::watch::AddError>, i64) {
+        self.add_watcher_then(key, spec, start_revision, tx, admission, |_, _| {})
+    }
+
+    /// As [`Self::add_watcher`], calling `answered` with the outcome and the revision before any
+    /// event can reach the watcher's stream (`WatchHub::admit_then`).
+    pub fn add_watcher_then(
+        &self,
+        key: WatcherKey,
+        spec: WatchSpec,
+        start_revision: i64,
+        tx: crate::watch::StreamSender,
+        admission: crate::watch::Admission,
+        answered: impl FnOnce(&Result<(), crate::watch::AddError>, i64),
+    ) -> (Result<(), crate::watch::AddError>, i64) {
         let store = self.state.read();
         let head = store.current_revision();
         // As etcd: 0 means "from the next revision"; a negative start below the compaction
@@ -1232,8 +1246,10 @@ impl Node {
         } else {
             start_revision
         };
+        let watcher = (key, spec, start, head, tx);
         (
-            self.watch.admit(key, spec, start, head, tx, admission),
+            self.watch
+                .admit_then(watcher, admission, |added| answered(added, head)),
             head,
         )
     }

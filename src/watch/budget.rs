@@ -8,9 +8,11 @@
 //! [`limits::WATCH_STREAM_BUFFER_BYTES`]), and nothing is queued past the budget, with two
 //! exceptions for an idle stream: while any of the budget is left it takes one message of any
 //! size (a revision can be larger than the whole budget: a delete of a big prefix), so the budget
-//! is passed by at most one message; and it always takes one small message
+//! is passed by at most one message; and past the budget it still takes one small message
 //! ([`limits::WATCH_STREAM_SMALL_MESSAGE_BYTES`]), so readers that hold the budget cannot stop
-//! small events reaching everyone else. What does not fit waits in storage: its watcher falls
+//! small events reaching everyone else, as long as such messages together stay within
+//! [`limits::WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES`] (without that bound, 10,000 streams whose
+//! clients let one message through and then stopped reading held one each: 308 MB). What does not fit waits in storage: its watcher falls
 //! behind and is caught up once its reader drains.
 //!
 //! A message counts from when it is queued until its stream asks for the next one. By then the
@@ -88,15 +90,19 @@ impl StreamBytes {
 
     /// The largest message this stream may take now: up to its share, within what is left of the
     /// member's budget. An idle stream takes one message of any size while any of the budget is
-    /// left, so every revision can be delivered however large, and a small one even past it.
+    /// left, so every revision can be delivered however large, and a small one even past it, while
+    /// the small messages past it stay within [`limits::WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES`].
     pub(super) fn room(&self) -> usize {
         let queued = self.queued();
-        let left = self.budget.total.saturating_sub(self.budget.queued());
+        let all = self.budget.queued();
+        let left = self.budget.total.saturating_sub(all);
         if queued == 0 {
             if left > 0 {
                 usize::MAX
             } else {
+                let past = all - self.budget.total;
                 limits::WATCH_STREAM_SMALL_MESSAGE_BYTES
+                    .min(limits::WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES.saturating_sub(past))
             }
         } else {
             left.min(self.budget.share().saturating_sub(queued))
@@ -174,6 +180,35 @@ mod tests {
         drop((streams, fifth, sixth));
         assert_eq!(budget.queued(), 0, "every stream gave back what it held");
         assert_eq!(budget.streams.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn small_messages_past_the_budget_stay_within_their_own_bound() {
+        let budget = WatchBudget::new(MIB);
+        let full = budget.open_stream();
+        assert!(full.try_take(MIB));
+        let small = limits::WATCH_STREAM_SMALL_MESSAGE_BYTES;
+        let fit = limits::WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES / small;
+        let idle: Vec<StreamBytes> = (0..fit + 1).map(|_| budget.open_stream()).collect();
+        for s in &idle[..fit] {
+            assert!(
+                s.try_take(small),
+                "an idle stream takes a small message past the budget"
+            );
+        }
+        assert!(
+            !idle[fit].try_take(1),
+            "not once such messages fill their bound"
+        );
+        assert_eq!(
+            budget.queued(),
+            MIB + limits::WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES
+        );
+        // A reader that takes its message gives the room back to the next.
+        idle[0].give_back(small);
+        assert!(idle[fit].try_take(small));
+        drop((full, idle));
+        assert_eq!(budget.queued(), 0);
     }
 
     #[test]

@@ -453,6 +453,22 @@ impl WatchHub {
         tx: StreamSender,
         admission: Admission,
     ) -> Result<(), AddError> {
+        let watcher = (key, spec, start_rev, current_rev, tx);
+        self.admit_then(watcher, admission, |_| {})
+    }
+
+    /// As [`Self::admit`] (`watcher`: its key, spec, start and current revisions and stream),
+    /// calling `answered` with the outcome before any other message can reach the watcher's
+    /// stream: under the hub's lock, which `notify` and catch-up hold to queue anything. The
+    /// stream's `created` reply goes there, so it precedes the watcher's events (a slot reserved
+    /// in the stream's buffer does not fix the order; the send does).
+    pub fn admit_then(
+        &self,
+        watcher: (WatcherKey, WatchSpec, i64, i64, StreamSender),
+        admission: Admission,
+        answered: impl FnOnce(&Result<(), AddError>),
+    ) -> Result<(), AddError> {
+        let (key, spec, start_rev, current_rev, tx) = watcher;
         let max_watchers = match admission {
             Admission::Client => self.max_watchers,
             Admission::Request => usize::MAX,
@@ -460,17 +476,23 @@ impl WatchHub {
         let mut state = self.lock();
         // Under the store lock every revision up to `current_rev` has been through `notify`.
         state.head = state.head.max(current_rev);
-        if state.watchers.contains_key(&key) {
-            return Err(AddError::IdTaken);
-        }
-        if state.per_stream.get(&key.stream).copied().unwrap_or(0)
+        let refused = if state.watchers.contains_key(&key) {
+            Some(AddError::IdTaken)
+        } else if state.per_stream.get(&key.stream).copied().unwrap_or(0)
             >= limits::WATCH_STREAM_WATCHERS_MAX
         {
-            return Err(AddError::StreamFull);
+            Some(AddError::StreamFull)
+        } else if state.watchers.len() >= max_watchers {
+            Some(AddError::MemberFull)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            let refused = Err(e);
+            answered(&refused);
+            return refused;
         }
-        if state.watchers.len() >= max_watchers {
-            return Err(AddError::MemberFull);
-        }
+        answered(&Ok(()));
         let synced = start_rev > current_rev;
         state.insert(
             key,

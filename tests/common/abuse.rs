@@ -266,15 +266,17 @@ pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A raw HTTP/2 client connection's first bytes: `calls` gRPC calls of `path`, each sending
-/// `request` (ending its side when `end_stream`), from a client whose flow-control window is zero
-/// (SETTINGS_INITIAL_WINDOW_SIZE 0): the member may answer, but cannot send a byte of any answer's
-/// body until the client opens the window, which it never does.
-pub fn calls_without_window(
+/// `request` (ending its side when `end_stream`), from a client whose flow-control windows are
+/// `window` bytes, for each stream and (when larger than HTTP/2's initial 65,535) for the
+/// connection. With 0 the member may answer, but cannot send a byte of any answer's body until the
+/// client opens the window, which it never does.
+pub fn raw_grpc_calls(
     host: &str,
     path: &str,
     request: &[u8],
     calls: u32,
     end_stream: bool,
+    window: u32,
 ) -> Vec<u8> {
     let mut message = vec![0];
     message.extend_from_slice(&(request.len() as u32).to_be_bytes());
@@ -296,7 +298,13 @@ pub fn calls_without_window(
         }
     }
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(h2_frame(0x4, 0, 0, &[0, 0x4, 0, 0, 0, 0]));
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4).
+    let mut settings = vec![0, 0x4];
+    settings.extend_from_slice(&window.to_be_bytes());
+    out.extend(h2_frame(0x4, 0, 0, &settings));
+    if let Some(more) = window.checked_sub(65_535).filter(|&more| more > 0) {
+        out.extend(h2_frame(0x8, 0, 0, &more.to_be_bytes()));
+    }
     for i in 0..calls {
         let stream = 1 + 2 * i;
         out.extend(h2_frame(0x1, 0x4, stream, &block));
