@@ -373,8 +373,11 @@ impl WatchService {
             let msg = rx.recv().await?;
             // A client that is slow to take its responses (the hub's buffers fill behind it).
             crate::rt::buggify::delay("watch-send-stall", Duration::from_millis(500)).await;
+            // The last of the messages queued now waits for the transport (see `taken_first`);
+            // those before it go to the encoder together, as one write.
+            let last = rx.is_empty();
             let parts = to_responses(&node, msg);
-            let parts = futures::stream::iter(parts.into_iter().map(Ok)).chain(taken_first());
+            let parts = futures::stream::iter(parts.into_iter().map(Ok)).chain(taken_first(last));
             Some((parts, (rx, node)))
         })
         .flatten();
@@ -382,17 +385,21 @@ impl WatchService {
     }
 }
 
-/// Ends a message's responses: says "not yet" once (waking its task at once), so that the encoder
-/// hands what it holds to the transport before the next message is asked for.
+/// Ends a message's responses: when it is the `last` one queued, says "not yet" once (waking its
+/// task at once), so that the encoder hands what it holds to the transport before the next
+/// message is asked for.
 ///
-/// The message counts in the watch budget until the next one is asked for (`StreamReceiver`).
+/// A message counts in the watch budget until the next one is asked for (`StreamReceiver`).
 /// The gRPC encoder asks for more as soon as it has encoded one, to fill its buffer, so without
 /// this pause a message stopped counting before the transport had taken it: a client whose
-/// HTTP/2 window stays closed left each of its streams holding one uncounted message, past the
-/// budget (10,000 such streams and one 30 KiB put: 308 MB counted as buffered, +314 MB RSS).
-/// With it, the transport asks for the next message only once it has taken this one.
-fn taken_first() -> impl Stream<Item = Result<WatchResponse, Status>> {
-    let mut paused = false;
+/// HTTP/2 window stays closed left each of its streams idle, and each took one more message past
+/// the budget (10,000 such streams and one 30 KiB put: 308 MB counted as buffered, +314 MB RSS).
+/// With it, the transport asks for the next message only once it has taken this one, and a
+/// stream whose client takes nothing is never idle. Messages queued together (one revision for
+/// several watchers of the stream) still go out as one write: pausing after each cost 0.15-0.2
+/// ms of delivery latency with 10 watchers per stream.
+fn taken_first(last: bool) -> impl Stream<Item = Result<WatchResponse, Status>> {
+    let mut paused = !last;
     futures::stream::poll_fn(move |cx| {
         if paused {
             return std::task::Poll::Ready(None);

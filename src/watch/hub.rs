@@ -220,6 +220,11 @@ impl StreamReceiver {
         Ok(msg)
     }
 
+    /// Whether no message is queued now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// The next message; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<HubMessage> {
         self.delivered();
