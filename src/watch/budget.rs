@@ -12,8 +12,8 @@
 //! ([`limits::WATCH_STREAM_SMALL_MESSAGE_BYTES`]), so readers that hold the budget cannot stop
 //! small events reaching everyone else, as long as such messages together stay within
 //! [`limits::WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES`] (without that bound, 10,000 streams whose
-//! clients let one message through and then stopped reading held one each: 308 MB). What does not fit waits in storage: its watcher falls
-//! behind and is caught up once its reader drains.
+//! clients let one message through and then stopped reading held one each: 308 MB). What does
+//! not fit waits in storage: its watcher falls behind and is caught up once its reader drains.
 //!
 //! A message counts from when it is queued until its stream asks for the next one. By then the
 //! transport has taken the previous response within the client's flow-control window, so the
