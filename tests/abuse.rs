@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::abuse::{
     assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, before_attack,
-    metric, one_at_a_time, p99, raw_grpc_calls, rss_kib, settled_footprint, Probe,
-    CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
+    connect_reading_nothing, metric, one_at_a_time, p99, raw_grpc_calls, rss_kib,
+    settled_footprint, Probe, CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 use metastore::pb::etcdserverpb::kv_client::KvClient;
@@ -1009,12 +1009,7 @@ async fn large_gateway_answers_clients_do_not_take_share_one_budget() {
 /// holds what it cannot write.
 async fn gateway_range_not_read(host: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut conn = socket
-        .connect(host.parse().expect("address"))
-        .await
-        .expect("connect");
+    let mut conn = connect_reading_nothing(host).await;
     // "big/" and "big0" in base64, as the gateway's JSON takes bytes.
     let body = r#"{"key":"YmlnLw==","range_end":"YmlnMA==","serializable":true}"#;
     let request = format!(

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::abuse::{
     assert_p99_within, assert_p99_within_floor, assert_survived, back_to_baseline, before_attack,
-    metric, p99, raw_grpc_calls, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE,
-    P99_FLOOR_CPU_BOUND,
+    connect_reading_nothing, metric, p99, raw_grpc_calls, rss_kib, settled_footprint, Probe,
+    CLEANUP_DEADLINE, P99_FLOOR_CPU_BOUND,
 };
 use common::Server;
 use etcd_client::{Client, EventType, WatchOptions};
@@ -605,13 +605,7 @@ async fn streams_that_never_read(window: u32) {
     let mut attackers = Vec::new();
     for _ in 0..CONNECTIONS {
         use tokio::io::AsyncWriteExt;
-        // A receive buffer as small as the kernel allows: the member's socket fills at once.
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        let mut conn = socket
-            .connect(host.parse().expect("address"))
-            .await
-            .expect("connect");
+        let mut conn = connect_reading_nothing(&host).await;
         let calls = raw_watches(&host, b"abuse/key", STREAMS_PER_CONNECTION, window);
         conn.write_all(&calls).await.expect("send");
         attackers.push(conn);

@@ -235,6 +235,7 @@ impl Election for ElectionService {
                 0,
                 tx,
                 crate::watch::Admission::Request,
+                |_, _| {},
             );
             let follow = async {
                 let mut last: Option<(Vec<u8>, i64)> = None;

@@ -284,6 +284,7 @@ pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
         from,
         tx,
         crate::watch::Admission::Request,
+        |_, _| {},
     );
     loop {
         match rx.recv().await {

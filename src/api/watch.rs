@@ -133,7 +133,7 @@ impl StreamState {
                 reason,
             });
         };
-        let (added, _) = self.node.add_watcher_then(
+        let (added, _) = self.node.add_watcher(
             key,
             spec,
             req.start_revision,

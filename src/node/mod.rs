@@ -1209,22 +1209,10 @@ impl Node {
     }
 
     /// Register a watcher that starts at `start_revision` (0: the next revision). Returns whether it
-    /// was added (or why not) and the revision for the `created` header.
+    /// was added (or why not) and the revision for the `created` header, which `answered` also
+    /// gets before any event can reach the watcher's stream (`WatchHub::admit`).
     /// The store lock is held across reading the head and registering, so no revision slips by.
     pub fn add_watcher(
-        &self,
-        key: WatcherKey,
-        spec: WatchSpec,
-        start_revision: i64,
-        tx: crate::watch::StreamSender,
-        admission: crate::watch::Admission,
-    ) -> (Result<(), crate::watch::AddError>, i64) {
-        self.add_watcher_then(key, spec, start_revision, tx, admission, |_, _| {})
-    }
-
-    /// As [`Self::add_watcher`], calling `answered` with the outcome and the revision before any
-    /// event can reach the watcher's stream (`WatchHub::admit_then`).
-    pub fn add_watcher_then(
         &self,
         key: WatcherKey,
         spec: WatchSpec,
@@ -1249,7 +1237,7 @@ impl Node {
         let watcher = (key, spec, start, head, tx);
         (
             self.watch
-                .admit_then(watcher, admission, |added| answered(added, head)),
+                .admit(watcher, admission, |added| answered(added, head)),
             head,
         )
     }

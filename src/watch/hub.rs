@@ -165,6 +165,12 @@ impl StreamSender {
     /// Queue `msg` if the buffer has room for it in messages and bytes.
     fn try_send(&self, msg: HubMessage) -> Sent {
         let size = msg.queued_bytes();
+        self.try_send_sized(msg, size)
+    }
+
+    /// [`Self::try_send`] for a message whose [`HubMessage::queued_bytes`] is `size`.
+    fn try_send_sized(&self, msg: HubMessage, size: usize) -> Sent {
+        debug_assert_eq!(size, msg.queued_bytes());
         if !self.bytes.try_take(size) {
             return Sent::Full;
         }
@@ -445,29 +451,17 @@ impl WatchHub {
         current_rev: i64,
         tx: StreamSender,
     ) -> Result<(), AddError> {
-        self.admit(key, spec, start_rev, current_rev, tx, Admission::Client)
-    }
-
-    /// As [`Self::add`], held to the member's watcher limit as `admission` says.
-    pub fn admit(
-        &self,
-        key: WatcherKey,
-        spec: WatchSpec,
-        start_rev: i64,
-        current_rev: i64,
-        tx: StreamSender,
-        admission: Admission,
-    ) -> Result<(), AddError> {
         let watcher = (key, spec, start_rev, current_rev, tx);
-        self.admit_then(watcher, admission, |_| {})
+        self.admit(watcher, Admission::Client, |_| {})
     }
 
-    /// As [`Self::admit`] (`watcher`: its key, spec, start and current revisions and stream),
-    /// calling `answered` with the outcome before any other message can reach the watcher's
-    /// stream: under the hub's lock, which `notify` and catch-up hold to queue anything. The
-    /// stream's `created` reply goes there, so it precedes the watcher's events (a slot reserved
-    /// in the stream's buffer does not fix the order; the send does).
-    pub fn admit_then(
+    /// As [`Self::add`] (`watcher`: its key, spec, start and current revisions and stream), held
+    /// to the member's watcher limit as `admission` says, and calling `answered` with the outcome
+    /// before any other message can reach the watcher's stream: under the hub's lock, which
+    /// `notify` and catch-up hold to queue anything. The stream's `created` reply goes there, so it
+    /// precedes the watcher's events (a slot reserved in the stream's buffer does not fix the
+    /// order; the send does).
+    pub fn admit(
         &self,
         watcher: (WatcherKey, WatchSpec, i64, i64, StreamSender),
         admission: Admission,
@@ -580,13 +574,16 @@ impl WatchHub {
                         .map(|&at| events[at].encoded_len())
                         .sum::<usize>();
                 let sent = if size <= w.tx.room() {
-                    w.tx.try_send(HubMessage::Events {
-                        watch_id: key.watch_id,
-                        events: positions.iter().map(|&at| events[at].clone()).collect(),
-                        revision: rev,
-                        prev_kv: w.spec.prev_kv,
-                        fragment: w.spec.fragment,
-                    })
+                    w.tx.try_send_sized(
+                        HubMessage::Events {
+                            watch_id: key.watch_id,
+                            events: positions.iter().map(|&at| events[at].clone()).collect(),
+                            revision: rev,
+                            prev_kv: w.spec.prev_kv,
+                            fragment: w.spec.fragment,
+                        },
+                        size,
+                    )
                 } else if w.tx.is_closed() {
                     Sent::Closed
                 } else {

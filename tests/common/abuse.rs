@@ -312,3 +312,14 @@ pub fn raw_grpc_calls(
     }
     out
 }
+
+/// A client connection to `host` whose receive buffer is as small as the kernel allows: an
+/// attacker that never reads it leaves the member's socket full at once.
+pub async fn connect_reading_nothing(host: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .connect(host.parse().expect("address"))
+        .await
+        .expect("connect")
+}
