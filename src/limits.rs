@@ -61,8 +61,12 @@ pub const WATCH_STREAM_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// every stream's buffer (256 streams on one connection: 140 -> 990 MB RSS). Past it, watchers
 /// wait in storage. It is passed by at most one message (an idle stream takes one of any size
 /// while some budget is left: a revision may be larger than the budget) and by small messages
-/// to idle streams, within [`WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES`].
-pub const WATCH_BUFFERED_BYTES_TOTAL: usize = 16 * 1024 * 1024;
+/// to idle streams, within [`WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES`]. Streams whose clients take
+/// nothing keep what they hold until they are evicted ([`WATCH_STREAM_STALL`]), and each wave of
+/// them an attacker opens takes it anew before the allocator reuses what the last one freed: with
+/// 16 MiB and 16 MiB past it, 4,000 such streams took a release build up by 61 to 69 MiB at the
+/// peak; with 8 and 8 MiB, by 24 to 45 MiB.
+pub const WATCH_BUFFERED_BYTES_TOTAL: usize = 8 * 1024 * 1024;
 
 /// The least share of [`WATCH_BUFFERED_BYTES_TOTAL`] a stream gets, however many are open.
 pub const WATCH_STREAM_SHARE_MIN: usize = 64 * 1024;
@@ -75,8 +79,26 @@ pub const WATCH_STREAM_SMALL_MESSAGE_BYTES: usize = 64 * 1024;
 /// Bytes of small messages ([`WATCH_STREAM_SMALL_MESSAGE_BYTES`]) idle streams may take past
 /// [`WATCH_BUFFERED_BYTES_TOTAL`], all streams together. A reader takes its message at once and
 /// gives the bytes back; only streams whose clients stopped reading keep theirs, and past this
-/// bound those wait in storage like the rest.
-pub const WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES: usize = 16 * 1024 * 1024;
+/// bound those wait in storage like the rest. They keep them for about [`WATCH_STREAM_STALL`]
+/// before they are evicted, so this bridges a second, not an attack.
+pub const WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long a watch stream may hold bytes of the member's watch budget without its client taking
+/// any, once the budget is spent, before the stream is evicted (`watch::WatchBudget`): its watchers
+/// go and its connection is closed, so the client reconnects and resumes from its last revision.
+/// Without eviction, streams whose clients read their sockets but never open their HTTP/2
+/// windows held the budget for as long as they stayed, and every other watcher's events waited in
+/// storage meanwhile (4,000 such streams: a well-behaved watcher got none of 40 events).
+/// A stream that holds more gets longer, at [`WATCH_STREAM_MIN_BYTES_PER_SEC`].
+pub const WATCH_STREAM_STALL: Duration = Duration::from_secs(1);
+
+/// The slowest rate at which a watch stream's client is expected to take what the stream holds,
+/// while the member's watch budget is spent: a stream holding `b` bytes is evicted once it has
+/// taken nothing for [`WATCH_STREAM_STALL`] plus `b` at this rate.
+pub const WATCH_STREAM_MIN_BYTES_PER_SEC: u64 = 1024 * 1024;
+
+/// How often, at most, the streams are searched for stalled ones while the watch budget is spent.
+pub const WATCH_STALL_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Key limit of a `KV.RangeStream`'s first chunk (etcd's `initialStreamChunkLimit`); later
 /// chunks double or halve it to land near `--max-request-bytes` (`apply::RangeStream`).

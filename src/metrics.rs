@@ -222,6 +222,8 @@ pub struct Scrape {
     pub watchers: u64,
     /// Bytes of watch events queued or in flight in all streams (`watch::WatchBudget`).
     pub watch_buffered_bytes: u64,
+    /// Watch streams evicted for holding the spent watch budget while their clients took nothing.
+    pub watch_streams_evicted: u64,
     /// Bytes of large answers not yet taken by their clients (`node::send_budget`).
     pub send_held_bytes: u64,
     pub revision: i64,
@@ -469,6 +471,12 @@ impl Metrics {
             "metastore_watch_buffered_bytes",
             "Bytes of watch events queued or in flight in all watch streams.",
             s.watch_buffered_bytes,
+        );
+        counter(
+            &mut out,
+            "metastore_watch_streams_evicted_total",
+            "Watch streams ended because they held the spent watch budget while their clients took nothing.",
+            s.watch_streams_evicted,
         );
         out
     }

@@ -148,6 +148,16 @@ pub fn watch_stream_full_reason() -> String {
     )
 }
 
+/// How a watch stream ends when it is evicted: while the member's watch buffers were full it
+/// held some and its client took nothing for too long (`watch::WatchBudget`). `Unavailable`, as
+/// for a member going away: clients open a new stream and resume each watcher from its last
+/// revision (etcd's Go client does so for this code).
+pub fn watch_stream_evicted() -> Status {
+    Status::unavailable(
+        "metastore: watch stream evicted: it took no events for too long while the member's watch buffers were full",
+    )
+}
+
 /// Why a watch create is refused when the member holds `max` watchers (`--max-watchers`).
 pub fn watch_member_full_reason(max: usize) -> String {
     format!(

@@ -326,6 +326,7 @@ impl WatchService {
     {
         let metadata = request.metadata().clone();
         let cert_user = super::access::cert_user(request.extensions()).map(str::to_string);
+        let end_connection = connection_ender(request.extensions());
         let mut requests = request.into_inner();
         let (tx, rx) = self.node.watch_hub().stream_channel();
         let stream = self.node.watch_hub().new_stream();
@@ -346,6 +347,13 @@ impl WatchService {
                 let next = tokio::select! {
                     biased;
                     _ = state.tx.closed() => break,
+                    _ = state.tx.evicted() => {
+                        // Its client took nothing for too long while the budget was spent. h2
+                        // keeps what it took for the stream until the client takes it, so a gRPC
+                        // stream goes with its connection.
+                        end_connection();
+                        break;
+                    }
                     next = requests.next() => next,
                 };
                 match next {
@@ -369,19 +377,52 @@ impl WatchService {
             state.node.watch_hub().remove_stream(state.stream);
         });
         let node = self.node.clone();
-        let responses = futures::stream::unfold((rx, node), |(mut rx, node)| async move {
-            let msg = rx.recv().await?;
+        let responses = futures::stream::unfold(Some((rx, node)), |state| async move {
+            let (mut rx, node) = state?;
+            let evicted = rx.eviction();
+            let msg = tokio::select! {
+                biased;
+                _ = evicted => None,
+                msg = rx.recv() => msg,
+            };
+            let msg = match msg {
+                Some(msg) if !rx.is_evicted() => msg,
+                // An evicted stream ends at once with its reason: nothing it still holds goes out.
+                _ if rx.is_evicted() => {
+                    let end = vec![Err(super::status::watch_stream_evicted())];
+                    return Some((futures::stream::iter(end).chain(taken_first(false)), None));
+                }
+                // Every sender is gone: the stream ends.
+                _ => return None,
+            };
             // A client that is slow to take its responses (the hub's buffers fill behind it).
             crate::rt::buggify::delay("watch-send-stall", Duration::from_millis(500)).await;
             // The last of the messages queued now waits for the transport (see `taken_first`);
             // those before it go to the encoder together, as one write.
             let last = rx.is_empty();
-            let parts = to_responses(&node, msg);
-            let parts = futures::stream::iter(parts.into_iter().map(Ok)).chain(taken_first(last));
-            Some((parts, (rx, node)))
+            let parts: Vec<_> = to_responses(&node, msg).into_iter().map(Ok).collect();
+            let parts = futures::stream::iter(parts).chain(taken_first(last));
+            Some((parts, Some((rx, node))))
         })
         .flatten();
         Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+/// What ends the connection a stream came on, where the transport allows (a gRPC connection with
+/// a [`super::write_gate::WriteGate`]); nothing otherwise.
+fn connection_ender(extensions: &tonic::Extensions) -> impl FnOnce() + Send + 'static {
+    #[cfg(not(madsim))]
+    let gate = extensions
+        .get::<super::tls::ClientConnInfo>()
+        .and_then(|info| info.write_gate.clone());
+    #[cfg(madsim)]
+    let _ = extensions;
+    move || {
+        #[cfg(not(madsim))]
+        if let Some(gate) = gate {
+            gate.end_connection();
+        }
     }
 }
 

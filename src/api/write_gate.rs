@@ -33,9 +33,27 @@ use crate::{limits, rt};
 pub struct WriteGate {
     closed: AtomicBool,
     waiting: parking_lot::Mutex<Vec<Waker>>,
+    /// Set by [`Self::end_connection`]; the connection's next read or write fails.
+    ended: AtomicBool,
+    /// The connection's task, waiting to read.
+    reader: futures::task::AtomicWaker,
 }
 
 impl WriteGate {
+    /// End the connection: its next read or write fails, so its task drops it with every stream
+    /// and whatever h2 still buffers for them. For a stream that holds what its client never takes
+    /// (an evicted watch stream): h2 keeps what it took for a stream until the client takes it,
+    /// and a server cannot reset one stream whose body it is not asked for.
+    pub fn end_connection(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.reader.wake();
+        self.open();
+    }
+
+    fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
     /// Ready while the socket takes bytes; otherwise wakes `cx` when it does again.
     pub fn poll_open(&self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.closed.load(Ordering::Acquire) {
@@ -131,7 +149,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        this.gate.reader.register(cx.waker());
+        if this.gate.is_ended() {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -142,6 +165,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.gate.is_ended() {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.saw(cx, written)
     }
@@ -162,6 +188,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.gate.is_ended() {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.saw(cx, written)
     }

@@ -983,6 +983,7 @@ impl Node {
             keys,
             watchers: self.watch.watcher_count() as u64,
             watch_buffered_bytes: self.watch.buffered_bytes() as u64,
+            watch_streams_evicted: self.watch.evicted_streams(),
             send_held_bytes: self.send_budget.held() as u64,
             revision,
             compact_revision,
@@ -1328,6 +1329,12 @@ async fn blocking_io<T: Send + 'static>(
 async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
     loop {
         watch.wait_behind(limits::WATCH_CATCHUP_INTERVAL).await;
+        // Streams that hold the spent budget while their clients take nothing would keep the
+        // watchers behind (and everyone's new events) waiting for as long as they stay.
+        let evicted = watch.evict_stalled_streams();
+        if evicted > 0 {
+            tracing::info!("{evicted} watch streams evicted: their clients took no events");
+        }
         loop {
             // A round takes the store's read lock only briefly, before and after its storage
             // read; the read itself is blocking work, kept off the async workers that serve

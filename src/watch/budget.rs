@@ -18,11 +18,23 @@
 //! A message counts from when it is queued until its stream asks for the next one. By then the
 //! transport has taken the previous response within the client's flow-control window, so the
 //! budget also covers the response each stream has in flight.
+//!
+//! A budget held by streams whose clients take nothing would keep everyone else's events in
+//! storage for as long as those clients stay (a client may read its socket and never open its
+//! HTTP/2 windows). So while the budget is spent, a stream that holds bytes and has taken none
+//! for [`limits::WATCH_STREAM_STALL`] (longer the more it holds) is evicted
+//! ([`WatchBudget::evict_stalled`]): the API layer ends it, with its watchers and, for gRPC, its
+//! connection, and its bytes come back. Its client reconnects and resumes from its last revision.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use crate::limits;
+use tokio::sync::Notify;
+
+use crate::rt::Instant;
+use crate::{limits, rt};
 
 /// The member's budget for buffered watch events.
 #[derive(Debug)]
@@ -30,6 +42,14 @@ pub struct WatchBudget {
     total: usize,
     queued: AtomicUsize,
     streams: AtomicUsize,
+    /// Every open stream, for [`Self::evict_stalled`].
+    open: parking_lot::Mutex<BTreeMap<u64, Weak<StreamBytes>>>,
+    next_stream: AtomicU64,
+    /// Times are kept as milliseconds since this instant.
+    epoch: Instant,
+    /// When streams were last searched for stalled ones.
+    last_sweep: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl WatchBudget {
@@ -39,7 +59,21 @@ impl WatchBudget {
             total,
             queued: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
+            open: parking_lot::Mutex::default(),
+            next_stream: AtomicU64::new(0),
+            epoch: rt::now(),
+            last_sweep: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         })
+    }
+
+    /// Streams evicted so far (a counter).
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Bytes queued or in flight in all streams now.
@@ -48,12 +82,53 @@ impl WatchBudget {
     }
 
     /// A new stream's account.
-    pub(super) fn open_stream(self: &Arc<Self>) -> StreamBytes {
+    pub(super) fn open_stream(self: &Arc<Self>) -> Arc<StreamBytes> {
         self.streams.fetch_add(1, Ordering::AcqRel);
-        StreamBytes {
+        let id = self.next_stream.fetch_add(1, Ordering::AcqRel);
+        let stream = Arc::new(StreamBytes {
             budget: self.clone(),
+            id,
             queued: AtomicUsize::new(0),
+            since: AtomicU64::new(self.millis(rt::now())),
+            evicted: AtomicBool::new(false),
+            on_evict: Notify::new(),
+        });
+        self.open.lock().insert(id, Arc::downgrade(&stream));
+        stream
+    }
+
+    /// While the budget is spent, evict every stream that holds bytes of it and has taken none for
+    /// longer than [`StreamBytes::may_stall`] allows: whoever holds it that way takes nothing, and
+    /// everyone else's events wait in storage meanwhile. Searches at most once per
+    /// [`limits::WATCH_STALL_SWEEP_INTERVAL`]; returns how many streams it evicted.
+    pub(super) fn evict_stalled(&self, now: Instant) -> usize {
+        if self.queued() < self.total {
+            return 0;
         }
+        let now = self.millis(now);
+        let last = self.last_sweep.load(Ordering::Acquire);
+        let interval = limits::WATCH_STALL_SWEEP_INTERVAL.as_millis() as u64;
+        if last != 0 && now < last.saturating_add(interval)
+            || self
+                .last_sweep
+                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return 0;
+        }
+        let stalled: Vec<Arc<StreamBytes>> = self
+            .open
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|s| s.stalled(now))
+            .collect();
+        for stream in &stalled {
+            stream.evict();
+        }
+        self.evicted
+            .fetch_add(stalled.len() as u64, Ordering::AcqRel);
+        stalled.len()
     }
 
     /// What one stream may hold while `streams` are open.
@@ -71,12 +146,58 @@ impl WatchBudget {
 #[derive(Debug)]
 pub(super) struct StreamBytes {
     budget: Arc<WatchBudget>,
+    id: u64,
     queued: AtomicUsize,
+    /// When (in the budget's milliseconds) the stream last gave bytes back, or took some while it
+    /// held none: since then its client has taken nothing.
+    since: AtomicU64,
+    evicted: AtomicBool,
+    on_evict: Notify,
 }
 
 impl StreamBytes {
     fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
+    }
+
+    /// How long a stream holding `queued` bytes may go without its client taking any, while the
+    /// member's budget is spent.
+    fn may_stall(queued: usize) -> Duration {
+        let draining = Duration::from_millis(
+            (queued as u64).saturating_mul(1000) / limits::WATCH_STREAM_MIN_BYTES_PER_SEC,
+        );
+        limits::WATCH_STREAM_STALL + draining
+    }
+
+    /// Whether the stream holds bytes and has taken none for longer than it may (`now` in the
+    /// budget's milliseconds).
+    fn stalled(&self, now: u64) -> bool {
+        let queued = self.queued();
+        let since = self.since.load(Ordering::Acquire);
+        queued > 0
+            && !self.is_evicted()
+            && u128::from(now.saturating_sub(since)) >= Self::may_stall(queued).as_millis()
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.on_evict.notify_waiters();
+    }
+
+    /// Whether the stream was evicted (it is to end; its client took nothing for too long).
+    pub(super) fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the stream is evicted.
+    pub(super) async fn evicted(&self) {
+        let notified = self.on_evict.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_evicted() {
+            return;
+        }
+        notified.await
     }
 
     /// Whether reading storage for a watcher of this stream is worth it: the stream is idle, or it
@@ -121,15 +242,24 @@ impl StreamBytes {
     /// Take `size` bytes whatever the limits (a stream's own small replies: created, canceled,
     /// progress, one per client request and bounded by the stream's message slots).
     pub(super) fn take(&self, size: usize) {
-        self.queued.fetch_add(size, Ordering::AcqRel);
+        if self.queued.fetch_add(size, Ordering::AcqRel) == 0 {
+            self.since
+                .store(self.budget.millis(rt::now()), Ordering::Release);
+        }
         self.budget.queued.fetch_add(size, Ordering::AcqRel);
     }
 
     /// Give back `size` bytes taken before.
     pub(super) fn give_back(&self, size: usize) {
+        if size == 0 {
+            return;
+        }
         let before = self.queued.fetch_sub(size, Ordering::AcqRel);
         debug_assert!(before >= size, "a stream gave back more than it took");
         self.budget.queued.fetch_sub(size, Ordering::AcqRel);
+        // Its client took a message: it is not stalled.
+        self.since
+            .store(self.budget.millis(rt::now()), Ordering::Release);
     }
 }
 
@@ -139,6 +269,7 @@ impl Drop for StreamBytes {
             .queued
             .fetch_sub(*self.queued.get_mut(), Ordering::AcqRel);
         self.budget.streams.fetch_sub(1, Ordering::AcqRel);
+        self.budget.open.lock().remove(&self.id);
     }
 }
 
@@ -151,7 +282,7 @@ mod tests {
     #[test]
     fn streams_share_the_budget_and_give_it_back_when_they_go() {
         let budget = WatchBudget::new(8 * MIB);
-        let streams: Vec<StreamBytes> = (0..4).map(|_| budget.open_stream()).collect();
+        let streams: Vec<Arc<StreamBytes>> = (0..4).map(|_| budget.open_stream()).collect();
         // Four streams: 2 MiB each. An idle stream takes a message bigger than its share.
         assert!(streams[0].try_take(3 * MIB));
         assert!(!streams[0].try_take(1), "past its share");
@@ -189,7 +320,7 @@ mod tests {
         assert!(full.try_take(MIB));
         let small = limits::WATCH_STREAM_SMALL_MESSAGE_BYTES;
         let fit = limits::WATCH_SMALL_MESSAGES_PAST_BUDGET_BYTES / small;
-        let idle: Vec<StreamBytes> = (0..fit + 1).map(|_| budget.open_stream()).collect();
+        let idle: Vec<Arc<StreamBytes>> = (0..fit + 1).map(|_| budget.open_stream()).collect();
         for s in &idle[..fit] {
             assert!(
                 s.try_take(small),
@@ -212,11 +343,69 @@ mod tests {
     }
 
     #[test]
+    fn streams_that_hold_the_spent_budget_and_take_nothing_are_evicted() {
+        let budget = WatchBudget::new(MIB);
+        let start = rt::now();
+        let ms = |d: u64| Duration::from_millis(d);
+        let first = budget.open_stream();
+        let second = budget.open_stream();
+        let reading = budget.open_stream();
+        let idle = budget.open_stream();
+        first.take(MIB / 4);
+        second.take(MIB / 4);
+        reading.take(MIB / 4);
+        // Budget not spent: nobody is evicted however long they hold.
+        assert_eq!(budget.evict_stalled(start + ms(60_000)), 0);
+        reading.take(MIB / 4);
+        assert_eq!(budget.queued(), MIB);
+        // A stream may hold its bytes 1 s, plus what it holds at 1 MiB/s, without taking any.
+        assert_eq!(StreamBytes::may_stall(MIB / 4), ms(1250));
+        assert_eq!(
+            budget.evict_stalled(start + ms(1200)),
+            0,
+            "not for long enough"
+        );
+        // The reader takes a message, so its clock starts again; the second stream took its
+        // bytes later than the first.
+        let at = start + ms(1500);
+        reading.since.store(budget.millis(at), Ordering::Release);
+        second
+            .since
+            .store(budget.millis(start + ms(400)), Ordering::Release);
+        assert_eq!(budget.evict_stalled(at), 1);
+        assert!(first.is_evicted());
+        assert!(
+            futures::FutureExt::now_or_never(first.evicted()).is_some(),
+            "its owner learns at once"
+        );
+        // The second has stalled too by now, but streams are searched once per interval.
+        assert_eq!(
+            budget.evict_stalled(at + ms(200)),
+            0,
+            "searched too recently"
+        );
+        let at = at + limits::WATCH_STALL_SWEEP_INTERVAL;
+        assert_eq!(budget.evict_stalled(at), 1);
+        assert!(second.is_evicted());
+        assert!(!reading.is_evicted() && !idle.is_evicted());
+        assert_eq!(budget.evicted(), 2);
+        // Evicted once: not again. Their bytes come back when they go.
+        assert_eq!(budget.evict_stalled(at + ms(10_000)), 1, "the reader, now");
+        drop((first, second));
+        assert_eq!(budget.queued(), MIB / 2);
+        assert_eq!(
+            budget.open.lock().len(),
+            2,
+            "a stream that goes leaves the search"
+        );
+    }
+
+    #[test]
     fn the_share_stays_within_its_bounds() {
         let budget = WatchBudget::new(limits::WATCH_BUFFERED_BYTES_TOTAL);
         let one = budget.open_stream();
         assert_eq!(budget.share(), limits::WATCH_STREAM_BUFFER_BYTES);
-        let many: Vec<StreamBytes> = (0..100_000).map(|_| budget.open_stream()).collect();
+        let many: Vec<Arc<StreamBytes>> = (0..100_000).map(|_| budget.open_stream()).collect();
         assert_eq!(budget.share(), limits::WATCH_STREAM_SHARE_MIN);
         drop((one, many));
     }

@@ -207,6 +207,13 @@ impl StreamSender {
     pub async fn closed(&self) {
         self.tx.closed().await
     }
+
+    /// Resolves once the stream is evicted: while the member's watch budget was spent, it held
+    /// some and its client took none for too long (see [`WatchHub::evict_stalled_streams`]). Its
+    /// owner ends it, with its watchers.
+    pub async fn evicted(&self) {
+        self.bytes.evicted().await
+    }
 }
 
 impl StreamPermit<'_> {
@@ -224,6 +231,17 @@ impl StreamReceiver {
         let msg = self.rx.try_recv()?;
         self.in_flight = msg.queued_bytes();
         Ok(msg)
+    }
+
+    /// Whether the stream was evicted: what it still holds is not to be sent.
+    pub fn is_evicted(&self) -> bool {
+        self.bytes.is_evicted()
+    }
+
+    /// Resolves once the stream is evicted (see [`StreamSender::evicted`]).
+    pub fn eviction(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let bytes = self.bytes.clone();
+        async move { bytes.evicted().await }
     }
 
     /// Whether no message is queued now.
@@ -396,6 +414,19 @@ impl WatchHub {
         self.budget.queued()
     }
 
+    /// Streams evicted so far for holding the spent budget without their clients taking any of it
+    /// (a counter).
+    pub fn evicted_streams(&self) -> u64 {
+        self.budget.evicted()
+    }
+
+    /// While the member's watch budget is spent, evict the streams that hold some of it and whose
+    /// clients took none for too long (`WatchBudget::evict_stalled`): their owners end them,
+    /// watchers and all, and the budget comes back for everyone else. Returns how many it evicted.
+    pub fn evict_stalled_streams(&self) -> usize {
+        self.budget.evict_stalled(crate::rt::now())
+    }
+
     /// A new stream's buffer, drawing on this hub's budget.
     pub fn stream_channel(&self) -> (StreamSender, StreamReceiver) {
         self.stream_channel_with_capacity(limits::WATCH_STREAM_BUFFER)
@@ -405,7 +436,7 @@ impl WatchHub {
     /// fall behind).
     pub fn stream_channel_with_capacity(&self, messages: usize) -> (StreamSender, StreamReceiver) {
         let (tx, rx) = mpsc::channel(messages);
-        let bytes = Arc::new(self.budget.open_stream());
+        let bytes = self.budget.open_stream();
         (
             StreamSender {
                 tx,

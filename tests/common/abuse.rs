@@ -323,3 +323,23 @@ pub async fn connect_reading_nothing(host: &str) -> tokio::net::TcpStream {
         .await
         .expect("connect")
 }
+
+/// A client connection to `host` that reads everything the member sends and throws it away,
+/// until the member closes it: its socket never fills, whatever its HTTP/2 windows let through.
+/// Returns the sending half and the reading task, which ends when the connection does.
+pub async fn connect_reading_all(
+    host: &str,
+) -> (tokio::net::tcp::OwnedWriteHalf, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let conn = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let (mut read, write) = conn.into_split();
+    let reader = tokio::spawn(async move {
+        let mut sink = vec![0; 64 * 1024];
+        while let Ok(n) = read.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    (write, reader)
+}
