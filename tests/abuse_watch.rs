@@ -799,3 +799,101 @@ async fn streams_that_never_open_their_windows_cannot_starve_other_watchers() {
     drop((wanted, watcher));
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
 }
+
+/// A thousand Election.Observe calls whose clients read their sockets but never open their
+/// HTTP/2 windows, while the leader proclaims five 1 MiB values. Before, each call queued up to
+/// 128 responses for its client, every one a copy of the value: 1,000 calls and ten proclamations
+/// took a release build from 111 MB to 1.26 GB (this test's debug build: +2.6 GB, with ten). Now a
+/// call makes a response only when the
+/// transport asks for one (the leader as it is then), counted in the member's watch budget until
+/// its client takes it, and a well-behaved observer still sees the last value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_that_take_nothing_share_the_watch_budget() {
+    use etcd_client::ProclaimOptions;
+    use metastore::pb::v3electionpb::LeaderRequest;
+    use prost::Message;
+    let _alone = common::abuse::one_at_a_time().await;
+    const CONNECTIONS: usize = 4;
+    const CALLS_PER_CONNECTION: u32 = 250;
+    const CALLS: usize = CONNECTIONS * CALLS_PER_CONNECTION as usize;
+    const VALUE_BYTES: usize = 1024 * 1024;
+    const PROCLAIMS: usize = 5;
+    let mut server = Server::start("rocksdb");
+    let mut client = server.client().await;
+    client.put("abuse/probe", "v", None).await.expect("put");
+    let lease = client.lease_grant(600, None).await.expect("grant").id();
+    let leader = client
+        .campaign("abuse-election", "v0", lease)
+        .await
+        .expect("campaign")
+        .leader()
+        .cloned()
+        .expect("a leader key");
+    let mut observer = server.client().await;
+    let mut observing = observer.observe("abuse-election").await.expect("observe");
+    let first = observing.message().await.expect("ok").expect("open");
+    assert_eq!(first.kv().expect("kv").value(), b"v0");
+    let baseline = settled_footprint(&server.endpoint).await;
+
+    let host = server.endpoint.trim_start_matches("http://").to_string();
+    let request = LeaderRequest {
+        name: b"abuse-election".to_vec(),
+    }
+    .encode_to_vec();
+    let mut attackers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        use tokio::io::AsyncWriteExt;
+        let (mut conn, reader) = connect_reading_all(&host).await;
+        // HTTP/2's default windows, never opened further.
+        let calls = raw_grpc_calls(
+            &host,
+            "/v3electionpb.Election/Observe",
+            &request,
+            CALLS_PER_CONNECTION,
+            true,
+            65_535,
+        );
+        conn.write_all(&calls).await.expect("send");
+        attackers.push((conn, reader));
+    }
+    let (probe, quiet, rss_before) = once_watching(&server, baseline.1 + CALLS as i64).await;
+    let values: Vec<Vec<u8>> = (0..PROCLAIMS)
+        .map(|i| vec![b'a' + i as u8; VALUE_BYTES])
+        .collect();
+    for value in &values {
+        client
+            .proclaim(
+                value.clone(),
+                Some(ProclaimOptions::new().with_leader(leader.clone())),
+            )
+            .await
+            .expect("proclaim");
+    }
+    let mut attacked = probe.latencies(100).await;
+    // The well-behaved observer reaches the last value (it may skip some between).
+    let last = values.last().expect("values");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let seen = tokio::time::timeout(left, observing.message())
+            .await
+            .expect("the observer sees the last proclamation")
+            .expect("ok")
+            .expect("open");
+        if seen.kv().expect("kv").value() == last.as_slice() {
+            break;
+        }
+    }
+    attacked.extend(probe.latencies(100).await);
+    let buffered = metric(&server.endpoint, "metastore_watch_buffered_bytes").await;
+    let rss_during = rss_kib(server.pid());
+    eprintln!(
+        "{CALLS} observers that take nothing, {PROCLAIMS} proclamations of {VALUE_BYTES} bytes: \
+         RSS {rss_before} -> {rss_during} KiB, {buffered} bytes buffered"
+    );
+    assert_p99_within(quiet, p99(&mut attacked));
+    assert_survived(&mut server, rss_before);
+    drop(attackers);
+    drop((observing, observer));
+    back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
+}

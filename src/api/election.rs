@@ -4,7 +4,9 @@
 //! `name/`. `Campaign` queues the key (or re-uses it, proclaiming the new value) and waits until every
 //! older candidate is gone, as `Lock` does. `Proclaim` and `Resign` act only while the key still is
 //! the one the leader was given (same create revision). `Observe` streams the leader's value each time
-//! it changes.
+//! it changes; a response is made only when the transport asks for the next one, so an observer
+//! slower than the proclamations gets the leader as it is then (etcd queues every proclamation for
+//! it in memory), and its response counts in the member's watch budget until the client takes it.
 //!
 //! As with `Lock`, lease 0 campaigns with a fresh lease of [`crate::limits::LOCK_SESSION_TTL_SECS`]
 //! (etcd's server-side session), reported back in the leader key; a campaign whose wait ends
@@ -14,7 +16,7 @@ use super::access::cert_user;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -35,7 +37,7 @@ use crate::pb::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
     ProclaimResponse, ResignRequest, ResignResponse,
 };
-use crate::watch::{HubMessage, WatchSpec, WatcherKey};
+use crate::watch::{HubMessage, StreamReceiver, WatchSpec, WatcherKey};
 
 /// Serves Campaign, Proclaim, Leader, Observe and Resign.
 pub struct ElectionService {
@@ -129,6 +131,97 @@ fn put_op(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
 
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send + 'static>>;
 
+/// One Observe call: its election's watcher, and the leader it reported last.
+struct Observer {
+    node: Arc<Node>,
+    name: Vec<u8>,
+    rx: StreamReceiver,
+    last: Option<(Vec<u8>, i64)>,
+    /// The size of the response it made last: room for as much is held before the leader is read
+    /// again, so observers waiting for room read nothing.
+    last_size: usize,
+    /// Removes the watcher when the call goes (the client left: its response stream is dropped).
+    _watching: super::lock::WatchGuard,
+}
+
+impl Observer {
+    /// The next response: the leader once it differs from the one reported last, made only when
+    /// the transport asks for it and counted in the member's watch budget until the transport asks
+    /// for the one after (the client took it). `None` when the watch ends; an error once the call
+    /// was evicted for holding the spent budget while its client took nothing.
+    async fn next_leader(&mut self) -> Option<Result<LeaderResponse, Status>> {
+        loop {
+            // The previous response is taken, and every change cued so far is seen by the read
+            // below: the cues only say "read again".
+            loop {
+                match self.rx.try_recv() {
+                    Ok(HubMessage::Events { .. }) => continue,
+                    Ok(_) => return None,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                }
+            }
+            self.rx.delivered();
+            if self.rx.is_evicted() {
+                return Some(Err(super::status::watch_stream_evicted()));
+            }
+            let reserved = self.last_size.max(OBSERVE_LEAST_HOLD);
+            if !self.rx.try_hold(reserved) {
+                self.wait_for_room().await;
+                continue;
+            }
+            if let Ok((Some(kv), rev)) = leader_kv(&self.node, &self.name).await {
+                let now = (kv.key.clone(), kv.mod_revision);
+                if self.last.as_ref() != Some(&now) {
+                    let resp = LeaderResponse {
+                        header: Some(self.node.header(rev)),
+                        kv: Some(kv),
+                    };
+                    let size = prost::Message::encoded_len(&resp);
+                    self.last_size = size;
+                    if size > reserved && !self.rx.try_hold(size - reserved) {
+                        // Larger than the room held: dropped, and read again once there is room
+                        // for this size.
+                        self.rx.delivered();
+                        self.wait_for_room().await;
+                        continue;
+                    }
+                    self.rx.hold_exactly(size);
+                    self.last = Some(now);
+                    return Some(Ok(resp));
+                }
+            }
+            self.rx.delivered();
+            // Wait for the next change.
+            let evicted = self.rx.eviction();
+            tokio::select! {
+                biased;
+                _ = evicted => {}
+                cue = self.rx.recv() => match cue {
+                    Some(HubMessage::Events { .. }) => {}
+                    _ => return None,
+                },
+            }
+        }
+    }
+
+    /// Wait until some of the budget may have come back, or a while, or eviction, reading nothing
+    /// meanwhile.
+    async fn wait_for_room(&self) {
+        let (evicted, freed) = (self.rx.eviction(), self.rx.room_freed());
+        tokio::select! {
+            biased;
+            _ = evicted => {}
+            _ = freed => {}
+            _ = crate::rt::sleep(crate::limits::WATCH_CATCHUP_INTERVAL) => {}
+        }
+    }
+}
+
+/// The least room an observer holds before reading the leader (a leader response without a value
+/// is about this large).
+const OBSERVE_LEAST_HOLD: usize = 256;
+
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(
@@ -214,65 +307,44 @@ impl Election for ElectionService {
         request: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
         self.permit(&request, &read_prefix(&request.get_ref().name))?;
+        let end_connection = super::connection_ender(request.extensions());
         let name = request.into_inner().name;
         let prefix = [name.as_slice(), b"/"].concat();
-        let (out_tx, out_rx) =
-            mpsc::channel::<Result<LeaderResponse, Status>>(crate::limits::WATCH_STREAM_BUFFER);
-        let node = self.node.clone();
-        crate::rt::spawn(async move {
-            // Watch the whole election; after every change, report the leader if it changed.
-            let (tx, mut rx) = node.watch_hub().stream_channel();
-            let stream = node.watch_hub().new_stream();
-            let spec =
-                WatchSpec::all_changes(prefix.clone(), RangeEnd::Before(prefix_end(&prefix)));
-            // The only watcher of its own stream: it cannot be refused.
-            let _ = node.add_watcher(
-                WatcherKey {
-                    stream,
-                    watch_id: 0,
-                },
-                spec,
-                0,
-                tx,
-                crate::watch::Admission::Request,
-                |_, _| {},
-            );
-            let follow = async {
-                let mut last: Option<(Vec<u8>, i64)> = None;
-                loop {
-                    if let Ok((Some(kv), rev)) = leader_kv(&node, &name).await {
-                        let now = (kv.key.clone(), kv.mod_revision);
-                        if last.as_ref() != Some(&now) {
-                            last = Some(now);
-                            let resp = LeaderResponse {
-                                header: Some(node.header(rev)),
-                                kv: Some(kv),
-                            };
-                            if out_tx.send(Ok(resp)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    match rx.recv().await {
-                        Some(HubMessage::Events { .. }) => continue,
-                        _ => return,
-                    }
-                }
-            };
-            // The observer going away ends the task at once, whatever it waits for (the next
-            // change of a quiet election may never come).
-            tokio::select! {
-                biased;
-                _ = out_tx.closed() => {}
-                _ = follow => {}
-            }
-            node.watch_hub().remove_stream(stream);
-        });
-        let responses =
-            futures::stream::unfold(
-                out_rx,
-                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
-            );
+        // Watch the whole election; each change is a cue to read the leader again.
+        let (tx, rx) = self.node.watch_hub().stream_channel();
+        tx.when_evicted(end_connection);
+        let stream = self.node.watch_hub().new_stream();
+        let spec = WatchSpec::all_changes(prefix.clone(), RangeEnd::Before(prefix_end(&prefix)));
+        // The only watcher of its own stream: it cannot be refused.
+        let _ = self.node.add_watcher(
+            WatcherKey {
+                stream,
+                watch_id: 0,
+            },
+            spec,
+            0,
+            tx,
+            crate::watch::Admission::Request,
+            |_, _| {},
+        );
+        let observer = Observer {
+            node: self.node.clone(),
+            name,
+            rx,
+            last: None,
+            last_size: 0,
+            _watching: super::lock::WatchGuard::new(self.node.clone(), stream),
+        };
+        // A response is made only when the transport asks for one, so nothing queues behind a
+        // client that does not take them: it gets the leader as it is then.
+        let responses = futures::stream::unfold(Some(observer), |observer| async move {
+            let mut observer = observer?;
+            let answer = observer.next_leader().await?;
+            let done = answer.is_err();
+            let parts = futures::stream::iter([answer]).chain(super::watch::taken_first(!done));
+            Some((parts, (!done).then_some(observer)))
+        })
+        .flatten();
         Ok(Response::new(Box::pin(responses)))
     }
 

@@ -53,9 +53,16 @@ impl LockService {
 }
 
 /// Removes a server-side watcher when the wait ends or the request is dropped.
-struct WatchGuard {
+pub(super) struct WatchGuard {
     node: Arc<Node>,
     stream: u64,
+}
+
+impl WatchGuard {
+    /// Removes the watchers of `stream` when dropped.
+    pub(super) fn new(node: Arc<Node>, stream: u64) -> Self {
+        Self { node, stream }
+    }
 }
 
 impl Drop for WatchGuard {

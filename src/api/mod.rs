@@ -31,3 +31,20 @@ pub mod watch;
 pub mod write_gate;
 
 pub use server::{serve, serve_peers, Shutdown};
+
+/// What ends the connection a stream came on, where the transport allows (a gRPC connection with
+/// a [`write_gate::WriteGate`]); nothing otherwise.
+pub(crate) fn connection_ender(extensions: &tonic::Extensions) -> impl FnOnce() + Send + 'static {
+    #[cfg(not(madsim))]
+    let gate = extensions
+        .get::<tls::ClientConnInfo>()
+        .and_then(|info| info.write_gate.clone());
+    #[cfg(madsim)]
+    let _ = extensions;
+    move || {
+        #[cfg(not(madsim))]
+        if let Some(gate) = gate {
+            gate.end_connection();
+        }
+    }
+}

@@ -326,9 +326,12 @@ impl WatchService {
     {
         let metadata = request.metadata().clone();
         let cert_user = super::access::cert_user(request.extensions()).map(str::to_string);
-        let end_connection = connection_ender(request.extensions());
+        let end_connection = super::connection_ender(request.extensions());
         let mut requests = request.into_inner();
         let (tx, rx) = self.node.watch_hub().stream_channel();
+        // Evicted, the stream goes with its gRPC connection: h2 keeps what it took for a stream
+        // until the client takes it, and does not ask a stream whose window is shut for more.
+        tx.when_evicted(end_connection);
         let stream = self.node.watch_hub().new_stream();
         let mut state = StreamState {
             node: self.node.clone(),
@@ -347,13 +350,8 @@ impl WatchService {
                 let next = tokio::select! {
                     biased;
                     _ = state.tx.closed() => break,
-                    _ = state.tx.evicted() => {
-                        // Its client took nothing for too long while the budget was spent. h2
-                        // keeps what it took for the stream until the client takes it, so a gRPC
-                        // stream goes with its connection.
-                        end_connection();
-                        break;
-                    }
+                    // Its client took nothing for too long while the budget was spent.
+                    _ = state.tx.evicted() => break,
                     next = requests.next() => next,
                 };
                 match next {
@@ -409,23 +407,6 @@ impl WatchService {
     }
 }
 
-/// What ends the connection a stream came on, where the transport allows (a gRPC connection with
-/// a [`super::write_gate::WriteGate`]); nothing otherwise.
-fn connection_ender(extensions: &tonic::Extensions) -> impl FnOnce() + Send + 'static {
-    #[cfg(not(madsim))]
-    let gate = extensions
-        .get::<super::tls::ClientConnInfo>()
-        .and_then(|info| info.write_gate.clone());
-    #[cfg(madsim)]
-    let _ = extensions;
-    move || {
-        #[cfg(not(madsim))]
-        if let Some(gate) = gate {
-            gate.end_connection();
-        }
-    }
-}
-
 /// Ends a message's responses: when it is the `last` one queued, says "not yet" once (waking its
 /// task at once), so that the encoder hands what it holds to the transport before the next
 /// message is asked for.
@@ -439,7 +420,7 @@ fn connection_ender(extensions: &tonic::Extensions) -> impl FnOnce() + Send + 's
 /// stream whose client takes nothing is never idle. Messages queued together (one revision for
 /// several watchers of the stream) still go out as one write: pausing after each cost 0.15-0.2
 /// ms of delivery latency with 10 watchers per stream.
-fn taken_first(last: bool) -> impl Stream<Item = Result<WatchResponse, Status>> {
+pub(super) fn taken_first<T>(last: bool) -> impl Stream<Item = Result<T, Status>> {
     let mut paused = !last;
     futures::stream::poll_fn(move |cx| {
         if paused {

@@ -50,6 +50,10 @@ pub struct WatchBudget {
     /// When streams were last searched for stalled ones.
     last_sweep: AtomicU64,
     evicted: AtomicU64,
+    /// Wakes those waiting for room ([`StreamBytes::room_freed`]) when bytes come back.
+    freed: Notify,
+    /// How many wait for room: bytes coming back wake them only if any do.
+    waiting_for_room: AtomicUsize,
 }
 
 impl WatchBudget {
@@ -64,7 +68,15 @@ impl WatchBudget {
             epoch: rt::now(),
             last_sweep: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            freed: Notify::new(),
+            waiting_for_room: AtomicUsize::new(0),
         })
+    }
+
+    fn wake_those_waiting(&self) {
+        if self.waiting_for_room.load(Ordering::Acquire) > 0 {
+            self.freed.notify_waiters();
+        }
     }
 
     /// Streams evicted so far (a counter).
@@ -92,6 +104,7 @@ impl WatchBudget {
             since: AtomicU64::new(self.millis(rt::now())),
             evicted: AtomicBool::new(false),
             on_evict: Notify::new(),
+            ender: parking_lot::Mutex::new(None),
         });
         self.open.lock().insert(id, Arc::downgrade(&stream));
         stream
@@ -143,7 +156,6 @@ impl WatchBudget {
 
 /// One stream's bytes in the budget. Shared by the stream's sending and receiving sides; the last
 /// of them to go gives back whatever was still queued.
-#[derive(Debug)]
 pub(super) struct StreamBytes {
     budget: Arc<WatchBudget>,
     id: u64,
@@ -153,6 +165,18 @@ pub(super) struct StreamBytes {
     since: AtomicU64,
     evicted: AtomicBool,
     on_evict: Notify,
+    /// What ends the stream's transport when it is evicted (see [`Self::when_evicted`]).
+    ender: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for StreamBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamBytes")
+            .field("id", &self.id)
+            .field("queued", &self.queued)
+            .field("evicted", &self.evicted)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamBytes {
@@ -182,6 +206,22 @@ impl StreamBytes {
     fn evict(&self) {
         self.evicted.store(true, Ordering::Release);
         self.on_evict.notify_waiters();
+        if let Some(end) = self.ender.lock().take() {
+            end();
+        }
+    }
+
+    /// Call `end` when the stream is evicted (at once if it was): it ends what the stream's
+    /// reader cannot end by itself, such as a connection whose transport no longer polls the
+    /// stream.
+    pub(super) fn when_evicted(&self, end: impl FnOnce() + Send + 'static) {
+        let mut ender = self.ender.lock();
+        if self.is_evicted() {
+            drop(ender);
+            end();
+        } else {
+            *ender = Some(Box::new(end));
+        }
     }
 
     /// Whether the stream was evicted (it is to end; its client took nothing for too long).
@@ -260,6 +300,24 @@ impl StreamBytes {
         // Its client took a message: it is not stalled.
         self.since
             .store(self.budget.millis(rt::now()), Ordering::Release);
+        self.budget.wake_those_waiting();
+    }
+
+    /// Resolves once some bytes of the member's budget may have come back (wakes spuriously).
+    pub(super) async fn room_freed(&self) {
+        let budget = &self.budget;
+        let freed = budget.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        budget.waiting_for_room.fetch_add(1, Ordering::AcqRel);
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&budget.waiting_for_room);
+        freed.await
     }
 }
 
@@ -270,6 +328,7 @@ impl Drop for StreamBytes {
             .fetch_sub(*self.queued.get_mut(), Ordering::AcqRel);
         self.budget.streams.fetch_sub(1, Ordering::AcqRel);
         self.budget.open.lock().remove(&self.id);
+        self.budget.wake_those_waiting();
     }
 }
 
@@ -389,8 +448,24 @@ mod tests {
         assert!(second.is_evicted());
         assert!(!reading.is_evicted() && !idle.is_evicted());
         assert_eq!(budget.evicted(), 2);
+        // What ends a stream's transport runs once, when it is evicted, or at once if it was.
+        let ended = Arc::new(AtomicUsize::new(0));
+        let count = |ended: &Arc<AtomicUsize>| {
+            let ended = ended.clone();
+            move || {
+                ended.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        reading.when_evicted(count(&ended));
+        first.when_evicted(count(&ended));
+        assert_eq!(ended.load(Ordering::Acquire), 1, "the evicted one at once");
         // Evicted once: not again. Their bytes come back when they go.
         assert_eq!(budget.evict_stalled(at + ms(10_000)), 1, "the reader, now");
+        assert_eq!(
+            ended.load(Ordering::Acquire),
+            2,
+            "the reader's on its eviction"
+        );
         drop((first, second));
         assert_eq!(budget.queued(), MIB / 2);
         assert_eq!(

@@ -214,6 +214,12 @@ impl StreamSender {
     pub async fn evicted(&self) {
         self.bytes.evicted().await
     }
+
+    /// Call `end` when the stream is evicted (see [`Self::evicted`]): what ends its transport,
+    /// which may no longer poll the stream at all.
+    pub fn when_evicted(&self, end: impl FnOnce() + Send + 'static) {
+        self.bytes.when_evicted(end)
+    }
 }
 
 impl StreamPermit<'_> {
@@ -257,9 +263,37 @@ impl StreamReceiver {
         Some(msg)
     }
 
-    /// The message returned last has been taken by the transport: its bytes go back.
-    fn delivered(&mut self) {
+    /// The message returned last, and what [`Self::try_hold`] counted, has been taken by the
+    /// transport: its bytes go back. `recv` and `try_recv` do this first.
+    pub fn delivered(&mut self) {
         self.bytes.give_back(std::mem::take(&mut self.in_flight));
+    }
+
+    /// Count `bytes` of a response the stream's owner made itself (from what the hub sent) as in
+    /// flight, until the next [`Self::delivered`], if the budget has room for them as for a hub
+    /// message (see `StreamBytes::room`).
+    pub fn try_hold(&mut self, bytes: usize) -> bool {
+        let fits = self.bytes.try_take(bytes);
+        if fits {
+            self.in_flight += bytes;
+        }
+        fits
+    }
+
+    /// Count what is held as in flight as `bytes` instead (a response made once room was held
+    /// for it came out larger or smaller), whatever the limits: at most one response per stream.
+    pub fn hold_exactly(&mut self, bytes: usize) {
+        if bytes > self.in_flight {
+            self.bytes.take(bytes - self.in_flight);
+        } else {
+            self.bytes.give_back(self.in_flight - bytes);
+        }
+        self.in_flight = bytes;
+    }
+
+    /// Resolves once some of the member's budget may have come back (it may wake for nothing).
+    pub async fn room_freed(&self) {
+        self.bytes.room_freed().await
     }
 }
 
