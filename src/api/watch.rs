@@ -377,13 +377,8 @@ impl WatchService {
         let node = self.node.clone();
         let responses = futures::stream::unfold(Some((rx, node)), |state| async move {
             let (mut rx, node) = state?;
-            let evicted = rx.eviction();
-            let msg = tokio::select! {
-                biased;
-                _ = evicted => None,
-                msg = rx.recv() => msg,
-            };
-            let msg = match msg {
+            // An evicted stream's request loop ends and takes its watchers, so a wait here ends too.
+            let msg = match rx.recv().await {
                 Some(msg) if !rx.is_evicted() => msg,
                 // An evicted stream ends at once with its reason: nothing it still holds goes out.
                 _ if rx.is_evicted() => {
