@@ -42,6 +42,45 @@ async fn put_big_values(client: &mut Client, n: usize, bytes: usize) {
     }
 }
 
+/// Reads `big/0000`... from `stream` until `n` of them came, each once and in order, resuming as
+/// etcd's Go client does if the member evicted the stream (it held the spent watch budget while
+/// its client took nothing): a new watch from the next revision it lacks, which must bring the
+/// rest. Returns how many times it resumed.
+async fn read_big_values_resuming(
+    server: &Server,
+    mut stream: etcd_client::WatchStream,
+    n: usize,
+) -> usize {
+    let mut next = 0;
+    let mut next_revision = 1;
+    let mut resumed = 0;
+    let mut _client = None;
+    while next < n {
+        let message = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .expect("events keep coming");
+        let Ok(Some(resp)) = message else {
+            // Evicted: its connection was closed.
+            resumed += 1;
+            assert!(resumed <= 3, "evicted again and again: {message:?}");
+            let mut client = server.client().await;
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(next_revision);
+            stream = client.watch("big/", Some(opts)).await.expect("watch");
+            _client = Some(client);
+            continue;
+        };
+        for ev in resp.events() {
+            let kv = ev.kv().expect("kv");
+            assert_eq!(kv.key_str().expect("utf8"), format!("big/{next:04}"));
+            next_revision = kv.mod_revision() + 1;
+            next += 1;
+        }
+    }
+    resumed
+}
+
 /// Reads `big/0000`... from `stream` until `n` of them came, each once and in order.
 async fn read_big_values_in_order(stream: &mut etcd_client::WatchStream, n: usize) {
     let mut next = 0;
@@ -280,7 +319,7 @@ async fn a_full_stream_refuses_one_more_watcher_clearly() {
 /// Clients that watch a store of large values from revision 1 and never read: their watchers wait
 /// in storage instead of in memory (each stream buffers at most its byte budget), the member's RSS
 /// stays within budget, a well-behaved client keeps its latency, and a slow reader that finally
-/// reads gets every event, in order.
+/// reads gets every event, in order (resuming from its last revision if it was evicted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_stop_reading_cost_bounded_memory() {
     let _alone = common::abuse::one_at_a_time().await;
@@ -326,10 +365,12 @@ async fn readers_that_stop_reading_cost_bounded_memory() {
     assert_p99_within(quiet, p99(&mut attacked));
     assert_survived(&mut server, rss_before);
 
-    // A slow reader that starts reading gets every revision, in order, none twice.
-    let (_c, mut s) = slow.pop().expect("a slow stream");
-    read_big_values_in_order(&mut s, VALUES + LATE_VALUES).await;
-    drop((s, slow));
+    // A slow reader that starts reading gets every revision, in order, none twice (resuming
+    // from its last revision if the member evicted its stream for holding the spent budget).
+    let (_c, s) = slow.pop().expect("a slow stream");
+    let resumed = read_big_values_resuming(&server, s, VALUES + LATE_VALUES).await;
+    eprintln!("the slow reader resumed {resumed} times");
+    drop(slow);
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
 }
 
@@ -338,7 +379,8 @@ async fn readers_that_stop_reading_cost_bounded_memory() {
 /// budget, not each stream's buffer times the streams. Meanwhile a well-behaved watcher on another
 /// connection, catching up over 2,000 small revisions and then following new ones, gets every
 /// event (catch-up cuts its batches to what the budget has left); a slow stream that reads once
-/// the others are gone gets every revision, in order; and when the streams go, their bytes go back.
+/// the others are gone gets every revision, in order (resuming from its last revision if it was
+/// evicted); and when the streams go, their bytes go back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_streams_that_stop_reading_share_one_memory_budget() {
     let _alone = common::abuse::one_at_a_time().await;
@@ -437,11 +479,13 @@ async fn many_streams_that_stop_reading_share_one_memory_budget() {
     assert_p99_within(quiet, p99(&mut attacked));
     assert_survived(&mut server, rss_before);
 
-    // The other streams go; the last one reads: every revision, in order, none twice.
-    let mut s = slow.pop().expect("a slow stream");
+    // The other streams go; the last one reads: every revision, in order, none twice (resuming
+    // from its last revision if the member evicted its stream for holding the spent budget).
+    let s = slow.pop().expect("a slow stream");
     drop(slow);
-    read_big_values_in_order(&mut s, VALUES).await;
-    drop((s, attacker, small, watcher));
+    let resumed = read_big_values_resuming(&server, s, VALUES).await;
+    eprintln!("the slow reader resumed {resumed} times");
+    drop((attacker, small, watcher));
     back_to_baseline(&server.endpoint, baseline, 2, CLEANUP_DEADLINE).await;
     let until = Instant::now() + CLEANUP_DEADLINE;
     while metric(&server.endpoint, "metastore_watch_buffered_bytes").await != 0 {

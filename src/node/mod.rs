@@ -1329,13 +1329,13 @@ async fn blocking_io<T: Send + 'static>(
 async fn run_catch_up(watch: Arc<WatchHub>, state: Arc<Shared>) {
     loop {
         watch.wait_behind(limits::WATCH_CATCHUP_INTERVAL).await;
-        // Streams that hold the spent budget while their clients take nothing would keep the
-        // watchers behind (and everyone's new events) waiting for as long as they stay.
-        let evicted = watch.evict_stalled_streams();
-        if evicted > 0 {
-            tracing::info!("{evicted} watch streams evicted: their clients took no events");
-        }
         loop {
+            // Streams that hold the spent budget while their clients take nothing would keep the
+            // watchers behind (and everyone's new events) waiting for as long as they stay.
+            let evicted = watch.evict_stalled_streams();
+            if evicted > 0 {
+                tracing::info!("{evicted} watch streams evicted: their clients took no events");
+            }
             // A round takes the store's read lock only briefly, before and after its storage
             // read; the read itself is blocking work, kept off the async workers that serve
             // requests and apply.

@@ -24,7 +24,9 @@
 //! HTTP/2 windows). So while the budget is spent, a stream that holds bytes and has taken none
 //! for [`limits::WATCH_STREAM_STALL`] (longer the more it holds) is evicted
 //! ([`WatchBudget::evict_stalled`]): the API layer ends it, with its watchers and, for gRPC, its
-//! connection, and its bytes come back. Its client reconnects and resumes from its last revision.
+//! connection, and its bytes come back. Its client reconnects and resumes from its last revision
+//! (etcd's Go client does so by itself); a client that does not resume loses the stream, which
+//! is the price of everyone else's events getting through.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -112,8 +114,8 @@ impl WatchBudget {
 
     /// While the budget is spent, evict every stream that holds bytes of it and has taken none for
     /// longer than [`StreamBytes::may_stall`] allows: whoever holds it that way takes nothing, and
-    /// everyone else's events wait in storage meanwhile. Searches at most once per
-    /// [`limits::WATCH_STALL_SWEEP_INTERVAL`]; returns how many streams it evicted.
+    /// everyone else's events (large ones at least) wait in storage meanwhile. Searches at most
+    /// once per [`limits::WATCH_STALL_SWEEP_INTERVAL`]; returns how many streams it evicted.
     pub(super) fn evict_stalled(&self, now: Instant) -> usize {
         if self.queued() < self.total {
             return 0;
