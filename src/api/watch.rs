@@ -6,7 +6,10 @@
 //! [`crate::limits::WATCH_STREAM_WATCHERS_MAX`] watchers; a create beyond it is refused as etcd refuses a
 //! create it cannot serve (`created` and `canceled`, with the reason). When the client goes away, the request loop
 //! ends and removes every watcher of the stream at once; a client that only closes its sending
-//! side keeps its watchers, as with etcd.
+//! side keeps its watchers, as with etcd. A stream that holds part of the member's spent watch
+//! budget while its client takes nothing is evicted (`watch::WatchBudget::evict_stalled`): it
+//! ends with its watchers and its connection (the client resumes from its last revision), or,
+//! where there is no gRPC connection to close (the JSON gateway), with `Unavailable`.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
