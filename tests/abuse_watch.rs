@@ -601,6 +601,23 @@ fn raw_watches(host: &str, key: &[u8], streams: u32, window: u32) -> Vec<u8> {
     )
 }
 
+/// `connections` client connections to `host` that each send `calls` (raw HTTP/2) and then read
+/// and throw away whatever the member sends (`connect_reading_all`), with their reading tasks.
+async fn connections_reading_all(
+    host: &str,
+    connections: usize,
+    calls: &[u8],
+) -> Vec<(tokio::net::tcp::OwnedWriteHalf, tokio::task::JoinHandle<()>)> {
+    use tokio::io::AsyncWriteExt;
+    let mut attackers = Vec::new();
+    for _ in 0..connections {
+        let (mut conn, reader) = connect_reading_all(host).await;
+        conn.write_all(calls).await.expect("send");
+        attackers.push((conn, reader));
+    }
+    attackers
+}
+
 /// Once the member has `watchers` watchers (the attacker's streams are all open: what an open
 /// stream costs by itself is not the attack), a probe with its quiet p99 and the member's RSS.
 async fn once_watching(server: &Server, watchers: i64) -> (Probe, Duration, u64) {
@@ -777,15 +794,9 @@ async fn streams_that_never_open_their_windows_cannot_starve_other_watchers() {
     let baseline = settled_footprint(&server.endpoint).await;
 
     let host = server.endpoint.trim_start_matches("http://").to_string();
-    let mut attackers = Vec::new();
-    for _ in 0..CONNECTIONS {
-        use tokio::io::AsyncWriteExt;
-        let (mut conn, reader) = connect_reading_all(&host).await;
-        // HTTP/2's default windows, never opened further.
-        let calls = raw_watches(&host, b"abuse/key", STREAMS_PER_CONNECTION, 65_535);
-        conn.write_all(&calls).await.expect("send");
-        attackers.push((conn, reader));
-    }
+    // HTTP/2's default windows, never opened further.
+    let calls = raw_watches(&host, b"abuse/key", STREAMS_PER_CONNECTION, 65_535);
+    let mut attackers = connections_reading_all(&host, CONNECTIONS, &calls).await;
     let (probe, quiet, rss_before) = once_watching(&server, baseline.1 + STREAMS as i64).await;
     let value = vec![b'x'; VALUE_BYTES];
     for _ in 0..PUTS {
@@ -847,10 +858,10 @@ async fn streams_that_never_open_their_windows_cannot_starve_other_watchers() {
 /// A thousand Election.Observe calls whose clients read their sockets but never open their
 /// HTTP/2 windows, while the leader proclaims five 1 MiB values. Before, each call queued up to
 /// 128 responses for its client, every one a copy of the value: 1,000 calls and ten proclamations
-/// took a release build from 111 MB to 1.26 GB (this test's debug build: +2.6 GB, with ten). Now a
-/// call makes a response only when the
-/// transport asks for one (the leader as it is then), counted in the member's watch budget until
-/// its client takes it, and a well-behaved observer still sees the last value.
+/// took a release build from 111 MB to 1.26 GB (this test's debug build: +2.6 GB, with ten). Now
+/// a call makes a response only when the transport asks for one (the leader as it is then),
+/// counted in the member's watch budget until its client takes it, and a well-behaved observer
+/// still sees the last value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observers_that_take_nothing_share_the_watch_budget() {
     use etcd_client::ProclaimOptions;
@@ -884,22 +895,16 @@ async fn observers_that_take_nothing_share_the_watch_budget() {
         name: b"abuse-election".to_vec(),
     }
     .encode_to_vec();
-    let mut attackers = Vec::new();
-    for _ in 0..CONNECTIONS {
-        use tokio::io::AsyncWriteExt;
-        let (mut conn, reader) = connect_reading_all(&host).await;
-        // HTTP/2's default windows, never opened further.
-        let calls = raw_grpc_calls(
-            &host,
-            "/v3electionpb.Election/Observe",
-            &request,
-            CALLS_PER_CONNECTION,
-            true,
-            65_535,
-        );
-        conn.write_all(&calls).await.expect("send");
-        attackers.push((conn, reader));
-    }
+    // HTTP/2's default windows, never opened further.
+    let calls = raw_grpc_calls(
+        &host,
+        "/v3electionpb.Election/Observe",
+        &request,
+        CALLS_PER_CONNECTION,
+        true,
+        65_535,
+    );
+    let attackers = connections_reading_all(&host, CONNECTIONS, &calls).await;
     let (probe, quiet, rss_before) = once_watching(&server, baseline.1 + CALLS as i64).await;
     let values: Vec<Vec<u8>> = (0..PROCLAIMS)
         .map(|i| vec![b'a' + i as u8; VALUE_BYTES])

@@ -291,17 +291,22 @@ impl StreamBytes {
         self.budget.queued.fetch_add(size, Ordering::AcqRel);
     }
 
-    /// Give back `size` bytes taken before.
+    /// Give back `size` bytes of a message its client took: the stream is not stalled.
     pub(super) fn give_back(&self, size: usize) {
         if size == 0 {
             return;
         }
+        self.release(size);
+        self.since
+            .store(self.budget.millis(rt::now()), Ordering::Release);
+    }
+
+    /// Give back `size` bytes taken before, without saying the client took anything (a hold cut
+    /// to what was needed).
+    pub(super) fn release(&self, size: usize) {
         let before = self.queued.fetch_sub(size, Ordering::AcqRel);
         debug_assert!(before >= size, "a stream gave back more than it took");
         self.budget.queued.fetch_sub(size, Ordering::AcqRel);
-        // Its client took a message: it is not stalled.
-        self.since
-            .store(self.budget.millis(rt::now()), Ordering::Release);
         self.budget.wake_those_waiting();
     }
 

@@ -286,7 +286,7 @@ impl StreamReceiver {
         if bytes > self.in_flight {
             self.bytes.take(bytes - self.in_flight);
         } else {
-            self.bytes.give_back(self.in_flight - bytes);
+            self.bytes.release(self.in_flight - bytes);
         }
         self.in_flight = bytes;
     }
