@@ -286,6 +286,11 @@ pub const COMPACTION_PHYSICAL_STALL_MAX: Duration = Duration::from_secs(10);
 /// Most entries kept below the last snapshot (never more than half of `--snapshot-count`).
 pub const RAFT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 
+/// Bytes of the raft log's newest entries kept in memory ([`crate::raft::log_tail`]): openraft
+/// reads each entry back to apply it and to replicate it, almost always within a few entries of
+/// the end. A few of the largest requests, or some thousands of small ones.
+pub const RAFT_LOG_TAIL_BYTES: usize = 4 * 1024 * 1024;
+
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -6,6 +6,9 @@
 //! once and lets a background worker fsync (see [`LogStore::with_background_sync`]). openraft hands
 //! every pending entry to one `append` call, so under load one fsync covers many client writes
 //! (group commit).
+//!
+//! Reads of the newest entries (applying and replicating what was just appended) are answered
+//! from memory by [`LogTail`], which every append, truncation and purge updates with the engine.
 
 use std::fmt::Debug;
 use std::io;
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
+use super::log_tail::LogTail;
 use super::{decode, encode, Entry, LogId, TypeConfig, Vote};
 use crate::metrics::Metrics;
 use crate::storage::{Durability, Keyspace, SharedEngine, WriteBatch};
@@ -42,6 +46,8 @@ pub struct LogStore {
     syncer: Option<crate::rt::BatchSender<IOFlushed<TypeConfig>>>,
     /// Where fsync times go.
     metrics: Arc<Metrics>,
+    /// The newest entries, which openraft reads back at once (shared by every clone).
+    tail: Arc<LogTail>,
 }
 
 impl LogStore {
@@ -52,6 +58,7 @@ impl LogStore {
             engine,
             syncer: None,
             metrics,
+            tail: Arc::default(),
         }
     }
 
@@ -77,6 +84,7 @@ impl LogStore {
             engine,
             syncer: Some(syncer),
             metrics,
+            tail: Arc::default(),
         })
     }
 
@@ -145,11 +153,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        // Exclusive; `None`: through the last entry.
         let end = match range.end_bound() {
-            Bound::Included(&i) => i.checked_add(1).map(entry_key),
-            Bound::Excluded(&i) => Some(entry_key(i)),
+            Bound::Included(&i) => i.checked_add(1),
+            Bound::Excluded(&i) => Some(i),
             Bound::Unbounded => None,
         };
+        if let Some(entries) = self.tail.get(start, end) {
+            return Ok(entries);
+        }
+        let end = end.map(entry_key);
         let end = end.as_ref().map(|k| &k[..]).unwrap_or(&ENTRIES_END);
         let mut entries = Vec::new();
         let mut failure = None;
@@ -215,17 +228,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::new();
         let mut first_index = None;
+        let mut written = Vec::new();
         for entry in entries {
             first_index.get_or_insert(entry.log_id);
+            let bytes = encode(&entry)?;
+            let size = bytes.len();
             batch.put(
                 Keyspace::Raft,
                 entry_key(entry.log_id.index).to_vec(),
-                encode(&entry)?,
+                bytes,
             );
+            written.push((entry, size));
         }
         if cfg!(feature = "sim-bug-early-ack") {
             // Deliberately broken: the append is reported durable before any fsync.
             self.engine.write(batch, Durability::Buffered)?;
+            self.tail.appended(written);
             callback.io_completed(Ok(()));
             return Ok(());
         }
@@ -236,12 +254,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 "log append buffered"
             );
             self.engine.write(batch, Durability::Buffered)?;
+            self.tail.appended(written);
             return match syncer.send(callback) {
                 Ok(()) => Ok(()),
                 Err(_) => Err(io::Error::other("the log syncer stopped")),
             };
         }
         let result = self.write_synced(batch).await;
+        if result.is_ok() {
+            self.tail.appended(written);
+        }
         match &result {
             Ok(()) => callback.io_completed(Ok(())),
             Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
@@ -251,6 +273,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|id| id.index + 1).unwrap_or(0);
+        // The tail first: a reader between the two finds it short and reads the engine.
+        self.tail.truncated_after(last_log_id.map(|id| id.index));
         let mut batch = WriteBatch::new();
         batch.delete_range(
             Keyspace::Raft,
@@ -261,6 +285,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.tail.purged_upto(log_id.index);
         let mut batch = WriteBatch::new();
         batch.put(Keyspace::Raft, PURGED_KEY, encode(&log_id)?);
         batch.delete_range(

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `RaftTypeConfig` | [`TypeConfig`] (this file) |
 //! | `AsyncRuntime` | [`crate::rt::SeamRuntime`] |
-//! | `RaftLogStorage`, `RaftLogReader` | [`log_store::LogStore`] |
+//! | `RaftLogStorage`, `RaftLogReader` | [`log_store::LogStore`] (newest entries from [`log_tail::LogTail`]) |
 //! | `RaftStateMachine`, `RaftSnapshotBuilder` | [`state_machine::StateMachine`] |
 //! | `RaftNetworkFactory`, `RaftNetworkV2` | [`network::Network`] (gRPC `Peer` service; `dial` adds TLS for `https://` peers) |
 //!
@@ -18,6 +18,7 @@ pub mod dial;
 pub mod etcd_snapshot;
 pub mod forwards;
 pub mod log_store;
+pub mod log_tail;
 pub mod network;
 pub mod snapshot;
 pub mod state_machine;
