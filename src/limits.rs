@@ -582,6 +582,10 @@ const _: () = assert!(
 /// restart replays.
 pub const ENGINE_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
+/// Records read by one batched engine lookup ([`crate::storage::Engine::get_many`]): RocksDB pins
+/// the blocks of a batch's values until they are copied out, so a batch is bounded, not a range.
+pub const ENGINE_GET_MANY_KEYS: usize = 256;
+
 /// RocksDB asks the kernel to write a table file back each time this many bytes were added to it
 /// (`bytes_per_sync`), so a log fsync never waits behind a large backlog of dirty pages.
 pub const ENGINE_WRITEBACK_BYTES: u64 = 1024 * 1024;

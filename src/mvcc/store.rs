@@ -272,13 +272,7 @@ fn read_records(
     };
     let span = u64::try_from(last.main - first.main).unwrap_or(u64::MAX);
     if span / RANGE_SCAN_DENSITY > loads.len() as u64 {
-        for (i, rev) in loads {
-            let raw = view
-                .get(Keyspace::Kv, &rev.record_key(false))?
-                .ok_or_else(|| missing(rev))?;
-            kvs[i] = decode(rev, &raw)?;
-        }
-        return Ok(());
+        return read_scattered(|keys| view.get_many(Keyspace::Kv, keys), &loads, kvs);
     }
     let end = Revision::new(last.main + 1, 0).to_bytes();
     let mut wanted = loads.into_iter().peekable();
@@ -315,6 +309,29 @@ fn read_records(
         Some((_, rev)) => Err(missing(rev).into()),
         None => Ok(()),
     }
+}
+
+/// Reads the records at `loads` (position in `kvs`, revision; in revision order, which is the
+/// engine's key order) through `get_many`, in batches of [`crate::limits::ENGINE_GET_MANY_KEYS`]: one
+/// batched engine lookup each instead of one lookup per record.
+fn read_scattered(
+    get_many: impl Fn(&[Vec<u8>]) -> crate::storage::Result<Vec<Option<Vec<u8>>>>,
+    loads: &[(usize, Revision)],
+    kvs: &mut [KeyValue],
+) -> Result<()> {
+    debug_assert!(loads.windows(2).all(|w| w[0].1 <= w[1].1));
+    for batch in loads.chunks(crate::limits::ENGINE_GET_MANY_KEYS) {
+        let keys: Vec<Vec<u8>> = batch.iter().map(|(_, rev)| rev.record_key(false)).collect();
+        let values = get_many(&keys)?;
+        debug_assert_eq!(values.len(), batch.len());
+        for (&(i, rev), raw) in batch.iter().zip(values) {
+            let raw =
+                raw.ok_or_else(|| corrupt(format!("index points at missing record {rev:?}")))?;
+            kvs[i] = KeyValue::decode(raw.as_slice())
+                .map_err(|e| MvccError::from(corrupt(format!("record {rev:?}: {e}"))))?;
+        }
+    }
+    Ok(())
 }
 
 /// One bounded piece of a range read ([`MvccStore::range_chunk`]).
@@ -735,12 +752,14 @@ impl MvccStore {
         }
         if first && read.next.is_none() {
             // The whole range in one piece: its records are read here, under the caller's hold.
-            for (i, rev) in loads {
-                let mut kv = self.load(rev)?;
-                if keys_only {
-                    kv.value = Vec::new();
+            let mut loads = loads;
+            loads.sort_unstable_by_key(|(_, rev)| *rev);
+            let engine = &self.engine;
+            read_scattered(|keys| engine.get_many(Keyspace::Kv, keys), &loads, &mut kvs)?;
+            if keys_only {
+                for (i, _) in loads {
+                    kvs[i].value = Vec::new();
                 }
-                kvs[i] = kv;
             }
             read.keep(kvs);
         } else {

@@ -16,6 +16,7 @@ pub fn run_all(make: &Factory<'_>) {
     scan_is_point_in_time(&*make());
     view_is_frozen(&*make());
     views_stay_frozen_under_concurrent_writes(&*make());
+    get_many_answers_in_order(&*make());
     size_grows_with_data(&*make());
 }
 
@@ -201,6 +202,35 @@ fn view_is_frozen(e: &dyn Engine) {
     })
     .expect("empty range");
     assert!(first.is_empty());
+}
+
+fn get_many_answers_in_order(e: &dyn Engine) {
+    for k in ["a", "c", "e"] {
+        put(e, Keyspace::Kv, k.as_bytes(), format!("{k}1").as_bytes());
+    }
+    put(e, Keyspace::Meta, b"b", b"meta");
+    let asked: Vec<Vec<u8>> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    let v = |s: &str| Some(s.as_bytes().to_vec());
+    let now = e.get_many(Keyspace::Kv, &asked).expect("get_many");
+    assert_eq!(now, vec![v("a1"), None, v("c1"), None, v("e1")]);
+    assert_eq!(e.get_many(Keyspace::Kv, &[]).expect("none asked"), vec![]);
+    let view = e.view().expect("view");
+    let mut b = WriteBatch::new();
+    b.put(Keyspace::Kv, "a", "a2");
+    b.put(Keyspace::Kv, "b", "b2");
+    b.delete(Keyspace::Kv, "e");
+    e.write(b, Durability::Buffered).expect("write");
+    let then = view.get_many(Keyspace::Kv, &asked).expect("view get_many");
+    assert_eq!(then, now, "a view answers for the moment it was taken");
+    let after = e.get_many(Keyspace::Kv, &asked).expect("get_many");
+    assert_eq!(after, vec![v("a2"), v("b2"), v("c1"), None, None]);
+    for (i, k) in asked.iter().enumerate() {
+        assert_eq!(e.get(Keyspace::Kv, k).expect("get"), after[i]);
+        assert_eq!(view.get(Keyspace::Kv, k).expect("get"), then[i]);
+    }
 }
 
 /// What a range read relies on: a view taken at one point keeps answering for that point, record by

@@ -87,6 +87,10 @@ impl Engine for FailStop {
         self.inner.get(ks, key)
     }
 
+    fn get_many(&self, ks: Keyspace, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.inner.get_many(ks, keys)
+    }
+
     fn scan_ordered(
         &self,
         ks: Keyspace,

@@ -175,6 +175,12 @@ pub trait EngineView: Send + Sync {
     /// The value stored under `key` when the view was taken.
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// The values stored under `keys` (in ascending order), in the order asked when the view was taken. An engine with
+    /// a batched lookup (RocksDB's `MultiGet`) serves them in one pass; the default asks for each.
+    fn get_many(&self, ks: Keyspace, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(ks, k)).collect()
+    }
+
     /// Visit keys in `[start, end)` (`end = None`: to the end) in ascending order; `visit`
     /// returns false to stop.
     fn scan(
@@ -190,6 +196,12 @@ pub trait EngineView: Send + Sync {
 pub trait Engine: Send + Sync + 'static {
     /// The value stored under `key`.
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// The values stored under `keys` (in ascending order), in the order asked. An engine with
+    /// a batched lookup (RocksDB's `MultiGet`) serves them in one pass; the default asks for each.
+    fn get_many(&self, ks: Keyspace, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(ks, k)).collect()
+    }
 
     /// Visit keys in `[start, end)` (`end = None`: to the end) in `order`, on one point-in-time
     /// view: writes that land during the scan are not seen. `visit` returns false to stop.

@@ -61,6 +61,12 @@ impl EngineView for RocksView {
         self.snapshot.get_cf(cf_of(&self.db, ks)?, key).map_err(err)
     }
 
+    fn get_many(&self, ks: Keyspace, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&self.snapshot);
+        multi_get(&self.db, cf_of(&self.db, ks)?, keys, &ro)
+    }
+
     fn scan(
         &self,
         ks: Keyspace,
@@ -76,6 +82,22 @@ impl EngineView for RocksView {
             .raw_iterator_cf_opt(cf_of(&self.db, ks)?, RocksEngine::bounded(start, end));
         drive(it, Order::Ascending, visit)
     }
+}
+
+/// RocksDB's batched `MultiGet` of sorted `keys`: one pass through the memtables and table files
+/// for all of them (a `get` each costs a lookup of its own: 19% of a member's CPU in the
+/// Kubernetes-shaped workload, whose lists read hundreds of records scattered over revisions).
+fn multi_get(
+    db: &DB,
+    cf: &rocksdb::ColumnFamily,
+    keys: &[Vec<u8>],
+    ro: &ReadOptions,
+) -> Result<Vec<Option<Vec<u8>>>> {
+    debug_assert!(keys.windows(2).all(|w| w[0] <= w[1]), "keys out of order");
+    db.batched_multi_get_cf_opt(cf, keys, true, ro)
+        .into_iter()
+        .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(err))
+        .collect()
 }
 
 fn err(e: rocksdb::Error) -> StorageError {
@@ -126,6 +148,10 @@ impl RocksEngine {
 impl Engine for RocksEngine {
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get_cf(self.cf(ks)?, key).map_err(err)
+    }
+
+    fn get_many(&self, ks: Keyspace, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        multi_get(&self.db, self.cf(ks)?, keys, &ReadOptions::default())
     }
 
     fn scan_ordered(
