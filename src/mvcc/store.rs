@@ -262,10 +262,6 @@ fn read_records(
     mut loads: Vec<(usize, Revision)>,
     kvs: &mut [KeyValue],
 ) -> Result<()> {
-    let decode = |rev: Revision, raw: &[u8]| {
-        KeyValue::decode(raw).map_err(|e| MvccError::from(corrupt(format!("record {rev:?}: {e}"))))
-    };
-    let missing = |rev: Revision| corrupt(format!("index points at missing record {rev:?}"));
     loads.sort_unstable_by_key(|(_, rev)| *rev);
     let (Some(&(_, first)), Some(&(_, last))) = (loads.first(), loads.last()) else {
         return Ok(());
@@ -285,7 +281,7 @@ fn read_records(
         match rev.to_bytes().as_slice().cmp(k) {
             // Superseded records, tombstones and other keys' records in the span.
             std::cmp::Ordering::Greater => true,
-            std::cmp::Ordering::Equal => match decode(rev, v) {
+            std::cmp::Ordering::Equal => match decode_record(rev, v) {
                 Ok(kv) => {
                     kvs[i] = kv;
                     wanted.next();
@@ -297,7 +293,7 @@ fn read_records(
                 }
             },
             std::cmp::Ordering::Less => {
-                failure = Some(missing(rev).into());
+                failure = Some(missing_record(rev).into());
                 false
             }
         }
@@ -306,7 +302,7 @@ fn read_records(
         return Err(e);
     }
     match wanted.next() {
-        Some((_, rev)) => Err(missing(rev).into()),
+        Some((_, rev)) => Err(missing_record(rev).into()),
         None => Ok(()),
     }
 }
@@ -325,13 +321,21 @@ fn read_scattered(
         let values = get_many(&keys)?;
         debug_assert_eq!(values.len(), batch.len());
         for (&(i, rev), raw) in batch.iter().zip(values) {
-            let raw =
-                raw.ok_or_else(|| corrupt(format!("index points at missing record {rev:?}")))?;
-            kvs[i] = KeyValue::decode(raw.as_slice())
-                .map_err(|e| MvccError::from(corrupt(format!("record {rev:?}: {e}"))))?;
+            let raw = raw.ok_or_else(|| missing_record(rev))?;
+            kvs[i] = decode_record(rev, &raw)?;
         }
     }
     Ok(())
+}
+
+/// The record at `rev`, decoded from the engine's bytes.
+fn decode_record(rev: Revision, raw: &[u8]) -> Result<KeyValue> {
+    KeyValue::decode(raw).map_err(|e| MvccError::from(corrupt(format!("record {rev:?}: {e}"))))
+}
+
+/// The key index names a record the engine does not have: the store is corrupt.
+fn missing_record(rev: Revision) -> StorageError {
+    corrupt(format!("index points at missing record {rev:?}"))
 }
 
 /// One bounded piece of a range read ([`MvccStore::range_chunk`]).
@@ -663,8 +667,8 @@ impl MvccStore {
             return Ok(kv.clone());
         }
         let raw = self.engine.get(Keyspace::Kv, &rev.record_key(false))?;
-        let raw = raw.ok_or_else(|| corrupt(format!("index points at missing record {rev:?}")))?;
-        KeyValue::decode(raw.as_slice()).map_err(|e| corrupt(format!("record {rev:?}: {e}")).into())
+        let raw = raw.ok_or_else(|| missing_record(rev))?;
+        decode_record(rev, &raw)
     }
 
     /// Read `[key, end)` as of revision `rev` (`<= 0`: newest). At most `limit` records are loaded

@@ -175,8 +175,9 @@ pub trait EngineView: Send + Sync {
     /// The value stored under `key` when the view was taken.
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
-    /// The values stored under `keys` (in ascending order), in the order asked when the view was taken. An engine with
-    /// a batched lookup (RocksDB's `MultiGet`) serves them in one pass; the default asks for each.
+    /// The values stored under `keys` (in ascending order) when the view was taken, in the order
+    /// asked. An engine with a batched lookup (RocksDB's `MultiGet`) serves them in one pass; the
+    /// default asks for each.
     fn get_many(&self, ks: Keyspace, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
         keys.iter().map(|k| self.get(ks, k)).collect()
     }
