@@ -20,7 +20,6 @@ use super::access::Access;
 use crate::apply::Applied;
 use crate::auth::{AuthError, NewToken};
 use crate::node::Node;
-use crate::pb::authpb::permission::Type as PermType;
 use crate::pb::etcdserverpb::auth_server::Auth;
 use crate::pb::etcdserverpb::*;
 use crate::pb::metastore::{auth_command, command, AuthCommand, Requester, TokenIssue};
@@ -87,7 +86,8 @@ impl AuthService {
             .map_err(|e| Status::internal(format!("etcdserver: cannot hash password: {e}")))
     }
 
-    /// Root may read anything; another user only what `own` says is its own.
+    /// Root may read anything; another user only what `own` says is its own (a caller without a
+    /// user is asked about as the user named "").
     fn check_read<T>(
         &self,
         request: &Request<T>,
@@ -98,7 +98,10 @@ impl AuthService {
             .caller(request.metadata(), cert_user(request.extensions()))?;
         match self.access.check_admin(&caller) {
             Ok(_) => Ok(()),
-            Err(AuthError::PermissionDenied) if caller.user().is_some_and(own) => Ok(()),
+            Err(AuthError::PermissionDenied) if caller.user().is_some_and(&own) => Ok(()),
+            // etcd compares the name asked for with the caller's, the empty one for a caller
+            // without a user: such a caller may ask after user "" (and is told it is not found).
+            Err(AuthError::UserEmpty) if caller.user().is_none() && own("") => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -161,7 +164,7 @@ impl Auth for AuthService {
             }
             let user = auth.user(&req.name).ok_or(AuthError::AuthFailed)?;
             if user.options.as_ref().is_some_and(|o| o.no_password) {
-                return Err(AuthError::AuthFailed.into());
+                return Err(AuthError::NoPasswordUser.into());
             }
             (user.password.clone(), auth.revision())
         };
@@ -285,13 +288,22 @@ impl Auth for AuthService {
             .access
             .permit_admin(request.metadata(), cert_user(request.extensions()))?;
         let req = request.into_inner();
-        if self.node.auth().user(&req.name).is_none() {
-            return Err(AuthError::UserNotFound.into());
-        }
+        let no_password = match self.node.auth().user(&req.name) {
+            None => return Err(AuthError::UserNotFound.into()),
+            Some(user) => user.options.as_ref().is_some_and(|o| o.no_password),
+        };
+        let hashed_password = if !req.password.is_empty() {
+            self.hash(req.password).await?
+        } else if no_password {
+            // A user added without a password keeps none (apply leaves it so).
+            String::new()
+        } else {
+            client_hash(&req.hashed_password)?
+        };
         let change = AuthUserChangePasswordRequest {
             name: req.name,
             password: String::new(),
-            hashed_password: self.hash(req.password).await?,
+            hashed_password,
         };
         let header = self
             .propose(auth_command::Op::UserChangePassword(change), requester)
@@ -382,12 +394,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        let valid = request
-            .get_ref()
-            .perm
-            .as_ref()
-            .is_some_and(|p| PermType::try_from(p.perm_type).is_ok());
-        if !valid {
+        // Any permission type is stored as it is, as etcd 3.5 does; one it does not know grants
+        // nothing.
+        if request.get_ref().perm.is_none() {
             self.access
                 .permit_admin(request.metadata(), cert_user(request.extensions()))?;
             return Err(AuthError::PermissionNotGiven.into());
@@ -405,4 +414,16 @@ impl Auth for AuthService {
         let header = self.change(&request, op).await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }
+}
+
+/// The password hash a client sent itself in a password change without a password (etcd 3.5's
+/// `hashedPassword`: a bcrypt hash, base64-encoded). Text that is not base64 is refused with
+/// etcd's error for it. Decoded bytes that are not text cannot be a bcrypt hash: stored as no
+/// hash, which no password matches, as etcd's stored bytes would match none.
+fn client_hash(encoded: &str) -> Result<String, AuthError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| AuthError::NoPasswordUser)?;
+    Ok(String::from_utf8(bytes).unwrap_or_default())
 }

@@ -43,6 +43,13 @@ use crate::pb::etcdserverpb::{
     MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
     MoveLeaderRequest, PutRequest, RangeRequest, StatusRequest, TxnRequest, WatchRequest,
 };
+use crate::pb::etcdserverpb::{
+    AuthDisableResponse, AuthEnableResponse, AuthRoleAddResponse, AuthRoleDeleteResponse,
+    AuthRoleGetResponse, AuthRoleGrantPermissionResponse, AuthRoleListResponse,
+    AuthRoleRevokePermissionResponse, AuthStatusResponse, AuthUserAddResponse,
+    AuthUserChangePasswordResponse, AuthUserDeleteResponse, AuthUserGetResponse,
+    AuthUserGrantRoleResponse, AuthUserListResponse, AuthUserRevokeRoleResponse,
+};
 use crate::pb::v3electionpb::election_server::Election;
 use crate::pb::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest};
 use crate::pb::v3lockpb::lock_server::Lock;
@@ -137,7 +144,7 @@ macro_rules! auth_routes {
             async fn call(self, auth: &AuthService, token: Option<&str>) -> Result<Vec<u8>, Status> {
                 Ok(match self {
                     $(AuthRequest::$variant(m) => {
-                        to_json(&auth.$method(with_token(m, token)).await?.into_inner())
+                        auth.$method(with_token(m, token)).await?.into_inner().json()
                     })*
                 })
             }
@@ -162,6 +169,55 @@ auth_routes! {
     "auth/role/delete" => RoleDelete(AuthRoleDeleteRequest) => role_delete,
     "auth/role/grant" => RoleGrantPermission(AuthRoleGrantPermissionRequest) => role_grant_permission,
     "auth/role/revoke" => RoleRevokePermission(AuthRoleRevokePermissionRequest) => role_revoke_permission,
+}
+
+/// An Auth response as the gateway prints it.
+trait AuthReply: Serialize + Sized {
+    fn json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+}
+
+impl AuthReply for AuthEnableResponse {}
+impl AuthReply for AuthDisableResponse {}
+impl AuthReply for AuthStatusResponse {}
+impl AuthReply for AuthUserAddResponse {}
+impl AuthReply for AuthUserGetResponse {}
+impl AuthReply for AuthUserListResponse {}
+impl AuthReply for AuthUserDeleteResponse {}
+impl AuthReply for AuthUserChangePasswordResponse {}
+impl AuthReply for AuthUserGrantRoleResponse {}
+impl AuthReply for AuthUserRevokeRoleResponse {}
+impl AuthReply for AuthRoleAddResponse {}
+impl AuthReply for AuthRoleListResponse {}
+impl AuthReply for AuthRoleDeleteResponse {}
+impl AuthReply for AuthRoleGrantPermissionResponse {}
+impl AuthReply for AuthRoleRevokePermissionResponse {}
+
+/// A role may hold a permission type etcd does not know (stored as granted, as etcd 3.5 does),
+/// which the generated serializer refuses: etcd's gateway prints such a type as its number.
+impl AuthReply for AuthRoleGetResponse {
+    fn json(&self) -> Vec<u8> {
+        use crate::pb::authpb::permission::Type;
+        let unknown: Vec<(usize, i32)> = (self.perm.iter().enumerate())
+            .filter(|(_, p)| Type::try_from(p.perm_type).is_err())
+            .map(|(at, p)| (at, p.perm_type))
+            .collect();
+        if unknown.is_empty() {
+            return to_json(self);
+        }
+        let mut printable = self.clone();
+        for (at, _) in &unknown {
+            printable.perm[*at].perm_type = Type::Read as i32;
+        }
+        let mut value = serde_json::to_value(&printable).unwrap_or_default();
+        for (at, number) in unknown {
+            if let Some(perm) = value.get_mut("perm").and_then(|p| p.get_mut(at)) {
+                perm["permType"] = number.into();
+            }
+        }
+        go_escape(serde_json::to_vec(&value).unwrap_or_default())
+    }
 }
 
 /// Paths below a prefix, as etcd 3.4's `rpc.proto` binds them (lease revoke, time-to-live and
@@ -876,6 +932,38 @@ mod tests {
     use crate::pb::etcdserverpb::{request_op, Compare, RequestOp, ResponseHeader};
     use crate::pb::etcdserverpb::{PutResponse, RangeResponse};
     use crate::pb::mvccpb::KeyValue;
+
+    #[test]
+    fn a_permission_type_etcd_does_not_know_prints_as_its_number() {
+        use crate::pb::authpb::Permission;
+        let perm = |perm_type: i32, key: &[u8]| Permission {
+            perm_type,
+            key: key.to_vec(),
+            range_end: Vec::new(),
+        };
+        let resp = AuthRoleGetResponse {
+            header: None,
+            perm: vec![perm(2, b"a"), perm(7, b"b"), perm(1, b"c")],
+        };
+        let json: serde_json::Value = serde_json::from_slice(&resp.json()).expect("JSON");
+        let types: Vec<_> = json["perm"]
+            .as_array()
+            .expect("perms")
+            .iter()
+            .map(|p| p["permType"].clone())
+            .collect();
+        assert_eq!(
+            types,
+            [serde_json::json!("READWRITE"), 7.into(), "WRITE".into()]
+        );
+        assert_eq!(json["perm"][1]["key"], "Yg==", "the rest as usual");
+        // Known types only: the generated serializer's own output.
+        let known = AuthRoleGetResponse {
+            header: None,
+            perm: vec![perm(2, b"a")],
+        };
+        assert_eq!(known.json(), to_json(&known));
+    }
 
     #[test]
     fn routes_follow_etcd_3_4() {

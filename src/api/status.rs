@@ -104,9 +104,9 @@ impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         // etcd's rpctypes codes for each auth error.
         let code = match e {
-            // Errors of etcd's token provider that rpctypes does not map: code Unknown and the
-            // auth store's own text.
-            AuthError::VerifyOnly | AuthError::TokenSign(_) => {
+            // Errors of etcd's auth store and token provider that rpctypes does not map: code
+            // Unknown and the auth store's own text.
+            AuthError::VerifyOnly | AuthError::TokenSign(_) | AuthError::NoPasswordUser => {
                 return status(Code::Unknown, &format!("auth: {e}"))
             }
             AuthError::UserEmpty

@@ -68,8 +68,13 @@ struct StreamState {
 impl StreamState {
     /// Answer a create request that cannot be served: `created` and `canceled`, with etcd's reason.
     async fn refuse(&self, head: i64, reason: &str) -> Result<(), ResponsesGone> {
+        self.refuse_as(INVALID_WATCH_ID, head, reason).await
+    }
+
+    /// Answer a create with `created` and `canceled` for `reason`, under `watch_id`.
+    async fn refuse_as(&self, watch_id: i64, head: i64, reason: &str) -> Result<(), ResponsesGone> {
         let msg = HubMessage::Created {
-            watch_id: INVALID_WATCH_ID,
+            watch_id,
             revision: head,
             reason: Some(reason.to_string()),
         };
@@ -79,13 +84,17 @@ impl StreamState {
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), ResponsesGone> {
         let head = self.node.current_revision();
         let needs = crate::auth::perms::watch_needs(&req);
-        if let Err(e) = self
+        if self
             .access
             .permit(&self.metadata, self.cert_user.as_deref(), &needs)
+            .is_err()
         {
-            return self
-                .refuse(head, &super::status::watch_cancel_reason(e))
-                .await;
+            // etcd asks only whether the watch is permitted: whatever the reason (no user, a
+            // stale token, a missing permission) it answers "permission denied", under the id
+            // the request asked for (0 when it asked for none).
+            let reason =
+                super::status::watch_cancel_reason(crate::auth::AuthError::PermissionDenied);
+            return self.refuse_as(req.watch_id, head, &reason).await;
         }
         let spec = match watch_spec(&req) {
             Ok(spec) => spec,

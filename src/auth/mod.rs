@@ -41,6 +41,10 @@ pub enum AuthError {
     RoleEmpty,
     #[error("authentication failed, invalid user ID or password")]
     AuthFailed,
+    /// Logging in as a user added without a password, or a password change whose client-side
+    /// hash is not base64 (etcd 3.5 reuses the one error for both).
+    #[error("authentication failed, password was given for no password user")]
+    NoPasswordUser,
     #[error("permission denied")]
     PermissionDenied,
     #[error("role is not granted to the user")]

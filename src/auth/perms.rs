@@ -21,13 +21,14 @@ pub enum PermKind {
 }
 
 impl PermKind {
-    /// Whether a permission of type `t` grants this access.
-    fn granted_by(self, t: PermType) -> bool {
+    /// Whether a permission of type `t` grants this access. A type etcd does not know grants
+    /// nothing (etcd 3.5 stores whatever type a grant names).
+    fn granted_by(self, t: i32) -> bool {
         matches!(
-            (self, t),
-            (_, PermType::Readwrite)
-                | (PermKind::Read, PermType::Read)
-                | (PermKind::Write, PermType::Write)
+            (self, PermType::try_from(t)),
+            (_, Ok(PermType::Readwrite))
+                | (PermKind::Read, Ok(PermType::Read))
+                | (PermKind::Write, Ok(PermType::Write))
         )
     }
 }
@@ -81,7 +82,7 @@ pub fn covers<'a>(perms: impl IntoIterator<Item = &'a Permission>, need: &Need) 
         .expect("a single key is a non-empty interval");
     let mut granted: Vec<(Vec<u8>, End)> = perms
         .into_iter()
-        .filter(|p| need.kind.granted_by(p.perm_type()))
+        .filter(|p| need.kind.granted_by(p.perm_type))
         .filter_map(|p| interval(&p.key, &p.range_end))
         .collect();
     granted.sort();
@@ -193,6 +194,36 @@ mod tests {
         assert!(!covers(&perms, &read("a", "b")));
         // ... but the range holding exactly that key is ("a\0" is the key right after "a").
         assert!(covers(&perms, &read("a", "a\0")));
+    }
+
+    #[test]
+    fn a_permission_type_etcd_does_not_know_grants_nothing() {
+        // etcd 3.5 stores any type a grant names; neither read nor write follows from 3 or 9.
+        for unknown in [3, 9, -1] {
+            let perms = [Permission {
+                perm_type: unknown,
+                key: b"a".to_vec(),
+                range_end: b"\0".to_vec(),
+            }];
+            assert!(
+                !covers(&perms, &read("a", "")),
+                "type {unknown} grants read"
+            );
+            assert!(
+                !covers(&perms, &write("a", "")),
+                "type {unknown} grants write"
+            );
+        }
+        // Beside a real grant, it takes nothing away.
+        let perms = [
+            perm(PermType::Readwrite, "a", ""),
+            Permission {
+                perm_type: 3,
+                key: b"a".to_vec(),
+                range_end: Vec::new(),
+            },
+        ];
+        assert!(covers(&perms, &write("a", "")));
     }
 
     #[test]

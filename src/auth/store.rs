@@ -29,7 +29,7 @@ pub const USER_PREFIX: &[u8] = b"auth/user/";
 pub const ROLE_PREFIX: &[u8] = b"auth/role/";
 
 /// Users, roles, the enabled flag and the auth revision.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthStore {
     enabled: bool,
     revision: u64,
@@ -38,6 +38,22 @@ pub struct AuthStore {
     enabled_at: u64,
     users: BTreeMap<String, User>,
     roles: BTreeMap<String, Role>,
+}
+
+/// The auth revision of a store that never changed: etcd's store bumps a revision of 0 to 1 when
+/// it opens, so `AuthStatus` on a new cluster answers 1 and the first change makes it 2.
+const FIRST_REVISION: u64 = 1;
+
+impl Default for AuthStore {
+    fn default() -> Self {
+        AuthStore {
+            enabled: false,
+            revision: FIRST_REVISION,
+            enabled_at: FIRST_REVISION,
+            users: BTreeMap::new(),
+            roles: BTreeMap::new(),
+        }
+    }
 }
 
 fn key(prefix: &[u8], name: &str) -> Vec<u8> {
@@ -87,7 +103,7 @@ impl AuthStore {
             let (enabled, revision) = decode_state_record(&state)
                 .ok_or_else(|| corrupt("auth state of the wrong size".into()))?;
             store.enabled = enabled;
-            store.revision = revision;
+            store.revision = revision.max(FIRST_REVISION);
             store.enabled_at = store.revision;
         }
         let mut failed = None;
@@ -216,6 +232,11 @@ impl AuthStore {
 
     fn commit(&mut self, batch: &mut WriteBatch) {
         self.revision += 1;
+        self.save_state(batch);
+    }
+
+    /// Store the enabled flag and the revision as they are.
+    fn save_state(&self, batch: &mut WriteBatch) {
         let (key, state) = state_record(self.enabled, self.revision);
         batch.put(Keyspace::Meta, key, state);
     }
@@ -250,8 +271,10 @@ impl AuthStore {
                     }
                     Some(_) => {}
                 }
+                // Enabling is the one change etcd makes without a new auth revision (disabling
+                // makes one): tokens of an earlier enabled period are older than that disable.
                 self.enabled = true;
-                self.commit(batch);
+                self.save_state(batch);
                 self.enabled_at = self.revision;
             }
             Op::Disable(_) => {
@@ -298,9 +321,11 @@ impl AuthStore {
                     .get(&req.name)
                     .cloned()
                     .ok_or(AuthError::UserNotFound)?;
-                user.password = req.hashed_password.into_bytes();
-                // A password makes the user one that can log in.
-                user.options = Some(UserAddOptions { no_password: false });
+                // A user added without a password keeps none, and its options, as in etcd 3.5
+                // (3.4 made it a password user).
+                if !user.options.as_ref().is_some_and(|o| o.no_password) {
+                    user.password = req.hashed_password.into_bytes();
+                }
                 self.save_user(&req.name, user, batch);
                 self.commit(batch);
             }
@@ -383,14 +408,19 @@ impl AuthStore {
                     .get(&req.name)
                     .cloned()
                     .ok_or(AuthError::RoleNotFound)?;
-                // One permission per (key, range_end): a new grant replaces its type. Kept
-                // sorted, as etcd lists them.
-                let slot = role.key_permission.binary_search_by(|p| {
-                    (&p.key, &p.range_end).cmp(&(&perm.key, &perm.range_end))
-                });
-                match slot {
-                    Ok(at) => role.key_permission[at].perm_type = perm.perm_type,
-                    Err(at) => role.key_permission.insert(at, perm),
+                // As etcd 3.5 keeps them: sorted by key alone, grants of one key in the order
+                // they came. A grant replaces the type of the first permission of its key when
+                // that one has the same range end, and is added after that key's others
+                // otherwise (so etcd, and we, may hold the same range twice).
+                let first = role.key_permission.partition_point(|p| p.key < perm.key);
+                match role.key_permission.get_mut(first) {
+                    Some(p) if p.key == perm.key && p.range_end == perm.range_end => {
+                        p.perm_type = perm.perm_type
+                    }
+                    _ => {
+                        let after = role.key_permission.partition_point(|p| p.key <= perm.key);
+                        role.key_permission.insert(after, perm);
+                    }
                 }
                 self.save_role(&req.name, role, batch);
                 self.commit(batch);
@@ -415,12 +445,13 @@ impl AuthStore {
                     .get(&req.role)
                     .cloned()
                     .ok_or(AuthError::RoleNotFound)?;
-                let at = role
-                    .key_permission
-                    .iter()
-                    .position(|p| p.key == req.key && p.range_end == req.range_end)
-                    .ok_or(AuthError::PermissionNotGranted)?;
-                role.key_permission.remove(at);
+                // Every permission of that exact range goes, as in etcd.
+                let before = role.key_permission.len();
+                role.key_permission
+                    .retain(|p| p.key != req.key || p.range_end != req.range_end);
+                if role.key_permission.len() == before {
+                    return Err(AuthError::PermissionNotGranted);
+                }
                 self.save_role(&req.role, role, batch);
                 self.commit(batch);
             }
@@ -491,12 +522,14 @@ mod tests {
             s.role(ROOT).is_none(),
             "granting root does not create the role record"
         );
+        // etcd 3.5.1 (asked with `etcdctl auth status`): enabling keeps the auth revision,
+        // disabling an enabled store bumps it, disabling a disabled one changes nothing.
         let before = s.revision();
         run(&mut s, &engine, enable()).unwrap();
         assert!(s.enabled());
-        assert_eq!(s.revision(), before + 1);
+        assert_eq!(s.revision(), before);
         run(&mut s, &engine, enable()).unwrap();
-        assert_eq!(s.revision(), before + 1, "enabling twice changes nothing");
+        assert_eq!(s.revision(), before, "enabling twice changes nothing");
 
         let revoke_root = Op::UserRevokeRole(AuthUserRevokeRoleRequest {
             name: ROOT.into(),
@@ -522,6 +555,73 @@ mod tests {
         assert_eq!(s.check_admin(Some(ROOT)), Ok(()));
         run(&mut s, &engine, user_add("u", "h")).unwrap();
         assert_eq!(s.check_admin(Some("u")), Err(AuthError::PermissionDenied));
+    }
+
+    /// etcd 3.5.1, asked with etcdctl (`role grant-permission r write a b`, `... write a
+    /// --from-key`, `... read a --from-key`, `... readwrite a b`, `role revoke-permission r a
+    /// --from-key` twice, `role get r` between): one key's grants stay in the order they came, a
+    /// grant updates only the first permission of its key, a revoke removes every copy.
+    #[test]
+    fn permissions_keep_etcds_order_and_its_duplicates() {
+        let engine = MemoryEngine::new();
+        let mut s = AuthStore::default();
+        run(
+            &mut s,
+            &engine,
+            Op::RoleAdd(AuthRoleAddRequest { name: "r".into() }),
+        )
+        .unwrap();
+        let grant = |end: &str, t: PermType| {
+            Op::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+                name: "r".into(),
+                perm: Some(Permission {
+                    perm_type: t as i32,
+                    key: b"a".to_vec(),
+                    range_end: end.into(),
+                }),
+            })
+        };
+        let held = |s: &AuthStore| -> Vec<(String, i32)> {
+            s.role("r")
+                .unwrap()
+                .key_permission
+                .iter()
+                .map(|p| {
+                    (
+                        String::from_utf8_lossy(&p.range_end).into_owned(),
+                        p.perm_type,
+                    )
+                })
+                .collect()
+        };
+        let (w, r, rw) = (
+            PermType::Write as i32,
+            PermType::Read as i32,
+            PermType::Readwrite as i32,
+        );
+        run(&mut s, &engine, grant("b", PermType::Write)).unwrap();
+        run(&mut s, &engine, grant("\0", PermType::Write)).unwrap();
+        run(&mut s, &engine, grant("\0", PermType::Read)).unwrap();
+        let (b, open) = ("b".to_string(), "\0".to_string());
+        assert_eq!(
+            held(&s),
+            [(b.clone(), w), (open.clone(), w), (open.clone(), r)]
+        );
+        run(&mut s, &engine, grant("b", PermType::Readwrite)).unwrap();
+        assert_eq!(held(&s), [(b.clone(), rw), (open.clone(), w), (open, r)]);
+        let revoke = || {
+            Op::RoleRevokePermission(AuthRoleRevokePermissionRequest {
+                role: "r".into(),
+                key: b"a".to_vec(),
+                range_end: b"\0".to_vec(),
+            })
+        };
+        run(&mut s, &engine, revoke()).unwrap();
+        assert_eq!(held(&s), [(b, rw)]);
+        assert_eq!(
+            run(&mut s, &engine, revoke()),
+            Err(AuthError::PermissionNotGranted)
+        );
     }
 
     #[test]

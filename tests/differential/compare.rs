@@ -8,6 +8,7 @@
 //! Masked per response:
 //! - LeaseTimeToLive: the remaining `TTL` becomes 1 when positive (it counts down with the wall
 //!   clock); its `keys` are sorted (etcd lists them from a Go map, in random order).
+//! - LeaseKeepAlive: the `TTL` becomes 1 when positive, as for LeaseTimeToLive.
 //! - LeaseLeases: sorted by id (etcd sorts them by expiry time, ties in random order).
 //! - Status: only the header, `errors` and `isLearner` are compared, and `leader` as "this member
 //!   leads" (the ids differ); version, db sizes, raft index/term/applied index and the 3.6-only
@@ -17,6 +18,7 @@
 //! - HashKV: the hash is zeroed (the two stores hash different bytes), and so is `hash_revision`
 //!   (a field etcd 3.5.1 does not have yet: it always answers 0); the header and `compact_revision`
 //!   are compared.
+//! - Authenticate: the token's text becomes "masked" when one is given.
 
 use metastore::pb::etcdserverpb::{response_op, Member, ResponseHeader, TxnResponse};
 
@@ -76,6 +78,12 @@ pub fn mask(out: &mut Out) {
             mask_header(&mut r.header);
             r.leases.sort_by_key(|l| l.id);
         }
+        Out::LeaseKeepAlive(r) => {
+            mask_header(&mut r.header);
+            if r.ttl > 0 {
+                r.ttl = 1;
+            }
+        }
         Out::Watch(items) => {
             for item in items {
                 if let WatchItem::Response(r) = item {
@@ -119,6 +127,7 @@ pub fn mask(out: &mut Out) {
                 a.member_id = flag(a.member_id);
             }
         }
+        Out::Auth(a) => crate::auth::mask(a, mask_header),
         Out::Error { .. } | Out::Timeout => {}
     }
 }
@@ -138,6 +147,7 @@ pub fn max_revision(out: &Out) -> i64 {
         Out::LeaseRevoke(r) => h(&r.header),
         Out::LeaseTimeToLive(r) => h(&r.header),
         Out::LeaseLeases(r) => h(&r.header),
+        Out::LeaseKeepAlive(r) => h(&r.header),
         Out::Watch(items) => items
             .iter()
             .filter_map(|i| match i {
@@ -152,6 +162,8 @@ pub fn max_revision(out: &Out) -> i64 {
         Out::MoveLeader(r) => h(&r.header),
         Out::HashKv(r) => h(&r.header),
         Out::Alarm(r) => h(&r.header),
+        // Auth requests do not move the store's revision.
+        Out::Auth(_) => 0,
         Out::Error { .. } | Out::Timeout => 0,
     }
 }

@@ -8,14 +8,17 @@ use metastore::pb::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request, AlarmRequest,
     AlarmResponse, CompactionResponse, DefragmentRequest, DefragmentResponse, DeleteRangeResponse,
-    HashKvResponse, LeaseGrantResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, MoveLeaderRequest,
-    MoveLeaderResponse, PutResponse, RangeResponse, StatusRequest, StatusResponse, TxnResponse,
-    WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+    HashKvResponse, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+    MemberListResponse, MoveLeaderRequest, MoveLeaderResponse, PutResponse, RangeResponse,
+    StatusRequest, StatusResponse, TxnResponse, WatchCancelRequest, WatchCreateRequest,
+    WatchRequest, WatchResponse,
 };
 use tonic::transport::Channel;
 
+use crate::auth::{self, with_token, AuthOut};
 use crate::generate::{MoveTarget, Req};
+use metastore::pb::etcdserverpb::auth_client::AuthClient;
 
 /// How long one unary request may take before it counts as hung.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +35,9 @@ pub struct Conn {
     watch: WatchClient<Channel>,
     maintenance: MaintenanceClient<Channel>,
     cluster: ClusterClient<Channel>,
+    auth: AuthClient<Channel>,
+    /// The token of the last successful `Authenticate` on this connection, sent with every request.
+    token: Option<String>,
     /// This server's member id (the target of `MoveTarget::SelfId`).
     pub member_id: u64,
 }
@@ -57,7 +63,9 @@ impl Conn {
             kv: KvClient::new(channel.clone()),
             lease: LeaseClient::new(channel.clone()),
             watch: WatchClient::new(channel.clone()),
-            cluster: ClusterClient::new(channel),
+            cluster: ClusterClient::new(channel.clone()),
+            auth: AuthClient::new(channel),
+            token: None,
             maintenance,
             member_id,
         })
@@ -76,6 +84,8 @@ pub enum Out {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseTimeToLive(LeaseTimeToLiveResponse),
     LeaseLeases(LeaseLeasesResponse),
+    /// The stream's first answer.
+    LeaseKeepAlive(LeaseKeepAliveResponse),
     /// Everything the stream said, in order, and how it ended.
     Watch(Vec<WatchItem>),
     Status(StatusResponse),
@@ -84,6 +94,7 @@ pub enum Out {
     MoveLeader(MoveLeaderResponse),
     HashKv(HashKvResponse),
     Alarm(AlarmResponse),
+    Auth(AuthOut),
     /// A gRPC error status.
     Error {
         code: tonic::Code,
@@ -126,33 +137,63 @@ fn out<T>(
 pub async fn exec(c: &mut Conn, req: &Req) -> Out {
     let t = REQUEST_TIMEOUT;
     use tokio::time::timeout;
+    let token = c.token.clone();
+    // Every request carries the connection's token, if it has one.
+    macro_rules! tok {
+        ($msg:expr) => {
+            with_token($msg, token.as_deref())
+        };
+    }
     match req {
-        Req::Range(r) => out(timeout(t, c.kv.range(r.clone())).await, Out::Range),
-        Req::Put(r) => out(timeout(t, c.kv.put(r.clone())).await, Out::Put),
+        Req::Range(r) => out(timeout(t, c.kv.range(tok!(r.clone()))).await, Out::Range),
+        Req::Put(r) => out(timeout(t, c.kv.put(tok!(r.clone()))).await, Out::Put),
         Req::DeleteRange(r) => out(
-            timeout(t, c.kv.delete_range(r.clone())).await,
+            timeout(t, c.kv.delete_range(tok!(r.clone()))).await,
             Out::DeleteRange,
         ),
-        Req::Txn(r) => out(timeout(t, c.kv.txn(r.clone())).await, Out::Txn),
-        Req::Compact(r) => out(timeout(t, c.kv.compact(*r)).await, Out::Compact),
-        Req::LeaseGrant(r) => out(timeout(t, c.lease.lease_grant(*r)).await, Out::LeaseGrant),
-        Req::LeaseRevoke(r) => out(timeout(t, c.lease.lease_revoke(*r)).await, Out::LeaseRevoke),
+        Req::Txn(r) => out(timeout(t, c.kv.txn(tok!(r.clone()))).await, Out::Txn),
+        Req::Compact(r) => out(timeout(t, c.kv.compact(tok!(*r))).await, Out::Compact),
+        Req::LeaseGrant(r) => out(
+            timeout(t, c.lease.lease_grant(tok!(*r))).await,
+            Out::LeaseGrant,
+        ),
+        Req::LeaseRevoke(r) => out(
+            timeout(t, c.lease.lease_revoke(tok!(*r))).await,
+            Out::LeaseRevoke,
+        ),
         Req::LeaseTimeToLive(r) => out(
-            timeout(t, c.lease.lease_time_to_live(*r)).await,
+            timeout(t, c.lease.lease_time_to_live(tok!(*r))).await,
             Out::LeaseTimeToLive,
         ),
         Req::LeaseLeases => out(
-            timeout(t, c.lease.lease_leases(LeaseLeasesRequest {})).await,
+            timeout(t, c.lease.lease_leases(tok!(LeaseLeasesRequest {}))).await,
             Out::LeaseLeases,
         ),
+        Req::LeaseKeepAlive(r) => {
+            let (tx, rx) = mpsc::unbounded::<LeaseKeepAliveRequest>();
+            tx.unbounded_send(*r).expect("queue keep-alive");
+            let first = async {
+                let mut stream = c.lease.lease_keep_alive(tok!(rx)).await?.into_inner();
+                match stream.message().await? {
+                    Some(resp) => Ok(tonic::Response::new(resp)),
+                    None => Err(tonic::Status::unknown("differential: the stream ended")),
+                }
+            };
+            let answer = out(timeout(t, first).await, Out::LeaseKeepAlive);
+            drop(tx);
+            answer
+        }
         Req::Watch(r) => Out::Watch(watch(c, r.clone()).await),
         Req::Status => out(
-            timeout(t, c.maintenance.status(StatusRequest {})).await,
+            timeout(t, c.maintenance.status(tok!(StatusRequest {}))).await,
             Out::Status,
         ),
-        Req::MemberList(r) => out(timeout(t, c.cluster.member_list(*r)).await, Out::MemberList),
+        Req::MemberList(r) => out(
+            timeout(t, c.cluster.member_list(tok!(*r))).await,
+            Out::MemberList,
+        ),
         Req::Defragment => out(
-            timeout(t, c.maintenance.defragment(DefragmentRequest {})).await,
+            timeout(t, c.maintenance.defragment(tok!(DefragmentRequest {}))).await,
             Out::Defragment,
         ),
         Req::MoveLeader(target) => {
@@ -164,15 +205,32 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
             out(
                 timeout(
                     t,
-                    c.maintenance.move_leader(MoveLeaderRequest { target_id }),
+                    c.maintenance
+                        .move_leader(tok!(MoveLeaderRequest { target_id })),
                 )
                 .await,
                 Out::MoveLeader,
             )
         }
-        Req::HashKv(r) => out(timeout(t, c.maintenance.hash_kv(*r)).await, Out::HashKv),
+        Req::HashKv(r) => out(
+            timeout(t, c.maintenance.hash_kv(tok!(*r))).await,
+            Out::HashKv,
+        ),
+        Req::Auth(a) => match auth::exec(&mut c.auth, &mut c.token, a, t).await {
+            Ok(out) => Out::Auth(out),
+            Err(s)
+                if s.code() == tonic::Code::DeadlineExceeded
+                    && s.message().starts_with("differential:") =>
+            {
+                Out::Timeout
+            }
+            Err(s) => Out::Error {
+                code: s.code(),
+                message: s.message().to_string(),
+            },
+        },
         Req::AlarmGet => out(
-            timeout(t, c.maintenance.alarm(AlarmRequest::default())).await,
+            timeout(t, c.maintenance.alarm(tok!(AlarmRequest::default()))).await,
             Out::Alarm,
         ),
     }
@@ -197,7 +255,12 @@ async fn watch(c: &mut Conn, req: WatchCreateRequest) -> Vec<WatchItem> {
     let (tx, rx) = mpsc::unbounded();
     let start = req.start_revision;
     tx.unbounded_send(create(req)).expect("queue create");
-    let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, c.watch.watch(rx)).await {
+    let mut stream = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        c.watch.watch(with_token(rx, c.token.as_deref())),
+    )
+    .await
+    {
         Err(_) => {
             items.push(WatchItem::Timeout);
             return items;
