@@ -23,6 +23,8 @@ mod compare;
 mod exec;
 #[path = "differential/generate.rs"]
 mod generate;
+#[path = "differential/json.rs"]
+mod json;
 #[path = "differential/servers.rs"]
 mod servers;
 
@@ -34,7 +36,9 @@ use auth::AuthReq;
 use compare::{mask, max_revision, pretty};
 use exec::{exec, Out};
 use generate::{Ctx, Gen, Req};
-use metastore::pb::etcdserverpb::{request_op, TxnRequest};
+use metastore::pb::etcdserverpb::{
+    request_op, AuthUserChangePasswordRequest, AuthUserDeleteRequest, TxnRequest,
+};
 use servers::Pair;
 
 /// The first answer that differed in a run.
@@ -103,7 +107,8 @@ async fn run(
         // Answered or not, it may have happened.
         ctx.defragmented |= matches!(req, Req::Defragment);
         observe_auth(&mut ctx, &req, &etcd);
-        if let (Req::Compact(c), Out::Compact(_)) = (&req, &etcd) {
+        observe_locks(&mut ctx, &req, &etcd);
+        if let (Req::Compact(c), true) = (&req, answered(&etcd)) {
             if c.revision > ctx.compacted {
                 ctx.compacted = c.revision;
                 ctx.compacted_physically = c.physical;
@@ -164,79 +169,146 @@ fn intended_difference(req: &Req, etcd: &Out, ours: &Out) -> bool {
         "auth: user name is empty",
         "auth: permission denied",
     ];
-    let kv = !matches!(req, Req::Auth(_));
-    match (etcd, ours) {
-        (Out::Txn(_), Out::Error { message, .. }) => {
-            matches!(req, Req::Txn(t) if t.compare.is_empty() && t.success.is_empty() && t.failure.is_empty())
-                && AUTH_REFUSALS.contains(&message.as_str())
+    let auth_refusal = |m: Option<&str>| m.is_some_and(|m| AUTH_REFUSALS.contains(&m));
+    let (theirs, mine) = (refusal(etcd), refusal(ours));
+    if !matches!(req, Req::Auth(_))
+        && theirs.is_some_and(|m| !AUTH_REFUSALS.contains(&m))
+        && auth_refusal(mine)
+    {
+        return true;
+    }
+    match req {
+        Req::Txn(t) if t.compare.is_empty() && t.success.is_empty() && t.failure.is_empty() => {
+            answered(etcd) && auth_refusal(mine)
         }
-        (Out::Watch(theirs), Out::Watch(mine)) => {
-            let from_key = matches!(req, Req::Watch(w) if w.range_end == [0]);
-            let created = |items: &[exec::WatchItem]| match items.first() {
-                Some(exec::WatchItem::Response(r)) => {
-                    Some((r.created, r.canceled, r.cancel_reason.clone()))
-                }
+        Req::Watch(w) if w.range_end == [0] => {
+            let created = |out: &Out| match out {
+                Out::Watch(items) => match items.first() {
+                    Some(exec::WatchItem::Response(r)) => {
+                        Some((r.created, r.canceled, r.cancel_reason.clone()))
+                    }
+                    _ => None,
+                },
                 _ => None,
             };
-            from_key
-                && matches!(created(theirs), Some((true, false, _)))
-                && created(mine).is_some_and(|(created, canceled, reason)| {
+            matches!(created(etcd), Some((true, false, _)))
+                && created(ours).is_some_and(|(created, canceled, reason)| {
                     created && canceled && reason.ends_with("etcdserver: permission denied")
                 })
         }
-        (Out::MoveLeader(_), Out::Error { message, .. }) => {
-            matches!(req, Req::MoveLeader(_)) && AUTH_REFUSALS.contains(&message.as_str())
+        Req::MoveLeader(_) => answered(etcd) && auth_refusal(mine),
+        Req::LeaseTimeToLive(r) => {
+            r.keys && answered(etcd) && mine == Some("etcdserver: permission denied")
         }
-        (Out::LeaseTimeToLive(_), Out::Error { message, .. }) => {
-            matches!(req, Req::LeaseTimeToLive(r) if r.keys)
-                && message == "etcdserver: permission denied"
-        }
-        (Out::Error { message, .. }, Out::Auth(auth::AuthOut::Status(_))) => {
-            matches!(req, Req::Auth(AuthReq::Status)) && AUTH_REFUSALS.contains(&message.as_str())
-        }
-        (
-            Out::Error {
-                message: invalid, ..
-            },
-            Out::Error { message: auth, .. },
-        ) => {
-            kv && !AUTH_REFUSALS.contains(&invalid.as_str())
-                && AUTH_REFUSALS.contains(&auth.as_str())
-        }
+        Req::Auth(AuthReq::Status) => auth_refusal(theirs) && answered(ours),
         _ => false,
+    }
+}
+
+/// Whether `out` answers the request (a response, or the gateway's 200).
+fn answered(out: &Out) -> bool {
+    match out {
+        Out::Error { .. } | Out::Timeout => false,
+        Out::Json { status, .. } => *status == 200,
+        _ => true,
+    }
+}
+
+/// The text a refusal gives: the gRPC status message, or the gateway's `message`.
+fn refusal(out: &Out) -> Option<&str> {
+    match out {
+        Out::Error { message, .. } => Some(message),
+        Out::Json { status, body } if *status != 200 => body["message"].as_str(),
+        _ => None,
     }
 }
 
 /// Follow, from etcd's answers, whether auth is on and whether the connection holds a token.
 fn observe_auth(ctx: &mut Ctx, req: &Req, etcd: &Out) {
-    match (req, etcd) {
-        (Req::Auth(AuthReq::Enable), Out::Auth(_)) => ctx.auth_enabled = true,
-        (Req::Auth(AuthReq::Disable), Out::Auth(_)) => {
+    if refusal(etcd).is_some_and(|m| m.contains("invalid auth token")) {
+        ctx.logged_in = None;
+    }
+    let Req::Auth(a) = req else { return };
+    if matches!(a, AuthReq::Logout) {
+        ctx.logged_in = None;
+    }
+    if !answered(etcd) {
+        return;
+    }
+    match a {
+        AuthReq::Enable => ctx.auth_enabled = true,
+        AuthReq::Disable => {
             ctx.auth_enabled = false;
             ctx.logged_in = None;
         }
-        (Req::Auth(AuthReq::Authenticate(a)), Out::Auth(_)) => ctx.logged_in = Some(a.name.clone()),
-        (Req::Auth(AuthReq::UserDelete(u)), Out::Auth(_))
-            if ctx.logged_in.as_deref() == Some(u.name.as_str()) =>
+        AuthReq::Authenticate(r) => ctx.logged_in = Some(r.name.clone()),
+        AuthReq::UserDelete(AuthUserDeleteRequest { name })
+        | AuthReq::UserChangePassword(AuthUserChangePasswordRequest { name, .. })
+            if ctx.logged_in.as_ref() == Some(name) =>
         {
-            ctx.logged_in = None
-        }
-        (Req::Auth(AuthReq::UserChangePassword(u)), Out::Auth(_))
-            if ctx.logged_in.as_deref() == Some(u.name.as_str()) =>
-        {
-            ctx.logged_in = None
-        }
-        (Req::Auth(AuthReq::Logout), _) => ctx.logged_in = None,
-        (_, Out::Error { message, .. }) if message.contains("invalid auth token") => {
             ctx.logged_in = None
         }
         _ => {}
     }
 }
 
+/// Follow, from etcd's answers, which lock names are held by which key (see `Ctx::locks`).
+fn observe_locks(ctx: &mut Ctx, req: &Req, etcd: &Out) {
+    let covers = |key: &[u8], range_end: &[u8], k: &[u8]| match range_end {
+        [] => k == key,
+        [0] => k >= key,
+        end => k >= key && k < end,
+    };
+    match (req, etcd) {
+        (Req::Lock(r), Out::Lock(resp)) => {
+            ctx.locks
+                .insert(r.name.clone(), Some((resp.key.clone(), r.lease)));
+        }
+        (Req::Lock(r), Out::Timeout) => {
+            // Held after all, or still waiting: leave the name alone.
+            ctx.locks.insert(r.name.clone(), None);
+        }
+        (Req::Unlock(r), Out::Unlock(_)) => ctx
+            .locks
+            .retain(|_, held| held.as_ref().is_none_or(|(k, _)| *k != r.key)),
+        (Req::LeaseRevoke(r), _) if answered(etcd) => ctx
+            .locks
+            .retain(|_, held| held.as_ref().is_none_or(|(_, lease)| *lease != r.id)),
+        (Req::DeleteRange(d), _) if answered(etcd) => ctx.locks.retain(|_, held| {
+            held.as_ref()
+                .is_none_or(|(k, _)| !covers(&d.key, &d.range_end, k))
+        }),
+        (Req::Txn(t), _) if answered(etcd) => {
+            // A delete in either branch, at any depth, may have run: such a lock is uncertain.
+            fn deletes(t: &TxnRequest, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+                for op in t.success.iter().chain(&t.failure) {
+                    match &op.request {
+                        Some(request_op::Request::RequestDeleteRange(d)) => {
+                            out.push((d.key.clone(), d.range_end.clone()))
+                        }
+                        Some(request_op::Request::RequestTxn(t)) => deletes(t, out),
+                        _ => {}
+                    }
+                }
+            }
+            let mut ranges = Vec::new();
+            deletes(t, &mut ranges);
+            for held in ctx.locks.values_mut() {
+                let hit = held
+                    .as_ref()
+                    .is_some_and(|(k, _)| ranges.iter().any(|(key, end)| covers(key, end, k)));
+                if hit {
+                    *held = None;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Replay `reqs` on fresh servers: the divergence, if the first one is at the last request.
-async fn diverges_at_end(bin: &Path, engine: &str, reqs: &[Req]) -> Option<Divergence> {
-    let mut pair = Pair::start(bin, engine).await;
+async fn diverges_at_end(bin: &Path, engine: &str, json: bool, reqs: &[Req]) -> Option<Divergence> {
+    let mut pair = Pair::start(bin, engine, json).await;
     let (_, d) = run(&mut pair, Source::Fixed(reqs), false).await;
     d.filter(|d| d.index + 1 == reqs.len())
 }
@@ -249,6 +321,7 @@ async fn diverges_at_end(bin: &Path, engine: &str, reqs: &[Req]) -> Option<Diver
 async fn shrink(
     bin: &Path,
     engine: &str,
+    json: bool,
     reqs: &[Req],
     found: Divergence,
     budget: Duration,
@@ -266,7 +339,7 @@ async fn shrink(
     // The diverging request alone first: often enough.
     if !prefix.is_empty() {
         tries += 1;
-        if let Some(d) = diverges_at_end(bin, engine, &with_last(&[], &last)).await {
+        if let Some(d) = diverges_at_end(bin, engine, json, &with_last(&[], &last)).await {
             prefix.clear();
             best = d;
         }
@@ -287,7 +360,8 @@ async fn shrink(
             }
             let candidate: Vec<Req> = prefix[..lo].iter().chain(&prefix[hi..]).cloned().collect();
             tries += 1;
-            if let Some(d) = diverges_at_end(bin, engine, &with_last(&candidate, &last)).await {
+            if let Some(d) = diverges_at_end(bin, engine, json, &with_last(&candidate, &last)).await
+            {
                 prefix = candidate;
                 best = d;
                 n = (n_chunks - 1).max(2);
@@ -311,7 +385,9 @@ async fn shrink(
             }
             let candidate = Req::Txn(candidate);
             tries += 1;
-            if let Some(d) = diverges_at_end(bin, engine, &with_last(&prefix, &candidate)).await {
+            if let Some(d) =
+                diverges_at_end(bin, engine, json, &with_last(&prefix, &candidate)).await
+            {
                 last = candidate;
                 best = d;
                 continue 'simplify;
@@ -411,8 +487,22 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[test]
 fn differential_against_etcd_3_5_1() {
+    campaign(false, "1..=20")
+}
+
+/// The same, with every request that has a JSON gateway route sent through it
+/// (`differential/json.rs`).
+#[test]
+fn differential_through_the_json_gateway_against_etcd_3_5_1() {
+    campaign(true, "1..=8")
+}
+
+/// Run the seeds of `METASTORE_DIFF_SEEDS` (else `default_seeds`), through the gateway if `json`.
+fn campaign(json: bool, default_seeds: &str) {
     let bin = servers::etcd_binary();
-    let seeds = parse_seeds(&std::env::var("METASTORE_DIFF_SEEDS").unwrap_or("1..=20".into()));
+    let seeds = parse_seeds(
+        &std::env::var("METASTORE_DIFF_SEEDS").unwrap_or_else(|_| default_seeds.into()),
+    );
     let requests: usize = env_or("METASTORE_DIFF_REQUESTS", 300);
     let shrink_secs: u64 = env_or("METASTORE_DIFF_SHRINK_SECS", 60);
     let verbose = std::env::var("METASTORE_DIFF_VERBOSE").is_ok_and(|v| v == "1");
@@ -437,7 +527,7 @@ fn differential_against_etcd_3_5_1() {
             .unwrap_or_else(|| common::ENGINES[(seed % 2) as usize].to_string());
         let t = Instant::now();
         let (sent, divergence) = rt.block_on(async {
-            let mut pair = Pair::start(&bin, &engine).await;
+            let mut pair = Pair::start(&bin, &engine, json).await;
             run(
                 &mut pair,
                 Source::Gen(Gen::new(seed, skip.clone()), requests),
@@ -484,14 +574,19 @@ fn differential_against_etcd_3_5_1() {
             skip.iter().cloned().collect::<Vec<_>>().join(",")
         )
     };
+    let test = if json {
+        "differential_through_the_json_gateway"
+    } else {
+        "differential_against"
+    };
     let replay = format!(
-        "METASTORE_DIFF_SEEDS={seed} METASTORE_DIFF_REQUESTS={}{skip_env} cargo test --test differential",
-        requests
+        "METASTORE_DIFF_SEEDS={seed} METASTORE_DIFF_REQUESTS={requests}{skip_env} cargo test --test differential {test}",
     );
     if shrink_secs > 0 {
         let (min, md, tries) = rt.block_on(shrink(
             &bin,
             &engine,
+            json,
             &sent,
             d,
             Duration::from_secs(shrink_secs),
@@ -557,6 +652,8 @@ fn generator_is_deterministic_and_covers_every_class() {
         "HashKv",
         "AlarmGet",
         "Auth",
+        "Lock",
+        "Unlock",
     ] {
         assert!(kinds.contains(kind), "{kind} never drawn: {kinds:?}");
     }

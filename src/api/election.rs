@@ -222,19 +222,17 @@ impl Observer {
 /// is about this large).
 const OBSERVE_LEAST_HOLD: usize = 256;
 
-#[tonic::async_trait]
-impl Election for ElectionService {
-    async fn campaign(
+/// The bodies of the Election calls; [`Election`] below answers their errors as etcd does.
+impl ElectionService {
+    async fn serve_campaign(
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         let mut needs = Access::prefix_needs(&[request.get_ref().name.as_slice(), b"/"].concat());
         needs.extend(self.access.lease_needs(request.get_ref().lease));
         let (caller, requester) = self.permit(&request, &needs)?;
+        // An empty name is a name too: its keys are `/<lease>` (etcd 3.5.1 grants such a lock).
         let req = request.into_inner();
-        if req.name.is_empty() {
-            return Err(super::validate::ValidationError::EmptyKey.into());
-        }
         let prefix = [req.name.as_slice(), b"/"].concat();
         let lease = session_lease(&self.node, req.lease).await?;
         let key = queue_key(&prefix, lease);
@@ -265,7 +263,7 @@ impl Election for ElectionService {
         }))
     }
 
-    async fn proclaim(
+    async fn serve_proclaim(
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
@@ -287,7 +285,7 @@ impl Election for ElectionService {
         }))
     }
 
-    async fn leader(
+    async fn serve_leader(
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
@@ -300,9 +298,7 @@ impl Election for ElectionService {
         }))
     }
 
-    type ObserveStream = ObserveStream;
-
-    async fn observe(
+    async fn serve_observe(
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
@@ -348,7 +344,7 @@ impl Election for ElectionService {
         Ok(Response::new(Box::pin(responses)))
     }
 
-    async fn resign(
+    async fn serve_resign(
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
@@ -361,5 +357,57 @@ impl Election for ElectionService {
         Ok(Response::new(ResignResponse {
             header: Some(self.node.header(rev)),
         }))
+    }
+}
+
+/// etcd serves Election through an in-process client, so every error reaches the caller as code
+/// Unknown with etcd's text ([`super::status::through_client`]).
+#[tonic::async_trait]
+impl Election for ElectionService {
+    type ObserveStream = ObserveStream;
+
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        self.serve_campaign(request)
+            .await
+            .map_err(super::status::through_client)
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        self.serve_proclaim(request)
+            .await
+            .map_err(super::status::through_client)
+    }
+
+    async fn leader(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        self.serve_leader(request)
+            .await
+            .map_err(super::status::through_client)
+    }
+
+    async fn observe(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<ObserveStream>, Status> {
+        self.serve_observe(request)
+            .await
+            .map_err(super::status::through_client)
+    }
+
+    async fn resign(
+        &self,
+        request: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        self.serve_resign(request)
+            .await
+            .map_err(super::status::through_client)
     }
 }

@@ -82,7 +82,13 @@ pub(super) async fn session_lease(node: &Node, lease: i64) -> Result<i64, Status
 
 /// The key of `lease` in the queue of `prefix`: `prefix` and the lease id in hex (etcd's layout).
 pub(super) fn queue_key(prefix: &[u8], lease: i64) -> Vec<u8> {
-    [prefix, format!("{lease:x}").as_bytes()].concat()
+    // Go's `%x` of a signed id: a negative one (etcd grants those) is `-` and its magnitude.
+    let hex = if lease < 0 {
+        format!("-{:x}", lease.unsigned_abs())
+    } else {
+        format!("{lease:x}")
+    };
+    [prefix, hex.as_bytes()].concat()
 }
 
 /// Create `key` with `value` and `lease` unless it exists, as `requester`; returns its create
@@ -306,9 +312,12 @@ pub(super) async fn wait_for_delete(node: &Arc<Node>, key: &[u8], from: i64) {
     }
 }
 
-#[tonic::async_trait]
-impl Lock for LockService {
-    async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+/// The bodies of the Lock calls; [`Lock`] below answers their errors as etcd does.
+impl LockService {
+    async fn serve_lock(
+        &self,
+        request: Request<LockRequest>,
+    ) -> Result<Response<LockResponse>, Status> {
         // etcd runs the lock as the caller: it reads and writes keys under `name/` and attaches
         // the lease.
         let prefix = [request.get_ref().name.as_slice(), b"/"].concat();
@@ -318,10 +327,8 @@ impl Lock for LockService {
             .access
             .caller(request.metadata(), cert_user(request.extensions()))?;
         let requester = self.access.check(&caller, &needs)?;
+        // An empty name is a name too: its keys are `/<lease>` (etcd 3.5.1 grants such a lock).
         let req = request.into_inner();
-        if req.name.is_empty() {
-            return Err(super::validate::ValidationError::EmptyKey.into());
-        }
         let lease = session_lease(&self.node, req.lease).await?;
         let key = queue_key(&prefix, lease);
         let (my_rev, _) = acquire_key(&self.node, &key, &[], lease, &requester).await?;
@@ -332,7 +339,7 @@ impl Lock for LockService {
         Ok(Response::new(LockResponse { header, key }))
     }
 
-    async fn unlock(
+    async fn serve_unlock(
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
@@ -362,5 +369,37 @@ impl Lock for LockService {
         Ok(Response::new(UnlockResponse {
             header: self.node.complete_header(resp.header),
         }))
+    }
+}
+
+/// etcd serves Lock through an in-process client, so every error reaches the caller as code
+/// Unknown with etcd's text ([`super::status::through_client`]).
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        self.serve_lock(request)
+            .await
+            .map_err(super::status::through_client)
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        self.serve_unlock(request)
+            .await
+            .map_err(super::status::through_client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn queue_keys_print_the_lease_as_go_prints_it() {
+        let key = |lease| String::from_utf8(super::queue_key(b"lk/", lease)).unwrap();
+        assert_eq!(key(0x1234), "lk/1234");
+        assert_eq!(key(-1), "lk/-1", "etcd 3.5.1's key for lease -1");
+        assert_eq!(key(i64::MIN), "lk/-8000000000000000");
+        assert_eq!(key(i64::MAX), "lk/7fffffffffffffff");
     }
 }

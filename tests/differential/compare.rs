@@ -19,6 +19,7 @@
 //!   (a field etcd 3.5.1 does not have yet: it always answers 0); the header and `compact_revision`
 //!   are compared.
 //! - Authenticate: the token's text becomes "masked" when one is given.
+//! - JSON gateway answers: see `differential/json.rs`.
 
 use metastore::pb::etcdserverpb::{response_op, Member, ResponseHeader, TxnResponse};
 
@@ -128,6 +129,9 @@ pub fn mask(out: &mut Out) {
             }
         }
         Out::Auth(a) => crate::auth::mask(a, mask_header),
+        Out::Json { body, .. } => crate::json::mask(body),
+        Out::Lock(r) => mask_header(&mut r.header),
+        Out::Unlock(r) => mask_header(&mut r.header),
         Out::Error { .. } | Out::Timeout => {}
     }
 }
@@ -164,6 +168,9 @@ pub fn max_revision(out: &Out) -> i64 {
         Out::Alarm(r) => h(&r.header),
         // Auth requests do not move the store's revision.
         Out::Auth(_) => 0,
+        Out::Json { body, .. } => crate::json::revision(body),
+        Out::Lock(r) => h(&r.header),
+        Out::Unlock(r) => h(&r.header),
         Out::Error { .. } | Out::Timeout => 0,
     }
 }

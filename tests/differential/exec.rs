@@ -16,12 +16,18 @@ use metastore::pb::etcdserverpb::{
 };
 use tonic::transport::Channel;
 
-use crate::auth::{self, with_token, AuthOut};
+use crate::auth::{self, with_token, AuthOut, AuthReq};
 use crate::generate::{MoveTarget, Req};
+use crate::json;
 use metastore::pb::etcdserverpb::auth_client::AuthClient;
+use metastore::pb::v3lockpb::{lock_client::LockClient, LockResponse, UnlockResponse};
 
 /// How long one unary request may take before it counts as hung.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a Lock may wait.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait after a Lock that timed out.
+const LOCK_WITHDRAW_SETTLE: Duration = Duration::from_millis(500);
 /// After a watch's `created` response, how long to wait for catch-up events when some may come:
 /// etcd 3.5 moves an unsynced watcher forward every 100 ms.
 const WATCH_QUIET: Duration = Duration::from_millis(300);
@@ -36,8 +42,13 @@ pub struct Conn {
     maintenance: MaintenanceClient<Channel>,
     cluster: ClusterClient<Channel>,
     auth: AuthClient<Channel>,
+    lock: LockClient<Channel>,
     /// The token of the last successful `Authenticate` on this connection, sent with every request.
     token: Option<String>,
+    /// `http://host:port`, for the JSON gateway.
+    endpoint: String,
+    /// Whether requests with a gateway route go through it (`differential/json.rs`).
+    pub json: bool,
     /// This server's member id (the target of `MoveTarget::SelfId`).
     pub member_id: u64,
 }
@@ -64,8 +75,11 @@ impl Conn {
             lease: LeaseClient::new(channel.clone()),
             watch: WatchClient::new(channel.clone()),
             cluster: ClusterClient::new(channel.clone()),
-            auth: AuthClient::new(channel),
+            auth: AuthClient::new(channel.clone()),
+            lock: LockClient::new(channel),
             token: None,
+            endpoint: endpoint.to_string(),
+            json: false,
             maintenance,
             member_id,
         })
@@ -95,6 +109,13 @@ pub enum Out {
     HashKv(HashKvResponse),
     Alarm(AlarmResponse),
     Auth(AuthOut),
+    Lock(LockResponse),
+    Unlock(UnlockResponse),
+    /// A JSON gateway answer: HTTP status and body.
+    Json {
+        status: u16,
+        body: serde_json::Value,
+    },
     /// A gRPC error status.
     Error {
         code: tonic::Code,
@@ -137,6 +158,25 @@ fn out<T>(
 pub async fn exec(c: &mut Conn, req: &Req) -> Out {
     let t = REQUEST_TIMEOUT;
     use tokio::time::timeout;
+    if c.json {
+        if let Some((path, body)) = json::route(req) {
+            let token = c.token.clone();
+            let Some((status, body)) = json::post(&c.endpoint, path, body, token, t).await else {
+                return Out::Timeout;
+            };
+            if status == 200 {
+                match req {
+                    Req::Auth(AuthReq::Authenticate(_)) => {
+                        c.token = body["token"].as_str().map(str::to_string)
+                    }
+                    // As on gRPC (`auth::exec`).
+                    Req::Auth(AuthReq::Disable) => c.token = None,
+                    _ => {}
+                }
+            }
+            return Out::Json { status, body };
+        }
+    }
     let token = c.token.clone();
     // Every request carries the connection's token, if it has one.
     macro_rules! tok {
@@ -229,6 +269,24 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
                 message: s.message().to_string(),
             },
         },
+        // Lock waits while another holds the name: the generator locks only names it believes
+        // free, and a shorter deadline keeps a wrong belief cheap (both would time out).
+        Req::Lock(r) => {
+            let answer = out(
+                timeout(LOCK_TIMEOUT, c.lock.lock(tok!(r.clone()))).await,
+                Out::Lock,
+            );
+            if answer == Out::Timeout {
+                // The server withdraws the abandoned waiter's key once it sees the call go (etcd
+                // and MetaStore alike, each in its own time): let that land before what follows.
+                tokio::time::sleep(LOCK_WITHDRAW_SETTLE).await;
+            }
+            answer
+        }
+        Req::Unlock(r) => out(
+            timeout(t, c.lock.unlock(tok!(r.clone()))).await,
+            Out::Unlock,
+        ),
         Req::AlarmGet => out(
             timeout(t, c.maintenance.alarm(tok!(AlarmRequest::default()))).await,
             Out::Alarm,

@@ -145,8 +145,9 @@ async fn connect_retry(endpoint: &str, deadline: Instant) -> Result<Conn, String
 }
 
 impl Pair {
-    /// Start a fresh etcd and a fresh MetaStore on `engine`, and connect to both.
-    pub async fn start(etcd_bin: &Path, engine: &str) -> Pair {
+    /// Start a fresh etcd and a fresh MetaStore on `engine`, and connect to both (sending what
+    /// has a JSON gateway route through it if `json`).
+    pub async fn start(etcd_bin: &Path, engine: &str, json: bool) -> Pair {
         let mut etcd = Etcd::spawn(etcd_bin);
         // Starting MetaStore blocks until it prints its address; etcd boots meanwhile.
         let engine = engine.to_string();
@@ -165,6 +166,9 @@ impl Pair {
         let ours_conn = connect_retry(&ours.endpoint, Instant::now() + Duration::from_secs(30))
             .await
             .unwrap_or_else(|e| panic!("metastore did not answer: {e}"));
+        let (mut etcd_conn, mut ours_conn) = (etcd_conn, ours_conn);
+        etcd_conn.json = json;
+        ours_conn.json = json;
         Pair {
             etcd,
             _ours: ours,
