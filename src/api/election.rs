@@ -231,7 +231,7 @@ impl ElectionService {
         let mut needs = Access::prefix_needs(&[request.get_ref().name.as_slice(), b"/"].concat());
         needs.extend(self.access.lease_needs(request.get_ref().lease));
         let (caller, requester) = self.permit(&request, &needs)?;
-        // An empty name is a name too: its keys are `/<lease>` (etcd 3.5.1 grants such a lock).
+        // An empty name is a name too: its keys are `/<lease>` (as etcd 3.5.1 serves it).
         let req = request.into_inner();
         let prefix = [req.name.as_slice(), b"/"].concat();
         let lease = session_lease(&self.node, req.lease).await?;
