@@ -45,10 +45,11 @@ use crate::pb::etcdserverpb::{
 };
 use crate::pb::etcdserverpb::{
     AuthDisableResponse, AuthEnableResponse, AuthRoleAddResponse, AuthRoleDeleteResponse,
-    AuthRoleGetResponse, AuthRoleGrantPermissionResponse, AuthRoleListResponse,
-    AuthRoleRevokePermissionResponse, AuthStatusResponse, AuthUserAddResponse,
-    AuthUserChangePasswordResponse, AuthUserDeleteResponse, AuthUserGetResponse,
-    AuthUserGrantRoleResponse, AuthUserListResponse, AuthUserRevokeRoleResponse,
+    AuthRoleGetResponse, AuthRoleGrantPermissionRequest, AuthRoleGrantPermissionResponse,
+    AuthRoleListResponse, AuthRoleRevokePermissionResponse, AuthStatusResponse,
+    AuthUserAddResponse, AuthUserChangePasswordResponse, AuthUserDeleteResponse,
+    AuthUserGetResponse, AuthUserGrantRoleResponse, AuthUserListResponse,
+    AuthUserRevokeRoleResponse,
 };
 use crate::pb::v3electionpb::election_server::Election;
 use crate::pb::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest};
@@ -123,6 +124,9 @@ macro_rules! auth_routes {
 
         impl AuthRequest {
             fn parse(route: AuthRoute, body: &[u8]) -> Result<Self, GatewayError> {
+                if route == AuthRoute::RoleGrantPermission {
+                    return Ok(AuthRequest::RoleGrantPermission(parse_grant(body)?));
+                }
                 Ok(match route {
                     $(AuthRoute::$variant => AuthRequest::$variant(parse_one(body)?),)*
                 })
@@ -169,6 +173,35 @@ auth_routes! {
     "auth/role/delete" => RoleDelete(AuthRoleDeleteRequest) => role_delete,
     "auth/role/grant" => RoleGrantPermission(AuthRoleGrantPermissionRequest) => role_grant_permission,
     "auth/role/revoke" => RoleRevokePermission(AuthRoleRevokePermissionRequest) => role_revoke_permission,
+}
+
+/// A permission grant as etcd's gateway reads it: a `permType` number etcd has no name for is
+/// kept as that number (etcd 3.5 stores it, and it grants nothing), where the generated parser
+/// would refuse it.
+fn parse_grant(body: &[u8]) -> Result<AuthRoleGrantPermissionRequest, GatewayError> {
+    use crate::pb::authpb::permission::Type;
+    const FIELDS: [&str; 2] = ["permType", "perm_type"];
+    let value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let unknown = value.as_ref().and_then(|v| {
+        let perm = v.get("perm")?;
+        let (field, n) = FIELDS
+            .iter()
+            .find_map(|f| Some((*f, perm.get(*f)?.as_i64()?)))?;
+        let n = i32::try_from(n)
+            .ok()
+            .filter(|n| Type::try_from(*n).is_err())?;
+        Some((field, n))
+    });
+    let (Some(mut value), Some((field, number))) = (value, unknown) else {
+        return parse_one(body);
+    };
+    value["perm"][field] = serde_json::Value::from(Type::Read as i32);
+    let known = serde_json::to_vec(&value).map_err(json_error)?;
+    let mut req: AuthRoleGrantPermissionRequest = parse_one(&known)?;
+    if let Some(perm) = req.perm.as_mut() {
+        perm.perm_type = number;
+    }
+    Ok(req)
 }
 
 /// An Auth response as the gateway prints it.
@@ -932,6 +965,29 @@ mod tests {
     use crate::pb::etcdserverpb::{request_op, Compare, RequestOp, ResponseHeader};
     use crate::pb::etcdserverpb::{PutResponse, RangeResponse};
     use crate::pb::mvccpb::KeyValue;
+
+    #[test]
+    fn a_permission_type_etcd_does_not_know_is_read_as_its_number() {
+        // etcd 3.5.1's gateway (asked with curl) takes `"permType": 3` and stores 3.
+        let grant = |body: &str| match AuthRequest::parse(
+            AuthRoute::RoleGrantPermission,
+            body.as_bytes(),
+        ) {
+            Ok(AuthRequest::RoleGrantPermission(r)) => r,
+            other => panic!("{body}: {other:?}"),
+        };
+        let perm = |body: &str| grant(body).perm.expect("a permission");
+        assert_eq!(
+            perm(r#"{"name":"r","perm":{"permType":3,"key":"YQ=="}}"#).perm_type,
+            3
+        );
+        assert_eq!(perm(r#"{"name":"r","perm":{"perm_type":9}}"#).perm_type, 9);
+        let known = perm(r#"{"name":"r","perm":{"permType":"READWRITE","key":"YQ=="}}"#);
+        assert_eq!((known.perm_type, known.key), (2, b"a".to_vec()));
+        assert_eq!(perm(r#"{"name":"r","perm":{"permType":1}}"#).perm_type, 1);
+        assert_eq!(grant(r#"{"name":"r"}"#).perm, None);
+        assert!(AuthRequest::parse(AuthRoute::RoleGrantPermission, b"{\"name\":").is_err());
+    }
 
     #[test]
     fn a_permission_type_etcd_does_not_know_prints_as_its_number() {

@@ -53,11 +53,25 @@ fn route_of(req: &Req) -> Option<(&'static str, Option<String>)> {
             AuthReq::RoleGet(r) => ("/v3/auth/role/get", json(r)),
             AuthReq::RoleList => ("/v3/auth/role/list", empty()),
             AuthReq::RoleDelete(r) => ("/v3/auth/role/delete", json(r)),
-            AuthReq::RoleGrantPermission(r) => ("/v3/auth/role/grant", json(r)),
+            AuthReq::RoleGrantPermission(r) => ("/v3/auth/role/grant", grant_json(r)),
             AuthReq::RoleRevokePermission(r) => ("/v3/auth/role/revoke", json(r)),
         },
         _ => return None,
     })
+}
+
+/// A grant's JSON; a permission type without a name goes as its number, as etcd's gateway takes
+/// it (the generated serializer has no way to write it).
+fn grant_json(r: &metastore::pb::etcdserverpb::AuthRoleGrantPermissionRequest) -> Option<String> {
+    if let Some(text) = json(r) {
+        return Some(text);
+    }
+    let number = r.perm.as_ref()?.perm_type;
+    let mut named = r.clone();
+    named.perm.as_mut()?.perm_type = 1;
+    let mut value = serde_json::to_value(&named).ok()?;
+    value["perm"]["permType"] = number.into();
+    Some(value.to_string())
 }
 
 /// POST `body` to `base` + `path` (with `token` in the `Authorization` header etcd's gateway
