@@ -196,8 +196,8 @@ fn parse_grant(body: &[u8]) -> Result<AuthRoleGrantPermissionRequest, GatewayErr
         return parse_one(body);
     };
     value["perm"][field] = serde_json::Value::from(Type::Read as i32);
-    let known = serde_json::to_vec(&value).map_err(json_error)?;
-    let mut req: AuthRoleGrantPermissionRequest = parse_one(&known)?;
+    let mut req: AuthRoleGrantPermissionRequest =
+        serde_json::from_value(value).map_err(json_error)?;
     if let Some(perm) = req.perm.as_mut() {
         perm.perm_type = number;
     }
