@@ -919,8 +919,9 @@ impl MvccStore {
                 let mut deleted = 0usize;
                 let mut last: Option<Vec<u8>> = None;
                 let mut failure: Option<MvccError> = None;
+                // Each superseded record is read once, here: not through the block cache.
                 self.engine
-                    .scan(Keyspace::Kv, &from, Some(&end), &mut |k, v| {
+                    .scan_uncached(Keyspace::Kv, &from, Some(&end), &mut |k, v| {
                         let Some((rev, tombstone)) = Revision::from_record_key(k) else {
                             failure = Some(corrupt(format!("undecodable record key {k:?}")).into());
                             return false;

@@ -11,6 +11,7 @@ pub fn run_all(make: &Factory<'_>) {
     get_put_delete(&*make());
     keyspaces_are_independent(&*make());
     scan_order_and_bounds(&*make());
+    uncached_scan_answers_as_scan(&*make());
     delete_range(&*make());
     batch_is_atomic_and_ordered(&*make());
     scan_is_point_in_time(&*make());
@@ -113,6 +114,36 @@ fn scan_order_and_bounds(e: &dyn Engine) {
     })
     .expect("scan");
     assert_eq!(seen, 2);
+}
+
+fn uncached_scan_answers_as_scan(e: &dyn Engine) {
+    for k in [&b"b"[..], b"a", b"c", b"a\x00", b"\xff", b"ab"] {
+        put(e, Keyspace::Kv, k, &[k, b"-value"].concat());
+    }
+    let uncached = |start: &[u8], end: Option<&[u8]>, stop_after: usize| {
+        let mut out = Vec::new();
+        e.scan_uncached(Keyspace::Kv, start, end, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            out.len() < stop_after
+        })
+        .expect("scan_uncached");
+        out
+    };
+    for (start, end) in [
+        (&b""[..], None),
+        (b"a\x00", Some(&b"c"[..])),
+        (b"ab", Some(b"ab\x00")),
+        (b"c", Some(b"a")),
+        (b"c", Some(b"c")),
+        (b"\xff\xff", None),
+    ] {
+        assert_eq!(
+            uncached(start, end, usize::MAX),
+            collect(e, Keyspace::Kv, start, end, false),
+            "[{start:?}, {end:?})"
+        );
+    }
+    assert_eq!(uncached(b"", None, 2).len(), 2, "early stop");
 }
 
 fn delete_range(e: &dyn Engine) {

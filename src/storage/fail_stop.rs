@@ -102,6 +102,16 @@ impl Engine for FailStop {
         self.inner.scan_ordered(ks, start, end, order, visit)
     }
 
+    fn scan_uncached(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        self.inner.scan_uncached(ks, start, end, visit)
+    }
+
     fn view(&self) -> Result<Arc<dyn EngineView>> {
         self.inner.view()
     }

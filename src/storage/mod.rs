@@ -226,6 +226,20 @@ pub trait Engine: Send + Sync + 'static {
         self.scan_ordered(ks, start, end, Order::Ascending, visit)
     }
 
+    /// [`Engine::scan`] for data read once and not again soon (a compaction's pass over old
+    /// records): an engine with a block cache leaves it as it was, so one pass over a million
+    /// records neither evicts the blocks foreground reads keep using nor grows the member's
+    /// memory by the cache's size. The default is [`Engine::scan`].
+    fn scan_uncached(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        self.scan(ks, start, end, visit)
+    }
+
     /// [`Engine::scan_ordered`] in descending key order.
     fn scan_rev(
         &self,

@@ -135,6 +135,27 @@ impl RocksEngine {
         cf_of(&self.db, ks)
     }
 
+    /// Visit `[start, end)` of `ks` in `order` on an iterator's implicit snapshot (taken when it
+    /// is created); without `fill_cache` the blocks it reads are dropped with it instead of
+    /// entering the block cache.
+    fn iterate(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        order: Order,
+        fill_cache: bool,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        if matches!(end, Some(end) if end <= start) {
+            return Ok(());
+        }
+        let mut ro = Self::bounded(start, end);
+        ro.fill_cache(fill_cache);
+        let it = self.db.raw_iterator_cf_opt(self.cf(ks)?, ro);
+        drive(it, order, visit)
+    }
+
     fn bounded(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(start.to_vec());
@@ -162,14 +183,17 @@ impl Engine for RocksEngine {
         order: Order,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
-        if matches!(end, Some(end) if end <= start) {
-            return Ok(());
-        }
-        // A RocksDB iterator reads from an implicit snapshot taken when it is created.
-        let it = self
-            .db
-            .raw_iterator_cf_opt(self.cf(ks)?, Self::bounded(start, end));
-        drive(it, order, visit)
+        self.iterate(ks, start, end, order, true, visit)
+    }
+
+    fn scan_uncached(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        self.iterate(ks, start, end, Order::Ascending, false, visit)
     }
 
     fn view(&self) -> Result<Arc<dyn EngineView>> {
