@@ -18,7 +18,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// large requests stayed in the member's RSS after they were answered. Measured after a flood of
 /// large read-only txns (`tests/abuse.rs`): release build, +44-58 MiB with mimalloc's delay
 /// against +17-33 MiB purging at once, which cost ~7% more CPU per put (decommit and recommit on
-/// every burst); debug build, +22-28 MiB against +5-23 MiB with this delay.
+/// every burst); opt-level 0 build, +22-46 MiB against +5-23 MiB with this delay.
 #[cfg(not(madsim))]
 const ALLOCATOR_PURGE_DELAY_MS: std::os::raw::c_long = 10;
 
