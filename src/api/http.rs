@@ -218,10 +218,8 @@ impl HttpApi {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // Refusals are counted and logged by the slots.
         let Some(slot) = self.connections.admit() else {
-            tracing::warn!(
-                "too many HTTP connections, none idle long enough to give way; closing a new one"
-            );
             return;
         };
         let slot = Arc::new(slot);

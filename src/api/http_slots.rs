@@ -24,6 +24,8 @@ pub struct Slots {
     max: usize,
     table: Mutex<BTreeMap<u64, Entry>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// New connections refused so far (every slot busy).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 struct Entry {
@@ -48,7 +50,24 @@ impl Slots {
             max,
             table: Mutex::new(BTreeMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(0),
+            refused: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Counts a refused connection; logged on the first and every 1024th after it: a flood of
+    /// connections must not also flood the log.
+    fn refuse(&self) {
+        let n = self
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 1024 == 0 {
+            tracing::warn!(
+                "all {} HTTP connections are busy, none idle long enough to give way: closing new \
+                 ones ({} so far)",
+                self.max,
+                n + 1
+            );
+        }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -62,13 +81,17 @@ impl Slots {
         let now = rt::now();
         let mut table = self.table();
         if table.len() >= self.max {
-            let (&victim, _) = table
+            let victim = table
                 .iter()
                 .filter_map(|(id, e)| e.idle_since.map(|since| (id, since)))
                 .filter(|(_, since)| {
                     now.saturating_duration_since(*since) >= limits::HTTP_EVICT_IDLE_AFTER
                 })
-                .min_by_key(|(_, since)| *since)?;
+                .min_by_key(|(_, since)| *since);
+            let Some((&victim, _)) = victim else {
+                self.refuse();
+                return None;
+            };
             if let Some(gone) = table.remove(&victim) {
                 // `notify_one` keeps the permit if the connection is not waiting on it yet.
                 gone.evict.notify_one();

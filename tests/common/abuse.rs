@@ -74,15 +74,21 @@ pub async fn back_to_baseline(
     allowance: i64,
     deadline: Duration,
 ) {
-    let until = Instant::now() + deadline;
+    let start = Instant::now();
+    let until = start + deadline;
+    // What each look saw, for the failure message: a count that falls slowly reads differently
+    // from one that stays put.
+    let mut seen = Vec::new();
     loop {
         let now = footprint(endpoint).await;
         if now.0 <= baseline.0 + allowance && now.1 <= baseline.1 {
             return;
         }
+        seen.push((start.elapsed().as_millis(), now));
         assert!(
             Instant::now() < until,
-            "tasks/watchers {now:?}, {baseline:?} before the attack (allowance {allowance} tasks)"
+            "tasks/watchers {now:?}, {baseline:?} before the attack (allowance {allowance} tasks); \
+             seen (ms, (tasks, watchers)): {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
