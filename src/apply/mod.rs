@@ -31,6 +31,7 @@ use crate::pb::etcdserverpb::{
     ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::pb::metastore::{command, Command};
+use crate::pb::mvccpb::KeyValue;
 use crate::storage::{StorageError, WriteBatch};
 
 /// Why a command was rejected. A rejected command leaves every state untouched; the variants that
@@ -501,6 +502,32 @@ pub trait ReadView {
         count_only: bool,
         keys_only: bool,
     ) -> Result<crate::mvcc::RangeResult, MvccError>;
+
+    /// Whether every key of `[key, end)` at the view's own revision satisfies `holds`; `None`
+    /// when the range has no key. `keys_only` as in [`Self::range`]. This default reads the whole
+    /// range first; a view that can visit the keys one record at a time, stopping at the first
+    /// that fails, does so.
+    fn all_hold(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        keys_only: bool,
+        holds: &mut dyn FnMut(&KeyValue) -> bool,
+    ) -> Result<Option<bool>, MvccError> {
+        all_hold_by_range(self, key, end, keys_only, holds)
+    }
+}
+
+/// [`ReadView::all_hold`] by reading the whole range.
+fn all_hold_by_range<V: ReadView + ?Sized>(
+    view: &V,
+    key: &[u8],
+    end: &RangeEnd,
+    keys_only: bool,
+    holds: &mut dyn FnMut(&KeyValue) -> bool,
+) -> Result<Option<bool>, MvccError> {
+    let kvs = view.range(key, end, 0, 0, false, keys_only)?.kvs;
+    Ok((!kvs.is_empty()).then(|| kvs.iter().all(holds)))
 }
 
 struct StoreView<'a>(&'a MvccStore);
@@ -518,6 +545,16 @@ impl ReadView for StoreView<'_> {
         let mut read = RangeRead::new(key, end.clone(), rev, limit, count_only, keys_only);
         self.0.range_step(&mut read, usize::MAX)?;
         read.finish()
+    }
+
+    fn all_hold(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        keys_only: bool,
+        holds: &mut dyn FnMut(&KeyValue) -> bool,
+    ) -> Result<Option<bool>, MvccError> {
+        self.0.all_hold(key, end, 0, keys_only, holds)
     }
 }
 
@@ -585,6 +622,20 @@ impl ReadView for crate::mvcc::WriteTxn<'_> {
         keys_only: bool,
     ) -> Result<crate::mvcc::RangeResult, MvccError> {
         crate::mvcc::WriteTxn::range(self, key, end, rev, limit, count_only, keys_only)
+    }
+
+    fn all_hold(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        keys_only: bool,
+        holds: &mut dyn FnMut(&KeyValue) -> bool,
+    ) -> Result<Option<bool>, MvccError> {
+        match crate::mvcc::WriteTxn::all_hold(self, key, end, keys_only, &mut *holds) {
+            Some(decided) => decided,
+            // It has written: its own changes are read with the rest.
+            None => all_hold_by_range(self, key, end, keys_only, holds),
+        }
     }
 }
 

@@ -285,15 +285,15 @@ fn compare<T: TxnView>(txn: &T, c: &Compare) -> Result<bool, ApplyError> {
     let target = CompareTarget::try_from(c.target).ok();
     // Only a value compare needs the values: the others read the key index (a compare over a
     // large range would otherwise read every value in it inside apply).
+    // The keys are visited one at a time and the first that fails decides: a compare over the
+    // whole keyspace holds one record, not a copy of every key.
     let keys_only = target != Some(CompareTarget::Value);
-    let kvs = ReadView::range(txn, &c.key, &end, 0, 0, false, keys_only)?.kvs;
-    if kvs.is_empty() {
-        if target == Some(CompareTarget::Value) {
-            return Ok(false);
-        }
-        return Ok(compare_kv(c, target, &KeyValue::default()));
-    }
-    Ok(kvs.iter().all(|kv| compare_kv(c, target, kv)))
+    let all = txn.all_hold(&c.key, &end, keys_only, &mut |kv| compare_kv(c, target, kv))?;
+    Ok(match all {
+        Some(all) => all,
+        None if target == Some(CompareTarget::Value) => false,
+        None => compare_kv(c, target, &KeyValue::default()),
+    })
 }
 
 fn compare_kv(c: &Compare, target: Option<CompareTarget>, kv: &KeyValue) -> bool {

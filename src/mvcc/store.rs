@@ -239,19 +239,29 @@ fn keys_only_record<'a>(
     k: KeyAt,
     attached: &mut std::iter::Peekable<impl Iterator<Item = (&'a [u8], i64)>>,
 ) -> KeyValue {
+    let mut kv = KeyValue::default();
+    keys_only_record_into(key, k, attached, &mut kv);
+    kv
+}
+
+/// [`keys_only_record`] written over `kv`, reusing its key's buffer.
+fn keys_only_record_into<'a>(
+    key: &[u8],
+    k: KeyAt,
+    attached: &mut std::iter::Peekable<impl Iterator<Item = (&'a [u8], i64)>>,
+    kv: &mut KeyValue,
+) {
     while attached.next_if(|(a, _)| *a < key).is_some() {}
-    let lease = match attached.peek() {
+    kv.lease = match attached.peek() {
         Some((a, id)) if *a == key => *id,
         _ => 0,
     };
-    KeyValue {
-        key: key.to_vec(),
-        create_revision: k.created,
-        mod_revision: k.modified.main,
-        version: k.version,
-        value: Vec::new(),
-        lease,
-    }
+    kv.key.clear();
+    kv.key.extend_from_slice(key);
+    kv.create_revision = k.created;
+    kv.mod_revision = k.modified.main;
+    kv.version = k.version;
+    kv.value.clear();
 }
 
 /// Read the records `loads` names from `view` into their places in `kvs`. When they are many for
@@ -803,29 +813,13 @@ impl MvccStore {
                 chunk.more = true;
                 return false;
             }
-            // As a keys-only range (`range_step`): a key's newest record comes from the index and
-            // the lease table, without reading it.
-            let head = keys_only
-                && !self.unattached_leases
-                && self
-                    .index
-                    .get(key, self.current_rev)
-                    .is_some_and(|h| h.modified == k.modified);
-            let kv = if head {
-                Ok(keys_only_record(key, k, &mut attached))
-            } else {
-                self.load(k.modified)
-            };
-            let mut kv = match kv {
+            let kv = match self.record_of(key, k, keys_only, at, &mut attached) {
                 Ok(kv) => kv,
                 Err(e) => {
                     failed = Some(e);
                     return false;
                 }
             };
-            if keys_only {
-                kv.value.clear();
-            }
             let bytes = kvs_encoded_len(std::slice::from_ref(&kv));
             if !chunk.kvs.is_empty() && chunk.bytes + bytes > bytes_max {
                 chunk.more = true;
@@ -839,6 +833,79 @@ impl MvccStore {
             Some(e) => Err(e),
             None => Ok(chunk),
         }
+    }
+
+    /// Whether every key of `[key, end)` as of revision `rev` (`<= 0`: newest) satisfies
+    /// `holds`; `None` when the range has no key. The keys are visited in order, one record at a
+    /// time, and the visit stops at the first that fails: a compare over a range of any size
+    /// holds one record, where a range would hold them all. `keys_only` as in [`RangeRead::new`]
+    /// (`holds` must not look at the value then).
+    pub fn all_hold(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        rev: i64,
+        keys_only: bool,
+        mut holds: impl FnMut(&KeyValue) -> bool,
+    ) -> Result<Option<bool>> {
+        let at = self.check_read_revision(rev)?;
+        let (mut any, mut all, mut failed) = (false, true, None);
+        let mut attached = self.leases.attached_from(key).peekable();
+        // One record, its buffers reused from key to key where it comes from the index.
+        let mut kv = KeyValue::default();
+        self.index.visit(key, end, at, |key, k| {
+            any = true;
+            if keys_only && self.is_head(key, k, at) {
+                keys_only_record_into(key, k, &mut attached, &mut kv);
+            } else {
+                match self.record_of(key, k, keys_only, at, &mut attached) {
+                    Ok(record) => kv = record,
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
+            }
+            all = holds(&kv);
+            all
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(any.then_some(all)),
+        }
+    }
+
+    /// The record `k` of `key` (value left out when `keys_only`). As in a keys-only range
+    /// (`range_step`), a key's newest record then comes from the index and the lease table
+    /// (`attached`, from the visit's first key on), without reading it.
+    fn record_of<'a>(
+        &self,
+        key: &[u8],
+        k: KeyAt,
+        keys_only: bool,
+        at: i64,
+        attached: &mut std::iter::Peekable<impl Iterator<Item = (&'a [u8], i64)>>,
+    ) -> Result<KeyValue> {
+        if keys_only && self.is_head(key, k, at) {
+            return Ok(keys_only_record(key, k, attached));
+        }
+        let mut kv = self.load(k.modified)?;
+        if keys_only {
+            kv.value.clear();
+        }
+        Ok(kv)
+    }
+
+    /// Whether a keys-only read may take `k`, the record of `key` seen at revision `at`, from the
+    /// key index and the lease table: it is the key's newest (every record seen at the current
+    /// revision is), and the lease table tells every record's lease (`unattached_leases`).
+    fn is_head(&self, key: &[u8], k: KeyAt, at: i64) -> bool {
+        !self.unattached_leases
+            && (at == self.current_rev
+                || self
+                    .index
+                    .get(key, self.current_rev)
+                    .is_some_and(|h| h.modified == k.modified))
     }
 
     /// The live record of `key` at the newest revision.
@@ -1071,6 +1138,21 @@ impl WriteTxn<'_> {
             None => Ok(None),
             Some(k) => Ok(Some(self.load(k.modified)?)),
         }
+    }
+
+    /// [`MvccStore::all_hold`] inside the transaction, at its own view; `None` (nothing decided)
+    /// once it has written: the caller reads the range instead.
+    pub fn all_hold(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        keys_only: bool,
+        holds: impl FnMut(&KeyValue) -> bool,
+    ) -> Option<Result<Option<bool>>> {
+        (self.sub == 0).then(|| {
+            self.store
+                .all_hold(key, end, self.begin_rev, keys_only, holds)
+        })
     }
 
     /// Range read inside the transaction (`rev <= 0`: the transaction's own view). `keys_only`
@@ -1511,6 +1593,82 @@ mod tests {
             assert_eq!((kv.create_revision, kv.version), (5, 1));
         });
         assert_eq!(kv, 5);
+    }
+
+    #[test]
+    fn all_hold_stops_at_the_first_key_that_fails_and_agrees_with_a_range() {
+        let mut s = store();
+        let mut batch = WriteBatch::new();
+        assert!(s.lease_grant(7, 60, &mut batch));
+        s.engine().write(batch, Durability::Sync).expect("write");
+        // Keys k0..k9 written over several revisions, some twice, one deleted, some on a lease.
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move |n: u32| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 16) % n
+        };
+        for round in 0..30 {
+            commit(&mut s, |t| {
+                let key = format!("k{}", next(10));
+                if round % 7 == 6 {
+                    t.delete_range(key.as_bytes(), &RangeEnd::Single).unwrap();
+                } else {
+                    let lease = if next(3) == 0 { 7 } else { 0 };
+                    let value = format!("v{}", next(4)).into_bytes();
+                    t.put(key.as_bytes(), value, lease).unwrap();
+                }
+            });
+        }
+        let current = s.current_revision();
+        let ranges = [
+            (b"k".to_vec(), RangeEnd::Before(b"l".to_vec())),
+            (b"k3".to_vec(), RangeEnd::Before(b"k7".to_vec())),
+            (b"k5".to_vec(), RangeEnd::Single),
+            (b"k".to_vec(), RangeEnd::Unbounded),
+            (b"x".to_vec(), RangeEnd::Unbounded),
+        ];
+        for (key, end) in &ranges {
+            for rev in [0, current - 10, current] {
+                let whole = s.range(key, end, rev, 0, false).unwrap().kvs;
+                for keys_only in [false, true] {
+                    // Every record it visits is the one a range returns, in order, without its
+                    // value when keys-only.
+                    let mut seen = Vec::new();
+                    let all = s
+                        .all_hold(key, end, rev, keys_only, |kv| {
+                            seen.push(kv.clone());
+                            true
+                        })
+                        .unwrap();
+                    let mut want = whole.clone();
+                    if keys_only {
+                        want.iter_mut().for_each(|kv| kv.value.clear());
+                    }
+                    assert_eq!(seen, want, "{key:?} {end:?} at {rev}");
+                    assert_eq!(all, (!whole.is_empty()).then_some(true));
+                    // A predicate that fails on the n-th key is asked n times, and decides.
+                    for n in 1..=whole.len() {
+                        let mut asked = 0;
+                        let all = s
+                            .all_hold(key, end, rev, keys_only, |_| {
+                                asked += 1;
+                                asked < n
+                            })
+                            .unwrap();
+                        assert_eq!((all, asked), (Some(false), n));
+                    }
+                    // And a real one answers as the whole range does.
+                    let newer = |kv: &KeyValue| kv.mod_revision > current - 12;
+                    let all = s.all_hold(key, end, rev, keys_only, newer).unwrap();
+                    let want = (!whole.is_empty()).then(|| whole.iter().all(newer));
+                    assert_eq!(all, want);
+                }
+            }
+        }
+        assert!(matches!(
+            s.all_hold(b"k", &RangeEnd::Unbounded, current + 1, true, |_| true),
+            Err(MvccError::FutureRevision)
+        ));
     }
 
     #[test]
