@@ -167,8 +167,9 @@ impl HashAttempt {
     ) -> std::result::Result<Option<Vec<u8>>, StorageError> {
         piece.clear();
         let mut next = None;
+        // Every record up to a revision, read once: around the block cache.
         self.engine
-            .scan(Keyspace::Kv, from, Some(end), &mut |k, v| {
+            .scan_uncached(Keyspace::Kv, from, Some(end), &mut |k, v| {
                 if piece.bytes.len() >= self.piece_bytes {
                     next = Some(k.to_vec());
                     return false;

@@ -444,7 +444,9 @@ impl MvccStore {
         // one seen for a key wins): attachments are rebuilt from this one pass.
         let mut attached: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         let mut failure = None;
-        engine.scan(Keyspace::Kv, &[], None, &mut |k, v| {
+        // Every record, read once: around the block cache, which would otherwise start out full
+        // of the oldest ones.
+        engine.scan_uncached(Keyspace::Kv, &[], None, &mut |k, v| {
             let decoded = Revision::from_record_key(k).zip(RecordHead::decode(v).ok());
             let Some(((rev, tombstone), head)) = decoded else {
                 failure = Some(corrupt(format!("undecodable record {k:?}")));
@@ -747,13 +749,13 @@ impl MvccStore {
                     return;
                 }
                 match self.unflushed.get(&k.modified) {
-                    Some(kv) => {
-                        let mut kv = kv.clone();
-                        if keys_only {
-                            kv.value = Vec::new();
-                        }
-                        kvs.push(kv);
-                    }
+                    // Not a copy of a value only to drop it.
+                    Some(kv) if keys_only => kvs.push(KeyValue {
+                        key: kv.key.clone(),
+                        value: Vec::new(),
+                        ..*kv
+                    }),
+                    Some(kv) => kvs.push(kv.clone()),
                     None => {
                         loads.push((kept_before + kvs.len(), k.modified));
                         kvs.push(KeyValue::default());

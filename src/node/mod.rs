@@ -552,7 +552,7 @@ impl Node {
             let view = engine.view()?;
             let mut hasher = crate::mvcc::RecordHasher::default();
             for ks in [Keyspace::Meta, Keyspace::Kv] {
-                view.scan(ks, &[], None, &mut |k, v| {
+                view.scan_uncached(ks, &[], None, &mut |k, v| {
                     hasher.feed(k);
                     hasher.feed(v);
                     true

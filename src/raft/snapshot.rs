@@ -75,7 +75,8 @@ impl ChunkReader {
         while let Some((index, start)) = self.next.take() {
             let ks = SNAPSHOT_KEYSPACES[index];
             let mut resume = None;
-            self.view.scan(ks, &start, None, &mut |k, v| {
+            // Read once to be sent: around the block cache.
+            self.view.scan_uncached(ks, &start, None, &mut |k, v| {
                 if bytes >= limits::SNAPSHOT_CHUNK_BYTES {
                     resume = Some(k.to_vec());
                     return false;

@@ -144,6 +144,33 @@ fn uncached_scan_answers_as_scan(e: &dyn Engine) {
         );
     }
     assert_eq!(uncached(b"", None, 2).len(), 2, "early stop");
+    // A view's uncached scan answers as its scan, at the view's point in time.
+    let view = e.view().expect("view");
+    let before = collect(e, Keyspace::Kv, b"", None, false);
+    put(e, Keyspace::Kv, b"after-the-view", b"v");
+    let from_view = |start: &[u8], end: Option<&[u8]>, uncached: bool, stop_after: usize| {
+        let mut out = Vec::new();
+        let mut visit = |k: &[u8], v: &[u8]| {
+            out.push((k.to_vec(), v.to_vec()));
+            out.len() < stop_after
+        };
+        if uncached {
+            view.scan_uncached(Keyspace::Kv, start, end, &mut visit)
+        } else {
+            view.scan(Keyspace::Kv, start, end, &mut visit)
+        }
+        .expect("view scan");
+        out
+    };
+    assert_eq!(from_view(b"", None, true, usize::MAX), before);
+    for (start, end) in [(&b"a\x00"[..], Some(&b"c"[..])), (b"c", Some(b"a"))] {
+        assert_eq!(
+            from_view(start, end, true, usize::MAX),
+            from_view(start, end, false, usize::MAX),
+            "view [{start:?}, {end:?})"
+        );
+    }
+    assert_eq!(from_view(b"", None, true, 3).len(), 3, "early stop");
 }
 
 fn delete_range(e: &dyn Engine) {

@@ -191,6 +191,18 @@ pub trait EngineView: Send + Sync {
         end: Option<&[u8]>,
         visit: &mut Visitor<'_>,
     ) -> Result<()>;
+
+    /// [`Self::scan`] for data read once and not again soon (a snapshot sent to a member or a
+    /// client, a hash of everything), as [`Engine::scan_uncached`]. The default is [`Self::scan`].
+    fn scan_uncached(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        self.scan(ks, start, end, visit)
+    }
 }
 
 /// The narrow interface every storage engine implements.

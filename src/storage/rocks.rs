@@ -74,12 +74,37 @@ impl EngineView for RocksView {
         end: Option<&[u8]>,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
+        self.iterate(ks, start, end, true, visit)
+    }
+
+    fn scan_uncached(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        self.iterate(ks, start, end, false, visit)
+    }
+}
+
+impl RocksView {
+    /// Visit `[start, end)` of `ks` at the view's snapshot, in ascending order; without
+    /// `fill_cache` the blocks read are dropped instead of entering the block cache.
+    fn iterate(
+        &self,
+        ks: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        fill_cache: bool,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
         if matches!(end, Some(end) if end <= start) {
             return Ok(());
         }
-        let it = self
-            .snapshot
-            .raw_iterator_cf_opt(cf_of(&self.db, ks)?, RocksEngine::bounded(start, end));
+        let mut ro = RocksEngine::bounded(start, end);
+        ro.fill_cache(fill_cache);
+        let it = self.snapshot.raw_iterator_cf_opt(cf_of(&self.db, ks)?, ro);
         drive(it, Order::Ascending, visit)
     }
 }

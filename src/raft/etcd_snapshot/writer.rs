@@ -252,7 +252,8 @@ impl Layout {
         } = self;
         let mut stopped_at = None;
         let mut failure = None;
-        view.scan(ks, &start, end.as_deref(), &mut |k, v| {
+        // Read once to be sent: around the block cache.
+        view.scan_uncached(ks, &start, end.as_deref(), &mut |k, v| {
             if pages.pending_bytes() >= budget {
                 stopped_at = Some(k.to_vec());
                 return false;
