@@ -284,9 +284,9 @@ fn compare<T: TxnView>(txn: &T, c: &Compare) -> Result<bool, ApplyError> {
     // An unknown target compares as equal, as in etcd.
     let target = CompareTarget::try_from(c.target).ok();
     // Only a value compare needs the values: the others read the key index (a compare over a
-    // large range would otherwise read every value in it inside apply).
-    // The keys are visited one at a time and the first that fails decides: a compare over the
-    // whole keyspace holds one record, not a copy of every key.
+    // large range would otherwise read every value in it inside apply). The keys are visited one
+    // at a time and the first that fails decides: a compare over the whole keyspace holds one
+    // record, not a copy of every key.
     let keys_only = target != Some(CompareTarget::Value);
     let all = txn.all_hold(&c.key, &end, keys_only, &mut |kv| compare_kv(c, target, kv))?;
     Ok(match all {

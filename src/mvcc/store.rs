@@ -860,7 +860,7 @@ impl MvccStore {
             if keys_only && self.is_head(key, k, at) {
                 keys_only_record_into(key, k, &mut attached, &mut kv);
             } else {
-                match self.record_of(key, k, keys_only, at, &mut attached) {
+                match self.loaded_record(k, keys_only) {
                     Ok(record) => kv = record,
                     Err(e) => {
                         failed = Some(e);
@@ -891,6 +891,11 @@ impl MvccStore {
         if keys_only && self.is_head(key, k, at) {
             return Ok(keys_only_record(key, k, attached));
         }
+        self.loaded_record(k, keys_only)
+    }
+
+    /// The record `k` read from the store (value left out when `keys_only`).
+    fn loaded_record(&self, k: KeyAt, keys_only: bool) -> Result<KeyValue> {
         let mut kv = self.load(k.modified)?;
         if keys_only {
             kv.value.clear();

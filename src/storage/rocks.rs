@@ -99,11 +99,9 @@ impl RocksView {
         fill_cache: bool,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
-        if matches!(end, Some(end) if end <= start) {
+        let Some(ro) = scan_options(start, end, fill_cache) else {
             return Ok(());
-        }
-        let mut ro = RocksEngine::bounded(start, end);
-        ro.fill_cache(fill_cache);
+        };
         let it = self.snapshot.raw_iterator_cf_opt(cf_of(&self.db, ks)?, ro);
         drive(it, Order::Ascending, visit)
     }
@@ -172,23 +170,27 @@ impl RocksEngine {
         fill_cache: bool,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
-        if matches!(end, Some(end) if end <= start) {
+        let Some(ro) = scan_options(start, end, fill_cache) else {
             return Ok(());
-        }
-        let mut ro = Self::bounded(start, end);
-        ro.fill_cache(fill_cache);
+        };
         let it = self.db.raw_iterator_cf_opt(self.cf(ks)?, ro);
         drive(it, order, visit)
     }
+}
 
-    fn bounded(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(start.to_vec());
-        if let Some(end) = end {
-            ro.set_iterate_upper_bound(end.to_vec());
-        }
-        ro
+/// The read options of a scan of `[start, end)` (entering the block cache or not); `None` when
+/// the range is empty.
+fn scan_options(start: &[u8], end: Option<&[u8]>, fill_cache: bool) -> Option<ReadOptions> {
+    if matches!(end, Some(end) if end <= start) {
+        return None;
     }
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(start.to_vec());
+    if let Some(end) = end {
+        ro.set_iterate_upper_bound(end.to_vec());
+    }
+    ro.fill_cache(fill_cache);
+    Some(ro)
 }
 
 impl Engine for RocksEngine {
