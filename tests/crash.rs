@@ -165,3 +165,107 @@ async fn restart_recovers_revision_compaction_and_index() {
     );
     assert_eq!(kv.mod_revision(), rev + 1);
 }
+
+/// A member binds its client port before it opens its store, as etcd does: a client that connects
+/// while a restarted member reads its records is queued by the kernel, not refused, and answered
+/// once the member serves. (Refused, a gRPC client waits out its reconnect backoff, 1 s and
+/// growing, after the member is back.)
+#[tokio::test]
+async fn a_client_connecting_while_the_store_opens_is_answered_not_refused() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let mut server = Server::start_with("rocksdb", &["--max-txn-ops", "10000"]);
+    let mut c = server.client().await;
+    // Enough records that opening the store (the key index is rebuilt from every one) takes a
+    // while: 200,000 keys in 20 transactions.
+    for batch in 0..20 {
+        let puts: Vec<_> = (0..10_000)
+            .map(|i| etcd_client::TxnOp::put(format!("k{batch:02}-{i:05}"), [b'v'; 64], None))
+            .collect();
+        c.txn(etcd_client::Txn::new().and_then(puts))
+            .await
+            .expect("load");
+    }
+    drop(c);
+    server.kill9();
+
+    let port = common::free_port();
+    let mut child = std::process::Command::new(common::metastore_bin())
+        .args(["--name", "test", "--engine", "rocksdb"])
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn metastore");
+    let stdout = child.stdout.take().expect("stdout");
+    // Killed however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(child);
+    // When the member said it serves its client port.
+    let serving = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let said = serving.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("metastore: serving client requests on ") {
+                let _ = said.set(Instant::now());
+            }
+        }
+    });
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(conn) => break conn,
+            Err(e) => {
+                assert!(
+                    Instant::now() < give_up,
+                    "the port never took a connection: {e}"
+                );
+                assert!(
+                    serving.get().is_none(),
+                    "the member served before its port took a connection: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    let connected = Instant::now();
+    assert!(
+        serving.get().is_none(),
+        "the port took its first connection only once the member served"
+    );
+    // The connection made while the store opened is answered once the member serves.
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("an answer");
+    // (The line is written before the member serves; this thread may read it a little later.)
+    while serving.get().is_none() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let served = *serving.get().expect("the member said it serves");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains(r#""health":"true""#),
+        "{answer}"
+    );
+    eprintln!(
+        "connected {:?} before the member served",
+        served.duration_since(connected)
+    );
+}

@@ -150,7 +150,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     #[cfg(not(madsim))]
     {
-        let listeners = addrs.into_iter().map(|addr| (addr, None)).collect();
+        let listeners = bind_listeners(addrs.into_iter().map(|addr| (addr, None)).collect())?;
         serve_clients(node, listeners, shutdown, on_bound).await
     }
     #[cfg(madsim)]
@@ -160,21 +160,56 @@ pub async fn serve(
     }
 }
 
-/// Bind every listener, report each bound address through `on_bound`, and serve the client API
-/// (gRPC and HTTP/1.1) on each until `shutdown` is raised; a listener with a TLS configuration
-/// serves inside TLS (`api::tls`).
+/// A listening socket and, for an `https://` URL, its TLS configuration: bound before the member
+/// opens its store (`bind_listeners`), served once it has started.
+#[cfg(not(madsim))]
+pub struct BoundListener {
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+#[cfg(not(madsim))]
+impl BoundListener {
+    /// The address the socket is bound to (the port the OS chose for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Bind every listener without accepting on any yet. A member binds its ports before it opens its
+/// store, as etcd does: a client that connects meanwhile is queued by the kernel (up to
+/// [`limits::LISTEN_BACKLOG`]) and answered once the member serves, instead of being refused and
+/// waiting out its client's reconnect backoff (gRPC's starts at 1 s and grows), which after a
+/// restart cost up to a second beyond the store's open.
+#[cfg(not(madsim))]
+pub fn bind_listeners(
+    listeners: Vec<(SocketAddr, Option<Arc<tokio_rustls::rustls::ServerConfig>>)>,
+) -> std::io::Result<Vec<BoundListener>> {
+    listeners
+        .into_iter()
+        .map(|(addr, tls)| {
+            let listener = bind(addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            Ok(BoundListener { listener, tls })
+        })
+        .collect()
+}
+
+/// Serve the client API (gRPC and HTTP/1.1) on every bound listener, reporting each address
+/// through `on_bound` as it starts accepting, until `shutdown` is raised; a listener with a TLS
+/// configuration serves inside TLS (`api::tls`).
 #[cfg(not(madsim))]
 pub async fn serve_clients(
     node: Arc<Node>,
-    listeners: Vec<(SocketAddr, Option<Arc<tokio_rustls::rustls::ServerConfig>>)>,
+    listeners: Vec<BoundListener>,
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
     let mut tasks = Vec::new();
     // One token table per member, whichever address or protocol a client uses.
     let access = Access::new(node.clone());
-    for (addr, tls) in listeners {
-        let listener = bind(addr)?;
+    for BoundListener { listener, tls } in listeners {
         on_bound(listener.local_addr()?);
         let http =
             super::http::HttpApi::new(node.clone(), access.clone(), super::http::Scope::Client);
@@ -190,19 +225,18 @@ pub async fn serve_clients(
     join_all(tasks).await
 }
 
-/// Bind every address in `addrs`, report each bound address through `on_bound`, and serve
-/// `/metrics` and `/health` over HTTP/1.1 on them (etcd's `--listen-metrics-urls`) until
-/// `shutdown` is raised.
+/// Serve `/metrics` and `/health` over HTTP/1.1 on every bound listener (etcd's
+/// `--listen-metrics-urls`, plain HTTP), reporting each
+/// address through `on_bound` as it starts accepting, until `shutdown` is raised.
 #[cfg(not(madsim))]
 pub async fn serve_metrics(
     node: Arc<Node>,
-    addrs: Vec<SocketAddr>,
+    listeners: Vec<BoundListener>,
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
     let mut tasks = Vec::new();
-    for addr in &addrs {
-        let listener = bind(*addr)?;
+    for BoundListener { listener, .. } in listeners {
         on_bound(listener.local_addr()?);
         let http = super::http::HttpApi::new(
             node.clone(),
@@ -374,7 +408,7 @@ pub async fn serve_peers(
 ) -> std::io::Result<()> {
     #[cfg(not(madsim))]
     {
-        let listeners = addrs.into_iter().map(|addr| (addr, None)).collect();
+        let listeners = bind_listeners(addrs.into_iter().map(|addr| (addr, None)).collect())?;
         serve_peer_listeners(node, listeners, shutdown, on_bound).await
     }
     #[cfg(madsim)]
@@ -383,19 +417,18 @@ pub async fn serve_peers(
     }
 }
 
-/// Bind every peer listener, report each bound address through `on_bound`, and serve other
-/// members on each until `shutdown` is raised; a listener with a TLS configuration
+/// Serve other members on every bound peer listener, reporting each address through `on_bound`
+/// as it starts accepting, until `shutdown` is raised; a listener with a TLS configuration
 /// (`--peer-cert-file` ...) serves inside TLS.
 #[cfg(not(madsim))]
 pub async fn serve_peer_listeners(
     node: Arc<Node>,
-    listeners: Vec<(SocketAddr, Option<Arc<tokio_rustls::rustls::ServerConfig>>)>,
+    listeners: Vec<BoundListener>,
     shutdown: Shutdown,
     on_bound: impl Fn(SocketAddr),
 ) -> std::io::Result<()> {
     let mut tasks = Vec::new();
-    for (addr, tls) in listeners {
-        let listener = bind(addr)?;
+    for BoundListener { listener, tls } in listeners {
         on_bound(listener.local_addr()?);
         tasks.push(crate::rt::spawn(serve_peer_listener(
             listener,

@@ -361,6 +361,19 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         Some(urls) => config::parse_urls(urls).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
+    // Every port is bound before the store opens (which reads every record), as etcd does: a
+    // client connecting meanwhile waits in the kernel's queue and is answered as soon as the
+    // member serves, instead of being refused and retrying after its own backoff. A port in use
+    // is reported at once.
+    #[cfg(not(madsim))]
+    let (client_listeners, peer_listeners, metrics_listeners) = {
+        let bind = |listeners| api::server::bind_listeners(listeners).map_err(|e| e.to_string());
+        (
+            bind(client_listeners)?,
+            bind(peer_listeners)?,
+            bind(metrics_addrs.iter().map(|addr| (*addr, None)).collect())?,
+        )
+    };
     let engine = open_engine(&cfg)?;
     tracing::info!(name = %cfg.name, engine = engine.kind(), data_dir = %cfg.data_dir.display(), "starting member");
     let node = match Node::start_with_peers(cfg.clone(), engine.clone(), channels).await {
@@ -409,7 +422,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
                 return futures::future::pending::<std::io::Result<()>>().await;
             }
             #[cfg(not(madsim))]
-            return api::server::serve_metrics(node, metrics_addrs, shutdown, |addr| {
+            return api::server::serve_metrics(node, metrics_listeners, shutdown, |addr| {
                 println!("metastore: serving metrics on {addr}");
             })
             .await;
