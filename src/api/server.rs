@@ -176,8 +176,8 @@ impl BoundListener {
     }
 }
 
-/// Bind every listener without accepting on any yet. A member binds its ports before it opens its
-/// store, as etcd does: a client that connects meanwhile is queued by the kernel (up to
+/// Bind every listener without accepting on any yet. A member binds its client ports before it
+/// opens its store, as etcd does: a client that connects meanwhile is queued by the kernel (up to
 /// [`limits::LISTEN_BACKLOG`]) and answered once the member serves, instead of being refused and
 /// waiting out its client's reconnect backoff (gRPC's starts at 1 s and grows), which after a
 /// restart cost up to a second beyond the store's open.

@@ -361,16 +361,17 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         Some(urls) => config::parse_urls(urls).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
-    // Every port is bound before the store opens (which reads every record), as etcd does: a
-    // client connecting meanwhile waits in the kernel's queue and is answered as soon as the
-    // member serves, instead of being refused and retrying after its own backoff. A port in use
-    // is reported at once.
+    // The client and metrics ports are bound before the store opens (which reads every record),
+    // as etcd does: a client connecting meanwhile waits in the kernel's queue and is answered as
+    // soon as the member serves, instead of being refused and retrying after its own backoff. A
+    // port in use is reported at once. The peer port is bound only once the member serves: a
+    // refused peer port is how other members tell that a leader's process is gone
+    // (`node::failover`), and a restarted leader still opening its store is gone as a leader.
     #[cfg(not(madsim))]
-    let (client_listeners, peer_listeners, metrics_listeners) = {
+    let (client_listeners, metrics_listeners) = {
         let bind = |listeners| api::server::bind_listeners(listeners).map_err(|e| e.to_string());
         (
             bind(client_listeners)?,
-            bind(peer_listeners)?,
             bind(metrics_addrs.iter().map(|addr| (*addr, None)).collect())?,
         )
     };
@@ -395,14 +396,16 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         stopper.trigger();
     });
     #[cfg(not(madsim))]
-    let peers = crate::rt::spawn(api::server::serve_peer_listeners(
-        node.clone(),
-        peer_listeners,
-        shutdown.clone(),
-        |addr| {
-            println!("metastore: serving peer traffic on {addr}");
-        },
-    ));
+    let peers = {
+        let (node, shutdown) = (node.clone(), shutdown.clone());
+        crate::rt::spawn(async move {
+            let listeners = api::server::bind_listeners(peer_listeners)?;
+            api::server::serve_peer_listeners(node, listeners, shutdown, |addr| {
+                println!("metastore: serving peer traffic on {addr}");
+            })
+            .await
+        })
+    };
     #[cfg(madsim)]
     let peers = crate::rt::spawn(api::serve_peers(
         node.clone(),
