@@ -277,7 +277,7 @@ fn the_json_gateway_serves_kv_txn_and_leases_as_etcds_does() {
         assert_eq!(again.code, 404);
         assert_eq!(
             again.body,
-            r#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#
+            r#"{"error":"etcdserver: requested lease not found","code":5,"message":"etcdserver: requested lease not found"}"#
         );
 
         let status = json(&post(&server, "/v3/maintenance/status", "{}").body);
@@ -311,13 +311,13 @@ fn bad_requests_get_the_gateways_errors() {
     assert_eq!(cut.code, 400);
     assert_eq!(
         cut.body,
-        r#"{"error":"unexpected EOF","message":"unexpected EOF","code":3}"#
+        r#"{"error":"unexpected EOF","code":3,"message":"unexpected EOF"}"#
     );
     // etcd 3.4.23: {"error":"illegal base64 data at input byte 0",...,"code":3}
     let base64 = post(&server, "/v3/kv/range", r#"{"key":"@@"}"#);
     assert_eq!(
         base64.body,
-        r#"{"error":"illegal base64 data at input byte 0","message":"illegal base64 data at input byte 0","code":3}"#
+        r#"{"error":"illegal base64 data at input byte 0","code":3,"message":"illegal base64 data at input byte 0"}"#
     );
     for bad in [r#"{"key":"@@"}"#, "[1]", r#"{"key":"Zm9v","limit":"abc"}"#] {
         let answer = post(&server, "/v3/kv/range", bad);
@@ -331,7 +331,7 @@ fn bad_requests_get_the_gateways_errors() {
     assert_eq!(no_key.code, 400);
     assert_eq!(
         no_key.body,
-        r#"{"error":"etcdserver: key is not provided","message":"etcdserver: key is not provided","code":3}"#
+        r#"{"error":"etcdserver: key is not provided","code":3,"message":"etcdserver: key is not provided"}"#
     );
     // An empty body is the empty request; unknown fields are ignored.
     assert_eq!(post(&server, "/v3/kv/range", "").code, 400);
@@ -695,7 +695,7 @@ fn with_auth_on_http_serves_only_health_version_metrics_and_authenticate_anonymo
     for path in ["/health", "/livez", "/readyz", "/version", "/metrics"] {
         assert_eq!(get(&server.endpoint, path).code, 200, "{path}");
     }
-    let empty = r#"{"error":"etcdserver: user name is empty","message":"etcdserver: user name is empty","code":3}"#;
+    let empty = r#"{"error":"etcdserver: user name is empty","code":3,"message":"etcdserver: user name is empty"}"#;
     for (path, body) in [
         ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
         ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),

@@ -87,6 +87,11 @@ fn no_leader() -> Status {
     Status::unknown("election: no leader")
 }
 
+/// Proclaim and Resign without a leader key (etcd 3.5 checks this before anything else).
+fn missing_leader_key() -> Status {
+    Status::unknown(r#""leader" field must be provided"#)
+}
+
 /// The current leader's key-value of election `name`.
 async fn leader_kv(node: &Node, name: &[u8]) -> Result<(Option<KeyValue>, i64), Status> {
     let prefix = [name, b"/"].concat();
@@ -267,12 +272,15 @@ impl ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        if request.get_ref().leader.is_none() {
+            return Err(missing_leader_key());
+        }
         let (_, requester) = self.permit(
             &request,
             &leader_key_needs(request.get_ref().leader.as_ref()),
         )?;
         let req = request.into_inner();
-        let leader = req.leader.ok_or_else(not_leader)?;
+        let leader = req.leader.ok_or_else(missing_leader_key)?;
         let rev = if_still_leader(
             &self.node,
             &leader,
@@ -348,12 +356,25 @@ impl ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        if request.get_ref().leader.is_none() {
+            return Err(missing_leader_key());
+        }
         let (_, requester) = self.permit(
             &request,
             &leader_key_needs(request.get_ref().leader.as_ref()),
         )?;
-        let leader = request.into_inner().leader.ok_or_else(not_leader)?;
-        let rev = if_still_leader(&self.node, &leader, delete_op(&leader.key), &requester).await?;
+        let leader = request.into_inner().leader.ok_or_else(missing_leader_key)?;
+        // As etcd's: deletes the key only while it is still this leader's, and answers with the
+        // header either way (a leader that lost its key has nothing left to resign).
+        let t = if_created_at(
+            &self.node,
+            &leader.key,
+            leader.rev,
+            delete_op(&leader.key),
+            &requester,
+        )
+        .await?;
+        let rev = t.header.map(|h| h.revision).unwrap_or(0);
         Ok(Response::new(ResignResponse {
             header: Some(self.node.header(rev)),
         }))

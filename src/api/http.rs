@@ -702,11 +702,11 @@ fn status_error(status: tonic::Status) -> Response<Body> {
     )
 }
 
-/// grpc-gateway's error body: `{"error":M,"message":M,"code":N}`.
+/// grpc-gateway's error body, its fields in etcd 3.5's order: `{"error":M,"code":N,"message":M}`.
 pub fn error_json(status: &tonic::Status) -> Vec<u8> {
     let message = json_string(status.message());
     format!(
-        r#"{{"error":{message},"message":{message},"code":{}}}"#,
+        r#"{{"error":{message},"code":{},"message":{message}}}"#,
         status.code() as i32
     )
     .into_bytes()
@@ -770,7 +770,7 @@ mod tests {
         let status = tonic::Status::not_found("etcdserver: requested lease not found");
         assert_eq!(
             String::from_utf8(error_json(&status)).unwrap(),
-            r#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#
+            r#"{"error":"etcdserver: requested lease not found","code":5,"message":"etcdserver: requested lease not found"}"#
         );
         assert_eq!(
             String::from_utf8(stream_error_json(&status)).unwrap(),
