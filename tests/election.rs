@@ -172,10 +172,7 @@ async fn election_answer(c: &mut etcd_client::Client, req: &ElectionReq) -> Stri
                 .map(|r| format!("rev {}", rev(r.header())))
         }
     };
-    answer.unwrap_or_else(|e| match e {
-        etcd_client::Error::GRpcStatus(s) => format!("error {:?} {}", s.code(), s.message()),
-        other => format!("error {other}"),
-    })
+    common::etcd::answer_text(answer)
 }
 
 /// Campaign, Leader, Proclaim and Resign as etcd 3.5.1 answers them, on generated sequences: the
@@ -187,26 +184,10 @@ async fn election_answer(c: &mut etcd_client::Client, req: &ElectionReq) -> Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn election_requests_are_answered_as_etcd_answers_them() {
     use std::collections::BTreeMap;
-    use std::time::Instant;
 
     let data = tempfile::tempdir().expect("tempdir");
-    let etcd = common::etcd::spawn(
-        &common::etcd::reference_dir(),
-        &data.path().join("e"),
-        common::free_port(),
-    );
+    let (_etcd, mut reference) = common::etcd::start_reference(&data.path().join("e")).await;
     let server = Server::start("memory");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut reference = loop {
-        let connected = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await;
-        if let Ok(mut c) = connected {
-            if c.get("ready", None).await.is_ok() {
-                break c;
-            }
-        }
-        assert!(Instant::now() < deadline, "etcd 3.5.1 did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
     let mut ours = server.client().await;
     // Leases with the same ids on both (granted ones, and 9, which neither has).
     for c in [&mut reference, &mut ours] {
@@ -219,14 +200,8 @@ async fn election_requests_are_answered_as_etcd_answers_them() {
     const NAMES: [&str; 3] = ["el", "el2", ""];
     const LEASES: [i64; 3] = [1, 2, 9];
     const VALUES: [&str; 3] = ["a", "", "b"];
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut below = |n: usize| {
-        // xorshift64*: a fixed sequence, so a failure replays.
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    };
+    let mut seq = common::etcd::Sequence::new(0x9e37_79b9_7f4a_7c15);
+    let mut below = |n: usize| seq.below(n as u64) as usize;
     // Each name's leader key as etcd last granted it, while believed held.
     let mut held: BTreeMap<&str, etcd_client::LeaderKey> = BTreeMap::new();
     // Every leader key etcd granted.

@@ -90,15 +90,12 @@ impl Maintenance for MaintenanceService {
         let req = request.into_inner();
         match req.action() {
             AlarmAction::Get => {
-                // etcd lists the alarms of the given member and type, 0/NONE meaning all.
+                // etcd 3.5 lists the alarms of the given type (NONE: all), whatever the member id.
                 let alarms = self
                     .node
                     .alarms()
                     .into_iter()
-                    .filter(|(m, a)| {
-                        (req.member_id == 0 || *m == req.member_id)
-                            && (req.alarm == AlarmType::None as i32 || *a == req.alarm)
-                    })
+                    .filter(|(_, a)| req.alarm == AlarmType::None as i32 || *a == req.alarm)
                     .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
                     .collect();
                 Ok(Response::new(AlarmResponse {

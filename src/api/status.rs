@@ -247,6 +247,7 @@ impl From<NodeError> for Status {
                 Code::ResourceExhausted,
                 "etcdserver: mvcc: database space exceeded",
             ),
+            NodeError::Corrupt => status(Code::DataLoss, "etcdserver: corrupt cluster"),
             NodeError::Apply(e) => e.into(),
             NodeError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
             NodeError::Raft(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
@@ -409,6 +410,10 @@ mod tests {
                 Code::ResourceExhausted,
                 "etcdserver: mvcc: database space exceeded".into()
             )
+        );
+        assert_eq!(
+            pair(NodeError::Corrupt.into()),
+            (Code::DataLoss, "etcdserver: corrupt cluster".into())
         );
         assert_eq!(
             pair(NodeError::Apply(ApplyError::Compacted).into()),

@@ -15,7 +15,7 @@ mod txn;
 
 pub use range::execute_range;
 pub use range_stream::RangeStream;
-pub use txn::{is_read_only, is_serializable};
+pub use txn::{has_top_level_put, is_read_only, is_serializable};
 
 use std::ops::Deref;
 
@@ -24,6 +24,7 @@ use crate::cluster::version::{DowngradeError, Version, VersionState};
 use crate::limits::RANGE_PIECE_KEYS;
 use crate::mvcc::{MvccError, MvccStore, RangeEnd, RangeRead};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
+use crate::pb::etcdserverpb::AlarmType;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseCheckpointResponse};
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
@@ -274,13 +275,27 @@ pub fn apply(
                 alarm: req.alarm,
             }];
             let alarms = match req.action() {
+                // etcd raises no alarm of type NONE.
+                AlarmAction::Activate if req.alarm == AlarmType::None as i32 => Vec::new(),
                 AlarmAction::Activate => {
                     crate::cluster::put_alarm(&mut batch, req.member_id, req.alarm);
                     changed
                 }
                 AlarmAction::Deactivate => {
+                    // etcd names the alarm it cleared, and none if it was not raised. (Read from
+                    // the engine: an alarm raised by an entry applied in the same batch as this
+                    // one is not seen there, and then only this answer names none.)
+                    let raised = crate::cluster::alarm_raised(
+                        store.engine().as_ref(),
+                        req.member_id,
+                        req.alarm,
+                    )?;
                     crate::cluster::delete_alarm(&mut batch, req.member_id, req.alarm);
-                    changed
+                    if raised {
+                        changed
+                    } else {
+                        Vec::new()
+                    }
                 }
                 AlarmAction::Get => Vec::new(),
             };

@@ -119,6 +119,15 @@ pub fn is_read_only(req: &TxnRequest) -> bool {
         })
 }
 
+/// Whether either branch of `req` puts directly: what etcd's quota charges a transaction for (its
+/// cost is the larger branch's top-level puts; nested transactions cost nothing).
+pub fn has_top_level_put(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| matches!(op.request, Some(request_op::Request::RequestPut(_))))
+}
+
 /// Whether every operation of `req` is a serializable range (etcd's `isTxnSerializable`; a
 /// nested transaction is not, so one that only reads is still served linearizably, as etcd
 /// serves it through raft): then a read-only transaction needs no read barrier.

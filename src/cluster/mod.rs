@@ -190,6 +190,13 @@ pub fn delete_alarm(batch: &mut WriteBatch, member_id: u64, alarm: i32) {
     batch.delete(Keyspace::Meta, alarm_key(member_id, alarm));
 }
 
+/// Whether `member_id`'s alarm of type `alarm` is raised in `engine`.
+pub fn alarm_raised(engine: &dyn Engine, member_id: u64, alarm: i32) -> Result<bool, StorageError> {
+    Ok(engine
+        .get(Keyspace::Meta, &alarm_key(member_id, alarm))?
+        .is_some())
+}
+
 /// Every raised alarm as `(member id, alarm type)`, in order.
 pub fn read_alarms(engine: &dyn Engine) -> Result<Vec<(u64, i32)>, StorageError> {
     let mut out = Vec::new();

@@ -68,6 +68,9 @@ pub enum NodeError {
     Stopped,
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// A CORRUPT alarm is raised: writes are refused until it is cleared.
+    #[error("corrupt cluster")]
+    Corrupt,
     /// A call waited its whole time for a place among a bounded number (snapshot streams,
     /// [`limits::SNAPSHOT_STREAMS_MAX`]; password work and full scans of the store,
     /// [`limits::heavy_work_places`]).
@@ -110,10 +113,12 @@ pub struct LeaseStatus {
     pub keys: Vec<Vec<u8>>,
 }
 
-/// The backend size as last read, refreshed at most every [`limits::QUOTA_SIZE_REFRESH`].
+/// The backend size and the alarms as last read, refreshed at most every
+/// [`limits::QUOTA_SIZE_REFRESH`].
 struct SizeCache {
     bytes: std::sync::atomic::AtomicU64,
     nospace: std::sync::atomic::AtomicBool,
+    corrupt: std::sync::atomic::AtomicBool,
     refreshed_at: std::sync::Mutex<Option<rt::Instant>>,
 }
 
@@ -336,6 +341,7 @@ impl Node {
                 backend_size: SizeCache {
                     bytes: std::sync::atomic::AtomicU64::new(0),
                     nospace: std::sync::atomic::AtomicBool::new(false),
+                    corrupt: std::sync::atomic::AtomicBool::new(false),
                     refreshed_at: std::sync::Mutex::new(None),
                 },
                 channels,
@@ -474,8 +480,9 @@ impl Node {
         Some(self.header(revision))
     }
 
-    /// `(backend size, NOSPACE raised)`, at most [`limits::QUOTA_SIZE_REFRESH`] old.
-    fn quota_state(&self) -> (u64, bool) {
+    /// `(backend size, NOSPACE raised, CORRUPT raised)`, at most [`limits::QUOTA_SIZE_REFRESH`]
+    /// old.
+    fn quota_state(&self) -> (u64, bool, bool) {
         use std::sync::atomic::Ordering;
         let mut refreshed_at = self
             .backend_size
@@ -489,16 +496,20 @@ impl Node {
             self.backend_size
                 .bytes
                 .store(self.db_size_bytes(), Ordering::SeqCst);
-            let nospace = self
-                .alarms()
-                .iter()
-                .any(|(_, a)| *a == AlarmType::Nospace as i32);
-            self.backend_size.nospace.store(nospace, Ordering::SeqCst);
+            let alarms = self.alarms();
+            let raised = |t: AlarmType| alarms.iter().any(|(_, a)| *a == t as i32);
+            self.backend_size
+                .nospace
+                .store(raised(AlarmType::Nospace), Ordering::SeqCst);
+            self.backend_size
+                .corrupt
+                .store(raised(AlarmType::Corrupt), Ordering::SeqCst);
             *refreshed_at = Some(now);
         }
         (
             self.backend_size.bytes.load(Ordering::SeqCst),
             self.backend_size.nospace.load(Ordering::SeqCst),
+            self.backend_size.corrupt.load(Ordering::SeqCst),
         )
     }
 
@@ -778,11 +789,25 @@ impl Node {
         op: command::Op,
         requester: Option<Requester>,
     ) -> Result<Applied, NodeError> {
-        // What a NOSPACE alarm stops, as in etcd: writes that can grow the backend.
-        let writes_data = matches!(
-            op,
-            command::Op::Put(_) | command::Op::Txn(_) | command::Op::LeaseGrant(_)
-        );
+        // What the alarms stop, as etcd's appliers do. CORRUPT: every write (read-only txns are
+        // served as reads, as etcd serves them). NOSPACE: puts, lease grants and txns with a put
+        // of their own (etcd's quota counts a txn's top-level puts only: a txn that deletes, as
+        // Kubernetes deletes, still goes through, so a full store can be emptied). A write the
+        // quota counts is also refused while the backend is past the quota.
+        let (quota_checked, costs) = match &op {
+            command::Op::Put(_) | command::Op::LeaseGrant(_) => (true, true),
+            command::Op::Txn(t) => (true, crate::apply::has_top_level_put(t)),
+            _ => (false, false),
+        };
+        let corrupt_refuses = match &op {
+            command::Op::Put(_)
+            | command::Op::DeleteRange(_)
+            | command::Op::Compaction(_)
+            | command::Op::LeaseGrant(_)
+            | command::Op::LeaseRevoke(_) => true,
+            command::Op::Txn(t) => !crate::apply::is_read_only(t),
+            _ => false,
+        };
         let cmd = Command {
             op: Some(op),
             proposer_id: 0,
@@ -794,12 +819,16 @@ impl Node {
         if size > self.config.max_request_bytes {
             return Err(NodeError::RequestTooLarge);
         }
-        if writes_data {
-            let (backend, nospace) = self.quota_state();
-            if nospace {
+        if corrupt_refuses || quota_checked {
+            let (backend, nospace, corrupt) = self.quota_state();
+            if corrupt && corrupt_refuses {
+                return Err(NodeError::Corrupt);
+            }
+            if nospace && costs {
                 return Err(NodeError::NoSpace);
             }
-            if backend + size as u64 > self.config.quota_bytes() {
+            let cost = if costs { size as u64 } else { 0 };
+            if quota_checked && backend + cost > self.config.quota_bytes() {
                 self.raise_nospace();
                 return Err(NodeError::NoSpace);
             }

@@ -55,3 +55,49 @@ pub fn spawn(dir: &Path, data: &Path, peer: u16) -> Etcd {
         .expect("start etcd");
     Etcd { child, endpoint }
 }
+
+/// A fresh etcd 3.5.1 on `data` and a client of it, once it answers (within 20 s).
+pub async fn start_reference(data: &Path) -> (Etcd, etcd_client::Client) {
+    let etcd = spawn(&reference_dir(), data, super::free_port());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let connected = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await;
+        if let Ok(mut c) = connected {
+            if c.get("ready", None).await.is_ok() {
+                return (etcd, c);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcd 3.5.1 did not come up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A fixed pseudo-random sequence (xorshift64*) for generated request sequences: a failure
+/// replays.
+pub struct Sequence(u64);
+
+impl Sequence {
+    pub fn new(seed: u64) -> Sequence {
+        Sequence(seed.max(1))
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
+    }
+}
+
+/// An answer as tests that ask etcd and MetaStore the same compare it: what the caller made of
+/// a success, or the error's gRPC code and text.
+pub fn answer_text(answer: Result<String, etcd_client::Error>) -> String {
+    answer.unwrap_or_else(|e| match e {
+        etcd_client::Error::GRpcStatus(s) => format!("error {:?} {}", s.code(), s.message()),
+        other => format!("error {other}"),
+    })
+}
