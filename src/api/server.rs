@@ -226,8 +226,8 @@ pub async fn serve_clients(
 }
 
 /// Serve `/metrics` and `/health` over HTTP/1.1 on every bound listener (etcd's
-/// `--listen-metrics-urls`, plain HTTP), reporting each
-/// address through `on_bound` as it starts accepting, until `shutdown` is raised.
+/// `--listen-metrics-urls`, plain HTTP), reporting each address through `on_bound` as it starts
+/// accepting, until `shutdown` is raised.
 #[cfg(not(madsim))]
 pub async fn serve_metrics(
     node: Arc<Node>,

@@ -1425,14 +1425,22 @@ async fn run_lease_expiry(node: std::sync::Weak<Node>, checkpoint_every: std::ti
             last_checkpoint = rt::now();
             node.checkpoint_leases().await;
         }
+        // Revokes that failed this check: retried at the next (e.g. while there is no leader, or
+        // while a CORRUPT alarm refuses writes), and logged once a check, not once a lease.
+        let mut failed: Option<(usize, i64, NodeError)> = None;
         for id in node.lease_clock.expired(limits::LEASE_REVOKES_PER_CHECK) {
             match node.lease_revoke(id).await {
                 Ok(_) | Err(NodeError::Apply(ApplyError::LeaseNotFound)) => {
                     node.lease_clock.remove(id)
                 }
-                // Retried at the next check (e.g. while there is no leader).
-                Err(e) => tracing::warn!("cannot revoke expired lease {id:x}: {e}"),
+                Err(e) => match &mut failed {
+                    Some((n, _, _)) => *n += 1,
+                    None => failed = Some((1, id, e)),
+                },
             }
+        }
+        if let Some((n, first, e)) = failed {
+            tracing::warn!("cannot revoke {n} expired lease(s), {first:x} first: {e}");
         }
     }
 }
