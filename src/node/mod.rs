@@ -792,8 +792,9 @@ impl Node {
         // What the alarms stop, as etcd's appliers do. CORRUPT: every write (read-only txns are
         // served as reads, as etcd serves them). NOSPACE: puts, lease grants and txns with a put
         // of their own (etcd's quota counts a txn's top-level puts only: a txn that deletes, as
-        // Kubernetes deletes, still goes through, so a full store can be emptied). A write the
-        // quota counts is also refused while the backend is past the quota.
+        // Kubernetes deletes, goes through while the alarm is raised, so keys can be removed
+        // before the alarm is cleared). Puts, grants and txns are also refused while the backend
+        // is past the quota.
         let (quota_checked, costs) = match &op {
             command::Op::Put(_) | command::Op::LeaseGrant(_) => (true, true),
             command::Op::Txn(t) => (true, crate::apply::has_top_level_put(t)),
