@@ -16,6 +16,7 @@ pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod mvcc;
+pub mod net;
 pub mod node;
 pub mod pb;
 pub mod raft;

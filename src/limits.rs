@@ -286,7 +286,7 @@ pub const COMPACTION_PHYSICAL_STALL_MAX: Duration = Duration::from_secs(10);
 /// Most entries kept below the last snapshot (never more than half of `--snapshot-count`).
 pub const RAFT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 
-/// Bytes of the raft log's newest entries kept in memory ([`crate::raft::log_tail`]): openraft
+/// Bytes of the raft log's newest entries kept in memory (`raft::log_tail`): openraft
 /// reads each entry back to apply it and to replicate it, almost always within a few entries of
 /// the end. A few of the largest requests, or some thousands of small ones.
 pub const RAFT_LOG_TAIL_BYTES: usize = 4 * 1024 * 1024;
@@ -398,7 +398,7 @@ pub const CLIENT_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a client connection's socket may take no bytes at all, while the member has some to
-/// send, before the connection is closed (`api::write_gate`). An HTTP/2 client reads its socket
+/// send, before the connection is closed (`net::write_gate`). An HTTP/2 client reads its socket
 /// whatever its application does with the streams (flow control holds the rest back), so a socket
 /// that stays full this long belongs to a client that is gone or frozen; meanwhile its streams
 /// hold their share of the member's watch and send budgets.
@@ -409,14 +409,14 @@ pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// HTTP/1.1 connections (health checks, metrics scrapes, the JSON gateway) served at once per
 /// listener; beyond it a newcomer takes the slot of the connection idle longest
-/// (`api::http_slots`), or is closed if none has been idle for [`HTTP_EVICT_IDLE_AFTER`].
+/// (`net::http_slots`), or is closed if none has been idle for [`HTTP_EVICT_IDLE_AFTER`].
 pub const HTTP_MAX_CONNECTIONS: usize = 1024;
 
 /// How long an HTTP/1.1 connection must have waited for a request before a newcomer may take its
 /// slot when all are taken.
 pub const HTTP_EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// File descriptors kept out of the connection pools (`api::conn_limit`): RocksDB's files (it
+/// File descriptors kept out of the connection pools (`net::conn_limit`): RocksDB's files (it
 /// keeps every table file open and opens new ones as it flushes and compacts), the log, and the
 /// connections this member dials to its peers. Running out of them would stop the member.
 pub const FILES_RESERVED: u64 = 1024;
@@ -582,7 +582,7 @@ const _: () = assert!(
 /// restart replays.
 pub const ENGINE_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
-/// Records read by one batched engine lookup ([`crate::storage::Engine::get_many`]): RocksDB pins
+/// Records read by one batched engine lookup (`storage::Engine::get_many`): RocksDB pins
 /// the blocks of a batch's values until they are copied out, so a batch is bounded, not a range.
 pub const ENGINE_GET_MANY_KEYS: usize = 256;
 

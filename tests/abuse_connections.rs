@@ -1,6 +1,6 @@
 //! A flood of connections (issue 15): an attacker opens far more connections than the member has
 //! file descriptors and keeps them idle. The member keeps descriptors for its engine and peers
-//! (new connections past its pool are closed at once, see `api::conn_limit`), keeps serving the
+//! (new connections past its pool are closed at once, see `net::conn_limit`), keeps serving the
 //! clients already connected, stays within its memory budget, and takes new clients again as soon
 //! as the attacker leaves.
 

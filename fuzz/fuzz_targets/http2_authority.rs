@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use libfuzzer_sys::fuzz_target;
-use metastore::api::authority::AuthorityFix;
+use metastore::net::authority::AuthorityFix;
 use metastore_fuzz::heap;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 

@@ -25,13 +25,13 @@ use crate::{limits, rt};
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
 /// The user named by the verified client certificate of the connection a request came on: set
-/// (by `api::tls`) only on TLS listeners with `--client-cert-auth`, where rustls has checked the
+/// (by `net::tls`) only on TLS listeners with `--client-cert-auth`, where rustls has checked the
 /// certificate against `--trusted-ca-file`. Requests the JSON gateway makes carry none.
 pub fn cert_user(extensions: &tonic::Extensions) -> Option<&str> {
     #[cfg(not(madsim))]
     {
         extensions
-            .get::<super::tls::ClientConnInfo>()?
+            .get::<crate::net::conn_info::ClientConnInfo>()?
             .common_name
             .as_deref()
     }
@@ -48,7 +48,7 @@ pub fn cert_valid_for(extensions: &tonic::Extensions, host: &str) -> bool {
     #[cfg(not(madsim))]
     {
         extensions
-            .get::<super::tls::ClientConnInfo>()
+            .get::<crate::net::conn_info::ClientConnInfo>()
             .is_some_and(|info| info.hosts.iter().any(|name| name.matches(host)))
     }
     #[cfg(madsim)]

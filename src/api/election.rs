@@ -73,10 +73,8 @@ fn read_prefix(name: &[u8]) -> Vec<Need> {
 }
 
 /// Read and write access to the leader key a request names.
-fn leader_key_needs(leader: Option<&LeaderKey>) -> Vec<Need> {
-    leader
-        .map(|l| Access::key_rw_needs(&l.key))
-        .unwrap_or_default()
+fn leader_key_needs(leader: &LeaderKey) -> Vec<Need> {
+    Access::key_rw_needs(&leader.key)
 }
 
 fn not_leader() -> Status {
@@ -270,17 +268,13 @@ impl ElectionService {
 
     async fn serve_proclaim(
         &self,
-        request: Request<ProclaimRequest>,
+        mut request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        if request.get_ref().leader.is_none() {
+        let Some(leader) = request.get_mut().leader.take() else {
             return Err(missing_leader_key());
-        }
-        let (_, requester) = self.permit(
-            &request,
-            &leader_key_needs(request.get_ref().leader.as_ref()),
-        )?;
+        };
+        let (_, requester) = self.permit(&request, &leader_key_needs(&leader))?;
         let req = request.into_inner();
-        let leader = req.leader.ok_or_else(missing_leader_key)?;
         let rev = if_still_leader(
             &self.node,
             &leader,
@@ -354,16 +348,12 @@ impl ElectionService {
 
     async fn serve_resign(
         &self,
-        request: Request<ResignRequest>,
+        mut request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        if request.get_ref().leader.is_none() {
+        let Some(leader) = request.get_mut().leader.take() else {
             return Err(missing_leader_key());
-        }
-        let (_, requester) = self.permit(
-            &request,
-            &leader_key_needs(request.get_ref().leader.as_ref()),
-        )?;
-        let leader = request.into_inner().leader.ok_or_else(missing_leader_key)?;
+        };
+        let (_, requester) = self.permit(&request, &leader_key_needs(&leader))?;
         // As etcd's: deletes the key only while it is still this leader's, and answers with the
         // header either way (a leader that lost its key has nothing left to resign).
         let t = if_created_at(

@@ -3,7 +3,7 @@
 //!
 //! etcd serves gRPC and HTTP on one port; so do we. [`sniff`] reads a new connection's first bytes:
 //! the HTTP/2 client preface (`PRI * HTTP/2.0`) goes to the gRPC server exactly as before (through
-//! `api::authority`), anything else is served here with hyper's HTTP/1.1 server. The bytes read
+//! `net::authority`), anything else is served here with hyper's HTTP/1.1 server. The bytes read
 //! to decide are handed back in front of the connection ([`Prefixed`]). Status lines, headers and
 //! bodies follow etcd 3.4 byte for byte where clients parse them (CORS headers on every answer,
 //! `{"health":"true"}`, the gateway's JSON errors and its `{"result":...}` stream framing).
@@ -28,11 +28,11 @@ use serde::de::DeserializeOwned;
 
 use super::gateway::{self, GatewayError, Reply, Route, Services};
 use super::held_body::HeldBody;
-use super::http_slots::ServingMark;
 use super::maintenance::API_VERSION;
-use super::server::Shutdown;
+use super::shutdown::Shutdown;
 use super::status;
 use crate::limits;
+use crate::net::http_slots::ServingMark;
 use crate::node::send_budget::Held;
 use crate::node::Node;
 use crate::pb::etcdserverpb::RangeRequest;
@@ -159,10 +159,10 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// `body`, holding its connection's slot busy until it has been sent (or dropped).
-fn busy_until_sent(body: Body, busy: super::http_slots::Busy) -> Body {
+fn busy_until_sent(body: Body, busy: crate::net::http_slots::Busy) -> Body {
     struct Holding {
         body: Body,
-        _busy: super::http_slots::Busy,
+        _busy: crate::net::http_slots::Busy,
     }
     impl hyper::body::Body for Holding {
         type Data = Bytes;
@@ -198,7 +198,7 @@ pub struct HttpApi {
     services: Services,
     scope: Scope,
     /// HTTP/1.1 connection slots of this listener.
-    connections: Arc<super::http_slots::Slots>,
+    connections: Arc<crate::net::http_slots::Slots>,
 }
 
 impl HttpApi {
@@ -208,12 +208,12 @@ impl HttpApi {
             services: Services::new(node.clone(), access),
             node,
             scope,
-            connections: super::http_slots::Slots::new(limits::HTTP_MAX_CONNECTIONS),
+            connections: crate::net::http_slots::Slots::new(limits::HTTP_MAX_CONNECTIONS),
         })
     }
 
     /// Serve one HTTP/1.1 connection until the client leaves, `shutdown` is raised or a newcomer
-    /// takes its slot while it idles (`api::http_slots`); closed at once if no slot can be had.
+    /// takes its slot while it idles (`net::http_slots`); closed at once if no slot can be had.
     pub async fn serve_connection<S>(self: Arc<Self>, io: S, shutdown: Shutdown)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -3,41 +3,34 @@
 
 pub mod access;
 pub mod auth;
-#[cfg(not(madsim))]
-pub mod authority;
 pub mod cluster;
-#[cfg(not(madsim))]
-pub mod conn_limit;
 pub mod election;
 pub mod gateway;
 #[cfg(not(madsim))]
 pub mod held_body;
 #[cfg(not(madsim))]
 pub mod http;
-#[cfg(not(madsim))]
-pub mod http_slots;
+pub mod json;
 pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod peer;
 pub mod server;
+pub mod shutdown;
 pub mod status;
-#[cfg(not(madsim))]
-pub mod tls;
 pub mod validate;
 pub mod watch;
-#[cfg(not(madsim))]
-pub mod write_gate;
 
-pub use server::{serve, serve_peers, Shutdown};
+pub use server::{serve, serve_peers};
+pub use shutdown::Shutdown;
 
 /// What ends the connection a stream came on, where the transport allows (a gRPC connection with
-/// a [`write_gate::WriteGate`]); nothing otherwise.
+/// a [`crate::net::conn_info::WriteGate`]); nothing otherwise.
 pub(crate) fn connection_ender(extensions: &tonic::Extensions) -> impl FnOnce() + Send + 'static {
     #[cfg(not(madsim))]
     let gate = extensions
-        .get::<tls::ClientConnInfo>()
+        .get::<crate::net::conn_info::ClientConnInfo>()
         .and_then(|info| info.write_gate.clone());
     #[cfg(madsim)]
     let _ = extensions;

@@ -2,28 +2,26 @@
 //! servers until shutdown. On the client port, HTTP/1.1 connections (health, metrics, the JSON
 //! gateway) are told apart from gRPC by their first bytes and served by `api::http`;
 //! `--listen-metrics-urls` listeners serve only HTTP; the peer port serves only gRPC. An
-//! `https://` client or peer listener completes a TLS handshake (`api::tls`) on each connection
+//! `https://` client or peer listener completes a TLS handshake (`net::tls`) on each connection
 //! first.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-use tokio::sync::Notify;
 
 use super::access::Access;
 use super::auth::AuthService;
 use super::cluster::ClusterService;
-#[cfg(not(madsim))]
-use super::conn_limit::{Admitted, ConnectionLimit};
 use super::election::ElectionService;
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::peer::PeerService;
+use super::shutdown::Shutdown;
 use super::watch::WatchService;
 use crate::limits;
+#[cfg(not(madsim))]
+use crate::net::conn_limit::{Admitted, ConnectionLimit};
 use crate::node::Node;
 use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
@@ -34,38 +32,6 @@ use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::metastore::peer_server::PeerServer;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
-
-/// A one-way shutdown signal shared by every listener.
-#[derive(Clone, Default)]
-pub struct Shutdown {
-    inner: Arc<(AtomicBool, Notify)>,
-}
-
-impl Shutdown {
-    /// A signal not yet raised.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Raise the signal: every waiter returns.
-    pub fn trigger(&self) {
-        self.inner.0.store(true, Ordering::SeqCst);
-        self.inner.1.notify_waiters();
-    }
-
-    /// Wait until the signal is raised.
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.inner.1.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            if self.inner.0.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
 
 /// The KV service with etcd's message size limits (the simulator's transport ignores them; the
 /// node's own encoded-size check still applies there).
@@ -84,7 +50,7 @@ macro_rules! kv_server {
 type ClientRouter = tonic::transport::server::Router<
     tower::layer::util::Stack<
         super::held_body::HoldLayer,
-        tower::layer::util::Stack<super::write_gate::GateLayer, tower::layer::util::Identity>,
+        tower::layer::util::Stack<crate::net::write_gate::GateLayer, tower::layer::util::Identity>,
     >,
 >;
 /// The simulator's transport hands messages over whole: no layer.
@@ -103,12 +69,12 @@ fn client_router(node: &Arc<Node>, access: &Arc<Access>) -> ClientRouter {
         // (a half-open client's streams and watchers go with it).
         .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout));
-    // Responses wait while their connection's socket is full (`api::write_gate`, outermost, so
+    // Responses wait while their connection's socket is full (`net::write_gate`, outermost, so
     // that a large answer is not asked for its next piece either); large answers are counted
     // until their client has taken them (`api::held_body`).
     #[cfg(not(madsim))]
     let mut builder = builder
-        .layer(super::write_gate::GateLayer)
+        .layer(crate::net::write_gate::GateLayer)
         .layer(super::held_body::layer());
     #[cfg(madsim)]
     let mut builder = builder;
@@ -198,7 +164,7 @@ pub fn bind_listeners(
 
 /// Serve the client API (gRPC and HTTP/1.1) on every bound listener, reporting each address
 /// through `on_bound` as it starts accepting, until `shutdown` is raised; a listener with a TLS
-/// configuration serves inside TLS (`api::tls`).
+/// configuration serves inside TLS (`net::tls`).
 #[cfg(not(madsim))]
 pub async fn serve_clients(
     node: Arc<Node>,
@@ -317,12 +283,12 @@ async fn serve_client_listener(
     http: Arc<super::http::HttpApi>,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
-    use super::authority::AuthorityFix;
     use super::http::{sniff, Prefixed, Protocol};
-    use super::tls::ServerStream;
+    use crate::net::authority::AuthorityFix;
+    use crate::net::tls::ServerStream;
     use futures::SinkExt;
 
-    use super::write_gate::Gated;
+    use crate::net::write_gate::Gated;
     type GrpcConn = Gated<AuthorityFix<Prefixed<Admitted<ServerStream>>>>;
     let (grpc_tx, grpc_rx) =
         futures::channel::mpsc::channel::<std::io::Result<GrpcConn>>(limits::CLIENT_ACCEPT_QUEUE);
@@ -379,8 +345,8 @@ async fn serve_client_listener(
 async fn handshake(
     stream: tokio::net::TcpStream,
     tls: Option<&tokio_rustls::TlsAcceptor>,
-) -> Option<super::tls::ServerStream> {
-    use super::tls::ServerStream;
+) -> Option<crate::net::tls::ServerStream> {
+    use crate::net::tls::ServerStream;
     let Some(acceptor) = tls else {
         return Some(ServerStream::Plain(stream));
     };
@@ -449,8 +415,8 @@ async fn serve_peer_listener(
     router: tonic::transport::server::Router,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
-    use super::authority::AuthorityFix;
-    use super::tls::ServerStream;
+    use crate::net::authority::AuthorityFix;
+    use crate::net::tls::ServerStream;
     use futures::SinkExt;
 
     let (conn_tx, conn_rx) = futures::channel::mpsc::channel::<

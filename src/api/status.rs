@@ -3,7 +3,7 @@
 
 use tonic::{Code, Status};
 
-use super::gateway::GatewayError;
+use super::json::GatewayError;
 use super::validate::ValidationError;
 use crate::apply::ApplyError;
 use crate::auth::AuthError;

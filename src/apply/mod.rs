@@ -655,6 +655,8 @@ impl ReadView for crate::mvcc::WriteTxn<'_> {
 }
 
 #[cfg(test)]
+mod atomic_tests;
+#[cfg(test)]
 mod range_tests;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::bench::{BenchArgs, Summary};
+use super::bench_args::{BenchArgs, Summary};
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::lease_client::LeaseClient;
 use crate::pb::etcdserverpb::watch_client::WatchClient;

@@ -1,6 +1,7 @@
 //! The `metastore` command line: `serve` (the default), `bench` and `snapshot restore`.
 
 pub mod bench;
+mod bench_args;
 pub mod bench_k8s;
 mod bench_streams;
 pub mod serve;

@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::initial_cluster::{
+    check_self, parse_initial_cluster, ClusterConfigError, InitialCluster,
+};
 use crate::pb::metastore::MemberAttributes;
-use crate::raft::PeerNode;
 use crate::storage::{Engine, Keyspace, StorageError, WriteBatch};
 
 pub mod version;
@@ -18,52 +20,20 @@ pub use version::{SERVER_VERSION, SNAPSHOT_FILE_VERSION};
 /// Prefix of published attributes in the `Meta` keyspace (part of snapshots, like all replicated state).
 const ATTRIBUTES_PREFIX: &[u8] = b"member/";
 
-/// A problem with `--initial-cluster` and friends.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ClusterConfigError {
-    #[error("--initial-cluster: {0:?} is not NAME=URL")]
-    BadEntry(String),
-    #[error("--initial-cluster has no entry for this member's --name {0:?}")]
-    NameMissing(String),
-    #[error(
-        "--initial-cluster gives {name:?} the peer URLs {listed:?} but --initial-advertise-peer-urls says {advertised:?}"
-    )]
-    UrlMismatch {
-        name: String,
-        listed: Vec<String>,
-        advertised: Vec<String>,
-    },
-    #[error("--initial-cluster lists the peer URL {0} twice")]
-    DuplicateUrl(String),
+/// What raft's membership records about a member: its name and peer URLs. (Client URLs are
+/// published through the log once the member runs, as etcd does.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// `--name` (empty for a member added but not started yet, as in etcd).
+    pub name: String,
+    /// `--initial-advertise-peer-urls`.
+    pub peer_urls: Vec<String>,
 }
 
-/// `--initial-cluster`: member name → peer URLs, in name order.
-pub type InitialCluster = BTreeMap<String, Vec<String>>;
-
-/// Parse etcd's `name1=url1,name2=url2,name1=url3` (a name may repeat to list several URLs).
-pub fn parse_initial_cluster(text: &str) -> Result<InitialCluster, ClusterConfigError> {
-    let mut cluster = InitialCluster::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (name, url) = entry
-            .split_once('=')
-            .ok_or_else(|| ClusterConfigError::BadEntry(entry.to_string()))?;
-        let (name, url) = (name.trim(), url.trim().trim_end_matches('/'));
-        if name.is_empty() || url.is_empty() {
-            return Err(ClusterConfigError::BadEntry(entry.to_string()));
-        }
-        if !seen.insert(url.to_string()) {
-            return Err(ClusterConfigError::DuplicateUrl(url.to_string()));
-        }
-        cluster
-            .entry(name.to_string())
-            .or_default()
-            .push(url.to_string());
+impl std::fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
     }
-    for urls in cluster.values_mut() {
-        urls.sort();
-    }
-    Ok(cluster)
 }
 
 /// FNV-1a over `parts` (each followed by a separator byte): stable ids without a dependency.
@@ -109,27 +79,6 @@ pub fn founding_members(cluster: &InitialCluster, token: &str) -> BTreeMap<u64, 
             )
         })
         .collect()
-}
-
-/// Check that this member appears in `--initial-cluster` with the URLs it advertises.
-pub fn check_self(
-    cluster: &InitialCluster,
-    name: &str,
-    advertised: &[String],
-) -> Result<(), ClusterConfigError> {
-    let listed = cluster
-        .get(name)
-        .ok_or_else(|| ClusterConfigError::NameMissing(name.to_string()))?;
-    let mut advertised = advertised.to_vec();
-    advertised.sort();
-    if *listed != advertised {
-        return Err(ClusterConfigError::UrlMismatch {
-            name: name.to_string(),
-            listed: listed.clone(),
-            advertised,
-        });
-    }
-    Ok(())
 }
 
 fn attributes_key(member_id: u64) -> Vec<u8> {

@@ -5,19 +5,16 @@
 //! deadline.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use prost::Message;
 
-use super::{LeaseStatus, Node, NodeError};
+use super::{Node, NodeError};
 use crate::apply::Applied;
 use crate::limits;
-use crate::pb::metastore::{
-    command, Command, LeaseRequest, PeerStatus, ProposeRequest, ReadIndexRequest,
-};
+use crate::pb::metastore::{command, Command, PeerStatus, ProposeRequest, ReadIndexRequest};
 use crate::raft::forwards::{self, Forwarded, LeaderKey, Waiter};
 use crate::raft::{network, PeerNode, RaftCommand};
 use crate::rt;
@@ -81,7 +78,7 @@ impl Node {
 
     /// Where to send a request: this member when it leads (checked without cloning raft's
     /// metrics: the common case), else the leader it knows of.
-    async fn route_target(&self) -> Result<(u64, PeerNode), NodeError> {
+    pub(super) async fn route_target(&self) -> Result<(u64, PeerNode), NodeError> {
         if self.is_leader() {
             Ok((self.member_id, PeerNode::default()))
         } else {
@@ -288,7 +285,7 @@ impl Node {
     fn reads_alone(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        super::only_voter(&m.membership_config, self.member_id)
+        super::leases::only_voter(&m.membership_config, self.member_id)
             && m.state == openraft::ServerState::Leader
             && m.current_leader == Some(self.member_id)
             && m.last_applied
@@ -337,53 +334,6 @@ impl Node {
                 .await
                 .map_err(|_| NodeError::Timeout)?;
             return Ok(());
-        }
-    }
-
-    pub(super) async fn route_keep_alive(self: &Arc<Self>, id: i64) -> Result<i64, NodeError> {
-        loop {
-            let (leader_id, leader) = self.route_target().await?;
-            if leader_id == self.member_id {
-                if let Some(ttl) = self.keep_alive_as_leader(id).await {
-                    return Ok(ttl);
-                }
-            } else {
-                let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
-                if let Ok(reply) = client.lease_keep_alive(LeaseRequest { id }).await {
-                    if reply.get_ref().status == PeerStatus::Ok as i32 {
-                        return Ok(reply.into_inner().ttl);
-                    }
-                }
-            }
-            // A renewal is safe to repeat.
-            rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
-        }
-    }
-
-    pub(super) async fn route_time_to_live(
-        &self,
-        id: i64,
-    ) -> Result<Option<LeaseStatus>, NodeError> {
-        loop {
-            let (leader_id, leader) = self.route_target().await?;
-            if leader_id == self.member_id {
-                if let Ok(status) = self.time_to_live_as_leader(id).await {
-                    return Ok(status);
-                }
-            } else {
-                let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
-                if let Ok(reply) = client.lease_time_to_live(LeaseRequest { id }).await {
-                    let reply = reply.into_inner();
-                    if reply.status == PeerStatus::Ok as i32 {
-                        return Ok(reply.found.then_some(LeaseStatus {
-                            granted: reply.granted_ttl,
-                            remaining: reply.remaining_ttl,
-                            keys: reply.keys,
-                        }));
-                    }
-                }
-            }
-            rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
         }
     }
 }

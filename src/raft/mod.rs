@@ -8,13 +8,11 @@
 //! | `AsyncRuntime` | [`crate::rt::SeamRuntime`] |
 //! | `RaftLogStorage`, `RaftLogReader` | [`log_store::LogStore`] (newest entries from [`log_tail::LogTail`]) |
 //! | `RaftStateMachine`, `RaftSnapshotBuilder` | [`state_machine::StateMachine`] |
-//! | `RaftNetworkFactory`, `RaftNetworkV2` | [`network::Network`] (gRPC `Peer` service; `dial` adds TLS for `https://` peers) |
+//! | `RaftNetworkFactory`, `RaftNetworkV2` | [`network::Network`] (gRPC `Peer` service; `net::dial` adds TLS for `https://` peers) |
 //!
 //! [`Engine`]: crate::storage::Engine
 
 pub mod backup;
-#[cfg(not(madsim))]
-pub mod dial;
 pub mod etcd_snapshot;
 pub mod forwards;
 pub mod log_store;
@@ -28,6 +26,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{Applied, ApplyError};
+pub use crate::cluster::PeerNode;
 
 /// The payload of a raft log entry: a protobuf-encoded `metastore.Command`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,22 +55,6 @@ pub struct CommandResponse {
     /// The outcome, taken out by the proposer.
     #[serde(skip)]
     pub outcome: Option<Result<Applied, ApplyError>>,
-}
-
-/// What raft's membership records about a member: its name and peer URLs. (Client URLs are
-/// published through the log once the member runs, as etcd does; see `cluster`.)
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerNode {
-    /// `--name` (empty for a member added but not started yet, as in etcd).
-    pub name: String,
-    /// `--initial-advertise-peer-urls`.
-    pub peer_urls: Vec<String>,
-}
-
-impl fmt::Display for PeerNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.name, self.peer_urls.join(","))
-    }
 }
 
 openraft::declare_raft_types!(

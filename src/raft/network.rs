@@ -156,7 +156,7 @@ impl PeerChannels {
                     "peer URL {url} is https: --peer-trusted-ca-file is needed to verify it"
                 ));
             };
-            let dialer = super::dial::TlsDialer::new(config.clone(), url)?;
+            let dialer = crate::net::dial::TlsDialer::new(config.clone(), url)?;
             Ok(endpoint.connect_with_connector_lazy(dialer))
         }
         #[cfg(madsim)]

@@ -10,8 +10,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::hub::WatcherKey;
 use crate::mvcc::RangeEnd;
+
+/// Identifies a watcher: the stream it belongs to and its id within that stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WatcherKey {
+    pub stream: u64,
+    pub watch_id: i64,
+}
 
 /// The exclusive end of a range watch; `Unbounded` sorts after every key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

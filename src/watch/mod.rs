@@ -5,16 +5,16 @@
 //! revisions from storage, one bounded read per round for all the watchers behind, until each
 //! reaches the head and joins the synced group). Watchers are found by key (`index.rs`), not by
 //! visiting them all. Every stream has one buffer, bounded in messages and in bytes by its share of
-//! one budget for all streams (`budget.rs`); when it is full, a synced watcher drops back to
+//! one budget for all streams (`budget.rs`, `stream.rs`); when it is full, a synced watcher drops back to
 //! unsynced instead of blocking apply, so a slow reader never stalls writes or other watchers and
 //! never grows memory beyond its share. A revision's events always travel in one message.
 
 mod budget;
 mod hub;
 mod index;
+mod stream;
 
 pub use budget::WatchBudget;
-pub use hub::{
-    AddError, Admission, HubMessage, StreamClosed, StreamPermit, StreamReceiver, StreamSender,
-    WatchHub, WatchSpec, WatcherKey,
-};
+pub use hub::{AddError, Admission, WatchHub, WatchSpec};
+pub use index::WatcherKey;
+pub use stream::{HubMessage, StreamClosed, StreamPermit, StreamReceiver, StreamSender};

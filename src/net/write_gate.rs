@@ -16,81 +16,16 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::codegen::http;
 
-use super::tls::ClientConnInfo;
+use super::conn_info::{ClientConnInfo, WriteGate};
 use crate::{limits, rt};
-
-/// Whether a connection's socket takes bytes now, and who waits for it to.
-#[derive(Debug, Default)]
-pub struct WriteGate {
-    closed: AtomicBool,
-    waiting: parking_lot::Mutex<Vec<Waker>>,
-    /// Set by [`Self::end_connection`]; the connection's next read or write fails.
-    ended: AtomicBool,
-    /// The connection's task, waiting to read.
-    reader: futures::task::AtomicWaker,
-}
-
-impl WriteGate {
-    /// End the connection: its next read or write fails, so its task drops it with every stream
-    /// and whatever h2 still buffers for them. For a stream that holds what its client never takes
-    /// (an evicted watch stream): h2 keeps what it took for a stream until the client takes it,
-    /// and a server cannot reset one stream whose body it is not asked for.
-    pub fn end_connection(&self) {
-        self.ended.store(true, Ordering::Release);
-        self.reader.wake();
-        self.open();
-    }
-
-    fn is_ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
-    }
-
-    /// Ready while the socket takes bytes; otherwise wakes `cx` when it does again.
-    pub fn poll_open(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.closed.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        let mut waiting = self.waiting.lock();
-        // Checked again under the lock: `open` empties the list under it after clearing the flag.
-        if !self.closed.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-            waiting.push(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-    }
-
-    fn open(&self) {
-        if self.closed.swap(false, Ordering::AcqRel) {
-            let waiting = std::mem::take(&mut *self.waiting.lock());
-            for w in waiting {
-                w.wake();
-            }
-        }
-    }
-
-    /// Follow what a write (or flush) to the socket did.
-    fn saw<T>(&self, result: &Poll<io::Result<T>>) {
-        match result {
-            Poll::Pending => self.close(),
-            Poll::Ready(_) => self.open(),
-        }
-    }
-}
 
 /// A client connection with its [`WriteGate`], handed to the request handlers in the
 /// connection's [`ClientConnInfo`]. A connection whose socket takes nothing for
@@ -300,8 +235,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
 
     struct Count(AtomicUsize);
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::limits;
 
+pub mod initial_cluster;
+
 /// Which storage engine holds the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
@@ -51,7 +53,7 @@ impl TlsPort {
 }
 
 /// One port's TLS flags, as etcd's `TLSInfo`: `--cert-file`, `--key-file`, `--trusted-ca-file`,
-/// `--client-cert-auth`, or their `--peer-` twins. Paths only; `api::tls` reads the files.
+/// `--client-cert-auth`, or their `--peer-` twins. Paths only; `net::tls` reads the files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsFlags {
     /// The certificate chain this member presents (PEM): as a server, and on the peer port also
@@ -84,7 +86,7 @@ pub struct ServerConfig {
     /// This member's peer URLs as announced to the cluster (`--initial-advertise-peer-urls`).
     pub advertise_peer_urls: Vec<String>,
     /// The founding members (`--initial-cluster`); empty means this member alone.
-    pub initial_cluster: crate::cluster::InitialCluster,
+    pub initial_cluster: initial_cluster::InitialCluster,
     /// `--initial-cluster-state`.
     pub initial_cluster_state: ClusterState,
     /// Storage engine (`--engine`).
@@ -172,7 +174,7 @@ pub enum ConfigError {
     #[error("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive (cn={cn:?}, hostname={hostname:?})")]
     AllowedCnAndHostname { cn: String, hostname: String },
     #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterConfigError),
+    Cluster(#[from] initial_cluster::ClusterConfigError),
 }
 
 impl Default for ServerConfig {
@@ -185,7 +187,7 @@ impl Default for ServerConfig {
             initial_cluster_token: "etcd-cluster".into(),
             listen_peer_addrs: vec![SocketAddr::from(([127, 0, 0, 1], 2380))],
             advertise_peer_urls: vec!["http://localhost:2380".into()],
-            initial_cluster: crate::cluster::InitialCluster::new(),
+            initial_cluster: initial_cluster::InitialCluster::new(),
             initial_cluster_state: ClusterState::New,
             engine: EngineKind::RocksDb,
             max_request_bytes: limits::MAX_REQUEST_BYTES_DEFAULT,
@@ -228,7 +230,7 @@ impl ServerConfig {
             parse_tls_url(url)?;
         }
         let cluster = self.initial_cluster_or_self();
-        crate::cluster::check_self(&cluster, &self.name, &self.advertise_peer_urls)?;
+        initial_cluster::check_self(&cluster, &self.name, &self.advertise_peer_urls)?;
         if self.engine == EngineKind::Memory && cluster.len() > 1 {
             return Err(ConfigError::MemoryEngineInCluster(cluster.len()));
         }
@@ -313,11 +315,11 @@ impl ServerConfig {
     }
 
     /// `--initial-cluster`, or this member alone when it is empty.
-    pub fn initial_cluster_or_self(&self) -> crate::cluster::InitialCluster {
+    pub fn initial_cluster_or_self(&self) -> initial_cluster::InitialCluster {
         if self.initial_cluster.is_empty() {
             let mut urls = self.advertise_peer_urls.clone();
             urls.sort();
-            crate::cluster::InitialCluster::from([(self.name.clone(), urls)])
+            initial_cluster::InitialCluster::from([(self.name.clone(), urls)])
         } else {
             self.initial_cluster.clone()
         }
@@ -693,7 +695,7 @@ mod tests {
         assert_eq!(alone.validate(), Ok(()));
         let cluster = ServerConfig {
             engine: EngineKind::Memory,
-            initial_cluster: crate::cluster::parse_initial_cluster(
+            initial_cluster: initial_cluster::parse_initial_cluster(
                 "default=http://localhost:2380,b=http://127.0.0.1:3380",
             )
             .unwrap(),
@@ -737,7 +739,7 @@ mod tests {
             Err(ConfigError::NoPeerCa("https://127.0.0.1:2380".into()))
         );
         let cluster = ServerConfig {
-            initial_cluster: crate::cluster::parse_initial_cluster(
+            initial_cluster: initial_cluster::parse_initial_cluster(
                 "default=http://localhost:2380,b=https://127.0.0.1:3380",
             )
             .unwrap(),

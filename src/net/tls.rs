@@ -11,7 +11,7 @@
 //!
 //! Members dial `https://` peers with [`TlsFlags::dial_config`]: the peer's server certificate is
 //! checked against `--peer-trusted-ca-file` for the host of its URL, and this member's own
-//! `--peer-cert-file` is its client certificate (`raft::dial` does the handshake). Every PEM file
+//! `--peer-cert-file` is its client certificate (`net::dial` does the handshake). Every PEM file
 //! is read by the same three loaders for both ports. Real sockets only: not compiled in the
 //! simulator.
 
@@ -27,6 +27,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::conn_info::{CertHost, ClientConnInfo};
 pub use crate::config::{TlsFlags, TlsPort};
 
 /// Why a TLS configuration cannot be used.
@@ -252,51 +253,6 @@ impl AsyncWrite for ServerStream {
         match self {
             ServerStream::Plain(s) => s.is_write_vectored(),
             ServerStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
-
-/// What the client API knows of a connection (in each request's extensions).
-#[derive(Debug, Clone)]
-pub struct ClientConnInfo {
-    /// Its TCP addresses.
-    pub tcp: <TcpStream as tonic::transport::server::Connected>::ConnectInfo,
-    /// The common name of the client certificate, on a TLS connection whose client presented one
-    /// (only asked for, and then verified, with `--client-cert-auth`).
-    pub common_name: Option<String>,
-    /// The names and addresses that certificate is valid for (its subject alternative names).
-    pub hosts: Vec<CertHost>,
-    /// Whether the connection's socket takes bytes now (client gRPC connections only).
-    pub write_gate: Option<std::sync::Arc<super::write_gate::WriteGate>>,
-}
-
-/// One subject alternative name of a certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertHost {
-    Dns(String),
-    Ip(std::net::IpAddr),
-}
-
-impl CertHost {
-    /// Whether a certificate with this name is valid for `host` (a DNS name or an IP address),
-    /// by the rules of Go's `VerifyHostname` that etcd applies: an address matches an address
-    /// SAN; a name matches a DNS SAN without regard to case or a trailing dot, and `*.` stands
-    /// for exactly one leftmost label.
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            return *self == CertHost::Ip(ip);
-        }
-        let CertHost::Dns(name) = self else {
-            return false;
-        };
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        match name.strip_prefix("*.") {
-            Some(suffix) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-            None => host == name,
         }
     }
 }

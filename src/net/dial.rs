@@ -4,7 +4,7 @@
 //! use tokio-rustls directly, as the listeners do), so a TLS peer's channel is given the same
 //! `host:port` as `http://` and [`TlsDialer`] adds the TLS: the server certificate is checked
 //! against `--peer-trusted-ca-file` for the host of the peer URL as written, and this member's
-//! `--peer-cert-file` goes along as its client certificate (see `api::tls::TlsFlags::dial_config`).
+//! `--peer-cert-file` goes along as its client certificate (see `net::tls::TlsFlags::dial_config`).
 //! tonic's connect timeout covers the handshake too. Real sockets only: not compiled in the
 //! simulator.
 

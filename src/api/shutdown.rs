@@ -1,0 +1,38 @@
+//! The one-way shutdown signal every listener and connection of the member waits on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+/// A one-way shutdown signal shared by every listener.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<(AtomicBool, Notify)>,
+}
+
+impl Shutdown {
+    /// A signal not yet raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raise the signal: every waiter returns.
+    pub fn trigger(&self) {
+        self.inner.0.store(true, Ordering::SeqCst);
+        self.inner.1.notify_waiters();
+    }
+
+    /// Wait until the signal is raised.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.inner.1.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.0.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
