@@ -1,6 +1,6 @@
 //! The shape of the house, checked: imports run only down the layer map (README, "Layout"), no
-//! two files of `src/` import each other through any chain, and no file of `src/` is longer than
-//! [`MAX_LINES`]. Reads the sources only; test modules (`mod tests`, files named `*tests.rs`) may
+//! two files of `src/` import each other through any chain, no file of `src/` is longer than
+//! [`MAX_LINES`], and only `api/status.rs` builds a gRPC status. Reads the sources only; test modules (`mod tests`, files named `*tests.rs`) may
 //! import what they like.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -324,6 +324,43 @@ fn no_file_in_src_is_longer_than_the_limit() {
         .map(|(path, _, lines)| format!("{} ({lines} lines)", path.display()))
         .collect();
     assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:?}");
+}
+
+#[test]
+fn only_api_status_builds_a_grpc_status() {
+    let krate = Crate::read();
+    let builders = [
+        "Status::new(",
+        "Status::unknown(",
+        "Status::invalid_argument(",
+        "Status::internal(",
+        "Status::unavailable(",
+        "Status::failed_precondition(",
+        "Status::not_found(",
+        "Status::permission_denied(",
+        "Status::resource_exhausted(",
+        "Status::out_of_range(",
+        "Status::unauthenticated(",
+        "Status::aborted(",
+        "Status::cancelled(",
+        "Status::deadline_exceeded(",
+        "Status::already_exists(",
+        "Status::data_loss(",
+        "Status::unimplemented(",
+    ];
+    let mut found = Vec::new();
+    for (module, (path, code, _)) in &krate.files {
+        if Crate::is_test_file(path) || module.join("::") == "api::status" {
+            continue;
+        }
+        for b in builders.iter().filter(|b| code.contains(*b)) {
+            found.push(format!("{}: {b}", path.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "gRPC statuses built outside api/status.rs: {found:?}"
+    );
 }
 
 /// The checker itself: it must see an import up the map and a cycle where there is one.

@@ -12,6 +12,7 @@
 //! anyone, as etcd 3.7 does (a client that signs its own JWTs needs the auth revision to sign with).
 
 use super::access::cert_user;
+use super::status;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -65,9 +66,7 @@ impl AuthService {
         let cmd = command::Op::Auth(AuthCommand { op: Some(op) });
         match self.node.propose_as(cmd, Some(requester)).await? {
             Applied::Auth(revision) => Ok(self.header(revision)),
-            other => Err(Status::internal(format!(
-                "etcdserver: unexpected apply result {other:?}"
-            ))),
+            other => Err(status::unexpected_apply(&format!("{other:?}"))),
         }
     }
 
@@ -83,7 +82,7 @@ impl AuthService {
             .password_work(move || bcrypt::hash_with_salt(password.as_bytes(), cost, salt))
             .await?
             .map(|parts| parts.to_string())
-            .map_err(|e| Status::internal(format!("etcdserver: cannot hash password: {e}")))
+            .map_err(status::password_hash_failed)
     }
 
     /// Root may read anything; another user only what `own` says is its own (a caller without a
@@ -200,11 +199,7 @@ impl Auth for AuthService {
             Applied::TokenIssued {
                 revision, token, ..
             } => (self.header(revision), token),
-            other => {
-                return Err(Status::internal(format!(
-                    "etcdserver: unexpected apply result {other:?}"
-                )))
-            }
+            other => return Err(status::unexpected_apply(&format!("{other:?}"))),
         };
         Ok(Response::new(AuthenticateResponse { header, token }))
     }

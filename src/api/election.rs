@@ -13,6 +13,7 @@
 //! without leadership withdraws its key (etcd resigns); every write is proposed as the caller.
 
 use super::access::cert_user;
+use super::status;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -77,19 +78,6 @@ fn leader_key_needs(leader: &LeaderKey) -> Vec<Need> {
     Access::key_rw_needs(&leader.key)
 }
 
-fn not_leader() -> Status {
-    Status::unknown("election: not leader")
-}
-
-fn no_leader() -> Status {
-    Status::unknown("election: no leader")
-}
-
-/// Proclaim and Resign without a leader key (etcd 3.5 checks this before anything else).
-fn missing_leader_key() -> Status {
-    Status::unknown(r#""leader" field must be provided"#)
-}
-
 /// The current leader's key-value of election `name`.
 async fn leader_kv(node: &Node, name: &[u8]) -> Result<(Option<KeyValue>, i64), Status> {
     let prefix = [name, b"/"].concat();
@@ -116,7 +104,7 @@ async fn if_still_leader(
 ) -> Result<i64, Status> {
     let t = if_created_at(node, &leader.key, leader.rev, op, requester).await?;
     if !t.succeeded {
-        return Err(not_leader());
+        return Err(status::election_not_leader());
     }
     Ok(t.header.map(|h| h.revision).unwrap_or(0))
 }
@@ -271,7 +259,7 @@ impl ElectionService {
         mut request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
         let Some(leader) = request.get_mut().leader.take() else {
-            return Err(missing_leader_key());
+            return Err(status::election_missing_leader_key());
         };
         let (_, requester) = self.permit(&request, &leader_key_needs(&leader))?;
         let req = request.into_inner();
@@ -293,7 +281,7 @@ impl ElectionService {
     ) -> Result<Response<LeaderResponse>, Status> {
         self.permit(&request, &read_prefix(&request.get_ref().name))?;
         let (kv, rev) = leader_kv(&self.node, &request.into_inner().name).await?;
-        let kv = kv.ok_or_else(no_leader)?;
+        let kv = kv.ok_or_else(status::election_no_leader)?;
         Ok(Response::new(LeaderResponse {
             header: Some(self.node.header(rev)),
             kv: Some(kv),
@@ -351,7 +339,7 @@ impl ElectionService {
         mut request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
         let Some(leader) = request.get_mut().leader.take() else {
-            return Err(missing_leader_key());
+            return Err(status::election_missing_leader_key());
         };
         let (_, requester) = self.permit(&request, &leader_key_needs(&leader))?;
         // As etcd's: deletes the key only while it is still this leader's, and answers with the

@@ -18,7 +18,6 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, SizeHint};
 use tonic::codegen::http;
-use tonic::Status;
 
 use super::kv::HeldAnswer;
 use crate::limits;
@@ -43,11 +42,7 @@ fn hold_until_sent(mut response: HttpResponse) -> HttpResponse {
         .and_then(HeldAnswer::into_held);
     match held {
         Some(held) => response.map(|body| {
-            let cut = || {
-                Some(Status::deadline_exceeded(
-                    "etcdserver: the client did not take its answer in time",
-                ))
-            };
+            let cut = || Some(super::status::answer_not_taken());
             tonic::body::Body::new(HeldBody::new(body, held, cut))
         }),
         None => response,
@@ -215,6 +210,7 @@ mod tests {
     use super::*;
     use crate::node::send_budget::SendBudget;
     use http_body_util::BodyExt;
+    use tonic::Status;
 
     fn grpc_cut() -> Option<Status> {
         Some(Status::deadline_exceeded("cut"))

@@ -159,7 +159,7 @@ fn held_response<T>(resp: T, held: Option<Held>) -> Response<T> {
 }
 
 fn unexpected(what: &str) -> Status {
-    Status::internal(format!("etcdserver: unexpected apply result for {what}"))
+    super::status::unexpected_apply(what)
 }
 
 #[tonic::async_trait]

@@ -17,6 +17,7 @@
 //! so apply refuses it if auth changed before it committed, as it does a KV write.
 
 use super::access::{cert_user, Access, Caller};
+use super::status;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -129,9 +130,7 @@ pub(super) async fn acquire_key(
         .propose_as(Op::Txn(txn), Some(requester.clone()))
         .await?
     else {
-        return Err(Status::internal(
-            "etcdserver: unexpected apply result for lock",
-        ));
+        return Err(status::unexpected_apply("lock"));
     };
     let created = resp.responses.iter().rev().find_map(|r| match &r.response {
         Some(response_op::Response::ResponseRange(rr)) => rr
@@ -140,7 +139,7 @@ pub(super) async fn acquire_key(
             .map(|kv| (kv.create_revision, kv.value.clone())),
         _ => None,
     });
-    created.ok_or_else(|| Status::internal("etcdserver: lock key vanished"))
+    created.ok_or_else(status::lock_key_vanished)
 }
 
 /// Run `op` as `requester` only if `key` still has create revision `rev` (the incarnation the
@@ -168,9 +167,7 @@ pub(super) async fn if_created_at(
         .await?
     {
         Applied::Txn(t) => Ok(t),
-        _ => Err(Status::internal(
-            "etcdserver: unexpected apply result for a conditional write",
-        )),
+        _ => Err(status::unexpected_apply("a conditional write")),
     }
 }
 
@@ -362,9 +359,7 @@ impl LockService {
             .propose_as(Op::DeleteRange(del), Some(requester))
             .await?
         else {
-            return Err(Status::internal(
-                "etcdserver: unexpected apply result for unlock",
-            ));
+            return Err(status::unexpected_apply("unlock"));
         };
         Ok(Response::new(UnlockResponse {
             header: self.node.complete_header(resp.header),

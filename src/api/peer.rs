@@ -29,6 +29,46 @@ use crate::raft::network::{SnapshotHeader, CLUSTER_ID_KEY, FROM_MEMBER_KEY};
 use crate::raft::state_machine::SnapshotData;
 use crate::raft::{decode, encode, TypeConfig};
 
+/// Why the peer service refused a request (`api::status` gives each its gRPC code). The texts of
+/// the membership checks are etcd's rafthttp ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRefusal {
+    /// The client certificate fails `--peer-cert-allowed-cn` or `--peer-cert-allowed-hostname`.
+    #[error("client certificate authentication failed")]
+    CertificateRefused,
+    #[error("cluster ID mismatch")]
+    ClusterIdMismatch,
+    /// The request names no sending member.
+    #[error("member not found")]
+    MemberUnnamed,
+    #[error("member {0:x} not found in the cluster")]
+    NotAMember(u64),
+    /// A member forwarded a command another member proposed.
+    #[error("member {from:x} forwards a command of member {proposer:x}")]
+    ForeignCommand { from: u64, proposer: u64 },
+    #[error("undecodable peer message: {0}")]
+    Undecodable(String),
+    #[error("undecodable command: {0}")]
+    UndecodableCommand(String),
+    /// A reply could not be encoded (a bug: our own types always encode).
+    #[error("{0}")]
+    Unencodable(String),
+    #[error("a snapshot transfer to this member is already in progress")]
+    SnapshotBusy,
+    #[error("snapshot transfer superseded by a newer one")]
+    SnapshotSuperseded,
+    #[error("no snapshot chunk within the chunk deadline")]
+    SnapshotChunkLate,
+    #[error("snapshot chunk after the last one")]
+    ChunkAfterLast,
+    #[error("bad snapshot chunk: {0}")]
+    BadChunk(String),
+    #[error("empty snapshot stream")]
+    EmptySnapshot,
+    #[error("snapshot stream ended before its last chunk")]
+    SnapshotCut,
+}
+
 /// Serves other members.
 pub struct PeerService {
     node: Arc<Node>,
@@ -56,9 +96,7 @@ impl PeerService {
             Ok(())
         } else {
             // etcd's text for a certificate its AllowedCN / AllowedHostname check refuses.
-            Err(Status::permission_denied(
-                "client certificate authentication failed",
-            ))
+            Err(PeerRefusal::CertificateRefused.into())
         }
     }
 
@@ -74,15 +112,13 @@ impl PeerService {
                 .and_then(|v| u64::from_str_radix(v, 16).ok())
         };
         if id(CLUSTER_ID_KEY) != Some(self.node.cluster_id()) {
-            return Err(Status::permission_denied("cluster ID mismatch"));
+            return Err(PeerRefusal::ClusterIdMismatch.into());
         }
         let Some(from) = id(FROM_MEMBER_KEY) else {
-            return Err(Status::permission_denied("member not found"));
+            return Err(PeerRefusal::MemberUnnamed.into());
         };
         if !self.node.admits_peer(from) {
-            return Err(Status::permission_denied(format!(
-                "member {from:x} not found in the cluster"
-            )));
+            return Err(PeerRefusal::NotAMember(from).into());
         }
         Ok(from)
     }
@@ -90,12 +126,12 @@ impl PeerService {
 
 /// Frame a `Result<T, String>` for the reply.
 fn reply<T: serde::Serialize>(result: Result<T, String>) -> Result<Response<RaftPayload>, Status> {
-    let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+    let data = encode(&result).map_err(|e| PeerRefusal::Unencodable(e.to_string()))?;
     Ok(Response::new(RaftPayload { data }))
 }
 
 fn bad_payload(e: std::io::Error) -> Status {
-    Status::invalid_argument(format!("undecodable peer message: {e}"))
+    PeerRefusal::Undecodable(e.to_string()).into()
 }
 
 fn status_of(e: &LeaderWriteError) -> PeerStatus {
@@ -143,7 +179,7 @@ impl Peer for PeerService {
             })
             .map(|result| {
                 let result = result.map_err(|fatal| fatal.to_string());
-                let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+                let data = encode(&result).map_err(|e| PeerRefusal::Unencodable(e.to_string()))?;
                 Ok(RaftPayload { data })
             });
         Ok(Response::new(Box::pin(responses)))
@@ -174,9 +210,7 @@ impl Peer for PeerService {
         self.admit(&request)?;
         let mut chunks = request.into_inner();
         let Some((_receiving, number)) = self.node.begin_snapshot_receive().await? else {
-            return Err(Status::unavailable(
-                "a snapshot transfer to this member is already in progress",
-            ));
+            return Err(PeerRefusal::SnapshotBusy.into());
         };
         // Each chunk goes to the staging area as it arrives; nothing is installed unless the
         // stream ends with the chunk marked last. Each chunk has a deadline, and a newer transfer
@@ -187,9 +221,7 @@ impl Peer for PeerService {
             let next = tokio::select! {
                 biased;
                 _ = self.node.snapshot_superseded(number) => {
-                    return Err(Status::aborted(
-                        "snapshot transfer superseded by a newer one",
-                    ));
+                    return Err(PeerRefusal::SnapshotSuperseded.into());
                 }
                 next = crate::rt::timeout(
                     crate::limits::SNAPSHOT_CHUNK_RECEIVE_TIMEOUT,
@@ -197,18 +229,12 @@ impl Peer for PeerService {
                 ) => next,
             };
             let chunk = match next {
-                Err(crate::rt::Elapsed) => {
-                    return Err(Status::deadline_exceeded(
-                        "no snapshot chunk within the chunk deadline",
-                    ))
-                }
+                Err(crate::rt::Elapsed) => return Err(PeerRefusal::SnapshotChunkLate.into()),
                 Ok(None) => break,
                 Ok(Some(chunk)) => chunk?,
             };
             if complete {
-                return Err(Status::invalid_argument(
-                    "snapshot chunk after the last one",
-                ));
+                return Err(PeerRefusal::ChunkAfterLast.into());
             }
             if header.is_none() {
                 header = Some(decode(&chunk.header).map_err(bad_payload)?);
@@ -217,13 +243,11 @@ impl Peer for PeerService {
             self.node
                 .stage_snapshot_chunk(chunk.data)
                 .await
-                .map_err(|e| Status::invalid_argument(format!("bad snapshot chunk: {e:?}")))?;
+                .map_err(|e| PeerRefusal::BadChunk(format!("{e:?}")))?;
         }
-        let header = header.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let header = header.ok_or(PeerRefusal::EmptySnapshot)?;
         if !complete {
-            return Err(Status::aborted(
-                "snapshot stream ended before its last chunk",
-            ));
+            return Err(PeerRefusal::SnapshotCut.into());
         }
         let snapshot = openraft::alias::SnapshotOf::<crate::raft::TypeConfig, _> {
             meta: header.meta,
@@ -244,14 +268,15 @@ impl Peer for PeerService {
         let from = self.admit(&request)?;
         use prost::Message;
         let cmd = Command::decode(request.get_ref().command.as_slice())
-            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+            .map_err(|e| PeerRefusal::UndecodableCommand(e.to_string()))?;
         // The outcome goes to the waiter (proposer, sequence number) names: only the proposer
         // itself may name it.
         if cmd.proposer_id != from {
-            return Err(Status::permission_denied(format!(
-                "member {from:x} forwards a command of member {:x}",
-                cmd.proposer_id
-            )));
+            return Err(PeerRefusal::ForeignCommand {
+                from,
+                proposer: cmd.proposer_id,
+            }
+            .into());
         }
         let written = crate::rt::timeout(
             self.node.config().request_timeout,
@@ -371,7 +396,10 @@ impl Peer for PeerService {
         request: Request<MembersRequest>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.check_cert(&request)?;
-        let data = self.node.members_payload().map_err(Status::internal)?;
+        let data = self
+            .node
+            .members_payload()
+            .map_err(PeerRefusal::Unencodable)?;
         Ok(Response::new(RaftPayload { data }))
     }
 }

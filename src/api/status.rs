@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use super::json::GatewayError;
+use super::peer::PeerRefusal;
 use super::validate::ValidationError;
 use crate::apply::ApplyError;
 use crate::auth::AuthError;
@@ -256,6 +257,64 @@ impl From<NodeError> for Status {
             NodeError::Config(e) => status(Code::Internal, &format!("etcdserver: {e}")),
         }
     }
+}
+
+impl From<PeerRefusal> for Status {
+    fn from(e: PeerRefusal) -> Self {
+        let code = match &e {
+            PeerRefusal::CertificateRefused
+            | PeerRefusal::ClusterIdMismatch
+            | PeerRefusal::MemberUnnamed
+            | PeerRefusal::NotAMember(_)
+            | PeerRefusal::ForeignCommand { .. } => Code::PermissionDenied,
+            PeerRefusal::Undecodable(_)
+            | PeerRefusal::UndecodableCommand(_)
+            | PeerRefusal::ChunkAfterLast
+            | PeerRefusal::BadChunk(_)
+            | PeerRefusal::EmptySnapshot => Code::InvalidArgument,
+            PeerRefusal::Unencodable(_) => Code::Internal,
+            PeerRefusal::SnapshotBusy => Code::Unavailable,
+            PeerRefusal::SnapshotSuperseded | PeerRefusal::SnapshotCut => Code::Aborted,
+            PeerRefusal::SnapshotChunkLate => Code::DeadlineExceeded,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// An apply result of another kind than the command's (a bug: apply answers each command with
+/// its own kind).
+pub fn unexpected_apply(what: &str) -> Status {
+    Status::internal(format!("etcdserver: unexpected apply result for {what}"))
+}
+
+/// The key a lock was just granted under is gone from the txn's own answer (a bug).
+pub fn lock_key_vanished() -> Status {
+    Status::internal("etcdserver: lock key vanished")
+}
+
+/// bcrypt failed to hash a password.
+pub fn password_hash_failed(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("etcdserver: cannot hash password: {e}"))
+}
+
+/// A large answer the client did not take within its deadline (`api::held_body`).
+pub fn answer_not_taken() -> Status {
+    Status::deadline_exceeded("etcdserver: the client did not take its answer in time")
+}
+
+/// etcd's v3election errors, as its in-process client answers them (code Unknown).
+pub fn election_not_leader() -> Status {
+    Status::unknown("election: not leader")
+}
+
+/// No leader in the election (v3election's `ErrElectionNoLeader`).
+pub fn election_no_leader() -> Status {
+    Status::unknown("election: no leader")
+}
+
+/// Proclaim and Resign without a leader key (etcd 3.5 checks this before anything else).
+pub fn election_missing_leader_key() -> Status {
+    Status::unknown(r#""leader" field must be provided"#)
 }
 
 impl From<GatewayError> for Status {
