@@ -160,7 +160,7 @@ impl Cluster for ClusterService {
             .authenticated(request.metadata(), cert_user(request.extensions()))?;
         Ok(Response::new(MemberListResponse {
             header: self.header(),
-            members: to_pb_all(self.node.members()),
+            members: to_pb_all(self.node.members()?),
         }))
     }
 

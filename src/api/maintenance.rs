@@ -93,7 +93,7 @@ impl Maintenance for MaintenanceService {
                 // etcd 3.5 lists the alarms of the given type (NONE: all), whatever the member id.
                 let alarms = self
                     .node
-                    .alarms()
+                    .alarms()?
                     .into_iter()
                     .filter(|(_, a)| req.alarm == AlarmType::None as i32 || *a == req.alarm)
                     .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
@@ -127,7 +127,7 @@ impl Maintenance for MaintenanceService {
             raft_index: s.last_log_index,
             raft_term: s.term,
             raft_applied_index: s.applied_index,
-            errors: status_errors(s.leader, &self.node.alarms()),
+            errors: status_errors(s.leader, &self.node.alarms()?),
             db_size_in_use: self.node.db_size_in_use_bytes() as i64,
             is_learner: self.node.is_learner(self.node.member_id()),
             // etcd 3.6 keeps its storage version at the cluster version (patch 0).

@@ -17,13 +17,14 @@ use crate::raft::{decode, encode, PeerNode, TypeConfig};
 use crate::rt;
 
 impl Node {
-    /// Every member, in id order, as this member's applied state knows them.
-    pub fn members(&self) -> Vec<MemberInfo> {
+    /// Every member, in id order, as this member's applied state knows them (their published
+    /// attributes read from the engine: a failed read fails the call).
+    pub fn members(&self) -> Result<Vec<MemberInfo>, NodeError> {
         let stored = self.stored_membership();
         let membership = stored.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let attrs = cluster::read_attributes(self.state.engine().as_ref()).unwrap_or_default();
-        membership
+        let attrs = cluster::read_attributes(self.state.engine().as_ref())?;
+        Ok(membership
             .nodes()
             .map(|(id, node)| {
                 let published = attrs.get(id);
@@ -37,7 +38,7 @@ impl Node {
                     is_learner: !voters.contains(id),
                 }
             })
-            .collect()
+            .collect())
     }
 
     /// Raft's current membership (a shared pointer: no copy of the metrics).
@@ -101,7 +102,7 @@ impl Node {
                 let _ = self.read_barrier().await;
             }
         }
-        Ok(self.members())
+        self.members()
     }
 
     /// The leader's side of a membership change. `NoLeader` means "not the leader (any more)".
@@ -112,7 +113,9 @@ impl Node {
         if !self.is_leader() {
             return Err(MembershipError::NoLeader);
         }
-        let members = self.members();
+        let members = self
+            .members()
+            .map_err(|e| MembershipError::Other(format!("etcdserver: {e}")))?;
         if self.config.strict_reconfig_check && !enough_started(&members, &change) {
             return Err(MembershipError::NotEnoughStarted);
         }
@@ -240,7 +243,7 @@ impl Node {
         if !self.is_leader() {
             return Err(MembershipError::NotLeader.into());
         }
-        let is_voter = self.members().iter().any(|m| m.id == to && !m.is_learner);
+        let is_voter = self.members()?.iter().any(|m| m.id == to && !m.is_learner);
         if !is_voter {
             return Err(MembershipError::BadLeaderTransferee.into());
         }
@@ -293,7 +296,8 @@ impl Node {
 
     /// The member list as the Members peer call returns it.
     pub(crate) fn members_payload(&self) -> Result<Vec<u8>, String> {
-        encode(&(self.cluster_id, self.members())).map_err(|e| e.to_string())
+        let members = self.members().map_err(|e| e.to_string())?;
+        encode(&(self.cluster_id, members)).map_err(|e| e.to_string())
     }
 }
 

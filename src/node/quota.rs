@@ -60,7 +60,7 @@ impl Node {
         if !corrupt_refuses && !quota_checked {
             return Ok(());
         }
-        let (backend, nospace, corrupt) = self.quota_state();
+        let (backend, nospace, corrupt) = self.quota_state()?;
         if corrupt && corrupt_refuses {
             return Err(NodeError::Corrupt);
         }
@@ -77,7 +77,9 @@ impl Node {
 
     /// `(backend size, NOSPACE raised, CORRUPT raised)`, at most [`limits::QUOTA_SIZE_REFRESH`]
     /// old.
-    pub(super) fn quota_state(&self) -> (u64, bool, bool) {
+    /// A failed read of the alarms fails the write (nothing is cached from it): a member that
+    /// cannot read its alarms cannot tell whether CORRUPT forbids the write.
+    pub(super) fn quota_state(&self) -> Result<(u64, bool, bool), NodeError> {
         use std::sync::atomic::Ordering;
         let mut refreshed_at = self
             .backend_size
@@ -91,7 +93,7 @@ impl Node {
             self.backend_size
                 .bytes
                 .store(self.db_size_bytes(), Ordering::SeqCst);
-            let alarms = self.alarms();
+            let alarms = self.alarms()?;
             let raised = |t: AlarmType| alarms.iter().any(|(_, a)| *a == t as i32);
             self.backend_size
                 .nospace
@@ -101,11 +103,11 @@ impl Node {
                 .store(raised(AlarmType::Corrupt), Ordering::SeqCst);
             *refreshed_at = Some(now);
         }
-        (
+        Ok((
             self.backend_size.bytes.load(Ordering::SeqCst),
             self.backend_size.nospace.load(Ordering::SeqCst),
             self.backend_size.corrupt.load(Ordering::SeqCst),
-        )
+        ))
     }
 
     /// Raise this member's NOSPACE alarm (in the background: the refused write does not wait).
@@ -148,8 +150,8 @@ impl Node {
     }
 
     /// Every raised alarm as `(member id, alarm type)`.
-    pub fn alarms(&self) -> Vec<(u64, i32)> {
-        crate::cluster::read_alarms(self.state.engine().as_ref()).unwrap_or_default()
+    pub fn alarms(&self) -> Result<Vec<(u64, i32)>, NodeError> {
+        Ok(crate::cluster::read_alarms(self.state.engine().as_ref())?)
     }
 
     /// Raise or clear an alarm through raft.
