@@ -12,12 +12,16 @@
 //! lines, streaming bodies) lives in `api::http`; the parsing here is pure and fuzzed
 //! (`fuzz/fuzz_targets/json_gateway.rs`).
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::Status;
 
 use super::auth::AuthService;
+// The service traits: the route table calls their methods.
 use crate::pb::etcdserverpb::auth_server::Auth;
+use crate::pb::etcdserverpb::cluster_server::Cluster;
+use crate::pb::etcdserverpb::kv_server::Kv;
+use crate::pb::etcdserverpb::lease_server::Lease;
+use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AuthenticateRequest, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
     DowngradeRequest, HashKvRequest, HashRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
@@ -33,57 +37,227 @@ use crate::pb::etcdserverpb::{
     AuthUserGetResponse, AuthUserGrantRoleResponse, AuthUserListResponse,
     AuthUserRevokeRoleResponse,
 };
+use crate::pb::v3electionpb::election_server::Election;
 use crate::pb::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest};
+use crate::pb::v3lockpb::lock_server::Lock;
 use crate::pb::v3lockpb::{LockRequest, UnlockRequest};
 
 mod calls;
 
 use super::json::{go_escape, json_error};
 pub use super::json::{parse_one, parse_stream, to_json, GatewayError};
-use calls::with_token;
+use calls::{held_json, json_stream, with_token};
 pub use calls::{JsonStream, Reply, Services};
 
 /// Path prefixes etcd 3.4 serves the gateway under (`/v3alpha/` went away in 3.4).
 pub const PREFIXES: [&str; 2] = ["/v3/", "/v3beta/"];
 
-/// One gateway endpoint: which gRPC method a path calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Range,
-    Put,
-    DeleteRange,
-    Txn,
-    Compaction,
-    LeaseGrant,
-    LeaseRevoke,
-    LeaseKeepAlive,
-    LeaseTimeToLive,
-    LeaseLeases,
-    Watch,
-    Status,
-    Alarm,
-    Defragment,
-    MemberList,
-    MemberAdd,
-    MemberRemove,
-    MemberUpdate,
-    MemberPromote,
-    Authenticate,
-    Hash,
-    MoveLeader,
-    Lock,
-    Unlock,
-    Campaign,
-    Proclaim,
-    Leader,
-    Observe,
-    Resign,
-    /// The Auth service's administration and status calls (login is `Authenticate`).
-    Auth(AuthRoute),
-    /// etcd 3.6 gives HashKV its own path (3.4 and 3.5 bind it to `maintenance/hash` too).
-    HashKv,
-    /// etcd 3.5+'s `Maintenance.Downgrade`.
-    Downgrade,
+/// Every gateway route but the Auth service's administration calls (`auth_routes!`), listed
+/// once: its variant, request message, paths below a prefix, how it is called, and the service
+/// method it calls. The macro builds the route enum, the path table, [`ALL_ROUTES`], the
+/// parsed-request enum with its parse, print and size, and the call, so a new route is one line
+/// here. How a route is called:
+/// - `unary`: one request, one JSON response;
+/// - `held`: the same, the answer counted in the member's send budget until taken (large reads);
+/// - `observe`: one request, a stream of responses;
+/// - `bidi`: a stream of requests (newline-delimited JSON values), a stream of responses.
+///
+/// The order is [`ALL_ROUTES`]' (the fuzz seeds pick routes by index): the first list, the auth
+/// routes, then the second list (`after_auth`). New routes go at the end of the second.
+macro_rules! gateway_routes {
+    (
+        first {
+            $($(#[$doc:meta])* $v:ident($req:ident) [$($p:literal),+] $kind:ident $svc:ident.$m:ident;)*
+        }
+        after_auth {
+            $($(#[$doc2:meta])* $v2:ident($req2:ident) [$($p2:literal),+] $kind2:ident $svc2:ident.$m2:ident;)*
+        }
+    ) => {
+        /// One gateway endpoint: which gRPC method a path calls.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Route {
+            $($(#[$doc])* $v,)*
+            /// The Auth service's administration and status calls (login is `Authenticate`).
+            Auth(AuthRoute),
+            $($(#[$doc2])* $v2,)*
+        }
+
+        /// Every path below a prefix with its route (the auth routes' are in [`AuthRoute::ALL`]).
+        const ROUTES: &[(&str, Route)] = &[$($(($p, Route::$v),)+)* $($(($p2, Route::$v2),)+)*];
+
+        /// Every route, in the table's order with the auth routes between its two lists.
+        pub const ALL_ROUTES: [Route; [$(stringify!($v)),*].len()
+            + AuthRoute::ALL.len()
+            + [$(stringify!($v2)),*].len()] = {
+            let first = [$(Route::$v),*];
+            let second = [$(Route::$v2),*];
+            let mut all = [Route::Range; [$(stringify!($v)),*].len()
+                + AuthRoute::ALL.len()
+                + [$(stringify!($v2)),*].len()];
+            let mut i = 0;
+            while i < first.len() {
+                all[i] = first[i];
+                i += 1;
+            }
+            let mut j = 0;
+            while j < AuthRoute::ALL.len() {
+                all[i + j] = Route::Auth(AuthRoute::ALL[j].1);
+                j += 1;
+            }
+            let mut k = 0;
+            while k < second.len() {
+                all[i + j + k] = second[k];
+                k += 1;
+            }
+            all
+        };
+
+        impl Route {
+            /// Whether the method streams its requests and responses (newline-delimited JSON
+            /// objects). (An `observe` route streams only responses: its one request is read like
+            /// a unary one.)
+            pub fn is_streaming(self) -> bool {
+                match self {
+                    $(Route::$v => gateway_routes!(@is_bidi $kind),)*
+                    Route::Auth(_) => false,
+                    $(Route::$v2 => gateway_routes!(@is_bidi $kind2),)*
+                }
+            }
+        }
+
+        /// A parsed gateway request: the protobuf request(s) of one route.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum GatewayRequest {
+            $($v(gateway_routes!(@payload $kind $req)),)*
+            Auth(AuthRequest),
+            $($v2(gateway_routes!(@payload $kind2 $req2)),)*
+        }
+
+        /// Parse a whole request body for `route` (streaming routes: every JSON value in it).
+        pub fn parse(route: Route, body: &[u8]) -> Result<GatewayRequest, GatewayError> {
+            Ok(match route {
+                $(Route::$v => GatewayRequest::$v(gateway_routes!(@parse $kind body)),)*
+                Route::Auth(route) => GatewayRequest::Auth(AuthRequest::parse(route, body)?),
+                $(Route::$v2 => GatewayRequest::$v2(gateway_routes!(@parse $kind2 body)),)*
+            })
+        }
+
+        impl GatewayRequest {
+            /// The request as JSON again (streamed requests newline-delimited), in the gateway's
+            /// output form; parsing it gives the same request back.
+            pub fn to_json(&self) -> Vec<u8> {
+                match self {
+                    $(GatewayRequest::$v(r) => gateway_routes!(@json $kind r),)*
+                    GatewayRequest::Auth(r) => r.to_json(),
+                    $(GatewayRequest::$v2(r) => gateway_routes!(@json $kind2 r),)*
+                }
+            }
+
+            /// The protobuf encoding of the request(s), to bound it as gRPC bounds a message.
+            pub fn encoded_len(&self) -> usize {
+                match self {
+                    $(GatewayRequest::$v(r) => gateway_routes!(@len $kind r),)*
+                    GatewayRequest::Auth(r) => r.encoded_len(),
+                    $(GatewayRequest::$v2(r) => gateway_routes!(@len $kind2 r),)*
+                }
+            }
+        }
+
+        /// Call the route's method on `services` (see [`Services::call`]).
+        async fn call_route(
+            services: &Services,
+            request: GatewayRequest,
+            token: Option<&str>,
+        ) -> Result<Reply, Status> {
+            match request {
+                $(GatewayRequest::$v(m) => {
+                    gateway_routes!(@call $kind services.$svc.$m, m, token)
+                })*
+                GatewayRequest::Auth(m) => Ok(Reply::Unary(m.call(&services.auth, token).await?)),
+                $(GatewayRequest::$v2(m) => {
+                    gateway_routes!(@call $kind2 services.$svc2.$m2, m, token)
+                })*
+            }
+        }
+    };
+    (@is_bidi bidi) => { true };
+    (@is_bidi $kind:ident) => { false };
+    (@payload bidi $req:ident) => { Vec<$req> };
+    (@payload $kind:ident $req:ident) => { $req };
+    (@parse bidi $body:ident) => { parse_stream(&mut $body.to_vec(), true)? };
+    (@parse $kind:ident $body:ident) => { parse_one($body)? };
+    (@json bidi $r:ident) => { json_lines($r) };
+    (@json $kind:ident $r:ident) => { to_json($r) };
+    (@len bidi $r:ident) => { $r.iter().map(prost::Message::encoded_len).sum() };
+    (@len $kind:ident $r:ident) => { prost::Message::encoded_len($r) };
+    (@call unary $s:ident.$svc:ident.$m:ident, $msg:ident, $token:ident) => {
+        Ok(Reply::Unary(to_json(
+            &$s.$svc.$m(with_token($msg, $token)).await?.into_inner(),
+        )))
+    };
+    (@call held $s:ident.$svc:ident.$m:ident, $msg:ident, $token:ident) => {
+        Ok(held_json($s.$svc.$m(with_token($msg, $token)).await?))
+    };
+    (@call observe $s:ident.$svc:ident.$m:ident, $msg:ident, $token:ident) => {
+        Ok(json_stream($s.$svc.$m(with_token($msg, $token)).await?.into_inner()))
+    };
+    (@call bidi $s:ident.$svc:ident.$m:ident, $msg:ident, $token:ident) => {{
+        let requests = futures::stream::iter($msg.into_iter().map(Ok));
+        let requests = futures::StreamExt::boxed(requests);
+        Ok(json_stream($s.$svc.$m(with_token(requests, $token)).await?.into_inner()))
+    }};
+}
+
+gateway_routes! {
+    first {
+        Range(RangeRequest) ["kv/range"] held kv.range;
+        Put(PutRequest) ["kv/put"] unary kv.put;
+        DeleteRange(DeleteRangeRequest) ["kv/deleterange"] unary kv.delete_range;
+        Txn(TxnRequest) ["kv/txn"] held kv.txn;
+        Compaction(CompactionRequest) ["kv/compaction"] unary kv.compact;
+        LeaseGrant(LeaseGrantRequest) ["lease/grant"] unary lease.lease_grant;
+        /// Also under `kv/lease/`, its etcd 3.3 path (as time-to-live and leases).
+        LeaseRevoke(LeaseRevokeRequest) ["lease/revoke", "kv/lease/revoke"] unary lease.lease_revoke;
+        LeaseKeepAlive(LeaseKeepAliveRequest) ["lease/keepalive"] bidi lease.keep_alive_requests;
+        LeaseTimeToLive(LeaseTimeToLiveRequest) ["lease/timetolive", "kv/lease/timetolive"] unary lease.lease_time_to_live;
+        LeaseLeases(LeaseLeasesRequest) ["lease/leases", "kv/lease/leases"] unary lease.lease_leases;
+        Watch(WatchRequest) ["watch"] bidi watch.watch_requests;
+        Status(StatusRequest) ["maintenance/status"] unary maintenance.status;
+        Alarm(AlarmRequest) ["maintenance/alarm"] unary maintenance.alarm;
+        Defragment(DefragmentRequest) ["maintenance/defragment"] unary maintenance.defragment;
+        MemberList(MemberListRequest) ["cluster/member/list"] unary cluster.member_list;
+        MemberAdd(MemberAddRequest) ["cluster/member/add"] unary cluster.member_add;
+        MemberRemove(MemberRemoveRequest) ["cluster/member/remove"] unary cluster.member_remove;
+        MemberUpdate(MemberUpdateRequest) ["cluster/member/update"] unary cluster.member_update;
+        MemberPromote(MemberPromoteRequest) ["cluster/member/promote"] unary cluster.member_promote;
+        Authenticate(AuthenticateRequest) ["auth/authenticate"] unary auth.authenticate;
+        /// etcd 3.4 binds both Hash and HashKV to `maintenance/hash`; Hash answers it.
+        Hash(HashRequest) ["maintenance/hash"] unary maintenance.hash;
+        MoveLeader(MoveLeaderRequest) ["maintenance/transfer-leadership"] unary maintenance.move_leader;
+        Lock(LockRequest) ["lock/lock"] unary lock.lock;
+        Unlock(UnlockRequest) ["lock/unlock"] unary lock.unlock;
+        Campaign(CampaignRequest) ["election/campaign"] unary election.campaign;
+        Proclaim(ProclaimRequest) ["election/proclaim"] unary election.proclaim;
+        Leader(LeaderRequest) ["election/leader"] unary election.leader;
+        Observe(LeaderRequest) ["election/observe"] observe election.observe;
+        Resign(ResignRequest) ["election/resign"] unary election.resign;
+    }
+    after_auth {
+        /// etcd 3.6 gives HashKV its own path (3.4 and 3.5 bind it to `maintenance/hash` too).
+        HashKv(HashKvRequest) ["maintenance/hashkv"] unary maintenance.hash_kv;
+        /// etcd 3.5+'s `Maintenance.Downgrade`.
+        Downgrade(DowngradeRequest) ["maintenance/downgrade"] unary maintenance.downgrade;
+    }
+}
+
+/// Streamed requests as the gateway prints them: one JSON value per line.
+fn json_lines<T: Serialize>(items: &[T]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for item in items {
+        out.extend(to_json(item));
+        out.push(b'\n');
+    }
+    out
 }
 
 /// The Auth RPCs the gateway serves besides `Authenticate`, each listed once: path below a
@@ -240,105 +414,6 @@ impl AuthReply for AuthRoleGetResponse {
     }
 }
 
-/// Paths below a prefix, as etcd 3.4's `rpc.proto` binds them (lease revoke, time-to-live and
-/// leases also answer under `kv/lease/`, their 3.3 paths), then the two etcd 3.6 adds.
-const ROUTES: [(&str, Route); 34] = [
-    ("kv/range", Route::Range),
-    ("kv/put", Route::Put),
-    ("kv/deleterange", Route::DeleteRange),
-    ("kv/txn", Route::Txn),
-    ("kv/compaction", Route::Compaction),
-    ("lease/grant", Route::LeaseGrant),
-    ("lease/revoke", Route::LeaseRevoke),
-    ("kv/lease/revoke", Route::LeaseRevoke),
-    ("lease/keepalive", Route::LeaseKeepAlive),
-    ("lease/timetolive", Route::LeaseTimeToLive),
-    ("kv/lease/timetolive", Route::LeaseTimeToLive),
-    ("lease/leases", Route::LeaseLeases),
-    ("kv/lease/leases", Route::LeaseLeases),
-    ("watch", Route::Watch),
-    ("maintenance/status", Route::Status),
-    ("maintenance/alarm", Route::Alarm),
-    ("maintenance/defragment", Route::Defragment),
-    ("cluster/member/list", Route::MemberList),
-    ("cluster/member/add", Route::MemberAdd),
-    ("cluster/member/remove", Route::MemberRemove),
-    ("cluster/member/update", Route::MemberUpdate),
-    ("cluster/member/promote", Route::MemberPromote),
-    ("auth/authenticate", Route::Authenticate),
-    // etcd 3.4 binds both Hash and HashKV to `maintenance/hash`; Hash answers it.
-    ("maintenance/hash", Route::Hash),
-    ("maintenance/transfer-leadership", Route::MoveLeader),
-    ("lock/lock", Route::Lock),
-    ("lock/unlock", Route::Unlock),
-    ("election/campaign", Route::Campaign),
-    ("election/proclaim", Route::Proclaim),
-    ("election/leader", Route::Leader),
-    ("election/observe", Route::Observe),
-    ("election/resign", Route::Resign),
-    ("maintenance/hashkv", Route::HashKv),
-    ("maintenance/downgrade", Route::Downgrade),
-];
-
-/// The routes outside the auth table, for tests and the fuzz target (new routes go at the end:
-/// the fuzz seeds pick routes by index).
-const BASE_ROUTES: [Route; 29] = [
-    Route::Range,
-    Route::Put,
-    Route::DeleteRange,
-    Route::Txn,
-    Route::Compaction,
-    Route::LeaseGrant,
-    Route::LeaseRevoke,
-    Route::LeaseKeepAlive,
-    Route::LeaseTimeToLive,
-    Route::LeaseLeases,
-    Route::Watch,
-    Route::Status,
-    Route::Alarm,
-    Route::Defragment,
-    Route::MemberList,
-    Route::MemberAdd,
-    Route::MemberRemove,
-    Route::MemberUpdate,
-    Route::MemberPromote,
-    Route::Authenticate,
-    Route::Hash,
-    Route::MoveLeader,
-    Route::Lock,
-    Route::Unlock,
-    Route::Campaign,
-    Route::Proclaim,
-    Route::Leader,
-    Route::Observe,
-    Route::Resign,
-];
-
-/// The routes etcd 3.6 adds, after the auth table's in [`ALL_ROUTES`] (so the fuzz seeds keep
-/// their routes).
-const ROUTES_3_6: [Route; 2] = [Route::HashKv, Route::Downgrade];
-
-/// Every route: [`BASE_ROUTES`], the auth table's, then [`ROUTES_3_6`].
-pub const ALL_ROUTES: [Route; BASE_ROUTES.len() + AuthRoute::ALL.len() + ROUTES_3_6.len()] = {
-    let mut all = [Route::Range; BASE_ROUTES.len() + AuthRoute::ALL.len() + ROUTES_3_6.len()];
-    let mut i = 0;
-    while i < BASE_ROUTES.len() {
-        all[i] = BASE_ROUTES[i];
-        i += 1;
-    }
-    let mut j = 0;
-    while j < AuthRoute::ALL.len() {
-        all[i + j] = Route::Auth(AuthRoute::ALL[j].1);
-        j += 1;
-    }
-    let mut k = 0;
-    while k < ROUTES_3_6.len() {
-        all[i + j + k] = ROUTES_3_6[k];
-        k += 1;
-    }
-    all
-};
-
 /// The route a request path names, if any.
 pub fn route(path: &str) -> Option<Route> {
     let rest = PREFIXES.iter().find_map(|p| path.strip_prefix(p))?;
@@ -354,181 +429,6 @@ pub fn route(path: &str) -> Option<Route> {
 /// Whether `path` is under a gateway prefix (an unknown path there gets the gateway's 404).
 pub fn under_prefix(path: &str) -> bool {
     PREFIXES.iter().any(|p| path.starts_with(p))
-}
-
-impl Route {
-    /// Whether the method streams its requests and responses (newline-delimited JSON objects).
-    /// (Election.Observe streams only responses: its one request is read like a unary one.)
-    pub fn is_streaming(self) -> bool {
-        matches!(self, Route::Watch | Route::LeaseKeepAlive)
-    }
-}
-
-/// A parsed gateway request: the protobuf request(s) of one route.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GatewayRequest {
-    Range(RangeRequest),
-    Put(PutRequest),
-    DeleteRange(DeleteRangeRequest),
-    Txn(TxnRequest),
-    Compaction(CompactionRequest),
-    LeaseGrant(LeaseGrantRequest),
-    LeaseRevoke(LeaseRevokeRequest),
-    LeaseTimeToLive(LeaseTimeToLiveRequest),
-    LeaseLeases(LeaseLeasesRequest),
-    LeaseKeepAlive(Vec<LeaseKeepAliveRequest>),
-    Watch(Vec<WatchRequest>),
-    Status(StatusRequest),
-    Alarm(AlarmRequest),
-    Defragment(DefragmentRequest),
-    MemberList(MemberListRequest),
-    MemberAdd(MemberAddRequest),
-    MemberRemove(MemberRemoveRequest),
-    MemberUpdate(MemberUpdateRequest),
-    MemberPromote(MemberPromoteRequest),
-    Authenticate(AuthenticateRequest),
-    Hash(HashRequest),
-    MoveLeader(MoveLeaderRequest),
-    Lock(LockRequest),
-    Unlock(UnlockRequest),
-    Campaign(CampaignRequest),
-    Proclaim(ProclaimRequest),
-    Leader(LeaderRequest),
-    Observe(LeaderRequest),
-    Resign(ResignRequest),
-    Auth(AuthRequest),
-    HashKv(HashKvRequest),
-    Downgrade(DowngradeRequest),
-}
-
-/// Parse a whole request body for `route` (streaming routes: every JSON value in it).
-pub fn parse(route: Route, body: &[u8]) -> Result<GatewayRequest, GatewayError> {
-    use GatewayRequest as G;
-    fn all<T: DeserializeOwned + Default>(body: &[u8]) -> Result<Vec<T>, GatewayError> {
-        parse_stream(&mut body.to_vec(), true)
-    }
-    Ok(match route {
-        Route::Range => G::Range(parse_one(body)?),
-        Route::Put => G::Put(parse_one(body)?),
-        Route::DeleteRange => G::DeleteRange(parse_one(body)?),
-        Route::Txn => G::Txn(parse_one(body)?),
-        Route::Compaction => G::Compaction(parse_one(body)?),
-        Route::LeaseGrant => G::LeaseGrant(parse_one(body)?),
-        Route::LeaseRevoke => G::LeaseRevoke(parse_one(body)?),
-        Route::LeaseTimeToLive => G::LeaseTimeToLive(parse_one(body)?),
-        Route::LeaseLeases => G::LeaseLeases(parse_one(body)?),
-        Route::LeaseKeepAlive => G::LeaseKeepAlive(all(body)?),
-        Route::Watch => G::Watch(all(body)?),
-        Route::Status => G::Status(parse_one(body)?),
-        Route::Alarm => G::Alarm(parse_one(body)?),
-        Route::Defragment => G::Defragment(parse_one(body)?),
-        Route::MemberList => G::MemberList(parse_one(body)?),
-        Route::MemberAdd => G::MemberAdd(parse_one(body)?),
-        Route::MemberRemove => G::MemberRemove(parse_one(body)?),
-        Route::MemberUpdate => G::MemberUpdate(parse_one(body)?),
-        Route::MemberPromote => G::MemberPromote(parse_one(body)?),
-        Route::Authenticate => G::Authenticate(parse_one(body)?),
-        Route::Hash => G::Hash(parse_one(body)?),
-        Route::MoveLeader => G::MoveLeader(parse_one(body)?),
-        Route::Lock => G::Lock(parse_one(body)?),
-        Route::Unlock => G::Unlock(parse_one(body)?),
-        Route::Campaign => G::Campaign(parse_one(body)?),
-        Route::Proclaim => G::Proclaim(parse_one(body)?),
-        Route::Leader => G::Leader(parse_one(body)?),
-        Route::Observe => G::Observe(parse_one(body)?),
-        Route::Resign => G::Resign(parse_one(body)?),
-        Route::Auth(route) => G::Auth(AuthRequest::parse(route, body)?),
-        Route::HashKv => G::HashKv(parse_one(body)?),
-        Route::Downgrade => G::Downgrade(parse_one(body)?),
-    })
-}
-
-impl GatewayRequest {
-    /// The request as JSON again (streamed requests newline-delimited), in the gateway's output
-    /// form; parsing it gives the same request back.
-    pub fn to_json(&self) -> Vec<u8> {
-        use GatewayRequest as G;
-        fn lines<T: Serialize>(items: &[T]) -> Vec<u8> {
-            let mut out = Vec::new();
-            for item in items {
-                out.extend(to_json(item));
-                out.push(b'\n');
-            }
-            out
-        }
-        match self {
-            G::Range(r) => to_json(r),
-            G::Put(r) => to_json(r),
-            G::DeleteRange(r) => to_json(r),
-            G::Txn(r) => to_json(r),
-            G::Compaction(r) => to_json(r),
-            G::LeaseGrant(r) => to_json(r),
-            G::LeaseRevoke(r) => to_json(r),
-            G::LeaseTimeToLive(r) => to_json(r),
-            G::LeaseLeases(r) => to_json(r),
-            G::LeaseKeepAlive(r) => lines(r),
-            G::Watch(r) => lines(r),
-            G::Status(r) => to_json(r),
-            G::Alarm(r) => to_json(r),
-            G::Defragment(r) => to_json(r),
-            G::MemberList(r) => to_json(r),
-            G::MemberAdd(r) => to_json(r),
-            G::MemberRemove(r) => to_json(r),
-            G::MemberUpdate(r) => to_json(r),
-            G::MemberPromote(r) => to_json(r),
-            G::Authenticate(r) => to_json(r),
-            G::Hash(r) => to_json(r),
-            G::MoveLeader(r) => to_json(r),
-            G::Lock(r) => to_json(r),
-            G::Unlock(r) => to_json(r),
-            G::Campaign(r) => to_json(r),
-            G::Proclaim(r) => to_json(r),
-            G::Leader(r) | G::Observe(r) => to_json(r),
-            G::Resign(r) => to_json(r),
-            G::Auth(r) => r.to_json(),
-            G::HashKv(r) => to_json(r),
-            G::Downgrade(r) => to_json(r),
-        }
-    }
-
-    /// The protobuf encoding of the request(s), to bound it as gRPC bounds a message.
-    pub fn encoded_len(&self) -> usize {
-        use prost::Message;
-        use GatewayRequest as G;
-        match self {
-            G::Range(r) => r.encoded_len(),
-            G::Put(r) => r.encoded_len(),
-            G::DeleteRange(r) => r.encoded_len(),
-            G::Txn(r) => r.encoded_len(),
-            G::Compaction(r) => r.encoded_len(),
-            G::LeaseGrant(r) => r.encoded_len(),
-            G::LeaseRevoke(r) => r.encoded_len(),
-            G::LeaseTimeToLive(r) => r.encoded_len(),
-            G::LeaseLeases(r) => r.encoded_len(),
-            G::LeaseKeepAlive(r) => r.iter().map(Message::encoded_len).sum(),
-            G::Watch(r) => r.iter().map(Message::encoded_len).sum(),
-            G::Status(r) => r.encoded_len(),
-            G::Alarm(r) => r.encoded_len(),
-            G::Defragment(r) => r.encoded_len(),
-            G::MemberList(r) => r.encoded_len(),
-            G::MemberAdd(r) => r.encoded_len(),
-            G::MemberRemove(r) => r.encoded_len(),
-            G::MemberUpdate(r) => r.encoded_len(),
-            G::MemberPromote(r) => r.encoded_len(),
-            G::Authenticate(r) => r.encoded_len(),
-            G::Hash(r) => r.encoded_len(),
-            G::MoveLeader(r) => r.encoded_len(),
-            G::Lock(r) => r.encoded_len(),
-            G::Unlock(r) => r.encoded_len(),
-            G::Campaign(r) => r.encoded_len(),
-            G::Proclaim(r) => r.encoded_len(),
-            G::Leader(r) | G::Observe(r) => r.encoded_len(),
-            G::Resign(r) => r.encoded_len(),
-            G::Auth(r) => r.encoded_len(),
-            G::HashKv(r) => r.encoded_len(),
-            G::Downgrade(r) => r.encoded_len(),
-        }
-    }
 }
 
 #[cfg(test)]
