@@ -253,8 +253,6 @@ impl From<NodeError> for Status {
             NodeError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
             NodeError::Raft(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
             // Only a start fails this way; no request sees it.
-            NodeError::PeerTls(e) => status(Code::Internal, &format!("etcdserver: peer TLS: {e}")),
-            NodeError::Config(e) => status(Code::Internal, &format!("etcdserver: {e}")),
         }
     }
 }

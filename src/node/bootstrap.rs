@@ -17,7 +17,7 @@ use crate::raft::{decode, PeerNode, Raft};
 use crate::rt;
 use crate::storage::{Durability, Keyspace, SharedEngine, StorageError, WriteBatch};
 
-use super::NodeError;
+use super::StartError;
 
 /// Identity keys, kept in the raft keyspace: they belong to this member, not to the replicated state.
 const MEMBER_ID_KEY: &[u8] = b"id/member";
@@ -63,7 +63,7 @@ pub async fn identify(
     config: &ServerConfig,
     engine: &SharedEngine,
     channels: &PeerChannels,
-) -> Result<Identity, NodeError> {
+) -> Result<Identity, StartError> {
     let initial = config.initial_cluster_or_self();
     let token = &config.initial_cluster_token;
     let founding = cluster::founding_members(&initial, token);
@@ -110,7 +110,7 @@ async fn ask_cluster(
     config: &ServerConfig,
     initial: &cluster::InitialCluster,
     channels: &PeerChannels,
-) -> Result<(u64, u64), NodeError> {
+) -> Result<(u64, u64), StartError> {
     let mut ours = config.advertise_peer_urls.clone();
     ours.sort();
     let peers: Vec<&String> = initial
@@ -143,7 +143,7 @@ async fn ask_cluster(
                 }
             };
             let (cluster_id, members): (u64, Vec<MemberInfo>) =
-                decode(&data).map_err(|e| NodeError::Raft(e.to_string()))?;
+                decode(&data).map_err(|e| StartError::Join(format!("{url}: {e}")))?;
             let me = members.iter().find(|m| {
                 let mut urls = m.peer_urls.clone();
                 urls.sort();
@@ -151,15 +151,15 @@ async fn ask_cluster(
             });
             return match me {
                 Some(m) => Ok((m.id, cluster_id)),
-                None => Err(NodeError::Raft(format!(
+                None => Err(StartError::Join(format!(
                     "the cluster has no member with peer URLs {ours:?}: add it with `member add` first"
                 ))),
             };
         }
         rt::sleep(limits::JOIN_RETRY_INTERVAL).await;
     }
-    Err(NodeError::Raft(format!(
-        "cannot reach the cluster to join it: {last_error}"
+    Err(StartError::Join(format!(
+        "cannot reach the cluster: {last_error}"
     )))
 }
 

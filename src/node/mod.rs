@@ -95,11 +95,26 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("raft: {0}")]
     Raft(String),
-    #[error("peer TLS: {0}")]
-    PeerTls(String),
-    /// A configuration value the member cannot start with (only when starting).
+}
+
+/// Why a member could not start: fatal, the server exits with it (request errors are
+/// [`NodeError`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration value the member cannot start with.
     #[error("{0}")]
     Config(String),
+    #[error("peer TLS: {0}")]
+    PeerTls(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A member started with `--initial-cluster-state existing` could not learn its identity
+    /// from the cluster.
+    #[error("joining the cluster: {0}")]
+    Join(String),
+    /// Raft could not be configured, opened or initialized.
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
 /// Raft's figures for `Status`.
@@ -177,8 +192,11 @@ impl Node {
     /// Open the member's state on `engine` and start raft. A member alone in its cluster waits
     /// until it leads; a member of a larger cluster returns at once (its peers may not be up yet)
     /// and requests wait for a leader within their deadline. Serve peers right after.
-    pub async fn start(config: ServerConfig, engine: SharedEngine) -> Result<Arc<Node>, NodeError> {
-        let channels = PeerChannels::new(&config.peer_tls).map_err(NodeError::PeerTls)?;
+    pub async fn start(
+        config: ServerConfig,
+        engine: SharedEngine,
+    ) -> Result<Arc<Node>, StartError> {
+        let channels = PeerChannels::new(&config.peer_tls).map_err(StartError::PeerTls)?;
         Self::start_with_peers(config, engine, channels).await
     }
 
@@ -188,10 +206,10 @@ impl Node {
         config: ServerConfig,
         engine: SharedEngine,
         channels: PeerChannels,
-    ) -> Result<Arc<Node>, NodeError> {
+    ) -> Result<Arc<Node>, StartError> {
         // Unusable JWT keys stop the start before the member touches its storage or its peers.
         let tokens = crate::auth::TokenProvider::open(&config.auth_token, config.auth_token_ttl)
-            .map_err(|e| NodeError::Config(format!("--auth-token: {e}")))?;
+            .map_err(|e| StartError::Config(format!("--auth-token: {e}")))?;
         // Everything below writes through the fail-stop wrapper: one failed fsync stops the member.
         let (engine, disk_failure) = crate::storage::FailStop::wrap(engine);
         let identity = bootstrap::identify(&config, &engine, &channels).await?;
@@ -218,7 +236,7 @@ impl Node {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let metrics = Metrics::new();
         let watch = WatchHub::with_limits(limits::WATCH_BUFFERED_BYTES_TOTAL, config.max_watchers);
@@ -229,7 +247,7 @@ impl Node {
             tokens,
             metrics.clone(),
         )
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        .map_err(|e| StartError::Raft(e.to_string()))?;
         let state = state_machine.shared();
         let alone = identity
             .founding
@@ -239,7 +257,7 @@ impl Node {
             LogStore::new(engine, metrics.clone())
         } else {
             LogStore::with_background_sync(engine, metrics.clone(), &config.name)
-                .map_err(|e| NodeError::Raft(format!("cannot start the log syncer: {e}")))?
+                .map_err(|e| StartError::Raft(format!("cannot start the log syncer: {e}")))?
         };
         let raft = Raft::new(
             member_id,
@@ -249,7 +267,7 @@ impl Node {
             state_machine,
         )
         .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        .map_err(|e| StartError::Raft(e.to_string()))?;
 
         // A member of a larger founding set initializes in the background, in its turn (see
         // `bootstrap::initialize_in_turn`): its peers must be able to reach it meanwhile, and the
@@ -259,12 +277,12 @@ impl Node {
             if !raft
                 .is_initialized()
                 .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?
+                .map_err(|e| StartError::Raft(e.to_string()))?
             {
                 if alone {
                     raft.initialize(founding)
                         .await
-                        .map_err(|e| NodeError::Raft(e.to_string()))?;
+                        .map_err(|e| StartError::Raft(e.to_string()))?;
                 } else {
                     founding_turn = Some(rt::spawn(bootstrap::initialize_in_turn(
                         raft.clone(),
@@ -278,7 +296,7 @@ impl Node {
             raft.wait(Some(limits::STARTUP_LEADER_TIMEOUT))
                 .state(ServerState::Leader, "single member becomes leader")
                 .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?;
+                .map_err(|e| StartError::Raft(e.to_string()))?;
         }
 
         let catch_up = rt::spawn(watching::run_catch_up(watch.clone(), state.clone()));
