@@ -21,42 +21,10 @@ use crate::node::{wait_for_place, Node, NodeError};
 use crate::pb::metastore::Requester;
 use crate::{limits, rt};
 
+pub use crate::net::request_conn::{cert_user, cert_valid_for};
+
 /// gRPC metadata keys that carry the token.
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
-
-/// The user named by the verified client certificate of the connection a request came on: set
-/// (by `net::tls`) only on TLS listeners with `--client-cert-auth`, where rustls has checked the
-/// certificate against `--trusted-ca-file`. Requests the JSON gateway makes carry none.
-pub fn cert_user(extensions: &tonic::Extensions) -> Option<&str> {
-    #[cfg(not(madsim))]
-    {
-        extensions
-            .get::<crate::net::conn_info::ClientConnInfo>()?
-            .common_name
-            .as_deref()
-    }
-    #[cfg(madsim)]
-    {
-        let _ = extensions;
-        None
-    }
-}
-
-/// Whether the verified client certificate of the request's connection is valid for `host` (false
-/// without one).
-pub fn cert_valid_for(extensions: &tonic::Extensions, host: &str) -> bool {
-    #[cfg(not(madsim))]
-    {
-        extensions
-            .get::<crate::net::conn_info::ClientConnInfo>()
-            .is_some_and(|info| info.hosts.iter().any(|name| name.matches(host)))
-    }
-    #[cfg(madsim)]
-    {
-        let _ = (extensions, host);
-        false
-    }
-}
 
 /// The caller of one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -25,19 +25,4 @@ pub mod watch;
 pub use server::{serve, serve_peers};
 pub use shutdown::Shutdown;
 
-/// What ends the connection a stream came on, where the transport allows (a gRPC connection with
-/// a [`crate::net::conn_info::WriteGate`]); nothing otherwise.
-pub(crate) fn connection_ender(extensions: &tonic::Extensions) -> impl FnOnce() + Send + 'static {
-    #[cfg(not(madsim))]
-    let gate = extensions
-        .get::<crate::net::conn_info::ClientConnInfo>()
-        .and_then(|info| info.write_gate.clone());
-    #[cfg(madsim)]
-    let _ = extensions;
-    move || {
-        #[cfg(not(madsim))]
-        if let Some(gate) = gate {
-            gate.end_connection();
-        }
-    }
-}
+pub(crate) use crate::net::request_conn::connection_ender;

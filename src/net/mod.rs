@@ -1,10 +1,12 @@
 //! The network room: every socket the member serves or dials, below the services that use them.
 //! TLS for both sides (`tls`: PEM loading, server and peer-dialing configurations, the plain-or-TLS
-//! connection and what a request learns of it, `conn_info`), dialing an `https://` peer (`dial`),
+//! connection and what a request learns of it, `conn_info`), dialing peers (`peer_dial`, through
+//! `dial` for an `https://` peer),
 //! the per-listener connection pools (`conn_limit`) and HTTP/1.1 slots (`http_slots`), the HTTP/2
 //! `:authority` fix-up and PING policing in front of h2 (`authority`), and the write gate that stops
-//! a connection's responses while its socket is full (`write_gate`). None of it exists in the
-//! simulator, whose transport is madsim's.
+//! a connection's responses while its socket is full (`write_gate`). None of that exists in the
+//! simulator, whose transport is madsim's; what a request learns of its connection
+//! (`request_conn`) and how peers are dialed (`peer_dial`) are answered in both worlds.
 
 #[cfg(not(madsim))]
 pub mod authority;
@@ -16,6 +18,8 @@ pub mod conn_limit;
 pub mod dial;
 #[cfg(not(madsim))]
 pub mod http_slots;
+pub mod peer_dial;
+pub mod request_conn;
 #[cfg(not(madsim))]
 pub mod tls;
 #[cfg(not(madsim))]

@@ -25,7 +25,7 @@ use openraft::ServerState;
 use super::Node;
 use crate::limits;
 use crate::pb::metastore::MembersRequest;
-use crate::raft::{network, Vote};
+use crate::raft::Vote;
 use crate::rt;
 
 /// When this member last heard from a leader (any append or heartbeat it received).
@@ -145,7 +145,7 @@ impl Node {
         )
         .await
         {
-            Ok(Err(status)) => network::never_sent(&status),
+            Ok(Err(status)) => crate::net::peer_dial::never_sent(&status),
             _ => false,
         }
     }

@@ -16,7 +16,7 @@ use crate::apply::Applied;
 use crate::limits;
 use crate::pb::metastore::{command, Command, PeerStatus, ProposeRequest, ReadIndexRequest};
 use crate::raft::forwards::{self, Forwarded, LeaderKey, Waiter};
-use crate::raft::{network, PeerNode, RaftCommand};
+use crate::raft::{PeerNode, RaftCommand};
 use crate::rt;
 
 /// Why the leader could not take a command (the forwarded form is [`PeerStatus`]).
@@ -132,7 +132,7 @@ impl Node {
     ///
     /// While the leader is being replaced, a forwarded command waits for the next one instead of
     /// failing at once, as a write to etcd does: a command that never reached the dead leader (no
-    /// connection: [`network::never_sent`]) goes to whoever leads next. One that may have reached
+    /// connection: [`crate::net::peer_dial::never_sent`]) goes to whoever leads next. One that may have reached
     /// it is fenced to that leader ([`forwards`]): its outcome comes if the new leader commits it,
     /// and it is sent again once this member applies an entry of a later leader without it.
     pub(super) async fn route_proposal(
@@ -193,7 +193,7 @@ impl Node {
                 Ok(reply) => reply.into_inner(),
                 // The leader is gone (or unreachable) and never saw it: route it again once
                 // another member leads (`leader` waits for one, the failover watch hurries it).
-                Err(status) if network::never_sent(&status) => {
+                Err(status) if crate::net::peer_dial::never_sent(&status) => {
                     tracing::debug!("leader {leader_id:x} unreachable, routing again: {status}");
                     drop(waiter);
                     rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;

@@ -32,6 +32,7 @@ use super::snapshot::ChunkReader;
 use super::state_machine::SnapshotData;
 use super::{decode, encode, PeerNode, TypeConfig, Vote};
 use crate::limits;
+use crate::net::peer_dial::PeerDialer;
 use crate::pb::metastore::peer_client::PeerClient;
 use crate::pb::metastore::{RaftPayload, SnapshotChunk};
 use crate::rt;
@@ -87,30 +88,17 @@ pub struct PeerChannels {
     channels: Arc<Mutex<BTreeMap<String, PeerRpc>>>,
     /// This member's `(member id, cluster id)` once known: sent with every request.
     identity: Identify,
-    /// How `https://` peers are dialed (`--peer-trusted-ca-file`, and `--peer-cert-file` as this
-    /// member's client certificate); `None` without peer TLS: an https peer is then unreachable,
-    /// with that reason.
-    #[cfg(not(madsim))]
-    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// How peers are dialed (`https://` ones through TLS).
+    dialer: PeerDialer,
 }
 
 impl PeerChannels {
     /// Channels dialing `https://` peers as the peer TLS flags say (the files are read now).
     pub fn new(peer_tls: &crate::config::TlsFlags) -> Result<Self, String> {
-        #[cfg(not(madsim))]
-        {
-            let tls = peer_tls.dial_config().map_err(|e| e.to_string())?;
-            Ok(Self {
-                tls,
-                ..Self::default()
-            })
-        }
-        // The simulator's network has no TLS: its members use http:// peer URLs.
-        #[cfg(madsim)]
-        {
-            let _ = peer_tls;
-            Ok(Self::default())
-        }
+        Ok(Self {
+            dialer: PeerDialer::new(peer_tls)?,
+            ..Self::default()
+        })
     }
 
     /// Name this member on every request from now on (its ids are fixed for good once known).
@@ -125,42 +113,12 @@ impl PeerChannels {
         if let Some(client) = channels.get(url) {
             return Ok(client.clone());
         }
-        let channel = self.channel(url)?;
+        let channel = self.dialer.channel(url)?;
         let client = PeerClient::with_interceptor(channel, self.identity.clone())
             .max_decoding_message_size(limits::PEER_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(limits::PEER_MAX_MESSAGE_BYTES);
         channels.insert(url.to_string(), client.clone());
         Ok(client)
-    }
-
-    /// A lazily connected channel to `url`, through TLS for `https://`.
-    fn channel(&self, url: &str) -> Result<Channel, String> {
-        let https = url.strip_prefix("https://");
-        // tonic refuses https URIs without its own TLS feature: it gets the same host and port
-        // as http://, and the dialer below wraps the connection in TLS.
-        let dialed = match https {
-            Some(rest) => format!("http://{rest}"),
-            None => url.to_string(),
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(dialed)
-            .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
-            .connect_timeout(limits::PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        if https.is_none() {
-            return Ok(endpoint.connect_lazy());
-        }
-        #[cfg(not(madsim))]
-        {
-            let Some(config) = &self.tls else {
-                return Err(format!(
-                    "peer URL {url} is https: --peer-trusted-ca-file is needed to verify it"
-                ));
-            };
-            let dialer = crate::net::dial::TlsDialer::new(config.clone(), url)?;
-            Ok(endpoint.connect_with_connector_lazy(dialer))
-        }
-        #[cfg(madsim)]
-        Err(format!("peer URL {url}: https is not simulated"))
     }
 
     /// A client for the first reachable-looking URL of `node`.
@@ -170,32 +128,6 @@ impl PeerChannels {
             .first()
             .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
         self.client(url)
-    }
-}
-
-/// Whether a peer request failed before anything of it left this member: the connection to the
-/// peer could not be made (refused, or the TLS handshake failed). Only then is it certain that the
-/// peer never saw the request, so that sending it again (to the same or another member) cannot
-/// make it count twice. A request that failed on a connection that was open may have arrived.
-pub fn never_sent(status: &tonic::Status) -> bool {
-    #[cfg(not(madsim))]
-    {
-        // tonic wraps whatever the connector returns in a `ConnectError` and keeps it as the
-        // status's source.
-        let mut source = std::error::Error::source(status);
-        while let Some(err) = source {
-            if err.downcast_ref::<tonic::ConnectError>().is_some() {
-                return true;
-            }
-            source = err.source();
-        }
-        false
-    }
-    // The simulated transport keeps no source: a request that could not connect fails with the
-    // refusal's own text (madsim's `connect1`), anything after that with another.
-    #[cfg(madsim)]
-    {
-        status.code() == tonic::Code::Unavailable && status.message() == "connection refused"
     }
 }
 
