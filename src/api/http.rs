@@ -29,13 +29,13 @@ use serde::de::DeserializeOwned;
 use super::gateway::{self, GatewayError, Reply, Route, Services};
 use super::held_body::HeldBody;
 use super::maintenance::API_VERSION;
-use super::shutdown::Shutdown;
 use super::status;
 use crate::limits;
 use crate::net::http_slots::ServingMark;
 use crate::node::send_budget::Held;
 use crate::node::Node;
 use crate::pb::etcdserverpb::RangeRequest;
+use crate::rt::Shutdown;
 
 /// The HTTP/2 client connection preface, whose first bytes mark a gRPC connection.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

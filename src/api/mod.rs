@@ -17,12 +17,11 @@ pub mod lock;
 pub mod maintenance;
 pub mod peer;
 pub mod server;
-pub mod shutdown;
 pub mod status;
 pub mod validate;
 pub mod watch;
 
+pub use crate::rt::Shutdown;
 pub use server::{serve, serve_peers};
-pub use shutdown::Shutdown;
 
 pub(crate) use crate::net::request_conn::connection_ender;

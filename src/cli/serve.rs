@@ -369,7 +369,8 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     // (`node::failover`), and a restarted leader still opening its store is gone as a leader.
     #[cfg(not(madsim))]
     let (client_listeners, metrics_listeners) = {
-        let bind = |listeners| api::server::bind_listeners(listeners).map_err(|e| e.to_string());
+        let bind =
+            |listeners| crate::net::listen::bind_listeners(listeners).map_err(|e| e.to_string());
         (
             bind(client_listeners)?,
             bind(metrics_addrs.iter().map(|addr| (*addr, None)).collect())?,
@@ -399,7 +400,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let peers = {
         let (node, shutdown) = (node.clone(), shutdown.clone());
         crate::rt::spawn(async move {
-            let listeners = api::server::bind_listeners(peer_listeners)?;
+            let listeners = crate::net::listen::bind_listeners(peer_listeners)?;
             api::server::serve_peer_listeners(node, listeners, shutdown, |addr| {
                 println!("metastore: serving peer traffic on {addr}");
             })

@@ -1,12 +1,16 @@
 //! The network room: every socket the member serves or dials, below the services that use them.
-//! TLS for both sides (`tls`: PEM loading, server and peer-dialing configurations, the plain-or-TLS
-//! connection and what a request learns of it, `conn_info`), dialing peers (`peer_dial`, through
-//! `dial` for an `https://` peer),
-//! the per-listener connection pools (`conn_limit`) and HTTP/1.1 slots (`http_slots`), the HTTP/2
-//! `:authority` fix-up and PING policing in front of h2 (`authority`), and the write gate that stops
-//! a connection's responses while its socket is full (`write_gate`). None of that exists in the
-//! simulator, whose transport is madsim's; what a request learns of its connection
-//! (`request_conn`) and how peers are dialed (`peer_dial`) are answered in both worlds.
+//! - `listen`: listening sockets bound before the store opens, accepting, TLS handshakes;
+//! - `tls`: client and peer TLS (PEM loading, server and peer-dialing configurations, the
+//!   plain-or-TLS connection); `conn_info`: what a request knows of its connection;
+//! - `peer_dial`: channels to other members (through `dial` for an `https://` peer), and telling
+//!   a request that never left this member from one that may have arrived;
+//! - `conn_limit`: every listener's pool of connection slots; `http_slots`: HTTP/1.1 slots;
+//! - `authority`: the HTTP/2 `:authority` fix-up and PING policing in front of h2;
+//! - `write_gate`: a connection's responses wait while its socket is full;
+//! - `request_conn`: what a request learns of, and does to, its connection.
+//!
+//! None of the sockets exists in the simulator, whose transport is madsim's: `peer_dial` and
+//! `request_conn` answer in both worlds, the rest is compiled only outside it.
 
 #[cfg(not(madsim))]
 pub mod authority;
@@ -18,6 +22,8 @@ pub mod conn_limit;
 pub mod dial;
 #[cfg(not(madsim))]
 pub mod http_slots;
+#[cfg(not(madsim))]
+pub mod listen;
 pub mod peer_dial;
 pub mod request_conn;
 #[cfg(not(madsim))]

@@ -6,9 +6,11 @@
 
 pub mod buggify;
 mod openraft_rt;
+mod shutdown;
 mod watch;
 
 pub use openraft_rt::{SeamInstant, SeamRuntime};
+pub use shutdown::Shutdown;
 
 use std::future::Future;
 use std::time::Duration;

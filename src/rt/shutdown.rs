@@ -1,4 +1,5 @@
-//! The one-way shutdown signal every listener and connection of the member waits on.
+//! The one-way shutdown signal every listener and connection of the member waits on (over the
+//! seam's `tokio`, so the simulator's members have it too).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
