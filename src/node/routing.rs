@@ -1,8 +1,8 @@
-//! Getting a request to the leader: writes, read indexes and lease liveness are the leader's
-//! business. The leader serves them itself; a follower asks the leader over the peer service and,
-//! for writes, waits until it has applied the entry itself (so a client that reads from this
-//! member next sees its write), as etcd's followers do. Every loop here runs under the caller's
-//! deadline.
+//! Getting a request to the leader: writes and read indexes are the leader's business (lease
+//! requests too: `leases` routes them through [`Node::route_target`]). The leader serves them
+//! itself; a follower asks the leader over the peer service and, for writes, waits until it has
+//! applied the entry itself (so a client that reads from this member next sees its write), as
+//! etcd's followers do. Every loop here runs under the caller's deadline.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -296,6 +296,8 @@ impl Node {
         }
     }
 
+    /// Where a time-to-live query goes: the leader answers from its clock; a follower asks the
+    /// leader.
     pub(super) async fn route_time_to_live(
         &self,
         id: i64,
