@@ -252,7 +252,6 @@ impl From<NodeError> for Status {
             NodeError::Apply(e) => e.into(),
             NodeError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
             NodeError::Raft(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
-            // Only a start fails this way; no request sees it.
         }
     }
 }

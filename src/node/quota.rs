@@ -76,8 +76,7 @@ impl Node {
     }
 
     /// `(backend size, NOSPACE raised, CORRUPT raised)`, at most [`limits::QUOTA_SIZE_REFRESH`]
-    /// old.
-    /// A failed read of the alarms fails the write (nothing is cached from it): a member that
+    /// old. A failed read of the alarms fails the write (nothing is cached from it): a member that
     /// cannot read its alarms cannot tell whether CORRUPT forbids the write.
     pub(super) fn quota_state(&self) -> Result<(u64, bool, bool), NodeError> {
         use std::sync::atomic::Ordering;
