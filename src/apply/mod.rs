@@ -615,9 +615,11 @@ where
             return Ok(crate::mvcc::RangeResult::default());
         }
         // A large range: the rest of it keeps this thread busy for a while, so the tasks queued
-        // behind it (raft, apply, other requests) move to another thread meanwhile.
+        // behind it (raft, apply, other requests) move to another thread meanwhile, and the core
+        // is offered to whichever thread waits for it between pieces.
         crate::rt::block_in_place(|| {
             while !read.walked() {
+                crate::rt::yield_thread();
                 let store = (self.lock)();
                 store.range_step(&mut read, self.piece_keys)?;
             }

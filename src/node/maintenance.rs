@@ -24,10 +24,17 @@ impl Node {
         blocking_io(move || {
             let view = engine.view()?;
             let mut hasher = crate::mvcc::RecordHasher::default();
+            let mut fed = 0;
             for ks in [Keyspace::Meta, Keyspace::Kv] {
                 view.scan_uncached(ks, &[], None, &mut |k, v| {
                     hasher.feed(k);
                     hasher.feed(v);
+                    // The view holds no lock: the core is offered to others now and then.
+                    fed += k.len() + v.len();
+                    if fed >= limits::HASH_PIECE_BYTES {
+                        fed = 0;
+                        rt::yield_thread();
+                    }
                     true
                 })?;
             }
