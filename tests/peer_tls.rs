@@ -208,7 +208,7 @@ async fn a_member_with_a_certificate_from_another_ca_is_kept_out() {
 /// `Members` on the peer port at `url`, dialed with `flags`: whether the call got an answer.
 async fn call_peer(url: &str, flags: &TlsFlags) -> Result<(), String> {
     let channels = PeerChannels::new(flags)?;
-    let mut client = channels.client(url)?;
+    let mut client = channels.client(url).map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(Duration::from_secs(10), client.members(MembersRequest {}))
         .await
         .map_err(|_| "no answer within 10 s".to_string())?;

@@ -87,7 +87,7 @@ impl Access {
             out
         })
         .await
-        .map_err(|e| NodeError::Raft(e.to_string()))
+        .map_err(NodeError::Work)
     }
 
     /// The caller of a request with `metadata`, over a connection whose verified client

@@ -15,15 +15,16 @@ use crate::storage::{Durability, MemoryEngine, SharedEngine};
 
 /// The engines every test here runs on (the RocksDB one in a directory kept alive by the guard).
 fn engines() -> Vec<(SharedEngine, Option<tempfile::TempDir>)> {
-    let mut out: Vec<(SharedEngine, Option<tempfile::TempDir>)> =
-        vec![(Arc::new(MemoryEngine::new()), None)];
+    let memory: (SharedEngine, Option<tempfile::TempDir>) = (Arc::new(MemoryEngine::new()), None);
     #[cfg(all(not(madsim), feature = "rocksdb"))]
-    {
+    let rocks = {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = crate::storage::RocksEngine::open(dir.path()).expect("open rocksdb");
-        out.push((Arc::new(engine), Some(dir)));
-    }
-    out
+        Some((Arc::new(engine) as SharedEngine, Some(dir)))
+    };
+    #[cfg(not(all(not(madsim), feature = "rocksdb")))]
+    let rocks = None;
+    std::iter::once(memory).chain(rocks).collect()
 }
 
 /// Empty every keyspace, so the next store opened on `engine` starts fresh.

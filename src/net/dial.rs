@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
+use tonic::codegen::http::uri::InvalidUri;
 use tonic::codegen::http::Uri;
 
 /// A tower connector (`Service<Uri>`) that dials one peer with TLS.
@@ -31,17 +32,14 @@ pub struct TlsDialer {
 
 impl TlsDialer {
     /// A dialer for the peer at `url` (`https://host:port`) with the client configuration `config`.
+    /// Refused with what is wrong with the URL.
     pub fn new(config: Arc<rustls::ClientConfig>, url: &str) -> Result<Self, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("bad peer URL {url:?}: {e}"))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("peer URL {url:?} has no host"))?;
+        let uri: Uri = url.parse().map_err(|e: InvalidUri| e.to_string())?;
+        let host = uri.host().ok_or("no host")?;
         // An IPv6 host comes bracketed out of a URI; a certificate names the bare address.
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let server_name = ServerName::try_from(host.to_string())
-            .map_err(|e| format!("peer URL {url:?}: {host:?} is no TLS server name: {e}"))?;
+            .map_err(|e| format!("{host:?} is no TLS server name: {e}"))?;
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(config),
             server_name,

@@ -5,6 +5,20 @@
 
 use tonic::transport::Channel;
 
+/// Why no channel to a peer could be made: a matter of its URL or of this member's peer TLS
+/// settings, never of the network (channels connect when first used).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerDialError {
+    #[error("member {0} has no peer URL")]
+    NoUrl(String),
+    #[error("bad peer URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("peer URL {0} is https: --peer-trusted-ca-file is needed to verify it")]
+    NoTrustedCa(String),
+    #[error("peer URL {0}: https is not simulated")]
+    HttpsNotSimulated(String),
+}
+
 /// How this member dials its peers.
 #[derive(Clone, Default)]
 pub struct PeerDialer {
@@ -31,7 +45,7 @@ impl PeerDialer {
     }
 
     /// A lazily connected channel to `url`, through TLS for `https://`.
-    pub fn channel(&self, url: &str) -> Result<Channel, String> {
+    pub fn channel(&self, url: &str) -> Result<Channel, PeerDialError> {
         let https = url.strip_prefix("https://");
         // tonic refuses https URIs without its own TLS feature: it gets the same host and port
         // as http://, and the dialer below wraps the connection in TLS.
@@ -40,7 +54,10 @@ impl PeerDialer {
             None => url.to_string(),
         };
         let endpoint = tonic::transport::Endpoint::from_shared(dialed)
-            .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
+            .map_err(|e| PeerDialError::BadUrl {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?
             .connect_timeout(crate::limits::PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if https.is_none() {
@@ -49,15 +66,18 @@ impl PeerDialer {
         #[cfg(not(madsim))]
         {
             let Some(config) = &self.tls else {
-                return Err(format!(
-                    "peer URL {url} is https: --peer-trusted-ca-file is needed to verify it"
-                ));
+                return Err(PeerDialError::NoTrustedCa(url.to_string()));
             };
-            let dialer = super::dial::TlsDialer::new(config.clone(), url)?;
+            let dialer = super::dial::TlsDialer::new(config.clone(), url).map_err(|reason| {
+                PeerDialError::BadUrl {
+                    url: url.to_string(),
+                    reason,
+                }
+            })?;
             Ok(endpoint.connect_with_connector_lazy(dialer))
         }
         #[cfg(madsim)]
-        Err(format!("peer URL {url}: https is not simulated"))
+        Err(PeerDialError::HttpsNotSimulated(url.to_string()))
     }
 }
 

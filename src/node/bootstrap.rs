@@ -125,7 +125,7 @@ async fn ask_cluster(
             let mut client = match channels.client(url) {
                 Ok(client) => client,
                 Err(e) => {
-                    last_error = e;
+                    last_error = e.to_string();
                     continue;
                 }
             };

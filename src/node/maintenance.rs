@@ -61,9 +61,7 @@ impl Node {
         };
         match self.propose(command::Op::Downgrade(change)).await? {
             Applied::Downgrade { before, .. } => Ok(before),
-            other => Err(NodeError::Raft(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            _ => Err(NodeError::UnexpectedOutcome("downgrade")),
         }
     }
 
@@ -76,7 +74,7 @@ impl Node {
         &self,
     ) -> Result<(u64, impl futures::Stream<Item = Result<Vec<u8>, NodeError>>), NodeError> {
         use crate::raft::etcd_snapshot::writer::SnapshotWriter;
-        let failed = |e: std::io::Error| NodeError::Raft(e.to_string());
+        let failed = NodeError::Work;
         // A place first: a call waiting for one holds no view and has read nothing.
         let place = wait_for_place(&self.backups, limits::SNAPSHOT_STREAM_WAIT).await?;
         let (_, view) = self.state.frozen().map_err(failed)?;
@@ -126,7 +124,7 @@ impl Node {
         self.defrags
             .defragment(engine, self.metrics.clone())
             .await
-            .map_err(NodeError::Raft)?;
+            .map_err(NodeError::Defrag)?;
         self.refresh_quota_state();
         Ok(())
     }
@@ -160,7 +158,7 @@ impl Node {
             hashed
         })
         .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        .map_err(NodeError::Work)?;
         hashed.map_err(|e| NodeError::Apply(e.into()))
     }
 

@@ -69,14 +69,14 @@ impl Node {
                         other => return other.map_err(NodeError::from),
                     }
                 } else {
-                    let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
-                    let data = encode(&change).map_err(|e| NodeError::Raft(e.to_string()))?;
+                    let mut client = self.channels.client_for(&leader)?;
+                    let data = encode(&change).map_err(NodeError::PeerMessage)?;
                     let reply = client
                         .change_members(RaftPayload { data })
                         .await
                         .map_err(|_| NodeError::LeaderFailed)?;
-                    let result: Result<(), MembershipError> = decode(&reply.get_ref().data)
-                        .map_err(|e| NodeError::Raft(e.to_string()))?;
+                    let result: Result<(), MembershipError> =
+                        decode(&reply.get_ref().data).map_err(NodeError::PeerMessage)?;
                     match result {
                         Err(MembershipError::NoLeader | MembershipError::Busy) => {}
                         other => return other.map_err(NodeError::from),

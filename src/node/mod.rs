@@ -93,8 +93,27 @@ pub enum NodeError {
     Apply(#[from] ApplyError),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// Raft failed the request, in openraft's words (here, or on the leader it was forwarded to,
+    /// whose reply carries them).
     #[error("raft: {0}")]
     Raft(String),
+    /// No channel to the leader could be made (its URL or this member's peer TLS settings).
+    #[error(transparent)]
+    PeerDial(#[from] crate::net::peer_dial::PeerDialError),
+    /// A message to or from a peer could not be encoded or decoded.
+    #[error("peer message: {0}")]
+    PeerMessage(#[source] std::io::Error),
+    /// Work run off the async workers failed: the engine's I/O, or the work's thread ended
+    /// before it answered.
+    #[error("{0}")]
+    Work(#[source] std::io::Error),
+    /// The engine could not be defragmented (the same words for every caller that waited for
+    /// that defragmentation).
+    #[error("defragment: {0}")]
+    Defrag(String),
+    /// A command was applied but its outcome is of another kind than the command's (a bug).
+    #[error("unexpected apply result for {0}")]
+    UnexpectedOutcome(&'static str),
 }
 
 /// Why a member could not start: fatal, the server exits with it (request errors are
@@ -539,11 +558,10 @@ pub(crate) async fn wait_for_place(
 async fn blocking_io<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, NodeError> {
-    let failed = |e: std::io::Error| NodeError::Raft(e.to_string());
     rt::spawn_blocking(work)
         .await
-        .map_err(failed)?
-        .map_err(failed)
+        .map_err(NodeError::Work)?
+        .map_err(NodeError::Work)
 }
 
 /// Counts leader changes as etcd does: each time raft reports a leader different from the last

@@ -159,9 +159,7 @@ impl Node {
         self.refresh_quota_state();
         match applied? {
             Applied::Alarm(resp) => Ok(resp),
-            other => Err(NodeError::Raft(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            _ => Err(NodeError::UnexpectedOutcome("alarm")),
         }
     }
 }

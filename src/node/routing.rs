@@ -164,7 +164,9 @@ impl Node {
                     Ok(Some(Ok(applied))) => return Ok(applied),
                     Ok(Some(Err(e))) => return Err(NodeError::Apply(e)),
                     Ok(None) => {
-                        return Err(NodeError::Raft("applied entry carried no outcome".into()))
+                        return Err(NodeError::UnexpectedOutcome(
+                            "a command (no outcome came back)",
+                        ))
                     }
                     // Leadership moved before the entry was appended: route it again.
                     Err(LeaderWriteError::NotLeader) => {
@@ -183,7 +185,7 @@ impl Node {
             cmd.request_seq = self.next_seq();
             cmd.forwarded_to = Some(forwards::fence(leader_key));
             let mut waiter = self.state.register(cmd.request_seq, leader_key);
-            let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
+            let mut client = self.channels.client_for(&leader)?;
             let reply = client
                 .propose(ProposeRequest {
                     command: cmd.encode_to_vec(),
@@ -263,7 +265,7 @@ impl Node {
         let mut client = self
             .channels
             .client_for(&leader)
-            .map_err(LeaderWriteError::Failed)?;
+            .map_err(|e| LeaderWriteError::Failed(e.to_string()))?;
         match client.read_index(ReadIndexRequest {}).await {
             Ok(reply) if reply.get_ref().status == PeerStatus::Ok as i32 => {
                 Ok(reply.into_inner().index)

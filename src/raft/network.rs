@@ -32,7 +32,7 @@ use super::snapshot::ChunkReader;
 use super::state_machine::SnapshotData;
 use super::{decode, encode, PeerNode, TypeConfig, Vote};
 use crate::limits;
-use crate::net::peer_dial::PeerDialer;
+use crate::net::peer_dial::{PeerDialError, PeerDialer};
 use crate::pb::metastore::peer_client::PeerClient;
 use crate::pb::metastore::{RaftPayload, SnapshotChunk};
 use crate::rt;
@@ -108,7 +108,7 @@ impl PeerChannels {
 
     /// A client for the peer at `url` (connected on first use). The URL stays as written
     /// (`https://` included) in membership; only the channel sees the dialed form.
-    pub fn client(&self, url: &str) -> Result<PeerRpc, String> {
+    pub fn client(&self, url: &str) -> Result<PeerRpc, PeerDialError> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = channels.get(url) {
             return Ok(client.clone());
@@ -122,11 +122,11 @@ impl PeerChannels {
     }
 
     /// A client for the first reachable-looking URL of `node`.
-    pub fn client_for(&self, node: &PeerNode) -> Result<PeerRpc, String> {
+    pub fn client_for(&self, node: &PeerNode) -> Result<PeerRpc, PeerDialError> {
         let url = node
             .peer_urls
             .first()
-            .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
+            .ok_or_else(|| PeerDialError::NoUrl(node.name.clone()))?;
         self.client(url)
     }
 }
@@ -148,7 +148,7 @@ impl Network {
 /// openraft's connection to one peer.
 pub struct PeerConnection {
     target: u64,
-    client: Result<PeerRpc, String>,
+    client: Result<PeerRpc, PeerDialError>,
     /// Round trips of replication requests to `target`.
     rtt: Arc<crate::metrics::Histogram>,
 }

@@ -95,9 +95,7 @@ impl Node {
         let req = LeaseGrantRequest { ttl: ttl_secs, id };
         match self.propose(command::Op::LeaseGrant(req)).await? {
             Applied::LeaseGrant(resp) => Ok(resp),
-            other => Err(NodeError::Raft(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            _ => Err(NodeError::UnexpectedOutcome("lease grant")),
         }
     }
 
@@ -120,9 +118,7 @@ impl Node {
             .await?
         {
             Applied::LeaseRevoke(resp) => Ok(resp),
-            other => Err(NodeError::Raft(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            _ => Err(NodeError::UnexpectedOutcome("lease revoke")),
         }
     }
 
@@ -284,7 +280,7 @@ impl Node {
                     return Ok(ttl);
                 }
             } else {
-                let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
+                let mut client = self.channels.client_for(&leader)?;
                 if let Ok(reply) = client.lease_keep_alive(LeaseRequest { id }).await {
                     if reply.get_ref().status == PeerStatus::Ok as i32 {
                         return Ok(reply.into_inner().ttl);
@@ -309,7 +305,7 @@ impl Node {
                     return Ok(status);
                 }
             } else {
-                let mut client = self.channels.client_for(&leader).map_err(NodeError::Raft)?;
+                let mut client = self.channels.client_for(&leader)?;
                 if let Ok(reply) = client.lease_time_to_live(LeaseRequest { id }).await {
                     let reply = reply.into_inner();
                     if reply.status == PeerStatus::Ok as i32 {
