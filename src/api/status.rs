@@ -251,12 +251,13 @@ impl From<NodeError> for Status {
             NodeError::Corrupt => status(Code::DataLoss, "etcdserver: corrupt cluster"),
             NodeError::Apply(e) => e.into(),
             NodeError::Storage(e) => status(Code::Internal, &format!("etcdserver: {e}")),
-            NodeError::Raft(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
-            NodeError::PeerDial(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
+            NodeError::Raft(e) | NodeError::Defrag(e) => {
+                status(Code::Unavailable, &format!("etcdserver: {e}"))
+            }
             NodeError::PeerMessage(e) | NodeError::Work(e) => {
                 status(Code::Unavailable, &format!("etcdserver: {e}"))
             }
-            NodeError::Defrag(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
+            NodeError::PeerDial(e) => status(Code::Unavailable, &format!("etcdserver: {e}")),
             NodeError::UnexpectedOutcome(what) => unexpected_apply(what),
         }
     }

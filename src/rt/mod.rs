@@ -185,8 +185,9 @@ where
 /// slice (a few milliseconds) before a woken thread of the same priority takes its core, so on two
 /// cores a scan that never sleeps made each hop of a put (gRPC, raft, the log, apply) wait for it:
 /// under a flood of `HashKV` a writer's p99 went from 2 to 5 ms, at times over 10 ms (debug
-/// build); with a yield after each piece it stayed at 2 ms and the hashes ran as fast. Costs a
-/// system call when no one waits. Nothing in simulation, where there is one thread.
+/// build); with a yield after each piece it was back near 2 ms in most runs and the hashes ran as
+/// fast (the rest of that fix is in `mvcc::hash`). Costs a system call when no one waits. Nothing
+/// in simulation, where there is one thread.
 pub fn yield_thread() {
     #[cfg(not(madsim))]
     std::thread::yield_now();
