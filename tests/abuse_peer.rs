@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::abuse::{
-    assert_p99_within, back_to_baseline, p99, rss_kib, settled_footprint, Probe, CLEANUP_DEADLINE,
-    RSS_BUDGET_KIB,
+    assert_p99_within, back_to_baseline, one_at_a_time, p99, rss_kib, settled_footprint, Probe,
+    CLEANUP_DEADLINE, RSS_BUDGET_KIB,
 };
 use common::TestCluster;
 use metastore::pb::etcdserverpb::PutRequest;
@@ -83,6 +83,7 @@ fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>) -> 
 /// clients no latency, and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_on_the_peer_port_are_refused_and_nothing_is_applied() {
+    let _alone = one_at_a_time().await;
     let cluster = TestCluster::start(1);
     let member = &cluster.members[0];
     let mut client = member.client().await;
@@ -263,6 +264,7 @@ fn stalled_stream() -> (
 /// member may send snapshots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_snapshot_receive_makes_way_for_the_next() {
+    let _alone = one_at_a_time().await;
     let chunk_deadline = metastore::limits::SNAPSHOT_CHUNK_RECEIVE_TIMEOUT;
     let cluster = TestCluster::start(1);
     let member = &cluster.members[0];
@@ -336,6 +338,7 @@ async fn an_abandoned_snapshot_receive_makes_way_for_the_next() {
 /// after the later of its grant and the end of the leader change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_granted_during_a_leader_change_expire_on_time() {
+    let _alone = one_at_a_time().await;
     const TTL_SECS: i64 = 3;
     let grace = Duration::from_millis(metastore::limits::ELECTION_TIMEOUT_MS);
     let slack = Duration::from_millis(1500);

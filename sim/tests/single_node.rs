@@ -249,7 +249,7 @@ async fn scenario(trace: Trace) -> BTreeMap<String, (String, i64)> {
                 (60, vec![b"leased".to_vec()])
             );
             assert!(
-                (55..=61).contains(&ttl.ttl),
+                (54..=60).contains(&ttl.ttl),
                 "lease kept its TTL across the restart: {}",
                 ttl.ttl
             );

@@ -61,7 +61,8 @@ impl LeaseClock {
         self.inner().expiry.insert(id, (rt::now() + ttl, term));
     }
 
-    /// Every lease the clock knows, with the whole seconds it has left (rounded up).
+    /// Every lease the clock knows, with the whole seconds it has left, rounded up: what a
+    /// checkpoint records (as etcd's do), so a restart never shortens a lease.
     pub fn remaining_all(&self) -> Vec<(i64, i64)> {
         let now = rt::now();
         self.inner()
@@ -88,11 +89,14 @@ impl LeaseClock {
         self.inner().expiry.remove(&id);
     }
 
-    /// Whole seconds left for lease `id`, rounded up (etcd's `remaining TTL`); `None` if unknown.
+    /// Whole seconds left for lease `id`, rounded down, as etcd's `LeaseTimeToLive` answers (a
+    /// lease of 10 s asked at once has 9 left); `None` if unknown. A lease past its time whose
+    /// revoke is still on its way has 0 left: etcd would answer a negative TTL there, and -1 is
+    /// what clients read as "no such lease" while its keys are still in place.
     pub fn remaining_secs(&self, id: i64) -> Option<i64> {
         let (at, _) = *self.inner().expiry.get(&id)?;
         let left = at.saturating_duration_since(rt::now());
-        Some(left.as_millis().div_ceil(1000) as i64)
+        Some(i64::try_from(left.as_secs()).unwrap_or(i64::MAX))
     }
 
     /// Leases whose time is up, at most `limit` of them.
@@ -118,8 +122,11 @@ mod tests {
         clock.refresh(1, 2, 1);
         clock.refresh(2, 10, 1);
         assert_eq!(clock.remaining_secs(1), Some(2));
-        tokio::time::advance(Duration::from_millis(1500)).await;
-        assert_eq!(clock.remaining_secs(1), Some(1), "rounded up");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(clock.remaining_secs(1), Some(1), "rounded down, as etcd");
+        assert_eq!(clock.remaining_all()[0], (1, 2), "checkpoints round up");
+        tokio::time::advance(Duration::from_millis(1499)).await;
+        assert_eq!(clock.remaining_secs(1), Some(0), "half a second left");
         assert!(clock.expired(10).is_empty());
         clock.refresh(1, 2, 1); // keep-alive
         tokio::time::advance(Duration::from_millis(1500)).await;
@@ -129,6 +136,8 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(600)).await;
         assert_eq!(clock.expired(10), vec![1]);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(clock.remaining_secs(1), Some(0), "overdue: 0, never -1");
         clock.remove(1);
         assert_eq!(clock.remaining_secs(1), None);
     }
