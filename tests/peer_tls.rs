@@ -14,8 +14,8 @@ use common::certs::{Identity, TestCa};
 use common::{free_port, ClusterSpec, TestCluster};
 use etcd_client::{GetOptions, MemberAddOptions};
 use metastore::config::TlsFlags;
+use metastore::net::peer_channels::PeerChannels;
 use metastore::pb::metastore::MembersRequest;
-use metastore::raft::network::PeerChannels;
 
 /// Peer TLS flags for a member presenting `identity` and trusting `ca`, with client certificate
 /// auth on its peer port.

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use openraft::raft::AppendEntriesRequest;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::net::peer_channels::{CLUSTER_ID_KEY, FROM_MEMBER_KEY};
 use crate::node::{LeaderWriteError, Node};
 use crate::pb::metastore::peer_server::Peer;
 use crate::pb::metastore::{
@@ -25,7 +26,7 @@ use crate::pb::metastore::{
     PeerStatus, ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
     SnapshotChunk,
 };
-use crate::raft::network::{SnapshotHeader, CLUSTER_ID_KEY, FROM_MEMBER_KEY};
+use crate::raft::network::SnapshotHeader;
 use crate::raft::state_machine::SnapshotData;
 use crate::raft::{decode, encode, TypeConfig};
 

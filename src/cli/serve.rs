@@ -1,7 +1,6 @@
 //! `metastore serve`: flags named as etcd names them, then run one member until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
@@ -262,47 +261,9 @@ fn keep_as_written(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Open the engine the configuration asks for.
+/// Open the engine the configuration asks for, under its data dir.
 pub fn open_engine(cfg: &ServerConfig) -> Result<SharedEngine, String> {
-    match cfg.engine {
-        EngineKind::Memory => Ok(Arc::new(crate::storage::MemoryEngine::new())),
-        #[cfg(all(not(madsim), feature = "rocksdb"))]
-        EngineKind::RocksDb => {
-            let dir = cfg.data_dir.join("member").join("rocksdb");
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
-            let engine = crate::storage::RocksEngine::open(&dir)
-                .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
-            Ok(Arc::new(engine))
-        }
-        #[cfg(madsim)]
-        EngineKind::RocksDb => Err("the rocksdb engine is not available in simulation".into()),
-        #[cfg(all(not(madsim), not(feature = "rocksdb")))]
-        EngineKind::RocksDb => Err("this build has no rocksdb engine (feature `rocksdb`)".into()),
-    }
-}
-
-async fn stop_signal() {
-    #[cfg(all(unix, not(madsim)))]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    biased;
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(all(unix, not(madsim))))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    crate::storage::open(cfg.engine, &cfg.data_dir)
 }
 
 /// The listeners of a comma-separated URL list, each with its TLS configuration when `https://`
@@ -332,7 +293,7 @@ fn tls_listeners(
 #[cfg(not(madsim))]
 type TlsListener = (
     std::net::SocketAddr,
-    Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
 );
 
 /// Run a member until it is told to stop. Prints one `serving client requests on ADDR` line per
@@ -356,7 +317,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     );
     let cfg = args.to_config().map_err(|e| e.to_string())?;
     let channels =
-        crate::raft::network::PeerChannels::new(&cfg.peer_tls).map_err(|e| e.to_string())?;
+        crate::net::peer_channels::PeerChannels::new(&cfg.peer_tls).map_err(|e| e.to_string())?;
     let metrics_addrs = match &args.listen_metrics_urls {
         Some(urls) => config::parse_urls(urls).map_err(|e| e.to_string())?,
         None => Vec::new(),
@@ -393,7 +354,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let shutdown = Shutdown::new();
     let stopper = shutdown.clone();
     crate::rt::spawn(async move {
-        stop_signal().await;
+        crate::rt::stop_signal().await;
         stopper.trigger();
     });
     #[cfg(not(madsim))]

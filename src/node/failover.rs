@@ -136,7 +136,7 @@ impl Node {
             m.membership_config.membership().get_node(&leader).cloned()
         };
         let Some(node) = node else { return false };
-        let Ok(mut client) = self.channels.client_for(&node) else {
+        let Ok(mut client) = self.channels.client_for_member(&node.name, &node.peer_urls) else {
             return false;
         };
         match rt::timeout(

@@ -69,7 +69,9 @@ impl Node {
                         other => return other.map_err(NodeError::from),
                     }
                 } else {
-                    let mut client = self.channels.client_for(&leader)?;
+                    let mut client = self
+                        .channels
+                        .client_for_member(&leader.name, &leader.peer_urls)?;
                     let data = encode(&change).map_err(NodeError::PeerMessage)?;
                     let reply = client
                         .change_members(RaftPayload { data })

@@ -185,7 +185,9 @@ impl Node {
             cmd.request_seq = self.next_seq();
             cmd.forwarded_to = Some(forwards::fence(leader_key));
             let mut waiter = self.state.register(cmd.request_seq, leader_key);
-            let mut client = self.channels.client_for(&leader)?;
+            let mut client = self
+                .channels
+                .client_for_member(&leader.name, &leader.peer_urls)?;
             let reply = client
                 .propose(ProposeRequest {
                     command: cmd.encode_to_vec(),
@@ -264,7 +266,7 @@ impl Node {
         }
         let mut client = self
             .channels
-            .client_for(&leader)
+            .client_for_member(&leader.name, &leader.peer_urls)
             .map_err(|e| LeaderWriteError::Failed(e.to_string()))?;
         match client.read_index(ReadIndexRequest {}).await {
             Ok(reply) if reply.get_ref().status == PeerStatus::Ok as i32 => {

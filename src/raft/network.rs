@@ -4,15 +4,13 @@
 //! ([`PeerConnection::stream_append`]); snapshots go in chunks of [`limits::SNAPSHOT_CHUNK_BYTES`]
 //! read from a frozen view as they are sent.
 //!
-//! Every request names its sender: once this member knows its ids, each call carries its member id
-//! and cluster id in the metadata keys [`FROM_MEMBER_KEY`] and [`CLUSTER_ID_KEY`] (etcd's
-//! `X-Server-From` and `X-Etcd-Cluster-ID`), and the receiver serves only members of its own
-//! cluster (`api::peer`).
+//! Every request names its sender (`net::peer_channels`), and the receiver serves only members of
+//! its own cluster (`api::peer`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -26,14 +24,13 @@ use openraft::raft::{
 };
 use openraft::OptionalSend;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 
 use super::snapshot::ChunkReader;
 use super::state_machine::SnapshotData;
 use super::{decode, encode, PeerNode, TypeConfig, Vote};
 use crate::limits;
-use crate::net::peer_dial::{PeerDialError, PeerDialer};
-use crate::pb::metastore::peer_client::PeerClient;
+use crate::net::peer_channels::{PeerChannels, PeerRpc};
+use crate::net::peer_dial::PeerDialError;
 use crate::pb::metastore::{RaftPayload, SnapshotChunk};
 use crate::rt;
 
@@ -42,93 +39,6 @@ use crate::rt;
 pub struct SnapshotHeader {
     pub vote: Vote,
     pub meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
-}
-
-/// The gRPC metadata key naming the sending member (its id in hex), as etcd's `X-Server-From`.
-pub const FROM_MEMBER_KEY: &str = "x-server-from";
-/// The gRPC metadata key naming the sender's cluster (its id in hex), as etcd's
-/// `X-Etcd-Cluster-ID`.
-pub const CLUSTER_ID_KEY: &str = "x-etcd-cluster-id";
-
-/// Adds this member's ids to every peer request, once they are known (a member that is joining
-/// asks the cluster for them first, with `Members`, the one request served to anyone).
-#[derive(Clone, Default)]
-pub struct Identify(Arc<OnceLock<(u64, u64)>>);
-
-impl tonic::service::Interceptor for Identify {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some((member, cluster)) = self.0.get() {
-            let metadata = request.metadata_mut();
-            // Hex digits are always a valid metadata value.
-            if let Ok(v) = format!("{member:x}").parse() {
-                metadata.insert(FROM_MEMBER_KEY, v);
-            }
-            if let Ok(v) = format!("{cluster:x}").parse() {
-                metadata.insert(CLUSTER_ID_KEY, v);
-            }
-        }
-        Ok(request)
-    }
-}
-
-/// A client of another member's peer service, naming this member on every request.
-#[cfg(not(madsim))]
-pub type PeerRpc = PeerClient<tonic::service::interceptor::InterceptedService<Channel, Identify>>;
-/// A client of another member's peer service, naming this member on every request.
-#[cfg(madsim)]
-pub type PeerRpc = PeerClient<Channel, Identify>;
-
-/// Lazily connected gRPC channels to peers, one per URL, shared by raft, request forwarding and
-/// the join at startup: every dial to another member goes through [`PeerChannels::client`].
-#[derive(Clone, Default)]
-pub struct PeerChannels {
-    channels: Arc<Mutex<BTreeMap<String, PeerRpc>>>,
-    /// This member's `(member id, cluster id)` once known: sent with every request.
-    identity: Identify,
-    /// How peers are dialed (`https://` ones through TLS).
-    dialer: PeerDialer,
-}
-
-impl PeerChannels {
-    /// Channels dialing `https://` peers as the peer TLS flags say (the files are read now).
-    pub fn new(peer_tls: &crate::config::TlsFlags) -> Result<Self, String> {
-        Ok(Self {
-            dialer: PeerDialer::new(peer_tls)?,
-            ..Self::default()
-        })
-    }
-
-    /// Name this member on every request from now on (its ids are fixed for good once known).
-    pub fn set_identity(&self, member_id: u64, cluster_id: u64) {
-        let _ = self.identity.0.set((member_id, cluster_id));
-    }
-
-    /// A client for the peer at `url` (connected on first use). The URL stays as written
-    /// (`https://` included) in membership; only the channel sees the dialed form.
-    pub fn client(&self, url: &str) -> Result<PeerRpc, PeerDialError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = channels.get(url) {
-            return Ok(client.clone());
-        }
-        let channel = self.dialer.channel(url)?;
-        let client = PeerClient::with_interceptor(channel, self.identity.clone())
-            .max_decoding_message_size(limits::PEER_MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(limits::PEER_MAX_MESSAGE_BYTES);
-        channels.insert(url.to_string(), client.clone());
-        Ok(client)
-    }
-
-    /// A client for the first reachable-looking URL of `node`.
-    pub fn client_for(&self, node: &PeerNode) -> Result<PeerRpc, PeerDialError> {
-        let url = node
-            .peer_urls
-            .first()
-            .ok_or_else(|| PeerDialError::NoUrl(node.name.clone()))?;
-        self.client(url)
-    }
 }
 
 /// The network factory handed to openraft.
@@ -159,7 +69,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerConnection {
         PeerConnection {
             target,
-            client: self.channels.client_for(node),
+            client: self.channels.client_for_member(&node.name, &node.peer_urls),
             rtt: self.metrics.peer_rtt(target),
         }
     }

@@ -4,13 +4,14 @@
 //! `tokio` is the real tokio; under `--cfg madsim` the same paths are madsim's simulated ones, so
 //! the whole server (openraft included, through [`SeamRuntime`]) runs deterministically from a seed.
 
+pub mod allocator;
 pub mod buggify;
 mod openraft_rt;
 mod shutdown;
 mod watch;
 
 pub use openraft_rt::{SeamInstant, SeamRuntime};
-pub use shutdown::Shutdown;
+pub use shutdown::{stop_signal, Shutdown};
 
 use std::future::Future;
 use std::time::Duration;

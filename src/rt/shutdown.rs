@@ -37,3 +37,28 @@ impl Shutdown {
         }
     }
 }
+
+/// Wait for the process to be told to stop: Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `kill` and
+/// service managers send). In simulation only madsim's Ctrl-C, which no test sends.
+pub async fn stop_signal() {
+    #[cfg(all(unix, not(madsim)))]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    biased;
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(all(unix, not(madsim))))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

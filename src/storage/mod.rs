@@ -14,10 +14,42 @@ mod rocks;
 
 use std::sync::Arc;
 
+use crate::config::EngineKind;
+
 pub use fail_stop::{DiskFailure, FailStop};
 pub use memory::MemoryEngine;
 #[cfg(all(not(madsim), feature = "rocksdb"))]
 pub use rocks::RocksEngine;
+
+/// Open an engine of `kind` for the member whose data dir is `data_dir` (RocksDB keeps its files
+/// under `member/rocksdb` there); the error says why in an operator's words.
+pub fn open(
+    kind: EngineKind,
+    data_dir: &std::path::Path,
+) -> std::result::Result<SharedEngine, String> {
+    match kind {
+        EngineKind::Memory => Ok(Arc::new(MemoryEngine::new())),
+        #[cfg(all(not(madsim), feature = "rocksdb"))]
+        EngineKind::RocksDb => {
+            let dir = data_dir.join("member").join("rocksdb");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+            let engine = RocksEngine::open(&dir)
+                .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+            Ok(Arc::new(engine))
+        }
+        #[cfg(madsim)]
+        EngineKind::RocksDb => {
+            let _ = data_dir;
+            Err("the rocksdb engine is not available in simulation".into())
+        }
+        #[cfg(all(not(madsim), not(feature = "rocksdb")))]
+        EngineKind::RocksDb => {
+            let _ = data_dir;
+            Err("this build has no rocksdb engine (feature `rocksdb`)".into())
+        }
+    }
+}
 
 /// A named, independently ordered key space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -703,8 +703,21 @@ pub async fn run(seed: u64, trace: Trace) -> Outcome {
         records.leases.len(),
         converged.leased_keys.len()
     ));
+    let simulated = began.elapsed();
+    // Stop every node before the runtime goes. madsim drops the tasks of a killed node; dropping
+    // the runtime alone left each run's tasks (whose futures hold one another's wakers) and so
+    // its members in memory: 3.3 MB per seed, and a soak was killed for 24 GB after 7,470 seeds.
+    for node in c
+        .members
+        .iter()
+        .map(|m| m.node.id())
+        .chain([clients.id(), nemesis_node.id()])
+    {
+        c.handle.kill(node);
+    }
+    madsim::time::sleep(Duration::from_millis(1)).await;
     Outcome {
-        simulated: began.elapsed(),
+        simulated,
         faults,
         calls_ok: records.calls_ok,
         calls_unknown: records.calls_unknown,

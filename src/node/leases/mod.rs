@@ -280,7 +280,9 @@ impl Node {
                     return Ok(ttl);
                 }
             } else {
-                let mut client = self.channels.client_for(&leader)?;
+                let mut client = self
+                    .channels
+                    .client_for_member(&leader.name, &leader.peer_urls)?;
                 if let Ok(reply) = client.lease_keep_alive(LeaseRequest { id }).await {
                     if reply.get_ref().status == PeerStatus::Ok as i32 {
                         return Ok(reply.into_inner().ttl);
@@ -305,7 +307,9 @@ impl Node {
                     return Ok(status);
                 }
             } else {
-                let mut client = self.channels.client_for(&leader)?;
+                let mut client = self
+                    .channels
+                    .client_for_member(&leader.name, &leader.peer_urls)?;
                 if let Ok(reply) = client.lease_time_to_live(LeaseRequest { id }).await {
                     let reply = reply.into_inner();
                     if reply.status == PeerStatus::Ok as i32 {
