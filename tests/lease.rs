@@ -270,14 +270,13 @@ async fn remaining_ttl_is_rounded_as_etcd_rounds_it() {
     let mut compared = 0;
     for ttl in [1, 2, 3, 5, 10, 60, 600] {
         let started = std::time::Instant::now();
-        let mut answers = Vec::new();
+        let mut ids = Vec::new();
         for c in [&mut reference, &mut ours] {
-            let id = c.lease_grant(ttl, None).await.expect("grant").id();
-            answers.push(id);
+            ids.push(c.lease_grant(ttl, None).await.expect("grant").id());
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut got = Vec::new();
-        for (c, id) in [&mut reference, &mut ours].into_iter().zip(&answers) {
+        for (c, id) in [&mut reference, &mut ours].into_iter().zip(&ids) {
             let answer = c.lease_time_to_live(*id, None).await.expect("time to live");
             got.push((answer.granted_ttl(), answer.ttl()));
         }

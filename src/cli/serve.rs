@@ -8,7 +8,6 @@ use crate::api::{self, Shutdown};
 use crate::config::{self, EngineKind, ServerConfig};
 use crate::limits;
 use crate::node::Node;
-use crate::storage::SharedEngine;
 
 /// Storage engine choice on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -261,11 +260,6 @@ fn keep_as_written(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Open the engine the configuration asks for, under its data dir.
-pub fn open_engine(cfg: &ServerConfig) -> Result<SharedEngine, String> {
-    crate::storage::open(cfg.engine, &cfg.data_dir)
-}
-
 /// The listeners of a comma-separated URL list, each with its TLS configuration when `https://`
 /// (an error, as etcd's, when such a URL has no certificate).
 #[cfg(not(madsim))]
@@ -337,7 +331,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             bind(metrics_addrs.iter().map(|addr| (*addr, None)).collect())?,
         )
     };
-    let engine = open_engine(&cfg)?;
+    let engine = crate::storage::open(cfg.engine, &cfg.data_dir)?;
     tracing::info!(name = %cfg.name, engine = engine.kind(), data_dir = %cfg.data_dir.display(), "starting member");
     let node = match Node::start_with_peers(cfg.clone(), engine.clone(), channels).await {
         Ok(node) => node,

@@ -155,7 +155,7 @@ fn build(args: &RestoreArgs, format: Format, dir: &Path) -> Result<String, Strin
         engine: EngineKind::RocksDb,
         ..ServerConfig::default()
     };
-    let engine = super::serve::open_engine(&cfg)?;
+    let engine = crate::storage::open(cfg.engine, &cfg.data_dir)?;
     let file = std::fs::File::open(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let failed = |e: &dyn std::fmt::Display| format!("cannot restore {}: {e}", args.file.display());
