@@ -116,10 +116,14 @@ pub const RANGE_PIECE_KEYS: usize = 4096;
 /// About how many bytes of chunks all `KV.RangeStream`s of a member hold together. A stream holds
 /// up to [`RANGE_STREAM_BUFFER`] chunks read ahead and one that HTTP/2 is sending, each up to
 /// [`RANGE_STREAM_CHUNK_BYTES_FACTOR`] times its target; the target (at most
-/// `--max-request-bytes`) shrinks as streams open so that all of them together stay near this,
-/// down to [`RANGE_STREAM_CHUNK_BYTES_MIN`]. Without it, 20 streams whose clients stopped reading
-/// took a member from 142 to 409 MB RSS (`--max-request-bytes` 1.5 MiB: 3 MiB chunks), and 32 of
-/// them in `tests/range_stream.rs` +130 MB; with it, +30 to +39 MB. Up to two streams keep
+/// `--max-request-bytes`) is each stream's share of this and, as the bytes held near it, of
+/// what is left ([`range_stream_chunk_target`]), down to [`RANGE_STREAM_CHUNK_BYTES_MIN`]. Without
+/// it, 20 streams whose clients stopped reading took a member from 142 to 409 MB RSS
+/// (`--max-request-bytes` 1.5 MiB: 3 MiB chunks), and 32 of them in `tests/range_stream.rs`
+/// +130 MB; with it, +39 to +60 MB, of which (heaptrack) 12 MB are the chunks read ahead, 14 MB
+/// the chunks HTTP/2 holds (tonic's encode buffer, grown by doubling, up to twice a chunk), and
+/// the rest the allocator's (RSS beyond live bytes). Shares by the number open alone, as before,
+/// left the streams opened first with chunks read while few were open. Up to two streams keep
 /// chunks of `--max-request-bytes`, as etcd's.
 pub const RANGE_STREAM_BUFFERED_BYTES_TOTAL: usize = 16 * 1024 * 1024;
 
@@ -127,12 +131,17 @@ pub const RANGE_STREAM_BUFFERED_BYTES_TOTAL: usize = 16 * 1024 * 1024;
 /// costs (a store read, a message) would dominate.
 pub const RANGE_STREAM_CHUNK_BYTES_MIN: usize = 64 * 1024;
 
-/// The chunk target of each `KV.RangeStream` while `open` of them are open (see
-/// [`RANGE_STREAM_BUFFERED_BYTES_TOTAL`]), at most `max_request_bytes`.
-pub fn range_stream_chunk_target(open: usize, max_request_bytes: usize) -> usize {
+/// The chunk target of each `KV.RangeStream` while `open` of them are open and their chunks hold
+/// `held` bytes (see [`RANGE_STREAM_BUFFERED_BYTES_TOTAL`]), at most `max_request_bytes`: a
+/// stream's share of the total, and no more than would let its chunks pass what is left of it.
+/// So the bytes held stay within the total but for chunks at the floor, whatever order the
+/// streams opened in.
+pub fn range_stream_chunk_target(open: usize, held: usize, max_request_bytes: usize) -> usize {
     let chunks_held = (RANGE_STREAM_BUFFER + 1) * RANGE_STREAM_CHUNK_BYTES_FACTOR;
     let share = RANGE_STREAM_BUFFERED_BYTES_TOTAL / (open.max(1) * chunks_held);
+    let room = RANGE_STREAM_BUFFERED_BYTES_TOTAL.saturating_sub(held) / chunks_held;
     share
+        .min(room)
         .max(RANGE_STREAM_CHUNK_BYTES_MIN)
         .min(max_request_bytes.max(1))
 }
@@ -604,16 +613,16 @@ mod tests {
     fn range_stream_chunks_shrink_as_streams_open_between_the_floor_and_the_request_limit() {
         let max = MAX_REQUEST_BYTES_DEFAULT;
         // Few streams: the target is the request limit, as etcd's.
-        assert_eq!(range_stream_chunk_target(0, max), max);
-        assert_eq!(range_stream_chunk_target(1, max), max);
+        assert_eq!(range_stream_chunk_target(0, 0, max), max);
+        assert_eq!(range_stream_chunk_target(1, 0, max), max);
         // Many: what they hold together stays near the total.
         let held = |open: usize| {
-            open * range_stream_chunk_target(open, max)
+            open * range_stream_chunk_target(open, 0, max)
                 * (RANGE_STREAM_BUFFER + 1)
                 * RANGE_STREAM_CHUNK_BYTES_FACTOR
         };
         for open in [4, 8, 20] {
-            assert!(range_stream_chunk_target(open, max) < max);
+            assert!(range_stream_chunk_target(open, 0, max) < max);
             assert!(
                 held(open) <= RANGE_STREAM_BUFFERED_BYTES_TOTAL,
                 "{open} streams"
@@ -621,9 +630,35 @@ mod tests {
         }
         // Never below the floor, never above a smaller request limit.
         assert_eq!(
-            range_stream_chunk_target(100_000, max),
+            range_stream_chunk_target(100_000, 0, max),
             RANGE_STREAM_CHUNK_BYTES_MIN
         );
-        assert_eq!(range_stream_chunk_target(1, 1000), 1000);
+        assert_eq!(range_stream_chunk_target(1, 0, 1000), 1000);
+        assert_eq!(
+            range_stream_chunk_target(1, RANGE_STREAM_BUFFERED_BYTES_TOTAL, max),
+            RANGE_STREAM_CHUNK_BYTES_MIN
+        );
+    }
+
+    #[test]
+    fn range_stream_chunks_stay_within_the_total_whatever_order_streams_open_in() {
+        // Streams open one after another; each reads all the chunks it may hold, every one
+        // twice its target (the most a chunk is), and stops there, its client reading nothing.
+        // Only chunks at the floor may take what they hold past the total.
+        let max = MAX_REQUEST_BYTES_DEFAULT;
+        let per_stream = RANGE_STREAM_BUFFER + 1;
+        let at_the_floor = RANGE_STREAM_CHUNK_BYTES_MIN * RANGE_STREAM_CHUNK_BYTES_FACTOR;
+        let mut held = 0;
+        for open in 1..=1000 {
+            for _ in 0..per_stream {
+                held +=
+                    range_stream_chunk_target(open, held, max) * RANGE_STREAM_CHUNK_BYTES_FACTOR;
+            }
+            let bound = RANGE_STREAM_BUFFERED_BYTES_TOTAL + open * per_stream * at_the_floor;
+            assert!(held <= bound, "{open} streams hold {held} bytes");
+            if open <= 2 {
+                assert!(held <= RANGE_STREAM_BUFFERED_BYTES_TOTAL, "{open} streams");
+            }
+        }
     }
 }

@@ -105,13 +105,13 @@ fn stream_chunk(node: &Node, mut chunk: RangeResponse) -> RangeStreamResponse {
     }
 }
 
+/// A chunk on its way, with what counts its bytes among those range streams hold
+/// (`Node::range_stream_next`).
+type ChunkSent = (Result<RangeStreamResponse, Status>, Option<Held>);
+
 /// Read the chunks after the first into `tx`, one at a time, each only once the buffer has room:
 /// a client that stops reading stops the reads, and one that goes away ends the task at once.
-async fn send_rest(
-    node: Arc<Node>,
-    mut read: RangeStreamRead,
-    tx: mpsc::Sender<Result<RangeStreamResponse, Status>>,
-) {
+async fn send_rest(node: Arc<Node>, mut read: RangeStreamRead, tx: mpsc::Sender<ChunkSent>) {
     while !read.is_done() {
         let permit = tokio::select! {
             biased;
@@ -122,15 +122,26 @@ async fn send_rest(
             },
         };
         match node.range_stream_next(&mut read) {
-            Ok(chunk) => permit.send(Ok(stream_chunk(&node, chunk))),
+            Ok((chunk, held)) => permit.send((Ok(stream_chunk(&node, chunk)), Some(held))),
             Err(e) => {
                 // As etcd: the stream ends with the error (`ErrCompacted` when a compaction
                 // passed the pinned revision).
-                permit.send(Err(e.into()));
+                permit.send((Err(e.into()), None));
                 return;
             }
         }
     }
+}
+
+/// The chunks in `rx` as the client reads them. A chunk's bytes count until the next one is
+/// asked for: HTTP/2 asks for the next only once it has room to send, so by then all but the
+/// last bytes of the one before have left for the socket.
+fn chunks_sent(rx: mpsc::Receiver<ChunkSent>) -> RangeChunkStream {
+    let chunks = futures::stream::unfold((rx, None), |(mut rx, _sent)| async move {
+        let (chunk, held) = rx.recv().await?;
+        Some((chunk, (rx, held)))
+    });
+    Box::pin(chunks)
 }
 
 /// A response's [`Held`] bytes, carried in its extensions from the handler to what sends the
@@ -187,12 +198,12 @@ impl Kv for KvService {
         let (req, caller, needs) = self.read(request, validate::range_stream)?;
         // The read barrier, the permission check and the first chunk come before the stream
         // opens: a failure there is the call's answer, as etcd's before its first send.
-        let (read, first) = self
+        let (read, first, held) = self
             .node
             .range_stream(req, |auth| caller.check_in(auth, &needs))
             .await?;
         let (tx, rx) = mpsc::channel(limits::RANGE_STREAM_BUFFER);
-        let sent = tx.try_send(Ok(stream_chunk(&self.node, first)));
+        let sent = tx.try_send((Ok(stream_chunk(&self.node, first)), Some(held)));
         debug_assert!(
             sent.is_ok(),
             "a new stream's buffer has room for its first chunk"
@@ -200,9 +211,7 @@ impl Kv for KvService {
         if !read.is_done() {
             crate::rt::spawn(send_rest(self.node.clone(), read, tx));
         }
-        let chunks =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-        Ok(Response::new(Box::pin(chunks)))
+        Ok(Response::new(chunks_sent(rx)))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

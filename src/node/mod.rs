@@ -198,6 +198,10 @@ pub struct Node {
     defrags: defrag::Defrags,
     /// `KV.RangeStream`s open now: their chunks shrink as more are open.
     range_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes of the `KV.RangeStream` chunks read and not yet sent (`api::kv` counts a chunk until
+    /// its stream is asked for the next): chunks shrink as this nears
+    /// [`limits::RANGE_STREAM_BUFFERED_BYTES_TOTAL`] (it counts, it never refuses).
+    range_stream_bytes: Arc<send_budget::SendBudget>,
     /// Transfers begun so far: a transfer whose number is no longer the newest stops waiting for
     /// chunks and makes way (woken through `snapshot_superseded`).
     snapshot_receives: std::sync::atomic::AtomicU64,
@@ -359,6 +363,9 @@ impl Node {
                 send_budget: send_budget::SendBudget::new(limits::SEND_BUDGET_BYTES),
                 defrags: defrag::Defrags::default(),
                 range_streams: Arc::default(),
+                range_stream_bytes: send_budget::SendBudget::new(
+                    limits::RANGE_STREAM_BUFFERED_BYTES_TOTAL,
+                ),
                 snapshot_receives: std::sync::atomic::AtomicU64::new(0),
                 snapshot_superseded: tokio::sync::Notify::new(),
                 disk_failure,

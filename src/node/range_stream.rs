@@ -1,8 +1,12 @@
-//! The member's side of `KV.RangeStream`: the read gate once, then one short store read per chunk.
+//! The member's side of `KV.RangeStream`: the read gate once, then one short store read per chunk,
+//! each counted among the bytes all streams hold (`Node::range_stream_bytes`) until sent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use prost::Message;
+
+use super::send_budget::Held;
 use super::{Node, NodeError};
 use crate::apply::RangeStream;
 use crate::auth::{AuthError, AuthStore};
@@ -46,13 +50,13 @@ impl RangeStreamRead {
 impl Node {
     /// Start streaming the answer to a validated `req`: as [`Node::range_checked`], a
     /// linearizable request passes the read barrier and `permitted` is asked about the auth state
-    /// it is served at, once. Returns the stream and its first chunk (an error here, before any
-    /// chunk, is the call's answer).
+    /// it is served at, once. Returns the stream and its first chunk with what counts its bytes
+    /// (an error here, before any chunk, is the call's answer).
     pub async fn range_stream(
         &self,
         req: RangeRequest,
         permitted: impl FnOnce(&AuthStore) -> Result<(), AuthError>,
-    ) -> Result<(RangeStreamRead, RangeResponse), NodeError> {
+    ) -> Result<(RangeStreamRead, RangeResponse, Held), NodeError> {
         let checked_at = self.read_gate(req.serializable, permitted).await?;
         self.metrics.mvcc_range.inc();
         let mut read = RangeStreamRead {
@@ -60,21 +64,24 @@ impl Node {
             checked_at,
             _open: OpenStream::new(&self.range_streams),
         };
-        let first = self.range_stream_next(&mut read)?;
-        Ok((read, first))
+        let (first, held) = self.range_stream_next(&mut read)?;
+        Ok((read, first, held))
     }
 
     /// The next chunk of `read`, read at its pinned revision under the store's read lock, which
-    /// is held for this chunk only, and sized for the streams open now
-    /// ([`limits::range_stream_chunk_target`]). Fails with `Compacted` once a compaction passed
-    /// the pinned revision, and, as a range, when auth changed since the permissions were checked.
+    /// is held for this chunk only, and sized for the streams open now and the bytes their chunks
+    /// hold ([`limits::range_stream_chunk_target`]). The chunk's bytes count among those until
+    /// the returned [`Held`] is dropped: the caller keeps it until the chunk is on its way.
+    /// Fails with `Compacted` once a compaction passed the pinned revision, and, as a range, when
+    /// auth changed since the permissions were checked.
     pub fn range_stream_next(
         &self,
         read: &mut RangeStreamRead,
-    ) -> Result<RangeResponse, NodeError> {
+    ) -> Result<(RangeResponse, Held), NodeError> {
         read.cursor
             .set_target_bytes(limits::range_stream_chunk_target(
                 self.range_streams.load(Ordering::SeqCst),
+                self.range_stream_bytes.held(),
                 self.config.max_request_bytes,
             ));
         let chunk = {
@@ -82,6 +89,7 @@ impl Node {
             read.cursor.next_chunk(&store)?
         };
         self.auth_unchanged(read.checked_at)?;
-        Ok(chunk)
+        let held = self.range_stream_bytes.hold_anyway(chunk.encoded_len());
+        Ok((chunk, held))
     }
 }
