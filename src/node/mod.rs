@@ -39,7 +39,7 @@ pub(crate) use routing::LeaderWriteError;
 use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::ServerState;
 
 use crate::apply::ApplyError;
 use crate::auth::AuthStore;
@@ -240,27 +240,7 @@ impl Node {
         let member_id = identity.member_id;
         channels.set_identity(member_id, identity.cluster_id);
 
-        let raft_config = Config {
-            cluster_name: "metastore".into(),
-            heartbeat_interval: limits::HEARTBEAT_INTERVAL_MS,
-            election_timeout_min: limits::ELECTION_TIMEOUT_MS,
-            // `Node::leader_lease_valid` assumes openraft's leader lease is this.
-            election_timeout_max: limits::ELECTION_TIMEOUT_MS * 2,
-            max_payload_entries: limits::RAFT_MAX_PAYLOAD_ENTRIES,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-            max_in_snapshot_log_to_keep: limits::RAFT_LOGS_KEPT_AFTER_SNAPSHOT
-                .min(config.snapshot_count / 2),
-            // A restarted leader must win a new election, as in etcd, never resume in its old
-            // term: it replicates entries before its own fsync completes, so a power cut can take
-            // entries from its log that followers already hold; resuming in the same term, it would
-            // reuse those indexes for new entries with the same term, and followers, matching on
-            // (term, index), would keep the old ones. The simulator found this (seed 30 of the
-            // chaos scenario: members with equal raft indexes and different data).
-            enable_leader_restore: Some(false),
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft_config = bootstrap::raft_config(config.snapshot_count)?;
 
         let metrics = Metrics::new();
         let watch = WatchHub::with_limits(limits::WATCH_BUFFERED_BYTES_TOTAL, config.max_watchers);
