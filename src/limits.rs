@@ -121,12 +121,13 @@ pub const RANGE_PIECE_KEYS: usize = 4096;
 /// stream alone aims at 1.3 MiB (etcd's chunks aim at `--max-request-bytes`, 1.5 MiB by default).
 ///
 /// Measured with 32 streams whose clients stopped reading (`tests/range_stream.rs`, member RSS):
-/// without a total, +130 MB (3 MiB chunks); with 16 MiB shared by the number open, +39 to +60 MB,
-/// of which (heaptrack) 12 MB were chunks read ahead, 14 MB chunks HTTP/2 held (tonic's encode
-/// buffer grows by doubling: up to twice a chunk) and the rest the allocator's; with this total
-/// and shares of what is left, +24 to +48 MB. Smaller chunks cost no speed: `metastore bench
-/// list --stream` of 50,000 keys of 1 KiB (memory engine), 1/4/16 clients, lists per second
-/// 4.4-5.3/6.4-7.1/8.1-8.3 against 3.6-4.2/4.5-5.7/5.7-7.5 with 16 MiB, server CPU 10-30% less.
+/// without a total, +130 MB (3 MiB chunks); with 16 MiB, +39 to +68 MB (shared by the number
+/// open alone or also by what is left: the same), of which (heaptrack) 12 MB were chunks read
+/// ahead, 14 MB chunks HTTP/2 held (tonic's encode buffer grows by doubling: up to twice a
+/// chunk) and the rest the allocator's; with this total and shares of what is left, +24 to +48
+/// MB. Smaller chunks cost no speed: `metastore bench list --stream` of 50,000 keys of 1 KiB
+/// (memory engine), 1/4/16 clients, lists per second 4.4-5.3/6.4-7.1/8.1-8.3 against
+/// 3.6-4.2/4.5-5.7/5.7-7.5 with 16 MiB, server CPU 10-30% less.
 pub const RANGE_STREAM_BUFFERED_BYTES_TOTAL: usize = 8 * 1024 * 1024;
 
 /// The least chunk target of a `KV.RangeStream`, however many are open: below it the per-chunk
