@@ -226,6 +226,8 @@ pub struct Scrape {
     pub watch_streams_evicted: u64,
     /// Bytes of large answers not yet taken by their clients (`node::send_budget`).
     pub send_held_bytes: u64,
+    /// Bytes of `KV.RangeStream` chunks read and not yet sent (`node::range_stream`).
+    pub range_stream_held_bytes: u64,
     pub revision: i64,
     pub compact_revision: i64,
     pub leases: u64,
@@ -453,6 +455,12 @@ impl Metrics {
             "metastore_raft_term",
             "This member's current raft term.",
             s.term,
+        );
+        gauge(
+            &mut out,
+            "metastore_range_stream_held_bytes",
+            "Bytes of KV.RangeStream chunks read and not yet sent.",
+            s.range_stream_held_bytes,
         );
         gauge(
             &mut out,

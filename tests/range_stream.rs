@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::abuse::{back_to_baseline, settled_footprint};
+use common::abuse::{back_to_baseline, metric, settled_footprint};
 use common::{grpc, Server, ENGINES};
 use etcd_client::{ConnectOptions, GetOptions, Permission};
 use metastore::mvcc::kvs_encoded_len;
@@ -493,6 +493,7 @@ async fn the_revision_is_pinned_when_the_stream_starts_and_a_compaction_past_it_
 #[tokio::test]
 async fn a_client_that_stops_reading_or_leaves_costs_no_task() {
     const STALLED: usize = 32;
+    const HELD: &str = "metastore_range_stream_held_bytes";
     let server = Server::start("memory");
     let mut kv = kv_client(&server).await;
     load(&mut kv).await;
@@ -520,6 +521,14 @@ async fn a_client_that_stops_reading_or_leaves_costs_no_task() {
         rss < rss_before + 64 * 1024,
         "RSS grew from {rss_before} KiB to {rss} KiB"
     );
+    // What the member counts of their chunks: about its total (8 MiB), plus at most the few
+    // chunks at the floor (64 KiB: here 10 records, 100 KiB) each stream may hold.
+    let held = metric(&server.endpoint, HELD).await;
+    eprintln!("range_stream: {held} bytes of chunks counted");
+    assert!(
+        held > 0 && held < (8 << 20) + STALLED as i64 * 3 * 128 * 1024,
+        "{held} bytes of chunks held"
+    );
     // Everyone else is served meanwhile (on its own connection: the stalled streams' unread
     // data holds their connection's HTTP/2 window, as it would with etcd).
     let mut other = kv_client(&server).await;
@@ -538,6 +547,12 @@ async fn a_client_that_stops_reading_or_leaves_costs_no_task() {
     drop(stalled);
     drop((kv, other));
     back_to_baseline(&server.endpoint, baseline, 2, Duration::from_secs(2)).await;
+    // And so are their chunks' bytes: a count left behind would shrink every later stream's.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while metric(&server.endpoint, HELD).await != 0 {
+        assert!(Instant::now() < deadline, "chunk bytes still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ---- permissions ----

@@ -203,6 +203,7 @@ impl Node {
             watch_buffered_bytes: self.watch.buffered_bytes() as u64,
             watch_streams_evicted: self.watch.evicted_streams(),
             send_held_bytes: self.send_budget.held() as u64,
+            range_stream_held_bytes: self.range_stream_bytes.held() as u64,
             revision,
             compact_revision,
             leases,
