@@ -22,6 +22,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .file_descriptor_set_path(&descriptors)
         .compile_protos(&protos, &["proto"])?;
+    // The real (not simulated) services and clients again, over what madsim's builder wrote, with
+    // the codec that encodes a message into room reserved for all of it (`net::grpc_codec`);
+    // madsim's builder cannot name a codec.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::net::grpc_codec::ExactProstCodec")
+        .compile_protos(&protos, &["proto"])?;
     // etcd's gateway (grpc-gateway v1, jsonpb with `OrigName: true`) writes the proto field names
     // as declared (`create_revision`, `dbSize`, `ID`), skips unknown fields on input and accepts
     // either name form; int64 as strings, bytes as base64, enums by name.

@@ -8,7 +8,8 @@
 //! - `conn_limit`: every listener's pool of connection slots; `http_slots`: HTTP/1.1 slots;
 //! - `authority`: the HTTP/2 `:authority` fix-up and PING policing in front of h2;
 //! - `write_gate`: a connection's responses wait while its socket is full;
-//! - `request_conn`: what a request learns of, and does to, its connection.
+//! - `request_conn`: what a request learns of, and does to, its connection;
+//! - `grpc_codec`: the protobuf codec of the generated services and clients.
 //!
 //! None of the sockets exists in the simulator, whose transport is madsim's: `peer_channels`,
 //! `peer_dial` and `request_conn` answer in both worlds, the rest is compiled only outside it.
@@ -21,6 +22,8 @@ pub mod conn_info;
 pub mod conn_limit;
 #[cfg(not(madsim))]
 pub mod dial;
+#[cfg(not(madsim))]
+pub mod grpc_codec;
 #[cfg(not(madsim))]
 pub mod http_slots;
 #[cfg(not(madsim))]
