@@ -125,7 +125,8 @@ pub const RANGE_PIECE_KEYS: usize = 4096;
 /// open alone or also by what is left: the same), of which (heaptrack) 12 MB were chunks read
 /// ahead, 14 MB chunks HTTP/2 held (tonic's encode buffer grows by doubling: up to twice a
 /// chunk) and the rest the allocator's; with this total and shares of what is left, +24 to +48
-/// MB. Smaller chunks cost no speed: `metastore bench list --stream` of 50,000 keys of 1 KiB
+/// MB, and +16 to +33 MB once chunks were encoded into room of their size (`net::grpc_codec`).
+/// Smaller chunks cost no speed: `metastore bench list --stream` of 50,000 keys of 1 KiB
 /// (memory engine), 1/4/16 clients, lists per second 4.4-5.3/6.4-7.1/8.1-8.3 against
 /// 3.6-4.2/4.5-5.7/5.7-7.5 with 16 MiB, server CPU 10-30% less.
 pub const RANGE_STREAM_BUFFERED_BYTES_TOTAL: usize = 8 * 1024 * 1024;
