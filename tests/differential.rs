@@ -39,6 +39,7 @@ use generate::{Ctx, Gen, Req};
 use metastore::pb::etcdserverpb::{
     request_op, AuthUserChangePasswordRequest, AuthUserDeleteRequest, TxnRequest,
 };
+use metastore::pb::v3electionpb::LeaderKey;
 use servers::Pair;
 
 /// The first answer that differed in a run.
@@ -107,7 +108,9 @@ async fn run(
         // Answered or not, it may have happened.
         ctx.defragmented |= matches!(req, Req::Defragment);
         observe_auth(&mut ctx, &req, &etcd);
-        observe_locks(&mut ctx, &req, &etcd);
+        let steering = json::typed(&req, &etcd);
+        observe_locks(&mut ctx, &req, &steering);
+        observe_elections(&mut ctx, &req, &steering);
         if let (Req::Compact(c), true) = (&req, answered(&etcd)) {
             if c.revision > ctx.compacted {
                 ctx.compacted = c.revision;
@@ -252,13 +255,17 @@ fn observe_auth(ctx: &mut Ctx, req: &Req, etcd: &Out) {
     }
 }
 
-/// Follow, from etcd's answers, which lock names are held by which key (see `Ctx::locks`).
-fn observe_locks(ctx: &mut Ctx, req: &Req, etcd: &Out) {
-    let covers = |key: &[u8], range_end: &[u8], k: &[u8]| match range_end {
+/// Whether the range `[key, range_end)`, as etcd reads one, holds `k`.
+fn covers(key: &[u8], range_end: &[u8], k: &[u8]) -> bool {
+    match range_end {
         [] => k == key,
         [0] => k >= key,
         end => k >= key && k < end,
-    };
+    }
+}
+
+/// Follow, from etcd's answers, which lock names are held by which key (see `Ctx::locks`).
+fn observe_locks(ctx: &mut Ctx, req: &Req, etcd: &Out) {
     match (req, etcd) {
         (Req::Lock(r), Out::Lock(resp)) => {
             ctx.locks
@@ -280,19 +287,8 @@ fn observe_locks(ctx: &mut Ctx, req: &Req, etcd: &Out) {
         }),
         (Req::Txn(t), _) if answered(etcd) => {
             // A delete in either branch, at any depth, may have run: such a lock is uncertain.
-            fn deletes(t: &TxnRequest, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
-                for op in t.success.iter().chain(&t.failure) {
-                    match &op.request {
-                        Some(request_op::Request::RequestDeleteRange(d)) => {
-                            out.push((d.key.clone(), d.range_end.clone()))
-                        }
-                        Some(request_op::Request::RequestTxn(t)) => deletes(t, out),
-                        _ => {}
-                    }
-                }
-            }
             let mut ranges = Vec::new();
-            deletes(t, &mut ranges);
+            txn_deletes(t, &mut ranges);
             for held in ctx.locks.values_mut() {
                 let hit = held
                     .as_ref()
@@ -303,6 +299,78 @@ fn observe_locks(ctx: &mut Ctx, req: &Req, etcd: &Out) {
             }
         }
         _ => {}
+    }
+}
+
+/// Follow, from etcd's answers, which election names are led by which leader key (see
+/// `Ctx::elections`).
+fn observe_elections(ctx: &mut Ctx, req: &Req, etcd: &Out) {
+    // Whether `given` is the key and revision of the leader `held` (Proclaim and Resign act only
+    // then: they compare the key's create revision).
+    let same = |given: &Option<LeaderKey>, held: &LeaderKey| {
+        given
+            .as_ref()
+            .is_some_and(|g| g.key == held.key && g.rev == held.rev)
+    };
+    match (req, etcd) {
+        (Req::Campaign(r), Out::Campaign(resp)) => {
+            ctx.elections.insert(r.name.clone(), resp.leader.clone());
+        }
+        // A timed-out campaign may lead after all or still wait; a leader's failed campaign (a
+        // new value it could not proclaim) resigns. Leave the name alone either way.
+        (Req::Campaign(r), _)
+            if !answered(etcd)
+                && (*etcd == Out::Timeout || ctx.elections.contains_key(&r.name)) =>
+        {
+            ctx.elections.insert(r.name.clone(), None);
+        }
+        (Req::Proclaim(r), Out::Proclaim(_)) => {
+            for held in ctx.elections.values_mut().flatten() {
+                if same(&r.leader, held) {
+                    // The key now belongs to the proclaiming session's lease.
+                    held.lease = r.leader.as_ref().map(|l| l.lease).unwrap_or_default();
+                }
+            }
+        }
+        (Req::Resign(r), Out::Resign(_)) => ctx
+            .elections
+            .retain(|_, held| held.as_ref().is_none_or(|h| !same(&r.leader, h))),
+        (Req::LeaseRevoke(r), _) if answered(etcd) => ctx
+            .elections
+            .retain(|_, held| held.as_ref().is_none_or(|h| h.lease != r.id)),
+        (Req::Unlock(r), Out::Unlock(_)) => ctx
+            .elections
+            .retain(|_, held| held.as_ref().is_none_or(|h| h.key != r.key)),
+        (Req::DeleteRange(d), _) if answered(etcd) => ctx.elections.retain(|_, held| {
+            held.as_ref()
+                .is_none_or(|h| !covers(&d.key, &d.range_end, &h.key))
+        }),
+        (Req::Txn(t), _) if answered(etcd) => {
+            let mut ranges = Vec::new();
+            txn_deletes(t, &mut ranges);
+            for held in ctx.elections.values_mut() {
+                let hit = held
+                    .as_ref()
+                    .is_some_and(|h| ranges.iter().any(|(key, end)| covers(key, end, &h.key)));
+                if hit {
+                    *held = None;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every delete range in a txn, in either branch, at any depth.
+fn txn_deletes(t: &TxnRequest, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                out.push((d.key.clone(), d.range_end.clone()))
+            }
+            Some(request_op::Request::RequestTxn(t)) => txn_deletes(t, out),
+            _ => {}
+        }
     }
 }
 
@@ -654,6 +722,10 @@ fn generator_is_deterministic_and_covers_every_class() {
         "Auth",
         "Lock",
         "Unlock",
+        "Campaign",
+        "Proclaim",
+        "Leader",
+        "Resign",
     ] {
         assert!(kinds.contains(kind), "{kind} never drawn: {kinds:?}");
     }

@@ -275,3 +275,85 @@ async fn election_requests_are_answered_as_etcd_answers_them() {
         }
     }
 }
+
+/// What a campaign that waits, a campaign that proclaims a new value, and a Proclaim or Resign
+/// with lease 0 leave and answer, on one server: header revisions, and for the lease-0 calls the
+/// granted TTL of the lease the key moved to (or `none`) and how many leases there are.
+async fn sessions_and_headers(endpoint: String) -> Vec<String> {
+    let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+        .await
+        .expect("connect");
+    let mut seen = Vec::new();
+    for id in [1, 2] {
+        c.lease_grant(600, Some(etcd_client::LeaseGrantOptions::new().with_id(id)))
+            .await
+            .expect("grant");
+    }
+    let rev = |h: Option<&etcd_client::ResponseHeader>| h.map_or(-1, |h| h.revision());
+    let first = c.campaign("hd", "x", 1).await.expect("campaign");
+    seen.push(format!("won at {}", rev(first.header())));
+    let leader = first.leader().expect("leader key").clone();
+    // The same lease again with another value: the key is proclaimed anew.
+    let again = c.campaign("hd", "y", 1).await.expect("campaign again");
+    seen.push(format!("campaigned again at {}", rev(again.header())));
+    // A second candidate waits while writes go on, then wins when the first resigns.
+    let mut c2 = c.clone();
+    let second = tokio::spawn(async move { c2.campaign("hd", "z", 2).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.put("elsewhere", "w", None).await.expect("put");
+    c.resign(Some(ResignOptions::new().with_leader(leader)))
+        .await
+        .expect("resign");
+    let won = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second candidate wins")
+        .expect("task")
+        .expect("campaign");
+    seen.push(format!("waited, won at {}", rev(won.header())));
+    let second_leader = won.leader().expect("leader key").clone();
+    // Proclaim with lease 0: etcd proclaims in a fresh session, so the key moves to its lease.
+    let proclaimed = c
+        .proclaim(
+            "p",
+            Some(ProclaimOptions::new().with_leader(second_leader.clone().with_lease(0))),
+        )
+        .await
+        .expect("proclaim");
+    seen.push(format!("proclaimed at {}", rev(proclaimed.header())));
+    let kv = c.get("hd/2", None).await.expect("get").kvs()[0].clone();
+    let ttl = c.lease_time_to_live(kv.lease(), None).await.expect("ttl");
+    seen.push(format!(
+        "the key's value {:?}, its lease granted for {} s (another than 2: {})",
+        kv.value_str().unwrap_or_default(),
+        ttl.granted_ttl(),
+        kv.lease() != 2
+    ));
+    // Resign with lease 0 of a key that is not the leader's: nothing deleted, a lease granted.
+    let before = c.leases().await.expect("leases").leases().len();
+    let resigned = c
+        .resign(Some(
+            ResignOptions::new().with_leader(second_leader.with_rev(1).with_lease(0)),
+        ))
+        .await
+        .expect("resign");
+    let after = c.leases().await.expect("leases").leases().len();
+    seen.push(format!(
+        "resigned at {}, leases {before} then {after}, key there: {}",
+        rev(resigned.header()),
+        c.get("hd/2", None).await.expect("get").count()
+    ));
+    seen
+}
+
+/// Campaign answers the header of the txn that queued its key (not of the moment it won, nor of
+/// the proclamation of a new value), and Proclaim and Resign with lease 0 run in a fresh session
+/// lease, as etcd 3.5.1 does (asked side by side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_headers_and_lease_zero_sessions_are_etcds() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (etcd, _reference) = common::etcd::start_reference(&data.path().join("e")).await;
+    let server = Server::start("memory");
+    let expected = sessions_and_headers(etcd.endpoint.clone()).await;
+    let got = sessions_and_headers(server.endpoint.clone()).await;
+    assert_eq!(got, expected);
+}

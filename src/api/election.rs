@@ -9,8 +9,11 @@
 //! it in memory), and its response counts in the member's watch budget until the client takes it.
 //!
 //! As with `Lock`, lease 0 campaigns with a fresh lease of [`crate::limits::LOCK_SESSION_TTL_SECS`]
-//! (etcd's server-side session), reported back in the leader key; a campaign whose wait ends
-//! without leadership withdraws its key (etcd resigns); every write is proposed as the caller.
+//! (etcd's server-side session), reported back in the leader key; a Proclaim or Resign with lease 0
+//! gets one too (etcd runs them in a session as well: a proclaimed key moves to that lease, and a
+//! resign's is left to expire). A campaign whose wait ends without leadership withdraws its key
+//! (etcd resigns); its answer carries the header of the write that queued it, as etcd's does;
+//! every write is proposed as the caller.
 
 use super::access::cert_user;
 use super::status;
@@ -23,7 +26,8 @@ use tonic::{Request, Response, Status};
 
 use super::access::{Access, Caller};
 use super::lock::{
-    acquire_key, delete_op, if_created_at, queue_key, session_lease, wait_for_older, Withdraw,
+    acquire_key, delete_op, if_created_at, queue_key, session_lease, wait_for_older, Acquired,
+    Withdraw,
 };
 use crate::auth::{Need, PermKind};
 use crate::keys::prefix_end;
@@ -227,7 +231,11 @@ impl ElectionService {
         let prefix = [req.name.as_slice(), b"/"].concat();
         let lease = session_lease(&self.node, req.lease).await?;
         let key = queue_key(&prefix, lease);
-        let (rev, value) = acquire_key(&self.node, &key, &req.value, lease, &requester).await?;
+        let Acquired {
+            rev,
+            value,
+            answered_at,
+        } = acquire_key(&self.node, &key, &req.value, lease, &requester).await?;
         let withdraw = Withdraw::new(&self.node, &self.access, &caller, &key, rev);
         let leader = LeaderKey {
             name: req.name.clone(),
@@ -247,7 +255,9 @@ impl ElectionService {
         }
         wait_for_older(&self.node, &prefix, rev).await?;
         withdraw.disarm();
-        let header = Some(self.node.header(self.node.current_revision()));
+        // As etcd's: the header of the txn that queued (or found) the key, whatever was written
+        // while it waited or proclaimed.
+        let header = Some(self.node.header(answered_at));
         Ok(Response::new(CampaignResponse {
             header,
             leader: Some(leader),
@@ -263,10 +273,13 @@ impl ElectionService {
         };
         let (_, requester) = self.permit(&request, &leader_key_needs(&leader))?;
         let req = request.into_inner();
+        // etcd proclaims through a session of the leader key's lease, a fresh one for lease 0:
+        // the key then moves to that lease.
+        let lease = session_lease(&self.node, leader.lease).await?;
         let rev = if_still_leader(
             &self.node,
             &leader,
-            put_op(&leader.key, &req.value, leader.lease),
+            put_op(&leader.key, &req.value, lease),
             &requester,
         )
         .await?;
@@ -342,6 +355,8 @@ impl ElectionService {
             return Err(status::election_missing_leader_key());
         };
         let (_, requester) = self.permit(&request, &leader_key_needs(&leader))?;
+        // etcd resigns through a session too: for lease 0 one is granted (and left to expire).
+        session_lease(&self.node, leader.lease).await?;
         // As etcd's: deletes the key only while it is still this leader's, and answers with the
         // header either way (a leader that lost its key has nothing left to resign).
         let t = if_created_at(

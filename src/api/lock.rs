@@ -92,15 +92,24 @@ pub(super) fn queue_key(prefix: &[u8], lease: i64) -> Vec<u8> {
     [prefix, hex.as_bytes()].concat()
 }
 
-/// Create `key` with `value` and `lease` unless it exists, as `requester`; returns its create
-/// revision and its current value.
+/// A queue key as [`acquire_key`] found or made it.
+pub(super) struct Acquired {
+    /// Its create revision (its place in the queue).
+    pub rev: i64,
+    /// Its value now.
+    pub value: Vec<u8>,
+    /// The revision the txn that created or found it answered at.
+    pub answered_at: i64,
+}
+
+/// Create `key` with `value` and `lease` unless it exists, as `requester`.
 pub(super) async fn acquire_key(
     node: &Node,
     key: &[u8],
     value: &[u8],
     lease: i64,
     requester: &Requester,
-) -> Result<(i64, Vec<u8>), Status> {
+) -> Result<Acquired, Status> {
     let get = RequestOp {
         request: Some(request_op::Request::RequestRange(RangeRequest {
             key: key.to_vec(),
@@ -132,11 +141,13 @@ pub(super) async fn acquire_key(
     else {
         return Err(status::unexpected_apply("lock"));
     };
+    let answered_at = resp.header.as_ref().map_or(0, |h| h.revision);
     let created = resp.responses.iter().rev().find_map(|r| match &r.response {
-        Some(response_op::Response::ResponseRange(rr)) => rr
-            .kvs
-            .first()
-            .map(|kv| (kv.create_revision, kv.value.clone())),
+        Some(response_op::Response::ResponseRange(rr)) => rr.kvs.first().map(|kv| Acquired {
+            rev: kv.create_revision,
+            value: kv.value.clone(),
+            answered_at,
+        }),
         _ => None,
     });
     created.ok_or_else(status::lock_key_vanished)
@@ -328,7 +339,9 @@ impl LockService {
         let req = request.into_inner();
         let lease = session_lease(&self.node, req.lease).await?;
         let key = queue_key(&prefix, lease);
-        let (my_rev, _) = acquire_key(&self.node, &key, &[], lease, &requester).await?;
+        let my_rev = acquire_key(&self.node, &key, &[], lease, &requester)
+            .await?
+            .rev;
         let withdraw = Withdraw::new(&self.node, &self.access, &caller, &key, my_rev);
         wait_for_older(&self.node, &prefix, my_rev).await?;
         withdraw.disarm();

@@ -132,6 +132,10 @@ pub fn mask(out: &mut Out) {
         Out::Json { body, .. } => crate::json::mask(body),
         Out::Lock(r) => mask_header(&mut r.header),
         Out::Unlock(r) => mask_header(&mut r.header),
+        Out::Campaign(r) => mask_header(&mut r.header),
+        Out::Proclaim(r) => mask_header(&mut r.header),
+        Out::Leader(r) | Out::Observe(r) => mask_header(&mut r.header),
+        Out::Resign(r) => mask_header(&mut r.header),
         Out::Error { .. } | Out::Timeout => {}
     }
 }
@@ -171,6 +175,10 @@ pub fn max_revision(out: &Out) -> i64 {
         Out::Json { body, .. } => crate::json::revision(body),
         Out::Lock(r) => h(&r.header),
         Out::Unlock(r) => h(&r.header),
+        Out::Campaign(r) => h(&r.header),
+        Out::Proclaim(r) => h(&r.header),
+        Out::Leader(r) | Out::Observe(r) => h(&r.header),
+        Out::Resign(r) => h(&r.header),
         Out::Error { .. } | Out::Timeout => 0,
     }
 }

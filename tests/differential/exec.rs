@@ -20,13 +20,17 @@ use crate::auth::{self, with_token, AuthOut, AuthReq};
 use crate::generate::{MoveTarget, Req};
 use crate::json;
 use metastore::pb::etcdserverpb::auth_client::AuthClient;
+use metastore::pb::v3electionpb::{
+    election_client::ElectionClient, CampaignResponse, LeaderResponse, ProclaimResponse,
+    ResignResponse,
+};
 use metastore::pb::v3lockpb::{lock_client::LockClient, LockResponse, UnlockResponse};
 
 /// How long one unary request may take before it counts as hung.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a Lock may wait.
+/// How long a Lock or a Campaign may wait (and an Observe for its first answer).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long to wait after a Lock that timed out.
+/// How long to wait after a Lock or a Campaign that timed out.
 const LOCK_WITHDRAW_SETTLE: Duration = Duration::from_millis(500);
 /// After a watch's `created` response, how long to wait for catch-up events when some may come:
 /// etcd 3.5 moves an unsynced watcher forward every 100 ms.
@@ -43,6 +47,7 @@ pub struct Conn {
     cluster: ClusterClient<Channel>,
     auth: AuthClient<Channel>,
     lock: LockClient<Channel>,
+    election: ElectionClient<Channel>,
     /// The token of the last successful `Authenticate` on this connection, sent with every request.
     token: Option<String>,
     /// `http://host:port`, for the JSON gateway.
@@ -76,7 +81,8 @@ impl Conn {
             watch: WatchClient::new(channel.clone()),
             cluster: ClusterClient::new(channel.clone()),
             auth: AuthClient::new(channel.clone()),
-            lock: LockClient::new(channel),
+            lock: LockClient::new(channel.clone()),
+            election: ElectionClient::new(channel),
             token: None,
             endpoint: endpoint.to_string(),
             json: false,
@@ -111,6 +117,12 @@ pub enum Out {
     Auth(AuthOut),
     Lock(LockResponse),
     Unlock(UnlockResponse),
+    Campaign(CampaignResponse),
+    Proclaim(ProclaimResponse),
+    Leader(LeaderResponse),
+    /// The stream's first answer.
+    Observe(LeaderResponse),
+    Resign(ResignResponse),
     /// A JSON gateway answer: HTTP status and body.
     Json {
         status: u16,
@@ -161,8 +173,15 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
     if c.json {
         if let Some((path, body)) = json::route(req) {
             let token = c.token.clone();
-            let Some((status, body)) = json::post(&c.endpoint, path, body, token, t).await else {
-                return Out::Timeout;
+            let waits = matches!(req, Req::Lock(_) | Req::Campaign(_));
+            let deadline = if waits { LOCK_TIMEOUT } else { t };
+            let Some((status, body)) = json::post(&c.endpoint, path, body, token, deadline).await
+            else {
+                return if waits {
+                    waiting(Out::Timeout).await
+                } else {
+                    Out::Timeout
+                };
             };
             if status == 200 {
                 match req {
@@ -272,26 +291,61 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
         // Lock waits while another holds the name: the generator locks only names it believes
         // free, and a shorter deadline keeps a wrong belief cheap (both would time out).
         Req::Lock(r) => {
-            let answer = out(
+            waiting(out(
                 timeout(LOCK_TIMEOUT, c.lock.lock(tok!(r.clone()))).await,
                 Out::Lock,
-            );
-            if answer == Out::Timeout {
-                // The server withdraws the abandoned waiter's key once it sees the call go (etcd
-                // and MetaStore alike, each in its own time): let that land before what follows.
-                tokio::time::sleep(LOCK_WITHDRAW_SETTLE).await;
-            }
-            answer
+            ))
+            .await
         }
         Req::Unlock(r) => out(
             timeout(t, c.lock.unlock(tok!(r.clone()))).await,
             Out::Unlock,
+        ),
+        // Campaign waits while another candidate leads: as Lock.
+        Req::Campaign(r) => {
+            waiting(out(
+                timeout(LOCK_TIMEOUT, c.election.campaign(tok!(r.clone()))).await,
+                Out::Campaign,
+            ))
+            .await
+        }
+        Req::Proclaim(r) => out(
+            timeout(t, c.election.proclaim(tok!(r.clone()))).await,
+            Out::Proclaim,
+        ),
+        Req::Leader(r) => out(
+            timeout(t, c.election.leader(tok!(r.clone()))).await,
+            Out::Leader,
+        ),
+        Req::Observe(r) => {
+            let first = async {
+                let mut stream = c.election.observe(tok!(r.clone())).await?.into_inner();
+                match stream.message().await? {
+                    Some(resp) => Ok(tonic::Response::new(resp)),
+                    None => Err(tonic::Status::unknown("differential: the stream ended")),
+                }
+            };
+            out(timeout(LOCK_TIMEOUT, first).await, Out::Observe)
+        }
+        Req::Resign(r) => out(
+            timeout(t, c.election.resign(tok!(r.clone()))).await,
+            Out::Resign,
         ),
         Req::AlarmGet => out(
             timeout(t, c.maintenance.alarm(tok!(AlarmRequest::default()))).await,
             Out::Alarm,
         ),
     }
+}
+
+/// The answer of a call that waits its turn (Lock, Campaign), once a timed-out one has been
+/// withdrawn: the server withdraws an abandoned waiter's key once it sees the call go (etcd and
+/// MetaStore alike, each in its own time), so that lands before what follows.
+async fn waiting(answer: Out) -> Out {
+    if answer == Out::Timeout {
+        tokio::time::sleep(LOCK_WITHDRAW_SETTLE).await;
+    }
+    answer
 }
 
 fn create(req: WatchCreateRequest) -> WatchRequest {

@@ -12,6 +12,9 @@ use metastore::pb::etcdserverpb::{
     AuthUserGrantRoleRequest, AuthUserRevokeRoleRequest, AuthenticateRequest,
 };
 
+use metastore::pb::v3electionpb::{
+    CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
+};
 use metastore::pb::v3lockpb::{LockRequest, UnlockRequest};
 
 use crate::auth::{self, AuthReq, PASSWORDS, ROLES, USERS};
@@ -85,7 +88,8 @@ pub const KEYS: [&[u8]; 10] = [
 const MAX_SORTED_KEYS: usize = 6;
 
 /// How many keys of [`KEYS`] `[key, range_end)` covers, as etcd reads a range (an empty end is
-/// the key alone, `\0` is every key from `key` on), and, from a key on, a lock key per name.
+/// the key alone, `\0` is every key from `key` on), and, from a key on, a lock key per name and
+/// an election key per name.
 pub fn keys_in(key: &[u8], range_end: &[u8]) -> usize {
     let generated = KEYS
         .iter()
@@ -95,9 +99,9 @@ pub fn keys_in(key: &[u8], range_end: &[u8]) -> usize {
             end => **k >= key && **k < end,
         })
         .count();
-    // A range from a key on may also hold a lock's key for each name.
+    // A range from a key on may also hold a lock's key and a leader's key for each name.
     let locks = if range_end == [0] {
-        LOCK_NAMES.len()
+        LOCK_NAMES.len() + ELECTION_NAMES.len()
     } else {
         0
     };
@@ -138,6 +142,18 @@ pub enum Req {
     Lock(LockRequest),
     /// v3lock's Unlock of a key a Lock answered, or of another key.
     Unlock(UnlockRequest),
+    /// v3election's Campaign, on a name the generator believes free, or held by the same lease
+    /// (a campaign behind another candidate would block).
+    Campaign(CampaignRequest),
+    /// Proclaim as a leader a Campaign answered (or a changed or made-up leader key).
+    Proclaim(ProclaimRequest),
+    /// Who leads a name.
+    Leader(LeaderRequest),
+    /// One Observe stream: its first answer, then the stream is closed. Only on a name the
+    /// generator believes held (on another one it waits for a leader).
+    Observe(LeaderRequest),
+    /// Resign as a leader a Campaign answered (or a changed or made-up leader key).
+    Resign(ResignRequest),
 }
 
 /// Lock names: their keys (`name/<lease hex>`) sort after every key and range end of the other
@@ -147,6 +163,10 @@ pub enum Req {
 /// Neither name is a prefix of the other's keys (a Lock waits for every older key under its
 /// `name/`).
 pub const LOCK_NAMES: [&[u8]; 2] = [b"\xff\xff\xfflk", b"\xff\xff\xffmu"];
+
+/// Election names, placed as [`LOCK_NAMES`] are and for the same reasons (a leader's key is
+/// `name/<lease hex>`, and a campaign waits for every older key under `name/`).
+pub const ELECTION_NAMES: [&[u8]; 2] = [b"\xff\xff\xffel", b"\xff\xff\xffvo"];
 
 /// The target of a MoveLeader request (member ids differ between the two servers).
 #[derive(Clone, Debug, PartialEq)]
@@ -183,6 +203,10 @@ pub struct Ctx {
     /// removed it (then the name is left alone).
     /// (name → the key and its lease; `None`: maybe removed, left alone.)
     pub locks: std::collections::BTreeMap<Vec<u8>, Option<(Vec<u8>, i64)>>,
+    /// The leader key etcd's last successful Campaign of each name answered, while the generator
+    /// believes it leads: until its Resign, the revoke of its lease, or anything that may have
+    /// removed or replaced its key (then the name is left alone, `None`).
+    pub elections: std::collections::BTreeMap<Vec<u8>, Option<LeaderKey>>,
 }
 
 /// The generator of one seed.
@@ -191,7 +215,7 @@ pub struct Gen {
     /// Request classes left out (`METASTORE_DIFF_SKIP`, for hunting past a known divergence):
     /// whole requests `range`, `put`, `delete`, `txn`, `compact`, `lease_grant`, `lease_revoke`,
     /// `lease_ttl`, `lease_leases`, `lease_keepalive`, `watch`, `status`, `member_list`, `defragment`,
-    /// `move_leader`, `hash_kv`, `alarm`, `auth`, `lock`; features `empty_key`, `invalid_sort_order`,
+    /// `move_leader`, `hash_kv`, `alarm`, `auth`, `lock`, `election`; features `empty_key`, `invalid_sort_order`,
     /// `invalid_compare` (unknown compare targets and results), `invalid_filter` (watch),
     /// `empty_op` (a txn op with no request), `nested_txn`, `many_ops` (txns at the op limit),
     /// `watch_negative_start`, `invalid_perm` (unknown permission types), `hashed_password`
@@ -218,7 +242,7 @@ impl Gen {
             return Req::Auth(self.login());
         }
         {
-            let classes: [(&str, u64); 19] = [
+            let classes: [(&str, u64); 20] = [
                 ("range", 20),
                 ("put", 22),
                 ("delete", 8),
@@ -238,6 +262,7 @@ impl Gen {
                 ("alarm", 1),
                 ("auth", 14),
                 ("lock", 3),
+                ("election", 4),
             ];
             // With auth on, MetaStore refuses a caller without a user on every RPC but
             // Authenticate and AuthStatus, where etcd 3.5 lets one through on those it does not
@@ -317,6 +342,7 @@ impl Gen {
                 "alarm" => Req::AlarmGet,
                 "auth" => Req::Auth(self.auth()),
                 "lock" => self.lock(ctx),
+                "election" => self.election(ctx),
                 _ => unreachable!(),
             }
         }
@@ -425,6 +451,96 @@ impl Gen {
                 .to_vec()
         };
         Req::Unlock(UnlockRequest { key })
+    }
+
+    /// An Election request: a campaign on a free name (with a lease of [`LEASES`], granted or not,
+    /// or an unknown one), a leader campaigning again (with another value or the same), Leader,
+    /// Observe of a led name, Proclaim and Resign with a leader key a Campaign answered, changed
+    /// (another revision or lease) or made up.
+    fn election(&mut self, ctx: &Ctx) -> Req {
+        let free: Vec<&[u8]> = ELECTION_NAMES
+            .iter()
+            .copied()
+            .filter(|n| !ctx.elections.contains_key(*n))
+            .collect();
+        let held: Vec<LeaderKey> = ctx.elections.values().flatten().cloned().collect();
+        let (any_free, any_held) = (!free.is_empty(), !held.is_empty());
+        let when = |yes: bool, w: u64| if yes { w } else { 0 };
+        match self.rng.weighted(&[
+            when(any_free, 30),
+            when(any_held, 8),
+            18,
+            when(any_held, 8),
+            20,
+            16,
+        ]) {
+            0 => Req::Campaign(CampaignRequest {
+                name: self.rng.pick(&free).to_vec(),
+                lease: self.lease_id(),
+                value: self.value(),
+            }),
+            1 => {
+                let leader = self.rng.pick(&held);
+                Req::Campaign(CampaignRequest {
+                    name: leader.name,
+                    lease: leader.lease,
+                    value: self.value(),
+                })
+            }
+            2 => Req::Leader(LeaderRequest {
+                // A lock's name and `b` (whose keys `b/1`, `b/2` the generator writes) have
+                // leaders too: the oldest key under `name/`.
+                name: self
+                    .rng
+                    .pick(&[
+                        ELECTION_NAMES[0],
+                        ELECTION_NAMES[1],
+                        LOCK_NAMES[0],
+                        b"b",
+                        b"",
+                    ])
+                    .to_vec(),
+            }),
+            3 => Req::Observe(LeaderRequest {
+                name: self.rng.pick(&held).name,
+            }),
+            4 => Req::Proclaim(ProclaimRequest {
+                leader: self.leader_key(ctx, &held),
+                value: self.value(),
+            }),
+            _ => Req::Resign(ResignRequest {
+                leader: self.leader_key(ctx, &held),
+            }),
+        }
+    }
+
+    /// A leader key for Proclaim or Resign: mostly one a Campaign answered, now and then with
+    /// another revision or lease; else one made up (a key of an election name with a lease of
+    /// [`LEASES`] or an unknown one, at a revision above 0: at 0 a Proclaim would create it);
+    /// rarely none.
+    fn leader_key(&mut self, ctx: &Ctx, held: &[LeaderKey]) -> Option<LeaderKey> {
+        if self.rng.chance(4) {
+            return None;
+        }
+        if !held.is_empty() && self.rng.chance(75) {
+            let mut leader = self.rng.pick(held);
+            match self.rng.weighted(&[80, 10, 10]) {
+                0 => {}
+                1 => leader.rev += self.rng.pick(&[-1, 1]),
+                _ => leader.lease = self.lease_id(),
+            }
+            return Some(leader);
+        }
+        let name = self.rng.pick(&ELECTION_NAMES).to_vec();
+        let lease = self.lease_id();
+        let mut key = name.clone();
+        key.extend(format!("/{lease:x}").bytes());
+        Some(LeaderKey {
+            name,
+            key,
+            rev: self.rng.between(1, ctx.rev.max(1) + 1),
+            lease,
+        })
     }
 
     /// Log in: mostly as root with the right password, sometimes as another user or wrongly.

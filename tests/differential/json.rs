@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::auth::AuthReq;
+use crate::exec::Out;
 use crate::generate::Req;
 
 /// The gateway path and JSON body of `req`, if it goes through the gateway. Streams (watch,
@@ -56,6 +57,12 @@ fn route_of(req: &Req) -> Option<(&'static str, Option<String>)> {
             AuthReq::RoleGrantPermission(r) => ("/v3/auth/role/grant", grant_json(r)),
             AuthReq::RoleRevokePermission(r) => ("/v3/auth/role/revoke", json(r)),
         },
+        Req::Lock(r) => ("/v3/lock/lock", json(r)),
+        Req::Unlock(r) => ("/v3/lock/unlock", json(r)),
+        Req::Campaign(r) => ("/v3/election/campaign", json(r)),
+        Req::Proclaim(r) => ("/v3/election/proclaim", json(r)),
+        Req::Leader(r) => ("/v3/election/leader", json(r)),
+        Req::Resign(r) => ("/v3/election/resign", json(r)),
         _ => return None,
     })
 }
@@ -118,6 +125,28 @@ pub async fn post(
     })
     .await
     .expect("curl thread")
+}
+
+/// A successful gateway answer to a request whose answer steers the generator (Lock, Unlock,
+/// Campaign, Proclaim, Resign) as the gRPC answer it stands for; any other answer as it is.
+pub fn typed(req: &Req, out: &Out) -> Out {
+    fn read<T: serde::de::DeserializeOwned>(body: &Value, f: impl FnOnce(T) -> Out) -> Out {
+        match serde_json::from_value(body.clone()) {
+            Ok(msg) => f(msg),
+            Err(e) => panic!("a gateway answer that is not its message ({e}): {body}"),
+        }
+    }
+    let Out::Json { status: 200, body } = out else {
+        return out.clone();
+    };
+    match req {
+        Req::Lock(_) => read(body, Out::Lock),
+        Req::Unlock(_) => read(body, Out::Unlock),
+        Req::Campaign(_) => read(body, Out::Campaign),
+        Req::Proclaim(_) => read(body, Out::Proclaim),
+        Req::Resign(_) => read(body, Out::Resign),
+        _ => out.clone(),
+    }
 }
 
 /// Mask what may differ in a gateway answer, in place: every `header`'s `cluster_id`,

@@ -144,6 +144,17 @@ async fn connect_retry(endpoint: &str, deadline: Instant) -> Result<Conn, String
     }
 }
 
+/// As [`connect_retry`] to `etcd`, giving up at once if the process has exited.
+async fn connect_retry_while_up(etcd: &mut Etcd, deadline: Instant) -> Result<Conn, String> {
+    loop {
+        match Conn::connect(&etcd.endpoint).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline || etcd.exited().is_some() => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 impl Pair {
     /// Start a fresh etcd and a fresh MetaStore on `engine`, and connect to both (sending what
     /// has a JSON gateway route through it if `json`).
@@ -154,14 +165,23 @@ impl Pair {
         let ours = tokio::task::spawn_blocking(move || Server::start(&engine))
             .await
             .expect("start metastore");
-        let deadline = Instant::now() + ETCD_STARTUP;
-        let etcd_conn = match connect_retry(&etcd.endpoint, deadline).await {
-            Ok(c) => c,
-            Err(e) => panic!(
-                "etcd did not answer within {ETCD_STARTUP:?} ({e}; exited: {:?}); its log:\n{}",
-                etcd.exited(),
-                etcd.log_tail()
-            ),
+        // A free port may be taken between its choice and etcd's bind (by MetaStore starting
+        // beside it, or any other process): etcd then exits at once, and starts again on others.
+        let mut attempts = 1;
+        let etcd_conn = loop {
+            let deadline = Instant::now() + ETCD_STARTUP;
+            match connect_retry_while_up(&mut etcd, deadline).await {
+                Ok(c) => break c,
+                Err(_) if attempts < 3 && etcd.log_tail().contains("address already in use") => {
+                    attempts += 1;
+                    etcd = Etcd::spawn(etcd_bin);
+                }
+                Err(e) => panic!(
+                    "etcd did not answer within {ETCD_STARTUP:?} ({e}; exited: {:?}); its log:\n{}",
+                    etcd.exited(),
+                    etcd.log_tail()
+                ),
+            }
         };
         let ours_conn = connect_retry(&ours.endpoint, Instant::now() + Duration::from_secs(30))
             .await
