@@ -713,6 +713,7 @@ fn generator_is_deterministic_and_covers_every_class() {
         "LeaseLeases",
         "LeaseKeepAlive",
         "Watch",
+        "WatchMany",
         "Status",
         "MemberList",
         "Defragment",

@@ -92,6 +92,13 @@ pub fn mask(out: &mut Out) {
                 }
             }
         }
+        Out::WatchMany(phases) => {
+            for item in phases.iter_mut().flatten() {
+                if let WatchItem::Response(r) = item {
+                    mask_header(&mut r.header);
+                }
+            }
+        }
         Out::Status(s) => {
             let me = s.header.as_ref().map(|h| h.member_id).unwrap_or_default();
             // 1: this member leads; 2: another one does; 0: none.
@@ -156,6 +163,15 @@ pub fn max_revision(out: &Out) -> i64 {
         Out::LeaseTimeToLive(r) => h(&r.header),
         Out::LeaseLeases(r) => h(&r.header),
         Out::LeaseKeepAlive(r) => h(&r.header),
+        Out::WatchMany(phases) => phases
+            .iter()
+            .flatten()
+            .filter_map(|i| match i {
+                WatchItem::Response(r) => Some(h(&r.header)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or_default(),
         Out::Watch(items) => items
             .iter()
             .filter_map(|i| match i {

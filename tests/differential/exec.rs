@@ -17,7 +17,7 @@ use metastore::pb::etcdserverpb::{
 use tonic::transport::Channel;
 
 use crate::auth::{self, with_token, AuthOut, AuthReq};
-use crate::generate::{MoveTarget, Req};
+use crate::generate::{MoveTarget, Req, WatchStep};
 use crate::json;
 use metastore::pb::etcdserverpb::auth_client::AuthClient;
 use metastore::pb::v3electionpb::{
@@ -108,6 +108,9 @@ pub enum Out {
     LeaseKeepAlive(LeaseKeepAliveResponse),
     /// Everything the stream said, in order, and how it ended.
     Watch(Vec<WatchItem>),
+    /// What a stream of several watchers said after its creates, after its progress request and
+    /// after its cancels: each phase's items ordered by watch id (each id's in the order sent).
+    WatchMany(Vec<Vec<WatchItem>>),
     Status(StatusResponse),
     MemberList(MemberListResponse),
     Defragment(DefragmentResponse),
@@ -243,6 +246,7 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
             answer
         }
         Req::Watch(r) => Out::Watch(watch(c, r.clone()).await),
+        Req::WatchMany(steps) => Out::WatchMany(watch_many(c, steps).await),
         Req::Status => out(
             timeout(t, c.maintenance.status(tok!(StatusRequest {}))).await,
             Out::Status,
@@ -336,6 +340,105 @@ pub async fn exec(c: &mut Conn, req: &Req) -> Out {
             Out::Alarm,
         ),
     }
+}
+
+/// How long a stream of several watchers must be quiet before a phase counts as over (longer
+/// than etcd's 100 ms catch-up round, so a watcher from the past has caught up).
+const WATCH_MANY_QUIET: Duration = Duration::from_millis(300);
+
+/// Run one stream of several watchers ([`Req::WatchMany`]) in three phases, each collected until
+/// the stream is quiet: every create (and its catch-up), the progress request if any, the
+/// cancels. No writes happen meanwhile. Within a phase, which watcher's response comes first is
+/// the servers' scheduling, not their behaviour: items are grouped by watch id (a stable sort,
+/// so each watcher's own order stays); the end of the stream sorts last.
+async fn watch_many(c: &mut Conn, steps: &[WatchStep]) -> Vec<Vec<WatchItem>> {
+    let creates: Vec<WatchRequest> = steps
+        .iter()
+        .filter_map(|s| match s {
+            WatchStep::Create(r) => Some(create(r.clone())),
+            _ => None,
+        })
+        .collect();
+    let progress: Vec<WatchRequest> = steps
+        .iter()
+        .filter(|s| **s == WatchStep::Progress)
+        .map(|_| WatchRequest {
+            request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                Default::default(),
+            )),
+        })
+        .collect();
+    let cancels: Vec<WatchRequest> = steps
+        .iter()
+        .filter_map(|s| match s {
+            WatchStep::Cancel(id) => Some(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CancelRequest(
+                    WatchCancelRequest { watch_id: *id },
+                )),
+            }),
+            _ => None,
+        })
+        .collect();
+    // The creates are queued before the stream opens: etcd answers the call (sends its headers)
+    // only with its first message.
+    let (tx, rx) = mpsc::unbounded();
+    for r in &creates {
+        tx.unbounded_send(r.clone()).expect("queue create");
+    }
+    let mut stream = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        c.watch.watch(with_token(rx, c.token.as_deref())),
+    )
+    .await
+    {
+        Err(_) => return vec![vec![WatchItem::Timeout]],
+        Ok(Err(s)) => {
+            return vec![vec![WatchItem::Error {
+                code: s.code(),
+                message: s.message().to_string(),
+            }]]
+        }
+        Ok(Ok(resp)) => resp.into_inner(),
+    };
+    let mut phases = Vec::new();
+    let mut ended = false;
+    for (phase, requests) in [creates, progress, cancels].into_iter().enumerate() {
+        if ended {
+            break;
+        }
+        if requests.is_empty() {
+            phases.push(Vec::new());
+            continue;
+        }
+        // The creates are on their way already.
+        for r in requests.into_iter().filter(|_| phase > 0) {
+            if tx.unbounded_send(r).is_err() {
+                break;
+            }
+        }
+        let mut items: Vec<(i64, WatchItem)> = Vec::new();
+        loop {
+            let end = match tokio::time::timeout(WATCH_MANY_QUIET, stream.message()).await {
+                Err(_) => break,
+                Ok(Ok(Some(m))) => {
+                    items.push((m.watch_id, WatchItem::Response(m)));
+                    continue;
+                }
+                Ok(Ok(None)) => WatchItem::End,
+                Ok(Err(s)) => WatchItem::Error {
+                    code: s.code(),
+                    message: s.message().to_string(),
+                },
+            };
+            items.push((i64::MAX, end));
+            ended = true;
+            break;
+        }
+        items.sort_by_key(|(id, _)| *id);
+        phases.push(items.into_iter().map(|(_, item)| item).collect());
+    }
+    drop(tx);
+    phases
 }
 
 /// The answer of a call that waits its turn (Lock, Campaign), once a timed-out one has been

@@ -130,6 +130,9 @@ pub enum Req {
     LeaseKeepAlive(LeaseKeepAliveRequest),
     /// One Watch stream: create (this request), collect until caught up, cancel.
     Watch(WatchCreateRequest),
+    /// One Watch stream with several watchers: every create, then a progress request or not,
+    /// then cancels of watch ids (created, or not); see `exec::watch_many`.
+    WatchMany(Vec<WatchStep>),
     Status,
     MemberList(MemberListRequest),
     Defragment,
@@ -167,6 +170,14 @@ pub const LOCK_NAMES: [&[u8]; 2] = [b"\xff\xff\xfflk", b"\xff\xff\xffmu"];
 /// Election names, placed as [`LOCK_NAMES`] are and for the same reasons (a leader's key is
 /// `name/<lease hex>`, and a campaign waits for every older key under `name/`).
 pub const ELECTION_NAMES: [&[u8]; 2] = [b"\xff\xff\xffel", b"\xff\xff\xffvo"];
+
+/// A request on a watch stream of [`Req::WatchMany`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchStep {
+    Create(WatchCreateRequest),
+    Progress,
+    Cancel(i64),
+}
 
 /// The target of a MoveLeader request (member ids differ between the two servers).
 #[derive(Clone, Debug, PartialEq)]
@@ -215,7 +226,7 @@ pub struct Gen {
     /// Request classes left out (`METASTORE_DIFF_SKIP`, for hunting past a known divergence):
     /// whole requests `range`, `put`, `delete`, `txn`, `compact`, `lease_grant`, `lease_revoke`,
     /// `lease_ttl`, `lease_leases`, `lease_keepalive`, `watch`, `status`, `member_list`, `defragment`,
-    /// `move_leader`, `hash_kv`, `alarm`, `auth`, `lock`, `election`; features `empty_key`, `invalid_sort_order`,
+    /// `move_leader`, `hash_kv`, `alarm`, `auth`, `lock`, `election`, `watch_many`; features `empty_key`, `invalid_sort_order`,
     /// `invalid_compare` (unknown compare targets and results), `invalid_filter` (watch),
     /// `empty_op` (a txn op with no request), `nested_txn`, `many_ops` (txns at the op limit),
     /// `watch_negative_start`, `invalid_perm` (unknown permission types), `hashed_password`
@@ -242,7 +253,7 @@ impl Gen {
             return Req::Auth(self.login());
         }
         {
-            let classes: [(&str, u64); 20] = [
+            let classes: [(&str, u64); 21] = [
                 ("range", 20),
                 ("put", 22),
                 ("delete", 8),
@@ -254,6 +265,7 @@ impl Gen {
                 ("lease_leases", 1),
                 ("lease_keepalive", 2),
                 ("watch", 3),
+                ("watch_many", 2),
                 ("status", 1),
                 ("member_list", 1),
                 ("defragment", 1),
@@ -326,6 +338,7 @@ impl Gen {
                     id: self.lease_id(),
                 }),
                 "watch" => Req::Watch(self.watch(ctx)),
+                "watch_many" => Req::WatchMany(self.watch_many(ctx)),
                 "status" => Req::Status,
                 "member_list" => Req::MemberList(MemberListRequest {
                     linearizable: self.rng.chance(50),
@@ -789,6 +802,29 @@ impl Gen {
             },
             fragment: self.rng.chance(10),
         }
+    }
+
+    /// Two to four creates on one stream (ids mostly chosen by the server, else ones that may
+    /// collide), a progress request now and then, and up to three cancels of ids that were
+    /// probably given, or not.
+    fn watch_many(&mut self, ctx: &Ctx) -> Vec<WatchStep> {
+        let mut steps = Vec::new();
+        for _ in 0..self.rng.between(2, 4) {
+            let mut create = self.watch(ctx);
+            create.watch_id = if self.rng.chance(25) {
+                self.rng.pick(&[1, 2, 7])
+            } else {
+                0
+            };
+            steps.push(WatchStep::Create(create));
+        }
+        if self.rng.chance(40) {
+            steps.push(WatchStep::Progress);
+        }
+        for _ in 0..self.rng.between(0, 3) {
+            steps.push(WatchStep::Cancel(self.rng.pick(&[0, 1, 2, 3, 7, 99, -1])));
+        }
+        steps
     }
 
     fn compare(&mut self, ctx: &Ctx) -> Compare {
