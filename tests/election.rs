@@ -357,3 +357,43 @@ async fn campaign_headers_and_lease_zero_sessions_are_etcds() {
     let got = sessions_and_headers(server.endpoint.clone()).await;
     assert_eq!(got, expected);
 }
+
+/// Proclaim and Resign naming the empty key are refused as etcd 3.5.1 refuses them ("key is not
+/// provided", whatever the revision and lease), and leave the store as it was: a Proclaim at
+/// revision 0 once wrote the empty key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_leader_keys_are_refused_as_etcd_refuses_them() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_etcd, mut reference) = common::etcd::start_reference(&data.path().join("e")).await;
+    let server = Server::start("memory");
+    let mut ours = server.client().await;
+    let empty = |rev: i64, lease: i64| {
+        etcd_client::LeaderKey::new()
+            .with_name("el")
+            .with_rev(rev)
+            .with_lease(lease)
+    };
+    let requests = [
+        ElectionReq::Proclaim(Some(empty(0, 0)), "v"),
+        ElectionReq::Proclaim(Some(empty(3, 7)), "v"),
+        ElectionReq::Resign(Some(empty(0, 0))),
+        ElectionReq::Resign(Some(empty(5, 7))),
+    ];
+    for c in [&mut reference, &mut ours] {
+        c.put("k", "v", None).await.expect("put");
+    }
+    for req in &requests {
+        let expected = election_answer(&mut reference, req).await;
+        let got = election_answer(&mut ours, req).await;
+        assert_eq!(got, expected, "{req:?}");
+        assert!(expected.contains("key is not provided"), "{expected}");
+    }
+    let revision = ours
+        .get("k", None)
+        .await
+        .expect("get")
+        .header()
+        .unwrap()
+        .revision();
+    assert_eq!(revision, 2, "a refused request writes nothing");
+}

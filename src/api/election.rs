@@ -29,6 +29,7 @@ use super::lock::{
     acquire_key, delete_op, if_created_at, queue_key, session_lease, wait_for_older, Acquired,
     Withdraw,
 };
+use super::validate::ValidationError;
 use crate::auth::{Need, PermKind};
 use crate::keys::prefix_end;
 use crate::mvcc::RangeEnd;
@@ -75,6 +76,16 @@ impl ElectionService {
 fn read_prefix(name: &[u8]) -> Vec<Need> {
     let prefix = [name, b"/"].concat();
     vec![Need::new(PermKind::Read, &prefix, &prefix_end(&prefix))]
+}
+
+/// A Proclaim or Resign must name a key: etcd's txn on an empty one is refused as any txn
+/// writing the empty key is ("key is not provided"), before its caller is looked at and whatever
+/// the revision (etcd validates a txn before it runs it).
+fn check_leader_key(leader: &LeaderKey) -> Result<(), Status> {
+    if leader.key.is_empty() {
+        return Err(ValidationError::EmptyKey.into());
+    }
+    Ok(())
 }
 
 /// Read and write access to the leader key a request names.
@@ -271,6 +282,7 @@ impl ElectionService {
         let Some(leader) = request.get_mut().leader.take() else {
             return Err(status::election_missing_leader_key());
         };
+        check_leader_key(&leader)?;
         let (_, requester) = self.permit(&request, &leader_key_needs(&leader))?;
         let req = request.into_inner();
         // etcd proclaims through a session of the leader key's lease, a fresh one for lease 0:
@@ -354,6 +366,7 @@ impl ElectionService {
         let Some(leader) = request.get_mut().leader.take() else {
             return Err(status::election_missing_leader_key());
         };
+        check_leader_key(&leader)?;
         let (_, requester) = self.permit(&request, &leader_key_needs(&leader))?;
         // etcd resigns through a session too: for lease 0 one is granted (and left to expire).
         session_lease(&self.node, leader.lease).await?;

@@ -173,6 +173,8 @@ pub(super) async fn if_created_at(
         success: vec![op],
         failure: vec![],
     };
+    // Checked as the KV service checks a txn (an empty key never reaches the store).
+    super::validate::txn(&txn, 1)?;
     match node
         .propose_as(Op::Txn(txn), Some(requester.clone()))
         .await?

@@ -58,7 +58,8 @@ pub fn spawn(dir: &Path, data: &Path, peer: u16) -> Etcd {
 
 /// A fresh etcd 3.5.1 on `data` and a client of it, once it answers (within 20 s).
 pub async fn start_reference(data: &Path) -> (Etcd, etcd_client::Client) {
-    let etcd = spawn(&reference_dir(), data, super::free_port());
+    let mut etcd = spawn(&reference_dir(), data, super::free_port());
+    let mut respawns = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let connected = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await;
@@ -66,6 +67,19 @@ pub async fn start_reference(data: &Path) -> (Etcd, etcd_client::Client) {
             if c.get("ready", None).await.is_ok() {
                 return (etcd, c);
             }
+        }
+        // A free port may be taken between its choice and etcd's bind (by a server another test
+        // starts meanwhile): etcd exits at once, and starts again on other ports.
+        if let Ok(Some(status)) = etcd.child.try_wait() {
+            let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+            assert!(
+                respawns < 2 && log.contains("address already in use"),
+                "etcd 3.5.1 exited ({status}): {log}"
+            );
+            respawns += 1;
+            let _ = std::fs::remove_dir_all(data);
+            etcd = spawn(&reference_dir(), data, super::free_port());
+            continue;
         }
         assert!(
             std::time::Instant::now() < deadline,

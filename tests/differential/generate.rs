@@ -529,8 +529,8 @@ impl Gen {
 
     /// A leader key for Proclaim or Resign: mostly one a Campaign answered, now and then with
     /// another revision or lease; else one made up (a key of an election name with a lease of
-    /// [`LEASES`] or an unknown one, at a revision above 0: at 0 a Proclaim would create it);
-    /// rarely none.
+    /// [`LEASES`] or an unknown one, at a revision above 0: at 0 a Proclaim would create it; now
+    /// and then the empty key); rarely none.
     fn leader_key(&mut self, ctx: &Ctx, held: &[LeaderKey]) -> Option<LeaderKey> {
         if self.rng.chance(4) {
             return None;
@@ -548,6 +548,9 @@ impl Gen {
         let lease = self.lease_id();
         let mut key = name.clone();
         key.extend(format!("/{lease:x}").bytes());
+        if self.on("empty_key") && self.rng.chance(5) {
+            key.clear();
+        }
         Some(LeaderKey {
             name,
             key,
