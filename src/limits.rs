@@ -196,6 +196,11 @@ pub const LEASE_MAX_TTL_SECS: i64 = 9_000_000_000;
 /// concurrency session for it, whose default TTL this is, and never keeps it alive).
 pub const LOCK_SESSION_TTL_SECS: i64 = 60;
 
+/// Learners a cluster may have at once: etcd 3.5's fixed limit (a `MemberAdd` of one more is
+/// refused with "too many learner members in cluster"; later releases made it the default of
+/// `--experimental-max-learners`).
+pub const MAX_LEARNERS: usize = 1;
+
 /// How often the leader looks for expired leases.
 pub const LEASE_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 

@@ -207,6 +207,7 @@ impl From<MembershipError> for Status {
             MembershipError::PeerUrlExists
             | MembershipError::LearnerNotReady
             | MembershipError::NotLearner
+            | MembershipError::TooManyLearners
             | MembershipError::NotEnoughStarted
             | MembershipError::NotLeader
             | MembershipError::BadLeaderTransferee => Code::FailedPrecondition,

@@ -201,6 +201,8 @@ pub enum MembershipError {
     LearnerNotReady,
     #[error("etcdserver: can only promote a learner member")]
     NotLearner,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
     #[error("etcdserver: given member URLs are invalid")]
     BadUrls,
     #[error("etcdserver: re-configuration failed due to not enough started members")]

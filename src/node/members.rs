@@ -91,7 +91,7 @@ impl Node {
             Err(rt::Elapsed) => return Err(NodeError::Timeout),
             Ok(result) => result?,
         };
-        match change {
+        match change.clone() {
             // In the log, not committed yet (see `add_voter`): no read index can be had until the
             // new member runs, so wait for the change to reach this member's log instead.
             MemberChange::Add {
@@ -99,12 +99,41 @@ impl Node {
             } => {
                 let _ = self.voter_in_log(id).await;
             }
-            // The change is committed; wait until this member applied it so the list shows it.
+            // The change is committed; wait until this member applied it, and until raft has
+            // published the new membership (its metrics, which the list is read from, follow the
+            // answer), so the list shows it.
             _ => {
                 let _ = self.read_barrier().await;
+                self.until_visible(&change).await;
             }
         }
         self.members()
+    }
+
+    /// Wait, within the request deadline, until the membership this member publishes shows
+    /// `change` made.
+    async fn until_visible(&self, change: &MemberChange) {
+        let _ = self
+            .raft
+            .wait(Some(self.config.request_timeout))
+            .metrics(
+                |m| {
+                    let membership = m.membership_config.membership();
+                    let voter = |id: u64| membership.voter_ids().any(|v| v == id);
+                    match change {
+                        MemberChange::Add { id, learner, .. } => {
+                            membership.get_node(id).is_some() && voter(*id) != *learner
+                        }
+                        MemberChange::Remove { id } => membership.get_node(id).is_none(),
+                        MemberChange::Update { id, peer_urls } => membership
+                            .get_node(id)
+                            .is_some_and(|node| node.peer_urls == *peer_urls),
+                        MemberChange::Promote { id } => voter(*id),
+                    }
+                },
+                "membership change visible",
+            )
+            .await;
     }
 
     /// The leader's side of a membership change. `NoLeader` means "not the leader (any more)".
@@ -129,6 +158,10 @@ impl Node {
                     .any(|m| m.peer_urls.iter().any(|u| node.peer_urls.contains(u)));
                 if taken {
                     return Err(MembershipError::PeerUrlExists);
+                }
+                let learners = members.iter().filter(|m| m.is_learner).count();
+                if learner && learners >= crate::limits::MAX_LEARNERS {
+                    return Err(MembershipError::TooManyLearners);
                 }
                 if learner {
                     self.raft.add_learner(id, node, false).await.map(drop)
