@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/v3electionpb/v3election.proto",
         "proto/metastore/command.proto",
         "proto/metastore/peer.proto",
+        "proto/grpc/health/v1/health.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

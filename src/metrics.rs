@@ -181,6 +181,10 @@ pub struct Metrics {
     pub db_compaction_keys: Counter,
     /// Requests served by the HTTP JSON gateway.
     pub gateway_requests: Counter,
+    /// `/health` checks answered healthy.
+    pub health_success: Counter,
+    /// `/health` checks answered unhealthy.
+    pub health_failures: Counter,
     /// Round trips of replication requests, by peer id.
     peer_rtt: Mutex<BTreeMap<u64, Arc<Histogram>>>,
 }
@@ -200,6 +204,8 @@ impl Default for Metrics {
             mvcc_txn: Counter::default(),
             db_compaction_keys: Counter::default(),
             gateway_requests: Counter::default(),
+            health_success: Counter::default(),
+            health_failures: Counter::default(),
             peer_rtt: Mutex::new(BTreeMap::new()),
         }
     }
@@ -374,6 +380,18 @@ impl Metrics {
             "etcd_server_has_leader",
             "Whether or not a leader exists. 1 is existence, 0 is not.",
             b(s.has_leader),
+        );
+        counter(
+            &mut out,
+            "etcd_server_health_failures",
+            "The total number of failed health checks",
+            self.health_failures.get(),
+        );
+        counter(
+            &mut out,
+            "etcd_server_health_success",
+            "The total number of successful health checks",
+            self.health_success.get(),
         );
         gauge_labeled(
             &mut out,

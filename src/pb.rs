@@ -36,6 +36,11 @@ pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
+/// The gRPC health checking protocol, served on the client port as etcd serves it.
+pub mod grpc_health {
+    tonic::include_proto!("grpc.health.v1");
+}
+
 /// MetaStore's internal messages.
 pub mod metastore {
     tonic::include_proto!("metastore");

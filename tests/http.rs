@@ -91,7 +91,7 @@ fn health_version_and_probes_answer_as_etcd() {
     let base = server.endpoint.as_str();
     let health = get(base, "/health");
     assert_eq!(health.code, 200);
-    assert_eq!(health.body, r#"{"health":"true"}"#);
+    assert_eq!(health.body, r#"{"health":"true","reason":""}"#);
     assert!(health.headers.contains("Access-Control-Allow-Origin: *"));
     let not_get = curl(&format!("{base}/health"), &["-X", "POST"]);
     assert_eq!(not_get.code, 405);
@@ -516,7 +516,10 @@ fn grpc_and_http_share_the_client_port_and_metrics_urls_serve_metrics_only() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(metrics.contains("etcd_mvcc_put_total 2\n"), "{metrics}");
-    assert_eq!(get(&metrics_url, "/health").body, r#"{"health":"true"}"#);
+    assert_eq!(
+        get(&metrics_url, "/health").body,
+        r#"{"health":"true","reason":""}"#
+    );
     assert_eq!(get(&metrics_url, "/version").code, 404);
     assert_eq!(
         curl(
@@ -590,12 +593,12 @@ fn a_clusters_leader_times_round_trips_to_each_peer_and_a_member_without_quorum_
         let health = get(&member.endpoint(), "/health");
         assert_eq!(
             (health.code, health.body.as_str()),
-            (200, r#"{"health":"true"}"#)
+            (200, r#"{"health":"true","reason":""}"#)
         );
     }
 
-    // Alone, a member has no quorum: etcd 3.4 answers 503 and `{"health":"false"}` (as
-    // `http.Error` writes it) when there is no leader or a read cannot complete.
+    // Alone, a member has no quorum: etcd 3.5 answers 503 and `{"health":"false","reason":...}`
+    // (as `http.Error` writes it) when there is no leader or a read cannot complete.
     let survivor = (leader + 1) % 3;
     for i in 0..3 {
         if i != survivor {
@@ -605,7 +608,15 @@ fn a_clusters_leader_times_round_trips_to_each_peer_and_a_member_without_quorum_
     let endpoint = cluster.members[survivor].endpoint();
     let unhealthy = get(&endpoint, "/health");
     assert_eq!(unhealthy.code, 503);
-    assert_eq!(unhealthy.body, "{\"health\":\"false\"}\n");
+    let reason = unhealthy
+        .body
+        .strip_prefix(r#"{"health":"false","reason":""#)
+        .and_then(|r| r.strip_suffix("\"}\n"))
+        .unwrap_or_else(|| panic!("{:?}", unhealthy.body));
+    assert!(
+        reason == "RAFT NO LEADER" || reason.starts_with("RANGE ERROR:"),
+        "{reason}"
+    );
     assert!(unhealthy
         .headers
         .contains("X-Content-Type-Options: nosniff"));
@@ -755,4 +766,103 @@ fn with_auth_on_http_serves_only_health_version_metrics_and_authenticate_anonymo
     let disabled = root("/v3/auth/disable", "{}");
     assert_eq!(disabled.code, 200, "{}", disabled.body);
     assert_eq!(post(&server, "/v3/kv/range", r#"{"key":"Zm9v"}"#).code, 200);
+}
+
+/// `POST /v3/maintenance/snapshot` streams the backup as etcd's gateway does, one
+/// `{"result": SnapshotResponse}` line per piece: their blobs, joined, are the bytes the gRPC
+/// `Snapshot` call sends.
+#[test]
+fn the_gateway_streams_a_snapshot() {
+    let server = Server::start("memory");
+    for i in 0..200 {
+        let put = post(
+            &server,
+            "/v3/kv/put",
+            &format!(
+                r#"{{"key":"{}","value":"dmFsdWU="}}"#,
+                base64(&format!("k{i}"))
+            ),
+        );
+        assert_eq!(put.code, 200, "{}", put.body);
+    }
+    let answer = post(&server, "/v3/maintenance/snapshot", "{}");
+    assert_eq!(answer.code, 200, "{}", answer.body);
+    use base64::Engine;
+    let mut over_http = Vec::new();
+    for line in answer.body.lines().filter(|l| !l.trim().is_empty()) {
+        let piece = json(line);
+        let blob = piece["result"]["blob"].as_str().unwrap_or_default();
+        over_http.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(blob)
+                .expect("base64 blob"),
+        );
+    }
+    let over_grpc = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let mut c = server.client().await;
+            let mut stream = c.snapshot().await.expect("snapshot");
+            let mut bytes = Vec::new();
+            while let Some(piece) = stream.message().await.expect("a piece") {
+                bytes.extend_from_slice(piece.blob());
+            }
+            bytes
+        });
+    assert!(over_grpc.len() > 4096, "{} bytes", over_grpc.len());
+    assert_eq!(over_http.len(), over_grpc.len());
+    assert!(over_http == over_grpc, "the same backup");
+}
+
+/// `/health` as etcd 3.5.1 answers it: the reason beside the verdict, alarms named, `exclude`
+/// disregarding an alarm by its exact name (repeatable), `serializable=true` accepted.
+#[test]
+fn health_names_its_reason_and_excludes_alarms_as_etcd_35() {
+    let server = Server::start("memory");
+    let base = server.endpoint.as_str();
+    let alarm = |action: &str, alarm: &str| {
+        let answer = post(
+            &server,
+            "/v3/maintenance/alarm",
+            &format!(r#"{{"action":"{action}","memberID":"1","alarm":"{alarm}"}}"#),
+        );
+        assert_eq!(answer.code, 200, "{}", answer.body);
+    };
+    let health = |query: &str| {
+        let answer = get(base, &format!("/health{query}"));
+        (answer.code, answer.body)
+    };
+    let counts = || {
+        let text = get(base, "/metrics").body;
+        (
+            metric(&text, "etcd_server_health_success"),
+            metric(&text, "etcd_server_health_failures"),
+        )
+    };
+    let before = counts();
+    let ok = (200, r#"{"health":"true","reason":""}"#.to_string());
+    assert_eq!(health("?serializable=true"), ok);
+    alarm("ACTIVATE", "NOSPACE");
+    let nospace = (
+        503,
+        "{\"health\":\"false\",\"reason\":\"ALARM NOSPACE\"}\n".to_string(),
+    );
+    assert_eq!(health(""), nospace);
+    assert_eq!(health("?exclude=nospace"), nospace, "names are exact");
+    assert_eq!(health("?exclude=NOSPACE"), ok);
+    alarm("ACTIVATE", "CORRUPT");
+    assert_eq!(
+        health("?exclude=NOSPACE"),
+        (
+            503,
+            "{\"health\":\"false\",\"reason\":\"ALARM CORRUPT\"}\n".to_string()
+        )
+    );
+    assert_eq!(health("?exclude=NOSPACE&exclude=CORRUPT"), ok);
+    alarm("DEACTIVATE", "CORRUPT");
+    alarm("DEACTIVATE", "NOSPACE");
+    assert_eq!(health(""), ok);
+    // etcd's counters of the checks: 4 healthy and 3 not, above.
+    let after = counts();
+    assert_eq!((after.0 - before.0, after.1 - before.1), (4.0, 3.0));
 }

@@ -344,3 +344,55 @@ async fn alarms_stop_writes_as_etcds_do() {
         }
     }
 }
+
+/// What `grpc.health.v1.Health` answers on one server: Check and the first Watch response for the
+/// server-wide service `""` and for names it does not serve.
+async fn grpc_health_answers(endpoint: &str) -> Vec<String> {
+    use metastore::pb::grpc_health::health_client::HealthClient;
+    use metastore::pb::grpc_health::HealthCheckRequest;
+    let channel = tonic::transport::Channel::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let mut seen = Vec::new();
+    for service in ["", "etcdserverpb.KV", "grpc.health.v1.Health"] {
+        let ask = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let check = health.check(ask.clone()).await;
+        seen.push(format!(
+            "check {service:?}: {:?}",
+            check
+                .map(|r| r.into_inner().status)
+                .map_err(|s| (s.code(), s.message().to_string()))
+        ));
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let mut stream = health.watch(ask).await?.into_inner();
+            stream.message().await
+        })
+        .await
+        .expect("a first watch response within 5 s");
+        seen.push(format!(
+            "watch {service:?}: {:?}",
+            first
+                .map(|r| r.map(|r| r.status))
+                .map_err(|s| (s.code(), s.message().to_string()))
+        ));
+    }
+    seen
+}
+
+/// The gRPC health service answers as etcd 3.5.1's (asked side by side): `""` is SERVING, other
+/// names are unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_service_answers_as_etcds() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (etcd, _reference) = common::etcd::start_reference(&data.path().join("e")).await;
+    let server = Server::start("memory");
+    let expected = grpc_health_answers(&format!("http://{}", etcd.endpoint)).await;
+    let got = grpc_health_answers(&server.endpoint).await;
+    assert_eq!(got, expected);
+    assert_eq!(expected[0], r#"check "": Ok(1)"#, "SERVING");
+}

@@ -149,7 +149,7 @@ fn grpc_and_http_share_one_tls_port() {
 
     assert_eq!(
         curl(&server, &certs, "/health", &[]),
-        (true, r#"{"health":"true"}"#.to_string())
+        (true, r#"{"health":"true","reason":""}"#.to_string())
     );
     let (ok, range) = curl(
         &server,
@@ -194,7 +194,7 @@ fn client_cert_auth_requires_a_certificate_from_the_trusted_ca() {
             "/health",
             &["--cert", &client_cert, "--key", &client_key]
         ),
-        (true, r#"{"health":"true"}"#.to_string())
+        (true, r#"{"health":"true","reason":""}"#.to_string())
     );
 }
 

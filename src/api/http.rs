@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use serde::de::DeserializeOwned;
 
 use super::gateway::{self, GatewayError, Reply, Route, Services};
+use super::health_check::{check_health, HealthQuery};
 use super::held_body::HeldBody;
 use super::maintenance::API_VERSION;
 use super::status;
@@ -34,7 +35,6 @@ use crate::limits;
 use crate::net::http_slots::ServingMark;
 use crate::node::send_budget::Held;
 use crate::node::Node;
-use crate::pb::etcdserverpb::RangeRequest;
 use crate::rt::Shutdown;
 
 /// The HTTP/2 client connection preface, whose first bytes mark a gRPC connection.
@@ -273,7 +273,10 @@ impl HttpApi {
         }
         match (self.scope, path.as_str()) {
             (_, "/metrics") => self.metrics(),
-            (_, "/health") => self.health(req.method()).await,
+            (_, "/health") => {
+                let query = req.uri().query().unwrap_or_default().to_string();
+                self.health(req.method(), &query).await
+            }
             (Scope::Client, "/livez") => plain(StatusCode::OK, "ok"),
             (Scope::Client, "/readyz") => self.readyz().await,
             (Scope::Client, "/version") => self.version(req.method()),
@@ -297,51 +300,35 @@ impl HttpApi {
         )
     }
 
-    /// etcd 3.4's health check: no alarm, a known leader, and a linearizable read that completes
-    /// within a second. A member that cannot read its alarms is not healthy.
-    async fn healthy(&self) -> bool {
-        let alarmed = self.node.alarms().map_or(true, |a| !a.is_empty());
-        if alarmed || self.node.raft_status().leader == 0 {
-            return false;
-        }
-        let probe = RangeRequest {
-            key: b"health".to_vec(),
-            ..Default::default()
-        };
-        match crate::rt::timeout(limits::HEALTH_CHECK_TIMEOUT, self.node.range(&probe)).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                tracing::warn!("health check failed: {e}");
-                false
-            }
-            Err(crate::rt::Elapsed) => {
-                tracing::warn!(
-                    "health check failed: no linearizable read within {:?}",
-                    limits::HEALTH_CHECK_TIMEOUT
-                );
-                false
-            }
-        }
-    }
-
-    async fn health(&self, method: &Method) -> Response<Body> {
+    async fn health(&self, method: &Method, query: &str) -> Response<Body> {
         if method != Method::GET {
             return not_get();
         }
-        if self.healthy().await {
+        let body = |healthy: bool, reason: &str| {
+            serde_json::json!({ "health": healthy.to_string(), "reason": reason }).to_string()
+        };
+        let checked = check_health(&self.node, &HealthQuery::parse(query)).await;
+        let metrics = self.node.metrics();
+        match &checked {
+            Ok(()) => metrics.health_success.inc(),
+            Err(_) => metrics.health_failures.inc(),
+        }
+        match checked {
             // Go's ResponseWriter sniffs the JSON as text/plain; etcd sets no type itself.
-            respond(
+            Ok(()) => respond(
                 StatusCode::OK,
                 Some("text/plain; charset=utf-8"),
-                Bytes::from_static(br#"{"health":"true"}"#),
-            )
-        } else {
-            go_error(StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
+                Bytes::from(body(true, "")),
+            ),
+            Err(reason) => go_error(StatusCode::SERVICE_UNAVAILABLE, &body(false, &reason)),
         }
     }
 
     async fn readyz(&self) -> Response<Body> {
-        if self.healthy().await {
+        if check_health(&self.node, &HealthQuery::default())
+            .await
+            .is_ok()
+        {
             plain(StatusCode::OK, "ok")
         } else {
             go_error(StatusCode::SERVICE_UNAVAILABLE, "readyz check failed")

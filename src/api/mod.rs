@@ -6,6 +6,8 @@ pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod gateway;
+pub mod grpc_health;
+pub mod health_check;
 #[cfg(not(madsim))]
 pub mod held_body;
 #[cfg(not(madsim))]

@@ -30,6 +30,7 @@ use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::grpc_health::health_server::HealthServer;
 use crate::pb::metastore::peer_server::PeerServer;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
@@ -98,6 +99,7 @@ fn client_router(node: &Arc<Node>, access: &Arc<Access>) -> ClientRouter {
             a.clone(),
         )))
         .add_service(AuthServer::new(AuthService::new(node.clone(), a.clone())))
+        .add_service(HealthServer::new(super::grpc_health::HealthService))
 }
 
 /// The member-to-member service over `node`.

@@ -16,6 +16,11 @@ fn status(code: Code, msg: &str) -> Status {
     Status::new(code, msg)
 }
 
+/// The gRPC health service's answer for a service name it does not know (grpc-go's text).
+pub fn unknown_health_service() -> Status {
+    status(Code::NotFound, "unknown service")
+}
+
 impl From<ValidationError> for Status {
     fn from(e: ValidationError) -> Self {
         match e {

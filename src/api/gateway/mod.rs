@@ -27,7 +27,8 @@ use crate::pb::etcdserverpb::{
     DowngradeRequest, HashKvRequest, HashRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
     LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberAddRequest,
     MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
-    MoveLeaderRequest, PutRequest, RangeRequest, StatusRequest, TxnRequest, WatchRequest,
+    MoveLeaderRequest, PutRequest, RangeRequest, SnapshotRequest, StatusRequest, TxnRequest,
+    WatchRequest,
 };
 use crate::pb::etcdserverpb::{
     AuthDisableResponse, AuthEnableResponse, AuthRoleAddResponse, AuthRoleDeleteResponse,
@@ -225,6 +226,8 @@ gateway_routes! {
         Status(StatusRequest) ["maintenance/status"] unary maintenance.status;
         Alarm(AlarmRequest) ["maintenance/alarm"] unary maintenance.alarm;
         Defragment(DefragmentRequest) ["maintenance/defragment"] unary maintenance.defragment;
+        /// The backup as `{"result": SnapshotResponse}` lines, as etcd's gateway streams it.
+        Snapshot(SnapshotRequest) ["maintenance/snapshot"] observe maintenance.snapshot;
         MemberList(MemberListRequest) ["cluster/member/list"] unary cluster.member_list;
         MemberAdd(MemberAddRequest) ["cluster/member/add"] unary cluster.member_add;
         MemberRemove(MemberRemoveRequest) ["cluster/member/remove"] unary cluster.member_remove;
