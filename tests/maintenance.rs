@@ -396,3 +396,151 @@ async fn grpc_health_service_answers_as_etcds() {
     assert_eq!(got, expected);
     assert_eq!(expected[0], r#"check "": Ok(1)"#, "SERVING");
 }
+
+/// One call of [`grpc_counter_calls`]' mix, chosen by `pick`; errors are part of the point.
+async fn one_counted_call(c: &mut etcd_client::Client, pick: u64, i: u64) {
+    use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+    let key = format!("k{}", i % 4);
+    let _ = match pick % 12 {
+        0 => c.put(key, "v", None).await.map(drop),
+        1 => c.get(key, None).await.map(drop),
+        // A future revision: OutOfRange.
+        2 => c
+            .get(key, Some(GetOptions::new().with_revision(1_000)))
+            .await
+            .map(drop),
+        3 => c.delete(key, None).await.map(drop),
+        4 => {
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, "t", None)]);
+            c.txn(txn).await.map(drop)
+        }
+        // An empty key: InvalidArgument.
+        5 => c.put("", "v", None).await.map(drop),
+        // An unknown lease: NotFound.
+        6 => c.lease_revoke(0x7777).await.map(drop),
+        7 => c.lease_time_to_live(0x7777, None).await.map(drop),
+        // A future revision: OutOfRange.
+        8 => c.compact(1_000, None).await.map(drop),
+        // Auth is off: FailedPrecondition.
+        9 => c
+            .auth_client()
+            .authenticate("u".into(), "p".into())
+            .await
+            .map(drop),
+        // A watch created, then the client goes away: Canceled.
+        10 => {
+            let mut stream = c.watch(key, None).await.expect("watch");
+            stream.message().await.map(drop)
+        }
+        // Keep-alives answered, then the client stops sending: the stream ends, OK. (Leaving
+        // at once instead races the end of the requests against the reset of the stream.)
+        _ => {
+            let id = c.lease_grant(30, None).await.expect("grant").id();
+            let (mut keeper, mut stream) = c.lease_keep_alive(id).await.expect("keep-alive");
+            keeper.keep_alive().await.expect("send");
+            stream.message().await.expect("an answer");
+            drop(keeper);
+            while let Ok(Some(_)) = stream.message().await {}
+            Ok(())
+        }
+    };
+}
+
+/// The `grpc_server_*` series of `endpoint`'s `/metrics` whose service etcd 3.5.1 counts, each
+/// less its value in `since`.
+async fn grpc_counters(
+    endpoint: &str,
+    since: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    common::abuse::http_get(endpoint, "/metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_"))
+        .filter(|l| !l.contains("v3lockpb.") && !l.contains("v3electionpb."))
+        .filter(|l| !l.contains("\"RangeStream\""))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, value)| {
+            let value: u64 = value.parse().expect("a count");
+            let before = since.get(series).copied().unwrap_or(0);
+            (series.to_string(), value - before)
+        })
+        .collect()
+}
+
+/// The series of `want` (etcd's) and `got` (MetaStore's) that differ, one per line.
+fn counters_differ(
+    want: &std::collections::BTreeMap<String, u64>,
+    got: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    let mut out = String::new();
+    for (k, v) in want {
+        if got.get(k) != Some(v) {
+            out += &format!("{k}: etcd {v}, MetaStore {:?}\n", got.get(k));
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        out += &format!("{k}: only MetaStore\n");
+    }
+    out
+}
+
+/// The gRPC server counters (`grpc_server_started_total`, `_handled_total` by code,
+/// `_msg_received_total`, `_msg_sent_total`) are etcd 3.5.1's: the same series listed from the
+/// start (every method, every code), and the same seeded mix of calls (answers, refusals,
+/// streams the client leaves) moves them alike, series by series. (etcd-client's own suite counts
+/// `Authenticate` calls this way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_server_counters_count_as_etcds() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let zero = std::collections::BTreeMap::new();
+    for seed in [7u64, 8] {
+        let (etcd, mut reference) =
+            common::etcd::start_reference(&data.path().join(format!("e{seed}"))).await;
+        let server = Server::start(ENGINES[seed as usize % ENGINES.len()]);
+        let mut ours = server.client().await;
+        let etcd_url = format!("http://{}", etcd.endpoint);
+        let (etcd_start, our_start) = (
+            grpc_counters(&etcd_url, &zero).await,
+            grpc_counters(&server.endpoint, &zero).await,
+        );
+        let series = |m: &std::collections::BTreeMap<String, u64>| -> Vec<String> {
+            m.keys().cloned().collect()
+        };
+        assert_eq!(
+            series(&our_start),
+            series(&etcd_start),
+            "seed {seed}: series"
+        );
+        let mut state = seed;
+        for i in 0..40 {
+            // splitmix64: the same picks for both servers.
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let pick = z ^ (z >> 31);
+            one_counted_call(&mut reference, pick, i).await;
+            one_counted_call(&mut ours, pick, i).await;
+        }
+        // Streams the clients left end on each server in its own time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (want, got) = (
+                grpc_counters(&etcd_url, &etcd_start).await,
+                grpc_counters(&server.endpoint, &our_start).await,
+            );
+            if want == got {
+                assert!(want.values().any(|v| *v > 0), "seed {seed}: calls counted");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "seed {seed}: the counters moved differently:\n{}",
+                counters_differ(&want, &got)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -52,8 +52,14 @@ macro_rules! kv_server {
 #[cfg(not(madsim))]
 type ClientRouter = tonic::transport::server::Router<
     tower::layer::util::Stack<
-        super::held_body::HoldLayer,
-        tower::layer::util::Stack<crate::net::write_gate::GateLayer, tower::layer::util::Identity>,
+        super::grpc_metrics::CountLayer,
+        tower::layer::util::Stack<
+            super::held_body::HoldLayer,
+            tower::layer::util::Stack<
+                crate::net::write_gate::GateLayer,
+                tower::layer::util::Identity,
+            >,
+        >,
     >,
 >;
 /// The simulator's transport hands messages over whole: no layer.
@@ -74,11 +80,13 @@ fn client_router(node: &Arc<Node>, access: &Arc<Access>) -> ClientRouter {
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout));
     // Responses wait while their connection's socket is full (`net::write_gate`, outermost, so
     // that a large answer is not asked for its next piece either); large answers are counted
-    // until their client has taken them (`api::held_body`).
+    // until their client has taken them (`api::held_body`); innermost, every call is counted
+    // as etcd's go-grpc-prometheus counts it (`api::grpc_metrics`).
     #[cfg(not(madsim))]
     let mut builder = builder
         .layer(crate::net::write_gate::GateLayer)
-        .layer(super::held_body::layer());
+        .layer(super::held_body::layer())
+        .layer(super::grpc_metrics::CountLayer::new(node.metrics().clone()));
     #[cfg(madsim)]
     let mut builder = builder;
     builder

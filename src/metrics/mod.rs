@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod grpc;
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -185,6 +187,8 @@ pub struct Metrics {
     pub health_success: Counter,
     /// `/health` checks answered unhealthy.
     pub health_failures: Counter,
+    /// Calls of the client API's gRPC methods (`grpc_server_*`, as etcd's go-grpc-prometheus).
+    pub grpc: grpc::GrpcMetrics,
     /// Round trips of replication requests, by peer id.
     peer_rtt: Mutex<BTreeMap<u64, Arc<Histogram>>>,
 }
@@ -206,6 +210,7 @@ impl Default for Metrics {
             gateway_requests: Counter::default(),
             health_success: Counter::default(),
             health_failures: Counter::default(),
+            grpc: grpc::GrpcMetrics::default(),
             peer_rtt: Mutex::new(BTreeMap::new()),
         }
     }
@@ -264,7 +269,7 @@ impl Metrics {
     /// Everything in the Prometheus text format, metrics sorted by name as etcd's registry
     /// writes them.
     pub fn render(&self, s: &Scrape) -> String {
-        let mut out = String::with_capacity(8 * 1024);
+        let mut out = String::with_capacity(160 * 1024);
         let b = u64::from;
         gauge_labeled(
             &mut out,
@@ -450,6 +455,7 @@ impl Metrics {
             &format!("server_version=\"{}\"", s.version),
             1,
         );
+        self.grpc.render(&mut out);
         counter(
             &mut out,
             "metastore_gateway_requests_total",
