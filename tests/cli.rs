@@ -147,3 +147,144 @@ fn bench_runs_every_workload_against_a_server() {
         "200 puts over a key space of 100 wrote {count} keys: {json}"
     );
 }
+
+/// A server binary started with nothing but `vars` in its environment (and `args` on its command
+/// line), killed on drop.
+struct Configured(std::process::Child);
+
+impl Drop for Configured {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_configured(bin: &std::path::Path, vars: &[(String, String)], args: &[&str]) -> Configured {
+    let child = Command::new(bin)
+        .env_clear()
+        .envs(vars.iter().cloned())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    Configured(child)
+}
+
+/// The same etcd variables, given to etcd 3.5.1 and to MetaStore.
+fn etcd_variables(dir: &std::path::Path) -> (Vec<(String, String)>, String) {
+    let client = format!("127.0.0.1:{}", common::free_port());
+    let peer = format!("http://127.0.0.1:{}", common::free_port());
+    let vars = [
+        ("ETCD_NAME", "from-env".to_string()),
+        ("ETCD_DATA_DIR", dir.display().to_string()),
+        ("ETCD_LISTEN_CLIENT_URLS", format!("http://{client}")),
+        ("ETCD_ADVERTISE_CLIENT_URLS", format!("http://{client}")),
+        ("ETCD_LISTEN_PEER_URLS", peer.clone()),
+        ("ETCD_INITIAL_ADVERTISE_PEER_URLS", peer.clone()),
+        ("ETCD_INITIAL_CLUSTER", format!("from-env={peer}")),
+        ("ETCD_MAX_TXN_OPS", "3".to_string()),
+        // Named nothing etcd knows: both log it and go on.
+        ("ETCD_NOT_A_FLAG", "1".to_string()),
+    ];
+    let vars = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    (vars, client)
+}
+
+/// What a server configured by [`etcd_variables`] shows of that configuration: its member's
+/// name, and how a txn of 4 operations (past `ETCD_MAX_TXN_OPS`) is answered.
+async fn configuration_seen(endpoint: &str) -> (String, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut client = loop {
+        if let Ok(mut c) = etcd_client::Client::connect([endpoint], None).await {
+            if c.status().await.is_ok() {
+                break c;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{endpoint} did not answer within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let members = client.member_list().await.expect("member list");
+    let name = members.members()[0].name().to_string();
+    let ops: Vec<etcd_client::TxnOp> = (0..4)
+        .map(|i| etcd_client::TxnOp::put(format!("k{i}"), "v", None))
+        .collect();
+    let txn = client
+        .txn(etcd_client::Txn::new().and_then(ops))
+        .await
+        .map(|_| "applied".to_string())
+        .unwrap_or_else(|e| format!("{:?}", common::grpc(e)));
+    (name, txn)
+}
+
+/// etcd's `ETCD_*` variables configure MetaStore as they configure etcd 3.5.1: a member set up by
+/// nothing but variables serves where they say, under the name and limits they give, on the data
+/// dir they name; a variable that an explicit flag shadows stops both; a variable that names
+/// an etcd setting MetaStore does not serve stops MetaStore instead of being dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_variables_configure_a_member_as_they_configure_etcd() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let etcd_bin = common::etcd::reference_dir().join("etcd");
+    let ours_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_metastore"));
+    let mut seen = Vec::new();
+    for (who, bin) in [("etcd", &etcd_bin), ("metastore", &ours_bin)] {
+        let dir = tmp.path().join(who);
+        let (vars, client) = etcd_variables(&dir);
+        let _server = start_configured(bin, &vars, &[]);
+        seen.push(configuration_seen(&format!("http://{client}")).await);
+        assert!(dir.is_dir(), "{who} keeps its data in ETCD_DATA_DIR");
+    }
+    assert_eq!(seen[0].0, "from-env");
+    assert!(seen[0].1.contains("too many operations"), "{:?}", seen[0]);
+    assert_eq!(seen[1], seen[0], "MetaStore configured as etcd");
+
+    for (who, bin) in [("etcd", &etcd_bin), ("metastore", &ours_bin)] {
+        let (vars, _) = etcd_variables(&tmp.path().join(format!("{who}-shadowed")));
+        let (status, stderr) = run_to_exit(bin, &vars, &["--name", "from-flag"], who);
+        assert!(!status.success(), "{who} started with a shadowed variable");
+        assert!(
+            stderr.contains("conflicting environment variable") && stderr.contains("ETCD_NAME"),
+            "{who}: {stderr}"
+        );
+    }
+
+    let (mut vars, _) = etcd_variables(&tmp.path().join("unserved"));
+    vars.push(("ETCD_AUTO_COMPACTION_RETENTION".into(), "1h".into()));
+    let out = Command::new(&ours_bin)
+        .env_clear()
+        .envs(vars)
+        .output()
+        .expect("run metastore");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--auto-compaction-retention"), "{stderr}");
+}
+
+/// Run `bin` as [`start_configured`] does, expecting it to exit by itself within 20 s: its exit
+/// status and what it wrote to stderr.
+fn run_to_exit(
+    bin: &std::path::Path,
+    vars: &[(String, String)],
+    args: &[&str],
+    who: &str,
+) -> (std::process::ExitStatus, String) {
+    let mut server = start_configured(bin, vars, args);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who} kept running with a shadowed variable"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(server.0.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    (status, stderr)
+}

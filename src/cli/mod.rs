@@ -4,10 +4,11 @@ pub mod bench;
 mod bench_args;
 pub mod bench_k8s;
 mod bench_streams;
+pub mod env;
 pub mod serve;
 pub mod snapshot;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// MetaStore: an etcd-v3-compatible, Raft-replicated metadata store.
 ///
@@ -36,4 +37,28 @@ pub enum Command {
     /// Backups: `snapshot restore FILE --data-dir DIR` builds a data dir from `etcdctl snapshot save`.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+}
+
+/// The command line, a member's flags also read from etcd's `ETCD_*` variables (`env`); exits
+/// with clap's message on a malformed one. Returns what the environment set, to be logged, or
+/// why it cannot be used.
+pub fn parse() -> (Cli, Result<env::EnvReport, String>) {
+    let command = env::read_from_env(Cli::command()).mut_subcommand("serve", env::read_from_env);
+    let matches = command.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let report = match matches.subcommand() {
+        None => env::check(&command, &matches, &vars),
+        Some(("serve", serve)) => {
+            let args = command
+                .find_subcommand("serve")
+                .expect("the serve subcommand");
+            env::check(args, serve, &vars)
+        }
+        // The load generator and the offline tools are not configured by etcd's variables.
+        Some(_) => Ok(env::EnvReport::default()),
+    };
+    (cli, report)
 }
