@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
+use common::{Server, TestCluster};
 use etcd_client::{GetOptions, PutOptions};
 
 /// `(hash, hash revision)` of every running member once they all agree at one revision (bounded).
@@ -825,4 +825,79 @@ async fn membership_refusals_are_etcds() {
         expected[1].contains("too many learner members"),
         "{expected:?}"
     );
+}
+
+/// A backup of a fresh single member holding `k0..k9` with values `{value}0..{value}9`: the
+/// same revisions whatever `value`, a different history for each.
+async fn backup_of_ten_puts(value: &str, file: &std::path::Path) {
+    let server = Server::start("rocksdb");
+    let mut c = server.client().await;
+    for i in 0..10 {
+        c.put(format!("k{i}"), format!("{value}{i}"), None)
+            .await
+            .expect("put");
+    }
+    let (ok, out) = common::etcdctl(
+        server.host_port(),
+        &["snapshot", "save", file.to_str().expect("utf-8 path")],
+    );
+    assert!(ok, "{out}");
+}
+
+/// etcd's initial corruption check (`--experimental-initial-corrupt-check`): a member whose store
+/// agrees with its peers' starts; one whose store differs from theirs at the same revision (its
+/// data dir restored from another history of the same length) refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_corruption_check_stops_a_member_whose_store_differs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ours, theirs) = (tmp.path().join("ours.db"), tmp.path().join("theirs.db"));
+    backup_of_ten_puts("v", &ours).await;
+    backup_of_ten_puts("w", &theirs).await;
+    let mut cluster = TestCluster::start_restored(3, &ours);
+    cluster.leader().await;
+
+    // The same store as its peers': the check passes and the member serves.
+    cluster.members[1].add_flag("--experimental-initial-corrupt-check");
+    cluster.members[1].restart();
+    let mut c = cluster.members[1].client().await;
+    let got = c.get("k3", None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), b"v3");
+
+    // Another history at the same revision: the member stops before it serves.
+    let m2 = &mut cluster.members[2];
+    m2.kill9();
+    std::fs::remove_dir_all(&m2.data_dir).expect("remove the data dir");
+    m2.restore(&theirs);
+    m2.add_flag("--experimental-initial-corrupt-check");
+    let mut child = m2
+        .command()
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the member");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr);
+            panic!("a member whose store differs kept running:\n{stderr}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("found data inconsistency with peers"),
+        "{stderr}"
+    );
+    // Its peers go on serving their history.
+    let got = c.get("k3", None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), b"v3");
 }

@@ -22,9 +22,9 @@ use crate::net::peer_channels::{CLUSTER_ID_KEY, FROM_MEMBER_KEY};
 use crate::node::{LeaderWriteError, Node};
 use crate::pb::metastore::peer_server::Peer;
 use crate::pb::metastore::{
-    Command, LeaseKeepAliveResponse, LeaseRequest, LeaseTimeToLiveResponse, MembersRequest,
-    PeerStatus, ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
-    SnapshotChunk,
+    Command, HashKvAtRequest, HashKvAtResponse, LeaseKeepAliveResponse, LeaseRequest,
+    LeaseTimeToLiveResponse, MembersRequest, PeerStatus, ProposeRequest, ProposeResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use crate::raft::network::SnapshotHeader;
 use crate::raft::state_machine::SnapshotData;
@@ -402,5 +402,14 @@ impl Peer for PeerService {
             .members_payload()
             .map_err(PeerRefusal::Unencodable)?;
         Ok(Response::new(RaftPayload { data }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvAtRequest>,
+    ) -> Result<Response<HashKvAtResponse>, Status> {
+        self.admit(&request)?;
+        let answer = self.node.hash_kv_for_peer(request.into_inner()).await;
+        Ok(Response::new(answer))
     }
 }

@@ -135,6 +135,10 @@ pub struct ServeArgs {
     /// Sets the sleep interval between each compaction batch (e.g. 10ms; 0ms: the default).
     #[arg(long, default_value = "10ms", value_parser = config::parse_duration)]
     pub experimental_compaction_sleep_interval: std::time::Duration,
+    /// Check the store against every other member's before serving (etcd's initial corruption
+    /// check): a hash that differs at the same revision and compaction stops the member.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub experimental_initial_corrupt_check: bool,
     /// Reject membership changes that would leave fewer started voting members than a quorum
     /// (`--strict-reconfig-check=false` to allow them).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -345,6 +349,15 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         cluster_id = format!("{:x}", node.cluster_id()),
         "member started"
     );
+    // As etcd: before this member serves its peers or clients.
+    if args.experimental_initial_corrupt_check {
+        if let Err(e) = node.check_initial_hash_kv().await {
+            tracing::error!("{e}");
+            let _ = crate::rt::timeout(limits::SHUTDOWN_GRACE, node.shutdown()).await;
+            engine.close();
+            return Err(e);
+        }
+    }
     let shutdown = Shutdown::new();
     let stopper = shutdown.clone();
     crate::rt::spawn(async move {

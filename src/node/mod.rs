@@ -16,6 +16,7 @@
 mod backup_stream;
 mod bootstrap;
 mod compaction;
+mod corruption;
 mod defrag;
 mod failover;
 pub mod leases;

@@ -241,6 +241,12 @@ impl ClusterMember {
     }
 
     fn spawn(&mut self) {
+        let (child, _) = start_process(self.command());
+        self.child = Some(child);
+    }
+
+    /// The member's command line, as [`ClusterMember::restart`] runs it.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(metastore_bin());
         let client = self.endpoint();
         let peer = self.peer_url();
@@ -262,8 +268,32 @@ impl ClusterMember {
             .args(&self.extra)
             .arg("--data-dir")
             .arg(&self.data_dir);
-        let (child, _) = start_process(cmd);
-        self.child = Some(child);
+        cmd
+    }
+
+    /// Give the member `flag` from its next start on.
+    pub fn add_flag(&mut self, flag: &str) {
+        self.extra.push(flag.to_string());
+    }
+
+    /// Build the member's data dir from `backup` (`metastore snapshot restore`), as a member of
+    /// this cluster.
+    pub fn restore(&self, backup: &Path) {
+        let out = Command::new(metastore_bin())
+            .args(["snapshot", "restore"])
+            .arg(backup)
+            .args(["--name", &self.name])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("metastore snapshot restore");
+        assert!(
+            out.status.success(),
+            "restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// SIGKILL the process and wait for it to die.
@@ -391,21 +421,7 @@ impl TestCluster {
             .collect();
         for m in &mut members {
             if let Some(backup) = backup {
-                let out = Command::new(metastore_bin())
-                    .args(["snapshot", "restore"])
-                    .arg(backup)
-                    .args(["--name", &m.name])
-                    .args(["--initial-cluster", &m.initial_cluster])
-                    .args(["--initial-advertise-peer-urls", &m.peer_url()])
-                    .arg("--data-dir")
-                    .arg(&m.data_dir)
-                    .output()
-                    .expect("metastore snapshot restore");
-                assert!(
-                    out.status.success(),
-                    "restore failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                m.restore(backup);
             }
             m.spawn();
         }
