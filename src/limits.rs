@@ -614,6 +614,17 @@ pub const ENGINE_MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
 const _: () =
     assert!(SEND_PIECE_BYTES <= SEND_BUDGET_BYTES && SEND_HELD_MIN_BYTES < SEND_BUDGET_BYTES);
 
+/// Revision samples a periodic auto-compactor takes per compaction interval (etcd's
+/// `retryDivisor`).
+pub const AUTO_COMPACTION_SAMPLES_PER_INTERVAL: u32 = 10;
+
+/// The longest interval between periodic auto-compactions, whatever the retention (etcd's: an
+/// hour).
+pub const AUTO_COMPACTION_MAX_INTERVAL: Duration = Duration::from_secs(3_600);
+
+/// How often a revision-mode auto-compactor compacts (etcd's `revInterval`).
+pub const AUTO_COMPACTION_REVISION_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,7 +252,7 @@ async fn etcd_variables_configure_a_member_as_they_configure_etcd() {
     }
 
     let (mut vars, _) = etcd_variables(&tmp.path().join("unserved"));
-    vars.push(("ETCD_AUTO_COMPACTION_RETENTION".into(), "1h".into()));
+    vars.push(("ETCD_FORCE_NEW_CLUSTER".into(), "true".into()));
     let out = Command::new(&ours_bin)
         .env_clear()
         .envs(vars)
@@ -260,7 +260,7 @@ async fn etcd_variables_configure_a_member_as_they_configure_etcd() {
         .expect("run metastore");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--auto-compaction-retention"), "{stderr}");
+    assert!(stderr.contains("--force-new-cluster"), "{stderr}");
 }
 
 /// Run `bin` as [`start_configured`] does, expecting it to exit by itself within 20 s: its exit

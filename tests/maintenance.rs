@@ -544,3 +544,63 @@ async fn grpc_server_counters_count_as_etcds() {
         }
     }
 }
+
+/// Puts one key every 100 ms for `for_how_long` through `c`: the revision each put made, and when.
+async fn steady_puts(
+    c: &mut etcd_client::Client,
+    for_how_long: std::time::Duration,
+) -> Vec<(std::time::Instant, i64)> {
+    let start = std::time::Instant::now();
+    let mut made = Vec::new();
+    while start.elapsed() < for_how_long {
+        let resp = c.put("auto", "v", None).await.expect("put");
+        let revision = resp.header().expect("header").revision();
+        made.push((std::time::Instant::now(), revision));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    made
+}
+
+/// `--auto-compaction-retention` in periodic mode compacts as etcd 3.5.1's does: with a
+/// retention of 2 s under a steady writer, each server has compacted after 6 s, to a revision
+/// made between the start and one second before the end (about 2 s of history kept), and a read
+/// below it is refused as compacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_auto_compaction_keeps_about_its_retention_as_etcd() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let flags = ["--auto-compaction-retention=2s"];
+    let (etcd, reference) =
+        common::etcd::start_reference_with(&data.path().join("e"), &flags).await;
+    let server = Server::start_with("rocksdb", &flags);
+    let ours = server.client().await;
+    let etcd_url = format!("http://{}", etcd.endpoint);
+    for (who, mut c, url) in [
+        ("etcd", reference, etcd_url.as_str()),
+        ("metastore", ours, server.endpoint.as_str()),
+    ] {
+        let made = steady_puts(&mut c, std::time::Duration::from_secs(6)).await;
+        let compacted = common::abuse::metric(url, "etcd_debugging_mvcc_compact_revision").await;
+        let (end, _) = *made.last().expect("puts");
+        let newest_allowed = made
+            .iter()
+            .filter(|(at, _)| end.duration_since(*at) >= std::time::Duration::from_secs(1))
+            .map(|(_, rev)| *rev)
+            .max()
+            .expect("puts a second before the end");
+        assert!(
+            compacted > 0 && compacted <= newest_allowed,
+            "{who}: compacted to {compacted}; puts made {made:?}"
+        );
+        let below = etcd_client::GetOptions::new().with_revision(compacted - 1);
+        let refused = c
+            .get("auto", Some(below))
+            .await
+            .expect_err("a compacted read");
+        assert!(
+            grpc(refused)
+                .1
+                .contains("required revision has been compacted"),
+            "{who}"
+        );
+    }
+}

@@ -231,8 +231,8 @@ mod tests {
 
     #[test]
     fn etcd_settings_not_served_are_refused_and_strangers_reported() {
-        let err = check_with(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "1h")]).unwrap_err();
-        assert!(err.contains("--auto-compaction-retention"), "{err}");
+        let err = check_with(&[], &[("ETCD_FORCE_NEW_CLUSTER", "true")]).unwrap_err();
+        assert!(err.contains("--force-new-cluster"), "{err}");
         let report = check_with(&[], &[("ETCD_NO_SUCH_THING", "1"), ("ETCDCTL_API", "3")]).unwrap();
         assert_eq!(report.unrecognized, vec!["ETCD_NO_SUCH_THING".to_string()]);
         assert!(report.used.is_empty());

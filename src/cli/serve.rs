@@ -135,6 +135,14 @@ pub struct ServeArgs {
     /// Sets the sleep interval between each compaction batch (e.g. 10ms; 0ms: the default).
     #[arg(long, default_value = "10ms", value_parser = config::parse_duration)]
     pub experimental_compaction_sleep_interval: std::time::Duration,
+    /// Interpretation of --auto-compaction-retention: "periodic" (a duration) or "revision" (a
+    /// number of revisions).
+    #[arg(long, default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// How much history the leader keeps when it compacts on its own: in periodic mode a duration
+    /// ("72h"; a bare number counts hours), in revision mode a number of revisions. 0: never.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Check the store against every other member's before serving (etcd's initial corruption
     /// check): a hash that differs at the same revision and compaction stops the member.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -232,6 +240,11 @@ impl ServeArgs {
                 d => d,
             },
             strict_reconfig_check: self.strict_reconfig_check,
+            auto_compaction: config::auto_compaction::parse_auto_compaction(
+                &self.auto_compaction_mode,
+                &self.auto_compaction_retention,
+            )
+            .map_err(config::ConfigError::AutoCompaction)?,
             auth_token: config::parse_auth_token(&self.auth_token)?,
             auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::limits;
 
+pub mod auto_compaction;
 pub mod initial_cluster;
 
 /// Which storage engine holds the data.
@@ -123,6 +124,8 @@ pub struct ServerConfig {
     /// Refuse membership changes that would leave fewer started voters than a quorum
     /// (`--strict-reconfig-check`, etcd's default: on).
     pub strict_reconfig_check: bool,
+    /// The leader's own compactions (`--auto-compaction-mode`, `--auto-compaction-retention`).
+    pub auto_compaction: Option<auto_compaction::AutoCompaction>,
     /// How members issue and check auth tokens (`--auth-token`).
     pub auth_token: AuthTokenSpec,
     /// How long a simple auth token lives after its last use (`--auth-token-ttl`, seconds in etcd).
@@ -163,6 +166,8 @@ pub enum ConfigError {
     },
     #[error("--name must not be empty")]
     EmptyName,
+    #[error("{0}")]
+    AutoCompaction(String),
     #[error("--listen-client-urls must name at least one URL")]
     NoListenUrl,
     #[error("--initial-advertise-peer-urls must name at least one URL")]
@@ -204,6 +209,7 @@ impl Default for ServerConfig {
             compaction_batch_limit: limits::COMPACTION_BATCH_LIMIT_DEFAULT,
             compaction_sleep_interval: limits::COMPACTION_SLEEP_INTERVAL_DEFAULT,
             strict_reconfig_check: true,
+            auto_compaction: None,
             auth_token: AuthTokenSpec::Simple,
             auth_token_ttl: Duration::from_secs(limits::AUTH_TOKEN_TTL_SECS_DEFAULT),
             bcrypt_cost: limits::BCRYPT_COST_DEFAULT,

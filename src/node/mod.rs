@@ -13,6 +13,7 @@
 //! - `members`: membership changes and published attributes; `failover`: replacing a dead leader
 //!   at once; `send_budget`: large answers on their way to clients; `range_stream`: `RangeStream`.
 
+mod auto_compaction;
 mod backup_stream;
 mod bootstrap;
 mod compaction;
@@ -380,11 +381,18 @@ impl Node {
         ));
         let publish = rt::spawn(members::run_publish(Arc::downgrade(&node)));
         let failover = rt::spawn(failover::run_failover_watch(Arc::downgrade(&node)));
+        let auto = node.config.auto_compaction.map(|setting| {
+            rt::spawn(auto_compaction::run_auto_compaction(
+                Arc::downgrade(&node),
+                setting,
+            ))
+        });
         let leaders = rt::spawn(count_leader_changes(node.raft.clone(), metrics));
         node.background_lock()
             .extend([expiry, publish, leaders, failover, leader_rounds_task]);
         node.background_lock().extend(follower_rounds_task);
         node.background_lock().extend(founding_turn);
+        node.background_lock().extend(auto);
         Ok(node)
     }
 

@@ -36,6 +36,11 @@ impl Drop for Etcd {
 /// Start `dir`'s etcd as member `e` on `data` with its peer URL on `peer` (a restored data dir
 /// must be started with the peer URL it was restored for); its log goes beside `data`.
 pub fn spawn(dir: &Path, data: &Path, peer: u16) -> Etcd {
+    spawn_with(dir, data, peer, &[])
+}
+
+/// [`spawn`] with `extra` flags.
+pub fn spawn_with(dir: &Path, data: &Path, peer: u16, extra: &[&str]) -> Etcd {
     let client = super::free_port();
     let endpoint = format!("127.0.0.1:{client}");
     let log = std::fs::File::create(data.with_extension("log")).expect("etcd log");
@@ -49,6 +54,7 @@ pub fn spawn(dir: &Path, data: &Path, peer: u16) -> Etcd {
             "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
         ))
         .arg(format!("--initial-cluster=e=http://127.0.0.1:{peer}"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -58,7 +64,12 @@ pub fn spawn(dir: &Path, data: &Path, peer: u16) -> Etcd {
 
 /// A fresh etcd 3.5.1 on `data` and a client of it, once it answers (within 20 s).
 pub async fn start_reference(data: &Path) -> (Etcd, etcd_client::Client) {
-    let mut etcd = spawn(&reference_dir(), data, super::free_port());
+    start_reference_with(data, &[]).await
+}
+
+/// [`start_reference`] with `extra` flags.
+pub async fn start_reference_with(data: &Path, extra: &[&str]) -> (Etcd, etcd_client::Client) {
+    let mut etcd = spawn_with(&reference_dir(), data, super::free_port(), extra);
     let mut respawns = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -78,7 +89,7 @@ pub async fn start_reference(data: &Path) -> (Etcd, etcd_client::Client) {
             );
             respawns += 1;
             let _ = std::fs::remove_dir_all(data);
-            etcd = spawn(&reference_dir(), data, super::free_port());
+            etcd = spawn_with(&reference_dir(), data, super::free_port(), extra);
             continue;
         }
         assert!(
