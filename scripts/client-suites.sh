@@ -73,7 +73,10 @@ fi
 if [[ " $SUITES " == *" python "* ]]; then
     if [ ! -d "$WORK/venv" ]; then
         python3 -m venv "$WORK/venv"
-        "$WORK/venv/bin/pip" install -q grpcio 'protobuf==3.20.3' hypothesis mock pytest pytest-timeout six tenacity
+        # The pins of its requirements/*.txt where the newer releases broke its tests (hypothesis's
+        # function-scoped fixture check; tenacity's old-style wait callbacks, which its Lock uses).
+        "$WORK/venv/bin/pip" install -q grpcio 'protobuf==3.20.3' 'hypothesis==4.56.3' mock pytest \
+            pytest-timeout six 'tenacity==6.1.0'
     fi
     if [ ! -d "$WORK/etcd3-0.12.0" ]; then
         (cd "$WORK" && "$WORK/venv/bin/pip" download -q --no-deps --no-binary :all: etcd3==0.12.0 \
