@@ -272,17 +272,8 @@ fn run_to_exit(
     who: &str,
 ) -> (std::process::ExitStatus, String) {
     let mut server = start_configured(bin, vars, args);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = server.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{who} kept running with a shadowed variable"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = common::exit_within(&mut server.0, std::time::Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("{who} kept running with a shadowed variable"));
     let mut stderr = String::new();
     std::io::Read::read_to_string(server.0.stderr.as_mut().expect("stderr"), &mut stderr)
         .expect("stderr");

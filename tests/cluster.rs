@@ -876,22 +876,12 @@ async fn initial_corruption_check_stops_a_member_whose_store_differs() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the member");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let mut stderr = String::new();
-            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr);
-            panic!("a member whose store differs kept running:\n{stderr}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = common::exit_within(&mut child, Duration::from_secs(30));
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
         .expect("stderr");
+    let status =
+        status.unwrap_or_else(|| panic!("a member whose store differs kept running:\n{stderr}"));
     assert!(!status.success());
     assert!(
         stderr.contains("found data inconsistency with peers"),

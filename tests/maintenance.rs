@@ -513,14 +513,10 @@ async fn grpc_server_counters_count_as_etcds() {
             series(&etcd_start),
             "seed {seed}: series"
         );
-        let mut state = seed;
+        // The same picks for both servers.
+        let mut picks = common::etcd::Sequence::new(seed);
         for i in 0..40 {
-            // splitmix64: the same picks for both servers.
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let pick = z ^ (z >> 31);
+            let pick = picks.below(12);
             one_counted_call(&mut reference, pick, i).await;
             one_counted_call(&mut ours, pick, i).await;
         }

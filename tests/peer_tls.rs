@@ -268,18 +268,8 @@ fn refused(dir: &Path, args: &[&str], expected: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn metastore");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("metastore {args:?} did not stop within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::exit_within(&mut child, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("metastore {args:?} did not stop within 30 s"));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
         .expect("read stderr");

@@ -126,7 +126,8 @@ pub const METHODS: &[(&str, &str, RpcKind)] = {
 pub struct MethodCounters {
     service: &'static str,
     method: &'static str,
-    kind: RpcKind,
+    /// The method's label set, written once.
+    labels: String,
     started: Counter,
     received: Counter,
     sent: Counter,
@@ -158,15 +159,6 @@ impl MethodCounters {
         };
         self.handled[slot as usize].inc();
     }
-
-    fn labels(&self) -> String {
-        format!(
-            "grpc_method=\"{}\",grpc_service=\"{}\",grpc_type=\"{}\"",
-            self.method,
-            self.service,
-            self.kind.label()
-        )
-    }
 }
 
 /// Picks one of a method's counters.
@@ -181,6 +173,9 @@ pub struct MethodId(usize);
 pub struct GrpcMetrics {
     /// In [`METHODS`]' order.
     methods: Vec<MethodCounters>,
+    /// `(/service/method, index into methods)`, sorted by path: a call's method found by a
+    /// binary search, on every call.
+    by_path: Vec<(String, usize)>,
     /// Indexes into `methods` in the order etcd's registry writes series: by method name, then
     /// service (the label values in the labels' alphabetical order).
     written_order: Vec<usize>,
@@ -195,7 +190,10 @@ impl Default for GrpcMetrics {
             .map(|&(service, method, kind)| MethodCounters {
                 service,
                 method,
-                kind,
+                labels: format!(
+                    "grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{}\"",
+                    kind.label()
+                ),
                 started: Counter::default(),
                 received: Counter::default(),
                 sent: Counter::default(),
@@ -206,8 +204,15 @@ impl Default for GrpcMetrics {
         written_order.sort_by_key(|&i| (methods[i].method, methods[i].service));
         let mut codes_order: Vec<usize> = (0..CODE_NAMES.len()).collect();
         codes_order.sort_by_key(|&i| CODE_NAMES[i]);
+        let mut by_path: Vec<(String, usize)> = methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("/{}/{}", m.service, m.method), i))
+            .collect();
+        by_path.sort();
         Self {
             methods,
+            by_path,
             written_order,
             codes_order,
         }
@@ -217,11 +222,11 @@ impl Default for GrpcMetrics {
 impl GrpcMetrics {
     /// The method a request path (`/etcdserverpb.KV/Range`) names, if it is one we count.
     pub fn find(&self, path: &str) -> Option<MethodId> {
-        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        self.methods
-            .iter()
-            .position(|m| m.service == service && m.method == method)
-            .map(MethodId)
+        let at = self
+            .by_path
+            .binary_search_by(|(p, _)| p.as_str().cmp(path))
+            .ok()?;
+        Some(MethodId(self.by_path[at].1))
     }
 
     /// The counters of `id`.
@@ -245,7 +250,7 @@ impl GrpcMetrics {
                     out,
                     "grpc_server_handled_total{{grpc_code=\"{}\",{}}} {}",
                     CODE_NAMES[code],
-                    m.labels(),
+                    m.labels,
                     m.handled[code].get()
                 );
             }
@@ -271,7 +276,7 @@ impl GrpcMetrics {
             super::header(out, name, help, "counter");
             for &i in &self.written_order {
                 let m = &self.methods[i];
-                let _ = writeln!(out, "{name}{{{}}} {}", m.labels(), counter(m).get());
+                let _ = writeln!(out, "{name}{{{}}} {}", m.labels, counter(m).get());
             }
         }
     }

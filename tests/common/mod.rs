@@ -87,6 +87,23 @@ fn start_process(mut cmd: Command) -> (Child, String) {
     (child, format!("http://{addr}"))
 }
 
+/// Wait up to `within` for `child` to exit by itself: its status, or `None` once it has been
+/// killed for outliving the wait.
+pub fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// SIGKILL `child` if it runs and wait for it to die.
 fn kill9(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
