@@ -2,6 +2,15 @@
 //! and the proto3 JSON mapping (serde) of etcd's client messages for the grpc-gateway JSON API.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `cfg(rocksdb_engine)`: this build has the RocksDB engine (the `rocksdb` feature, outside the
+    // simulator, whose disk is madsim's and which never builds RocksDB's C++). One name for the
+    // two conditions, so the storage room needs no `cfg(madsim)` of its own.
+    println!("cargo::rustc-check-cfg=cfg(rocksdb_engine)");
+    if std::env::var_os("CARGO_FEATURE_ROCKSDB").is_some()
+        && std::env::var_os("CARGO_CFG_MADSIM").is_none()
+    {
+        println!("cargo::rustc-cfg=rocksdb_engine");
+    }
     let protos = [
         "proto/etcd/mvccpb/kv.proto",
         "proto/etcd/authpb/auth.proto",

@@ -363,6 +363,56 @@ fn only_api_status_builds_a_grpc_status() {
     );
 }
 
+/// The simulator's seam is `rt` (the runtime: time, tasks, randomness) and `net` (every socket and
+/// what the simulator's transport does instead): no other file of `src/` tells the two worlds
+/// apart, test modules aside.
+#[test]
+fn only_the_runtime_and_network_rooms_tell_the_simulator_apart() {
+    let krate = Crate::read();
+    let mut found = Vec::new();
+    for (module, (path, code, _)) in &krate.files {
+        let room = module.first().map(String::as_str);
+        if Crate::is_test_file(path) || matches!(room, Some("rt" | "net")) {
+            continue;
+        }
+        for line in code.lines() {
+            // A test-only item may skip the simulator (its attribute names `test` too).
+            if line.contains("madsim") && line.contains("cfg") && !line.contains("test") {
+                found.push(format!("{}: {}", path.display(), line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "cfg(madsim) outside rt/ and net/: {found:?}"
+    );
+}
+
+/// Every `select!` of `src/` (tests aside) takes its ready branches in the order written: tokio's
+/// default picks at random among them, from a generator outside the simulator's seed, so a seed
+/// would not replay the same run.
+#[test]
+fn every_select_is_biased() {
+    let krate = Crate::read();
+    let mut found = Vec::new();
+    for (path, code, _) in krate.files.values() {
+        if Crate::is_test_file(path) {
+            continue;
+        }
+        let lines: Vec<&str> = code.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.contains("select!") || line.trim_start().starts_with("use ") {
+                continue;
+            }
+            let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
+            if next != "biased;" {
+                found.push(format!("{}: {}", path.display(), line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "select! without `biased;`: {found:?}");
+}
+
 /// The checker itself: it must see an import up the map and a cycle where there is one.
 #[test]
 fn the_checker_finds_paths_through_crate_and_super() {

@@ -377,3 +377,65 @@ async fn a_half_closed_stream_keeps_its_watchers() {
         assert_eq!(event.events[0].kv.as_ref().expect("kv").value, b"1");
     }
 }
+
+/// A watch from revision -1 on a stream beside watches catching up from history. etcd 3.5.1 syncs
+/// them in one round, reads history from -1 as an empty range and marks them all synced, so the
+/// others lose their catch-up (etcd#20693). MetaStore gives each watcher its own history; the one
+/// from -1 is created and sees what comes next, as etcd's does.
+#[tokio::test]
+async fn a_watch_from_minus_one_costs_its_neighbours_nothing() {
+    use futures::StreamExt;
+    use metastore::pb::etcdserverpb::watch_client::WatchClient;
+    use metastore::pb::etcdserverpb::watch_request::RequestUnion;
+    use metastore::pb::etcdserverpb::{WatchCreateRequest, WatchRequest};
+    let create = |key: &[u8], range_end: &[u8], start_revision: i64| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            start_revision,
+            ..Default::default()
+        })),
+    };
+    for engine in ENGINES {
+        let server = Server::start(engine);
+        let mut c = server.client().await;
+        c.put("w/a", "1", None).await.expect("put"); // rev 2
+        c.put("w/b", "1", None).await.expect("put"); // rev 3
+        let mut raw = WatchClient::connect(server.endpoint.clone())
+            .await
+            .expect("connect");
+        // All three creates at once, the request side left open.
+        let creates = [
+            create(b"w/", b"w0", 2),
+            create(b"x", b"", -1),
+            create(b"w/", b"w0", 3),
+        ];
+        let requests = futures::stream::iter(creates).chain(futures::stream::pending());
+        let mut responses = raw.watch(requests).await.expect("watch").into_inner();
+        // (watch id, mod revision) of every event, until four have come (watchers catching up
+        // get theirs from a background pass: after the live event of watch 1, possibly).
+        let mut seen = Vec::new();
+        let mut created = 0;
+        while seen.len() < 4 {
+            let next = tokio::time::timeout(Duration::from_secs(10), responses.message()).await;
+            let resp = next
+                .unwrap_or_else(|_| {
+                    panic!("[{engine}] nothing within 10 s; events so far {seen:?}")
+                })
+                .expect("ok")
+                .expect("open");
+            assert!(!resp.canceled, "[{engine}] {resp:?}");
+            if resp.created {
+                created += 1;
+                if created == 3 {
+                    c.put("x", "1", None).await.expect("put"); // rev 4
+                }
+            }
+            for event in &resp.events {
+                seen.push((resp.watch_id, event.kv.as_ref().expect("kv").mod_revision));
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, vec![(0, 2), (0, 3), (1, 4), (2, 3)], "[{engine}]");
+    }
+}

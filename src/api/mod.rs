@@ -7,12 +7,9 @@ pub mod cluster;
 pub mod election;
 pub mod gateway;
 pub mod grpc_health;
-#[cfg(not(madsim))]
 pub mod grpc_metrics;
 pub mod health_check;
-#[cfg(not(madsim))]
 pub mod held_body;
-#[cfg(not(madsim))]
 pub mod http;
 pub mod json;
 pub mod kv;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use openraft::errors::{Fatal, RaftError};
 use openraft::raft::AppendEntriesRequest;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -125,10 +126,21 @@ impl PeerService {
     }
 }
 
-/// Frame a `Result<T, String>` for the reply.
-fn reply<T: serde::Serialize>(result: Result<T, String>) -> Result<Response<RaftPayload>, Status> {
+/// Frame a raft call's result for the reply: openraft's answer, or the `Fatal` error that stopped
+/// this member's raft (the only error these calls have; the sender treats it as unreachable).
+fn reply<T: serde::Serialize>(
+    result: Result<T, Fatal<TypeConfig>>,
+) -> Result<Response<RaftPayload>, Status> {
     let data = encode(&result).map_err(|e| PeerRefusal::Unencodable(e.to_string()))?;
     Ok(Response::new(RaftPayload { data }))
+}
+
+/// The fatal error of a raft call whose API error cannot happen (`Infallible`).
+fn fatal(e: RaftError<TypeConfig>) -> Fatal<TypeConfig> {
+    match e {
+        RaftError::APIError(never) => match never {},
+        RaftError::Fatal(fatal) => fatal,
+    }
 }
 
 fn bad_payload(e: std::io::Error) -> Status {
@@ -179,7 +191,6 @@ impl Peer for PeerService {
                 result
             })
             .map(|result| {
-                let result = result.map_err(|fatal| fatal.to_string());
                 let data = encode(&result).map_err(|e| PeerRefusal::Unencodable(e.to_string()))?;
                 Ok(RaftPayload { data })
             });
@@ -194,14 +205,14 @@ impl Peer for PeerService {
         self.node.leader_contacted();
         let rpc = decode(&request.get_ref().data).map_err(bad_payload)?;
         let result = self.node.raft().append_entries(rpc).await;
-        reply(result.map_err(|e| e.to_string()))
+        reply(result.map_err(fatal))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.admit(&request)?;
         let rpc = decode(&request.get_ref().data).map_err(bad_payload)?;
         let result = self.node.raft().vote(rpc).await;
-        reply(result.map_err(|e| e.to_string()))
+        reply(result.map_err(fatal))
     }
 
     async fn install_snapshot(
@@ -259,7 +270,7 @@ impl Peer for PeerService {
             .raft()
             .install_full_snapshot(header.vote, snapshot)
             .await;
-        reply(result.map_err(|e| e.to_string()))
+        reply(result)
     }
 
     async fn propose(
@@ -389,7 +400,7 @@ impl Peer for PeerService {
         self.admit(&request)?;
         let req = decode(&request.get_ref().data).map_err(bad_payload)?;
         let result = self.node.raft().handle_transfer_leader(req).await;
-        reply(result.map_err(|e| e.to_string()))
+        reply(result)
     }
 
     async fn members(

@@ -16,13 +16,13 @@ use crate::storage::{Durability, MemoryEngine, SharedEngine};
 /// The engines every test here runs on (the RocksDB one in a directory kept alive by the guard).
 fn engines() -> Vec<(SharedEngine, Option<tempfile::TempDir>)> {
     let memory: (SharedEngine, Option<tempfile::TempDir>) = (Arc::new(MemoryEngine::new()), None);
-    #[cfg(all(not(madsim), feature = "rocksdb"))]
+    #[cfg(rocksdb_engine)]
     let rocks = {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = crate::storage::RocksEngine::open(dir.path()).expect("open rocksdb");
         Some((Arc::new(engine) as SharedEngine, Some(dir)))
     };
-    #[cfg(not(all(not(madsim), feature = "rocksdb")))]
+    #[cfg(not(rocksdb_engine))]
     let rocks = None;
     std::iter::once(memory).chain(rocks).collect()
 }

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use crate::api::{self, Shutdown};
 use crate::config::{self, EngineKind, ServerConfig};
 use crate::limits;
+use crate::net::serve;
 use crate::node::Node;
 
 /// Storage engine choice on the command line.
@@ -277,50 +278,19 @@ fn keep_as_written(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The listeners of a comma-separated URL list, each with its TLS configuration when `https://`
-/// (an error, as etcd's, when such a URL has no certificate).
-#[cfg(not(madsim))]
-fn tls_listeners(
-    urls: &str,
-    tls: &config::TlsFlags,
-    port: config::TlsPort,
-) -> Result<Vec<TlsListener>, String> {
-    let mut listeners = Vec::new();
-    for (addr, https) in config::parse_tls_urls(urls).map_err(|e| e.to_string())? {
-        let config = if https {
-            Some(
-                tls.server_config(port, &format!("https://{addr}"))
-                    .map_err(|e| e.to_string())?,
-            )
-        } else {
-            None
-        };
-        listeners.push((addr, config));
-    }
-    Ok(listeners)
-}
-
-/// A listen address and, for an `https://` URL, its TLS configuration.
-#[cfg(not(madsim))]
-type TlsListener = (
-    std::net::SocketAddr,
-    Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
-);
-
 /// Run a member until it is told to stop. Prints one `serving client requests on ADDR` line per
 /// listener on stdout, which scripts and tests wait for.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     // https:// client and peer URLs get their TLS configurations, and the peer channels theirs:
     // every file is read and checked before anything starts. A listener's missing certificate is
     // reported first, in etcd's words.
-    #[cfg(not(madsim))]
     let (client_listeners, peer_listeners) = (
-        tls_listeners(
+        serve::listen_urls(
             &args.listen_client_urls,
             &args.client_tls(),
             config::TlsPort::Client,
         )?,
-        tls_listeners(
+        serve::listen_urls(
             &args.listen_peer_urls,
             &args.peer_tls(),
             config::TlsPort::Peer,
@@ -339,14 +309,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     // port in use is reported at once. The peer port is bound only once the member serves: a
     // refused peer port is how other members tell that a leader's process is gone
     // (`node::failover`), and a restarted leader still opening its store is gone as a leader.
-    #[cfg(not(madsim))]
     let (client_listeners, metrics_listeners) = {
-        let bind =
-            |listeners| crate::net::listen::bind_listeners(listeners).map_err(|e| e.to_string());
-        (
-            bind(client_listeners)?,
-            bind(metrics_addrs.iter().map(|addr| (*addr, None)).collect())?,
-        )
+        let bind = |listeners| serve::bind(listeners).map_err(|e| e.to_string());
+        let metrics_urls = metrics_addrs.iter().copied().map(serve::ListenUrl::plain);
+        (bind(client_listeners)?, bind(metrics_urls.collect())?)
     };
     let engine = crate::storage::open(cfg.engine, &cfg.data_dir)?;
     tracing::info!(name = %cfg.name, engine = engine.kind(), data_dir = %cfg.data_dir.display(), "starting member");
@@ -377,26 +343,16 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         crate::rt::stop_signal().await;
         stopper.trigger();
     });
-    #[cfg(not(madsim))]
     let peers = {
         let (node, shutdown) = (node.clone(), shutdown.clone());
         crate::rt::spawn(async move {
-            let listeners = crate::net::listen::bind_listeners(peer_listeners)?;
+            let listeners = serve::bind(peer_listeners)?;
             api::server::serve_peer_listeners(node, listeners, shutdown, |addr| {
                 println!("metastore: serving peer traffic on {addr}");
             })
             .await
         })
     };
-    #[cfg(madsim)]
-    let peers = crate::rt::spawn(api::serve_peers(
-        node.clone(),
-        cfg.listen_peer_addrs.clone(),
-        shutdown.clone(),
-        |addr| {
-            println!("metastore: serving peer traffic on {addr}");
-        },
-    ));
     // Extra HTTP listeners for /metrics and /health; a bind failure stops the member like any
     // other listener's.
     let metrics = {
@@ -406,33 +362,16 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             if metrics_addrs.is_empty() {
                 return futures::future::pending::<std::io::Result<()>>().await;
             }
-            #[cfg(not(madsim))]
-            return api::server::serve_metrics(node, metrics_listeners, shutdown, |addr| {
+            api::server::serve_metrics(node, metrics_listeners, shutdown, |addr| {
                 println!("metastore: serving metrics on {addr}");
             })
-            .await;
-            // No HTTP in the simulator.
-            #[cfg(madsim)]
-            {
-                let _ = (node, shutdown);
-                futures::future::pending().await
-            }
+            .await
         }
     };
-    #[cfg(not(madsim))]
     let serving =
         api::server::serve_clients(node.clone(), client_listeners, shutdown.clone(), |addr| {
             println!("metastore: serving client requests on {addr}");
         });
-    #[cfg(madsim)]
-    let serving = api::serve(
-        node.clone(),
-        cfg.listen_client_addrs.clone(),
-        shutdown.clone(),
-        |addr| {
-            println!("metastore: serving client requests on {addr}");
-        },
-    );
     // After the stop signal, connections get a bounded grace period to finish; then we stop anyway.
     let grace_over = async {
         shutdown.wait().await;

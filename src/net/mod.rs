@@ -1,5 +1,9 @@
 //! The network room: every socket the member serves or dials, below the services that use them.
+//! - `serve`: serving the member's ports in both worlds (the accept loops on real sockets, the
+//!   simulator's transport by address), knowing the services only as a gRPC router and an
+//!   HTTP/1.1 service;
 //! - `listen`: listening sockets bound before the store opens, accepting, TLS handshakes;
+//!   `sniff`: gRPC or HTTP/1.1, told from a connection's first bytes;
 //! - `tls`: client and peer TLS (PEM loading, server and peer-dialing configurations, the
 //!   plain-or-TLS connection); `conn_info`: what a request knows of its connection;
 //! - `peer_channels`: one client per peer URL, naming this member on every request;
@@ -11,8 +15,10 @@
 //! - `request_conn`: what a request learns of, and does to, its connection;
 //! - `grpc_codec`: the protobuf codec of the generated services and clients.
 //!
-//! None of the sockets exists in the simulator, whose transport is madsim's: `peer_channels`,
-//! `peer_dial` and `request_conn` answer in both worlds, the rest is compiled only outside it.
+//! None of the sockets exists in the simulator, whose transport is madsim's: `serve`,
+//! `peer_channels`, `peer_dial`, `request_conn` and `http_slots` answer in both worlds, the rest is
+//! compiled only outside it. Every `cfg(madsim)` of the crate outside the runtime seam (`rt`) is
+//! in this room.
 
 #[cfg(not(madsim))]
 pub mod authority;
@@ -24,14 +30,25 @@ pub mod conn_limit;
 pub mod dial;
 #[cfg(not(madsim))]
 pub mod grpc_codec;
-#[cfg(not(madsim))]
 pub mod http_slots;
 #[cfg(not(madsim))]
 pub mod listen;
 pub mod peer_channels;
 pub mod peer_dial;
 pub mod request_conn;
+pub mod serve;
+#[cfg(not(madsim))]
+pub mod sniff;
 #[cfg(not(madsim))]
 pub mod tls;
 #[cfg(not(madsim))]
 pub mod write_gate;
+
+#[cfg(not(madsim))]
+pub use write_gate::GateLayer;
+
+/// The simulator's transport hands messages over whole and drops every layer (madsim's
+/// `Server::layer`): there the write gate's name stands for nothing.
+#[cfg(madsim)]
+#[derive(Debug, Clone, Copy)]
+pub struct GateLayer;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::errors::{Fatal, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::StreamAppendResult;
 use openraft::raft::{
@@ -121,7 +121,8 @@ impl PeerConnection {
         timed_out(self.target, RPCTypes::AppendEntries, ttl)
     }
 
-    /// One unary raft RPC: encode, send with the hard deadline, decode `Result<Resp, String>`.
+    /// One unary raft RPC: encode, send with the hard deadline, decode `Result<Resp, Fatal>` (a
+    /// member whose raft has stopped cannot answer: unreachable, as when it is down).
     async fn call<Req, Resp, F, Fut>(
         &self,
         req: &Req,
@@ -141,9 +142,9 @@ impl PeerConnection {
             Ok(Err(status)) => return Err(RPCError::Unreachable(unreachable(status.message()))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let result: Result<Resp, String> =
+        let result: Result<Resp, Fatal<TypeConfig>> =
             decode(&reply.data).map_err(|e| RPCError::Unreachable(unreachable(e)))?;
-        result.map_err(|msg| RPCError::Unreachable(unreachable(msg)))
+        result.map_err(|fatal| RPCError::Unreachable(unreachable(fatal)))
     }
 }
 
@@ -226,11 +227,12 @@ async fn next_stream_response(
             .rtt
             .observe(rt::now().saturating_duration_since(sent_at));
     }
-    let result: Result<StreamAppendResult<TypeConfig>, String> = match decode(&payload.data) {
-        Ok(result) => result,
-        Err(e) => return Some(Err(RPCError::Unreachable(unreachable(e)))),
-    };
-    Some(result.map_err(|msg| RPCError::Unreachable(unreachable(msg))))
+    let result: Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>> =
+        match decode(&payload.data) {
+            Ok(result) => result,
+            Err(e) => return Some(Err(RPCError::Unreachable(unreachable(e)))),
+        };
+    Some(result.map_err(|fatal| RPCError::Unreachable(unreachable(fatal))))
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
@@ -421,9 +423,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             }
             Ok(reply) => reply.into_inner(),
         };
-        let result: Result<SnapshotResponse<TypeConfig>, String> =
+        let result: Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>> =
             decode(&reply.data).map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
-        result.map_err(|msg| StreamingError::Unreachable(unreachable(msg)))
+        result.map_err(|fatal| StreamingError::Unreachable(unreachable(fatal)))
     }
 }
 

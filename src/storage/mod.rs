@@ -2,14 +2,14 @@
 //! flag, and point-in-time consistent reads.
 //!
 //! Nothing here knows about etcd, MVCC or raft. Two engines implement [`Engine`]: [`MemoryEngine`]
-//! (tests, simulation, `--engine memory`) and `RocksEngine` (the durable default; compiled out
-//! under madsim). `conformance` (test builds) is the one suite both must pass.
+//! (tests, simulation, `--engine memory`) and `RocksEngine` (the durable default; compiled only
+//! where `cfg(rocksdb_engine)` holds: feature `rocksdb`, outside the simulator). `conformance` (test builds) is the one suite both must pass.
 
 #[cfg(test)]
 pub mod conformance;
 mod fail_stop;
 mod memory;
-#[cfg(all(not(madsim), feature = "rocksdb"))]
+#[cfg(rocksdb_engine)]
 mod rocks;
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::config::EngineKind;
 
 pub use fail_stop::{DiskFailure, FailStop};
 pub use memory::MemoryEngine;
-#[cfg(all(not(madsim), feature = "rocksdb"))]
+#[cfg(rocksdb_engine)]
 pub use rocks::RocksEngine;
 
 /// Open an engine of `kind` for the member whose data dir is `data_dir` (RocksDB keeps its files
@@ -29,7 +29,7 @@ pub fn open(
 ) -> std::result::Result<SharedEngine, String> {
     match kind {
         EngineKind::Memory => Ok(Arc::new(MemoryEngine::new())),
-        #[cfg(all(not(madsim), feature = "rocksdb"))]
+        #[cfg(rocksdb_engine)]
         EngineKind::RocksDb => {
             let dir = data_dir.join("member").join("rocksdb");
             std::fs::create_dir_all(&dir)
@@ -38,15 +38,10 @@ pub fn open(
                 .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
             Ok(Arc::new(engine))
         }
-        #[cfg(madsim)]
+        #[cfg(not(rocksdb_engine))]
         EngineKind::RocksDb => {
             let _ = data_dir;
-            Err("the rocksdb engine is not available in simulation".into())
-        }
-        #[cfg(all(not(madsim), not(feature = "rocksdb")))]
-        EngineKind::RocksDb => {
-            let _ = data_dir;
-            Err("this build has no rocksdb engine (feature `rocksdb`)".into())
+            Err("this build has no rocksdb engine (the simulator's, or one without feature `rocksdb`)".into())
         }
     }
 }

@@ -89,6 +89,7 @@ pub(super) async fn watch_loop(
             .min(drain_deadline)
             .saturating_duration_since(rt::now());
         tokio::select! {
+            biased;
             msg = responses.message() => match msg {
                 Ok(Some(resp)) => on_response(&mut report, id, resp),
                 Ok(None) => {
