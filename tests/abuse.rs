@@ -282,10 +282,13 @@ async fn slow_http1_clients_cannot_starve_health() {
 }
 
 /// Every kind of server stream ends when its client goes away: 10,000 abandoned Watch and
-/// LeaseKeepAlive calls (500 of each at a time: one connection carries at most 1,024 streams) and
-/// 4,000 gateway watch streams leave no task or watcher behind.
+/// LeaseKeepAlive calls (500 of each at a time: one connection carries at most 1,024 streams),
+/// 3,000 `grpc.health.v1.Health` Watch calls and 4,000 gateway watch streams leave no task or
+/// watcher behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_streams_of_every_kind_leave_nothing_behind() {
+    use metastore::pb::grpc_health::health_client::HealthClient;
+    use metastore::pb::grpc_health::HealthCheckRequest;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _alone = one_at_a_time().await;
     let mut server = Server::start("memory");
@@ -296,6 +299,13 @@ async fn abandoned_streams_of_every_kind_leave_nothing_behind() {
         .await
         .expect("grant")
         .id();
+    let health_client = HealthClient::new(
+        tonic::transport::Channel::from_shared(server.endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect"),
+    );
     let baseline = settled_footprint(&server.endpoint).await;
     let rss_before = rss_kib(server.pid());
     for _ in 0..10 {
@@ -315,6 +325,30 @@ async fn abandoned_streams_of_every_kind_leave_nothing_behind() {
         let mut held = Vec::new();
         for o in opened {
             held.push(o.await.expect("join"));
+        }
+        drop(held);
+        // 300 health watches (the served name, which gets SERVING, and an unknown one, which gets
+        // SERVICE_UNKNOWN), each abandoned after its first answer.
+        let mut health = Vec::new();
+        for i in 0..300 {
+            let mut h = health_client.clone();
+            let service = if i % 2 == 0 { "" } else { "abuse.Unknown" };
+            health.push(tokio::spawn(async move {
+                let ask = HealthCheckRequest {
+                    service: service.to_string(),
+                };
+                let mut stream = h.watch(ask).await.expect("health watch").into_inner();
+                let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                    .await
+                    .expect("a first health answer within 10 s")
+                    .expect("ok");
+                assert!(first.is_some(), "the health watch ended at once");
+                stream
+            }));
+        }
+        let mut held = Vec::new();
+        for h in health {
+            held.push(h.await.expect("join"));
         }
         drop(held);
         // 400 gateway watch streams (HTTP/1.1), each abandoned after its created response.
