@@ -22,6 +22,19 @@ pub enum GatewayError {
     NoService(&'static str),
 }
 
+/// Why `body` (its first JSON value) is not a `T`, in etcd's gateway's words where
+/// `api::go_json` finds them, else in our parser's.
+fn refusal<T>(body: &[u8], e: serde_json::Error) -> GatewayError {
+    if e.is_eof() {
+        return GatewayError::UnexpectedEof;
+    }
+    match super::go_json::explain::<T>(body) {
+        Some(text) if text == "unexpected EOF" => GatewayError::UnexpectedEof,
+        Some(text) => GatewayError::BadJson(text),
+        None => json_error(e),
+    }
+}
+
 pub(super) fn json_error(e: serde_json::Error) -> GatewayError {
     if e.is_eof() {
         return GatewayError::UnexpectedEof;
@@ -55,7 +68,12 @@ pub fn parse_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Gatewa
     let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Option<T>>();
     match values.next() {
         Some(Ok(value)) => Ok(value.unwrap_or_default()),
-        Some(Err(e)) => Err(json_error(e)),
+        Some(Err(e)) => match super::go_json::normalized::<T>(body) {
+            // What etcd's gateway takes and our parser would not (a null field, bytes as an
+            // array), taken after all.
+            Some(value) => serde_json::from_value(value).map_err(|_| refusal::<T>(body, e)),
+            None => Err(refusal::<T>(body, e)),
+        },
         None => Ok(T::default()),
     }
 }
@@ -82,7 +100,7 @@ pub fn parse_stream<T: DeserializeOwned + Default>(
                 break None;
             }
             Some(Err(e)) if e.is_eof() && !last => break None,
-            Some(Err(e)) => break Some(json_error(e)),
+            Some(Err(e)) => break Some(refusal::<T>(&buf[consumed..], e)),
         }
     };
     buf.drain(..consumed);

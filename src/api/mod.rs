@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod gateway;
+pub mod go_json;
 pub mod grpc_health;
 pub mod grpc_metrics;
 pub mod health_check;
