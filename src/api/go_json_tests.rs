@@ -79,6 +79,21 @@ fn refusals_are_worded_as_etcds_gateway_words_them() {
     for (body, expected) in cases {
         assert_eq!(range(body).as_deref(), Some(expected), "{body}");
     }
+    // Go's base64 offsets (etcd 3.5.1's answers in `tests/gateway_errors.rs` campaigns).
+    for (key, at) in [
+        ("YQ=", 3),
+        ("DESCEND", 4),
+        ("Yg==-", 4),
+        ("-3", 0),
+        ("x", 0),
+    ] {
+        assert_eq!(
+            range(&format!(r#"{{"key":"{key}"}}"#)),
+            Some(format!("illegal base64 data at input byte {at}")),
+            "{key}"
+        );
+    }
+    assert_eq!(range(r#"{"key":"YQ\r\n=="}"#), None, "newlines are skipped");
     // Field order, not input order: `key` (field 1) is reported before `limit` (3).
     assert_eq!(
         range(r#"{"limit":true,"key":5}"#).as_deref(),

@@ -67,7 +67,11 @@ pub fn parse_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Gatewa
     }
     let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Option<T>>();
     match values.next() {
-        Some(Ok(value)) => Ok(value.unwrap_or_default()),
+        // What our parser takes and etcd's gateway would not (base64 without its padding).
+        Some(Ok(value)) => match super::go_json::explain::<T>(body) {
+            Some(text) => Err(GatewayError::BadJson(text)),
+            None => Ok(value.unwrap_or_default()),
+        },
         Some(Err(e)) => match super::go_json::normalized::<T>(body) {
             // What etcd's gateway takes and our parser would not (a null field, bytes as an
             // array), taken after all.
@@ -91,7 +95,11 @@ pub fn parse_stream<T: DeserializeOwned + Default>(
     let failure = loop {
         match values.next() {
             Some(Ok(value)) => {
+                let start = consumed;
                 consumed = values.byte_offset();
+                if let Some(text) = super::go_json::explain::<T>(&buf[start..consumed]) {
+                    break Some(GatewayError::BadJson(text));
+                }
                 out.push(value.unwrap_or_default());
             }
             // Only whitespace left.
