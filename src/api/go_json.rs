@@ -7,9 +7,10 @@
 //!
 //! [`explain`] is asked only once our own parser has refused a body: it never refuses anything,
 //! it finds the words etcd would have used. `None` when it finds no fault (our parser's own
-//! words stand then) or when the body is nested deeper than a request can be. Where it finds
-//! none, [`normalized`] gives the body as jsonpb reads it (null members left out, bytes given
-//! as arrays turned into base64), for our parser to take after all.
+//! words stand then) or when the body is nested deeper than a request can be. [`read`] answers
+//! both questions for a body our parser refused in one pass: etcd's words, or the body as jsonpb
+//! reads it (null members left out, bytes given as arrays turned into base64), for our parser to
+//! take after all.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -185,6 +186,14 @@ impl<'a> Scanner<'a> {
         match self.mode {
             Mode::Decoder => self.eof(),
             Mode::Unmarshal => format!("invalid character ' ' {context}"),
+        }
+    }
+
+    /// A number stopped short where a digit must come: the byte there, or the input's end.
+    fn bad_number(&self, context: &str) -> String {
+        match self.at < self.input.len() {
+            true => self.invalid(context),
+            false => self.cut_in(context),
         }
     }
 
@@ -416,10 +425,7 @@ impl<'a> Scanner<'a> {
         if self.input[self.at] == b'-' {
             self.at += 1;
             if !digit(self) {
-                return Err(match self.at < self.input.len() {
-                    true => self.invalid("in numeric literal"),
-                    false => self.cut_in("in numeric literal"),
-                });
+                return Err(self.bad_number("in numeric literal"));
             }
         }
         if self.input[self.at] == b'0' {
@@ -432,10 +438,7 @@ impl<'a> Scanner<'a> {
         if self.input.get(self.at) == Some(&b'.') {
             self.at += 1;
             if !digit(self) {
-                return Err(match self.at < self.input.len() {
-                    true => self.invalid("after decimal point in numeric literal"),
-                    false => self.cut_in("after decimal point in numeric literal"),
-                });
+                return Err(self.bad_number("after decimal point in numeric literal"));
             }
             while digit(self) {
                 self.at += 1;
@@ -447,10 +450,7 @@ impl<'a> Scanner<'a> {
                 self.at += 1;
             }
             if !digit(self) {
-                return Err(match self.at < self.input.len() {
-                    true => self.invalid("in exponent of numeric literal"),
-                    false => self.cut_in("in exponent of numeric literal"),
-                });
+                return Err(self.bad_number("in exponent of numeric literal"));
             }
             while digit(self) {
                 self.at += 1;
@@ -659,20 +659,45 @@ fn base64_error(src: &[u8]) -> Option<String> {
     None
 }
 
-/// `body`'s first value as jsonpb reads it where our parser is stricter: a member set to null
-/// is left out (the field keeps its default), a bytes field given as an array of byte values
-/// becomes its base64. `None` when `body` is not a `T` in Go's eyes either.
-pub fn normalized<T>(body: &[u8]) -> Option<serde_json::Value> {
-    let message = message_name(std::any::type_name::<T>())?;
+/// What etcd's gateway makes of a body our parser refused.
+pub enum Reading {
+    /// It takes it: `body`'s first value as jsonpb reads it where our parser is stricter (a member
+    /// set to null left out, so the field keeps its default; a bytes field given as an array of
+    /// byte values turned into its base64).
+    Take(serde_json::Value),
+    /// It refuses it, in these words.
+    Refuse(String),
+    /// Not known (a message not in our protos, a body nested too deep for the check).
+    Unknown,
+}
+
+/// [`Reading`] of `body` as a `T`: one scan and one check serve both the words and the taking.
+pub fn read<T>(body: &[u8]) -> Reading {
+    let Some(message) = message_name(std::any::type_name::<T>()) else {
+        return Reading::Unknown;
+    };
     let schema = schema();
-    let fields = schema.messages.get(&message)?;
-    let value = Scanner::new(body, Mode::Decoder).value().ok()?;
-    check_message(body, &value, fields, schema, 0).ok()?;
-    let mut json: serde_json::Value =
-        serde_json::Deserializer::from_slice(&body[value.start..value.end])
-            .into_iter::<serde_json::Value>()
-            .next()?
-            .ok()?;
+    let Some(fields) = schema.messages.get(&message) else {
+        return Reading::Unknown;
+    };
+    let value = match Scanner::new(body, Mode::Decoder).value() {
+        Ok(value) => value,
+        Err(words) => return Reading::Refuse(words),
+    };
+    if let Err(words) = check_message(body, &value, fields, schema, 0) {
+        return Reading::Refuse(words);
+    }
+    match taken(&body[value.start..value.end], fields, schema) {
+        Some(json) => Reading::Take(json),
+        None => Reading::Unknown,
+    }
+}
+
+fn taken(value: &[u8], fields: &[Field], schema: &Schema) -> Option<serde_json::Value> {
+    let mut json: serde_json::Value = serde_json::Deserializer::from_slice(value)
+        .into_iter::<serde_json::Value>()
+        .next()?
+        .ok()?;
     normalize(&mut json, fields, schema, 0);
     Some(json)
 }
@@ -687,7 +712,8 @@ fn normalize(json: &mut serde_json::Value, fields: &[Field], schema: &Schema, de
         return;
     }
     for field in fields {
-        for name in [&field.name, &field.json_name] {
+        let json_name = Some(&field.json_name).filter(|n| **n != field.name);
+        for name in std::iter::once(&field.name).chain(json_name) {
             let Some(member) = members.get_mut(name.as_str()) else {
                 continue;
             };

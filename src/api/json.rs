@@ -3,6 +3,8 @@
 //! and why a body was refused. Pure, and below everything else in `api` (`status` maps its error).
 
 use serde::de::DeserializeOwned;
+
+use super::go_json::Reading;
 use serde::Serialize;
 
 /// Why a request body was refused before any service saw it.
@@ -29,9 +31,15 @@ fn refusal<T>(body: &[u8], e: serde_json::Error) -> GatewayError {
         return GatewayError::UnexpectedEof;
     }
     match super::go_json::explain::<T>(body) {
-        Some(text) if text == "unexpected EOF" => GatewayError::UnexpectedEof,
-        Some(text) => GatewayError::BadJson(text),
+        Some(text) => go_refusal(text),
         None => json_error(e),
+    }
+}
+
+fn go_refusal(text: String) -> GatewayError {
+    match text.as_str() {
+        "unexpected EOF" => GatewayError::UnexpectedEof,
+        _ => GatewayError::BadJson(text),
     }
 }
 
@@ -72,11 +80,13 @@ pub fn parse_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Gatewa
             Some(text) => Err(GatewayError::BadJson(text)),
             None => Ok(value.unwrap_or_default()),
         },
-        Some(Err(e)) => match super::go_json::normalized::<T>(body) {
+        Some(Err(e)) if e.is_eof() => Err(GatewayError::UnexpectedEof),
+        Some(Err(e)) => match super::go_json::read::<T>(body) {
             // What etcd's gateway takes and our parser would not (a null field, bytes as an
             // array), taken after all.
-            Some(value) => serde_json::from_value(value).map_err(|_| refusal::<T>(body, e)),
-            None => Err(refusal::<T>(body, e)),
+            Reading::Take(value) => serde_json::from_value(value).map_err(|_| json_error(e)),
+            Reading::Refuse(text) => Err(go_refusal(text)),
+            Reading::Unknown => Err(json_error(e)),
         },
         None => Ok(T::default()),
     }
