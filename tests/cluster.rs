@@ -859,6 +859,8 @@ async fn initial_corruption_check_stops_a_member_whose_store_differs() {
     // The same store as its peers': the check passes and the member serves.
     cluster.members[1].add_flag("--experimental-initial-corrupt-check");
     cluster.members[1].restart();
+    // It may have been the leader: a linearizable read waits for the next one to be elected.
+    cluster.leader().await;
     let mut c = cluster.members[1].client().await;
     let got = c.get("k3", None).await.expect("get");
     assert_eq!(got.kvs()[0].value(), b"v3");
