@@ -323,6 +323,14 @@ pub const READ_INDEX_QUEUE: usize = 4096;
 /// heartbeat answers, or a follower's call to the leader.
 pub const READ_INDEX_ROUND_TIMEOUT: Duration = Duration::from_millis(2 * ELECTION_TIMEOUT_MS);
 
+/// Most commands a follower forwards to the leader in one `ProposeMany` call (and most a leader
+/// takes in one; the commands are proposed at once).
+pub const FORWARD_BATCH_COMMANDS: usize = 256;
+
+/// A forwarded batch stops growing once its commands add up to this many bytes (a single larger
+/// command travels alone; each is bounded by `--max-request-bytes`).
+pub const FORWARD_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// Pause before a request whose leader just changed is routed again.
 pub const FORWARD_RETRY_INTERVAL: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
 

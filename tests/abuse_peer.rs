@@ -15,8 +15,8 @@ use common::TestCluster;
 use metastore::pb::etcdserverpb::PutRequest;
 use metastore::pb::metastore::peer_client::PeerClient;
 use metastore::pb::metastore::{
-    command, Command, LeaseRequest, MembersRequest, ProposeRequest, RaftPayload, ReadIndexRequest,
-    SnapshotChunk,
+    command, Command, LeaseRequest, MembersRequest, ProposeManyRequest, ProposeRequest,
+    RaftPayload, ReadIndexRequest, SnapshotChunk,
 };
 use prost::Message;
 use tonic::transport::Channel;
@@ -112,7 +112,34 @@ async fn strangers_on_the_peer_port_are_refused_and_nothing_is_applied() {
         };
         let msg = refused("Propose", peer.propose(claiming(req, from, cluster)).await);
         assert!(msg.contains(why), "{msg:?} should say {why:?}");
+        // The same command in a batch, after one the member could take: the whole batch is
+        // refused.
+        let req = ProposeManyRequest {
+            commands: vec![
+                put_command("stranger/batch", me),
+                put_command("stranger/k", proposer),
+            ],
+        };
+        let msg = refused(
+            "ProposeMany",
+            peer.propose_many(claiming(req, from, cluster)).await,
+        );
+        assert!(msg.contains(why), "{msg:?} should say {why:?}");
     }
+    // A batch longer than any member sends is refused before anything of it is proposed.
+    let too_many = metastore::limits::FORWARD_BATCH_COMMANDS + 1;
+    let req = ProposeManyRequest {
+        commands: vec![put_command("stranger/many", me); too_many],
+    };
+    let status = peer
+        .propose_many(claiming(req, Some(me), Some(cluster_id)))
+        .await
+        .expect_err("an over-long batch");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("commands in one batch"),
+        "{status:?}"
+    );
     // Raft's own messages: refused before their (garbage) payload is even looked at.
     let garbage = || RaftPayload {
         data: vec![0xff; 64],

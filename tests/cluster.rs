@@ -363,6 +363,61 @@ async fn leader_kill_loses_nothing_acknowledged() {
     }
 }
 
+/// Writes sent to a follower at the same moment travel to the leader together (`ProposeMany`, see
+/// `node::forward_batch`), and each is applied exactly once and answered with its own revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_sent_to_a_follower_at_once_go_together_and_each_applies_once() {
+    const N: usize = 300;
+    let cluster = TestCluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = &cluster.members[(leader + 1) % 3];
+    let client = follower.client().await;
+    let puts = (0..N).map(|i| {
+        let mut c = client.clone();
+        async move {
+            c.put(format!("together/{i:03}"), format!("v{i}"), None)
+                .await
+        }
+    });
+    let mut revisions: Vec<i64> = futures::future::join_all(puts)
+        .await
+        .into_iter()
+        .map(|put| {
+            put.expect("put through a follower")
+                .header()
+                .expect("header")
+                .revision()
+        })
+        .collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        N,
+        "two puts were answered with one revision"
+    );
+    // Nothing else wrote meanwhile: N entries applied, N revisions in a row, none twice.
+    assert_eq!(revisions[N - 1] - revisions[0] + 1, N as i64);
+    let mut reader = cluster.members[leader].client().await;
+    let got = reader
+        .get("together/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("list");
+    assert_eq!(got.kvs().len(), N);
+    for kv in got.kvs() {
+        assert_eq!(kv.version(), 1, "{:?} applied more than once", kv.key_str());
+        assert!(revisions.binary_search(&kv.mod_revision()).is_ok());
+    }
+    let endpoint = follower.endpoint();
+    let commands = common::abuse::metric(&endpoint, "metastore_forwarded_commands_total").await;
+    let batches = common::abuse::metric(&endpoint, "metastore_forwarded_batches_total").await;
+    assert!(commands >= N as i64, "{commands} commands forwarded");
+    assert!(
+        batches < commands,
+        "{commands} commands in {batches} calls: none travelled together"
+    );
+}
+
 /// A write sent to a follower while its leader is dead waits for the next leader within the
 /// request deadline and succeeds, as a write to etcd does, instead of failing at once with "request
 /// timed out, possibly due to previous leader failure". Every write here is sent after the kill,

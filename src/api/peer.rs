@@ -24,8 +24,9 @@ use crate::node::{LeaderWriteError, Node};
 use crate::pb::metastore::peer_server::Peer;
 use crate::pb::metastore::{
     Command, HashKvAtRequest, HashKvAtResponse, LeaseKeepAliveResponse, LeaseRequest,
-    LeaseTimeToLiveResponse, MembersRequest, PeerStatus, ProposeRequest, ProposeResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    LeaseTimeToLiveResponse, MembersRequest, PeerStatus, ProposeManyRequest, ProposeManyResponse,
+    ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    SnapshotChunk,
 };
 use crate::raft::network::SnapshotHeader;
 use crate::raft::state_machine::SnapshotData;
@@ -52,6 +53,9 @@ pub enum PeerRefusal {
     Undecodable(String),
     #[error("undecodable command: {0}")]
     UndecodableCommand(String),
+    /// A `ProposeMany` with more commands than a follower ever sends at once.
+    #[error("{0} commands in one batch (at most {max})", max = crate::limits::FORWARD_BATCH_COMMANDS)]
+    BatchTooLong(usize),
     /// A reply could not be encoded (a bug: our own types always encode).
     #[error("{0}")]
     Unencodable(String),
@@ -123,6 +127,45 @@ impl PeerService {
             return Err(PeerRefusal::NotAMember(from).into());
         }
         Ok(from)
+    }
+}
+
+/// A command `from` forwarded to this member as leader. The outcome goes to the waiter (proposer,
+/// sequence number) names: only the proposer itself may name it.
+fn forwarded_command(from: u64, bytes: &[u8]) -> Result<Command, Status> {
+    use prost::Message;
+    let cmd = Command::decode(bytes).map_err(|e| PeerRefusal::UndecodableCommand(e.to_string()))?;
+    if cmd.proposer_id != from {
+        return Err(PeerRefusal::ForeignCommand {
+            from,
+            proposer: cmd.proposer_id,
+        }
+        .into());
+    }
+    Ok(cmd)
+}
+
+impl PeerService {
+    /// Propose a forwarded command as leader and say how it went (the outcome itself reaches the
+    /// proposer through its own apply).
+    async fn lead(&self, cmd: &Command) -> ProposeResponse {
+        let written = crate::rt::timeout(
+            self.node.config().request_timeout,
+            self.node.write_as_leader(cmd),
+        )
+        .await;
+        match written {
+            Err(crate::rt::Elapsed) => ProposeResponse {
+                status: PeerStatus::Timeout as i32,
+                ..Default::default()
+            },
+            Ok(Ok(_)) => ProposeResponse::default(),
+            Ok(Err(e)) => ProposeResponse {
+                status: status_of(&e) as i32,
+                message: format!("{e:?}"),
+                index: 0,
+            },
+        }
     }
 }
 
@@ -278,36 +321,27 @@ impl Peer for PeerService {
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
         let from = self.admit(&request)?;
-        use prost::Message;
-        let cmd = Command::decode(request.get_ref().command.as_slice())
-            .map_err(|e| PeerRefusal::UndecodableCommand(e.to_string()))?;
-        // The outcome goes to the waiter (proposer, sequence number) names: only the proposer
-        // itself may name it.
-        if cmd.proposer_id != from {
-            return Err(PeerRefusal::ForeignCommand {
-                from,
-                proposer: cmd.proposer_id,
-            }
-            .into());
+        let cmd = forwarded_command(from, &request.get_ref().command)?;
+        Ok(Response::new(self.lead(&cmd).await))
+    }
+
+    async fn propose_many(
+        &self,
+        request: Request<ProposeManyRequest>,
+    ) -> Result<Response<ProposeManyResponse>, Status> {
+        let from = self.admit(&request)?;
+        let commands = &request.get_ref().commands;
+        if commands.len() > crate::limits::FORWARD_BATCH_COMMANDS {
+            return Err(PeerRefusal::BatchTooLong(commands.len()).into());
         }
-        let written = crate::rt::timeout(
-            self.node.config().request_timeout,
-            self.node.write_as_leader(&cmd),
-        )
-        .await;
-        let resp = match written {
-            Err(crate::rt::Elapsed) => ProposeResponse {
-                status: PeerStatus::Timeout as i32,
-                ..Default::default()
-            },
-            Ok(Ok(_)) => ProposeResponse::default(),
-            Ok(Err(e)) => ProposeResponse {
-                status: status_of(&e) as i32,
-                message: format!("{e:?}"),
-                index: 0,
-            },
-        };
-        Ok(Response::new(resp))
+        let cmds = commands
+            .iter()
+            .map(|bytes| forwarded_command(from, bytes))
+            .collect::<Result<Vec<_>, Status>>()?;
+        // All at once: raft's core takes the proposals waiting in its queue together, so the
+        // batch becomes one log append (and one replication message) rather than one each.
+        let results = futures::future::join_all(cmds.iter().map(|cmd| self.lead(cmd))).await;
+        Ok(Response::new(ProposeManyResponse { results }))
     }
 
     async fn read_index(

@@ -281,6 +281,7 @@ impl From<PeerRefusal> for Status {
             | PeerRefusal::UndecodableCommand(_)
             | PeerRefusal::ChunkAfterLast
             | PeerRefusal::BadChunk(_)
+            | PeerRefusal::BatchTooLong(_)
             | PeerRefusal::EmptySnapshot => Code::InvalidArgument,
             PeerRefusal::Unencodable(_) => Code::Internal,
             PeerRefusal::SnapshotBusy => Code::Unavailable,

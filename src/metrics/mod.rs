@@ -165,6 +165,10 @@ pub struct Metrics {
     pub proposals_failed: Counter,
     /// Proposals waiting to be applied.
     pub proposals_pending: Gauge,
+    /// `ProposeMany` calls this member made to forward commands to the leader.
+    pub forwarded_batches: Counter,
+    /// Commands this member forwarded to the leader.
+    pub forwarded_commands: Counter,
     /// Raft log fsyncs.
     pub wal_fsync: Histogram,
     /// Engine commits of applied entries.
@@ -199,6 +203,8 @@ impl Default for Metrics {
             leader_changes: Counter::default(),
             proposals_failed: Counter::default(),
             proposals_pending: Gauge::default(),
+            forwarded_batches: Counter::default(),
+            forwarded_commands: Counter::default(),
             wal_fsync: Histogram::new(&DISK_BUCKETS_NS),
             backend_commit: Histogram::new(&DISK_BUCKETS_NS),
             backend_defrag: Histogram::new(&DEFRAG_BUCKETS_NS),
@@ -503,6 +509,18 @@ impl Metrics {
             "metastore_watch_buffered_bytes",
             "Bytes of watch events queued or in flight in all watch streams.",
             s.watch_buffered_bytes,
+        );
+        counter(
+            &mut out,
+            "metastore_forwarded_batches_total",
+            "Calls that forwarded commands to the leader (each carries those waiting at the time).",
+            self.forwarded_batches.get(),
+        );
+        counter(
+            &mut out,
+            "metastore_forwarded_commands_total",
+            "Commands forwarded to the leader.",
+            self.forwarded_commands.get(),
         );
         counter(
             &mut out,

@@ -20,6 +20,7 @@ mod compaction;
 mod corruption;
 mod defrag;
 mod failover;
+mod forward_batch;
 pub mod leases;
 mod maintenance;
 mod members;
@@ -184,6 +185,7 @@ pub struct Node {
     channels: PeerChannels,
     /// Sequence numbers of proposals this member forwards to the leader (random start per boot).
     next_seq: std::sync::atomic::AtomicU64,
+    forwarding: forward_batch::ForwardQueue,
     /// Held while a snapshot from the leader is being staged: one transfer at a time.
     snapshot_receive: tokio::sync::Mutex<()>,
     /// Places for `Maintenance.Snapshot` streams ([`limits::SNAPSHOT_STREAMS_MAX`]): a stream
@@ -370,6 +372,7 @@ impl Node {
                 // request the outcome (and revision) of an old one. The simulator found this: an
                 // acknowledged put that was never written. Half the range: no wrap to 0 ("no waiter").
                 next_seq: std::sync::atomic::AtomicU64::new((rt::random_u64() >> 1) | 1),
+                forwarding: Default::default(),
                 metrics: metrics.clone(),
             }
         });

@@ -14,7 +14,7 @@ use prost::Message;
 use super::{Node, NodeError};
 use crate::apply::Applied;
 use crate::limits;
-use crate::pb::metastore::{command, Command, PeerStatus, ProposeRequest, ReadIndexRequest};
+use crate::pb::metastore::{command, Command, PeerStatus, ReadIndexRequest};
 use crate::raft::forwards::{self, Forwarded, LeaderKey, Waiter};
 use crate::raft::{PeerNode, RaftCommand};
 use crate::rt;
@@ -185,27 +185,32 @@ impl Node {
             cmd.request_seq = self.next_seq();
             cmd.forwarded_to = Some(forwards::fence(leader_key));
             let mut waiter = self.state.register(cmd.request_seq, leader_key);
-            let mut client = self
+            let client = self
                 .channels
                 .client_for_member(&leader.name, &leader.peer_urls)?;
-            let reply = client
-                .propose(ProposeRequest {
-                    command: cmd.encode_to_vec(),
-                })
+            let reply = self
+                .forwarding
+                .propose(
+                    &self.metrics,
+                    leader_key,
+                    client,
+                    cmd.encode_to_vec(),
+                    self.config.request_timeout,
+                )
                 .await;
             let reply = match reply {
-                Ok(reply) => reply.into_inner(),
+                Ok(reply) => reply,
                 // The leader is gone (or unreachable) and never saw it: route it again once
                 // another member leads (`leader` waits for one, the failover watch hurries it).
-                Err(status) if crate::net::peer_dial::never_sent(&status) => {
-                    tracing::debug!("leader {leader_id:x} unreachable, routing again: {status}");
+                Err(failure) if failure.never_sent() => {
+                    tracing::debug!("leader {leader_id:x} unreachable, routing again: {failure}");
                     drop(waiter);
                     rt::sleep(limits::FORWARD_RETRY_INTERVAL).await;
                     continue;
                 }
                 // The leader may or may not have received it: this member's apply tells.
-                Err(status) => {
-                    tracing::debug!("forwarding to leader {leader_id:x} failed: {status}");
+                Err(failure) => {
+                    tracing::debug!("forwarding to leader {leader_id:x} failed: {failure}");
                     match settled(&mut waiter, deadline).await? {
                         Some(applied) => return Ok(applied),
                         None => {
