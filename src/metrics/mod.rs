@@ -464,6 +464,18 @@ impl Metrics {
         self.grpc.render(&mut out);
         counter(
             &mut out,
+            "metastore_forwarded_batches_total",
+            "Calls that forwarded commands to the leader (each carries those waiting at the time).",
+            self.forwarded_batches.get(),
+        );
+        counter(
+            &mut out,
+            "metastore_forwarded_commands_total",
+            "Commands forwarded to the leader.",
+            self.forwarded_commands.get(),
+        );
+        counter(
+            &mut out,
             "metastore_gateway_requests_total",
             "Requests served by the HTTP JSON gateway.",
             self.gateway_requests.get(),
@@ -509,18 +521,6 @@ impl Metrics {
             "metastore_watch_buffered_bytes",
             "Bytes of watch events queued or in flight in all watch streams.",
             s.watch_buffered_bytes,
-        );
-        counter(
-            &mut out,
-            "metastore_forwarded_batches_total",
-            "Calls that forwarded commands to the leader (each carries those waiting at the time).",
-            self.forwarded_batches.get(),
-        );
-        counter(
-            &mut out,
-            "metastore_forwarded_commands_total",
-            "Commands forwarded to the leader.",
-            self.forwarded_commands.get(),
         );
         counter(
             &mut out,
