@@ -128,24 +128,7 @@ impl PeerService {
         }
         Ok(from)
     }
-}
 
-/// A command `from` forwarded to this member as leader. The outcome goes to the waiter (proposer,
-/// sequence number) names: only the proposer itself may name it.
-fn forwarded_command(from: u64, bytes: &[u8]) -> Result<Command, Status> {
-    use prost::Message;
-    let cmd = Command::decode(bytes).map_err(|e| PeerRefusal::UndecodableCommand(e.to_string()))?;
-    if cmd.proposer_id != from {
-        return Err(PeerRefusal::ForeignCommand {
-            from,
-            proposer: cmd.proposer_id,
-        }
-        .into());
-    }
-    Ok(cmd)
-}
-
-impl PeerService {
     /// Propose a forwarded command as leader and say how it went (the outcome itself reaches the
     /// proposer through its own apply).
     async fn lead(&self, cmd: &Command) -> ProposeResponse {
@@ -167,6 +150,21 @@ impl PeerService {
             },
         }
     }
+}
+
+/// A command `from` forwarded to this member as leader. The outcome goes to the waiter (proposer,
+/// sequence number) names: only the proposer itself may name it.
+fn forwarded_command(from: u64, bytes: &[u8]) -> Result<Command, Status> {
+    use prost::Message;
+    let cmd = Command::decode(bytes).map_err(|e| PeerRefusal::UndecodableCommand(e.to_string()))?;
+    if cmd.proposer_id != from {
+        return Err(PeerRefusal::ForeignCommand {
+            from,
+            proposer: cmd.proposer_id,
+        }
+        .into());
+    }
+    Ok(cmd)
 }
 
 /// Frame a raft call's result for the reply: openraft's answer, or the `Fatal` error that stopped
