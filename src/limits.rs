@@ -430,6 +430,11 @@ pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// hold their share of the member's watch and send budgets.
 pub const CLIENT_WRITE_STALL: Duration = Duration::from_secs(30);
 
+/// The most bytes a connection gathers from its HTTP/2 writer before writing them to its socket
+/// (`net::coalesce`): several responses' worth, so the responses finished together leave in one
+/// write; a larger write goes straight to the socket.
+pub const COALESCED_WRITE_BYTES: usize = 64 * 1024;
+
 /// How long an HTTP/1.1 client may take to send a request's headers.
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 

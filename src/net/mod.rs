@@ -7,11 +7,13 @@
 //! - `tls`: client and peer TLS (PEM loading, server and peer-dialing configurations, the
 //!   plain-or-TLS connection); `conn_info`: what a request knows of its connection;
 //! - `peer_channels`: one client per peer URL, naming this member on every request;
-//!   `peer_dial`: the channel behind each (through `dial` for an `https://` peer), and telling
-//!   a request that never left this member from one that may have arrived;
+//!   `peer_dial`: the channel behind each (through `dial`: TLS for an `https://` peer, gathered
+//!   writes for every one), and telling a request that never left this member from one that may
+//!   have arrived;
 //! - `conn_limit`: every listener's pool of connection slots; `http_slots`: HTTP/1.1 slots;
 //! - `authority`: the HTTP/2 `:authority` fix-up and PING policing in front of h2;
-//! - `write_gate`: a connection's responses wait while its socket is full;
+//! - `write_gate`: a connection's responses wait while its socket is full; `coalesce`: the
+//!   responses a connection finishes together leave in one socket write;
 //! - `request_conn`: what a request learns of, and does to, its connection;
 //! - `grpc_codec`: the protobuf codec of the generated services and clients.
 //!
@@ -22,6 +24,8 @@
 
 #[cfg(not(madsim))]
 pub mod authority;
+#[cfg(not(madsim))]
+pub mod coalesce;
 #[cfg(not(madsim))]
 pub mod conn_info;
 #[cfg(not(madsim))]

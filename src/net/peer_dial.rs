@@ -48,7 +48,7 @@ impl PeerDialer {
     pub fn channel(&self, url: &str) -> Result<Channel, PeerDialError> {
         let https = url.strip_prefix("https://");
         // tonic refuses https URIs without its own TLS feature: it gets the same host and port
-        // as http://, and the dialer below wraps the connection in TLS.
+        // as http://, and the connector below wraps the connection in TLS.
         let dialed = match https {
             Some(rest) => format!("http://{rest}"),
             None => url.to_string(),
@@ -60,24 +60,29 @@ impl PeerDialer {
             })?
             .connect_timeout(crate::limits::PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true);
-        if https.is_none() {
-            return Ok(endpoint.connect_lazy());
-        }
+        // The simulator's transport dials by address: no connector of ours, no TLS.
+        #[cfg(madsim)]
+        return match https {
+            None => Ok(endpoint.connect_lazy()),
+            Some(_) => Err(PeerDialError::HttpsNotSimulated(url.to_string())),
+        };
         #[cfg(not(madsim))]
         {
-            let Some(config) = &self.tls else {
-                return Err(PeerDialError::NoTrustedCa(url.to_string()));
-            };
-            let dialer = super::dial::TlsDialer::new(config.clone(), url).map_err(|reason| {
-                PeerDialError::BadUrl {
-                    url: url.to_string(),
-                    reason,
+            use super::dial::PeerConnector;
+            let connector = match (https, &self.tls) {
+                (None, _) => PeerConnector::plain(),
+                (Some(_), None) => return Err(PeerDialError::NoTrustedCa(url.to_string())),
+                (Some(_), Some(config)) => {
+                    PeerConnector::tls(config.clone(), url).map_err(|reason| {
+                        PeerDialError::BadUrl {
+                            url: url.to_string(),
+                            reason,
+                        }
+                    })?
                 }
-            })?;
-            Ok(endpoint.connect_with_connector_lazy(dialer))
+            };
+            Ok(endpoint.connect_with_connector_lazy(connector))
         }
-        #[cfg(madsim)]
-        Err(PeerDialError::HttpsNotSimulated(url.to_string()))
     }
 }
 

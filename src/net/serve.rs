@@ -272,6 +272,7 @@ mod real {
     use super::{Bound, GrpcRouter, Http1Service};
     use crate::limits;
     use crate::net::authority::AuthorityFix;
+    use crate::net::coalesce::Coalesced;
     use crate::net::conn_limit::{Admitted, ConnectionLimit};
     use crate::net::listen::{accept_next, handshake, BoundListener};
     use crate::net::sniff::{sniff, Prefixed, Protocol};
@@ -289,7 +290,7 @@ mod real {
         http: Arc<H>,
         shutdown: Shutdown,
     ) -> Result<(), tonic::transport::Error> {
-        type GrpcConn = Gated<AuthorityFix<Prefixed<Admitted<ServerStream>>>>;
+        type GrpcConn = Coalesced<Gated<AuthorityFix<Prefixed<Admitted<ServerStream>>>>>;
         let BoundListener { listener, tls } = bound.inner;
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let (grpc_tx, grpc_rx) = futures::channel::mpsc::channel::<std::io::Result<GrpcConn>>(
@@ -319,10 +320,12 @@ mod real {
                             // Every gRPC connection goes through the `:authority` fix-up; one
                             // whose first request is well-formed is passed through untouched
                             // after it.
-                            let conn = Gated::new(AuthorityFix::with_ping_policy(
+                            // Outside the write gate: the gate sees the socket's writes, not
+                            // the yields that gather them.
+                            let conn = Coalesced::new(Gated::new(AuthorityFix::with_ping_policy(
                                 Prefixed::new(seen, stream),
                                 ping_min_interval,
-                            ));
+                            )));
                             let _ = grpc_tx.send(Ok(conn)).await;
                         }
                         Ok(Ok((Protocol::Http1, seen))) => {
@@ -365,7 +368,7 @@ mod real {
         let BoundListener { listener, tls } = bound.inner;
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let (conn_tx, conn_rx) = futures::channel::mpsc::channel::<
-            std::io::Result<AuthorityFix<Admitted<ServerStream>>>,
+            std::io::Result<Coalesced<AuthorityFix<Admitted<ServerStream>>>>,
         >(limits::PEER_ACCEPT_QUEUE);
         let stop = shutdown.clone();
         let acceptor = rt::spawn(async move {
@@ -381,7 +384,8 @@ mod real {
                         // Every connection goes through the `:authority` fix-up; one whose first
                         // request is well-formed (peers always are) is passed through untouched.
                         let stream = Admitted::new(stream, slot);
-                        let _ = conn_tx.send(Ok(AuthorityFix::new(stream))).await;
+                        let conn = Coalesced::new(AuthorityFix::new(stream));
+                        let _ = conn_tx.send(Ok(conn)).await;
                     }
                 });
             }
