@@ -55,10 +55,17 @@ async fn connect(args: &BenchArgs) -> Result<Vec<tonic::transport::Channel>, Str
         ) {
             endpoint = endpoint.timeout(Duration::from_millis(args.timeout_ms));
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        // Gathered writes, as the members' own connections have: on a shared machine every
+        // write the load generator saves leaves CPU to the server it measures. (tonic itself
+        // refuses an https:// endpoint, as before: the tool speaks plain HTTP/2 only.)
+        let channel = if url.starts_with("http://") {
+            endpoint
+                .connect_with_connector(crate::net::dial::MemberConnector::plain())
+                .await
+        } else {
+            endpoint.connect().await
+        }
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         channels.push(channel);
     }
     Ok(channels)

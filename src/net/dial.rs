@@ -1,9 +1,10 @@
-//! Dialing a peer: TCP, a rustls client handshake for an `https://` peer, and writes gathered as a
-//! served connection's are (`net::coalesce`), under tonic's channel.
+//! Dialing a member: TCP, a rustls client handshake for an `https://` peer, and writes gathered as
+//! a served connection's are (`net::coalesce`), under tonic's channel. Members dial their peers
+//! through it, and `metastore bench` the servers it loads.
 //!
 //! tonic's own connector refuses `https://` URIs unless tonic is built with its `tls` feature (we
 //! use tokio-rustls directly, as the listeners do), so a TLS peer's channel is given the same
-//! `host:port` as `http://` and [`PeerConnector`] adds the TLS: the server certificate is checked
+//! `host:port` as `http://` and [`MemberConnector`] adds the TLS: the server certificate is checked
 //! against `--peer-trusted-ca-file` for the host of the peer URL as written, and this member's
 //! `--peer-cert-file` goes along as its client certificate (see `net::tls::TlsFlags::dial_config`).
 //! Plain peers are dialed through it too, for the gathered writes: a leader's appends to a
@@ -27,12 +28,12 @@ use tonic::codegen::http::Uri;
 
 use super::coalesce::Coalesced;
 
-/// A connection to a peer: plain or TLS, its writes gathered.
-pub type PeerConn = TokioIo<Coalesced<Either<TcpStream, TlsStream<TcpStream>>>>;
+/// A connection to a member: plain or TLS, its writes gathered.
+pub type MemberConn = TokioIo<Coalesced<Either<TcpStream, TlsStream<TcpStream>>>>;
 
-/// A tower connector (`Service<Uri>`) that dials one peer.
+/// A tower connector (`Service<Uri>`) that dials one member.
 #[derive(Clone)]
-pub struct PeerConnector {
+pub struct MemberConnector {
     tls: Option<Tls>,
 }
 
@@ -44,8 +45,8 @@ struct Tls {
     server_name: ServerName<'static>,
 }
 
-impl PeerConnector {
-    /// A connector for a plain (`http://`) peer.
+impl MemberConnector {
+    /// A connector for a plain (`http://`) member.
     pub fn plain() -> Self {
         Self { tls: None }
     }
@@ -68,8 +69,8 @@ impl PeerConnector {
     }
 }
 
-impl tonic::codegen::Service<Uri> for PeerConnector {
-    type Response = PeerConn;
+impl tonic::codegen::Service<Uri> for MemberConnector {
+    type Response = MemberConn;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
 
@@ -82,7 +83,7 @@ impl tonic::codegen::Service<Uri> for PeerConnector {
         Box::pin(async move {
             // tonic hands back the `http://host:port` it was given: the address to dial.
             let authority = uri.authority().ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "peer URI without host")
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "URI without host")
             })?;
             let tcp = TcpStream::connect(authority.as_str()).await?;
             // Small trailing HTTP/2 frames (heartbeats, acks) must not wait out Nagle + delayed

@@ -68,12 +68,12 @@ impl PeerDialer {
         };
         #[cfg(not(madsim))]
         {
-            use super::dial::PeerConnector;
+            use super::dial::MemberConnector;
             let connector = match (https, &self.tls) {
-                (None, _) => PeerConnector::plain(),
+                (None, _) => MemberConnector::plain(),
                 (Some(_), None) => return Err(PeerDialError::NoTrustedCa(url.to_string())),
                 (Some(_), Some(config)) => {
-                    PeerConnector::tls(config.clone(), url).map_err(|reason| {
+                    MemberConnector::tls(config.clone(), url).map_err(|reason| {
                         PeerDialError::BadUrl {
                             url: url.to_string(),
                             reason,
