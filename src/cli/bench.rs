@@ -59,9 +59,7 @@ async fn connect(args: &BenchArgs) -> Result<Vec<tonic::transport::Channel>, Str
         // write the load generator saves leaves CPU to the server it measures. (tonic itself
         // refuses an https:// endpoint, as before: the tool speaks plain HTTP/2 only.)
         let channel = if url.starts_with("http://") {
-            endpoint
-                .connect_with_connector(crate::net::dial::MemberConnector::plain())
-                .await
+            crate::net::peer_dial::connect_plain(endpoint).await
         } else {
             endpoint.connect().await
         }

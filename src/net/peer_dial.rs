@@ -1,5 +1,6 @@
-//! Dialing other members: a lazily connected gRPC channel per peer URL, through TLS (`dial`) for
-//! `https://` ones; and telling a request that never left this member from one that may have
+//! Dialing other members: a lazily connected gRPC channel per peer URL, through the connector in
+//! `dial` (TLS for `https://` ones, gathered writes for all), which `metastore bench` dials its
+//! servers with too; and telling a request that never left this member from one that may have
 //! arrived. In both worlds: the simulator's network has no TLS (its members use `http://` peer
 //! URLs) and keeps no error sources.
 
@@ -84,6 +85,19 @@ impl PeerDialer {
             Ok(endpoint.connect_with_connector_lazy(connector))
         }
     }
+}
+
+/// Connect `endpoint` (an `http://` one) now, through the members' own connector: its writes
+/// gathered as theirs are. The simulator's transport connects by address.
+pub async fn connect_plain(
+    endpoint: tonic::transport::Endpoint,
+) -> Result<Channel, tonic::transport::Error> {
+    #[cfg(not(madsim))]
+    return endpoint
+        .connect_with_connector(super::dial::MemberConnector::plain())
+        .await;
+    #[cfg(madsim)]
+    return endpoint.connect().await;
 }
 
 /// Whether a peer request failed before anything of it left this member: the connection to the
