@@ -331,6 +331,10 @@ pub const FORWARD_BATCH_COMMANDS: usize = 256;
 /// command travels alone; each is bounded by `--max-request-bytes`).
 pub const FORWARD_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// The most proposals a leader hands raft's core in one message (`node::propose_batch`): every
+/// request handler that proposes at about the same moment joins one log append.
+pub const PROPOSE_BATCH_COMMANDS: usize = 256;
+
 /// Pause before a request whose leader just changed is routed again.
 pub const FORWARD_RETRY_INTERVAL: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
 

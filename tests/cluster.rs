@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, TestCluster};
+use common::{ClusterMember, Server, TestCluster};
 use etcd_client::{GetOptions, PutOptions};
 
 /// `(hash, hash revision)` of every running member once they all agree at one revision (bounded).
@@ -367,27 +367,58 @@ async fn leader_kill_loses_nothing_acknowledged() {
 /// `node::forward_batch`), and each is applied exactly once and answered with its own revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_sent_to_a_follower_at_once_go_together_and_each_applies_once() {
-    const N: usize = 300;
     let cluster = TestCluster::start(3);
     let leader = cluster.leader().await;
     let follower = &cluster.members[(leader + 1) % 3];
-    let client = follower.client().await;
+    put_at_once_and_check(&cluster, follower, "together/").await;
+    let endpoint = follower.endpoint();
+    let commands = common::abuse::metric(&endpoint, "metastore_forwarded_commands_total").await;
+    let batches = common::abuse::metric(&endpoint, "metastore_forwarded_batches_total").await;
+    assert!(commands >= AT_ONCE as i64, "{commands} commands forwarded");
+    assert!(
+        batches < commands,
+        "{commands} commands in {batches} calls: none travelled together"
+    );
+}
+
+/// Writes sent to the leader at the same moment reach raft's core together, one message and one
+/// log append for many (`node::propose_batch`), and each is applied exactly once and answered with
+/// its own revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_sent_to_the_leader_at_once_are_proposed_together_and_each_applies_once() {
+    let cluster = TestCluster::start(3);
+    let leader = &cluster.members[cluster.leader().await];
+    put_at_once_and_check(&cluster, leader, "leader-together/").await;
+    let endpoint = leader.endpoint();
+    let proposals = common::abuse::metric(&endpoint, "metastore_leader_proposals_total").await;
+    let batches = common::abuse::metric(&endpoint, "metastore_leader_proposal_batches_total").await;
+    assert!(proposals >= AT_ONCE as i64, "{proposals} proposals");
+    assert!(
+        batches < proposals,
+        "{proposals} proposals in {batches} messages: none went together"
+    );
+}
+
+/// How many puts `put_at_once_and_check` sends.
+const AT_ONCE: usize = 300;
+
+/// Send [`AT_ONCE`] puts under `prefix` through `member` at the same moment; every one must be
+/// acknowledged with a revision of its own, in a run of consecutive revisions (nothing else
+/// writes), and be applied once.
+async fn put_at_once_and_check(cluster: &TestCluster, member: &ClusterMember, prefix: &str) {
+    const N: usize = AT_ONCE;
+    let client = member.client().await;
     let puts = (0..N).map(|i| {
         let mut c = client.clone();
         async move {
-            c.put(format!("together/{i:03}"), format!("v{i}"), None)
+            c.put(format!("{prefix}{i:03}"), format!("v{i}"), None)
                 .await
         }
     });
     let mut revisions: Vec<i64> = futures::future::join_all(puts)
         .await
         .into_iter()
-        .map(|put| {
-            put.expect("put through a follower")
-                .header()
-                .expect("header")
-                .revision()
-        })
+        .map(|put| put.expect("put").header().expect("header").revision())
         .collect();
     revisions.sort_unstable();
     revisions.dedup();
@@ -398,9 +429,9 @@ async fn writes_sent_to_a_follower_at_once_go_together_and_each_applies_once() {
     );
     // Nothing else wrote meanwhile: N entries applied, N revisions in a row, none twice.
     assert_eq!(revisions[N - 1] - revisions[0] + 1, N as i64);
-    let mut reader = cluster.members[leader].client().await;
+    let mut reader = cluster.members[cluster.leader().await].client().await;
     let got = reader
-        .get("together/", Some(GetOptions::new().with_prefix()))
+        .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
         .expect("list");
     assert_eq!(got.kvs().len(), N);
@@ -408,14 +439,6 @@ async fn writes_sent_to_a_follower_at_once_go_together_and_each_applies_once() {
         assert_eq!(kv.version(), 1, "{:?} applied more than once", kv.key_str());
         assert!(revisions.binary_search(&kv.mod_revision()).is_ok());
     }
-    let endpoint = follower.endpoint();
-    let commands = common::abuse::metric(&endpoint, "metastore_forwarded_commands_total").await;
-    let batches = common::abuse::metric(&endpoint, "metastore_forwarded_batches_total").await;
-    assert!(commands >= N as i64, "{commands} commands forwarded");
-    assert!(
-        batches < commands,
-        "{commands} commands in {batches} calls: none travelled together"
-    );
 }
 
 /// A write sent to a follower while its leader is dead waits for the next leader within the

@@ -169,6 +169,10 @@ pub struct Metrics {
     pub forwarded_batches: Counter,
     /// Commands this member forwarded to the leader.
     pub forwarded_commands: Counter,
+    /// Messages in which this member, as leader, handed proposals to raft's core.
+    pub leader_proposal_batches: Counter,
+    /// Proposals this member, as leader, handed to raft's core.
+    pub leader_proposals: Counter,
     /// Raft log fsyncs.
     pub wal_fsync: Histogram,
     /// Engine commits of applied entries.
@@ -205,6 +209,8 @@ impl Default for Metrics {
             proposals_pending: Gauge::default(),
             forwarded_batches: Counter::default(),
             forwarded_commands: Counter::default(),
+            leader_proposal_batches: Counter::default(),
+            leader_proposals: Counter::default(),
             wal_fsync: Histogram::new(&DISK_BUCKETS_NS),
             backend_commit: Histogram::new(&DISK_BUCKETS_NS),
             backend_defrag: Histogram::new(&DEFRAG_BUCKETS_NS),
@@ -479,6 +485,18 @@ impl Metrics {
             "metastore_gateway_requests_total",
             "Requests served by the HTTP JSON gateway.",
             self.gateway_requests.get(),
+        );
+        counter(
+            &mut out,
+            "metastore_leader_proposal_batches_total",
+            "Messages that handed proposals to raft on the leader (each carries those waiting at the time).",
+            self.leader_proposal_batches.get(),
+        );
+        counter(
+            &mut out,
+            "metastore_leader_proposals_total",
+            "Proposals handed to raft on the leader.",
+            self.leader_proposals.get(),
         );
         gauge(
             &mut out,

@@ -25,6 +25,7 @@ pub mod leases;
 mod maintenance;
 mod members;
 mod proposals;
+mod propose_batch;
 mod quota;
 mod range_stream;
 mod read_index;
@@ -186,6 +187,7 @@ pub struct Node {
     /// Sequence numbers of proposals this member forwards to the leader (random start per boot).
     next_seq: std::sync::atomic::AtomicU64,
     forwarding: forward_batch::ForwardQueue,
+    proposing: propose_batch::ProposeQueue,
     /// Held while a snapshot from the leader is being staged: one transfer at a time.
     snapshot_receive: tokio::sync::Mutex<()>,
     /// Places for `Maintenance.Snapshot` streams ([`limits::SNAPSHOT_STREAMS_MAX`]): a stream
@@ -373,6 +375,7 @@ impl Node {
                 // acknowledged put that was never written. Half the range: no wrap to 0 ("no waiter").
                 next_seq: std::sync::atomic::AtomicU64::new((rt::random_u64() >> 1) | 1),
                 forwarding: Default::default(),
+                proposing: Default::default(),
                 metrics: metrics.clone(),
             }
         });

@@ -102,9 +102,13 @@ impl Node {
             }
         }
         let bytes = cmd.encode_to_vec();
-        match self.raft.client_write(RaftCommand { bytes }).await {
+        match self
+            .proposing
+            .propose(&self.metrics, &self.raft, RaftCommand { bytes })
+            .await
+        {
             Ok(resp) => {
-                let outcome = resp.data.outcome;
+                let outcome = resp.response.outcome;
                 match (&cmd.op, &outcome) {
                     (Some(command::Op::LeaseGrant(_)), Some(Ok(Applied::LeaseGrant(g)))) => {
                         self.lease_clock.refresh(g.id, g.ttl, self.current_term())

@@ -1,0 +1,133 @@
+//! The leader's proposals reach raft's core together.
+//!
+//! Raft's core appends whatever proposals are waiting in its queue when it runs. But it runs as
+//! soon as the first one is queued: the runtime schedules a task woken by another next on the
+//! same worker, ahead of the request handlers still waiting to propose. So a leader whose fsync
+//! runs in the background (a member of a cluster) appended its own clients' writes one or two at
+//! a time, each append with its own replication messages to every follower, however many clients
+//! were writing at once.
+//!
+//! So a proposer puts its command in a queue and lets the other ready tasks run once; then
+//! whoever resumes first hands everything waiting to raft in one message
+//! (`Raft::client_write_many`, at most [`limits::PROPOSE_BATCH_COMMANDS`] each), from a task of
+//! its own (a proposer that gives up must not cut the others' proposals short). Each proposer
+//! waits for its own outcome, as it did proposing alone.
+//! A proposer that leaves before its command was handed over takes it out of the queue: it is
+//! never proposed, as before.
+
+use std::sync::Mutex;
+
+use futures::StreamExt;
+use openraft::errors::{ClientWriteError, Fatal, RaftError};
+use openraft::raft::WriteResponse;
+
+use crate::limits;
+use crate::metrics::Metrics;
+use crate::raft::{Raft, RaftCommand, TypeConfig};
+use crate::rt;
+
+/// What raft answers a proposal: its entry's response once applied, or why not.
+pub(super) type Outcome =
+    Result<WriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
+
+struct Waiting {
+    /// Which proposer's (see [`Unsent`]).
+    id: u64,
+    command: RaftCommand,
+    reply: tokio::sync::oneshot::Sender<Outcome>,
+}
+
+/// The proposals this member, as leader, is about to hand to raft.
+#[derive(Default)]
+pub(super) struct ProposeQueue {
+    waiting: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    next_id: u64,
+    waiting: Vec<Waiting>,
+}
+
+/// Takes a proposer's command out of the queue if the proposer goes away before it was handed
+/// to raft.
+struct Unsent<'a> {
+    queue: &'a ProposeQueue,
+    id: u64,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        // Usually handed over already: then there is nothing of it left to take.
+        self.queue.lock().waiting.retain(|w| w.id != self.id);
+    }
+}
+
+impl ProposeQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Propose `command` to `raft` with the others waiting (counted in `metrics`); what
+    /// `Raft::client_write` would answer.
+    pub(super) async fn propose(
+        &self,
+        metrics: &Metrics,
+        raft: &Raft,
+        command: RaftCommand,
+    ) -> Outcome {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let unsent = {
+            let mut queue = self.lock();
+            queue.next_id += 1;
+            let id = queue.next_id;
+            queue.waiting.push(Waiting { id, command, reply });
+            Unsent { queue: self, id }
+        };
+        // The other proposals that are ready get to join this one.
+        rt::yield_now().await;
+        let waiting = std::mem::take(&mut self.lock().waiting);
+        drop(unsent);
+        let mut waiting = waiting.into_iter().peekable();
+        while waiting.peek().is_some() {
+            let batch: Vec<Waiting> = waiting
+                .by_ref()
+                .take(limits::PROPOSE_BATCH_COMMANDS)
+                .collect();
+            metrics.leader_proposal_batches.inc();
+            metrics.leader_proposals.add(batch.len() as u64);
+            rt::spawn(hand_over(raft.clone(), batch));
+        }
+        // The handing task ends only after answering everyone it took, short of the runtime
+        // stopping: then raft has stopped too.
+        outcome
+            .await
+            .unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))
+    }
+}
+
+/// Hand every command in `batch` to raft in one message, and each outcome to its proposer.
+async fn hand_over(raft: Raft, batch: Vec<Waiting>) {
+    let (commands, replies): (Vec<RaftCommand>, Vec<_>) =
+        batch.into_iter().map(|w| (w.command, w.reply)).unzip();
+    let mut outcomes = match raft.client_write_many(commands).await {
+        Ok(outcomes) => outcomes,
+        Err(fatal) => {
+            for reply in replies {
+                let _ = reply.send(Err(RaftError::Fatal(fatal.clone())));
+            }
+            return;
+        }
+    };
+    // In the order proposed, which is the order they commit in.
+    for reply in replies {
+        let outcome = match outcomes.next().await {
+            Some(Ok(Ok(response))) => Ok(response),
+            Some(Ok(Err(refused))) => Err(RaftError::APIError(refused)),
+            Some(Err(fatal)) => Err(RaftError::Fatal(fatal)),
+            None => Err(RaftError::Fatal(Fatal::Stopped)),
+        };
+        // A proposer that went away meanwhile no longer waits for its outcome.
+        let _ = reply.send(outcome);
+    }
+}
