@@ -7,16 +7,16 @@
 //! follower cost the cluster about 110 µs more CPU than one sent to the leader.
 //!
 //! So a forwarding caller puts its command in a queue, lets the other ready tasks run once, and
-//! then sends whatever is waiting: all commands for the same leader in one `ProposeMany` call,
+//! then sends whatever is waiting (`gather`): all commands for the same leader in one `ProposeMany` call,
 //! from a task of its own (a caller that gives up must not cut the others' call short). Each
 //! caller waits for its own result, which is what `Propose` would have answered. A caller that
 //! finds its command already taken by another just waits.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tonic::Status;
 
+use super::gather::Gathering;
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::net::peer_channels::PeerRpc;
@@ -51,8 +51,6 @@ impl ForwardFailure {
 
 /// A command waiting to be forwarded.
 struct Waiting {
-    /// Which caller's (see [`Unsent`]).
-    id: u64,
     leader: LeaderKey,
     client: PeerRpc,
     command: Vec<u8>,
@@ -71,34 +69,10 @@ struct Batch {
 /// The queue of commands this member is about to forward.
 #[derive(Default)]
 pub(super) struct ForwardQueue {
-    waiting: Mutex<Queue>,
-}
-
-#[derive(Default)]
-struct Queue {
-    next_id: u64,
-    waiting: Vec<Waiting>,
-}
-
-/// Takes a caller's command out of the queue if the caller goes away before anyone sent it: a
-/// command whose client gave up before it left is not sent later, with someone else's.
-struct Unsent<'a> {
-    queue: &'a ForwardQueue,
-    id: u64,
-}
-
-impl Drop for Unsent<'_> {
-    fn drop(&mut self) {
-        // Usually sent already: then there is nothing of it left to take.
-        self.queue.lock().waiting.retain(|w| w.id != self.id);
-    }
+    waiting: Gathering<Waiting>,
 }
 
 impl ForwardQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Forward `command` (an encoded `Command`) to `leader` through `client`, with others that
     /// are waiting; the call is given `timeout` (and counted in `metrics`). Answers as a
     /// `Propose` call would.
@@ -111,24 +85,13 @@ impl ForwardQueue {
         timeout: Duration,
     ) -> Result<ProposeResponse, ForwardFailure> {
         let (reply, result) = tokio::sync::oneshot::channel();
-        let unsent = {
-            let mut queue = self.lock();
-            queue.next_id += 1;
-            let id = queue.next_id;
-            queue.waiting.push(Waiting {
-                id,
-                leader,
-                client,
-                command,
-                reply,
-            });
-            Unsent { queue: self, id }
+        let waiting = Waiting {
+            leader,
+            client,
+            command,
+            reply,
         };
-        // The other requests that arrived with this one get to join it.
-        rt::yield_now().await;
-        let waiting = std::mem::take(&mut self.lock().waiting);
-        drop(unsent);
-        for batch in batches(waiting) {
+        for batch in batches(self.waiting.gather(waiting).await) {
             metrics.forwarded_batches.inc();
             metrics.forwarded_commands.add(batch.commands.len() as u64);
             rt::spawn(send(batch, timeout));
@@ -230,14 +193,12 @@ mod tests {
     use super::*;
 
     fn waiting(leader: LeaderKey, size: usize) -> Waiting {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let (reply, _) = tokio::sync::oneshot::channel();
         let channels = crate::net::peer_channels::PeerChannels::default();
         let client = channels
             .client_for_member("m", &["http://127.0.0.1:1".to_string()])
             .expect("a lazy client");
         Waiting {
-            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             leader,
             client,
             command: vec![0; size],
@@ -291,7 +252,7 @@ mod tests {
         let call = queue.propose(&metrics, (1, 1), client, vec![1], Duration::from_secs(1));
         // Polled once (it queues its command and lets others join), then dropped.
         assert!(futures::FutureExt::now_or_never(call).is_none());
-        assert!(queue.lock().waiting.is_empty());
+        assert!(queue.waiting.is_empty());
         assert_eq!(metrics.forwarded_batches.get(), 0);
     }
 }

@@ -21,6 +21,7 @@ mod corruption;
 mod defrag;
 mod failover;
 mod forward_batch;
+mod gather;
 pub mod leases;
 mod maintenance;
 mod members;
@@ -204,9 +205,8 @@ pub struct Node {
     defrags: defrag::Defrags,
     /// `KV.RangeStream`s open now: their chunks shrink as more are open.
     range_streams: Arc<std::sync::atomic::AtomicUsize>,
-    /// Bytes of the `KV.RangeStream` chunks read and not yet sent (`api::kv` counts a chunk until
-    /// its stream is asked for the next): chunks shrink as this nears
-    /// [`limits::RANGE_STREAM_BUFFERED_BYTES_TOTAL`] (it counts, it never refuses).
+    /// Bytes of `KV.RangeStream` chunks read and not yet sent (`api::kv` counts a chunk until its
+    /// stream asks for the next): chunks shrink as this nears the limit (it never refuses).
     range_stream_bytes: Arc<send_budget::SendBudget>,
     /// Transfers begun so far: a transfer whose number is no longer the newest stops waiting for
     /// chunks and makes way (woken through `snapshot_superseded`).

@@ -7,20 +7,18 @@
 //! a time, each append with its own replication messages to every follower, however many clients
 //! were writing at once.
 //!
-//! So a proposer puts its command in a queue and lets the other ready tasks run once; then
-//! whoever resumes first hands everything waiting to raft in one message
+//! So a proposer puts its command in a queue and lets the other ready tasks run once (`gather`);
+//! then whoever resumes first hands everything waiting to raft in one message
 //! (`Raft::client_write_many`, at most [`limits::PROPOSE_BATCH_COMMANDS`] each), from a task of
 //! its own (a proposer that gives up must not cut the others' proposals short). Each proposer
-//! waits for its own outcome, as it did proposing alone.
-//! A proposer that leaves before its command was handed over takes it out of the queue: it is
-//! never proposed, as before.
-
-use std::sync::Mutex;
+//! waits for its own outcome, as it did proposing alone. A proposer that leaves before its command
+//! was handed over takes it out of the queue: it is never proposed, as before.
 
 use futures::StreamExt;
 use openraft::errors::{ClientWriteError, Fatal, RaftError};
 use openraft::raft::WriteResponse;
 
+use super::gather::Gathering;
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::raft::{Raft, RaftCommand, TypeConfig};
@@ -31,8 +29,6 @@ pub(super) type Outcome =
     Result<WriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
 
 struct Waiting {
-    /// Which proposer's (see [`Unsent`]).
-    id: u64,
     command: RaftCommand,
     reply: tokio::sync::oneshot::Sender<Outcome>,
 }
@@ -40,34 +36,10 @@ struct Waiting {
 /// The proposals this member, as leader, is about to hand to raft.
 #[derive(Default)]
 pub(super) struct ProposeQueue {
-    waiting: Mutex<Queue>,
-}
-
-#[derive(Default)]
-struct Queue {
-    next_id: u64,
-    waiting: Vec<Waiting>,
-}
-
-/// Takes a proposer's command out of the queue if the proposer goes away before it was handed
-/// to raft.
-struct Unsent<'a> {
-    queue: &'a ProposeQueue,
-    id: u64,
-}
-
-impl Drop for Unsent<'_> {
-    fn drop(&mut self) {
-        // Usually handed over already: then there is nothing of it left to take.
-        self.queue.lock().waiting.retain(|w| w.id != self.id);
-    }
+    waiting: Gathering<Waiting>,
 }
 
 impl ProposeQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Propose `command` to `raft` with the others waiting (counted in `metrics`); what
     /// `Raft::client_write` would answer.
     pub(super) async fn propose(
@@ -77,18 +49,12 @@ impl ProposeQueue {
         command: RaftCommand,
     ) -> Outcome {
         let (reply, outcome) = tokio::sync::oneshot::channel();
-        let unsent = {
-            let mut queue = self.lock();
-            queue.next_id += 1;
-            let id = queue.next_id;
-            queue.waiting.push(Waiting { id, command, reply });
-            Unsent { queue: self, id }
-        };
-        // The other proposals that are ready get to join this one.
-        rt::yield_now().await;
-        let waiting = std::mem::take(&mut self.lock().waiting);
-        drop(unsent);
-        let mut waiting = waiting.into_iter().peekable();
+        let mut waiting = self
+            .waiting
+            .gather(Waiting { command, reply })
+            .await
+            .into_iter()
+            .peekable();
         while waiting.peek().is_some() {
             let batch: Vec<Waiting> = waiting
                 .by_ref()
