@@ -14,6 +14,8 @@
 //! waits for its own outcome, as it did proposing alone. A proposer that leaves before its command
 //! was handed over takes it out of the queue: it is never proposed, as before.
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use openraft::errors::{ClientWriteError, Fatal, RaftError};
 use openraft::raft::WriteResponse;
@@ -41,12 +43,14 @@ pub(super) struct ProposeQueue {
 
 impl ProposeQueue {
     /// Propose `command` to `raft` with the others waiting (counted in `metrics`); what
-    /// `Raft::client_write` would answer.
+    /// `Raft::client_write` would answer. The hand-over waits for outcomes at most `timeout`
+    /// (the request deadline: no proposer waits longer).
     pub(super) async fn propose(
         &self,
         metrics: &Metrics,
         raft: &Raft,
         command: RaftCommand,
+        timeout: Duration,
     ) -> Outcome {
         let (reply, outcome) = tokio::sync::oneshot::channel();
         let mut waiting = self
@@ -62,10 +66,10 @@ impl ProposeQueue {
                 .collect();
             metrics.leader_proposal_batches.inc();
             metrics.leader_proposals.add(batch.len() as u64);
-            rt::spawn(hand_over(raft.clone(), batch));
+            rt::spawn(rt::timeout(timeout, hand_over(raft.clone(), batch)));
         }
-        // The handing task ends only after answering everyone it took, short of the runtime
-        // stopping: then raft has stopped too.
+        // The handing task answers everyone it took, unless raft stops first or the outcome takes
+        // longer than any proposer waits.
         outcome
             .await
             .unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))

@@ -104,7 +104,12 @@ impl Node {
         let bytes = cmd.encode_to_vec();
         match self
             .proposing
-            .propose(&self.metrics, &self.raft, RaftCommand { bytes })
+            .propose(
+                &self.metrics,
+                &self.raft,
+                RaftCommand { bytes },
+                self.config.request_timeout,
+            )
             .await
         {
             Ok(resp) => {
