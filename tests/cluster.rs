@@ -371,14 +371,12 @@ async fn writes_sent_to_a_follower_at_once_go_together_and_each_applies_once() {
     let leader = cluster.leader().await;
     let follower = &cluster.members[(leader + 1) % 3];
     put_at_once_and_check(&cluster, follower, "together/").await;
-    let endpoint = follower.endpoint();
-    let commands = common::abuse::metric(&endpoint, "metastore_forwarded_commands_total").await;
-    let batches = common::abuse::metric(&endpoint, "metastore_forwarded_batches_total").await;
-    assert!(commands >= AT_ONCE as i64, "{commands} commands forwarded");
-    assert!(
-        batches < commands,
-        "{commands} commands in {batches} calls: none travelled together"
-    );
+    assert_went_together(
+        follower,
+        "metastore_forwarded_commands_total",
+        "metastore_forwarded_batches_total",
+    )
+    .await;
 }
 
 /// Writes sent to the leader at the same moment reach raft's core together, one message and one
@@ -389,13 +387,24 @@ async fn writes_sent_to_the_leader_at_once_are_proposed_together_and_each_applie
     let cluster = TestCluster::start(3);
     let leader = &cluster.members[cluster.leader().await];
     put_at_once_and_check(&cluster, leader, "leader-together/").await;
-    let endpoint = leader.endpoint();
-    let proposals = common::abuse::metric(&endpoint, "metastore_leader_proposals_total").await;
-    let batches = common::abuse::metric(&endpoint, "metastore_leader_proposal_batches_total").await;
-    assert!(proposals >= AT_ONCE as i64, "{proposals} proposals");
+    assert_went_together(
+        leader,
+        "metastore_leader_proposals_total",
+        "metastore_leader_proposal_batches_total",
+    )
+    .await;
+}
+
+/// `member`'s counter `items` saw every one of the [`AT_ONCE`] puts, and its counter `batches`
+/// fewer batches than that: some of them travelled together.
+async fn assert_went_together(member: &ClusterMember, items: &str, batches: &str) {
+    let endpoint = member.endpoint();
+    let sent = common::abuse::metric(&endpoint, items).await;
+    let together = common::abuse::metric(&endpoint, batches).await;
+    assert!(sent >= AT_ONCE as i64, "{items}: {sent}");
     assert!(
-        batches < proposals,
-        "{proposals} proposals in {batches} messages: none went together"
+        together < sent,
+        "{sent} {items} in {together} {batches}: none went together"
     );
 }
 
