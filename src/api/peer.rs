@@ -193,6 +193,7 @@ fn status_of(e: &LeaderWriteError) -> PeerStatus {
         LeaderWriteError::NotLeader => PeerStatus::NotLeader,
         LeaderWriteError::LeaderChanged => PeerStatus::LeaderChanged,
         LeaderWriteError::Stopped => PeerStatus::Stopped,
+        LeaderWriteError::Timeout => PeerStatus::Timeout,
         LeaderWriteError::Failed(_) => PeerStatus::Failed,
     }
 }

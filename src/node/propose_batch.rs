@@ -43,15 +43,15 @@ pub(super) struct ProposeQueue {
 
 impl ProposeQueue {
     /// Propose `command` to `raft` with the others waiting (counted in `metrics`); what
-    /// `Raft::client_write` would answer. The hand-over waits for outcomes at most `timeout`
-    /// (the request deadline: no proposer waits longer).
+    /// `Raft::client_write` would answer, or `None` if no outcome came within `timeout` (the
+    /// request deadline: the hand-over waits no longer, and no proposer does either).
     pub(super) async fn propose(
         &self,
         metrics: &Metrics,
         raft: &Raft,
         command: RaftCommand,
         timeout: Duration,
-    ) -> Outcome {
+    ) -> Option<Outcome> {
         let (reply, outcome) = tokio::sync::oneshot::channel();
         let mut waiting = self
             .waiting
@@ -68,11 +68,10 @@ impl ProposeQueue {
             metrics.leader_proposals.add(batch.len() as u64);
             rt::spawn(rt::timeout(timeout, hand_over(raft.clone(), batch)));
         }
-        // The handing task answers everyone it took, unless raft stops first or the outcome takes
-        // longer than any proposer waits.
-        outcome
-            .await
-            .unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))
+        // The handing task answers everyone it took (raft stopping included) unless the outcome
+        // takes longer than any proposer waits: then the reply is dropped unanswered. That is a
+        // timeout, not a stop, even when this proposer's own deadline has not quite fired yet.
+        outcome.await.ok()
     }
 }
 

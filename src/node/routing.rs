@@ -27,6 +27,8 @@ pub(crate) enum LeaderWriteError {
     /// Appended, then leadership was lost; the entry may or may not commit.
     LeaderChanged,
     Stopped,
+    /// No outcome within the request deadline; the entry may still commit.
+    Timeout,
     Failed(String),
 }
 
@@ -36,6 +38,7 @@ impl From<LeaderWriteError> for NodeError {
             LeaderWriteError::NotLeader => NodeError::NoLeader,
             LeaderWriteError::LeaderChanged => NodeError::LeaderChanged,
             LeaderWriteError::Stopped => NodeError::Stopped,
+            LeaderWriteError::Timeout => NodeError::Timeout,
             LeaderWriteError::Failed(msg) => NodeError::Raft(msg),
         }
     }
@@ -112,7 +115,8 @@ impl Node {
             )
             .await
         {
-            Ok(resp) => {
+            None => Err(LeaderWriteError::Timeout),
+            Some(Ok(resp)) => {
                 let outcome = resp.response.outcome;
                 match (&cmd.op, &outcome) {
                     (Some(command::Op::LeaseGrant(_)), Some(Ok(Applied::LeaseGrant(g)))) => {
@@ -125,14 +129,14 @@ impl Node {
                 }
                 Ok(outcome)
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Some(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(LeaderWriteError::NotLeader)
             }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+            Some(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
                 Err(LeaderWriteError::LeaderChanged)
             }
-            Err(RaftError::APIError(e)) => Err(LeaderWriteError::Failed(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(LeaderWriteError::Stopped),
+            Some(Err(RaftError::APIError(e))) => Err(LeaderWriteError::Failed(e.to_string())),
+            Some(Err(RaftError::Fatal(_))) => Err(LeaderWriteError::Stopped),
         }
     }
 
