@@ -1,5 +1,5 @@
 //! Group commit and write deadlines, on a member over an engine that counts (and can stall) its
-//! fsyncs.
+//! fsyncs: synced writes and syncs of what was written before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,7 +11,7 @@ use crate::storage::{Durability, Engine, Keyspace, MemoryEngine, Visitor, WriteB
 /// Counts synced writes on the way to a memory engine; can make them stall like a dying disk.
 struct CountingEngine {
     inner: MemoryEngine,
-    synced_writes: AtomicU64,
+    fsyncs: AtomicU64,
     stall: std::sync::atomic::AtomicBool,
 }
 
@@ -19,9 +19,19 @@ impl CountingEngine {
     fn new() -> Self {
         Self {
             inner: MemoryEngine::new(),
-            synced_writes: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
             stall: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// One fsync, as a synced write or a sync of what was written before makes.
+    fn fsync(&self) {
+        if self.stall.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+        }
+        self.fsyncs.fetch_add(1, Ordering::SeqCst);
+        // Make an fsync cost something, as on a disk, so that proposals pile up behind it.
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
@@ -44,16 +54,12 @@ impl Engine for CountingEngine {
     }
     fn write(&self, batch: WriteBatch, durability: Durability) -> crate::storage::Result<()> {
         if durability == Durability::Sync {
-            if self.stall.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(1500));
-            }
-            self.synced_writes.fetch_add(1, Ordering::SeqCst);
-            // Make an fsync cost something, as on a disk, so that proposals pile up behind it.
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            self.fsync();
         }
         self.inner.write(batch, durability)
     }
     fn sync(&self) -> crate::storage::Result<()> {
+        self.fsync();
         self.inner.sync()
     }
     fn keyspace_bytes(&self, ks: Keyspace) -> u64 {
@@ -75,7 +81,7 @@ async fn concurrent_writes_share_fsyncs() {
         ..ServerConfig::default()
     };
     let node = Node::start(config, engine.clone()).await.expect("start");
-    let before = engine.synced_writes.load(Ordering::SeqCst);
+    let before = engine.fsyncs.load(Ordering::SeqCst);
     const WRITES: u64 = 400;
     let mut tasks = Vec::new();
     for i in 0..WRITES {
@@ -92,7 +98,8 @@ async fn concurrent_writes_share_fsyncs() {
     for t in tasks {
         assert!(t.await.expect("join"), "every write is acknowledged");
     }
-    let fsyncs = engine.synced_writes.load(Ordering::SeqCst) - before;
+    let fsyncs = engine.fsyncs.load(Ordering::SeqCst) - before;
+    assert!(fsyncs > 0, "acknowledged writes were never fsynced");
     assert!(
         fsyncs * 4 <= WRITES,
         "{WRITES} concurrent writes took {fsyncs} fsyncs: no group commit"

@@ -263,12 +263,8 @@ impl Node {
             .founding
             .as_ref()
             .is_some_and(|f| f.len() == 1 && f.contains_key(&member_id));
-        let log_store = if alone {
-            LogStore::new(engine, metrics.clone())
-        } else {
-            LogStore::with_background_sync(engine, metrics.clone(), &config.name)
-                .map_err(|e| StartError::Raft(format!("cannot start the log syncer: {e}")))?
-        };
+        let log_store = LogStore::new(engine, metrics.clone(), &config.name)
+            .map_err(|e| StartError::Raft(format!("cannot start the log syncer: {e}")))?;
         let raft = Raft::new(
             member_id,
             Arc::new(raft_config),

@@ -302,7 +302,7 @@ impl Node {
     /// engine may hold less than the log did). A membership with a second voter (joint, or in the
     /// log uncommitted) makes this false, and reads go through the read index again. Without
     /// this, every linearizable read of a member alone queued in raft's core behind the fsync of
-    /// each log append (done in place there): `bench k8s` ran 7,800 operations/s instead of
+    /// each log append (then done in place there): `bench k8s` ran 7,800 operations/s instead of
     /// 9,480, `bench range` (64 clients) 39-49k reads/s instead of 79k.
     fn reads_alone(&self) -> bool {
         let metrics = self.raft.metrics();

@@ -1,11 +1,11 @@
 //! The raft log, vote and committed/purged markers in the engine's `Raft` keyspace.
 //!
 //! The committed index is not persisted (openraft re-derives it after a restart), which saves an
-//! engine write per commit. An append is reported flushed only after an fsync that covers it: a
-//! member alone writes it with [`Durability::Sync`] in place; a member of a cluster writes it at
-//! once and lets a background worker fsync (see [`LogStore::with_background_sync`]). openraft hands
-//! every pending entry to one `append` call, so under load one fsync covers many client writes
-//! (group commit).
+//! engine write per commit. An append is reported flushed only after an fsync that covers it: it is
+//! written at once and a background worker fsyncs (see [`LogStore::new`]). openraft hands every
+//! pending entry to one `append` call, and every append waiting when an fsync begins shares it, so
+//! under load one fsync covers many client writes (group commit). The rare writes of the vote,
+//! a truncation or a purge are synced in place.
 //!
 //! Reads of the newest entries (applying and replicating what was just appended) are answered
 //! from memory by [`LogTail`], which every append, truncation and purge updates with the engine.
@@ -41,9 +41,8 @@ const ENTRIES_END: [u8; 1] = [ENTRY_PREFIX + 1];
 #[derive(Clone)]
 pub struct LogStore {
     engine: SharedEngine,
-    /// Where appends hand their flush callback when the fsync runs off the raft core (see
-    /// [`LogStore::with_background_sync`]).
-    syncer: Option<crate::rt::BatchSender<IOFlushed<TypeConfig>>>,
+    /// Where appends hand their flush callback: the fsync runs off the raft core.
+    syncer: crate::rt::BatchSender<IOFlushed<TypeConfig>>,
     /// Where fsync times go.
     metrics: Arc<Metrics>,
     /// The newest entries, which openraft reads back at once (shared by every clone).
@@ -51,26 +50,15 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// A log store over `engine` that fsyncs each append in place before returning: the fastest
-    /// path for a member alone, which has nobody to replicate to meanwhile.
-    pub fn new(engine: SharedEngine, metrics: Arc<Metrics>) -> Self {
-        Self {
-            engine,
-            syncer: None,
-            metrics,
-            tail: Arc::default(),
-        }
-    }
-
     /// A log store whose appends are written (visible to readers) at once and made durable by a
     /// background worker (a dedicated thread, see `rt::batch_worker`), which reports each append
-    /// flushed only after an fsync that began after it. The leader then replicates entries while
-    /// its own fsync runs, as etcd's does; appends that pile up meanwhile share the next fsync.
-    pub fn with_background_sync(
-        engine: SharedEngine,
-        metrics: Arc<Metrics>,
-        member: &str,
-    ) -> io::Result<Self> {
+    /// flushed only after an fsync that began after it. Raft's core goes on meanwhile: a leader
+    /// replicates while its own fsync runs, as etcd's does, and appends entries proposed during an
+    /// fsync, which then share the next one; the state machine applies one batch while the next
+    /// is synced. A member alone used to fsync each append in place on the core instead, which
+    /// left nothing to overlap: on 2 cores it took 64 clients' puts at 20,300-22,600/s against
+    /// 25,400-27,200/s this way, and one client's put at a p50 of 0.62 ms against 0.56 ms.
+    pub fn new(engine: SharedEngine, metrics: Arc<Metrics>, member: &str) -> io::Result<Self> {
         let syncing = engine.clone();
         let timing = metrics.clone();
         let member = member.to_string();
@@ -82,7 +70,7 @@ impl LogStore {
         )?;
         Ok(Self {
             engine,
-            syncer: Some(syncer),
+            syncer,
             metrics,
             tail: Arc::default(),
         })
@@ -247,28 +235,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        if let Some(syncer) = &self.syncer {
-            tracing::debug!(
-                first = ?first_index,
-                entries = batch.ops().len(),
-                "log append buffered"
-            );
-            self.engine.write(batch, Durability::Buffered)?;
-            self.tail.appended(written);
-            return match syncer.send(callback) {
-                Ok(()) => Ok(()),
-                Err(_) => Err(io::Error::other("the log syncer stopped")),
-            };
+        tracing::debug!(
+            first = ?first_index,
+            entries = batch.ops().len(),
+            "log append buffered"
+        );
+        self.engine.write(batch, Durability::Buffered)?;
+        self.tail.appended(written);
+        match self.syncer.send(callback) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(io::Error::other("the log syncer stopped")),
         }
-        let result = self.write_synced(batch).await;
-        if result.is_ok() {
-            self.tail.appended(written);
-        }
-        match &result {
-            Ok(()) => callback.io_completed(Ok(())),
-            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
-        }
-        result
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
