@@ -27,8 +27,8 @@ use crate::raft::{Raft, RaftCommand, TypeConfig};
 use crate::rt;
 
 /// What raft answers a proposal: its entry's response once applied, or why not.
-pub(super) type Outcome =
-    Result<WriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
+pub(super) type Outcome<W = WriteResponse<TypeConfig>> =
+    Result<W, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
 
 struct Waiting {
     command: RaftCommand,
@@ -79,7 +79,7 @@ impl ProposeQueue {
 async fn hand_over(raft: Raft, batch: Vec<Waiting>) {
     let (commands, replies): (Vec<RaftCommand>, Vec<_>) =
         batch.into_iter().map(|w| (w.command, w.reply)).unzip();
-    let mut outcomes = match raft.client_write_many(commands).await {
+    let outcomes = match raft.client_write_many(commands).await {
         Ok(outcomes) => outcomes,
         Err(fatal) => {
             for reply in replies {
@@ -88,7 +88,20 @@ async fn hand_over(raft: Raft, batch: Vec<Waiting>) {
             return;
         }
     };
-    // In the order proposed, which is the order they commit in.
+    answer_in_order(replies, outcomes).await;
+}
+
+/// What raft's stream of outcomes yields for one proposal.
+type Streamed<W> = Result<Result<W, ClientWriteError<TypeConfig>>, Fatal<TypeConfig>>;
+
+/// Hand each proposer, in the order proposed (the order they commit in), the next of `outcomes`.
+/// The stream ends early when raft stops (after one `Fatal`, and must not be polled again then):
+/// everyone left gets `Stopped`.
+async fn answer_in_order<W>(
+    replies: Vec<tokio::sync::oneshot::Sender<Outcome<W>>>,
+    outcomes: impl futures::Stream<Item = Streamed<W>>,
+) {
+    let mut outcomes = std::pin::pin!(outcomes.fuse());
     for reply in replies {
         let outcome = match outcomes.next().await {
             Some(Ok(Ok(response))) => Ok(response),
@@ -98,5 +111,37 @@ async fn hand_over(raft: Raft, batch: Vec<Waiting>) {
         };
         // A proposer that went away meanwhile no longer waits for its outcome.
         let _ = reply.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Raft's stream ends after the first `Fatal` and panics if polled after its end, as
+    /// `futures::stream::unfold` does: every proposer still gets an answer.
+    #[tokio::test]
+    async fn every_proposer_is_answered_when_raft_stops_mid_batch() {
+        let (replies, receivers): (Vec<_>, Vec<_>) =
+            (0..4).map(|_| tokio::sync::oneshot::channel()).unzip();
+        let outcomes = futures::stream::unfold(0u32, |n| async move {
+            match n {
+                0 => Some((Ok(Ok(7u32)), 1)),
+                1 => Some((Err(Fatal::Stopped), 2)),
+                _ => None,
+            }
+        });
+        answer_in_order(replies, outcomes).await;
+        let mut answers = Vec::new();
+        for rx in receivers {
+            answers.push(rx.await.expect("every proposer is answered"));
+        }
+        assert!(matches!(answers[0], Ok(7)), "{:?}", answers[0]);
+        for answer in &answers[1..] {
+            assert!(
+                matches!(answer, Err(RaftError::Fatal(Fatal::Stopped))),
+                "{answer:?}"
+            );
+        }
     }
 }
