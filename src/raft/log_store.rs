@@ -56,8 +56,9 @@ impl LogStore {
     /// replicates while its own fsync runs, as etcd's does, and appends entries proposed during an
     /// fsync, which then share the next one; the state machine applies one batch while the next
     /// is synced. A member alone used to fsync each append in place on the core instead, which
-    /// left nothing to overlap: on 2 cores it took 64 clients' puts at 20,300-22,600/s against
-    /// 25,400-27,200/s this way, and one client's put at a p50 of 0.62 ms against 0.56 ms.
+    /// left nothing to overlap: on 2 cores it took 64 clients' puts at 19,200-22,600/s against
+    /// 25,400-27,200/s this way (3 rounds each), and one client's put at a median p50 of 0.62 ms
+    /// against 0.56 ms (4 rounds each).
     pub fn new(engine: SharedEngine, metrics: Arc<Metrics>, member: &str) -> io::Result<Self> {
         let syncing = engine.clone();
         let timing = metrics.clone();
