@@ -8,7 +8,8 @@ use crate::pb::etcdserverpb::PutRequest;
 use crate::pb::metastore::command;
 use crate::storage::{Durability, Engine, Keyspace, MemoryEngine, Visitor, WriteBatch};
 
-/// Counts synced writes on the way to a memory engine; can make them stall like a dying disk.
+/// Counts fsyncs (synced writes and syncs) on the way to a memory engine; can make them stall like
+/// a dying disk.
 struct CountingEngine {
     inner: MemoryEngine,
     fsyncs: AtomicU64,
